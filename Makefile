@@ -1,0 +1,33 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both build .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.creditgym-installed
+
+.PHONY: demo test lint bench banks clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned to the CPU build on disk, so pip never resolves a multi-GB CUDA build;
+# a torch already present in the venv (e.g. a user's CUDA build) is kept.
+$(STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m creditgym.cli demo
+
+test: $(STAMP)
+	$(PY) -m ruff check creditgym tests benchmarks examples
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m creditgym.cli bench
+
+banks: $(STAMP)
+	$(PY) -m creditgym.cli make-banks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""creditgym.agents (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""creditgym.credit (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Sokoban: levels, generator, solver, Boxoban I/O, the single env and the batched torch env."""

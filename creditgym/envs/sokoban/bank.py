@@ -1,0 +1,85 @@
+"""Level banks: stacks of same-sized levels loaded once, so reset never runs the generator."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from creditgym.envs.sokoban.boxoban import read_boxoban
+from creditgym.envs.sokoban.level import Level
+
+BANK_DIR = Path(__file__).parent / "banks"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class LevelBank:
+    """Levels of one size as an (N, H, W) int8 tile array."""
+
+    tiles: np.ndarray
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.tiles.ndim != 3 or len(self.tiles) == 0:
+            raise ValueError(f"a level bank needs an (N, H, W) array with N >= 1, got {self.tiles.shape}")
+        self.tiles.setflags(write=False)
+
+    @classmethod
+    def from_levels(cls, levels: list[Level], name: str = "custom") -> LevelBank:
+        shapes = {level.shape for level in levels}
+        if len(shapes) != 1:
+            raise ValueError(f"levels in one bank must share a size; got sizes {sorted(shapes)}")
+        return cls(np.stack([level.tiles for level in levels]), name)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> LevelBank:
+        """Any Boxoban-format file or directory."""
+        return cls.from_levels(read_boxoban(path), name=str(path))
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> Level:
+        return Level(self.tiles[index])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.tiles.shape[1:]  # type: ignore[return-value]
+
+
+def bank_names() -> list[str]:
+    """Variants shipped with the package, e.g. '6x6-1b'."""
+    return sorted({p.name.rsplit("-", 1)[0] for p in BANK_DIR.glob("*-train.txt")})
+
+
+@functools.cache
+def load_bank(variant: str, split: str = "train") -> LevelBank:
+    """A bank shipped with the package (`creditgym make-banks` regenerates them)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    path = BANK_DIR / f"{variant}-{split}.txt"
+    if not path.exists():
+        raise ValueError(f"no level bank {variant!r}; shipped banks: {bank_names()}")
+    return LevelBank(LevelBank.from_path(path).tiles, name=f"{variant}-{split}")
+
+
+def resolve_bank(levels: str | Path | LevelBank, split: str) -> LevelBank:
+    """A shipped variant name ('6x6-1b'), a Boxoban path, or a bank."""
+    if isinstance(levels, LevelBank):
+        return levels
+    if isinstance(levels, str) and (BANK_DIR / f"{levels}-{split}.txt").exists():
+        return load_bank(levels, split)
+    path = Path(levels).expanduser()
+    if path.exists():
+        return _load_path_bank(str(path.resolve()))
+    raise ValueError(
+        f"levels={levels!r} is neither a shipped bank ({bank_names()}) nor an existing Boxoban file/directory"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _load_path_bank(path: str) -> LevelBank:
+    return LevelBank.from_path(path)

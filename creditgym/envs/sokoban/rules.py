@@ -1,0 +1,93 @@
+"""The rules of Sokoban on a single level, shared by the single env, the solver and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from creditgym.envs.sokoban.level import Tile
+
+
+class Action(IntEnum):
+    UP = 0
+    DOWN = 1
+    LEFT = 2
+    RIGHT = 3
+
+
+#: (row, column) step for each action.
+DELTAS: dict[Action, tuple[int, int]] = {
+    Action.UP: (-1, 0),
+    Action.DOWN: (1, 0),
+    Action.LEFT: (0, -1),
+    Action.RIGHT: (0, 1),
+}
+
+# Indexed by tile value: what a cell becomes when the player or a box leaves or arrives.
+_FREE = np.array([False, True, True, False, False, False, False])
+_IS_BOX = np.array([False, False, False, True, True, False, False])
+_IS_TARGET = np.array([False, False, True, True, False, False, True])
+_PLAYER_ON = {False: Tile.PLAYER, True: Tile.PLAYER_ON_TARGET}
+_BOX_ON = {False: Tile.BOX, True: Tile.BOX_ON_TARGET}
+_EMPTY = {False: Tile.FLOOR, True: Tile.TARGET}
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    player: tuple[int, int]
+    moved: bool
+    pushed: bool
+    box_on_target: bool
+    """A box was pushed onto a target."""
+    box_off_target: bool
+    """A box was pushed off a target."""
+
+
+def apply_move(tiles: np.ndarray, player: tuple[int, int], action: int) -> MoveResult:
+    """Move the player in place on `tiles` (an (H, W) array of Tile values), pushing one box if free behind.
+
+    Moving into a wall or into a box that cannot move is a no-op. The level must be enclosed by walls
+    (`Level` guarantees it), so indices never leave the grid.
+    """
+    dr, dc = DELTAS[Action(action)]
+    r, c = player
+    r1, c1 = r + dr, c + dc
+    ahead = int(tiles[r1, c1])
+    pushed = box_on = box_off = False
+    if _IS_BOX[ahead]:
+        r2, c2 = r1 + dr, c1 + dc
+        behind = int(tiles[r2, c2])
+        if not _FREE[behind]:
+            return MoveResult(player, False, False, False, False)
+        pushed = True
+        box_off = bool(_IS_TARGET[ahead])
+        box_on = bool(_IS_TARGET[behind])
+        tiles[r2, c2] = _BOX_ON[box_on]
+    elif not _FREE[ahead]:
+        return MoveResult(player, False, False, False, False)
+    tiles[r, c] = _EMPTY[bool(_IS_TARGET[tiles[r, c]])]
+    tiles[r1, c1] = _PLAYER_ON[bool(_IS_TARGET[tiles[r1, c1]])]
+    return MoveResult((r1, c1), True, pushed, box_on, box_off)
+
+
+@dataclass(frozen=True)
+class SokobanRewards:
+    """Reward sizes; the defaults follow gym-sokoban (also used by RAGEN and GEM)."""
+
+    step: float = -0.1
+    """Paid every step, valid or not, into the `task` channel."""
+    box_on_target: float = 1.0
+    """A box pushed onto a target."""
+    box_off_target: float = -1.0
+    """A box pushed off a target."""
+    solved: float = 10.0
+    """All boxes on targets; the episode terminates."""
+    invalid_action: float = -0.1
+    """Text view only: unparseable text, paid into the `format` channel instead of the step penalty."""
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if not np.isfinite(value):
+                raise ValueError(f"SokobanRewards.{name} must be a finite number, got {value!r}")

@@ -1,0 +1,242 @@
+"""Batched Sokoban in torch: thousands of boards stepped together on the CPU or a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
+from creditgym.envs.sokoban.level import NUM_TILES, Tile
+from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards
+
+# Boards are stored as bit flags so a move is a few integer ops; `_TILE_OF_CODE` maps back to `Tile`.
+WALL_BIT, TARGET_BIT, BOX_BIT, PLAYER_BIT = 1, 2, 4, 8
+_CODE_OF_TILE = {
+    Tile.WALL: WALL_BIT,
+    Tile.FLOOR: 0,
+    Tile.TARGET: TARGET_BIT,
+    Tile.BOX_ON_TARGET: BOX_BIT | TARGET_BIT,
+    Tile.BOX: BOX_BIT,
+    Tile.PLAYER: PLAYER_BIT,
+    Tile.PLAYER_ON_TARGET: PLAYER_BIT | TARGET_BIT,
+}
+_NUM_CODES = 16
+
+
+def _tile_of_code() -> np.ndarray:
+    table = np.zeros(_NUM_CODES, np.int64)
+    for tile, code in _CODE_OF_TILE.items():
+        table[code] = tile
+    return table
+
+
+def _packed_one_hot(tile_of_code: np.ndarray) -> np.ndarray:
+    """For each code, an int64 whose bytes (in memory order) are the one-hot of its tile."""
+    table = np.zeros((_NUM_CODES, 8), np.uint8)
+    table[np.arange(_NUM_CODES), tile_of_code] = 1
+    table[~np.isin(np.arange(_NUM_CODES), list(_CODE_OF_TILE.values()))] = 0
+    return table.view(np.int64).reshape(_NUM_CODES)
+
+
+def _outcome_table(rewards: SokobanRewards) -> tuple[np.ndarray, np.ndarray]:
+    """Everything a move does, indexed by (code ahead) * 16 + (code two ahead).
+
+    Returns int64 columns [moved, change at player, change ahead, change two ahead, change in boxes on
+    target] and the float64 task reward without the solve bonus, summed in the same order as SokobanEnv.
+    """
+    effects = np.zeros((_NUM_CODES * _NUM_CODES, 5), np.int64)
+    reward = np.full(_NUM_CODES * _NUM_CODES, rewards.step, np.float64)
+    for ahead in range(_NUM_CODES):
+        for behind in range(_NUM_CODES):
+            key = ahead * _NUM_CODES + behind
+            blocked_ahead = ahead & (WALL_BIT | BOX_BIT)
+            push = bool(ahead & BOX_BIT) and not behind & (WALL_BIT | BOX_BIT | PLAYER_BIT)
+            if blocked_ahead and not push:
+                continue
+            box_on = push and bool(behind & TARGET_BIT)
+            box_off = push and bool(ahead & TARGET_BIT)
+            effects[key] = (1, -PLAYER_BIT, PLAYER_BIT - BOX_BIT * push, BOX_BIT * push, int(box_on) - int(box_off))
+            task = rewards.step
+            if box_on:
+                task += rewards.box_on_target
+            if box_off:
+                task += rewards.box_off_target
+            reward[key] = task
+    return effects, reward
+
+
+class SokobanVectorEnv(VectorEnv):
+    """`num_envs` Sokoban boards stepped as torch tensors on `device`, with same-step autoreset from a bank.
+
+    Dynamics, rewards and array observations match `SokobanEnv` exactly (tested). Observations, rewards,
+    terminations and truncations are tensors on `device` and never leave it. When an episode ends, the board
+    is replaced by a new level in the same step (`AutoresetMode.SAME_STEP`); the last observation of the
+    ended episodes is in `info["final_obs"]`, one row per True entry of the mask `info["_final_obs"]` in env
+    order (so `values[info["_final_obs"]] = critic(info["final_obs"])`), which PPO needs to bootstrap on
+    truncation.
+
+    Info keys: `reward_components` ({"task", "format"}), `success`, `boxes_on_target`, `level_index` (the
+    bank row each board plays), and `final_obs`/`_final_obs`.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int,
+        *,
+        levels: str | Path | LevelBank = "6x6-1b",
+        split: str = "train",
+        max_episode_steps: int = 120,
+        rewards: SokobanRewards | None = None,
+        device: str | torch.device = "cpu",
+        obs_mode: str = "array",
+    ) -> None:
+        if obs_mode != "array":
+            raise ValueError(
+                f"SokobanVectorEnv produces array observations only (got obs_mode={obs_mode!r}); for text or RGB "
+                "use gymnasium.make_vec(..., vectorization_mode='sync')"
+            )
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.bank = resolve_bank(levels, split)
+        self.rewards = rewards or SokobanRewards()
+        self.max_episode_steps = max_episode_steps
+        height, width = self.bank.shape
+        self._height, self._width, self._cells = height, width, height * width
+
+        self.single_observation_space = spaces.Box(0, 1, (NUM_TILES, height, width), np.uint8)
+        self.single_action_space = spaces.Discrete(len(Action))
+        self.observation_space = spaces.Box(0, 1, (num_envs, NUM_TILES, height, width), np.uint8)
+        self.action_space = spaces.MultiDiscrete(np.full(num_envs, len(Action)))
+
+        dev = self.device
+        codes = _tile_of_code()
+        code_of_tile = np.zeros(NUM_TILES, np.int64)
+        for tile, code in _CODE_OF_TILE.items():
+            code_of_tile[tile] = code
+        bank_codes = code_of_tile[self.bank.tiles.reshape(len(self.bank), -1)]
+        self._bank_codes = torch.as_tensor(bank_codes, dtype=torch.int64, device=dev)
+        self._bank_player = self._bank_codes.bitwise_and(PLAYER_BIT).argmax(dim=1)
+        self._bank_on_target = (self._bank_codes == BOX_BIT | TARGET_BIT).sum(dim=1)
+        self._bank_num_boxes = self._bank_codes.bitwise_and(BOX_BIT).ne(0).sum(dim=1)
+        self._tile_of_code = torch.as_tensor(codes, dtype=torch.int64, device=dev)
+        effects, reward = _outcome_table(self.rewards)
+        self._effects = torch.as_tensor(effects, device=dev)
+        self._move_reward = torch.as_tensor(reward, dtype=torch.float64, device=dev)
+        self._deltas = torch.tensor([DELTAS[a][0] * width + DELTAS[a][1] for a in Action], device=dev)
+        self._packed_one_hot = torch.as_tensor(_packed_one_hot(codes), device=dev)
+
+        self._generator = torch.Generator(device=dev)
+        self._generator.manual_seed(int(np.random.SeedSequence().generate_state(1)[0]))
+        self._codes = torch.zeros((num_envs, self._cells), dtype=torch.int64, device=dev)
+        self._player = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        self._on_target = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        self._num_boxes = torch.ones(num_envs, dtype=torch.int64, device=dev)
+        self._elapsed = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        self.level_index = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+
+    def step(self, actions: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                               torch.Tensor, dict[str, Any]]:
+        actions = torch.as_tensor(actions, device=self.device, dtype=torch.int64)
+        delta = self._deltas.index_select(0, actions)
+        ahead = self._player + delta
+        behind = (ahead + delta).clamp_(0, self._cells - 1)
+        key = self._codes.gather(1, ahead[:, None]).squeeze(1) * _NUM_CODES
+        key += self._codes.gather(1, behind[:, None]).squeeze(1)
+        effects = self._effects.index_select(0, key)
+        self._codes.scatter_add_(1, torch.stack((self._player, ahead, behind), dim=1), effects[:, 1:4])
+        self._player += effects[:, 0] * delta
+        self._on_target += effects[:, 4]
+        self._elapsed += 1
+        terminated = self._on_target == self._num_boxes
+        truncated = (self._elapsed >= self.max_episode_steps) & ~terminated
+        solve_bonus = terminated.to(torch.float64) * self.rewards.solved
+        task = (self._move_reward.index_select(0, key) + solve_bonus).to(torch.float32)
+        info: dict[str, Any] = {
+            "reward_components": {"task": task, "format": torch.zeros_like(task)},
+            "success": terminated,
+            "boxes_on_target": self._on_target.clone(),
+        }
+        done = terminated | truncated
+        done_rows = done.nonzero().squeeze(1)
+        packed = self._pack(self._codes)
+        if len(done_rows):
+            info["final_obs"] = self._unpack(packed[done_rows])
+            info["_final_obs"] = done
+            self._load_levels(done_rows)
+            packed[done_rows] = self._pack(self._codes[done_rows])
+        info["level_index"] = self.level_index.clone()
+        return self._unpack(packed), task, terminated, truncated, info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Load a level into every board. `options={"level_index": tensor}` picks bank rows explicitly."""
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+        chosen = (options or {}).get("level_index")
+        rows = torch.arange(self.num_envs, device=self.device)
+        if chosen is not None:
+            chosen = torch.as_tensor(chosen, dtype=torch.int64, device=self.device).reshape(self.num_envs)
+            if chosen.min() < 0 or chosen.max() >= len(self.bank):
+                raise ValueError(f"options['level_index'] must be in [0, {len(self.bank)})")
+        self._load_levels(rows, chosen)
+        info = {
+            "reward_components": {"task": self._zeros(), "format": self._zeros()},
+            "success": torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
+            "boxes_on_target": self._on_target.clone(),
+            "level_index": self.level_index.clone(),
+        }
+        return self._unpack(self._pack(self._codes)), info
+
+    def _zeros(self) -> torch.Tensor:
+        return torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
+
+    def _load_levels(self, rows: torch.Tensor, chosen: torch.Tensor | None = None) -> None:
+        if chosen is None:
+            chosen = torch.randint(len(self.bank), (len(rows),), generator=self._generator, device=self.device)
+        self.level_index[rows] = chosen
+        self._codes[rows] = self._bank_codes[chosen]
+        self._player[rows] = self._bank_player[chosen]
+        self._on_target[rows] = self._bank_on_target[chosen]
+        self._num_boxes[rows] = self._bank_num_boxes[chosen]
+        self._elapsed[rows] = 0
+
+    # One int64 per cell whose 8 bytes are that cell's one-hot tiles (7 used): a single gather builds the
+    # whole batch, and the channels-first observation is a zero-copy view with channels-last strides.
+    def _pack(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._packed_one_hot.index_select(0, codes.reshape(-1)).view(len(codes), self._cells)
+
+    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        cells = packed.view(torch.uint8).view(len(packed), self._height, self._width, 8)
+        return cells[..., :NUM_TILES].permute(0, 3, 1, 2)
+
+    # -- checkpointing of the level cursor ----------------------------------------------------------------
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue exactly: boards, counters and the level-sampling RNG."""
+        return {
+            "codes": self._codes.clone(),
+            "player": self._player.clone(),
+            "on_target": self._on_target.clone(),
+            "num_boxes": self._num_boxes.clone(),
+            "elapsed": self._elapsed.clone(),
+            "level_index": self.level_index.clone(),
+            "generator": self._generator.get_state(),
+        }
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        for name in ("codes", "player", "on_target", "num_boxes", "elapsed"):
+            getattr(self, f"_{name}").copy_(state[name])
+        self.level_index.copy_(state["level_index"])
+        self._generator.set_state(state["generator"])

@@ -1,0 +1,1 @@
+"""creditgym.llm (see DESIGN.md)."""

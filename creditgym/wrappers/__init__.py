@@ -1,0 +1,1 @@
+"""creditgym.wrappers (see DESIGN.md)."""

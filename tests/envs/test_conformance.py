@@ -1,0 +1,107 @@
+"""The registry-wide conformance suite, and proof that the suite catches broken envs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+import creditgym
+from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
+from creditgym.envs.testing import ConformanceError, check_conformance
+
+# Every env the package registers. A new env adds its id here, so none is silently dropped.
+EXPECTED_IDS = {
+    "creditgym/Sokoban-6x6-1b-v0",
+    "creditgym/Sokoban-6x6-2b-v0",
+    "creditgym/Sokoban-8x8-2b-v0",
+    "creditgym/Sokoban-10x10-3b-v0",
+}
+
+
+def _cases() -> list[tuple[str, dict]]:
+    """Every registered id, once per declared observation mode."""
+    cases = []
+    for env_id in registered_ids():
+        modes = obs_modes(env_id)
+        cases += [(env_id, {"obs_mode": mode}) for mode in modes] if modes else [(env_id, {})]
+    return cases
+
+
+def test_every_env_is_registered_and_described() -> None:
+    assert creditgym.envs is not None
+    assert set(registered_ids()) == EXPECTED_IDS
+    assert len(registered_ids()) == 4
+    assert set(DESCRIPTIONS) == EXPECTED_IDS
+
+
+@pytest.mark.parametrize(("env_id", "kwargs"), _cases(), ids=lambda v: v if isinstance(v, str) else str(v))
+def test_conformance(env_id: str, kwargs: dict) -> None:
+    check_conformance(env_id, **kwargs)
+
+
+class _Counter(gym.Env):
+    """A tiny correct env; subclasses below break one contract each."""
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.observation_space = spaces.Box(0, 10, (1,), np.int64)
+        self.action_space = spaces.Discrete(2)
+        self.render_mode = render_mode
+        self.count = 0
+
+    def step(self, action):
+        self.count = min(10, self.count + int(action))
+        done = self.count >= 10
+        reward = float(done)
+        return np.array([self.count]), reward, done, False, self._info(reward, done)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.count = int(self.np_random.integers(0, 3))
+        info = self._info(0.0, False)
+        info["instructions"] = "count to ten"
+        return np.array([self.count]), info
+
+    def render(self):
+        return str(self.count)
+
+    def _info(self, reward: float, done: bool) -> dict:
+        return {"reward_components": {"task": reward}, "success": done}
+
+
+class _WrongComponents(_Counter):
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward + 1.0, terminated, truncated, info
+
+
+class _GlobalRandom(_Counter):
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.count = int(np.random.randint(0, 3))  # the bug under test: global RNG
+        return np.array([self.count]), info
+
+
+class _NoInstructions(_Counter):
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        del info["instructions"]
+        return obs, info
+
+
+class _BadRender(_Counter):
+    def render(self):
+        return self.count
+
+
+def test_suite_accepts_a_correct_env() -> None:
+    check_conformance(_Counter)
+
+
+@pytest.mark.parametrize("broken", [_WrongComponents, _GlobalRandom, _NoInstructions, _BadRender])
+def test_suite_catches_broken_envs(broken: type[gym.Env]) -> None:
+    with pytest.raises((ConformanceError, AssertionError)):
+        check_conformance(broken)
