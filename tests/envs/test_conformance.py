@@ -32,7 +32,7 @@ def _cases() -> list[tuple[str, dict]]:
 def test_every_env_is_registered_and_described() -> None:
     assert creditgym.envs is not None
     assert set(registered_ids()) == EXPECTED_IDS
-    assert len(registered_ids()) == 4
+    assert len(registered_ids()) == len(EXPECTED_IDS)
     assert set(DESCRIPTIONS) == EXPECTED_IDS
 
 

@@ -1,0 +1,134 @@
+"""SokobanVectorEnv matches SokobanEnv exactly, autoresets, seeds and checkpoints."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import creditgym  # noqa: F401
+from creditgym.envs.sokoban.bank import load_bank
+from creditgym.envs.sokoban.env import SokobanEnv
+from creditgym.envs.sokoban.solver import solve
+from creditgym.envs.sokoban.vector import SokobanVectorEnv
+
+NUM_ENVS = 16
+MAX_STEPS = 25
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+class _Driver:
+    """Half the boards follow the solver's plan (so episodes terminate), half move at random (so they truncate)."""
+
+    def __init__(self, bank, rng: np.random.Generator) -> None:
+        self.bank, self.rng, self.plans = bank, rng, {}
+
+    def start(self, env_index: int, level_index: int) -> None:
+        self.plans[env_index] = list(solve(self.bank[level_index]) or []) if env_index % 2 == 0 else []
+
+    def action(self, env_index: int) -> int:
+        plan = self.plans[env_index]
+        return int(plan.pop(0)) if plan else int(self.rng.integers(4))
+
+
+@pytest.mark.parametrize("variant", ["6x6-1b", "8x8-2b"])
+def test_batched_env_matches_single_env_exactly(variant: str) -> None:
+    bank = load_bank(variant)
+    vec = SokobanVectorEnv(NUM_ENVS, levels=variant, max_episode_steps=MAX_STEPS)
+    obs, info = vec.reset(seed=7)
+    singles = [SokobanEnv(levels=variant) for _ in range(NUM_ENVS)]
+    driver = _Driver(bank, np.random.default_rng(0))
+    elapsed = [0] * NUM_ENVS
+    for i, env in enumerate(singles):
+        single_obs, _ = env.reset(options={"level": bank[int(info["level_index"][i])]})
+        assert np.array_equal(obs[i].numpy(), single_obs)
+        driver.start(i, int(info["level_index"][i]))
+    terminations = truncations = 0
+    for _ in range(150):
+        actions = [driver.action(i) for i in range(NUM_ENVS)]
+        obs, reward, terminated, truncated, info = vec.step(torch.tensor(actions))
+        final_rows = iter(info["final_obs"]) if "final_obs" in info else iter(())
+        for i, env in enumerate(singles):
+            single_obs, single_reward, single_term, _, single_info = env.step(actions[i])
+            elapsed[i] += 1
+            single_trunc = elapsed[i] >= MAX_STEPS and not single_term
+            assert reward[i].item() == np.float32(single_reward)
+            assert info["reward_components"]["task"][i].item() == np.float32(single_reward)
+            assert (terminated[i].item(), truncated[i].item()) == (single_term, single_trunc)
+            assert info["boxes_on_target"][i].item() == single_info["boxes_on_target"]
+            assert info["success"][i].item() == single_info["success"]
+            if single_term or single_trunc:
+                assert info["_final_obs"][i]
+                assert np.array_equal(next(final_rows).numpy(), single_obs)
+                terminations += single_term
+                truncations += single_trunc
+                level_index = int(info["level_index"][i])
+                single_obs, _ = env.reset(options={"level": bank[level_index]})
+                driver.start(i, level_index)
+                elapsed[i] = 0
+            assert np.array_equal(obs[i].numpy(), single_obs)
+    assert terminations > 5 and truncations > 5
+
+
+def test_spaces_and_dtypes() -> None:
+    vec = SokobanVectorEnv(8)
+    obs, info = vec.reset(seed=0)
+    assert obs.shape == (8, 7, 6, 6) and obs.dtype == torch.uint8
+    assert vec.single_observation_space.shape == (7, 6, 6) and vec.action_space.shape == (8,)
+    _, reward, terminated, truncated, info = vec.step(torch.zeros(8, dtype=torch.int64))
+    assert reward.dtype == torch.float32 and terminated.dtype == torch.bool and truncated.dtype == torch.bool
+    assert torch.equal(info["reward_components"]["task"] + info["reward_components"]["format"], reward)
+
+
+def test_same_seed_same_levels_and_different_seed_differs() -> None:
+    def run(seed: int) -> list[torch.Tensor]:
+        vec = SokobanVectorEnv(32, max_episode_steps=5)
+        vec.reset(seed=seed)
+        actions = torch.Generator().manual_seed(1)
+        return [vec.step(torch.randint(4, (32,), generator=actions))[4]["level_index"] for _ in range(12)]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(3), run(3), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(run(3), run(4), strict=True))
+
+
+def test_checkpoint_state_continues_exactly() -> None:
+    vec = SokobanVectorEnv(32, max_episode_steps=10)
+    vec.reset(seed=0)
+    actions = torch.randint(4, (40, 32), generator=torch.Generator().manual_seed(0))
+    for t in range(15):
+        vec.step(actions[t])
+    state = vec.get_state()
+    expected = [vec.step(actions[t]) for t in range(15, 40)]
+    restored = SokobanVectorEnv(32, max_episode_steps=10)
+    restored.set_state(state)
+    for t, (obs, reward, *_ ) in zip(range(15, 40), expected, strict=True):
+        got_obs, got_reward, *_ = restored.step(actions[t])
+        assert torch.equal(got_obs, obs) and torch.equal(got_reward, reward)
+
+
+def test_make_vec_uses_the_batched_env_and_rejects_text() -> None:
+    vec = gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=4)
+    assert isinstance(vec.unwrapped, SokobanVectorEnv) and vec.unwrapped.max_episode_steps == 120
+    with pytest.raises(ValueError, match="vectorization_mode='sync'"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=4, obs_mode="text")
+
+
+def test_reset_with_explicit_levels_and_bad_index() -> None:
+    vec = SokobanVectorEnv(4)
+    _, info = vec.reset(options={"level_index": [0, 1, 2, 3]})
+    assert info["level_index"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="level_index"):
+        vec.reset(options={"level_index": [0, 1, 2, 10**9]})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_runs_on_cuda_and_keeps_tensors_there() -> None:
+    vec = SokobanVectorEnv(64, device="cuda")
+    obs, _ = vec.reset(seed=0)
+    obs, reward, *_ = vec.step(torch.zeros(64, dtype=torch.int64, device="cuda"))
+    assert obs.is_cuda and reward.is_cuda
