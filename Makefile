@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 demo: $(STAMP)
 	$(PY) -m creditgym.cli demo
 
+# pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 test: $(STAMP)
 	$(PY) -m ruff check creditgym tests benchmarks examples
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(PY) -m creditgym.cli bench

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from creditgym.envs.sokoban.boxoban import read_boxoban
-from creditgym.envs.sokoban.level import Level
+from creditgym.envs.sokoban.level import BOX_TILES, PLAYER_TILES, TARGET_TILES, Level, Tile
 
 BANK_DIR = Path(__file__).parent / "banks"
 SPLITS = ("train", "test")
@@ -17,7 +17,7 @@ SPLITS = ("train", "test")
 
 @dataclass(frozen=True, eq=False)
 class LevelBank:
-    """Levels of one size as an (N, H, W) int8 tile array."""
+    """Levels of one size as an (N, H, W) int8 tile array, with per-level facts precomputed for fast resets."""
 
     tiles: np.ndarray
     name: str = "custom"
@@ -26,6 +26,16 @@ class LevelBank:
         if self.tiles.ndim != 3 or len(self.tiles) == 0:
             raise ValueError(f"a level bank needs an (N, H, W) array with N >= 1, got {self.tiles.shape}")
         self.tiles.setflags(write=False)
+        facts = level_facts(self.tiles)
+        for name, value in facts.items():
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
+    # Set in __post_init__ from level_facts().
+    players: np.ndarray = field(init=False, repr=False)
+    num_boxes: np.ndarray = field(init=False, repr=False)
+    boxes_on_target: np.ndarray = field(init=False, repr=False)
+    dead_corners: np.ndarray = field(init=False, repr=False)
 
     @classmethod
     def from_levels(cls, levels: list[Level], name: str = "custom") -> LevelBank:
@@ -48,6 +58,23 @@ class LevelBank:
     @property
     def shape(self) -> tuple[int, int]:
         return self.tiles.shape[1:]  # type: ignore[return-value]
+
+
+def level_facts(tiles: np.ndarray) -> dict[str, np.ndarray]:
+    """For (N, H, W) boards: player (row, col), box count, boxes on target, and non-target corners.
+
+    A box in a non-target corner (walls on one vertical and one horizontal side) can never move again.
+    """
+    flat_player = np.isin(tiles, PLAYER_TILES).reshape(len(tiles), -1).argmax(axis=1)
+    wall = np.pad(tiles == Tile.WALL, ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    vertical = wall[:, :-2, 1:-1] | wall[:, 2:, 1:-1]
+    horizontal = wall[:, 1:-1, :-2] | wall[:, 1:-1, 2:]
+    return {
+        "players": np.stack(np.unravel_index(flat_player, tiles.shape[1:]), axis=1),
+        "num_boxes": np.isin(tiles, BOX_TILES).sum(axis=(1, 2)),
+        "boxes_on_target": (tiles == Tile.BOX_ON_TARGET).sum(axis=(1, 2)),
+        "dead_corners": vertical & horizontal & (tiles != Tile.WALL) & ~np.isin(tiles, TARGET_TILES),
+    }
 
 
 def bank_names() -> list[str]:

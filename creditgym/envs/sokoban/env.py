@@ -162,19 +162,19 @@ class SokobanEnv(gym.Env):
         super().reset(seed=seed)
         level = (options or {}).get("level")
         if level is None:
-            tiles = self.bank.tiles[self.np_random.integers(len(self.bank))]
+            bank, index = self.bank, int(self.np_random.integers(len(self.bank)))
         elif isinstance(level, Level):
             if level.shape != self.bank.shape:
                 raise ValueError(f"options['level'] has shape {level.shape}; this env plays {self.bank.shape}")
-            tiles = level.tiles
+            bank, index = LevelBank(level.tiles[None]), 0
         else:
             raise TypeError(f"options['level'] must be a creditgym Level, got {type(level).__name__}")
-        self._tiles = tiles.copy()
-        self._player = tuple(int(i) for i in np.argwhere((tiles == Tile.PLAYER) | (tiles == Tile.PLAYER_ON_TARGET))[0])
-        self._num_boxes = int(np.isin(tiles, BOX_TILES).sum())
-        self._boxes_on_target = int((tiles == Tile.BOX_ON_TARGET).sum())
-        self._corners = _non_target_corners(tiles)
-        self._deadlock = bool((self._corners & (tiles == Tile.BOX)).any())
+        self._tiles = bank.tiles[index].copy()
+        self._player = (int(bank.players[index, 0]), int(bank.players[index, 1]))
+        self._num_boxes = int(bank.num_boxes[index])
+        self._boxes_on_target = int(bank.boxes_on_target[index])
+        self._corners = bank.dead_corners[index]
+        self._deadlock = bool((self._corners & (self._tiles == Tile.BOX)).any())
         self._invalid_count = 0
         self._feedback = ""
         info = self._info(task=0.0, format=0.0)
@@ -258,11 +258,3 @@ class SokobanEnv(gym.Env):
         board = render_board(self._tiles, self.symbols)
         return f"{self._feedback}\n{board}" if self._feedback else board
 
-
-def _non_target_corners(tiles: np.ndarray) -> np.ndarray:
-    """Non-target cells walled in on one vertical and one horizontal side: a box there can never move."""
-    wall = np.pad(tiles == Tile.WALL, 1, constant_values=True)
-    vertical = wall[:-2, 1:-1] | wall[2:, 1:-1]
-    horizontal = wall[1:-1, :-2] | wall[1:-1, 2:]
-    open_floor = (tiles != Tile.WALL) & ~np.isin(tiles, (Tile.TARGET, Tile.BOX_ON_TARGET, Tile.PLAYER_ON_TARGET))
-    return vertical & horizontal & open_floor

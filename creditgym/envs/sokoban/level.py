@@ -86,8 +86,9 @@ class Level:
                 f"a level needs as many boxes as targets (at least one): {self.num_boxes} boxes, "
                 f"{len(self.targets)} targets"
             )
-        reachable = self.reachable_mask()
-        if reachable[0].any() or reachable[-1].any() or reachable[:, 0].any() or reachable[:, -1].any():
+        # Boxes can be pushed, so only walls enclose; this keeps every move and push inside the grid.
+        area = flood_fill(tiles == Tile.WALL, self.player)
+        if area[0].any() or area[-1].any() or area[:, 0].any() or area[:, -1].any():
             raise LevelError("the player's area is not enclosed by walls: it reaches the edge of the grid")
 
     # -- conversions --------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def _outcome_table(rewards: SokobanRewards) -> tuple[np.ndarray, np.ndarray]:
     """Everything a move does, indexed by (code ahead) * 16 + (code two ahead).
 
     Returns int64 columns [moved, change at player, change ahead, change two ahead, change in boxes on
-    target] and the float64 task reward without the solve bonus, summed in the same order as SokobanEnv.
+    target] and the float64 task reward before any solve bonus, summed in the same order as SokobanEnv.
     """
     effects = np.zeros((_NUM_CODES * _NUM_CODES, 5), np.int64)
     reward = np.full(_NUM_CODES * _NUM_CODES, rewards.step, np.float64)
@@ -127,13 +127,16 @@ class SokobanVectorEnv(VectorEnv):
             code_of_tile[tile] = code
         bank_codes = code_of_tile[self.bank.tiles.reshape(len(self.bank), -1)]
         self._bank_codes = torch.as_tensor(bank_codes, dtype=torch.int64, device=dev)
-        self._bank_player = self._bank_codes.bitwise_and(PLAYER_BIT).argmax(dim=1)
-        self._bank_on_target = (self._bank_codes == BOX_BIT | TARGET_BIT).sum(dim=1)
-        self._bank_num_boxes = self._bank_codes.bitwise_and(BOX_BIT).ne(0).sum(dim=1)
+        bank_player = self.bank.players[:, 0] * width + self.bank.players[:, 1]
+        self._bank_player = torch.as_tensor(bank_player, dtype=torch.int64, device=dev)
+        self._bank_on_target = torch.tensor(self.bank.boxes_on_target, dtype=torch.int64, device=dev)
+        self._bank_num_boxes = torch.tensor(self.bank.num_boxes, dtype=torch.int64, device=dev)
         self._tile_of_code = torch.as_tensor(codes, dtype=torch.int64, device=dev)
         effects, reward = _outcome_table(self.rewards)
         self._effects = torch.as_tensor(effects, device=dev)
-        self._move_reward = torch.as_tensor(reward, dtype=torch.float64, device=dev)
+        # Indexed by key * 2 + solved; summed in float64 like SokobanEnv, then rounded once to float32.
+        with_solve = np.stack([reward, reward + self.rewards.solved], axis=1).reshape(-1)
+        self._reward = torch.as_tensor(with_solve, dtype=torch.float32, device=dev)
         self._deltas = torch.tensor([DELTAS[a][0] * width + DELTAS[a][1] for a in Action], device=dev)
         self._packed_one_hot = torch.as_tensor(_packed_one_hot(codes), device=dev)
 
@@ -161,8 +164,7 @@ class SokobanVectorEnv(VectorEnv):
         self._elapsed += 1
         terminated = self._on_target == self._num_boxes
         truncated = (self._elapsed >= self.max_episode_steps) & ~terminated
-        solve_bonus = terminated.to(torch.float64) * self.rewards.solved
-        task = (self._move_reward.index_select(0, key) + solve_bonus).to(torch.float32)
+        task = self._reward.index_select(0, key * 2 + terminated)
         info: dict[str, Any] = {
             "reward_components": {"task": task, "format": torch.zeros_like(task)},
             "success": terminated,

@@ -34,6 +34,7 @@ def test_level_round_trip_and_queries() -> None:
         (["#####", "#@$ #", "#####"], "as many boxes as targets"),
         (["#####", "#@  #", "#####"], "at least one"),
         (["#####", " @$.#", "#####"], "enclosed"),
+        (["##$##", "#@ .#", "#####"], "enclosed"),  # a box on the edge could be pushed off the grid
         (["#####", "#@$x#", "#####"], "unknown symbol 'x'"),
     ],
 )

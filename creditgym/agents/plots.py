@@ -1,0 +1,53 @@
+"""Learning-curve plots from runs' metrics.jsonl files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's metrics.jsonl (a row that is not valid JSON, e.g. cut by a crash, is skipped)."""
+    rows = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: str | Path, *, title: str = "") -> Path:
+    """Success rate and episodic return against env steps, one line per run label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (success_axis, return_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, rows in runs.items():
+        for axis, key in ((success_axis, "charts/success_rate"), (return_axis, "charts/episodic_return")):
+            points = [(row["global_step"], row[key]) for row in rows if key in row]
+            if points:
+                steps, values = zip(*points, strict=True)
+                axis.plot(steps, _smooth(list(values)), label=label)
+    success_axis.set(xlabel="env steps", ylabel="success rate (training episodes)", ylim=(-0.02, 1.02))
+    return_axis.set(xlabel="env steps", ylabel="episodic return")
+    for axis in (success_axis, return_axis):
+        axis.grid(alpha=0.3)
+        if len(runs) > 1:
+            axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def _smooth(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average, as TensorBoard shows by default."""
+    out, last = [], values[0]
+    for value in values:
+        last = weight * last + (1 - weight) * value
+        out.append(last)
+    return out

@@ -1,0 +1,458 @@
+"""PPO for small policies on vector envs, in the style of CleanRL: config, networks, then the training loop.
+
+The loop keeps everything on one device: creditgym's batched Sokoban produces observations as tensors there, so
+a GPU run never copies observations to the host. Advantages come from `creditgym.credit.gae`, which bootstraps on
+truncation and never on termination.
+
+    creditgym train --env creditgym/Sokoban-6x6-1b-v0 --total-steps 2000000 --seed 1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+import creditgym
+from creditgym.agents.plots import plot_learning_curves, read_metrics
+from creditgym.agents.vec import TorchVecEnv, make_vec_env
+from creditgym.credit import gae
+
+
+@dataclass
+class PPOConfig:
+    """Every PPO setting; `creditgym train` turns each field into a flag."""
+
+    env_id: str = "creditgym/Sokoban-6x6-1b-v0"
+    """registered env id with array observations"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments for the env, e.g. {"split": "train"}"""
+    total_steps: int = 2_000_000
+    """env steps to train for, summed over all envs"""
+    num_envs: int = 256
+    """parallel envs"""
+    num_steps: int = 32
+    """steps per env in each rollout"""
+    learning_rate: float = 1e-3
+    """Adam learning rate"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    num_minibatches: int = 4
+    """minibatches per epoch"""
+    update_epochs: int = 2
+    """passes over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    clip_coef: float = 0.2
+    """policy ratio clip"""
+    clip_vloss: bool = False
+    """clip the value loss like the policy (off: it caps value learning at clip_coef per update)"""
+    ent_coef: float = 0.01
+    """entropy bonus"""
+    vf_coef: float = 0.5
+    """value loss weight"""
+    max_grad_norm: float = 0.5
+    """gradient clipping norm"""
+    target_kl: float | None = None
+    """stop an update early once the approximate KL passes this"""
+    policy: str = "auto"
+    """network: cnn (grid observations), mlp (flat vectors) or auto"""
+    hidden: int = 128
+    """hidden width"""
+    seed: int = 1
+    """seeds the env, the network and every sample"""
+    device: str = "auto"
+    """cpu, cuda or auto (cuda when present)"""
+    threads: int = 1
+    """torch CPU threads; more than the free cores collapses throughput"""
+    run_name: str | None = None
+    """run folder name under runs_dir (default: env-seed-time)"""
+    runs_dir: str = "runs"
+    """where runs are written"""
+    checkpoint_every: int = 50
+    """updates between checkpoints (0 = only at the end)"""
+    progress: bool = True
+    """show a progress bar"""
+    tensorboard: bool = True
+    """write TensorBoard events"""
+
+    def __post_init__(self) -> None:
+        positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden", "threads")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(f"num_envs * num_steps ({self.batch_size}) must be divisible by num_minibatches "
+                             f"({self.num_minibatches}); change one of them")
+        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+        if self.learning_rate <= 0 or self.clip_coef <= 0:
+            raise ValueError("learning_rate and clip_coef must be positive")
+        if self.policy not in ("auto", "cnn", "mlp"):
+            raise ValueError(f"policy must be auto, cnn or mlp, got {self.policy!r}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.total_steps // self.batch_size)
+
+
+# -- networks ---------------------------------------------------------------------------------------------------
+def _layer(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class ActorCritic(nn.Module):
+    """Separate policy and value networks (a CNN over (C, H, W) one-hot grids, or an MLP over flat vectors).
+
+    Separate torsos keep the value loss, whose scale follows the returns, from swamping the policy gradient
+    in a shared trunk.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, *, kind: str, hidden: int) -> None:
+        super().__init__()
+        self.actor = nn.Sequential(_torso(obs_shape, kind, hidden), _layer(nn.Linear(hidden, num_actions), 0.01))
+        self.critic = nn.Sequential(_torso(obs_shape, kind, hidden), _layer(nn.Linear(hidden, 1), 1.0))
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = obs.float()
+        logits = self.actor(obs)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+        return logits, self.critic(obs).squeeze(-1)
+
+
+def _torso(obs_shape: tuple[int, ...], kind: str, hidden: int) -> nn.Module:
+    if kind == "cnn":
+        channels, height, width = obs_shape
+        return nn.Sequential(
+            _layer(nn.Conv2d(channels, 32, 3, padding=1)), nn.ReLU(),
+            _layer(nn.Conv2d(32, 32, 3, padding=1)), nn.ReLU(), nn.Flatten(),
+            _layer(nn.Linear(32 * height * width, hidden)), nn.ReLU(),
+        )
+    return nn.Sequential(
+        nn.Flatten(), _layer(nn.Linear(int(np.prod(obs_shape)), hidden)), nn.Tanh(),
+        _layer(nn.Linear(hidden, hidden)), nn.Tanh(),
+    )
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Categorical samples by the Gumbel-max trick, drawn from an explicit generator (reproducible, resumable)."""
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
+    return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
+
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+# -- the trainer ------------------------------------------------------------------------------------------------
+class PPO:
+    """Builds the envs and the network from a `PPOConfig`, then `learn()`s. `resume=` continues a checkpoint."""
+
+    def __init__(self, config: PPOConfig, *, resume: str | Path | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.envs: TorchVecEnv = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
+        obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
+        if not isinstance(act_space, spaces.Discrete) or not isinstance(obs_space, spaces.Box):
+            raise ValueError(f"PPO needs Box observations and Discrete actions; {config.env_id} has "
+                             f"{obs_space} and {act_space} (use obs_mode='array' for grid envs)")
+        kind = config.policy if config.policy != "auto" else ("cnn" if len(obs_space.shape) == 3 else "mlp")
+        self.agent = ActorCritic(obs_space.shape, int(act_space.n), kind=kind, hidden=config.hidden).to(self.device)
+        self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        self.global_step = 0
+        self.update = 0
+        self.run_dir = Path(config.runs_dir) / (config.run_name or
+                                               f"{config.env_id.split('/')[-1]}-s{config.seed}-{int(time.time())}")
+        self.next_obs, info = self.envs.reset(seed=config.seed)
+        self.next_mask = info.get("action_mask")
+        self.episode = _EpisodeTracker(config.num_envs, self.device)
+        if resume is not None:
+            self.load_checkpoint(resume)
+
+    def learn(self, until_steps: int | None = None) -> dict[str, float]:
+        """Train to `total_steps` (or stop early at `until_steps`, e.g. to test resuming); returns last metrics."""
+        cfg, dev = self.config, self.device
+        T, N = cfg.num_steps, cfg.num_envs
+        obs_shape = self.envs.single_observation_space.shape
+        obs_buf = torch.zeros((T, N, *obs_shape), dtype=self.next_obs.dtype, device=dev)
+        mask_buf = None if self.next_mask is None else torch.zeros((T, N, *self.next_mask.shape[1:]), dtype=torch.bool,
+                                                                   device=dev)
+        actions = torch.zeros((T, N), dtype=torch.int64, device=dev)
+        logprobs, rewards, values, next_values = (torch.zeros((T, N), device=dev) for _ in range(4))
+        terminated, truncated = (torch.zeros((T, N), dtype=torch.bool, device=dev) for _ in range(2))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
+        logger = _Logger(self.run_dir, cfg.tensorboard)
+        metrics: dict[str, float] = {}
+        stop_at = min(cfg.total_steps, until_steps or cfg.total_steps)
+        progress = _Progress(cfg.progress, total=cfg.total_steps, start=self.global_step)
+        start_time, start_step = time.perf_counter(), self.global_step
+
+        while self.update < cfg.num_updates and self.global_step < stop_at:
+            if cfg.anneal_lr:
+                self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - self.update / cfg.num_updates)
+
+            # 1. rollout
+            with torch.no_grad():
+                for t in range(T):
+                    obs_buf[t] = self.next_obs
+                    if mask_buf is not None:
+                        mask_buf[t] = self.next_mask
+                    logits, value = self.agent(self.next_obs, self.next_mask)
+                    action = sample_actions(logits, self.generator)
+                    logprobs[t] = torch.log_softmax(logits, -1).gather(1, action[:, None]).squeeze(1)
+                    values[t], actions[t] = value, action
+                    self.next_obs, reward, terminated[t], truncated[t], info = self.envs.step(action)
+                    self.next_mask = info.get("action_mask")
+                    rewards[t] = reward
+                    next_values[t] = 0.0
+                    if "_final_obs" in info:
+                        # Ended episodes bootstrap from their own last observation, not the next episode's first.
+                        final_value = self.agent(info["final_obs"])[1]
+                        next_values[t][info["_final_obs"]] = final_value
+                    if t > 0:
+                        ended = terminated[t - 1] | truncated[t - 1]
+                        next_values[t - 1] = torch.where(ended, next_values[t - 1], value)
+                    self.episode.step(reward, info, terminated[t] | truncated[t])
+                last_value = self.agent(self.next_obs, self.next_mask)[1]
+                ended = terminated[T - 1] | truncated[T - 1]
+                next_values[T - 1] = torch.where(ended, next_values[T - 1], last_value)
+            self.global_step += T * N
+
+            # 2. advantages
+            advantages, returns = gae(rewards, values, next_values, terminated, truncated,
+                                      gamma=cfg.gamma, lam=cfg.gae_lambda)
+
+            # 3. optimise
+            b_obs = obs_buf.reshape(T * N, *obs_shape)
+            b_mask = None if mask_buf is None else mask_buf.reshape(T * N, -1)
+            b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
+            b_adv, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+            minibatch = cfg.batch_size // cfg.num_minibatches
+            clipfracs, approx_kl = [], torch.zeros((), device=dev)
+            for _epoch in range(cfg.update_epochs):
+                order = torch.randperm(cfg.batch_size, generator=self.generator, device=dev)
+                for start in range(0, cfg.batch_size, minibatch):
+                    idx = order[start:start + minibatch]
+                    logits, new_value = self.agent(b_obs[idx], None if b_mask is None else b_mask[idx])
+                    log_probs = torch.log_softmax(logits, -1)
+                    new_logprob = log_probs.gather(1, b_actions[idx, None]).squeeze(1)
+                    entropy = -(log_probs.exp() * log_probs).sum(-1)
+                    log_ratio = new_logprob - b_logprobs[idx]
+                    ratio = log_ratio.exp()
+                    with torch.no_grad():
+                        approx_kl = ((ratio - 1) - log_ratio).mean()
+                        clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
+                    adv = b_adv[idx]
+                    if cfg.norm_adv:
+                        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                    if cfg.clip_vloss:
+                        clipped = b_values[idx] + (new_value - b_values[idx]).clamp(-cfg.clip_coef, cfg.clip_coef)
+                        v_loss = 0.5 * torch.max((new_value - b_returns[idx]) ** 2,
+                                                 (clipped - b_returns[idx]) ** 2).mean()
+                    else:
+                        v_loss = 0.5 * ((new_value - b_returns[idx]) ** 2).mean()
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+                    self.optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                    break
+            self.update += 1
+
+            # 4. log
+            explained_var = 1 - (b_returns - b_values).var() / (b_returns.var() + 1e-8)
+            sps = (self.global_step - start_step) / (time.perf_counter() - start_time)
+            metrics = {
+                "global_step": self.global_step,
+                "charts/learning_rate": self.optimizer.param_groups[0]["lr"],
+                "charts/sps": sps,
+                "losses/value_loss": v_loss.item(),
+                "losses/policy_loss": pg_loss.item(),
+                "losses/entropy": entropy_loss.item(),
+                "losses/approx_kl": approx_kl.item(),
+                "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+                "losses/explained_variance": explained_var.item(),
+                **self.episode.summary(),
+            }
+            logger.log(metrics)
+            progress.advance(self.global_step, metrics)
+            if cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        progress.close()
+        self.save_checkpoint()
+        logger.close()
+        if self.global_step >= cfg.total_steps or self.update >= cfg.num_updates:
+            plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
+                                 title=f"PPO on {cfg.env_id} (seed {cfg.seed})")
+        return metrics
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Model, optimiser, every RNG, the env (level cursor, boards), episode trackers and counters."""
+        path = Path(path) if path else self.run_dir / "checkpoint.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": asdict(self.config),
+            "model": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "env": self.envs.get_state(),
+            "next_obs": self.next_obs,
+            "next_mask": self.next_mask,
+            "episode": self.episode.state_dict(),
+            "global_step": self.global_step,
+            "update": self.update,
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "checkpoint.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}; pass a run dir or a checkpoint.pt from a run")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.agent.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.envs.set_state(state["env"])
+        self.next_obs, self.next_mask = state["next_obs"], state["next_mask"]
+        self.episode.load_state_dict(state["episode"])
+        self.global_step, self.update = state["global_step"], state["update"]
+        self.run_dir = path.parent
+
+    def _run_record(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
+                "torch": torch.__version__, "device": str(self.device)}
+
+
+class _EpisodeTracker:
+    """Running returns, lengths and per-channel reward sums; summarises episodes finished since the last call."""
+
+    def __init__(self, num_envs: int, device: torch.device) -> None:
+        self.returns = torch.zeros(num_envs, device=device)
+        self.lengths = torch.zeros(num_envs, device=device)
+        self.channels: dict[str, torch.Tensor] = {}
+        self.finished: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def step(self, reward: torch.Tensor, info: dict[str, Any], done: torch.Tensor) -> None:
+        self.returns += reward
+        self.lengths += 1
+        for name, value in info.get("reward_components", {}).items():
+            self.channels.setdefault(name, torch.zeros_like(self.returns)).add_(value)
+        if not done.any():
+            return
+        self.finished["charts/episodic_return"].append(self.returns[done])
+        self.finished["charts/episodic_length"].append(self.lengths[done])
+        if "success" in info:
+            self.finished["charts/success_rate"].append(info["success"][done].float())
+        for name, total in self.channels.items():
+            self.finished[f"reward/{name}"].append(total[done])
+            total.masked_fill_(done, 0.0)
+        self.returns.masked_fill_(done, 0.0)
+        self.lengths.masked_fill_(done, 0.0)
+
+    def summary(self) -> dict[str, float]:
+        out = {name: torch.cat(parts).mean().item() for name, parts in self.finished.items() if parts}
+        if out:
+            out["charts/episodes"] = float(sum(len(p) for p in self.finished["charts/episodic_return"]))
+        self.finished.clear()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"returns": self.returns, "lengths": self.lengths, "channels": self.channels}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns.copy_(state["returns"])
+        self.lengths.copy_(state["lengths"])
+        self.channels = {name: value.to(self.returns.device) for name, value in state["channels"].items()}
+
+
+class _Logger:
+    """metrics.jsonl (append, so resumed runs continue the file) and TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.file = (run_dir / "metrics.jsonl").open("a")
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir))
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self.file.write(json.dumps(metrics) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for name, value in metrics.items():
+                if name != "global_step":
+                    self.writer.add_scalar(name, value, int(metrics["global_step"]))
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Progress:
+    """A rich progress bar with live success rate and SPS (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, *, total: int, start: int) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]PPO"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                                TextColumn("success {task.fields[success]}"), TextColumn("{task.fields[sps]} sps"),
+                                TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, success="-", sps="-")
+            self.success = "-"
+
+    def advance(self, step: int, metrics: dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        if "charts/success_rate" in metrics:
+            self.success = f"{metrics['charts/success_rate']:.0%}"
+        self.bar.update(self.task, completed=step, success=self.success, sps=f"{metrics['charts/sps']:,.0f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

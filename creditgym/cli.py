@@ -1,0 +1,187 @@
+"""The `creditgym` command line: list, play, bench, make-banks, demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import gymnasium as gym
+from rich.console import Console
+from rich.table import Table
+
+import creditgym
+from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
+
+BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+QUIT_WORDS = {"quit", "exit", "q", ":q"}
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    table = Table(title=f"creditgym {creditgym.__version__} environments")
+    table.add_column("id", style="bold")
+    table.add_column("description")
+    for env_id in registered_ids():
+        table.add_row(env_id, DESCRIPTIONS.get(env_id, ""))
+    console.print(table)
+    return 0
+
+
+def cmd_play(args: argparse.Namespace, console: Console) -> int:
+    """A person plays any text env, or a grid env through its text view, one typed action per line."""
+    if args.env_id not in gym.registry:
+        console.print(f"[red]unknown env id {args.env_id!r}[/red]; `creditgym list` shows the registered ids")
+        return 2
+    kwargs = {"obs_mode": "text"} if "text" in obs_modes(args.env_id) else {}
+    env = gym.make(args.env_id, **kwargs)
+    if not isinstance(env.action_space, gym.spaces.Text):
+        console.print(f"[red]{args.env_id} has no text view[/red], so it cannot be played from a terminal")
+        return 2
+    seed = args.seed
+    obs, info = env.reset(seed=seed)
+    console.print(info.get("instructions", ""), markup=False, highlight=False)
+    console.print("Type an action per line; 'reset' starts a new episode, 'quit' leaves.\n", style="dim")
+    total, episodes = 0.0, 0
+    while True:
+        console.print(obs, markup=False, highlight=False)
+        if info.get("available_actions"):
+            console.print(f"actions: {', '.join(map(str, info['available_actions']))}", style="dim", markup=False)
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if line.strip().lower() in QUIT_WORDS:
+            break
+        if line.strip().lower() == "reset":
+            seed, total = seed + 1, 0.0
+            obs, info = env.reset(seed=seed)
+            continue
+        obs, reward, terminated, truncated, info = env.step(line)
+        total += float(reward)
+        parts = ", ".join(f"{name} {value:+.2f}" for name, value in info["reward_components"].items())
+        console.print(f"reward {reward:+.2f} ({parts}); return so far {total:+.2f}", style="cyan", markup=False)
+        if terminated or truncated:
+            episodes += 1
+            outcome = "success" if info.get("success") else ("time limit" if truncated else "episode over")
+            console.print(obs, markup=False, highlight=False)
+            console.print(f"[bold]{outcome}[/bold]: return {total:+.2f}. Next episode (quit to leave).\n")
+            seed, total = seed + 1, 0.0
+            obs, info = env.reset(seed=seed)
+    console.print(f"played {episodes} finished episode(s)")
+    return 0
+
+
+def _benchmarks() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(BENCHMARK_DIR.glob("*.py")) if not path.stem.startswith("_")}
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    available = _benchmarks()
+    if not available:
+        console.print(f"[red]no benchmarks found in {BENCHMARK_DIR}[/red]: `creditgym bench` runs the scripts of a "
+                      "source checkout; clone the repository and install it with `make test` or `pip install -e .`")
+        return 2
+    if args.list:
+        for name in available:
+            console.print(name)
+        return 0
+    names = args.names or ["sokoban_throughput", "sokoban_generator"]
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        console.print(f"[red]unknown benchmark(s) {unknown}[/red]; available: {', '.join(available)}")
+        return 2
+    for name in names:
+        spec = importlib.util.spec_from_file_location(f"creditgym_bench_{name}", available[name])
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.main(args.bench_args)
+    return 0
+
+
+def cmd_make_banks(args: argparse.Namespace, console: Console) -> int:
+    from creditgym.envs.sokoban.make_banks import main as make_banks_main
+
+    make_banks_main(args.bank_args)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    """Generate levels, solve them with the built-in solver, play the solutions out, then measure throughput."""
+    import numpy as np
+
+    from creditgym.envs.sokoban.bank import LevelBank
+    from creditgym.envs.sokoban.env import SokobanEnv
+    from creditgym.envs.sokoban.generator import generate_level
+    from creditgym.envs.sokoban.solver import solve
+    from creditgym.envs.sokoban.text import ACTION_NAMES
+
+    rng = np.random.default_rng(args.seed)
+    for number in range(args.levels):
+        level = generate_level(rng, height=6, width=6, num_boxes=2)
+        plan = solve(level) or []
+        console.rule(f"level {number + 1}: 6x6, 2 boxes, optimal solution {len(plan)} moves")
+        env = SokobanEnv(levels=LevelBank.from_levels([level]), obs_mode="text")
+        obs, _ = env.reset(seed=0)
+        total = 0.0
+        frames = [obs]
+        for action in plan:
+            obs, reward, terminated, _, _ = env.step(ACTION_NAMES[action])
+            total += reward
+            frames.append(obs)
+        names = " ".join(ACTION_NAMES[a] for a in plan)
+        console.print(_side_by_side(frames[:: max(1, len(frames) // 6)] + [frames[-1]]), markup=False)
+        console.print(f"moves: {names}\nsolved: {terminated}, return {total:+.1f}", markup=False)
+    if args.skip_bench:
+        return 0
+    console.rule("throughput (benchmarks/sokoban_throughput.py)")
+    return cmd_bench(argparse.Namespace(list=False, names=["sokoban_throughput"],
+                                        bench_args=["--seconds", "1", "--num-envs", "1024"]), console)
+
+
+def _side_by_side(boards: list[str]) -> str:
+    rows = [board.split("\n") for board in boards]
+    return "\n".join("   ".join(parts) for parts in zip(*rows, strict=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="creditgym", description="Environments and dense rewards for agentic RL.")
+    parser.add_argument("--version", action="version", version=f"creditgym {creditgym.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("list", help="list the registered environment ids").set_defaults(run=cmd_list)
+
+    play = commands.add_parser("play", help="play a text env (or a grid env's text view) in the terminal")
+    play.add_argument("env_id", help="a registered id, e.g. creditgym/Sokoban-6x6-1b-v0")
+    play.add_argument("--seed", type=int, default=0, help="seed of the first episode (later ones add 1)")
+    play.set_defaults(run=cmd_play)
+
+    bench = commands.add_parser("bench", help="run benchmarks from benchmarks/ (each prints JSON)")
+    bench.add_argument("names", nargs="*", help="benchmark names (default: the Sokoban throughput and generator)")
+    bench.add_argument("--list", action="store_true", help="list the available benchmarks and exit")
+    bench.add_argument("--args", dest="bench_args", nargs=argparse.REMAINDER, default=[],
+                       help="arguments passed on to each benchmark, e.g. --args --seconds 5")
+    bench.set_defaults(run=cmd_bench)
+
+    banks = commands.add_parser("make-banks", help="regenerate the shipped Sokoban level banks reproducibly",
+                                add_help=False)
+    banks.add_argument("bank_args", nargs=argparse.REMAINDER, help="arguments of make_banks (see --help)")
+    banks.set_defaults(run=cmd_make_banks)
+
+    demo = commands.add_parser("demo", help="generate, solve and play Sokoban levels, then measure throughput")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the level generator")
+    demo.add_argument("--levels", type=int, default=3, help="how many levels to generate and solve")
+    demo.add_argument("--skip-bench", action="store_true", help="do not run the throughput benchmark")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args, Console())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A contextual bandit whose optimal return is exactly 1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class ContextBanditEnv(gym.Env):
+    """Pick the arm named by the observation.
+
+    ## Description
+    Each episode is one step. The observation is a one-hot vector naming one of `num_arms` arms; pulling that
+    arm pays 1, any other arm pays 0. A random policy earns 1/num_arms; the optimal policy earns exactly 1.
+
+    ## Action Space
+    `Discrete(num_arms)`.
+
+    ## Observation Space
+    `Box(0, 1, (num_arms,), float32)`, one-hot.
+
+    ## Starting State
+    The arm is drawn uniformly with `self.np_random`.
+
+    ## Reward / Reward components
+    `task`: 1 for the named arm, else 0.
+
+    ## Episode End
+    Terminated after one step; `info["success"]` when the named arm was pulled.
+
+    ## Registered IDs
+    `creditgym/Sanity-Bandit-v0` (4 arms).
+
+    ## Version History
+    - v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, *, num_arms: int = 4, render_mode: str | None = None) -> None:
+        if num_arms < 2:
+            raise ValueError(f"num_arms must be at least 2, got {num_arms}")
+        self.num_arms = num_arms
+        self.render_mode = render_mode
+        self.observation_space = spaces.Box(0.0, 1.0, (num_arms,), np.float32)
+        self.action_space = spaces.Discrete(num_arms)
+        self._arm = 0
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        success = int(action) == self._arm
+        reward = float(success)
+        return self._observation(), reward, True, False, {"reward_components": {"task": reward}, "success": success}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._arm = int(self.np_random.integers(self.num_arms))
+        instructions = f"Pull the arm whose index is set in the observation (one of {self.num_arms})."
+        info = {"reward_components": {"task": 0.0}, "instructions": instructions}
+        return self._observation(), info
+
+    def render(self) -> str:
+        return f"arm {self._arm}"
+
+    def _observation(self) -> np.ndarray:
+        obs = np.zeros(self.num_arms, np.float32)
+        obs[self._arm] = 1.0
+        return obs
