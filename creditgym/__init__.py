@@ -8,3 +8,4 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 from creditgym import envs as envs  # noqa: E402  (registers every env)
+from creditgym.vector import make_vec as make_vec  # noqa: E402

@@ -1,9 +1,10 @@
-"""The `creditgym` command line: list, play, bench, make-banks, demo."""
+"""The `creditgym` command line: list, play, train, eval, bench, make-banks, demo."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 import creditgym
+from creditgym.agents.config_cli import add_config_arguments
+from creditgym.agents.ppo import PPOConfig
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -101,6 +104,40 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from creditgym.agents.config_cli import config_from_args
+    from creditgym.agents.ppo import PPO, PPOConfig
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        record = json.loads((run_dir / "config.json").read_text())
+        config = PPOConfig(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent),
+                              **{k: v for k, v in vars(args).items() if k in ("progress", "total_steps")}})
+        trainer = PPO(config, resume=run_dir)
+    else:
+        config = config_from_args(PPOConfig, args, args.config)
+        trainer = PPO(config)
+    metrics = trainer.learn()
+    console.print(f"run written to {trainer.run_dir}: success {metrics.get('charts/success_rate', float('nan')):.1%}, "
+                  f"{metrics.get('charts/sps', 0):,.0f} steps/s")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from creditgym.agents.evaluate import evaluate, write_result
+
+    result = evaluate(args.run_dir, env_id=args.env, episodes=args.episodes, levels=args.levels, split=args.split,
+                      greedy=not args.sample, seed=args.seed, device=args.device)
+    table = Table(title=f"evaluation of {args.run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.items():
+        table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"written to {write_result(result, args.run_dir)}")
+    return 0
+
+
 def cmd_make_banks(args: argparse.Namespace, console: Console) -> int:
     from creditgym.envs.sokoban.make_banks import main as make_banks_main
 
@@ -164,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--args", dest="bench_args", nargs=argparse.REMAINDER, default=[],
                        help="arguments passed on to each benchmark, e.g. --args --seconds 5")
     bench.set_defaults(run=cmd_bench)
+
+    train = commands.add_parser("train", help="train PPO on an env; flags come from PPOConfig")
+    train.add_argument("--config", help="YAML file of PPOConfig fields (flags given here override it)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its checkpoint")
+    train.add_argument("--algo", choices=["ppo"], default="ppo", help="training algorithm for small policies")
+    add_config_arguments(train, PPOConfig, aliases={"env_id": "--env"})
+    train.set_defaults(run=cmd_train)
+
+    evaluation = commands.add_parser("eval", help="evaluate a trained run (Sokoban: held-out levels, solver gap)")
+    evaluation.add_argument("run_dir", help="a run folder written by `creditgym train`")
+    evaluation.add_argument("--env", help="env id to evaluate on (default: the run's)")
+    evaluation.add_argument("--episodes", type=int, default=200, help="episodes (Sokoban: distinct levels in order)")
+    evaluation.add_argument("--levels", help="Boxoban-format file or folder to evaluate on (Sokoban only)")
+    evaluation.add_argument("--split", default="test", choices=["train", "test"], help="shipped bank split")
+    evaluation.add_argument("--sample", action="store_true", help="sample actions instead of taking the argmax")
+    evaluation.add_argument("--seed", type=int, default=0, help="seed for sampling and non-Sokoban resets")
+    evaluation.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    evaluation.set_defaults(run=cmd_eval)
 
     banks = commands.add_parser("make-banks", help="regenerate the shipped Sokoban level banks reproducibly",
                                 add_help=False)

@@ -73,6 +73,8 @@ class PPOConfig:
     """network: cnn (grid observations), mlp (flat vectors) or auto"""
     hidden: int = 128
     """hidden width"""
+    cnn_channels: int = 16
+    """channels of each CNN conv layer"""
     seed: int = 1
     """seeds the env, the network and every sample"""
     device: str = "auto"
@@ -132,10 +134,12 @@ class ActorCritic(nn.Module):
     in a shared trunk.
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, *, kind: str, hidden: int) -> None:
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, *, kind: str, hidden: int,
+                 channels: int = 16) -> None:
         super().__init__()
-        self.actor = nn.Sequential(_torso(obs_shape, kind, hidden), _layer(nn.Linear(hidden, num_actions), 0.01))
-        self.critic = nn.Sequential(_torso(obs_shape, kind, hidden), _layer(nn.Linear(hidden, 1), 1.0))
+        self.actor = nn.Sequential(_torso(obs_shape, kind, hidden, channels),
+                                   _layer(nn.Linear(hidden, num_actions), 0.01))
+        self.critic = nn.Sequential(_torso(obs_shape, kind, hidden, channels), _layer(nn.Linear(hidden, 1), 1.0))
 
     def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         obs = obs.float()
@@ -145,13 +149,13 @@ class ActorCritic(nn.Module):
         return logits, self.critic(obs).squeeze(-1)
 
 
-def _torso(obs_shape: tuple[int, ...], kind: str, hidden: int) -> nn.Module:
+def _torso(obs_shape: tuple[int, ...], kind: str, hidden: int, channels: int) -> nn.Module:
     if kind == "cnn":
-        channels, height, width = obs_shape
+        in_channels, height, width = obs_shape
         return nn.Sequential(
-            _layer(nn.Conv2d(channels, 32, 3, padding=1)), nn.ReLU(),
-            _layer(nn.Conv2d(32, 32, 3, padding=1)), nn.ReLU(), nn.Flatten(),
-            _layer(nn.Linear(32 * height * width, hidden)), nn.ReLU(),
+            _layer(nn.Conv2d(in_channels, channels, 3, padding=1)), nn.ReLU(),
+            _layer(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU(), nn.Flatten(),
+            _layer(nn.Linear(channels * height * width, hidden)), nn.ReLU(),
         )
     return nn.Sequential(
         nn.Flatten(), _layer(nn.Linear(int(np.prod(obs_shape)), hidden)), nn.Tanh(),
@@ -184,7 +188,8 @@ class PPO:
             raise ValueError(f"PPO needs Box observations and Discrete actions; {config.env_id} has "
                              f"{obs_space} and {act_space} (use obs_mode='array' for grid envs)")
         kind = config.policy if config.policy != "auto" else ("cnn" if len(obs_space.shape) == 3 else "mlp")
-        self.agent = ActorCritic(obs_space.shape, int(act_space.n), kind=kind, hidden=config.hidden).to(self.device)
+        self.agent = ActorCritic(obs_space.shape, int(act_space.n), kind=kind, hidden=config.hidden,
+                                 channels=config.cnn_channels).to(self.device)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)

@@ -26,6 +26,73 @@ for _variant, (_max_steps, _description) in _SOKOBAN_VARIANTS.items():
     )
     DESCRIPTIONS[_id] = f"{_description}; obs_mode array | rgb | text"
 
+register(
+    id="creditgym/Sanity-Bandit-v0",
+    entry_point="creditgym.envs.sanity.bandit:ContextBanditEnv",
+    max_episode_steps=1,
+)
+DESCRIPTIONS["creditgym/Sanity-Bandit-v0"] = "sanity check: a 4-arm contextual bandit, optimal return 1"
+
+# -- Dialogue (information gathering; the two-player negotiation is PettingZoo: envs.dialogue.negotiation_v0)
+register(
+    id="creditgym/Dialogue-Gather-v0",
+    entry_point="creditgym.envs.dialogue.env:DialogueGatherEnv",
+    max_episode_steps=30,
+)
+DESCRIPTIONS["creditgym/Dialogue-Gather-v0"] = (
+    "dialogue: ask a rule-based user about 3-6 hidden requirements, then <propose>{json}</propose>; text"
+)
+register(
+    id="creditgym/Dialogue-Gather-Hard-v0",
+    entry_point="creditgym.envs.dialogue.env:DialogueGatherEnv",
+    max_episode_steps=30,
+    kwargs={"min_slots": 5, "max_slots": 6, "tight_patience": True},
+)
+DESCRIPTIONS["creditgym/Dialogue-Gather-Hard-v0"] = (
+    "dialogue: 5-6 hidden requirements and patience for only hidden+2 questions; text"
+)
+
+# -- MiniGrid / BabyAI as text (array versions stay under minigrid's own ids); limits match minigrid's max_steps
+_MINIGRID_TEXT = {
+    "MiniGridText-DoorKey-5x5": ("MiniGrid-DoorKey-5x5-v0", 250, "MiniGrid DoorKey 5x5: fetch the key, open the door"),
+    "BabyAIText-GoToObj": ("BabyAI-GoToObj-v0", 64, "BabyAI GoToObj: go to the one object in the room"),
+    "BabyAIText-GoToLocal": ("BabyAI-GoToLocal-v0", 64, "BabyAI GoToLocal: go to an object among distractors"),
+}
+for _name, (_minigrid_id, _max_steps, _description) in _MINIGRID_TEXT.items():
+    _id = f"creditgym/{_name}-v0"
+    register(
+        id=_id,
+        entry_point="creditgym.envs.minigrid_text:MiniGridTextEnv",
+        max_episode_steps=_max_steps,
+        kwargs={"env_id": _minigrid_id},
+    )
+    DESCRIPTIONS[_id] = f"{_description}; partial view as sentences, text actions"
+
+# -- Shop (WebShop-like); the catalog is built once per (seed, size) and cached on disk
+for _name, _num_products in (("Shop", 2000), ("Shop-100k", 100_000)):
+    _id = f"creditgym/{_name}-v0"
+    register(
+        id=_id,
+        entry_point="creditgym.envs.shop.env:ShopEnv",
+        max_episode_steps=15,
+        kwargs={"num_products": _num_products},
+    )
+    DESCRIPTIONS[_id] = f"WebShop-like shopping over {_num_products:,} products with bm25 search; text"
+
+# -- ToolUse: variant -> (fewest, most calls in the reference plan)
+for _name, (_min_calls, _max_calls) in {"ToolUse": (1, 4), "ToolUse-Easy": (1, 1), "ToolUse-Hard": (3, 4)}.items():
+    _id = f"creditgym/{_name}-v0"
+    register(
+        id=_id,
+        entry_point="creditgym.envs.tooluse.env:ToolUseEnv",
+        max_episode_steps=10,
+        kwargs={"min_calls": _min_calls, "max_calls": _max_calls},
+    )
+    DESCRIPTIONS[_id] = (
+        f"tool use: {_min_calls}-{_max_calls} dependent calls (calculator, units, currency, inventory SQL, dates), "
+        "ToolRL tool reward; text"
+    )
+
 
 def registered_ids() -> list[str]:
     """Every id in gymnasium's registry under the creditgym/ namespace, sorted."""

@@ -17,6 +17,14 @@ EXPECTED_IDS = {
     "creditgym/Sokoban-6x6-2b-v0",
     "creditgym/Sokoban-8x8-2b-v0",
     "creditgym/Sokoban-10x10-3b-v0",
+    "creditgym/Sanity-Bandit-v0",
+    "creditgym/Dialogue-Gather-v0",
+    "creditgym/Dialogue-Gather-Hard-v0",
+    "creditgym/MiniGridText-DoorKey-5x5-v0",
+    "creditgym/BabyAIText-GoToObj-v0",
+    "creditgym/BabyAIText-GoToLocal-v0",
+    "creditgym/Shop-v0",
+    "creditgym/Shop-100k-v0",
 }
 
 

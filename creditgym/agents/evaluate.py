@@ -1,0 +1,132 @@
+"""Evaluate a trained PPO run: success rate, steps, and for Sokoban the gap to the solver's optimum."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_actions
+from creditgym.envs.sokoban.vector import SokobanVectorEnv
+
+
+def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, ActorCritic]:
+    """The config and trained network of a run directory (its checkpoint.pt)."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; pass the folder of a `creditgym train` run")
+    state = torch.load(path, map_location=device, weights_only=False)
+    config = PPOConfig(**{k: v for k, v in state["config"].items() if k in PPOConfig.__dataclass_fields__})
+    env = gym.make(config.env_id, **config.env_kwargs)
+    shape, actions = env.observation_space.shape, int(env.action_space.n)
+    env.close()
+    kind = config.policy if config.policy != "auto" else ("cnn" if len(shape) == 3 else "mlp")
+    agent = ActorCritic(shape, actions, kind=kind, hidden=config.hidden, channels=config.cnn_channels).to(device)
+    agent.load_state_dict(state["model"])
+    agent.eval()
+    return config, agent
+
+
+def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 200, levels: str | None = None,
+             split: str = "test", greedy: bool = True, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Play `episodes` episodes with the run's policy; Sokoban plays distinct held-out levels in order."""
+    dev = resolve_device(device)
+    config, agent = load_policy(run_dir, dev)
+    env_id = env_id or config.env_id
+    generator = torch.Generator(device=dev)
+    generator.manual_seed(seed)
+    if gym.spec(env_id).vector_entry_point is not None and env_id.startswith("creditgym/Sokoban"):
+        train_grid = gym.make(config.env_id, **config.env_kwargs).observation_space.shape[1:]
+        result = _evaluate_sokoban(agent, env_id, episodes, levels, split, greedy, generator, dev, train_grid)
+    else:
+        if levels is not None:
+            raise ValueError("--levels applies to Sokoban ids only")
+        result = _evaluate_generic(agent, env_id, episodes, greedy, generator, seed, dev, config.env_kwargs)
+    result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy})
+    return result
+
+
+def _act(agent: ActorCritic, obs: torch.Tensor, greedy: bool, generator: torch.Generator) -> torch.Tensor:
+    logits, _ = agent(obs)
+    return logits.argmax(-1) if greedy else sample_actions(logits, generator)
+
+
+@torch.no_grad()
+def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: str | None, split: str, greedy: bool,
+                      generator: torch.Generator, dev: torch.device, train_grid: tuple[int, int]) -> dict[str, Any]:
+    from creditgym.envs.sokoban.solver import solve
+
+    spec = gym.spec(env_id)
+    source = levels or spec.kwargs["levels"]
+    bank = SokobanVectorEnv(1, levels=source, split=split).bank
+    if bank.shape != train_grid:
+        raise ValueError(f"levels in {source} are {bank.shape[0]}x{bank.shape[1]} but the policy was trained on "
+                         f"{train_grid[0]}x{train_grid[1]}; evaluate on levels of the training size")
+    order = np.arange(episodes) % len(bank)
+    success, steps, returns = [], [], []
+    for start in range(0, episodes, 256):
+        chunk = order[start:start + 256]
+        env = SokobanVectorEnv(len(chunk), levels=bank, max_episode_steps=spec.max_episode_steps or 200, device=dev)
+        obs, _ = env.reset(options={"level_index": chunk})
+        live = torch.ones(len(chunk), dtype=torch.bool, device=dev)
+        total = torch.zeros(len(chunk), device=dev)
+        length = torch.zeros(len(chunk), dtype=torch.int64, device=dev)
+        solved = torch.zeros(len(chunk), dtype=torch.bool, device=dev)
+        while live.any():
+            obs, reward, terminated, truncated, _ = env.step(_act(agent, obs, greedy, generator))
+            total += reward * live
+            length += live.long()
+            solved |= terminated & live
+            live &= ~(terminated | truncated)
+        success += solved.tolist()
+        steps += length.tolist()
+        returns += total.tolist()
+    optimal, excess = [], []
+    for index, won, taken in zip(order, success, steps, strict=True):
+        plan = solve(bank[int(index)]) if won else None
+        if plan is not None:
+            optimal.append(len(plan))
+            excess.append(taken - len(plan))
+    return {
+        "episodes": episodes,
+        "distinct_levels": int(min(episodes, len(bank))),
+        "levels": str(source),
+        "split": split if levels is None else "file",
+        "success_rate": float(np.mean(success)),
+        "mean_steps": float(np.mean(steps)),
+        "mean_return": float(np.mean(returns)),
+        "solved_mean_steps": float(np.mean([s for s, w in zip(steps, success, strict=True) if w])) if any(success)
+        else None,
+        "solved_mean_optimal_steps": float(np.mean(optimal)) if optimal else None,
+        "solved_mean_excess_steps": float(np.mean(excess)) if excess else None,
+        "solved_optimal_fraction": float(np.mean([e == 0 for e in excess])) if excess else None,
+    }
+
+
+@torch.no_grad()
+def _evaluate_generic(agent: ActorCritic, env_id: str, episodes: int, greedy: bool, generator: torch.Generator,
+                      seed: int, dev: torch.device, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    env = gym.make(env_id, **env_kwargs)
+    success, steps, returns = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, total, length, info = False, 0.0, 0, {}
+        while not done:
+            tensor = torch.as_tensor(np.asarray(obs)[None], device=dev)
+            obs, reward, terminated, truncated, info = env.step(int(_act(agent, tensor, greedy, generator)[0]))
+            total, length, done = total + float(reward), length + 1, terminated or truncated
+        success.append(bool(info.get("success", False)))
+        steps.append(length)
+        returns.append(total)
+    return {"episodes": episodes, "success_rate": float(np.mean(success)), "mean_steps": float(np.mean(steps)),
+            "mean_return": float(np.mean(returns))}
+
+
+def write_result(result: dict[str, Any], run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "eval.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path

@@ -1,0 +1,275 @@
+"""The information-gathering dialogue: find out what the user wants, then propose."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from creditgym.envs.dialogue.scenarios import DOMAINS, Scenario, generate_scenario
+from creditgym.envs.dialogue.simulator import RuleBasedUser, UserSimulator
+from creditgym.envs.dialogue.text import (
+    MAX_MESSAGE_CHARS,
+    Invalid,
+    Proposal,
+    describe_invalid,
+    normalize_value,
+    parse_action,
+)
+
+MAX_OBSERVATION_LENGTH = 2048
+GOODBYE = "Sorry, I've answered enough questions. Goodbye."
+
+
+@dataclass(frozen=True)
+class GatherRewards:
+    """Reward sizes. `proposal` is paid times the fraction of hidden slots the proposal gets right."""
+
+    proposal: float = 1.0
+    question: float = 0.0
+    abandoned: float = 0.0
+    invalid_action: float = -0.1
+
+
+class DialogueGatherEnv(gym.Env):
+    """Ask a simulated user questions until you know their hidden requirements, then propose.
+
+    ## Description
+    After "Teaching language models to gather information proactively" and IGPO. Each episode draws a user
+    from a seeded generator (`creditgym.envs.dialogue.scenarios`): a domain (laptop, trip, restaurant,
+    apartment), 3 to 6 hidden slots out of the domain's seven with one value each, a vague opening line and
+    a patience. The user is simulated by `RuleBasedUser` (deterministic, default) or `LLMUser` (a chat
+    model, passed as `simulator=`).
+
+    ## Action Space
+    `Text`: one message per step, read by `creditgym.envs.dialogue.text.parse_action`. A question is any
+    message with a `?` and a word; the final answer is `<propose>{"slot": "value", ...}</propose>` with slot
+    names from `info["slot_values"]`. Invalid: non-strings, empty or whitespace-only messages, messages over
+    1000 characters, statements without `?`, malformed proposals (bad JSON, unknown slots, non-scalar
+    values, missing or repeated tags) and any message after the conversation ended.
+
+    ## Observation Space
+    `Text` (printable ASCII): the user's latest message (the opening request after reset), or feedback
+    starting with "Invalid message" after an invalid one.
+
+    ## Starting State
+    A scenario drawn with `self.np_random`, or `options={"scenario": Scenario}`.
+
+    ## Reward
+    Sizes in `GatherRewards`: `proposal` (1.0) times the fraction of hidden slots the proposal gets right,
+    `question` (0) per question, `abandoned` (0) when the user runs out of patience, `invalid_action` (-0.1).
+
+    ## Reward components
+    `task` (proposal, question and abandonment rewards) and `format` (invalid messages).
+
+    ## Episode End
+    Terminated by a proposal, or when the user's patience runs out (it answers the last question, then
+    leaves). Truncated by the registered time limit, or after `max_invalid_actions` invalid messages.
+
+    ## Info
+    Every step: `reward_components`, `success` (a proposal with every hidden slot right),
+    `invalid_action`, `revealed_slots` (hidden slots the user has stated so far, name -> value, in order,
+    for information-gain rewards) and `num_hidden_slots`. Reset adds `instructions`, `domain` and
+    `slot_values` (every slot of the domain with its possible values); a proposal adds `correct_slots`.
+
+    ## Arguments
+    `domains` (subset of "laptop", "trip", "restaurant", "apartment"), `min_slots`, `max_slots`,
+    `patience_bonus`, `tight_patience` (see `generate_scenario`), `simulator`, `rewards`,
+    `max_invalid_actions`, `render_mode` ("ansi": the transcript).
+
+    ## Registered IDs
+    `creditgym/Dialogue-Gather-v0` (3-6 hidden slots, patience = 7 + 2) and `creditgym/Dialogue-Gather-Hard-v0`
+    (5-6 hidden slots, patience = hidden slots + 2, so enumerating the schema runs out of patience).
+
+    ## Version History
+    - v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        *,
+        domains: Sequence[str] | None = None,
+        min_slots: int = 3,
+        max_slots: int = 6,
+        patience_bonus: int = 2,
+        tight_patience: bool = False,
+        simulator: UserSimulator | None = None,
+        rewards: GatherRewards | None = None,
+        max_invalid_actions: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        self.domains = tuple(domains) if domains is not None else tuple(DOMAINS)
+        unknown = set(self.domains) - set(DOMAINS)
+        if unknown or not self.domains:
+            raise ValueError(f"domains must be a non-empty subset of {sorted(DOMAINS)}, got {domains!r}")
+        fewest = min(len(DOMAINS[name].slots) for name in self.domains)
+        if not 1 <= min_slots <= max_slots <= fewest:
+            raise ValueError(f"need 1 <= min_slots <= max_slots <= {fewest}, got {min_slots} and {max_slots}")
+        if patience_bonus < 1:
+            raise ValueError("patience_bonus must be at least 1, or the user leaves before the last answer")
+        if max_invalid_actions is not None and max_invalid_actions < 1:
+            raise ValueError("max_invalid_actions must be a positive integer or None")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
+        self.min_slots, self.max_slots = min_slots, max_slots
+        self.patience_bonus = patience_bonus
+        self.tight_patience = tight_patience
+        self.simulator: UserSimulator = simulator if simulator is not None else RuleBasedUser()
+        self.rewards = rewards or GatherRewards()
+        self.max_invalid_actions = max_invalid_actions
+        self.render_mode = render_mode
+        self.action_space = spaces.Text(max_length=MAX_MESSAGE_CHARS, charset=string.printable)
+        self.observation_space = spaces.Text(
+            max_length=MAX_OBSERVATION_LENGTH, min_length=1, charset=string.printable
+        )
+
+        self._scenario = Scenario(domain=self.domains[0], opening="", hidden={}, patience=0)
+        self._revealed: dict[str, str] = {}
+        self._history: list[tuple[str, str]] = []
+        self._patience_left = 0
+        self._proposal: dict[str, Any] | None = None
+        self._finished = False
+        self._invalid_count = 0
+
+    def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        if self._finished:
+            return self._invalid_step("the conversation is over; call reset()")
+        parsed = parse_action(action, self._slot_names)
+        if isinstance(parsed, Invalid):
+            return self._invalid_step(parsed.reason)
+        if isinstance(parsed, Proposal):
+            return self._propose(parsed)
+        reply = self.simulator.reply(self._scenario, self._revealed, self._history, parsed.text)
+        for name in reply.revealed:
+            self._revealed.setdefault(name, self._scenario.hidden[name])
+        self._patience_left -= 1
+        text = reply.text
+        task = self.rewards.question
+        if self._patience_left <= 0:
+            text = f"{text} {GOODBYE}"
+            task += self.rewards.abandoned
+            self._finished = True
+        self._history.append((parsed.text, text))
+        info = self._info(task=task, format=0.0, success=False)
+        return text, task, self._finished, False, info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+        super().reset(seed=seed)
+        scenario = (options or {}).get("scenario")
+        if scenario is None:
+            scenario = generate_scenario(
+                self.np_random,
+                domains=self.domains,
+                min_slots=self.min_slots,
+                max_slots=self.max_slots,
+                patience_bonus=self.patience_bonus,
+                tight_patience=self.tight_patience,
+            )
+        elif not isinstance(scenario, Scenario) or scenario.domain not in DOMAINS:
+            raise TypeError("options['scenario'] must be a creditgym.envs.dialogue.scenarios.Scenario")
+        self._scenario = scenario
+        self._revealed = {}
+        self._history = []
+        self._patience_left = scenario.patience
+        self._proposal = None
+        self._finished = False
+        self._invalid_count = 0
+        domain = DOMAINS[scenario.domain]
+        info = self._info(task=0.0, format=0.0, success=False)
+        info["instructions"] = instructions(scenario.domain, self.rewards)
+        info["domain"] = scenario.domain
+        info["slot_values"] = {slot.name: list(slot.values) for slot in domain.slots}
+        return scenario.opening, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        lines = [f"User: {self._scenario.opening}"]
+        for question, answer in self._history:
+            lines += [f"Agent: {question}", f"User: {answer}"]
+        if self._proposal is not None:
+            lines.append(f"Agent proposed: {self._proposal}")
+        return "\n".join(lines)
+
+    # -- state for reward design ----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The current state as plain data (for reward design, logging and tests)."""
+        return {
+            "domain": self._scenario.domain,
+            "opening": self._scenario.opening,
+            "hidden": dict(self._scenario.hidden),
+            "revealed": dict(self._revealed),
+            "patience_left": self._patience_left,
+            "history": [list(turn) for turn in self._history],
+            "proposal": None if self._proposal is None else dict(self._proposal),
+            "finished": self._finished,
+        }
+
+    def potential(self) -> float:
+        """Fraction of the hidden slots revealed so far (for potential-based shaping)."""
+        return len(self._revealed) / max(1, len(self._scenario.hidden))
+
+    @property
+    def scenario(self) -> Scenario:
+        return self._scenario
+
+    # -- internals ------------------------------------------------------------------------------------
+    @property
+    def _slot_names(self) -> tuple[str, ...]:
+        return tuple(slot.name for slot in DOMAINS[self._scenario.domain].slots)
+
+    def _propose(self, proposal: Proposal) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        hidden = self._scenario.hidden
+        correct = sum(
+            1 for name, value in hidden.items()
+            if name in proposal.values and normalize_value(proposal.values[name]) == normalize_value(value)
+        )
+        self._proposal = dict(proposal.values)
+        self._finished = True
+        task = self.rewards.proposal * correct / len(hidden)
+        text = f"Thanks! Your proposal got {correct} of my {len(hidden)} requirements right."
+        self._history.append((f"<proposal {len(proposal.values)} slots>", text))
+        info = self._info(task=task, format=0.0, success=correct == len(hidden))
+        info["correct_slots"] = correct
+        return text, task, True, False, info
+
+    def _invalid_step(self, reason: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        self._invalid_count += 1
+        penalty = self.rewards.invalid_action
+        info = self._info(task=0.0, format=penalty, success=False)
+        info["invalid_action"] = True
+        truncated = self.max_invalid_actions is not None and self._invalid_count >= self.max_invalid_actions
+        return describe_invalid(reason), penalty, False, truncated, info
+
+    def _info(self, *, task: float, format: float, success: bool) -> dict[str, Any]:
+        return {
+            "reward_components": {"task": task, "format": format},
+            "success": success,
+            "invalid_action": False,
+            "revealed_slots": dict(self._revealed),
+            "num_hidden_slots": len(self._scenario.hidden),
+        }
+
+
+def instructions(domain_name: str, rewards: GatherRewards) -> str:
+    """Rules, slots and message format for one domain, ready to use as a system prompt."""
+    domain = DOMAINS[domain_name]
+    slots = "\n".join(f"- {slot.name} ({slot.label}): {', '.join(slot.values)}" for slot in domain.slots)
+    example = ", ".join(f'"{slot.name}": "{slot.values[0]}"' for slot in domain.slots[:2])
+    return (
+        f"You are an assistant helping a user with their {domain.topic}. The user cares about some of the "
+        "slots below and has a value in mind for each; find out which ones and their values by asking "
+        "questions, then make one final proposal. The user answers only a limited number of questions.\n"
+        f"Slots and their possible values:\n{slots}\n"
+        "Each turn send one message: a question (it must contain '?'), or your final proposal written as "
+        f"<propose>{{{example}}}</propose> using the slot names above.\n"
+        f"Rewards: {rewards.proposal:+g} times the fraction of the user's requirements your proposal gets "
+        f"right (all right = success), {rewards.question:+g} per question, {rewards.invalid_action:+g} for "
+        "an invalid message."
+    )

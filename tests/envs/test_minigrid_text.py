@@ -1,0 +1,169 @@
+"""MiniGrid and BabyAI as text: the view as sentences, robust action parsing, and solvable registered ids."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from minigrid.core.actions import Actions
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+from minigrid.envs import EmptyEnv
+
+from creditgym.envs.minigrid_scripted import ScriptedMiniGridPolicy
+from creditgym.envs.minigrid_text import ACTION_NAMES, MiniGridTextEnv, MiniGridTextRewards, describe_view, parse_action
+
+TEXT_IDS = [
+    "creditgym/MiniGridText-DoorKey-5x5-v0",
+    "creditgym/BabyAIText-GoToObj-v0",
+    "creditgym/BabyAIText-GoToLocal-v0",
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "action"),
+    [
+        ("turn left", Actions.left),
+        ("Turn LEFT.", Actions.left),
+        ("right", Actions.right),
+        ("go forward", Actions.forward),
+        ("Move forward!", Actions.forward),
+        ("pick up the key", Actions.pickup),
+        ("pickup", Actions.pickup),
+        ("drop it", Actions.drop),
+        ("toggle", Actions.toggle),
+        ("open the door", Actions.toggle),
+        ("done", Actions.done),
+        ("I think I should <answer>go forward</answer>", Actions.forward),
+        ("<answer>left</answer> no wait <answer>turn right</answer>", Actions.right),
+        ("\\boxed{pick up}", Actions.pickup),
+        ("Let me think about whether to turn left. " * 20 + "<answer>toggle</answer>", Actions.toggle),
+    ],
+)
+def test_parse_action(text: str, action: Actions) -> None:
+    assert parse_action(text) == action
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "jump", "turn left then go forward", "<answer></answer>", "x" * 300 + " forward", None, 2, "import os"],
+)
+def test_parse_action_rejects(text) -> None:
+    assert parse_action(text) is None
+
+
+def test_every_action_name_parses_to_itself() -> None:
+    for action, name in ACTION_NAMES.items():
+        assert parse_action(name) == action
+
+
+def _view(cells: dict[tuple[int, int], tuple[str, str, str]]) -> np.ndarray:
+    image = np.zeros((7, 7, 3), np.uint8)
+    image[:, :, 0] = OBJECT_TO_IDX["empty"]
+    for (x, y), (kind, colour, state) in cells.items():
+        image[x, y] = (OBJECT_TO_IDX[kind], COLOR_TO_IDX[colour], STATE_TO_IDX[state])
+    return image
+
+
+def test_describe_view_offsets_doors_and_nearest_walls() -> None:
+    # The agent sits at (3, 6) looking towards y = 0; x > 3 is to its right.
+    image = _view(
+        {
+            (2, 4): ("key", "red", "open"),
+            (3, 5): ("door", "blue", "locked"),
+            (5, 6): ("ball", "green", "open"),
+            (3, 2): ("wall", "grey", "open"),
+            (3, 1): ("wall", "grey", "open"),
+            (0, 6): ("wall", "grey", "open"),
+            (6, 3): ("wall", "grey", "open"),  # not straight ahead or aside: not described
+        }
+    )
+    assert describe_view(image) == [
+        "You see a green ball 2 steps right.",
+        "You see a locked blue door 1 step forward.",
+        "You see a red key 2 steps forward and 1 step left.",
+        "You see a wall 4 steps forward.",
+        "You see a wall 3 steps left.",
+    ]
+    image[0, 0, 0] = OBJECT_TO_IDX["unseen"]
+    assert len(describe_view(image)) == 5
+
+
+def test_observation_has_mission_view_and_carrying() -> None:
+    env = gym.make("creditgym/MiniGridText-DoorKey-5x5-v0")
+    obs, info = env.reset(seed=0)
+    assert obs.startswith("Mission: use the key to open the door and then get to the goal.")
+    assert "You see" in obs and "go forward" in info["instructions"]
+    assert info["available_actions"] == list(ACTION_NAMES.values())
+    policy = ScriptedMiniGridPolicy(env.unwrapped)
+    policy.reset()
+    for _ in range(20):
+        action = policy.act()
+        obs, *_ = env.step(action)
+        if action == "pick up":
+            break
+    assert "You are carrying a yellow key." in obs
+
+
+@pytest.mark.parametrize("env_id", TEXT_IDS)
+def test_scripted_policy_succeeds(env_id: str) -> None:
+    env = gym.make(env_id)
+    policy = ScriptedMiniGridPolicy(env.unwrapped)
+    episodes, successes = 20, 0
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        policy.reset()
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, reward, terminated, truncated, info = env.step(policy.act())
+        successes += info["success"]
+        assert info["success"] == (reward > 0)
+    assert successes / episodes >= 0.9
+
+
+def test_invalid_text_spends_no_minigrid_step() -> None:
+    env = MiniGridTextEnv(env_id="MiniGrid-DoorKey-5x5-v0", rewards=MiniGridTextRewards(invalid_action=-0.3))
+    obs, _ = env.reset(seed=0)
+    before = env.state()
+    bad, reward, terminated, truncated, info = env.step("fly to the moon")
+    assert info["invalid_action"] is True and reward == -0.3
+    assert info["reward_components"] == {"task": 0.0, "format": -0.3}
+    assert bad.startswith("Invalid action 'fly to the moon'") and bad.endswith(obs)
+    assert env.state() == before and env.state()["step_count"] == 0
+    good, _, _, _, info = env.step("turn left")
+    assert info["invalid_action"] is False and "Invalid" not in good
+    assert env.state()["agent_dir"] == (before["agent_dir"] - 1) % 4 and env.state()["step_count"] == 1
+
+
+def test_state_is_plain_data() -> None:
+    env = MiniGridTextEnv(env_id="BabyAI-GoToObj-v0")
+    env.reset(seed=1)
+    state = env.state()
+    assert json.loads(json.dumps(state)) == state
+    assert np.asarray(state["grid"]).shape == (env.minigrid.width, env.minigrid.height, 3)
+    assert state["mission"].startswith("go to")
+
+
+def test_wraps_any_minigrid_instance_and_renders() -> None:
+    env = MiniGridTextEnv(env=EmptyEnv(size=5), render_mode="ansi")
+    obs, _ = env.reset(seed=0)
+    assert obs.startswith("Mission: get to the green goal square.") and env.render() == obs
+    frames = MiniGridTextEnv(env_id="MiniGrid-Empty-5x5-v0", render_mode="rgb_array")
+    frames.reset(seed=0)
+    frame = frames.render()
+    assert isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.dtype == np.uint8
+    with pytest.raises(ValueError, match="exactly one"):
+        MiniGridTextEnv()
+    with pytest.raises(ValueError, match="rgb_array"):
+        MiniGridTextEnv(env=EmptyEnv(size=5), render_mode="rgb_array")
+    with pytest.raises(TypeError, match="MiniGridEnv"):
+        MiniGridTextEnv(env=gym.make("CartPole-v1").unwrapped)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("env_id", TEXT_IDS)
+def test_same_seed_same_world_and_time_limit_matches_minigrid(env_id: str) -> None:
+    a, b = gym.make(env_id), gym.make(env_id)
+    assert a.reset(seed=5)[0] == b.reset(seed=5)[0]
+    assert a.unwrapped.state() == b.unwrapped.state()
+    assert a.spec.max_episode_steps == a.unwrapped.minigrid.max_steps
