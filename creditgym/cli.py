@@ -1,4 +1,4 @@
-"""The `creditgym` command line: list, play, train, eval, bench, make-banks, demo."""
+"""The `creditgym` command line: list, play, train, eval, bench, make-banks, demo, rescore."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import creditgym
 from creditgym.agents.config_cli import add_config_arguments
 from creditgym.agents.ppo import PPOConfig
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
+from creditgym.trajectories import ESTIMATORS, offline_potential_names
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 QUIT_WORDS = {"quit", "exit", "q", ":q"}
@@ -183,6 +184,51 @@ def _side_by_side(boards: list[str]) -> str:
     return "\n".join("   ".join(parts) for parts in zip(*rows, strict=False))
 
 
+def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
+    """Recompute a recording's rewards (a new shaping channel) and/or advantages offline, into a new JSONL."""
+    from creditgym.trajectories import (
+        TrajectoryFormatError,
+        TrajectoryWriter,
+        add_shaping,
+        load_trajectories,
+        offline_potential,
+        summarize,
+        with_advantages,
+    )
+
+    if args.potential is None and args.estimator is None:
+        console.print("nothing to re-score: give --potential NAME, --estimator NAME, or both", style="red")
+        return 2
+    source = Path(args.trajectories)
+    out = Path(args.out) if args.out else source.with_suffix(".rescored.jsonl")
+    if out.resolve() == source.resolve():
+        console.print(f"--out {out} is the input file; choose another path", style="red")
+        return 2
+    try:
+        episodes = load_trajectories(source)
+        before = summarize(episodes)
+        if args.potential is not None:
+            potential = offline_potential(args.potential)
+            episodes = [add_shaping(e, potential, args.gamma, channel=args.channel, replace=args.replace)
+                        for e in episodes]
+        if args.estimator is not None:
+            episodes = with_advantages(episodes, args.estimator, gamma=args.gamma, lam=args.lam)
+    except (FileNotFoundError, TrajectoryFormatError, ValueError) as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    with TrajectoryWriter(out, overwrite=True) as writer:
+        for episode in episodes:
+            writer.write(episode)
+    after = summarize(episodes)
+    table = Table(title=f"{source} re-scored ({len(episodes)} episodes)")
+    for column in ("mean per episode", "before", "after"):
+        table.add_column(column, justify="left" if column.startswith("mean") else "right")
+    for name in after:
+        table.add_row(name, f"{before[name]:.4g}" if name in before else "-", f"{after[name]:.4g}")
+    console.print(table)
+    console.print(f"written to {out}")
+    return 0
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditgym", description="Environments and dense rewards for agentic RL.")
     parser.add_argument("--version", action="version", version=f"creditgym {creditgym.__version__}")
@@ -230,6 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--levels", type=int, default=3, help="how many levels to generate and solve")
     demo.add_argument("--skip-bench", action="store_true", help="do not run the throughput benchmark")
     demo.set_defaults(run=cmd_demo)
+
+    rescore = commands.add_parser("rescore", help="recompute rewards and advantages of a trajectory file offline")
+    rescore.add_argument("trajectories", metavar="TRAJ.jsonl", help="episodes written by record_episodes or "
+                         "creditgym.trajectories.TrajectoryWriter")
+    rescore.add_argument("--potential", metavar="NAME", help="add a shaping channel from this potential, evaluated "
+                         f"on the recorded states: {', '.join(offline_potential_names())}, or module:function "
+                         "taking (observation, state)")
+    rescore.add_argument("--gamma", type=float, default=1.0, help="discount of the shaping term and of returns; "
+                         "use the agent's (default: 1.0)")
+    rescore.add_argument("--estimator", choices=ESTIMATORS,
+                         help="recompute per-step advantages with creditgym.credit (grpo/dr_grpo/rloo group "
+                         "episodes by env id and seed; gae uses V = 0)")
+    rescore.add_argument("--lam", type=float, default=1.0, help="GAE lambda, for --estimator gae (default: 1.0)")
+    rescore.add_argument("--channel", default="shaping", help="name of the new reward channel (default: shaping)")
+    rescore.add_argument("--replace", action="store_true", help="overwrite the channel if the recording has it")
+    rescore.add_argument("--out", metavar="PATH", help="output JSONL (default: TRAJ.rescored.jsonl next to the input)")
+    rescore.set_defaults(run=cmd_rescore)
     return parser
 
 

@@ -32,6 +32,14 @@ register(
     max_episode_steps=1,
 )
 DESCRIPTIONS["creditgym/Sanity-Bandit-v0"] = "sanity check: a 4-arm contextual bandit, optimal return 1"
+register(
+    id="creditgym/Sanity-WordBandit-v0",
+    entry_point="creditgym.envs.sanity.words:WordBanditEnv",
+    max_episode_steps=4,
+)
+DESCRIPTIONS["creditgym/Sanity-WordBandit-v0"] = (
+    "sanity check for LLM policies: open the lit door, A or B (chance success 0.5, optimal 1); text"
+)
 
 # -- Dialogue (information gathering; the two-player negotiation is PettingZoo: envs.dialogue.negotiation_v0)
 register(

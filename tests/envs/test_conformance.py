@@ -18,6 +18,7 @@ EXPECTED_IDS = {
     "creditgym/Sokoban-8x8-2b-v0",
     "creditgym/Sokoban-10x10-3b-v0",
     "creditgym/Sanity-Bandit-v0",
+    "creditgym/Sanity-WordBandit-v0",
     "creditgym/Dialogue-Gather-v0",
     "creditgym/Dialogue-Gather-Hard-v0",
     "creditgym/MiniGridText-DoorKey-5x5-v0",
@@ -25,6 +26,9 @@ EXPECTED_IDS = {
     "creditgym/BabyAIText-GoToLocal-v0",
     "creditgym/Shop-v0",
     "creditgym/Shop-100k-v0",
+    "creditgym/ToolUse-v0",
+    "creditgym/ToolUse-Easy-v0",
+    "creditgym/ToolUse-Hard-v0",
 }
 
 

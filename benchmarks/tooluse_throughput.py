@@ -1,0 +1,94 @@
+"""ToolUse throughput: env steps/s with the scripted expert (real tool calls) and with invalid text, and resets.
+
+Prints one JSON object. Run: `python benchmarks/tooluse_throughput.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Sequence
+
+import gymnasium as gym
+
+import creditgym
+from creditgym.envs.tooluse.expert import ToolUseExpert
+
+TARGETS = {"expert_steps_per_s": 10_000}
+_GARBAGE = ("", "hello", '<tool_call>{"name": "calculator", "arguments": </tool_call>', "<answer></answer>")
+
+
+def expert(env_id: str, seconds: float) -> tuple[float, float, float]:
+    """Steps/s (resets included; seeded once, as vector envs do) with the expert calling every tool of the
+    reference plan, per wall-clock and per CPU second (the machine may be shared), and its success rate."""
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    policy = ToolUseExpert()
+    steps = episodes = successes = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        env.reset()
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, _, terminated, truncated, info = env.step(policy(env))
+            steps += 1
+        episodes += 1
+        successes += info["success"]
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return steps / wall, steps / cpu, successes / episodes
+
+
+def invalid(env_id: str, seconds: float) -> float:
+    """Steps/s on text that is never a valid action (the time limit ends each episode)."""
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for text in _GARBAGE * 64:
+            _, _, terminated, truncated, _ = env.step(text)
+            if terminated or truncated:
+                env.reset()
+        steps += len(_GARBAGE) * 64
+    return steps / (time.perf_counter() - start)
+
+
+def resets(env_id: str, seconds: float) -> float:
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(256):
+            env.reset()
+        count += 256
+    return count / (time.perf_counter() - start)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per figure")
+    parser.add_argument("--env-id", default="creditgym/ToolUse-v0", help="the ToolUse variant to measure")
+    args = parser.parse_args(argv)
+    rate, cpu_rate, success = expert(args.env_id, args.seconds)
+    result: dict = {
+        "benchmark": "tooluse_throughput",
+        "creditgym": creditgym.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "env_id": args.env_id,
+        "expert_steps_per_s": round(rate),
+        "expert_steps_per_cpu_s": round(cpu_rate),
+        "expert_success": round(success, 3),
+        "invalid_text_steps_per_s": round(invalid(args.env_id, args.seconds)),
+        "resets_per_s": round(resets(args.env_id, args.seconds)),
+    }
+    result["targets"] = {
+        name: {"target": target, "measured": result[name], "met": result[name] >= target}
+        for name, target in TARGETS.items()
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The settings of every LLM trainer; `creditgym train --algo grpo ...` turns each field into a flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+ALGOS = ("grpo", "drgrpo", "rloo", "reinforce_pp", "ppo_llm")
+ADVANTAGES = ("episode", "turn", "gigpo")
+
+
+@dataclass
+class LLMTrainConfig:
+    """GRPO, Dr.GRPO, RLOO, REINFORCE++ and PPO (value head) for chat LMs on text envs."""
+
+    algo: str = "grpo"
+    """grpo, drgrpo, rloo, reinforce_pp or ppo_llm (PPO with a value head and token-level GAE)"""
+    model: str = "smollm2-135m"
+    """smollm2-135m (embedded) or a local Hugging Face model folder; nothing is downloaded"""
+    env_id: str = "creditgym/Sokoban-6x6-1b-v0"
+    """registered text env (grid envs get obs_mode='text')"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments for the env, e.g. {"num_rounds": 2}"""
+    iterations: int = 20
+    """rollout-and-update iterations"""
+    num_groups: int = 4
+    """G: tasks (env seeds) per iteration"""
+    group_size: int = 8
+    """K: rollouts per task, the group of GRPO/RLOO"""
+    max_turns: int = 8
+    """turns per episode before it is cut (truncated)"""
+    history_turns: int | None = 2
+    """past turns kept in the prompt (verl-agent style); none = the whole conversation"""
+    max_new_tokens: int = 48
+    """tokens generated per turn"""
+    max_prompt_tokens: int = 2048
+    """an episode whose next prompt is longer is cut (truncated)"""
+    temperature: float = 1.0
+    """sampling temperature; logprobs are those of the tempered distribution"""
+    advantage: str = "episode"
+    """episode (one outcome advantage per episode), turn (per-turn reward-to-go) or gigpo (GRPO family only)"""
+    gamma: float = 1.0
+    """discount over turns (turn, gigpo) or tokens (reinforce_pp, ppo_llm)"""
+    gigpo_omega: float = 1.0
+    """GiGPO weight of the step (anchor-state) advantage"""
+    learning_rate: float = 1e-5
+    """AdamW learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    update_epochs: int = 1
+    """passes over each batch of rollouts"""
+    num_minibatches: int = 1
+    """optimizer steps per epoch; the batch's sequences are split evenly"""
+    micro_batch_size: int = 8
+    """sequences per forward/backward; gradients accumulate up to a minibatch"""
+    clip_coef: float = 0.2
+    """policy ratio clip"""
+    kl_coef: float = 0.0
+    """KL to the initial policy: a k3 loss term (GRPO family) or a per-token reward penalty (reinforce_pp, ppo_llm)"""
+    vf_coef: float = 0.5
+    """value loss weight (ppo_llm)"""
+    gae_lambda: float = 0.95
+    """GAE lambda over tokens (ppo_llm)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm"""
+    lora_rank: int = 0
+    """LoRA rank via peft; 0 trains every weight"""
+    lora_alpha: int = 32
+    """LoRA alpha"""
+    lora_target_modules: str = "all-linear"
+    """peft target_modules: all-linear or comma-separated module names"""
+    bf16: bool = True
+    """bfloat16 autocast on CUDA (CPU always runs float32)"""
+    seed: int = 1
+    """seeds the env tasks, sampling and any new weights"""
+    device: str = "auto"
+    """cpu, cuda or auto (cuda when present)"""
+    threads: int = 1
+    """torch CPU threads"""
+    run_name: str | None = None
+    """run folder name under runs_dir (default: algo-env-seed-time)"""
+    runs_dir: str = "runs"
+    """where runs are written"""
+    checkpoint_every: int = 10
+    """iterations between checkpoints (0 = only at the end)"""
+    progress: bool = True
+    """show a progress bar"""
+    tensorboard: bool = True
+    """write TensorBoard events"""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
+        positive = ("iterations", "num_groups", "group_size", "max_turns", "max_new_tokens", "max_prompt_tokens",
+                    "update_epochs", "num_minibatches", "micro_batch_size", "threads")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"LLMTrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.algo in ("grpo", "drgrpo", "rloo") and self.group_size < 2:
+            raise ValueError(f"{self.algo} compares rollouts within a group: set group_size to 2 or more")
+        if self.advantage == "gigpo" and self.algo not in ("grpo", "drgrpo"):
+            raise ValueError("advantage='gigpo' normalises like GRPO (grpo) or without std (drgrpo); use one of "
+                             f"those algos, not {self.algo!r}")
+        if self.algo == "ppo_llm" and self.advantage != "turn":
+            raise ValueError("ppo_llm computes token-level GAE from turn rewards: set advantage='turn'")
+        if self.history_turns is not None and self.history_turns < 0:
+            raise ValueError("history_turns must be 0 or more, or none for the whole conversation")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive (training samples from the policy)")
+        if self.learning_rate <= 0 or self.clip_coef <= 0 or self.max_grad_norm <= 0:
+            raise ValueError("learning_rate, clip_coef and max_grad_norm must be positive")
+        if self.kl_coef < 0 or self.vf_coef < 0 or self.weight_decay < 0:
+            raise ValueError("kl_coef, vf_coef and weight_decay must be 0 or more")
+        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+        if self.lora_rank < 0:
+            raise ValueError("lora_rank must be 0 (full fine-tuning) or a positive rank such as 16")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+
+    @property
+    def num_episodes(self) -> int:
+        return self.num_groups * self.group_size

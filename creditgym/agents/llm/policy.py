@@ -1,0 +1,195 @@
+"""LLMPolicy: a `transformers` causal LM as a text-env policy, with the token ids and logprobs training needs.
+
+Prompts use the model's chat template. A multi-turn conversation grows by appending token ids: the generated
+tokens go in unchanged (never re-tokenised), then the template's text that closes the assistant turn and opens the
+next user turn. The logprob of every generated token is therefore recomputed later on exactly the context it was
+sampled from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+# Stand-ins rendered through the chat template to find the text around a turn; no real message contains them.
+_ASSISTANT_MARK = "\u27e6creditgym-assistant\u27e7"
+_USER_MARK = "\u27e6creditgym-user\u27e7"
+
+
+@dataclass
+class Generation:
+    """One sampled reply: its token ids, the logprob of each under the sampling distribution, and its text."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    stopped: bool
+    """the reply ended with a stop token (False: cut at max_new_tokens)"""
+
+
+class LLMPolicy:
+    """Samples replies for a batch of token prompts and scores token sequences, both at `temperature`.
+
+    Logprobs are those of softmax(logits / temperature), the distribution the tokens were drawn from, so the
+    ratio π_new / π_old in the trainers compares like with like. Sampling draws from the full distribution (no
+    top-k / top-p) for the same reason. On CUDA, `bf16=True` runs forward passes under bfloat16 autocast.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, temperature: float = 1.0,
+                 max_new_tokens: int = 64, bf16: bool = False) -> None:
+        if temperature <= 0:
+            raise ValueError("temperature must be positive for a sampling policy (use greedy=True to decode greedily)")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.temperature = temperature
+        self.max_new_tokens = max_new_tokens
+        self.bf16 = bf16
+        self.pad_id = int(tokenizer.pad_token_id)
+        stop = {tokenizer.eos_token_id}
+        generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stop.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
+        self.stop_ids = {int(token) for token in stop if token is not None}
+        self._cache_kwarg = _cache_kwarg(model)
+        self._closing, self._user_open, self._user_close, self.incremental = self._template_pieces()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- prompts ------------------------------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation rendered with the chat template, ending with the assistant header."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self._encode(text)
+
+    def continuation(self, observation: str, *, stopped: bool) -> list[int]:
+        """Token ids that close the assistant turn just generated and add `observation` as the next user turn.
+
+        When the reply ended with the stop token, that token already closes it and is not repeated.
+        """
+        closing = self._closing
+        eos = self.tokenizer.eos_token or ""
+        if stopped and eos and closing.startswith(eos):
+            closing = closing[len(eos):]
+        return self._encode(closing + self._user_open + observation + self._user_close)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _template_pieces(self) -> tuple[str, str, str, bool]:
+        base = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": _ASSISTANT_MARK}]
+        closed = self.tokenizer.apply_chat_template(base, tokenize=False)
+        extended = self.tokenizer.apply_chat_template(base + [{"role": "user", "content": _USER_MARK}],
+                                                      tokenize=False, add_generation_prompt=True)
+        closing = closed.split(_ASSISTANT_MARK, 1)[1]
+        # Templates that rewrite earlier turns (e.g. dropping old <think> blocks) are not append-only: every turn
+        # then starts a fresh prompt instead of extending the conversation's token sequence.
+        incremental = extended.startswith(closed) and _USER_MARK in extended[len(closed):]
+        if not incremental:
+            return closing, "", "", False
+        user_open, user_close = extended[len(closed):].split(_USER_MARK, 1)
+        return closing, user_open, user_close, True
+
+    # -- sampling -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], *, generator: torch.Generator | None = None,
+                 greedy: bool = False) -> list[Generation]:
+        """One reply per prompt from a single batched decode: left padding, a KV cache, and rows that finish
+        leave the batch (their cache rows are dropped) so the rest decode faster."""
+        if not prompts:
+            return []
+        device = self.device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt):] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._next_logits(input_ids, attention, positions, cache)
+        next_position = positions[:, -1] + 1
+        tokens: list[list[int]] = [[] for _ in prompts]
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        live = list(range(len(prompts)))
+        for _ in range(self.max_new_tokens):
+            log_probs = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+            if greedy:
+                chosen = log_probs.argmax(-1)
+            else:
+                chosen = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
+            chosen_lp = log_probs.gather(1, chosen[:, None]).squeeze(1)
+            keep = []
+            for j, (token, lp) in enumerate(zip(chosen.tolist(), chosen_lp.tolist(), strict=True)):
+                tokens[live[j]].append(token)
+                logprobs[live[j]].append(lp)
+                if token not in self.stop_ids:
+                    keep.append(j)
+            if not keep or len(tokens[live[keep[0]]]) >= self.max_new_tokens:
+                break
+            if len(keep) < len(live):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                chosen, attention, next_position = chosen[index], attention[index], next_position[index]
+                live = [live[j] for j in keep]
+            attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
+            logits = self._next_logits(chosen[:, None], attention, next_position[:, None], cache)
+            next_position = next_position + 1
+        return [Generation(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=True),
+                           bool(ids) and ids[-1] in self.stop_ids) for ids, lps in zip(tokens, logprobs, strict=True)]
+
+    def _next_logits(self, input_ids: Tensor, attention: Tensor, positions: Tensor, cache: DynamicCache) -> Tensor:
+        with self.autocast():
+            out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{self._cache_kwarg: cache})
+        return out.logits[:, -1]
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    def sequence_logprobs(self, input_ids: Tensor, attention_mask: Tensor, action_mask: Tensor, *,
+                          with_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Logprobs ``(B, L)`` of the action tokens (0 elsewhere) and, with `with_hidden`, the last hidden state
+        ``(B, L, H)`` at the position that predicts each token (the state a value head reads), 0 elsewhere.
+
+        Only positions that predict an action token go through the LM head, which keeps the vocabulary-sized
+        logits small for long multi-turn sequences.
+        """
+        predicts = torch.zeros_like(action_mask, dtype=torch.bool)
+        predicts[:, :-1] = action_mask[:, 1:].bool()
+        keep = predicts.any(0).nonzero().squeeze(1)
+        with self.autocast():
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
+                             output_hidden_states=with_hidden, use_cache=False)
+        logits = out.logits.float() / self.temperature
+        targets = input_ids[:, keep + 1]
+        token_lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        result = torch.zeros(input_ids.shape, dtype=token_lp.dtype, device=input_ids.device)
+        result[:, keep + 1] = token_lp
+        result = result * action_mask
+        if not with_hidden:
+            return result, None
+        last = out.hidden_states[-1].float()
+        hidden = torch.zeros((*input_ids.shape, last.shape[-1]), dtype=last.dtype, device=last.device)
+        hidden[:, keep + 1] = last[:, keep]
+        return result, hidden * action_mask[..., None]
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.bf16 and self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    """Recent transformers name the KV-cache argument `cache`; earlier releases `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -1,0 +1,153 @@
+"""Batched multi-turn rollouts of an `LLMPolicy` on text envs, GRPO-style: G groups × K rollouts per group.
+
+Every rollout of a group resets its env with the same seed, so the K episodes start from one task. Each turn,
+one `generate` call advances every live episode; episodes that end leave the batch. Invalid actions go to the env
+unchanged: the env explains them in its next observation and charges its `format` channel.
+
+Prompts are the env's `info["instructions"]` as the system message, then the last `history_turns` turns
+(observation as user, reply as assistant), then the current observation (verl-agent's bounded history). While
+the history window has not started to slide, a turn extends the episode's token sequence; afterwards each turn
+starts a new segment. Every generated token thus sits in exactly one segment, in the context it was sampled
+from, with its assistant-mask bit and rollout logprob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import torch
+
+from .policy import LLMPolicy
+
+
+@dataclass
+class Segment:
+    """A token sequence the trainer scores in one forward pass."""
+
+    token_ids: list[int] = field(default_factory=list)
+    action_mask: list[bool] = field(default_factory=list)
+    """True on generated (assistant) tokens; prompt, template and observation tokens are False"""
+    logprobs: list[float] = field(default_factory=list)
+    """the rollout's logprob of each generated token, 0 elsewhere"""
+    turn_ends: list[int] = field(default_factory=list)
+    """position of the last generated token of each turn in this segment"""
+
+    def extend(self, token_ids: list[int], *, action: bool, logprobs: list[float] | None = None) -> None:
+        self.token_ids += token_ids
+        self.action_mask += [action] * len(token_ids)
+        self.logprobs += logprobs if logprobs is not None else [0.0] * len(token_ids)
+
+
+@dataclass
+class Turn:
+    observation: str
+    action: str
+    reward: float
+    reward_components: dict[str, float]
+    invalid: bool
+    num_tokens: int
+
+
+@dataclass
+class Episode:
+    """One rollout: its turns, its token segments, and how it ended."""
+
+    group: int
+    seed: int
+    instructions: str
+    turns: list[Turn] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    terminated: bool = False
+    truncated: bool = False
+    success: bool = False
+
+    @property
+    def total_reward(self) -> float:
+        return sum(turn.reward for turn in self.turns)
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return sum(turn.num_tokens for turn in self.turns)
+
+
+class RolloutCollector:
+    """Owns `num_groups * group_size` envs and collects one batch of episodes per `collect` call."""
+
+    def __init__(self, envs: Sequence[gym.Env], policy: LLMPolicy, *, group_size: int, max_turns: int,
+                 history_turns: int | None, max_prompt_tokens: int) -> None:
+        if len(envs) % group_size:
+            raise ValueError(f"{len(envs)} envs do not split into groups of {group_size}")
+        self.envs = list(envs)
+        self.policy = policy
+        self.group_size = group_size
+        self.max_turns = max_turns
+        self.history_turns = history_turns
+        self.max_prompt_tokens = max_prompt_tokens
+
+    def collect(self, seeds: Sequence[int], *, generator: torch.Generator | None = None,
+                greedy: bool = False) -> list[Episode]:
+        """One episode per env; group g (envs g*K .. g*K+K-1) resets with `seeds[g]`."""
+        if len(seeds) * self.group_size != len(self.envs):
+            raise ValueError(f"need {len(self.envs) // self.group_size} seeds (one per group), got {len(seeds)}")
+        episodes, observations, stopped = [], [], []
+        for i, env in enumerate(self.envs):
+            seed = int(seeds[i // self.group_size])
+            obs, info = env.reset(seed=seed)
+            if not isinstance(obs, str):
+                raise TypeError(f"{env.spec.id if env.spec else env} returned a {type(obs).__name__} observation; LLM "
+                                "policies need text envs (pass obs_mode='text' to grid envs)")
+            episodes.append(Episode(group=i // self.group_size, seed=seed, instructions=info.get("instructions", "")))
+            observations.append(obs)
+            stopped.append(False)
+        live = list(range(len(self.envs)))
+        for turn in range(self.max_turns):
+            prompts = [self._prompt(episodes[i], observations[i], turn, stopped[i]) for i in live]
+            too_long = [i for i, prompt in zip(live, prompts, strict=True) if len(prompt) > self.max_prompt_tokens]
+            for i in too_long:
+                episodes[i].truncated = True
+            if too_long:
+                prompts = [p for i, p in zip(live, prompts, strict=True) if i not in too_long]
+                live = [i for i in live if i not in too_long]
+            generations = self.policy.generate(prompts, generator=generator, greedy=greedy)
+            still_live = []
+            for i, generation in zip(live, generations, strict=True):
+                episode = episodes[i]
+                segment = episode.segments[-1]
+                segment.extend(generation.token_ids, action=True, logprobs=generation.logprobs)
+                segment.turn_ends.append(len(segment.token_ids) - 1)
+                obs, reward, terminated, truncated, info = self.envs[i].step(generation.text)
+                episode.turns.append(Turn(observations[i], generation.text, float(reward),
+                                          {k: float(v) for k, v in info.get("reward_components", {}).items()},
+                                          bool(info.get("invalid_action", False)), len(generation.token_ids)))
+                observations[i], stopped[i] = obs, generation.stopped
+                if terminated or truncated:
+                    episode.terminated, episode.truncated = bool(terminated), bool(truncated and not terminated)
+                    episode.success = bool(info.get("success", False))
+                else:
+                    still_live.append(i)
+            live = still_live
+            if not live:
+                break
+        for i in live:
+            episodes[i].truncated = True  # out of turns (max_turns)
+        return episodes
+
+    def _prompt(self, episode: Episode, observation: str, turn: int, stopped: bool) -> list[int]:
+        """The prompt for this turn, appended to the episode's token sequence or as a new segment."""
+        extend = turn > 0 and self.policy.incremental and (self.history_turns is None or turn <= self.history_turns)
+        if extend:
+            segment = episode.segments[-1]
+            segment.extend(self.policy.continuation(observation, stopped=stopped), action=False)
+            return segment.token_ids
+        start = 0 if self.history_turns is None else max(0, len(episode.turns) - self.history_turns)
+        window = episode.turns[start:]
+        messages = [{"role": "system", "content": episode.instructions}]
+        for past in window:
+            messages += [{"role": "user", "content": past.observation}, {"role": "assistant", "content": past.action}]
+        messages.append({"role": "user", "content": observation})
+        segment = Segment()
+        segment.extend(self.policy.chat_prompt(messages), action=False)
+        episode.segments.append(segment)
+        return segment.token_ids

@@ -1,0 +1,342 @@
+"""One training loop for GRPO, Dr.GRPO, RLOO, REINFORCE++ and PPO (value head) on chat LMs and text envs.
+
+Each iteration reads top to bottom:
+1. batched multi-turn rollouts: G tasks × K rollouts (`rollout.py`);
+2. the episodes packed into token rows with assistant masks, turn rewards on end-of-turn tokens (`batch.py`);
+3. logprobs (and values) recomputed before the update, and reference logprobs when a KL is asked for;
+4. advantages from `creditgym.credit`;
+5. a clipped-ratio loss with gradient accumulation, an optional KL term and a value loss for ppo_llm;
+6. the same logging as PPO: metrics.jsonl, TensorBoard, learning_curve.png, progress bar, atomic checkpoints.
+
+    creditgym train --algo grpo --model smollm2-135m --env creditgym/Sokoban-6x6-1b-v0 --iterations 50
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+import creditgym
+from creditgym.agents.plots import plot_learning_curves, read_metrics
+from creditgym.agents.ppo import _Logger as MetricsLogger
+from creditgym.agents.ppo import resolve_device
+from creditgym.credit import masked_mean
+from creditgym.envs import obs_modes
+from creditgym.llm.models import load_policy_model
+
+from .batch import TokenBatch, advantages, pack_episodes
+from .config import LLMTrainConfig
+from .policy import LLMPolicy
+from .rollout import Episode, RolloutCollector
+
+EnvFactory = Callable[[], gym.Env]
+
+
+def make_text_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
+    """`gym.make` with `obs_mode="text"` for grid envs that offer a text view (unless `env_kwargs` sets one)."""
+    kwargs = dict(env_kwargs or {})
+    if "obs_mode" not in kwargs and "text" in obs_modes(env_id):
+        kwargs["obs_mode"] = "text"
+    return gym.make(env_id, **kwargs)
+
+
+class LLMTrainer:
+    """Builds the policy, envs and optimiser from an `LLMTrainConfig`, then `learn()`s.
+
+    `model`/`tokenizer` replace loading `config.model` (tests pass `tiny_test_model()`); `make_env` replaces
+    `make_text_env(config.env_id, config.env_kwargs)`, e.g. to add reward wrappers. `resume=` continues a run.
+    """
+
+    def __init__(self, config: LLMTrainConfig, *, model: PreTrainedModel | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None, make_env: EnvFactory | None = None,
+                 resume: str | Path | None = None) -> None:
+        self.config = cfg = config
+        self.device = resolve_device(cfg.device)
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        if model is None or tokenizer is None:
+            model, tokenizer = load_policy_model(cfg.model)
+        model = model.to(self.device)
+        self.reference: LLMPolicy | None = None
+        if cfg.lora_rank:
+            model = _add_lora(model, cfg)
+        elif cfg.kl_coef > 0:
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+            self.reference = LLMPolicy(frozen, tokenizer, temperature=cfg.temperature, bf16=cfg.bf16)
+        model.eval()  # no dropout, so the first update's ratio is exactly 1
+        self.policy = LLMPolicy(model, tokenizer, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                bf16=cfg.bf16)
+        self.value_head: nn.Linear | None = None
+        if cfg.algo == "ppo_llm":
+            self.value_head = nn.Linear(model.config.hidden_size, 1).to(self.device)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        params = [p for p in model.parameters() if p.requires_grad]
+        params += list(self.value_head.parameters()) if self.value_head is not None else []
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        make_env = make_env or (lambda: make_text_env(cfg.env_id, cfg.env_kwargs))
+        self.collector = RolloutCollector([make_env() for _ in range(cfg.num_episodes)], self.policy,
+                                          group_size=cfg.group_size, max_turns=cfg.max_turns,
+                                          history_turns=cfg.history_turns, max_prompt_tokens=cfg.max_prompt_tokens)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.seed)
+        self.iteration = 0
+        self.global_step = 0
+        self.run_dir = Path(cfg.runs_dir) / (cfg.run_name or
+                                             f"{cfg.algo}-{cfg.env_id.split('/')[-1]}-s{cfg.seed}-{int(time.time())}")
+        if resume is not None:
+            self.load_checkpoint(resume)
+
+    def learn(self, until_iteration: int | None = None) -> dict[str, float]:
+        """Train to `iterations` (or stop at `until_iteration`); returns the last iteration's metrics."""
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard)
+        progress = _Progress(cfg.progress, cfg.algo, total=cfg.iterations, start=self.iteration)
+        metrics: dict[str, float] = {}
+        stop_at = min(cfg.iterations, until_iteration or cfg.iterations)
+        while self.iteration < stop_at:
+            start = time.perf_counter()
+            seeds = [cfg.seed * 1_000_003 + self.iteration * cfg.num_groups + g for g in range(cfg.num_groups)]
+            episodes = self.collector.collect(seeds, generator=self.generator)
+            rollout_seconds = time.perf_counter() - start
+            batch = pack_episodes(episodes, self.policy.pad_id, self.device)
+            losses = self.update(batch)
+            self.iteration += 1
+            self.global_step += sum(len(ep.turns) for ep in episodes)
+            generated = sum(ep.num_generated_tokens for ep in episodes)
+            metrics = {
+                "global_step": self.global_step,
+                "charts/iteration": self.iteration,
+                "charts/learning_rate": self.optimizer.param_groups[0]["lr"],
+                "charts/tokens_per_s": generated / rollout_seconds,
+                "charts/rollout_s": rollout_seconds,
+                "charts/update_s": time.perf_counter() - start - rollout_seconds,
+                **losses,
+                **episode_summary(episodes),
+            }
+            logger.log(metrics)
+            progress.advance(self.iteration, metrics)
+            if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        progress.close()
+        self.save_checkpoint()
+        logger.close()
+        if self.iteration >= cfg.iterations:
+            plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
+                                 title=f"{cfg.algo} on {cfg.env_id} ({cfg.model}, seed {cfg.seed})")
+        return metrics
+
+    # -- the update ---------------------------------------------------------------------------------------------
+    def score(self, batch: TokenBatch, policy: LLMPolicy | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logprobs ``(R, L)`` of the batch's generated tokens (and value estimates for ppo_llm), without grad."""
+        policy = policy or self.policy
+        logprobs, values = torch.zeros_like(batch.rollout_logprobs), None
+        if self.value_head is not None and policy is self.policy:
+            values = torch.zeros_like(batch.rollout_logprobs)
+        with torch.no_grad():
+            for rows in torch.arange(batch.input_ids.shape[0], device=self.device).split(self.config.micro_batch_size):
+                lp, hidden = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
+                                                      batch.action_mask[rows], with_hidden=values is not None)
+                logprobs[rows] = lp
+                if values is not None and hidden is not None and self.value_head is not None:
+                    values[rows] = self.value_head(hidden).squeeze(-1) * batch.action_mask[rows]
+        return logprobs, values
+
+    def reference_logprobs(self, batch: TokenBatch) -> Tensor | None:
+        if self.config.kl_coef == 0:
+            return None
+        if self.reference is not None:
+            return self.score(batch, self.reference)[0]
+        with self.policy.model.disable_adapter():  # LoRA: the base model is the reference
+            return self.score(batch, self.policy)[0]
+
+    def update(self, batch: TokenBatch) -> dict[str, float]:
+        """Advantages for the batch, then `update_epochs` passes of clipped-ratio updates; returns loss metrics."""
+        cfg, mask = self.config, batch.action_mask
+        old_logprobs, old_values = self.score(batch)
+        ref_logprobs = self.reference_logprobs(batch)
+        kl_reward = None
+        if ref_logprobs is not None and cfg.algo in ("reinforce_pp", "ppo_llm"):
+            kl_reward = batch.to_view(old_logprobs - ref_logprobs)
+        adv_view, returns_view = advantages(cfg, batch, kl=kl_reward,
+                                            values=None if old_values is None else batch.to_view(old_values))
+        adv = batch.to_rows(adv_view)
+        returns = None if returns_view is None else batch.to_rows(returns_view)
+        stats: dict[str, list[float]] = defaultdict(list)
+        num_rows = batch.input_ids.shape[0]
+        for _epoch in range(cfg.update_epochs):
+            order = torch.randperm(num_rows, generator=self.generator, device=self.device)
+            for minibatch in order.tensor_split(min(cfg.num_minibatches, num_rows)):
+                # Every micro-batch divides by the minibatch's token count, so accumulation equals one big batch.
+                denominator = (len(minibatch) * cfg.max_new_tokens if cfg.algo == "drgrpo"
+                               else mask[minibatch].sum().clamp_min(1.0))
+                self.optimizer.zero_grad()
+                for rows in minibatch.split(cfg.micro_batch_size):
+                    loss = self._loss(batch, rows, old_logprobs, ref_logprobs, adv, returns, denominator, stats)
+                    loss.backward()
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                stats["losses/grad_norm"].append(float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
+                self.optimizer.step()
+        out = {name: float(np.sum(values) if name in _SUMMED else np.mean(values)) for name, values in stats.items()}
+        out["losses/policy_loss"] /= cfg.update_epochs * min(cfg.num_minibatches, num_rows)
+        if "losses/value_loss" in out:
+            out["losses/value_loss"] /= cfg.update_epochs * min(cfg.num_minibatches, num_rows)
+        diff = ((old_logprobs - batch.rollout_logprobs).abs() * mask).max()
+        out["charts/logprob_diff_max"] = float(diff)
+        out["charts/advantage_abs_mean"] = float(masked_mean(adv.abs(), mask.bool()))
+        if returns is not None and old_values is not None:
+            valid = mask.bool()
+            residual = (returns - old_values)[valid]
+            out["losses/explained_variance"] = float(1 - residual.var() / (returns[valid].var() + 1e-8))
+        return out
+
+    def _loss(self, batch: TokenBatch, rows: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor | None,
+              adv: Tensor, returns: Tensor | None, denominator: Tensor | int, stats: dict[str, list[float]]) -> Tensor:
+        cfg = self.config
+        mask = batch.action_mask[rows]
+        logprobs, hidden = self.policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows], mask,
+                                                         with_hidden=self.value_head is not None)
+        log_ratio = (logprobs - old_logprobs[rows]) * mask
+        ratio = log_ratio.exp()
+        a = adv[rows]
+        clipped = ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+        policy_loss = (torch.max(-a * ratio, -a * clipped) * mask).sum() / denominator
+        loss = policy_loss
+        stats["losses/policy_loss"].append(policy_loss.item())
+        with torch.no_grad():
+            valid = mask.bool()
+            stats["losses/approx_kl"].append(float(((ratio - 1) - log_ratio)[valid].mean()))
+            stats["losses/clipfrac"].append(float(((ratio - 1).abs() > cfg.clip_coef)[valid].float().mean()))
+        if ref_logprobs is not None and cfg.algo in ("grpo", "drgrpo", "rloo"):
+            # k3 estimator of KL(π || π_ref), always ≥ 0 (as in GRPO)
+            delta = (ref_logprobs[rows] - logprobs) * mask
+            kl = ((delta.exp() - delta - 1) * mask).sum() / denominator
+            loss = loss + cfg.kl_coef * kl
+            stats["losses/kl_ref"].append(kl.item())
+        if self.value_head is not None and hidden is not None and returns is not None:
+            values = self.value_head(hidden).squeeze(-1)
+            value_loss = 0.5 * (((values - returns[rows]) ** 2) * mask).sum() / denominator
+            loss = loss + cfg.vf_coef * value_loss
+            stats["losses/value_loss"].append(value_loss.item())
+        return loss
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Trainable weights (all, or the LoRA adapters), value head, optimiser, RNGs and counters."""
+        path = Path(path) if path else self.run_dir / "checkpoint.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": asdict(self.config),
+            "trainable": {name: p.detach() for name, p in self.policy.model.named_parameters() if p.requires_grad},
+            "value_head": None if self.value_head is None else self.value_head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "checkpoint.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}; pass a run dir or a checkpoint.pt from a run")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        names = {name for name, p in self.policy.model.named_parameters() if p.requires_grad}
+        if set(state["trainable"]) != names:
+            raise ValueError(f"checkpoint {path} holds other trainable weights than this model (different model or "
+                             "lora_rank?); resume with the run's own config")
+        self.policy.model.load_state_dict(state["trainable"], strict=False)
+        if self.value_head is not None:
+            self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.iteration, self.global_step = state["iteration"], state["global_step"]
+        self.run_dir = path.parent
+
+    def _run_record(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
+                "torch": torch.__version__, "device": str(self.device)}
+
+
+_SUMMED = frozenset({"losses/policy_loss", "losses/value_loss"})
+
+
+def episode_summary(episodes: list[Episode]) -> dict[str, float]:
+    """Success, return, length (turns), invalid-action rate and the mean of each reward channel per episode."""
+    channels: dict[str, list[float]] = defaultdict(list)
+    for episode in episodes:
+        totals: dict[str, float] = defaultdict(float)
+        for turn in episode.turns:
+            for name, value in turn.reward_components.items():
+                totals[name] += value
+        for name, value in totals.items():
+            channels[name].append(value)
+    turns = [turn for episode in episodes for turn in episode.turns]
+    return {
+        "charts/success_rate": float(np.mean([ep.success for ep in episodes])),
+        "charts/episodic_return": float(np.mean([ep.total_reward for ep in episodes])),
+        "charts/episodic_length": float(np.mean([len(ep.turns) for ep in episodes])),
+        "charts/invalid_rate": float(np.mean([turn.invalid for turn in turns])) if turns else 0.0,
+        "charts/response_tokens": float(np.mean([turn.num_tokens for turn in turns])) if turns else 0.0,
+        "charts/episodes": float(len(episodes)),
+        **{f"reward/{name}": float(np.sum(values) / len(episodes)) for name, values in sorted(channels.items())},
+    }
+
+
+def _add_lora(model: PreTrainedModel, cfg: LLMTrainConfig) -> PreTrainedModel:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("lora_rank > 0 needs peft: pip install peft (or use lora_rank=0)") from None
+    targets: str | list[str] = cfg.lora_target_modules
+    if targets != "all-linear":
+        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+class _Progress:
+    """A rich progress bar over iterations with live success rate and generated tokens/s (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, label: str, *, total: int, start: int) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TextColumn("success {task.fields[success]}"), TextColumn("{task.fields[tps]} tok/s"),
+                                TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, success="-", tps="-")
+
+    def advance(self, iteration: int, metrics: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=iteration, success=f"{metrics['charts/success_rate']:.0%}",
+                            tps=f"{metrics['charts/tokens_per_s']:,.0f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,1 @@
+"""ToolUse: questions that need dependent tool calls, with reference plans and the ToolRL reward."""

@@ -1,0 +1,238 @@
+"""The ToolUse environment: answer questions that need several dependent tool calls."""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from creditgym.envs.tooluse.reward import (
+    UNPARSEABLE,
+    ToolUseRewards,
+    answer_matches,
+    toolrl_correctness,
+    toolrl_reward,
+)
+from creditgym.envs.tooluse.tasks import FAMILIES, Task, generate_task
+from creditgym.envs.tooluse.text import excerpt, instructions, parse_or_explain, render_results
+from creditgym.envs.tooluse.tools import TOOL_SCHEMAS, Call, ToolError, check_arguments, run_tool
+from creditgym.envs.tooluse.world import World
+
+MAX_TEXT_LENGTH = 32768
+#: Test-split worlds start here, far from the train worlds [0, num_worlds).
+TEST_WORLD_OFFSET = 10_000
+_PRINTABLE = frozenset(string.printable)
+
+
+class ToolUseEnv(gym.Env):
+    """Answer a question by calling tools: calculator, unit and currency conversion, an inventory
+    database and date arithmetic.
+
+    ## Description
+    Each episode draws a question from a seeded generator, such as "How much would 3 units of the cheapest
+    red item in the Oslo store cost in EUR?", together with a reference plan of one to four dependent tool
+    calls and the answer. The agent calls tools (OpenAI function schemas in `info["tools"]`) over several
+    turns and ends the episode with an answer.
+
+    ## Action Space
+    `Text`: one or more `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, or `<answer>...</answer>`,
+    optionally after `<think>...</think>`; read by `creditgym.envs.tooluse.text.parse_action`.
+
+    ## Observation Space
+    `Text` (printable ASCII, at most 32,768 characters): the question at reset; then each call's result or
+    error in a `<tool_response>` block; an explanation after an invalid action.
+
+    ## Starting State
+    A task from `generate_task` with `self.np_random` in one of `num_worlds` worlds (stores and inventories)
+    of the split, or `options={"task": Task}`.
+
+    ## Reward
+    `rewards.correct` (1) for a correct answer (numbers within 0.5% or 0.01, ISO dates, names ignoring case
+    and punctuation), `rewards.wrong` (0) otherwise. Each turn of tool calls pays `rewards.tool_weight` (0.05)
+    times its ToolRL score in [-3, 4] against the unused reference-plan turn it matches best (against "no
+    call", i.e. -3 + format, once the plan is used up). `rewards.invalid_action` (-0.1) for text that is not
+    runnable tool calls or an answer; a rejected turn that contained a <tool_call> also scores ToolRL's -3.
+
+    ## Reward components
+    `task` (the answer), `tool` (ToolRL per turn) and `format` (invalid actions).
+
+    ## Episode End
+    Terminated by the answer; `info["success"]` when it is correct. Truncated by the registered time limit or
+    after `max_invalid_actions` invalid actions when that is set. The reference plan and answer appear in
+    `info["reference_plan"]` and `info["reference_answer"]` only on the step where the env itself ends the
+    episode (the answer, or the invalid-action cap); the time limit is a wrapper the env cannot see, so after
+    a time-limit truncation read them from `env.unwrapped.task`.
+
+    ## Info
+    `reward_components`, `success`, `invalid_action`, `tool_errors` (how many calls of this turn failed); reset
+    adds `instructions`, `tools` and `question`.
+
+    ## Arguments
+    `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16), `split` ("train"/"test": disjoint
+    worlds), `rewards` (`ToolUseRewards`), `max_invalid_actions`, `render_mode` ("ansi").
+
+    ## Registered IDs
+    `creditgym/ToolUse-v0` (1-4 calls), `creditgym/ToolUse-Easy-v0` (1 call), `creditgym/ToolUse-Hard-v0`
+    (3-4 calls); 10 steps each.
+
+    ## Version History
+    - v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        *,
+        min_calls: int = 1,
+        max_calls: int = 4,
+        num_worlds: int = 16,
+        split: str = "train",
+        rewards: ToolUseRewards | None = None,
+        max_invalid_actions: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if not 1 <= min_calls <= max_calls <= max(FAMILIES):
+            raise ValueError(f"need 1 <= min_calls <= max_calls <= {max(FAMILIES)}, got {min_calls}, {max_calls}")
+        if num_worlds < 1:
+            raise ValueError(f"num_worlds must be positive, got {num_worlds}")
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
+        if max_invalid_actions is not None and max_invalid_actions < 1:
+            raise ValueError("max_invalid_actions must be a positive integer or None")
+        self.min_calls, self.max_calls = min_calls, max_calls
+        self.num_worlds = num_worlds
+        self.split = split
+        self.rewards = rewards or ToolUseRewards()
+        self.max_invalid_actions = max_invalid_actions
+        self.render_mode = render_mode
+        self.instructions = instructions(self.rewards)
+        self.action_space = spaces.Text(max_length=MAX_TEXT_LENGTH, charset=string.printable)
+        self.observation_space = spaces.Text(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
+        self._task: Task | None = None
+        self._used: list[int] = []
+        self._turns: list[dict[str, Any]] = []
+        self._answer: str | None = None
+        self._correct = False
+        self._invalid_count = 0
+        self._text = ""
+
+    def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        parsed = parse_or_explain(action)
+        if isinstance(parsed, str):
+            contains_call = isinstance(action, str) and "<tool_call>" in action.lower()
+            return self._invalid(f"Invalid action {excerpt(action)}: {parsed}.", contains_call)
+        if self._answer is not None:
+            return self._invalid("Invalid action: the question is answered and the episode is over.", False)
+        for i, call in enumerate(parsed.calls, start=1):
+            problem = check_arguments(call)
+            if problem:
+                return self._invalid(f"Invalid action: tool call {i}: {problem}. Nothing was run.", True)
+        if parsed.answer is not None:
+            self._answer = parsed.answer
+            self._correct = answer_matches(parsed.answer, self.task.answer)
+            task = self.rewards.correct if self._correct else self.rewards.wrong
+            verdict = "correct" if self._correct else f"incorrect; the expected answer was {self.task.answer_text()}"
+            observation = self._show(f"Your answer: {parsed.answer} -- {verdict}.")
+            info = self._info(task=task, tool=0.0, format=0.0, invalid=False)
+            return observation, task, True, False, self._reveal(info)
+        results: list[dict[str, Any]] = []
+        for call in parsed.calls:
+            try:
+                results.append({"content": run_tool(call, self._world())})
+            except ToolError as error:
+                results.append({"error": str(error)})
+        tool = self.rewards.tool_weight * toolrl_reward(
+            parsed.calls, self._match_plan_turn(parsed.calls), format_ok=parsed.well_formatted
+        )
+        self._turns.append({"calls": [call.to_dict() for call in parsed.calls], "results": results})
+        info = self._info(task=0.0, tool=tool, format=0.0, invalid=False)
+        info["tool_errors"] = sum("error" in result for result in results)
+        observation = self._show(render_results(parsed.calls, results) + "\nCall more tools or give your <answer>.")
+        return observation, tool, False, False, info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+        super().reset(seed=seed)
+        task = (options or {}).get("task")
+        if task is None:
+            world = int(self.np_random.integers(self.num_worlds))
+            world += TEST_WORLD_OFFSET if self.split == "test" else 0
+            task = generate_task(self.np_random, world, min_calls=self.min_calls, max_calls=self.max_calls)
+        elif not isinstance(task, Task):
+            raise TypeError(f"options['task'] must be a creditgym ToolUse Task, got {type(task).__name__}")
+        self._task = task
+        self._used, self._turns, self._answer, self._correct = [], [], None, False
+        self._invalid_count = 0
+        info = self._info(task=0.0, tool=0.0, format=0.0, invalid=False)
+        info.update(instructions=self.instructions, tools=[dict(schema) for schema in TOOL_SCHEMAS],
+                    question=task.question)
+        return self._show(f"Question: {task.question}"), info
+
+    def render(self) -> str | None:
+        return self._text if self.render_mode == "ansi" else None
+
+    # -- state for reward design and shaping ------------------------------------------------------------
+    def potential(self) -> float:
+        """Share of the reference plan's turns matched so far (in [0, 1]), for potential-based shaping."""
+        return len(self._used) / len(self.task.plan) if self._task is not None else 0.0
+
+    def state(self) -> dict[str, Any]:
+        """The current state as plain data; the reference plan and answer stay hidden (see `task`)."""
+        return {
+            "question": self._task.question if self._task else None,
+            "turns": [{"calls": list(t["calls"]), "results": list(t["results"])} for t in self._turns],
+            "plan_turns_matched": len(self._used),
+            "answer": self._answer,
+        }
+
+    @property
+    def task(self) -> Task:
+        """The current task, reference plan and answer included (for experts, tests and analysis)."""
+        if self._task is None:
+            raise RuntimeError("call reset() before reading the task")
+        return self._task
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _match_plan_turn(self, calls: tuple[Call, ...]) -> tuple[Call, ...]:
+        """The unused reference turn these calls match best (consumed), or () when the plan is used up."""
+        remaining = [i for i in range(len(self.task.plan)) if i not in self._used]
+        if not remaining:
+            return ()
+        exact = [i for i in remaining if list(self.task.plan[i]) == list(calls)]
+        best = exact[0] if exact else max(remaining, key=lambda i: (toolrl_correctness(calls, self.task.plan[i]), -i))
+        self._used.append(best)
+        return self.task.plan[best]
+
+    def _invalid(self, feedback: str, contains_call: bool) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        self._invalid_count += 1
+        tool = self.rewards.tool_weight * UNPARSEABLE if contains_call else 0.0
+        penalty = self.rewards.invalid_action
+        truncated = self.max_invalid_actions is not None and self._invalid_count >= self.max_invalid_actions
+        info = self._info(task=0.0, tool=tool, format=penalty, invalid=True)
+        observation = self._show(f"{feedback}\nQuestion: {self.task.question}")
+        return observation, tool + penalty, False, truncated, self._reveal(info) if truncated else info
+
+    def _info(self, *, task: float, tool: float, format: float, invalid: bool) -> dict[str, Any]:
+        return {
+            "reward_components": {"task": task, "tool": tool, "format": format},
+            "success": self._correct,
+            "invalid_action": invalid,
+        }
+
+    def _reveal(self, info: dict[str, Any]) -> dict[str, Any]:
+        info["reference_plan"] = [[call.to_dict() for call in turn] for turn in self.task.plan]
+        info["reference_answer"] = self.task.answer
+        return info
+
+    def _show(self, text: str) -> str:
+        if not _PRINTABLE.issuperset(text):
+            text = "".join(ch if ch in _PRINTABLE else "?" for ch in text)
+        self._text = text[:MAX_TEXT_LENGTH]
+        return self._text
+
+    def _world(self) -> World:
+        return World.get(self.task.world)

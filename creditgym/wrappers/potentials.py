@@ -1,0 +1,227 @@
+"""Named potentials for potential-based shaping, live over an env and offline over recorded states.
+
+A potential Φ scores a state; `creditgym.wrappers.shaping` turns it into the shaping reward γΦ(s') − Φ(s).
+Each named potential has up to three forms that agree on the same state (tested):
+
+- `live(env)`: over a running env, through its declared methods (`potential()`, `state()`, `level`);
+- `offline(observation, state)`: over a recorded step, where `state` is the env's `state()` dict (used by
+  `creditgym rescore`);
+- `batched(obs)`: over a batch of Sokoban one-hot observations `(N, 7, H, W)`, giving `(N,)` (used by
+  `VectorPotentialShaping` on `SokobanVectorEnv`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from creditgym.envs.sokoban.level import NUM_TILES, Level, Tile
+from creditgym.envs.sokoban.solver import search
+
+EnvPotential = Callable[[gym.Env], float]
+"""Φ over a live env: called with the wrapped env after reset and after every step."""
+ObsPotential = Callable[[torch.Tensor], torch.Tensor]
+"""Φ over a batch of Sokoban one-hot observations (N, 7, H, W), uint8, channels in `Tile` order -> (N,)."""
+RecordPotential = Callable[[Any, Mapping[str, Any] | None], float]
+"""Φ over a recorded step: (observation, the env's `state()` dict or None)."""
+
+
+@dataclass(frozen=True)
+class NamedPotential:
+    """A built-in potential: what it measures, which env it is for, and its live/offline/batched forms."""
+
+    name: str
+    description: str
+    env_class: str
+    """Name of the env class (or a base class) it applies to, e.g. "SokobanEnv"."""
+    live: EnvPotential
+    offline: RecordPotential | None = None
+    batched: ObsPotential | None = None
+
+    def __call__(self, env: gym.Env) -> float:
+        return self.live(env)
+
+    def check_env(self, env: gym.Env) -> None:
+        """Raise a ValueError naming the potentials that do fit when `env` is not the env this one is for."""
+        classes = {cls.__name__ for cls in type(env.unwrapped).__mro__}
+        if self.env_class not in classes:
+            fitting = [name for name, p in _built_in().items() if p.env_class in classes]
+            raise ValueError(
+                f"potential {self.name!r} is for {self.env_class}, not {type(env.unwrapped).__name__}; "
+                f"potentials for this env: {fitting or 'none built in (pass a callable over the env instead)'}"
+            )
+
+
+# -- Sokoban ---------------------------------------------------------------------------------------------------
+def one_hot(tiles: np.ndarray) -> torch.Tensor:
+    """(H, W) `Tile` values -> a (1, 7, H, W) uint8 one-hot batch, as the array observation."""
+    channels = np.arange(NUM_TILES)[:, None, None]
+    return torch.from_numpy((tiles[None] == channels).astype(np.uint8))[None]
+
+
+def boxes_on_target(obs: torch.Tensor) -> torch.Tensor:
+    """Boxes on targets, per board."""
+    return obs[:, Tile.BOX_ON_TARGET].sum((1, 2)).to(torch.float64)
+
+
+def box_distance(obs: torch.Tensor) -> torch.Tensor:
+    """Minus the total Manhattan distance from boxes to targets under the best one-to-one assignment, per board.
+
+    Exhaustive over assignments, as `SokobanEnv.potential("box_distance")`: fine for the few boxes of these levels.
+    """
+    boxes = (obs[:, Tile.BOX] | obs[:, Tile.BOX_ON_TARGET]).bool()
+    targets = (obs[:, Tile.TARGET] | obs[:, Tile.BOX_ON_TARGET] | obs[:, Tile.PLAYER_ON_TARGET]).bool()
+    counts = boxes.sum((1, 2))
+    out = torch.zeros(len(obs), dtype=torch.float64, device=obs.device)
+    # Boards are grouped by box count so each group's coordinates stack into one (n, k, 2) tensor.
+    for k in counts.unique().tolist():
+        rows = (counts == k).nonzero().squeeze(1)
+        box_cells = boxes[rows].nonzero()[:, 1:].view(len(rows), k, 2)
+        target_cells = targets[rows].nonzero()[:, 1:].view(len(rows), k, 2)
+        cost = (box_cells[:, :, None, :] - target_cells[:, None, :, :]).abs().sum(-1)
+        assignments = _permutations(k, obs.device)
+        totals = cost[:, torch.arange(k, device=obs.device), assignments].sum(-1)
+        out[rows] = -totals.min(-1).values.to(torch.float64)
+    return out
+
+
+@functools.cache
+def _permutations(k: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor(list(permutations(range(k))), dtype=torch.int64, device=device).view(-1, k)
+
+
+class SolverDistance:
+    """Minus the fewest moves that still solve the board (the exact −V* of a −1-per-move task), from the solver.
+
+    For small levels: every new board state runs `creditgym.envs.sokoban.solver.search`, and results are cached
+    per board. Unsolvable boards get `unsolvable`, which must lie below every solvable board's value.
+
+    Args:
+        max_nodes: search budget per board; running out raises, since the value would not be exact.
+        unsolvable: the potential of a board that can no longer be solved.
+    """
+
+    def __init__(self, *, max_nodes: int = 50_000, unsolvable: float = -100.0) -> None:
+        self.max_nodes = max_nodes
+        self.unsolvable = unsolvable
+        self._cache: dict[tuple[tuple[int, ...], bytes], float] = {}
+
+    def __call__(self, tiles: np.ndarray) -> float:
+        tiles = np.asarray(tiles, dtype=np.int8)
+        key = (tiles.shape, tiles.tobytes())
+        if key not in self._cache:
+            result = search(Level(tiles), max_nodes=self.max_nodes)
+            if result.status == "budget":
+                raise ValueError(
+                    f"solver_distance: the solver ran out of its {self.max_nodes}-node budget on a "
+                    f"{tiles.shape[0]}x{tiles.shape[1]} board; it is meant for small levels. Raise max_nodes "
+                    "or use box_distance"
+                )
+            self._cache[key] = self.unsolvable if result.actions is None else -float(len(result.actions))
+        return self._cache[key]
+
+    def batched(self, obs: torch.Tensor) -> torch.Tensor:
+        tiles = obs.argmax(1).cpu().numpy()
+        return torch.tensor([self(board) for board in tiles], dtype=torch.float64, device=obs.device)
+
+
+def _recorded(state: Mapping[str, Any] | None, key: str) -> Mapping[str, Any]:
+    if state is None or key not in state:
+        raise ValueError(f"this potential needs the recorded state()[{key!r}]; record with record_state=True")
+    return state
+
+
+def _board(state: Mapping[str, Any] | None) -> np.ndarray:
+    return Level.from_rows(_recorded(state, "board")["board"]).tiles
+
+
+def _sokoban(name: str, description: str, batched: ObsPotential) -> NamedPotential:
+    return NamedPotential(
+        name, description, "SokobanEnv",
+        live=lambda env: env.unwrapped.potential(name),
+        offline=lambda observation, state: float(batched(one_hot(_board(state)))[0]),
+        batched=batched,
+    )
+
+
+def _solver_distance() -> NamedPotential:
+    solver = SolverDistance()
+    return NamedPotential(
+        "solver_distance", "Sokoban: minus the solver's fewest moves to solve (exact, small levels)", "SokobanEnv",
+        live=lambda env: solver(env.unwrapped.level.tiles),
+        offline=lambda observation, state: solver(_board(state)),
+        batched=solver.batched,
+    )
+
+
+# -- env hooks and MiniGrid ------------------------------------------------------------------------------------
+def _hook(name: str, description: str, env_class: str) -> NamedPotential:
+    return NamedPotential(name, description, env_class, live=lambda env: float(env.unwrapped.potential()))
+
+
+def goal_distance(state: Mapping[str, Any]) -> float:
+    """MiniGrid: minus the shortest walk from the agent to the goal tile through non-wall cells (doors count open).
+
+    Raises ValueError when the world has no goal tile (BabyAI missions name objects instead).
+    """
+    from minigrid.core.constants import OBJECT_TO_IDX
+
+    objects = np.asarray(state["grid"])[..., 0]  # (width, height): MiniGrid indexes cells as [x, y]
+    goals = {tuple(cell) for cell in np.argwhere(objects == OBJECT_TO_IDX["goal"]).tolist()}
+    if not goals:
+        raise ValueError("goal_distance needs a MiniGrid goal tile; this world has none (e.g. a BabyAI mission)")
+    start = tuple(state["agent_pos"])
+    steps = {start: 0}
+    frontier = deque([start])
+    while frontier:
+        cell = frontier.popleft()
+        if cell in goals:
+            return -float(steps[cell])
+        x, y = cell
+        for nxt in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
+            inside = 0 <= nxt[0] < objects.shape[0] and 0 <= nxt[1] < objects.shape[1]
+            if inside and nxt not in steps and objects[nxt] != OBJECT_TO_IDX["wall"]:
+                steps[nxt] = steps[cell] + 1
+                frontier.append(nxt)
+    return -float(objects.size)
+
+
+def _built_in() -> dict[str, NamedPotential]:
+    # Built fresh on each call so every wrapper gets its own solver cache.
+    potentials = [
+        _sokoban("boxes_on_target", "Sokoban: boxes on targets", boxes_on_target),
+        _sokoban("box_distance", "Sokoban: minus the box-to-target distance under the best assignment",
+                 box_distance),
+        _solver_distance(),
+        _hook("shop_progress", "Shop: progress stage in [0, 3] (ShopEnv.potential)", "ShopEnv"),
+        _hook("plan_progress", "ToolUse: share of the reference plan's steps done (ToolUseEnv.potential)",
+              "ToolUseEnv"),
+        _hook("slots_revealed", "Dialogue: share of hidden slots revealed (DialogueGatherEnv.potential)",
+              "DialogueGatherEnv"),
+        NamedPotential("goal_distance", "MiniGrid text: minus the walk to the goal tile, where there is one",
+                       "MiniGridTextEnv", live=lambda env: goal_distance(env.unwrapped.state()),
+                       offline=lambda observation, state: goal_distance(_recorded(state, "grid"))),
+    ]
+    return {p.name: p for p in potentials}
+
+
+def potential_names() -> list[str]:
+    """Names accepted by `get_potential`, `PotentialShaping` and `creditgym rescore --potential`."""
+    return list(_built_in())
+
+
+def get_potential(name: str) -> NamedPotential:
+    """The built-in potential called `name` (a fresh instance); a ValueError lists the valid names otherwise."""
+    potentials = _built_in()
+    if name not in potentials:
+        listing = "; ".join(f"{p.name} ({p.description})" for p in potentials.values())
+        raise ValueError(f"unknown potential {name!r}; valid names: {listing}")
+    return potentials[name]

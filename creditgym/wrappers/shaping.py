@@ -1,0 +1,160 @@
+"""Potential-based reward shaping (Ng, Harada and Russell 1999), for single envs and the batched Sokoban env.
+
+The shaping reward F = γΦ(s') − Φ(s) leaves the optimal policy unchanged: Q'* = Q* − Φ(s). On true termination
+Φ(s') := 0, so an episode's shaped return is G' = G − Φ(s_0) when γ = 1; on time-limit truncation Φ(s_T) is
+kept, giving G' = G + γ^T Φ(s_T) − Φ(s_0). F goes into its own channel of `info["reward_components"]`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import gymnasium as gym
+import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+
+from creditgym.agents.vec import TorchVecEnv
+from creditgym.wrappers.potentials import EnvPotential, ObsPotential, get_potential, potential_names
+
+
+def _check(gamma: float, channel: str) -> None:
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}; use the discount of the agent being trained")
+    if not channel:
+        raise ValueError("channel must be a non-empty name, e.g. 'shaping'")
+
+
+def _with_channel(info: dict[str, Any], channel: str, value: Any) -> dict[str, Any]:
+    components = info["reward_components"]
+    if channel in components:
+        raise ValueError(f"reward channel {channel!r} is already set by an inner wrapper; pass channel='...' "
+                         "with another name to stack a second shaping wrapper")
+    return {**info, "reward_components": {**components, channel: value}}
+
+
+class PotentialShaping(gym.Wrapper):
+    """Adds F = γΦ(s') − Φ(s) to the reward, as the `shaping` channel of `info["reward_components"]`.
+
+    `potential` is a built-in name (see `creditgym.wrappers.potentials.potential_names()`) or any callable that
+    takes the wrapped env and returns a float, reading state through declared methods such as
+    `env.unwrapped.potential()` or `env.unwrapped.state()`. Φ(s') is 0 when the episode terminates and is kept
+    on truncation. Other channels are left untouched, so the reward stays the sum of the channels.
+
+    >>> import gymnasium as gym
+    >>> import creditgym
+    >>> env = PotentialShaping(gym.make("creditgym/Sokoban-6x6-1b-v0"), "box_distance", gamma=1.0)
+    >>> obs, info = env.reset(seed=0)
+    >>> before = env.unwrapped.potential("box_distance")
+    >>> obs, reward, terminated, truncated, info = env.step(0)
+    >>> info["reward_components"]["shaping"] == env.unwrapped.potential("box_distance") - before
+    True
+    >>> reward == sum(info["reward_components"].values())
+    True
+    """
+
+    def __init__(self, env: gym.Env, potential: EnvPotential | str, gamma: float, *, channel: str = "shaping"
+                 ) -> None:
+        super().__init__(env)
+        _check(gamma, channel)
+        if isinstance(potential, str):
+            named = get_potential(potential)
+            named.check_env(env)
+            potential = named
+        self.potential: EnvPotential = potential
+        self.gamma = gamma
+        self.channel = channel
+        self._last_potential = 0.0
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        potential = 0.0 if terminated else float(self.potential(self.env))
+        shaping = self.gamma * potential - self._last_potential
+        self._last_potential = potential
+        return obs, float(reward) + shaping, terminated, truncated, _with_channel(info, self.channel, shaping)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._last_potential = float(self.potential(self.env))
+        return obs, _with_channel(info, self.channel, 0.0)
+
+
+class VectorPotentialShaping(VectorWrapper):
+    """`PotentialShaping` for a batched env with same-step autoreset, with Φ computed from observations.
+
+    `potential` maps a batch of observations to one value per env: a built-in name with a batched form
+    (`boxes_on_target`, `box_distance`, `solver_distance` for `SokobanVectorEnv`) or any callable
+    `(N, *obs_shape) -> (N,)`. For an episode that ends, Φ(s') comes from `info["final_obs"]` (0 when it
+    terminated), and the next episode starts from Φ of the returned observation. Shaping is computed in float64
+    and cast to the reward's dtype. `get_state`/`set_state` include the last Φ, for exact resumes.
+    """
+
+    def __init__(self, env: VectorEnv, potential: ObsPotential | str, gamma: float, *, channel: str = "shaping"
+                 ) -> None:
+        super().__init__(env)
+        _check(gamma, channel)
+        if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
+            raise ValueError("VectorPotentialShaping needs same-step autoreset (AutoresetMode.SAME_STEP), so that "
+                             "info['final_obs'] holds the last observation of each ended episode")
+        if isinstance(potential, str):
+            batched = get_potential(potential).batched
+            if batched is None:
+                valid = [name for name in potential_names() if get_potential(name).batched is not None]
+                raise ValueError(f"potential {potential!r} has no batched form; batched potentials: {valid}. "
+                                 "For other envs wrap each env in PotentialShaping instead")
+            potential = batched
+        self.potential: ObsPotential = potential
+        self.gamma = gamma
+        self.channel = channel
+        self._last_potential = torch.zeros(env.num_envs, dtype=torch.float64)
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        potential = self._potential(obs)
+        end_potential = potential.clone()
+        if "_final_obs" in info:
+            end_potential[torch.as_tensor(info["_final_obs"], device=potential.device)] = self._potential(
+                info["final_obs"])
+        end_potential[torch.as_tensor(terminated, device=potential.device)] = 0.0
+        shaping = (self.gamma * end_potential - self._last_potential).to(reward.dtype)
+        self._last_potential = potential
+        return obs, reward + shaping, terminated, truncated, _with_channel(info, self.channel, shaping)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._last_potential = self._potential(obs)
+        return obs, _with_channel(info, self.channel, torch.zeros_like(self._last_potential, dtype=torch.float32))
+
+    def get_state(self) -> dict[str, Any]:
+        """The wrapped env's state plus the last Φ of every env."""
+        return {"env": self.env.get_state(), "last_potential": self._last_potential.clone()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.env.set_state(state["env"])
+        self._last_potential = state["last_potential"].to(self._last_potential.device)
+
+    def _potential(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.potential(obs)).to(torch.float64)
+
+
+def _make_shaped(env_id: str, potential: str, gamma: float, env_kwargs: dict[str, Any]) -> gym.Env:
+    return PotentialShaping(gym.make(env_id, **env_kwargs), potential, gamma)
+
+
+def make_shaped_vec_env(env_id: str, num_envs: int, device: torch.device | str,
+                        env_kwargs: dict[str, Any] | None = None, *, potential: str = "box_distance",
+                        gamma: float = 0.99) -> TorchVecEnv:
+    """Like `creditgym.agents.vec.make_vec_env`, with potential-based shaping by name.
+
+    creditgym's batched Sokoban is wrapped in `VectorPotentialShaping`; any other id becomes a `SyncVectorEnv`
+    of `PotentialShaping` envs. Pass the agent's own discount as `gamma`.
+    """
+    env_kwargs = dict(env_kwargs or {})
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None and spec.namespace == "creditgym":
+        env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", device=device,
+                           **env_kwargs)
+        return TorchVecEnv(VectorPotentialShaping(env, potential, gamma), torch.device(device))
+    # partial, not a lambda, so the vector env pickles into checkpoints.
+    make = functools.partial(_make_shaped, env_id, potential, gamma, env_kwargs)
+    return TorchVecEnv(SyncVectorEnv([make] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP), torch.device(device))

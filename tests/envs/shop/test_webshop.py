@@ -1,0 +1,116 @@
+"""Reading WebShop's real file format, on a tiny sample written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from creditgym.envs.shop.env import ShopEnv
+from creditgym.envs.shop.expert import ShopExpert
+from creditgym.envs.shop.webshop import load_webshop, read_webshop
+
+PRODUCTS = [
+    {
+        "asin": "B07DEODOR1", "name": "Bright Citrus Deodorant by Earth Mama \u2013 Natural", "category": "beauty",
+        "query": "deodorant", "product_category": "Beauty & Personal Care \u203a Deodorants",
+        "full_description": "Calendula deodorant for sensitive skin.", "small_description": ["Aluminum free", "Vegan"],
+        "pricing": "$10.99 - $20.00", "average_rating": 4.4, "images": ["x.jpg"],
+        "customization_options": {"Scent": [{"value": "Bright Citrus", "image": None}, {"value": "Lavender/Mint"}],
+                                  "Size": [{"value": "3 Ounce (Pack of 1)"}, {"value": "3 Ounce (Pack of 2)"}]},
+    },
+    {
+        "asin": "B07SHAMPO2", "name": "Argan Oil Shampoo", "category": "beauty", "query": "shampoo",
+        "product_category": "Beauty \u203a Hair Care", "full_description": "Sulfate free shampoo.",
+        "small_description": "Sulfate free, paraben free", "pricing": "$24.50", "customization_options": None,
+    },
+    {"asin": "B07SHAMPO2", "name": "a repeat, skipped", "query": "x", "category": "x", "pricing": "$1"},
+    {"asin": "nan", "name": "no asin, skipped", "query": "x", "category": "x", "pricing": "$1"},
+    {
+        "asin": "B07MUGMUG3", "name": "Ceramic Coffee Mug", "category": "garden", "query": "coffee mug",
+        "full_description": "", "small_description": [], "pricing": "", "customization_options": {},
+    },
+]
+ATTRIBUTES = {
+    "B07DEODOR1": {"attributes": ["aluminum free", "long lasting"], "instruction": "i want a long lasting deodorant",
+                   "instruction_attributes": ["long lasting"]},
+    "B07SHAMPO2": {"attributes": ["sulfate free"], "instruction": "find me a sulfate free shampoo",
+                   "instruction_attributes": ["sulfate free"]},
+}
+HUMAN = {
+    "B07DEODOR1": [
+        {"instruction": "I need a long lasting deodorant in bright citrus, 3 ounce (pack of 1).",
+         "instruction_attributes": ["long lasting"], "instruction_options": ["bright citrus", "3 ounce (pack of 1)"]},
+        {"instruction": "no attributes: WebShop skips it", "instruction_attributes": [], "instruction_options": []},
+    ],
+    "B07SHAMPO2": [{"instruction": "Sulfate free shampoo please", "instruction_attributes": ["sulfate free"],
+                    "instruction_options": []}],
+}
+
+
+@pytest.fixture
+def webshop_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CREDITGYM_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "webshop"
+    folder.mkdir()
+    (folder / "items_shuffle_1000.json").write_text(json.dumps(PRODUCTS))
+    (folder / "items_ins_v2.json").write_text(json.dumps(ATTRIBUTES))
+    (folder / "items_human_ins.json").write_text(json.dumps(HUMAN))
+    return folder
+
+
+def test_products_are_parsed_like_webshop(webshop_dir: Path) -> None:
+    products, goals = read_webshop(webshop_dir)
+    assert [p.id for p in products] == ["B07DEODOR1", "B07SHAMPO2", "B07MUGMUG3"]
+    deodorant, shampoo, mug = products
+    assert deodorant.title == "Bright Citrus Deodorant by Earth Mama - Natural"  # folded to ASCII
+    assert deodorant.price == 10.99 and shampoo.price == 24.5 and mug.price == 100.0
+    assert deodorant.options == {"scent": ("bright citrus", "lavender | mint"),
+                                 "size": ("3 ounce (pack of 1)", "3 ounce (pack of 2)")}
+    assert deodorant.attributes == ("aluminum free", "long lasting") and deodorant.rating == 4.4
+    assert shampoo.features == ("Sulfate free, paraben free",) and shampoo.options == {}
+    assert deodorant.product_type == "deodorant" and mug.product_type == "coffee mug"
+    assert [(g["product_id"], g["attributes"]) for g in goals] == [
+        ("B07DEODOR1", ["long lasting"]), ("B07SHAMPO2", ["sulfate free"]),
+    ]
+
+
+def test_env_plays_webshop_human_goals(webshop_dir: Path) -> None:
+    catalog = load_webshop(webshop_dir)
+    assert len(catalog) == 3 and catalog.search("citrus deodorant")[0] == catalog.row_of("B07DEODOR1")
+    assert len(catalog.instruction_rows("train")) == 2 and len(catalog.instruction_rows("test")) == 0
+    env = ShopEnv(webshop_dir=webshop_dir)
+    expert, rewards = ShopExpert(), []
+    for seed in range(6):
+        obs, info = env.reset(seed=seed)
+        assert "price lower than" in obs and info["goal"]["product_id"] in {"B07DEODOR1", "B07SHAMPO2"}
+        terminated = truncated = False
+        while not (terminated or truncated):
+            obs, reward, terminated, truncated, info = env.step(expert(env))
+        rewards.append(reward)
+        assert info["success"]
+    assert rewards == [1.0] * 6
+    with pytest.raises(ValueError, match="has no test goals"):
+        ShopEnv(webshop_dir=webshop_dir, split="test").reset(seed=0)
+
+
+def test_synthetic_goals_draw_options_at_reset(webshop_dir: Path) -> None:
+    env = ShopEnv(catalog=load_webshop(webshop_dir, goals="synthetic"))
+    instructions = set()
+    for seed in range(20):
+        _, info = env.reset(seed=seed)
+        instructions.add(info["goal"]["instruction"])
+        if info["goal"]["product_id"] == "B07DEODOR1":
+            assert " with scent: " in info["goal"]["instruction"]
+    assert len(instructions) > 2
+
+
+def test_catalog_is_cached_and_missing_files_are_explained(webshop_dir: Path) -> None:
+    first = load_webshop(webshop_dir)
+    assert load_webshop(webshop_dir).path == first.path
+    (webshop_dir / "items_human_ins.json").unlink()
+    with pytest.raises(FileNotFoundError, match="items_human_ins.json"):
+        load_webshop(webshop_dir)
+    with pytest.raises(FileNotFoundError, match="items_shuffle"):
+        load_webshop(webshop_dir.parent)

@@ -1,0 +1,189 @@
+"""ToolUseEnv: tasks and plans, tool turns and their ToolRL reward, errors, answers, expert and random play."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import creditgym  # noqa: F401  (registers the ids)
+from creditgym.envs.tooluse.env import TEST_WORLD_OFFSET, ToolUseEnv
+from creditgym.envs.tooluse.expert import ToolUseExpert
+from creditgym.envs.tooluse.reward import answer_matches
+from creditgym.envs.tooluse.tasks import FAMILIES, generate_task
+from creditgym.envs.tooluse.tools import Call, run_tool
+from creditgym.envs.tooluse.world import World
+
+
+def _call(name: str, **arguments) -> str:
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+
+
+def _episode(env: gym.Env, policy, seed: int) -> tuple[float, dict, int]:
+    env.reset(seed=seed)
+    total, steps, terminated, truncated = 0.0, 0, False, False
+    while not (terminated or truncated):
+        _, reward, terminated, truncated, info = env.step(policy(env))
+        total += reward
+        steps += 1
+    return total, info, steps
+
+
+@pytest.mark.parametrize("env_id", ["creditgym/ToolUse-v0", "creditgym/ToolUse-Easy-v0", "creditgym/ToolUse-Hard-v0"])
+def test_expert_succeeds(env_id: str) -> None:
+    env, expert = gym.make(env_id), ToolUseExpert(think=True)
+    results = [_episode(env, expert, seed) for seed in range(50)]
+    assert np.mean([info["success"] for _, info, _ in results]) >= 0.95
+    for total, info, steps in results:
+        plan = info["reference_plan"]
+        assert steps == len(plan) + 1  # one turn per plan turn, then the answer
+        assert total == pytest.approx(1.0 + 0.05 * 4 * len(plan))  # every turn an exact ToolRL match
+
+
+def test_random_and_garbage_policies_score_near_zero() -> None:
+    env, rng = gym.make("creditgym/ToolUse-v0"), np.random.default_rng(0)
+    tools = [_call("calculator", expression="2 + 2"), _call("date_add", date="2024-01-01", days=3),
+             _call("query_inventory", color="red"), "<answer>42</answer>", "<answer>Oslo</answer>", "", "hello"]
+    results = [_episode(env, lambda _: tools[rng.integers(len(tools))], seed) for seed in range(100)]
+    assert np.mean([info["success"] for _, info, _ in results]) <= 0.05
+    assert np.mean([info["reward_components"]["task"] for _, info, _ in results]) <= 0.05
+    garbage = [_episode(env, lambda _: "".join(rng.choice(list("<>{}answer tool_call"), 20)), s) for s in range(10)]
+    assert all(total < 0 and not info["success"] for total, info, _ in garbage)
+
+
+def test_every_family_generates_consistent_tasks() -> None:
+    rng = np.random.default_rng(0)
+    for calls, families in FAMILIES.items():
+        for _ in range(30):
+            task = generate_task(rng, 3, min_calls=calls, max_calls=calls)
+            assert task.num_calls == calls and task.family in {f.__name__ for f in families}
+            assert task.question.endswith("?")
+            if task.plan[-1][0].name != "query_inventory":  # replaying the last call reproduces the answer
+                result = run_tool(task.plan[-1][0], World.get(3))
+                assert any(answer_matches(str(value), task.answer) for value in result.values())
+
+
+def test_tool_turn_returns_results_and_errors_as_observations() -> None:
+    env = ToolUseEnv(min_calls=1, max_calls=1)
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(
+        _call("calculator", expression="__import__('os')") + _call("calculator", expression="6 * 7")
+    )
+    assert not info["invalid_action"] and info["tool_errors"] == 1 and not terminated
+    blocks = obs.split("</tool_response>")
+    assert '"error": "calculator: unknown function' in blocks[0] and '"result": 42' in blocks[1]
+    assert env.state()["turns"][0]["results"][1] == {"content": {"result": 42}}
+    assert set(info["reward_components"]) == {"task", "tool", "format"} and reward == info["reward_components"]["tool"]
+
+
+@pytest.mark.parametrize(
+    ("action", "message", "tool_penalty"),
+    [
+        ("<tool_call>{not json}</tool_call>", "not valid JSON", True),
+        (_call("web_search", query="x"), "unknown tool 'web_search'", True),
+        (_call("calculator", expr="1"), "no argument 'expr'", True),
+        (_call("convert_units", value="3", from_unit="lb", to_unit="kg"), "must be a finite number", True),
+        ("The answer is 42.", "no <tool_call>", False),
+        ("<answer></answer>", "answer is empty", False),
+    ],
+)
+def test_invalid_actions_explain_penalise_and_change_nothing(action: str, message: str, tool_penalty: bool) -> None:
+    env = ToolUseEnv()
+    env.reset(seed=1)
+    env.step(ToolUseExpert()(env))
+    before = env.state()
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert info["invalid_action"] and "Invalid action" in obs and message in obs and "Question: " in obs
+    assert env.state() == before and not (terminated or truncated)
+    tool = pytest.approx(-0.15 if tool_penalty else 0.0)
+    assert info["reward_components"] == {"task": 0.0, "tool": tool, "format": -0.1}
+    assert "reference_plan" not in info
+
+
+def test_reference_plan_is_revealed_only_at_the_end() -> None:
+    env = gym.make("creditgym/ToolUse-Hard-v0")
+    _, info = env.reset(seed=2)
+    assert "reference_plan" not in info and "reference_answer" not in info
+    assert {"instructions", "tools", "question"} <= set(info) and len(info["tools"]) == 6
+    assert "query_inventory" in info["instructions"]
+    expert = ToolUseExpert()
+    for _ in range(len(env.unwrapped.task.plan)):
+        *_, info = env.step(expert(env))
+        assert "reference_plan" not in info
+    obs, reward, terminated, _, info = env.step("<answer>-1</answer>")
+    assert terminated and not info["success"] and info["reference_answer"] == env.unwrapped.task.answer
+    assert "incorrect; the expected answer was" in obs and info["reward_components"]["task"] == 0.0
+    capped = ToolUseEnv(max_invalid_actions=3)
+    capped.reset(seed=3)
+    for step in range(3):
+        *_, truncated, info = capped.step("<think>hmm</think>")
+        assert ("reference_plan" in info) == (step == 2) == truncated
+
+
+def test_tool_reward_prefers_the_plan_and_penalises_extra_calls() -> None:
+    env = ToolUseEnv(min_calls=2, max_calls=2)
+    env.reset(seed=4)
+    plan = env.task.plan
+    first = plan[0][0]
+    mangled = {key: (value + "x" if isinstance(value, str) else value) for key, value in first.arguments.items()}
+    partial = env.step(f"<tool_call>{json.dumps({'name': first.name, 'arguments': mangled})}</tool_call>")[1]
+    assert -0.15 < partial < 0.2  # same tool and keys, some values wrong
+    env.reset(seed=4)
+    expert = ToolUseExpert()
+    assert [env.step(expert(env))[1] for _ in plan] == [pytest.approx(0.2)] * len(plan)
+    assert env.potential() == 1.0
+    assert env.step(_call("calculator", expression="1 + 1"))[1] == pytest.approx(0.05 * (1 - 3))  # plan used up
+    assert env.step("Sure! " + _call("calculator", expression="1 + 1"))[1] == pytest.approx(0.05 * (0 - 3))
+
+
+def test_potential_counts_matched_plan_turns() -> None:
+    env, expert = ToolUseEnv(min_calls=4, max_calls=4), ToolUseExpert()
+    env.reset(seed=5)
+    potentials = [env.potential()]
+    for _ in env.task.plan:
+        env.step(expert(env))
+        potentials.append(env.potential())
+    assert potentials == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_splits_use_disjoint_worlds() -> None:
+    train, test = ToolUseEnv(), ToolUseEnv(split="test")
+    worlds = {}
+    for name, env in (("train", train), ("test", test)):
+        worlds[name] = {env.reset(seed=seed) and env.task.world for seed in range(20)}
+    assert max(worlds["train"]) < 16 <= TEST_WORLD_OFFSET <= min(worlds["test"])
+
+
+def test_copies_and_same_seed_continue_identically() -> None:
+    env, expert = ToolUseEnv(min_calls=3, max_calls=4), ToolUseExpert()
+    env.reset(seed=6)
+    env.step(expert(env))
+    clones = [pickle.loads(pickle.dumps(env)), copy.deepcopy(env)]
+    actions = [expert(env)]
+    expected = [env.step(actions[0])]
+    while not expected[-1][2]:
+        actions.append(expert(env))
+        expected.append(env.step(actions[-1]))
+    for clone in clones:
+        assert [clone.step(action) for action in actions] == expected
+    a, b = ToolUseEnv(), ToolUseEnv()
+    assert a.reset(seed=7) == b.reset(seed=7) and a.task == b.task
+    assert len({ToolUseEnv().reset(seed=s)[0] for s in range(20)}) == 20
+
+
+def test_custom_task_and_arguments() -> None:
+    env = ToolUseEnv(render_mode="ansi")
+    task = generate_task(np.random.default_rng(0), 0, min_calls=1, max_calls=1)
+    obs, info = env.reset(options={"task": task})
+    assert obs == f"Question: {task.question}" == env.render() and env.task is task
+    with pytest.raises(ValueError, match="min_calls"):
+        ToolUseEnv(min_calls=3, max_calls=2)
+    with pytest.raises(TypeError, match="options\\['task'\\]"):
+        env.reset(options={"task": "what is 2 + 2?"})
+    env.step(f"<answer>{task.answer_text()}</answer>")
+    assert env.step(_call("calculator", expression="1"))[4]["invalid_action"]  # after the answer
+    assert Call("calculator", {"expression": "1"}).to_dict() == {"name": "calculator", "arguments": {"expression": "1"}}

@@ -1,0 +1,258 @@
+"""Trajectory records: round trip, malformed files, safe appends, and offline re-scoring (`creditgym rescore`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import creditgym
+import creditgym.trajectories as trajectories
+from creditgym.cli import main
+from creditgym.envs.sokoban.rules import Action
+from creditgym.envs.sokoban.solver import solve
+from creditgym.envs.sokoban.text import ACTION_NAMES
+from creditgym.trajectories import (
+    Episode,
+    PolicyOutput,
+    TrajectoryFormatError,
+    TrajectoryWriter,
+    add_shaping,
+    load_trajectories,
+    read_trajectories,
+    record_episodes,
+    step_advantages,
+)
+from creditgym.wrappers.potentials import get_potential
+from creditgym.wrappers.shaping import PotentialShaping
+
+SOKOBAN = "creditgym/Sokoban-6x6-2b-v0"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _random(env: gym.Env):
+    return lambda obs, info: env.action_space.sample()
+
+
+def _solver_after_detours(env: gym.Env, detours: int):
+    """Random moves for the first `detours` steps of each episode, then the solver's plan (episodes terminate
+    unless a detour deadlocked the level)."""
+    plan: list[int] = []
+    count = [0]
+    text = isinstance(env.action_space, gym.spaces.Text)
+
+    def policy(obs, info) -> int | str:
+        if "instructions" in info:  # a fresh episode
+            count[0], plan[:] = 0, []
+        count[0] += 1
+        if count[0] <= detours:
+            move = int(env.np_random.integers(4))
+        else:
+            if not plan:
+                plan.extend(solve(env.unwrapped.level) or [0])
+            move = int(plan.pop(0))
+        return ACTION_NAMES[Action(move)] if text else move
+
+    return policy
+
+
+def test_round_trip_array_observations(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=8)
+    path = tmp_path / "traj.jsonl"
+    recorded = record_episodes(env, _random(env), 3, seed=7, path=path, metadata={"policy": "random"})
+    loaded = load_trajectories(path)
+    assert len(loaded) == 3
+    for a, b in zip(recorded, loaded, strict=True):
+        assert (b.env_id, b.seed, b.version) == (SOKOBAN, a.seed, creditgym.__version__)
+        assert b.metadata == {"policy": "random"}
+        assert isinstance(b.observation, np.ndarray) and b.observation.dtype == np.uint8
+        assert np.array_equal(a.observation, b.observation) and a.state == b.state and a.info == b.info
+        assert len(b.steps) == 8
+        for x, y in zip(a.steps, b.steps, strict=True):
+            assert np.array_equal(x.observation, y.observation)
+            assert (int(x.action), x.reward_components, x.terminated, x.truncated, x.state, x.info) == (
+                y.action, y.reward_components, y.terminated, y.truncated, y.state, y.info)
+    assert [e.seed for e in loaded] == [7, 8, 9]
+    # Same seeds, same actions: the recording replays exactly.
+    replay = gym.make(SOKOBAN, max_episode_steps=8)
+    replay.reset(seed=loaded[1].seed)
+    for step in loaded[1].steps:
+        obs, reward, *_ = replay.step(step.action)
+        assert np.array_equal(obs, step.observation) and reward == step.reward
+
+
+def test_round_trip_text_and_llm_fields(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, obs_mode="text", max_episode_steps=3)
+    counter = iter(range(100))
+
+    def llm(obs: str, info: dict) -> PolicyOutput:
+        k = next(counter)
+        return PolicyOutput("<answer>Left</answer>" if k % 2 else "hmm", prompt_ids=[1, 2, k],
+                            response_ids=[k, 5], logprobs=[-0.5, -0.25 * k])
+
+    path = tmp_path / "llm.jsonl"
+    recorded = record_episodes(env, llm, 2, seed=0, group_size=2, path=path)
+    loaded = load_trajectories(path)
+    assert [e.seed for e in loaded] == [0, 0]
+    assert loaded[0].observation == recorded[0].observation and isinstance(loaded[0].observation, str)
+    step = loaded[0].steps[1]
+    assert (step.action, step.prompt_ids, step.response_ids, step.logprobs) == (
+        "<answer>Left</answer>", [1, 2, 1], [1, 5], [-0.5, -0.25])
+    assert loaded[0].steps[0].reward_components["format"] == -0.1
+    assert loaded[0].steps[0].info["invalid_action"] is True
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_malformed_lines_name_file_and_line(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=2)
+    good = json.dumps(record_episodes(env, _random(env), 1, seed=0)[0].to_dict())
+    path = tmp_path / "bad.jsonl"
+
+    _write_lines(path, [good, "", good, '{"format": "creditgym.trajectory/1", "env_id": '])
+    reader = read_trajectories(path)
+    assert next(reader).env_id == SOKOBAN and next(reader).env_id == SOKOBAN  # earlier episodes still come out
+    with pytest.raises(TrajectoryFormatError, match=r"bad\.jsonl:4: not valid JSON"):
+        next(reader)
+
+    path.write_text(good + "\n" + good[:50])
+    with pytest.raises(TrajectoryFormatError, match=r":2: not valid JSON .*cut short"):
+        load_trajectories(path)
+
+    no_action = json.loads(good)
+    del no_action["steps"][1]["action"]
+    _write_lines(path, [good, json.dumps(no_action)])
+    with pytest.raises(TrajectoryFormatError, match=r":2: steps\[1\] has no 'action'"):
+        load_trajectories(path)
+
+    _write_lines(path, [json.dumps({**json.loads(good), "format": "other/9"})])
+    with pytest.raises(TrajectoryFormatError, match=":1: format is 'other/9'"):
+        load_trajectories(path)
+
+    path.write_bytes(good.encode() + b"\n\xff\xfe\n")
+    with pytest.raises(TrajectoryFormatError, match=":2: not UTF-8"):
+        load_trajectories(path)
+
+
+def test_failed_writes_keep_earlier_episodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=3)
+    episodes = record_episodes(env, _random(env), 3, seed=0)
+    path = tmp_path / "t.jsonl"
+    with TrajectoryWriter(path) as writer:
+        writer.write(episodes[0])
+        size = path.stat().st_size
+        unstorable = Episode(**{**episodes[1].__dict__, "metadata": {"policy": object()}})
+        with pytest.raises(TypeError, match=r"episode\.metadata\.policy \(object\)"):
+            writer.write(unstorable)
+        assert path.stat().st_size == size
+
+        real_write = os.write
+
+        def write_half_then_fail(fd: int, data) -> int:
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(trajectories.os, "write", write_half_then_fail)
+        with pytest.raises(OSError, match="No space"):
+            writer.write(episodes[1])
+        monkeypatch.undo()
+        assert path.stat().st_size == size
+        writer.write(episodes[2])
+    assert [e.seed for e in load_trajectories(path)] == [0, 2]
+    with TrajectoryWriter(path) as writer:  # appends by default
+        writer.write(episodes[1])
+    assert [e.seed for e in load_trajectories(path)] == [0, 2, 1]
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_rescore_cli_matches_the_live_wrapper(tmp_path: Path, gamma: float) -> None:
+    live = PotentialShaping(gym.make(SOKOBAN, max_episode_steps=14, obs_mode="text"), "box_distance", gamma)
+    path = tmp_path / "live.jsonl"
+    recorded = record_episodes(live, _solver_after_detours(live, 6), 4, seed=3, path=path)
+    assert {s.terminated for e in recorded for s in e.steps} == {False, True}
+    assert any(e.steps[-1].truncated for e in recorded)
+    out = tmp_path / "rescored.jsonl"
+    assert main(["rescore", str(path), "--potential", "box_distance", "--gamma", str(gamma),
+                 "--channel", "offline", "--out", str(out)]) == 0
+    rescored = load_trajectories(out)
+    values = [(s.reward_components["shaping"], s.reward_components["offline"]) for e in rescored for s in e.steps]
+    assert all(a == b for a, b in values) and any(a != 0 for a, _ in values)
+
+
+def test_add_shaping_on_an_unshaped_recording_equals_live_shaping() -> None:
+    plain = gym.make(SOKOBAN, max_episode_steps=15)
+    shaped = PotentialShaping(gym.make(SOKOBAN, max_episode_steps=15), "solver_distance", 0.95)
+    recorded = record_episodes(plain, _solver_after_detours(plain, 4), 2, seed=11)
+    offline = [add_shaping(e, get_potential("solver_distance").offline, 0.95) for e in recorded]
+    for episode in offline:
+        shaped.reset(seed=episode.seed)
+        for step in episode.steps:
+            _, reward, *_, info = shaped.step(step.action)
+            assert step.reward_components == info["reward_components"]
+    with pytest.raises(ValueError, match="already has a 'shaping' channel"):
+        add_shaping(offline[0], get_potential("box_distance").offline, 0.95)
+
+
+def test_group_estimators_ignore_shaping_with_a_shared_start(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=200)
+    episodes = record_episodes(env, _solver_after_detours(env, 5), 6, seed=1, group_size=3)
+    assert all(e.steps[-1].terminated for e in episodes)
+    shaped = [add_shaping(e, get_potential("box_distance").offline, 1.0) for e in episodes]
+    returns = [e.total_reward for e in episodes]
+    assert [e.total_reward for e in shaped] != pytest.approx(returns)
+    for estimator in ("grpo", "rloo", "dr_grpo"):
+        plain_adv = [a[0] for a in step_advantages(episodes, estimator)]
+        shaped_adv = [a[0] for a in step_advantages(shaped, estimator)]
+        assert shaped_adv == pytest.approx(plain_adv, abs=1e-9)
+    # RLOO by hand, groups (seed 1) and (seed 2).
+    expected = []
+    for group in (returns[:3], returns[3:]):
+        expected += [r - (sum(group) - r) / 2 for r in group]
+    assert [a[0] for a in step_advantages(episodes, "rloo")] == pytest.approx(expected, abs=1e-9)
+
+
+def test_gae_and_reward_to_go_offline_by_hand(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=6)
+    path = tmp_path / "t.jsonl"
+    episodes = record_episodes(env, _solver_after_detours(env, 0), 2, seed=4, path=path)
+    gamma, lam = 0.9, 0.8
+    out = tmp_path / "gae.jsonl"
+    assert main(["rescore", str(path), "--estimator", "gae", "--gamma", str(gamma), "--lam", str(lam),
+                 "--out", str(out)]) == 0
+    for episode, rescored in zip(episodes, load_trajectories(out), strict=True):
+        rewards = [s.reward for s in episode.steps]
+        expected = [sum((gamma * lam) ** k * r for k, r in enumerate(rewards[t:])) for t in range(len(rewards))]
+        assert [s.advantage for s in rescored.steps] == pytest.approx(expected, abs=1e-6)
+        to_go = step_advantages([episode], "reward_to_go", gamma=gamma)[0]
+        assert to_go == pytest.approx([sum(gamma**k * r for k, r in enumerate(rewards[t:]))
+                                       for t in range(len(rewards))], abs=1e-9)
+
+
+def test_rescore_cli_errors_say_what_to_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=2)
+    path = tmp_path / "t.jsonl"
+    record_episodes(env, _random(env), 1, seed=0, path=path)
+    assert main(["rescore", str(path)]) == 2
+    assert "--potential" in capsys.readouterr().out
+    assert main(["rescore", str(path), "--potential", "shop_progress"]) == 2
+    assert "offline potentials: boxes_on_target" in capsys.readouterr().out
+    assert main(["rescore", str(path), "--potential", "nope"]) == 2
+    assert "valid names" in capsys.readouterr().out
+    assert main(["rescore", str(path), "--estimator", "gae", "--out", str(path)]) == 2
+    assert "choose another path" in capsys.readouterr().out
+    path.write_text("{not json\n")
+    assert main(["rescore", str(path), "--estimator", "gae"]) == 2
+    assert "t.jsonl:1: not valid JSON" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["rescore", str(path), "--estimator", "ppo"])

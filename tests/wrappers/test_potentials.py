@@ -1,0 +1,121 @@
+"""Built-in potentials: batched forms agree with the env's hooks, the solver's distance is exact, MiniGrid BFS."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import creditgym  # noqa: F401
+from creditgym.envs.minigrid_text import MiniGridTextEnv
+from creditgym.envs.sokoban.bank import LevelBank, load_bank
+from creditgym.envs.sokoban.env import SokobanEnv
+from creditgym.envs.sokoban.level import Level
+from creditgym.wrappers.potentials import (
+    SolverDistance,
+    box_distance,
+    boxes_on_target,
+    get_potential,
+    goal_distance,
+    one_hot,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("variant", ["6x6-1b", "8x8-2b", "10x10-3b"])
+def test_batched_sokoban_potentials_match_env_hooks(variant: str) -> None:
+    bank = load_bank(variant)
+    env = SokobanEnv(levels=variant)
+    rng = np.random.default_rng(0)
+    boards, expected = [], []
+    for index in range(12):
+        env.reset(options={"level": bank[index]})
+        for _ in range(int(rng.integers(0, 30))):
+            env.step(int(rng.integers(4)))
+        boards.append(env.level.tiles)
+        expected.append((env.potential("box_distance"), env.potential("boxes_on_target")))
+    obs = torch.cat([one_hot(tiles) for tiles in boards])
+    assert box_distance(obs).tolist() == [d for d, _ in expected]
+    assert boxes_on_target(obs).tolist() == [b for _, b in expected]
+
+
+def test_box_distance_uses_the_best_assignment_and_mixed_box_counts() -> None:
+    # Both boxes are 1 from the target at (1,3); the other target at (3,1) is 3 from the left box, 5 from the
+    # right one. Nearest targets would give -2; the best one-to-one assignment costs 3 + 1.
+    two = Level.from_rows(["#######", "#@$.$ #", "#     #", "#.    #", "#######"])
+    one = Level.from_rows(["#######", "#@ $. #", "#     #", "#     #", "#######"])
+    obs = torch.cat([one_hot(two.tiles), one_hot(one.tiles)])
+    assert box_distance(obs).tolist() == [-4.0, -1.0]
+    assert boxes_on_target(obs).tolist() == [0.0, 0.0]
+    env = SokobanEnv(levels=LevelBank.from_levels([two]))
+    env.reset()
+    assert env.potential("box_distance") == -4.0
+
+
+def test_solver_distance_counts_moves_and_marks_dead_boards() -> None:
+    solver = SolverDistance(unsolvable=-99.0)
+    corridor = Level.from_rows(["#######", "#@ $ .#", "#######"])
+    assert solver(corridor.tiles) == -3.0  # walk 1, push 2
+    stuck = Level.from_rows(["#######", "#.@ $ #", "#######"])  # the box can only go right, away from the target
+    assert solver(stuck.tiles) == -99.0
+    assert solver.batched(torch.cat([one_hot(corridor.tiles), one_hot(stuck.tiles)])).tolist() == [-3.0, -99.0]
+    with pytest.raises(ValueError, match="budget.*max_nodes"):
+        SolverDistance(max_nodes=1)(load_bank("10x10-3b")[0].tiles)
+
+
+def test_offline_forms_agree_with_live_forms_on_recorded_states() -> None:
+    env = gym.make("creditgym/Sokoban-6x6-2b-v0", obs_mode="text")
+    rng = np.random.default_rng(1)
+    env.reset(seed=2)
+    for _ in range(30):
+        env.step(["Up", "Down", "Left", "Right"][int(rng.integers(4))])
+        state = env.unwrapped.state()
+        for name in ("boxes_on_target", "box_distance", "solver_distance"):
+            potential = get_potential(name)
+            assert potential.offline(None, state) == potential(env)
+    with pytest.raises(ValueError, match="record_state=True"):
+        get_potential("box_distance").offline(None, None)
+
+
+def _minigrid_state(rows: list[str], agent: tuple[int, int]) -> dict:
+    """A MiniGrid `state()` from rows of '#' wall, '.' floor, 'D' door, 'G' goal; cells are indexed [x, y]."""
+    from minigrid.core.constants import OBJECT_TO_IDX
+
+    codes = {"#": "wall", ".": "empty", "D": "door", "G": "goal"}
+    grid = [[[OBJECT_TO_IDX[codes[rows[y][x]]], 0, 0] for y in range(len(rows))] for x in range(len(rows[0]))]
+    return {"grid": grid, "agent_pos": list(agent)}
+
+
+def test_goal_distance_walks_around_walls_and_through_doors() -> None:
+    rows = ["#######",
+            "#..#..#",
+            "#..D.G#",
+            "#..#..#",
+            "#######"]
+    assert goal_distance(_minigrid_state(rows, (1, 1))) == -5.0  # (1,1) (2,1) (2,2) door (3,2) (4,2) (5,2)
+    assert goal_distance(_minigrid_state(rows, (5, 3))) == -1.0
+    walled = ["#####", "#.#G#", "#####"]
+    assert goal_distance(_minigrid_state(walled, (1, 1))) == -15.0  # unreachable: minus the number of cells
+    with pytest.raises(ValueError, match="needs a MiniGrid goal tile"):
+        goal_distance(_minigrid_state(["###", "#.#", "###"], (1, 1)))
+
+
+def test_goal_distance_on_the_registered_env() -> None:
+    env = gym.make("creditgym/MiniGridText-DoorKey-5x5-v0")
+    env.reset(seed=0)
+    potential = get_potential("goal_distance")
+    potential.check_env(env)
+    assert isinstance(env.unwrapped, MiniGridTextEnv)
+    assert potential(env) == potential.offline(None, env.unwrapped.state()) < 0
+
+
+def test_potentials_check_their_env() -> None:
+    env = SokobanEnv(levels=LevelBank.from_levels([Level.from_rows(["#####", "#@$.#", "#####"])]))
+    get_potential("box_distance").check_env(env)
+    with pytest.raises(ValueError, match="is for MiniGridTextEnv.*boxes_on_target"):
+        get_potential("goal_distance").check_env(env)
