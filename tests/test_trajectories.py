@@ -256,3 +256,24 @@ def test_rescore_cli_errors_say_what_to_change(tmp_path: Path, capsys: pytest.Ca
     assert "t.jsonl:1: not valid JSON" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["rescore", str(path), "--estimator", "ppo"])
+
+
+def boxes_times_two(observation: object, state: dict) -> float:
+    """A user potential over recorded states, loaded by `--potential tests.test_trajectories:boxes_times_two`."""
+    return 2.0 * state["boxes_on_target"]
+
+
+def test_rescore_with_a_user_potential(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=40)
+    path, out = tmp_path / "t.jsonl", tmp_path / "out.jsonl"
+    episodes = record_episodes(env, _solver_after_detours(env, 0), 2, seed=6, path=path)
+    assert main(["rescore", str(path), "--potential", f"{__name__}:boxes_times_two", "--gamma", "0.5",
+                 "--out", str(out)]) == 0
+    for episode, rescored in zip(episodes, load_trajectories(out), strict=True):
+        boxes = [episode.state["boxes_on_target"]] + [s.state["boxes_on_target"] for s in episode.steps]
+        expected = [0.5 * 2.0 * (0 if s.terminated else boxes[t + 1]) - 2.0 * boxes[t]
+                    for t, s in enumerate(episode.steps)]
+        assert [s.reward_components["shaping"] for s in rescored.steps] == expected
+        assert episode.steps[-1].terminated and min(expected) < 0
+    assert main(["rescore", str(path), "--potential", "no_such_module:phi"]) == 2
+    assert "module:function importable" in capsys.readouterr().out

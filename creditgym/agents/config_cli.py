@@ -41,7 +41,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
     for field in dataclasses.fields(cls):
         if field.name in skip or not field.init:
             continue
-        flags = ["--" + field.name.replace("_", "-")] + ([aliases[field.name]] if aliases and field.name in aliases else [])
+        flags = ["--" + field.name.replace("_", "-")]
+        if aliases and field.name in aliases:
+            flags.append(aliases[field.name])
         kind, optional = _base_type(hints[field.name])
         has_default = field.default is not dataclasses.MISSING
         default = field.default if has_default else field.default_factory()  # type: ignore[misc]

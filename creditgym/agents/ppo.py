@@ -27,6 +27,8 @@ import creditgym
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
 from creditgym.credit import gae
+from creditgym.wrappers.potentials import potential_names
+from creditgym.wrappers.shaping import make_shaped_vec_env
 
 
 @dataclass
@@ -69,6 +71,8 @@ class PPOConfig:
     """gradient clipping norm"""
     target_kl: float | None = None
     """stop an update early once the approximate KL passes this"""
+    shaping: str | None = None
+    """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance); none = sparse"""
     policy: str = "auto"
     """network: cnn (grid observations), mlp (flat vectors) or auto"""
     hidden: int = 128
@@ -104,6 +108,8 @@ class PPOConfig:
             raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
         if self.learning_rate <= 0 or self.clip_coef <= 0:
             raise ValueError("learning_rate and clip_coef must be positive")
+        if self.shaping is not None and self.shaping not in potential_names():
+            raise ValueError(f"shaping={self.shaping!r} is not a known potential; use one of {potential_names()}")
         if self.policy not in ("auto", "cnn", "mlp"):
             raise ValueError(f"policy must be auto, cnn or mlp, got {self.policy!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -182,7 +188,11 @@ class PPO:
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        self.envs: TorchVecEnv = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
+        if config.shaping is None:
+            self.envs: TorchVecEnv = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
+        else:
+            self.envs = make_shaped_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs,
+                                            potential=config.shaping, gamma=config.gamma)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         if not isinstance(act_space, spaces.Discrete) or not isinstance(obs_space, spaces.Box):
             raise ValueError(f"PPO needs Box observations and Discrete actions; {config.env_id} has "

@@ -42,13 +42,13 @@ class TorchVecEnv:
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue exactly: the batched env's own state, or the pickled vector env."""
-        if self.native:
-            return {"native": self.env.unwrapped.get_state()}
+        if self.native:  # through the wrappers, so e.g. shaping keeps its last potential
+            return {"native": self.env.get_state()}
         return {"pickled": pickle.dumps(self.env)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if self.native:
-            self.env.unwrapped.set_state(state["native"])
+            self.env.set_state(state["native"])
         else:
             self.env.close()
             self.env = pickle.loads(state["pickled"])

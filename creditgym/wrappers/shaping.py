@@ -7,12 +7,11 @@ kept, giving G' = G + γ^T Φ(s_T) − Φ(s_0). F goes into its own channel of `
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import gymnasium as gym
 import torch
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
 from creditgym.agents.vec import TorchVecEnv
 from creditgym.wrappers.potentials import EnvPotential, ObsPotential, get_potential, potential_names
@@ -31,6 +30,21 @@ def _with_channel(info: dict[str, Any], channel: str, value: Any) -> dict[str, A
         raise ValueError(f"reward channel {channel!r} is already set by an inner wrapper; pass channel='...' "
                          "with another name to stack a second shaping wrapper")
     return {**info, "reward_components": {**components, channel: value}}
+
+
+def _named(name: str, env: gym.Env) -> EnvPotential:
+    potential = get_potential(name)
+    potential.check_env(env)
+    return potential
+
+
+def _batched(name: str) -> ObsPotential:
+    batched = get_potential(name).batched
+    if batched is None:
+        valid = [n for n in potential_names() if get_potential(n).batched is not None]
+        raise ValueError(f"potential {name!r} has no batched form; batched potentials: {valid}. "
+                         "For other envs wrap each env in PotentialShaping instead")
+    return batched
 
 
 class PotentialShaping(gym.Wrapper):
@@ -57,11 +71,7 @@ class PotentialShaping(gym.Wrapper):
                  ) -> None:
         super().__init__(env)
         _check(gamma, channel)
-        if isinstance(potential, str):
-            named = get_potential(potential)
-            named.check_env(env)
-            potential = named
-        self.potential: EnvPotential = potential
+        self.potential: EnvPotential = _named(potential, env) if isinstance(potential, str) else potential
         self.gamma = gamma
         self.channel = channel
         self._last_potential = 0.0
@@ -96,14 +106,7 @@ class VectorPotentialShaping(VectorWrapper):
         if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
             raise ValueError("VectorPotentialShaping needs same-step autoreset (AutoresetMode.SAME_STEP), so that "
                              "info['final_obs'] holds the last observation of each ended episode")
-        if isinstance(potential, str):
-            batched = get_potential(potential).batched
-            if batched is None:
-                valid = [name for name in potential_names() if get_potential(name).batched is not None]
-                raise ValueError(f"potential {potential!r} has no batched form; batched potentials: {valid}. "
-                                 "For other envs wrap each env in PotentialShaping instead")
-            potential = batched
-        self.potential: ObsPotential = potential
+        self.potential: ObsPotential = _batched(potential) if isinstance(potential, str) else potential
         self.gamma = gamma
         self.channel = channel
         self._last_potential = torch.zeros(env.num_envs, dtype=torch.float64)
@@ -137,24 +140,17 @@ class VectorPotentialShaping(VectorWrapper):
         return torch.as_tensor(self.potential(obs)).to(torch.float64)
 
 
-def _make_shaped(env_id: str, potential: str, gamma: float, env_kwargs: dict[str, Any]) -> gym.Env:
-    return PotentialShaping(gym.make(env_id, **env_kwargs), potential, gamma)
-
-
 def make_shaped_vec_env(env_id: str, num_envs: int, device: torch.device | str,
                         env_kwargs: dict[str, Any] | None = None, *, potential: str = "box_distance",
                         gamma: float = 0.99) -> TorchVecEnv:
-    """Like `creditgym.agents.vec.make_vec_env`, with potential-based shaping by name.
+    """Like `creditgym.agents.vec.make_vec_env` for creditgym's batched envs, with potential-based shaping by name.
 
-    creditgym's batched Sokoban is wrapped in `VectorPotentialShaping`; any other id becomes a `SyncVectorEnv`
-    of `PotentialShaping` envs. Pass the agent's own discount as `gamma`.
+    Pass the agent's own discount as `gamma`. Envs without a batched torch env take `PotentialShaping` per env,
+    e.g. `gymnasium.make_vec(env_id, n, wrappers=[lambda env: PotentialShaping(env, name, gamma)])`.
     """
-    env_kwargs = dict(env_kwargs or {})
     spec = gym.spec(env_id)
-    if spec.vector_entry_point is not None and spec.namespace == "creditgym":
-        env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", device=device,
-                           **env_kwargs)
-        return TorchVecEnv(VectorPotentialShaping(env, potential, gamma), torch.device(device))
-    # partial, not a lambda, so the vector env pickles into checkpoints.
-    make = functools.partial(_make_shaped, env_id, potential, gamma, env_kwargs)
-    return TorchVecEnv(SyncVectorEnv([make] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP), torch.device(device))
+    if spec.vector_entry_point is None or spec.namespace != "creditgym":
+        raise ValueError(f"{env_id} has no batched torch env; wrap each env in PotentialShaping instead")
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", device=device,
+                       **(env_kwargs or {}))
+    return TorchVecEnv(VectorPotentialShaping(env, potential, gamma), torch.device(device))

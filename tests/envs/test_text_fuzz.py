@@ -16,13 +16,14 @@ from creditgym.envs import obs_modes, registered_ids
 
 
 def _text_cases() -> list[tuple[str, dict]]:
+    """Every registered env with text actions: natively text envs, and grid envs in their text view."""
     cases = []
     for env_id in registered_ids():
-        modes = obs_modes(env_id)
-        if "text" in modes:
-            cases.append((env_id, {"obs_mode": "text"}))
-        elif not modes:
-            cases.append((env_id, {}))
+        kwargs = {"obs_mode": "text"} if "text" in obs_modes(env_id) else {}
+        env = gym.make(env_id, disable_env_checker=True, **kwargs)
+        if isinstance(env.action_space, spaces.Text):
+            cases.append((env_id, kwargs))
+        env.close()
     return cases
 
 

@@ -194,6 +194,8 @@ def test_bad_potential_names_list_valid_ones() -> None:
         VectorPotentialShaping(SokobanVectorEnv(2), "shop_progress", gamma=0.99)
     with pytest.raises(ValueError, match="gamma"):
         PotentialShaping(gym.make(SOKOBAN), "box_distance", gamma=1.5)
+    with pytest.raises(ValueError, match="no batched torch env"):
+        make_shaped_vec_env("creditgym/Sanity-Bandit-v0", 2, "cpu", potential="box_distance")
 
 
 @pytest.mark.parametrize(("env_id", "name", "expert"), [

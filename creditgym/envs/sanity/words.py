@@ -111,8 +111,8 @@ class WordBanditEnv(gym.Env):
         self._doors = tuple(Door.A if self.np_random.random() < 0.5 else Door.B for _ in range(self.num_rounds))
         self._round = self._correct = 0
         info = self._info(0.0, 0.0, invalid=False)
-        info["instructions"] = ("Two doors, A and B. Each round one lamp is lit; open the door under it. Reply "
-                                "with one letter, A or B.")
+        # Terse on purpose: the learning test trains a tiny byte-level model, and every character is a token.
+        info["instructions"] = "Open the lit door: reply A or B."
         return self._observation(), info
 
     def render(self) -> str:
@@ -125,7 +125,8 @@ class WordBanditEnv(gym.Env):
     def _observation(self) -> str:
         if self._round >= self.num_rounds:
             return "Done."
-        return f"Round {self._round + 1} of {self.num_rounds}. Lit door: {self._doors[self._round].value}"
+        lit = f"Lit door: {self._doors[self._round].value}"
+        return lit if self.num_rounds == 1 else f"Round {self._round + 1} of {self.num_rounds}. {lit}"
 
     def _info(self, task: float, penalty: float, *, invalid: bool) -> dict[str, Any]:
         # success is always present so a time-limit truncation also reports it (as False)
