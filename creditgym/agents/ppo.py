@@ -41,11 +41,11 @@ class PPOConfig:
     """keyword arguments for the env, e.g. {"split": "train"}"""
     total_steps: int = 2_000_000
     """env steps to train for, summed over all envs"""
-    num_envs: int = 256
+    num_envs: int = 128
     """parallel envs"""
     num_steps: int = 32
     """steps per env in each rollout"""
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     """Adam learning rate"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0"""
@@ -55,7 +55,7 @@ class PPOConfig:
     """GAE lambda"""
     num_minibatches: int = 4
     """minibatches per epoch"""
-    update_epochs: int = 2
+    update_epochs: int = 4
     """passes over each rollout"""
     norm_adv: bool = True
     """normalise advantages per minibatch"""

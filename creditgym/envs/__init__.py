@@ -38,7 +38,7 @@ register(
     max_episode_steps=4,
 )
 DESCRIPTIONS["creditgym/Sanity-WordBandit-v0"] = (
-    "sanity check for LLM policies: open the lit door, A or B (chance success 0.5, optimal 1); text"
+    "sanity check for LLM policies: a two-armed bandit in words, doors A and B (chance success 0.5); text"
 )
 
 # -- Dialogue (information gathering; the two-player negotiation is PettingZoo: envs.dialogue.negotiation_v0)

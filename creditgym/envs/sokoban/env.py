@@ -21,7 +21,7 @@ from creditgym.envs.sokoban.level import (
     Tile,
 )
 from creditgym.envs.sokoban.render import SPRITE_SIZE, render_board, render_rgb
-from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards, apply_move
+from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards, apply_move, effective_moves
 from creditgym.envs.sokoban.text import ACTION_NAMES, describe_invalid, instructions, parse_action
 
 ObsMode = Literal["array", "rgb", "text"]
@@ -70,7 +70,8 @@ class SokobanEnv(gym.Env):
 
     ## Arguments
     `levels` (bank name such as "6x6-1b", a Boxoban path, or a `LevelBank`), `split` ("train"/"test"),
-    `obs_mode`, `rewards`, `text_symbols` ("ragen"/"boxoban"), `max_invalid_actions`, `render_mode`
+    `obs_mode`, `rewards`, `text_symbols` ("ragen"/"boxoban"), `max_invalid_actions`, `action_mask` (add
+    `info["action_mask"]`: the moves that change the board; every move stays legal), `render_mode`
     ("ansi"/"rgb_array").
 
     ## Registered IDs
@@ -91,6 +92,7 @@ class SokobanEnv(gym.Env):
         rewards: SokobanRewards | None = None,
         text_symbols: str = "ragen",
         max_invalid_actions: int | None = None,
+        action_mask: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if obs_mode not in OBS_MODES:
@@ -106,6 +108,7 @@ class SokobanEnv(gym.Env):
         self.rewards = rewards or SokobanRewards()
         self.symbols = TEXT_SYMBOLS[text_symbols]
         self.max_invalid_actions = max_invalid_actions
+        self.action_mask = action_mask
         self.render_mode = render_mode
         self.instructions = instructions(self.symbols, self.rewards)
 
@@ -248,6 +251,8 @@ class SokobanEnv(gym.Env):
         }
         if self.obs_mode == "text":
             info["available_actions"] = list(ACTION_NAMES.values())
+        if self.action_mask:
+            info["action_mask"] = effective_moves(self._tiles, self._player)
         return info
 
     def _observation(self) -> Any:

@@ -72,6 +72,16 @@ def apply_move(tiles: np.ndarray, player: tuple[int, int], action: int) -> MoveR
     return MoveResult((r1, c1), True, pushed, box_on, box_off)
 
 
+def effective_moves(tiles: np.ndarray, player: tuple[int, int]) -> np.ndarray:
+    """(4,) bool: which actions change the board (not into a wall, not into a box that cannot move)."""
+    mask = np.zeros(len(Action), bool)
+    r, c = player
+    for action, (dr, dc) in DELTAS.items():
+        ahead = int(tiles[r + dr, c + dc])
+        mask[action] = bool(_FREE[ahead]) or (bool(_IS_BOX[ahead]) and bool(_FREE[tiles[r + 2 * dr, c + 2 * dc]]))
+    return mask
+
+
 @dataclass(frozen=True)
 class SokobanRewards:
     """Reward sizes; the defaults follow gym-sokoban (also used by RAGEN and GEM)."""

@@ -82,7 +82,8 @@ class SokobanVectorEnv(VectorEnv):
     truncation.
 
     Info keys: `reward_components` ({"task", "format"}), `success`, `boxes_on_target`, `level_index` (the
-    bank row each board plays), and `final_obs`/`_final_obs`.
+    bank row each board plays), `final_obs`/`_final_obs`, and with `action_mask=True` the (N, 4) mask of moves
+    that change the board.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -97,6 +98,7 @@ class SokobanVectorEnv(VectorEnv):
         rewards: SokobanRewards | None = None,
         device: str | torch.device = "cpu",
         obs_mode: str = "array",
+        action_mask: bool = False,
     ) -> None:
         if obs_mode != "array":
             raise ValueError(
@@ -112,6 +114,7 @@ class SokobanVectorEnv(VectorEnv):
         self.bank = resolve_bank(levels, split)
         self.rewards = rewards or SokobanRewards()
         self.max_episode_steps = max_episode_steps
+        self.action_mask = action_mask
         height, width = self.bank.shape
         self._height, self._width, self._cells = height, width, height * width
 
@@ -133,7 +136,8 @@ class SokobanVectorEnv(VectorEnv):
         self._bank_num_boxes = torch.tensor(self.bank.num_boxes, dtype=torch.int64, device=dev)
         self._tile_of_code = torch.as_tensor(codes, dtype=torch.int64, device=dev)
         effects, reward = _outcome_table(self.rewards)
-        self._effects = torch.as_tensor(effects, device=dev)
+        # Transposed so that one index_select yields each effect as a contiguous row.
+        self._effects = torch.as_tensor(effects.T.copy(), device=dev)
         # Indexed by key * 2 + solved; summed in float64 like SokobanEnv, then rounded once to float32.
         with_solve = np.stack([reward, reward + self.rewards.solved], axis=1).reshape(-1)
         self._reward = torch.as_tensor(with_solve, dtype=torch.float32, device=dev)
@@ -142,8 +146,14 @@ class SokobanVectorEnv(VectorEnv):
 
         self._generator = torch.Generator(device=dev)
         self._generator.manual_seed(int(np.random.SeedSequence().generate_state(1)[0]))
-        self._codes = torch.zeros((num_envs, self._cells), dtype=torch.int64, device=dev)
-        self._player = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        # All boards in one flat buffer with a wall margin at each end, so a look two cells ahead never leaves
+        # the buffer; the player is an index into it.
+        self._margin = width + 1
+        self._flat = torch.full((num_envs * self._cells + 2 * self._margin,), WALL_BIT, dtype=torch.int64,
+                                device=dev)
+        self._codes = self._flat[self._margin:self._margin + num_envs * self._cells].view(num_envs, self._cells)
+        self._board_start = self._margin + torch.arange(num_envs, device=dev) * self._cells
+        self._player = self._board_start.clone()
         self._on_target = torch.zeros(num_envs, dtype=torch.int64, device=dev)
         self._num_boxes = torch.ones(num_envs, dtype=torch.int64, device=dev)
         self._elapsed = torch.zeros(num_envs, dtype=torch.int64, device=dev)
@@ -154,13 +164,14 @@ class SokobanVectorEnv(VectorEnv):
         actions = torch.as_tensor(actions, device=self.device, dtype=torch.int64)
         delta = self._deltas.index_select(0, actions)
         ahead = self._player + delta
-        behind = (ahead + delta).clamp_(0, self._cells - 1)
-        key = self._codes.gather(1, ahead[:, None]).squeeze(1) * _NUM_CODES
-        key += self._codes.gather(1, behind[:, None]).squeeze(1)
-        effects = self._effects.index_select(0, key)
-        self._codes.scatter_add_(1, torch.stack((self._player, ahead, behind), dim=1), effects[:, 1:4])
-        self._player += effects[:, 0] * delta
-        self._on_target += effects[:, 4]
+        behind = ahead + delta
+        key = self._flat.index_select(0, ahead) * _NUM_CODES
+        key += self._flat.index_select(0, behind)
+        effects = self._effects.index_select(1, key)
+        cells = torch.stack((self._player, ahead, behind)).view(-1)
+        self._flat.index_add_(0, cells, effects[1:4].reshape(-1))
+        self._player += effects[0] * delta
+        self._on_target += effects[4]
         self._elapsed += 1
         terminated = self._on_target == self._num_boxes
         truncated = (self._elapsed >= self.max_episode_steps) & ~terminated
@@ -179,6 +190,8 @@ class SokobanVectorEnv(VectorEnv):
             self._load_levels(done_rows)
             packed[done_rows] = self._pack(self._codes[done_rows])
         info["level_index"] = self.level_index.clone()
+        if self.action_mask:
+            info["action_mask"] = self._effective_moves()
         return self._unpack(packed), task, terminated, truncated, info
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -200,7 +213,16 @@ class SokobanVectorEnv(VectorEnv):
             "boxes_on_target": self._on_target.clone(),
             "level_index": self.level_index.clone(),
         }
+        if self.action_mask:
+            info["action_mask"] = self._effective_moves()
         return self._unpack(self._pack(self._codes)), info
+
+    def _effective_moves(self) -> torch.Tensor:
+        """(N, 4) bool: the moves that would change each board, as `SokobanEnv(action_mask=True)` reports."""
+        ahead = (self._player[:, None] + self._deltas).view(-1)
+        behind = (self._player[:, None] + 2 * self._deltas).view(-1)
+        key = self._flat.index_select(0, ahead) * _NUM_CODES + self._flat.index_select(0, behind)
+        return self._effects[0].index_select(0, key).view(-1, len(Action)).bool()
 
     def _zeros(self) -> torch.Tensor:
         return torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
@@ -210,7 +232,7 @@ class SokobanVectorEnv(VectorEnv):
             chosen = torch.randint(len(self.bank), (len(rows),), generator=self._generator, device=self.device)
         self.level_index[rows] = chosen
         self._codes[rows] = self._bank_codes[chosen]
-        self._player[rows] = self._bank_player[chosen]
+        self._player[rows] = self._bank_player[chosen] + self._board_start[rows]
         self._on_target[rows] = self._bank_on_target[chosen]
         self._num_boxes[rows] = self._bank_num_boxes[chosen]
         self._elapsed[rows] = 0

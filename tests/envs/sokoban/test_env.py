@@ -173,3 +173,12 @@ def test_potentials() -> None:
 def test_constructor_errors_say_what_to_change(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SokobanEnv(**kwargs)
+
+
+def test_action_mask_lists_the_moves_that_change_the_board() -> None:
+    env = SokobanEnv(levels=LevelBank.from_levels([CORRIDOR]), action_mask=True)
+    _, info = env.reset(seed=0)
+    assert info["action_mask"].tolist() == [False, False, False, True]
+    _, _, _, _, info = env.step(Action.RIGHT)
+    assert info["action_mask"].tolist() == [False, False, True, True]
+    assert "action_mask" not in _env(CORRIDOR).step(Action.RIGHT)[4]

@@ -39,14 +39,15 @@ class _Driver:
 @pytest.mark.parametrize("variant", ["6x6-1b", "8x8-2b"])
 def test_batched_env_matches_single_env_exactly(variant: str) -> None:
     bank = load_bank(variant)
-    vec = SokobanVectorEnv(NUM_ENVS, levels=variant, max_episode_steps=MAX_STEPS)
+    vec = SokobanVectorEnv(NUM_ENVS, levels=variant, max_episode_steps=MAX_STEPS, action_mask=True)
     obs, info = vec.reset(seed=7)
-    singles = [SokobanEnv(levels=variant) for _ in range(NUM_ENVS)]
+    singles = [SokobanEnv(levels=variant, action_mask=True) for _ in range(NUM_ENVS)]
     driver = _Driver(bank, np.random.default_rng(0))
     elapsed = [0] * NUM_ENVS
     for i, env in enumerate(singles):
-        single_obs, _ = env.reset(options={"level": bank[int(info["level_index"][i])]})
+        single_obs, single_info = env.reset(options={"level": bank[int(info["level_index"][i])]})
         assert np.array_equal(obs[i].numpy(), single_obs)
+        assert np.array_equal(info["action_mask"][i].numpy(), single_info["action_mask"])
         driver.start(i, int(info["level_index"][i]))
     terminations = truncations = 0
     for _ in range(150):
@@ -68,10 +69,11 @@ def test_batched_env_matches_single_env_exactly(variant: str) -> None:
                 terminations += single_term
                 truncations += single_trunc
                 level_index = int(info["level_index"][i])
-                single_obs, _ = env.reset(options={"level": bank[level_index]})
+                single_obs, single_info = env.reset(options={"level": bank[level_index]})
                 driver.start(i, level_index)
                 elapsed[i] = 0
             assert np.array_equal(obs[i].numpy(), single_obs)
+            assert np.array_equal(info["action_mask"][i].numpy(), single_info["action_mask"])
     assert terminations > 5 and truncations > 5
 
 

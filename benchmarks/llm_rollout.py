@@ -1,0 +1,99 @@
+"""Batched multi-turn LLM rollouts vs a per-episode `generate` loop, in generated tokens per second.
+
+Both sides use the same model, env, prompts (instructions + last `history` turns), sampling temperature and
+token budget. The batched side is `RolloutCollector`: one decode per turn over every live episode with a KV cache.
+The loop plays one episode at a time and calls Hugging Face `model.generate` once per turn. Prints one JSON
+object.
+
+    python benchmarks/llm_rollout.py --model smollm2-135m --episodes 32 --loop-episodes 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+
+import torch
+
+from creditgym.agents.llm.policy import LLMPolicy
+from creditgym.agents.llm.rollout import RolloutCollector
+from creditgym.agents.llm.trainer import make_text_env
+from creditgym.agents.ppo import resolve_device
+from creditgym.llm.models import load_policy_model
+
+
+def _loop(policy: LLMPolicy, env_id: str, seeds: Sequence[int], *, max_turns: int, history: int) -> tuple[int, float]:
+    """Per-episode baseline: (generated tokens, seconds)."""
+    model, tokenizer = policy.model, policy.tokenizer
+    tokens, start = 0, time.perf_counter()
+    for seed in seeds:
+        env = make_text_env(env_id)
+        obs, info = env.reset(seed=seed)
+        past: list[tuple[str, str]] = []
+        for _ in range(max_turns):
+            messages = [{"role": "system", "content": info.get("instructions", "")}]
+            for old_obs, old_action in past[len(past) - history:] if history else []:
+                messages += [{"role": "user", "content": old_obs}, {"role": "assistant", "content": old_action}]
+            messages.append({"role": "user", "content": obs})
+            prompt = torch.tensor([policy.chat_prompt(messages)], device=policy.device)
+            with torch.no_grad(), policy.autocast():
+                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
+                                     top_p=1.0, temperature=policy.temperature, max_new_tokens=policy.max_new_tokens,
+                                     pad_token_id=tokenizer.pad_token_id)
+            reply = out[0, prompt.shape[1]:]
+            tokens += int(reply.numel())
+            action = tokenizer.decode(reply, skip_special_tokens=True)
+            past.append((obs, action))
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+    return tokens, time.perf_counter() - start
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or a local Hugging Face model folder")
+    parser.add_argument("--env", default="creditgym/Sokoban-6x6-1b-v0", help="text env id (grid envs run as text)")
+    parser.add_argument("--episodes", type=int, default=32, help="episodes in the batched rollout (groups of 8)")
+    parser.add_argument("--loop-episodes", type=int, default=4, help="episodes for the per-episode loop (it is slow)")
+    parser.add_argument("--max-turns", type=int, default=3, help="turns per episode")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per turn")
+    parser.add_argument("--history", type=int, default=2, help="past turns kept in the prompt")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="first task seed")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    model, tokenizer = load_policy_model(args.model, device=device)
+    policy = LLMPolicy(model, tokenizer, temperature=1.0, max_new_tokens=args.max_new_tokens, bf16=True)
+    group = min(8, args.episodes)
+    groups = max(1, args.episodes // group)
+    collector = RolloutCollector([make_text_env(args.env) for _ in range(groups * group)], policy, group_size=group,
+                                 max_turns=args.max_turns, history_turns=args.history, max_prompt_tokens=8192)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    start = time.perf_counter()
+    episodes = collector.collect([args.seed + g for g in range(groups)], generator=generator)
+    batched_seconds = time.perf_counter() - start
+    batched_tokens = sum(ep.num_generated_tokens for ep in episodes)
+    loop_tokens, loop_seconds = _loop(policy, args.env, [args.seed + i for i in range(args.loop_episodes)],
+                                      max_turns=args.max_turns, history=args.history)
+    batched_rate, loop_rate = batched_tokens / batched_seconds, loop_tokens / loop_seconds
+    result = {
+        "benchmark": "llm_rollout", "model": args.model, "env": args.env, "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "threads": args.threads,
+        "batched_episodes": len(episodes), "batched_tokens": batched_tokens,
+        "batched_seconds": round(batched_seconds, 2),
+        "batched_tokens_per_s": round(batched_rate, 1), "loop_episodes": args.loop_episodes,
+        "loop_tokens": loop_tokens, "loop_seconds": round(loop_seconds, 2), "loop_tokens_per_s": round(loop_rate, 1),
+        "speedup": round(batched_rate / loop_rate, 2),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

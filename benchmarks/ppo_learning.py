@@ -1,0 +1,65 @@
+"""PPO learning efficiency on Sokoban: env steps and wall time to 50/80/90% success, per seed, plus held-out success.
+
+Prints one JSON object. Run: `python benchmarks/ppo_learning.py --env creditgym/Sokoban-6x6-1b-v0 --seeds 1 2 3`.
+Compare reward designs with `--shaping box_distance` (potential-based shaping) against the default sparse reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+
+import creditgym
+from creditgym.agents.evaluate import evaluate
+from creditgym.agents.plots import read_metrics
+from creditgym.agents.ppo import PPO, PPOConfig
+from creditgym.demo import steps_to
+
+
+def run_seed(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs: dict, runs_dir: str,
+             episodes: int) -> dict:
+    config = PPOConfig(env_id=env_id, total_steps=steps, seed=seed, shaping=shaping, env_kwargs=env_kwargs,
+                       runs_dir=runs_dir, run_name=f"{env_id.split('/')[-1]}-{shaping or 'sparse'}-s{seed}",
+                       progress=False, tensorboard=False, checkpoint_every=0)
+    start = time.perf_counter()
+    trainer = PPO(config)
+    trainer.learn()
+    wall = time.perf_counter() - start
+    rows = read_metrics(trainer.run_dir)
+    sps = rows[-1]["charts/sps"]
+    result = {"seed": seed, "wall_s": round(wall), "env_steps_per_s": round(sps),
+              "held_out_success": evaluate(trainer.run_dir, episodes=episodes)["success_rate"]}
+    for threshold in (0.5, 0.8, 0.9):
+        reached = steps_to(rows, threshold)
+        result[f"steps_to_{int(threshold * 100)}"] = reached
+        result[f"wall_s_to_{int(threshold * 100)}"] = None if reached is None else round(reached / sps)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="creditgym/Sokoban-6x6-1b-v0", help="Sokoban id to train on")
+    parser.add_argument("--steps", type=int, default=5_000_000, help="env steps per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds to run one after another")
+    parser.add_argument("--shaping", default=None, help="potential for shaping (e.g. box_distance); default sparse")
+    parser.add_argument("--env-kwargs", type=json.loads, default={}, help='env keyword arguments as JSON')
+    parser.add_argument("--episodes", type=int, default=200, help="held-out levels evaluated per seed")
+    parser.add_argument("--runs-dir", default=None, help="keep the runs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        runs_dir = args.runs_dir or scratch
+        seeds = [run_seed(args.env, seed, args.steps, args.shaping, args.env_kwargs, runs_dir, args.episodes)
+                 for seed in args.seeds]
+    result = {"benchmark": "ppo_learning", "creditgym": creditgym.__version__, "env_id": args.env,
+              "shaping": args.shaping, "env_kwargs": args.env_kwargs, "steps_per_seed": args.steps,
+              "config": {k: v for k, v in vars(PPOConfig()).items() if k not in ("env_id", "runs_dir", "run_name")},
+              "seeds": seeds}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

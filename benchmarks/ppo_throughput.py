@@ -1,0 +1,85 @@
+"""End-to-end PPO throughput on 6x6 Sokoban: creditgym's PPO against Stable-Baselines3's PPO, same run.
+
+Prints one JSON object. Run: `python benchmarks/ppo_throughput.py` (add `--device cuda` on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+
+import gymnasium as gym
+import torch
+
+import creditgym
+from creditgym.agents.ppo import PPO, PPOConfig
+
+ENV_ID = "creditgym/Sokoban-6x6-1b-v0"
+TARGET_SPS = 50_000
+TARGET_RATIO = 15.0
+
+
+def creditgym_sps(steps: int, device: str, policy: str, threads: int) -> float:
+    with tempfile.TemporaryDirectory() as runs:
+        config = PPOConfig(env_id=ENV_ID, total_steps=steps, device=device, policy=policy, threads=threads,
+                           progress=False, tensorboard=False, runs_dir=runs, run_name="bench", checkpoint_every=0)
+        trainer = PPO(config)
+        trainer.learn(until_steps=config.batch_size)  # warm-up update, not timed
+        start, first = time.perf_counter(), trainer.global_step
+        trainer.learn()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        return (trainer.global_step - first) / (time.perf_counter() - start)
+
+
+def sb3_sps(steps: int, num_envs: int, threads: int) -> float:
+    from stable_baselines3 import PPO as SB3PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    torch.set_num_threads(threads)
+    envs = make_vec_env(lambda: gym.make(ENV_ID), n_envs=num_envs, seed=0)
+    model = SB3PPO("MlpPolicy", envs, n_steps=256, batch_size=512, n_epochs=2, seed=0, device="cpu", verbose=0)
+    model.learn(total_timesteps=num_envs * 256)  # warm-up
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps, reset_num_timesteps=False)
+    return steps / (time.perf_counter() - start)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1_000_000, help="timed env steps for creditgym's PPO")
+    parser.add_argument("--sb3-steps", type=int, default=32_768, help="timed env steps for SB3's PPO")
+    parser.add_argument("--sb3-envs", type=int, default=8, help="SB3 DummyVecEnv size")
+    parser.add_argument("--device", default="cpu", help="creditgym PPO device: cpu or cuda")
+    parser.add_argument("--policy", default="mlp", choices=["mlp", "cnn"], help="creditgym PPO network")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both")
+    parser.add_argument("--skip-sb3", action="store_true", help="measure creditgym only (e.g. on a GPU box)")
+    args = parser.parse_args(argv)
+    ours = creditgym_sps(args.steps, args.device, args.policy, args.threads)
+    result: dict = {
+        "benchmark": "ppo_throughput",
+        "env_id": ENV_ID,
+        "creditgym": creditgym.__version__,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "threads": args.threads,
+        "policy": args.policy,
+        "creditgym_ppo_env_steps_per_s": round(ours),
+        "target_env_steps_per_s": TARGET_SPS,
+        "met_sps": ours >= TARGET_SPS,
+    }
+    if not args.skip_sb3:
+        theirs = sb3_sps(args.sb3_steps, args.sb3_envs, args.threads)
+        result.update({"sb3_ppo_env_steps_per_s": round(theirs), "ratio": round(ours / theirs, 1),
+                       "target_ratio": TARGET_RATIO, "met_ratio": ours / theirs >= TARGET_RATIO})
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

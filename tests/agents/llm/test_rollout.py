@@ -1,0 +1,117 @@
+"""Batched multi-turn rollouts: assistant masks, segments under bounded history, recorded logprobs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+
+from creditgym.agents.llm import LLMPolicy, RolloutCollector, pack_episodes
+from creditgym.llm import tiny_test_model
+
+
+def _collect(history_turns: int | None, *, max_new_tokens: int = 5, seed: int = 0) -> tuple[LLMPolicy, list]:
+    model, tokenizer = tiny_test_model(seed=seed)
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=max_new_tokens)
+    envs = [gym.make("creditgym/Sanity-WordBandit-v0", num_rounds=3) for _ in range(6)]
+    collector = RolloutCollector(envs, policy, group_size=3, max_turns=4, history_turns=history_turns,
+                                 max_prompt_tokens=4096)
+    return policy, collector.collect([11, 12], generator=torch.Generator().manual_seed(0))
+
+
+def _runs(mask: list[bool]) -> list[tuple[bool, int, int]]:
+    """(is_action, start, end) of each run of equal mask values."""
+    runs, start = [], 0
+    for i in range(1, len(mask) + 1):
+        if i == len(mask) or mask[i] != mask[start]:
+            runs.append((mask[start], start, i))
+            start = i
+    return runs
+
+
+@pytest.mark.parametrize("history_turns", [None, 1])
+def test_masks_cover_exactly_the_generated_tokens(history_turns: int | None) -> None:
+    policy, episodes = _collect(history_turns)
+    tok = policy.tokenizer
+    assert all(len(ep.turns) >= 2 for ep in episodes), "the random model should need several turns"
+    for ep in episodes:
+        turn = 0
+        for segment in ep.segments:
+            runs = _runs(segment.action_mask)
+            assert not runs[0][0], "a segment starts with prompt tokens"
+            for is_action, start, end in runs:
+                ids = segment.token_ids[start:end]
+                if is_action:
+                    assert end - start == ep.turns[turn].num_tokens
+                    assert tok.decode(ids, skip_special_tokens=True) == ep.turns[turn].action
+                    assert segment.turn_ends[segment.turn_ends.index(end - 1)] == end - 1
+                    assert all(lp <= 0 for lp in segment.logprobs[start:end])
+                    turn += 1
+                else:
+                    # Everything outside the mask is template text around the env's observation.
+                    text = tok.decode(ids)
+                    assert ep.turns[turn].observation in text if turn < len(ep.turns) else True
+                    assert text.endswith("<|im_start|>assistant\n") or end == len(segment.token_ids)
+                    assert all(lp == 0 for lp in segment.logprobs[start:end])
+        assert turn == len(ep.turns)
+    if history_turns is None:
+        assert all(len(ep.segments) == 1 for ep in episodes)  # one growing conversation
+    else:
+        # turns 0 and 1 share a segment; each later turn starts its own window
+        assert all(len(ep.segments) == max(1, len(ep.turns) - 1) for ep in episodes)
+
+
+def test_first_prompt_is_the_chat_template_of_instructions_and_observation() -> None:
+    policy, episodes = _collect(None)
+    ep = episodes[0]
+    expected = policy.tokenizer.apply_chat_template(
+        [{"role": "system", "content": ep.instructions}, {"role": "user", "content": ep.turns[0].observation}],
+        tokenize=False, add_generation_prompt=True)
+    first_action = ep.segments[0].action_mask.index(True)
+    assert policy.tokenizer.decode(ep.segments[0].token_ids[:first_action]) == expected
+
+
+@pytest.mark.parametrize("history_turns", [None, 0, 2])
+def test_recomputed_logprobs_match_the_rollout(history_turns: int | None) -> None:
+    policy, episodes = _collect(history_turns, max_new_tokens=6)
+    batch = pack_episodes(episodes, policy.pad_id, torch.device("cpu"))
+    recomputed, _ = policy.sequence_logprobs(batch.input_ids, batch.attention_mask, batch.action_mask)
+    mask = batch.action_mask.bool()
+    assert mask.sum() == sum(ep.num_generated_tokens for ep in episodes)
+    assert (batch.rollout_logprobs[mask] < 0).all()
+    assert torch.allclose(recomputed[mask], batch.rollout_logprobs[mask], atol=1e-4, rtol=0)
+    # and the comparison is not vacuous: a shifted mask does not match
+    shifted = torch.roll(batch.rollout_logprobs, 1, dims=1)
+    assert not torch.allclose(recomputed[mask], shifted[mask], atol=1e-4, rtol=0)
+
+
+def test_episode_view_maps_back_to_rows_and_turn_ends() -> None:
+    policy, episodes = _collect(1)
+    batch = pack_episodes(episodes, policy.pad_id, torch.device("cpu"))
+    values = torch.arange(batch.input_ids.numel(), dtype=torch.float32).reshape(batch.input_ids.shape)
+    values = values * batch.action_mask
+    assert torch.equal(batch.to_rows(batch.to_view(values)), values)
+    assert torch.equal(batch.view_mask.sum(-1), torch.tensor([ep.num_generated_tokens for ep in episodes]))
+    assert torch.equal(batch.turn_ends.sum(-1), torch.tensor([len(ep.turns) for ep in episodes]))
+    assert torch.allclose(batch.turn_rewards.sum(-1), batch.returns)
+    assert batch.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_groups_share_a_task_and_finished_episodes_leave_the_batch() -> None:
+    model, tokenizer = tiny_test_model()
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=3)
+    calls: list[int] = []
+    generate = policy.generate
+
+    def counting(prompts: list[list[int]], **kwargs: object) -> list:
+        calls.append(len(prompts))
+        return generate(prompts, **kwargs)
+
+    policy.generate = counting  # type: ignore[method-assign]
+    envs = [gym.make("creditgym/Sanity-WordBandit-v0") for _ in range(8)]
+    episodes = RolloutCollector(envs, policy, group_size=4, max_turns=5, history_turns=2,
+                                max_prompt_tokens=4096).collect([1, 2], generator=torch.Generator().manual_seed(1))
+    assert [ep.seed for ep in episodes] == [1] * 4 + [2] * 4
+    assert calls[0] == 8 and calls == sorted(calls, reverse=True)
+    assert len(calls) == max(len(ep.turns) for ep in episodes)
+    assert sum(calls) == sum(len(ep.turns) for ep in episodes)

@@ -1,0 +1,98 @@
+"""Every LLM trainer: one step on the tiny model changes the weights with a finite loss; LoRA, KL, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from creditgym.agents.llm import LLMTrainConfig
+
+from .helpers import make_trainer
+
+CASES = [
+    ("grpo", "episode"), ("grpo", "turn"), ("grpo", "gigpo"), ("drgrpo", "episode"), ("rloo", "turn"),
+    ("reinforce_pp", "turn"), ("reinforce_pp", "episode"), ("ppo_llm", "turn"),
+]
+
+
+def _weights(trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    return {name: p.detach().clone() for name, p in trainer.policy.model.named_parameters()}
+
+
+@pytest.mark.parametrize(("algo", "advantage"), CASES)
+def test_one_step_changes_weights_with_a_finite_loss(tmp_path: Path, algo: str, advantage: str) -> None:
+    trainer = make_trainer(tmp_path, algo=algo, advantage=advantage, iterations=1)
+    before = _weights(trainer)
+    metrics = trainer.learn()
+    after = _weights(trainer)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert len(changed) == len(before), f"unchanged: {set(before) - set(changed)}"
+    losses = {k: v for k, v in metrics.items() if k.startswith("losses/")}
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    assert metrics["charts/advantage_abs_mean"] > 0
+    assert metrics["charts/logprob_diff_max"] < 1e-4
+    if algo == "ppo_llm":
+        assert trainer.value_head is not None and trainer.value_head.weight.abs().sum() > 0
+        assert "losses/value_loss" in metrics
+
+
+def test_run_dir_has_the_ppo_logging(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, iterations=2, tensorboard=True)
+    trainer.learn()
+    run = tmp_path / "run"
+    record = json.loads((run / "config.json").read_text())
+    assert record["seed"] == 1 and record["creditgym"] and record["config"]["algo"] == "grpo"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[-1]["global_step"] > rows[0]["global_step"]
+    for key in ("charts/success_rate", "charts/tokens_per_s", "losses/policy_loss", "reward/task"):
+        assert key in rows[0]
+    assert (run / "learning_curve.png").stat().st_size > 0
+    assert (run / "checkpoint.pt").exists() and list(run.glob("events.out.tfevents*"))
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    straight = make_trainer(tmp_path / "a", iterations=2, algo="rloo")
+    straight.learn()
+    first = make_trainer(tmp_path / "b", iterations=2, algo="rloo")
+    first.learn(until_iteration=1)
+    resumed = make_trainer(tmp_path / "c", iterations=2, algo="rloo", resume=tmp_path / "b" / "run")
+    assert resumed.iteration == 1
+    resumed.learn()
+    for (name, a), (_, b) in zip(_weights(straight).items(), _weights(resumed).items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_lora_trains_only_adapters_and_uses_the_base_as_reference(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, lora_rank=4, kl_coef=0.1, iterations=1, learning_rate=1e-2)
+    before = _weights(trainer)
+    metrics = trainer.learn()
+    after = _weights(trainer)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all("lora_" in name for name in changed)
+    assert math.isfinite(metrics["losses/kl_ref"]) and metrics["losses/kl_ref"] >= 0
+
+
+def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, kl_coef=0.5, iterations=2, learning_rate=1e-2)
+    trainer.learn()
+    assert trainer.reference is not None
+    reference = dict(trainer.reference.model.named_parameters())
+    policy = dict(trainer.policy.model.named_parameters())
+    assert not all(torch.equal(reference[n], policy[n]) for n in policy)  # the policy moved, the reference did not
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"algo": "a2c"}, "algo must be one of"),
+    ({"group_size": 1}, "group_size to 2 or more"),
+    ({"algo": "rloo", "advantage": "gigpo"}, "use one of those algos"),
+    ({"algo": "ppo_llm", "advantage": "episode"}, "set advantage='turn'"),
+    ({"temperature": 0.0}, "temperature must be positive"),
+    ({"history_turns": -1}, "history_turns"),
+])
+def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LLMTrainConfig(**overrides)

@@ -1,0 +1,57 @@
+"""Model loading: the tiny offline test model, the local-folder path, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from creditgym.llm import HFChatModel, load_policy_model, tiny_test_model
+from creditgym.llm.models import cache_dir
+
+
+def test_tiny_model_is_offline_deterministic_and_chat_ready() -> None:
+    model_a, tokenizer = tiny_test_model(seed=3)
+    model_b, _ = tiny_test_model(seed=3)
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "héllo"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == "<|im_start|>user\nhéllo<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text  # byte-level: every string round-trips
+    assert tokenizer.padding_side == "left"
+
+
+def test_local_folder_loads_and_chats(tmp_path: Path) -> None:
+    model, tokenizer = tiny_test_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = load_policy_model(tmp_path)
+    assert loaded_tokenizer.chat_template == tokenizer.chat_template
+    chat = HFChatModel(loaded, loaded_tokenizer, max_new_tokens=5)
+    replies = chat.generate([[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a longer one"}]])
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    # greedy decoding of a batch equals decoding each conversation alone (left padding is handled)
+    assert chat.generate([[{"role": "user", "content": "a longer one"}]]) == replies[1:]
+
+
+def test_sampling_keys_are_checked_and_seeded() -> None:
+    chat = HFChatModel(*tiny_test_model(), max_new_tokens=6)
+    batch = [[{"role": "user", "content": "hi"}]]
+    assert chat.generate(batch, temperature=1.0, seed=7) == chat.generate(batch, temperature=1.0, seed=7)
+    with pytest.raises(TypeError, match="max_tokenz"):
+        chat.generate(batch, max_tokenz=3)
+
+
+def test_unknown_model_names_say_what_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="smollm2-135m"):
+        load_policy_model("not-a-model")
+    with pytest.raises(ValueError, match="offline"):
+        load_policy_model("some-org/not-in-the-local-cache")
+
+
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CREDITGYM_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path / "models"
