@@ -12,6 +12,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+import gymnasium as gym
+
 import creditgym
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.plots import read_metrics
@@ -32,8 +34,9 @@ def run_seed(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs
     sps = rows[-1]["charts/sps"]
     result = {"seed": seed, "wall_s": round(wall), "env_steps_per_s": round(sps),
               "held_out_success": evaluate(trainer.run_dir, episodes=episodes)["success_rate"]}
+    warm_up = config.num_envs * (gym.spec(env_id).max_episode_steps or 0)
     for threshold in (0.5, 0.8, 0.9):
-        reached = steps_to(rows, threshold)
+        reached = steps_to(rows, threshold, skip_steps=warm_up)
         result[f"steps_to_{int(threshold * 100)}"] = reached
         result[f"wall_s_to_{int(threshold * 100)}"] = None if reached is None else round(reached / sps)
     return result

@@ -41,7 +41,9 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     generator.manual_seed(seed)
     if gym.spec(env_id).vector_entry_point is not None and env_id.startswith("creditgym/Sokoban"):
         train_grid = gym.make(config.env_id, **config.env_kwargs).observation_space.shape[1:]
-        result = _evaluate_sokoban(agent, env_id, episodes, levels, split, greedy, generator, dev, train_grid)
+        masked = bool(config.env_kwargs.get("action_mask", False))
+        result = _evaluate_sokoban(agent, env_id, episodes, levels, split, greedy, generator, dev, train_grid,
+                                   masked)
     else:
         if levels is not None:
             raise ValueError("--levels applies to Sokoban ids only")
@@ -50,14 +52,17 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     return result
 
 
-def _act(agent: ActorCritic, obs: torch.Tensor, greedy: bool, generator: torch.Generator) -> torch.Tensor:
-    logits, _ = agent(obs)
+def _act(agent: ActorCritic, obs: torch.Tensor, greedy: bool, generator: torch.Generator,
+         mask: torch.Tensor | None = None) -> torch.Tensor:
+    logits, _ = agent(obs, mask)
     return logits.argmax(-1) if greedy else sample_actions(logits, generator)
 
 
 @torch.no_grad()
 def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: str | None, split: str, greedy: bool,
-                      generator: torch.Generator, dev: torch.device, train_grid: tuple[int, int]) -> dict[str, Any]:
+                      generator: torch.Generator, dev: torch.device, train_grid: tuple[int, int],
+                      masked: bool) -> dict[str, Any]:
+    """Greedy or sampled play on bank levels in order; a policy trained with action masks gets them here too."""
     from creditgym.envs.sokoban.solver import solve
 
     spec = gym.spec(env_id)
@@ -70,14 +75,16 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
     success, steps, returns = [], [], []
     for start in range(0, episodes, 256):
         chunk = order[start:start + 256]
-        env = SokobanVectorEnv(len(chunk), levels=bank, max_episode_steps=spec.max_episode_steps or 200, device=dev)
-        obs, _ = env.reset(options={"level_index": chunk})
+        env = SokobanVectorEnv(len(chunk), levels=bank, max_episode_steps=spec.max_episode_steps or 200, device=dev,
+                               action_mask=masked)
+        obs, info = env.reset(options={"level_index": chunk})
         live = torch.ones(len(chunk), dtype=torch.bool, device=dev)
         total = torch.zeros(len(chunk), device=dev)
         length = torch.zeros(len(chunk), dtype=torch.int64, device=dev)
         solved = torch.zeros(len(chunk), dtype=torch.bool, device=dev)
         while live.any():
-            obs, reward, terminated, truncated, _ = env.step(_act(agent, obs, greedy, generator))
+            obs, reward, terminated, truncated, info = env.step(
+                _act(agent, obs, greedy, generator, info.get("action_mask")))
             total += reward * live
             length += live.long()
             solved |= terminated & live

@@ -73,8 +73,8 @@ class PPOConfig:
     """stop an update early once the approximate KL passes this"""
     shaping: str | None = None
     """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance); none = sparse"""
-    policy: str = "auto"
-    """network: cnn (grid observations), mlp (flat vectors) or auto"""
+    policy: str = "mlp"
+    """network: mlp (any array; fastest on a CPU), cnn (over (C, H, W) grids) or auto (cnn for 3-D observations)"""
     hidden: int = 128
     """hidden width"""
     cnn_channels: int = 16
