@@ -58,10 +58,6 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
     base = demo_config(total_steps, seed, runs_dir)
     configs = {label: replace(base, shaping=shaping, run_name=f"{'sparse' if shaping is None else shaping}-s{seed}")
                for label, shaping in VARIANTS.items()}
-    for config in configs.values():
-        # A rerun starts clean rather than appending to an old run's metrics.
-        metrics = Path(runs_dir) / str(config.run_name) / "metrics.jsonl"
-        metrics.unlink(missing_ok=True)
     console.print(f"Training PPO on {base.env_id}: {total_steps:,} env steps per run, seed {seed}, "
                   f"sparse reward vs potential-based shaping, side by side.")
     start = time.perf_counter()

@@ -24,6 +24,7 @@ from gymnasium import spaces
 from torch import nn
 
 import creditgym
+from creditgym.agents.metrics_log import MetricsLogger
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
 from creditgym.credit import gae
@@ -226,7 +227,7 @@ class PPO:
         terminated, truncated = (torch.zeros((T, N), dtype=torch.bool, device=dev) for _ in range(2))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
-        logger = _Logger(self.run_dir, cfg.tensorboard)
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=self.update == 0)
         metrics: dict[str, float] = {}
         stop_at = min(cfg.total_steps, until_steps or cfg.total_steps)
         progress = _Progress(cfg.progress, total=cfg.total_steps, start=self.global_step)
@@ -419,31 +420,6 @@ class _EpisodeTracker:
         self.returns.copy_(state["returns"])
         self.lengths.copy_(state["lengths"])
         self.channels = {name: value.to(self.returns.device) for name, value in state["channels"].items()}
-
-
-class _Logger:
-    """metrics.jsonl (append, so resumed runs continue the file) and TensorBoard."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
-        self.file = (run_dir / "metrics.jsonl").open("a")
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir))
-
-    def log(self, metrics: dict[str, float]) -> None:
-        self.file.write(json.dumps(metrics) + "\n")
-        self.file.flush()
-        if self.writer is not None:
-            for name, value in metrics.items():
-                if name != "global_step":
-                    self.writer.add_scalar(name, value, int(metrics["global_step"]))
-
-    def close(self) -> None:
-        self.file.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 class _Progress:

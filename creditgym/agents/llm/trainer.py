@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import creditgym
+from creditgym.agents.metrics_log import MetricsLogger
 from creditgym.agents.plots import plot_learning_curves, read_metrics
-from creditgym.agents.ppo import _Logger as MetricsLogger
 from creditgym.agents.ppo import resolve_device
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
@@ -105,7 +105,7 @@ class LLMTrainer:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard)
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=self.iteration == 0)
         progress = _Progress(cfg.progress, cfg.algo, total=cfg.iterations, start=self.iteration)
         metrics: dict[str, float] = {}
         stop_at = min(cfg.iterations, until_iteration or cfg.iterations)
