@@ -94,7 +94,7 @@ for _name, (_min_calls, _max_calls) in {"ToolUse": (1, 4), "ToolUse-Easy": (1, 1
         id=_id,
         entry_point="creditgym.envs.tooluse.env:ToolUseEnv",
         max_episode_steps=10,
-        kwargs={"min_calls": _min_calls, "max_calls": _max_calls},
+        kwargs={"min_calls": _min_calls, "max_calls": _max_calls, "max_turns": 10},
     )
     DESCRIPTIONS[_id] = (
         f"tool use: {_min_calls}-{_max_calls} dependent calls (calculator, units, currency, inventory SQL, dates), "

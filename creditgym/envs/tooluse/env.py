@@ -61,9 +61,9 @@ class ToolUseEnv(gym.Env):
     ## Episode End
     Terminated by the answer; `info["success"]` when it is correct. Truncated by the registered time limit or
     after `max_invalid_actions` invalid actions when that is set. The reference plan and answer appear in
-    `info["reference_plan"]` and `info["reference_answer"]` only on the step where the env itself ends the
-    episode (the answer, or the invalid-action cap); the time limit is a wrapper the env cannot see, so after
-    a time-limit truncation read them from `env.unwrapped.task`.
+    `info["reference_plan"]` and `info["reference_answer"]` only on the step that ends the episode: the answer,
+    the invalid-action cap, or the last of `max_turns` steps (the registered ids set it to their time limit,
+    since the TimeLimit wrapper is invisible from inside the env).
 
     ## Info
     `reward_components`, `success`, `invalid_action`, `tool_errors` (how many calls of this turn failed); reset
@@ -71,7 +71,8 @@ class ToolUseEnv(gym.Env):
 
     ## Arguments
     `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16), `split` ("train"/"test": disjoint
-    worlds), `rewards` (`ToolUseRewards`), `max_invalid_actions`, `render_mode` ("ansi").
+    worlds), `rewards` (`ToolUseRewards`), `max_invalid_actions`, `max_turns` (truncate and reveal the plan after
+    this many steps), `render_mode` ("ansi").
 
     ## Registered IDs
     `creditgym/ToolUse-v0` (1-4 calls), `creditgym/ToolUse-Easy-v0` (1 call), `creditgym/ToolUse-Hard-v0`
@@ -92,6 +93,7 @@ class ToolUseEnv(gym.Env):
         split: str = "train",
         rewards: ToolUseRewards | None = None,
         max_invalid_actions: int | None = None,
+        max_turns: int | None = None,
         render_mode: str | None = None,
     ) -> None:
         if not 1 <= min_calls <= max_calls <= max(FAMILIES):
@@ -104,11 +106,15 @@ class ToolUseEnv(gym.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         if max_invalid_actions is not None and max_invalid_actions < 1:
             raise ValueError("max_invalid_actions must be a positive integer or None")
+        if max_turns is not None and max_turns < 1:
+            raise ValueError("max_turns must be a positive integer or None")
         self.min_calls, self.max_calls = min_calls, max_calls
         self.num_worlds = num_worlds
         self.split = split
         self.rewards = rewards or ToolUseRewards()
         self.max_invalid_actions = max_invalid_actions
+        self.max_turns = max_turns
+        self._turn_count = 0
         self.render_mode = render_mode
         self.instructions = instructions(self.rewards)
         self.action_space = spaces.Text(max_length=MAX_TEXT_LENGTH, charset=string.printable)
@@ -122,6 +128,7 @@ class ToolUseEnv(gym.Env):
         self._text = ""
 
     def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        self._turn_count += 1
         parsed = parse_or_explain(action)
         if isinstance(parsed, str):
             contains_call = isinstance(action, str) and "<tool_call>" in action.lower()
@@ -153,7 +160,8 @@ class ToolUseEnv(gym.Env):
         info = self._info(task=0.0, tool=tool, format=0.0, invalid=False)
         info["tool_errors"] = sum("error" in result for result in results)
         observation = self._show(render_results(parsed.calls, results) + "\nCall more tools or give your <answer>.")
-        return observation, tool, False, False, info
+        truncated = self._out_of_turns()
+        return observation, tool, False, truncated, self._reveal(info) if truncated else info
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
@@ -166,7 +174,7 @@ class ToolUseEnv(gym.Env):
             raise TypeError(f"options['task'] must be a creditgym ToolUse Task, got {type(task).__name__}")
         self._task = task
         self._used, self._turns, self._answer, self._correct = [], [], None, False
-        self._invalid_count = 0
+        self._invalid_count = self._turn_count = 0
         info = self._info(task=0.0, tool=0.0, format=0.0, invalid=False)
         info.update(instructions=self.instructions, tools=[dict(schema) for schema in TOOL_SCHEMAS],
                     question=task.question)
@@ -212,6 +220,7 @@ class ToolUseEnv(gym.Env):
         tool = self.rewards.tool_weight * UNPARSEABLE if contains_call else 0.0
         penalty = self.rewards.invalid_action
         truncated = self.max_invalid_actions is not None and self._invalid_count >= self.max_invalid_actions
+        truncated = truncated or self._out_of_turns()
         info = self._info(task=0.0, tool=tool, format=penalty, invalid=True)
         observation = self._show(f"{feedback}\nQuestion: {self.task.question}")
         return observation, tool + penalty, False, truncated, self._reveal(info) if truncated else info
@@ -222,6 +231,10 @@ class ToolUseEnv(gym.Env):
             "success": self._correct,
             "invalid_action": invalid,
         }
+
+    def _out_of_turns(self) -> bool:
+        # The registered time limit, seen from inside, so the plan can be revealed on the last step too.
+        return self.max_turns is not None and self._turn_count >= self.max_turns
 
     def _reveal(self, info: dict[str, Any]) -> dict[str, Any]:
         info["reference_plan"] = [[call.to_dict() for call in turn] for turn in self.task.plan]

@@ -187,3 +187,17 @@ def test_custom_task_and_arguments() -> None:
     env.step(f"<answer>{task.answer_text()}</answer>")
     assert env.step(_call("calculator", expression="1"))[4]["invalid_action"]  # after the answer
     assert Call("calculator", {"expression": "1"}).to_dict() == {"name": "calculator", "arguments": {"expression": "1"}}
+
+
+def test_reference_plan_is_revealed_when_the_time_limit_ends_the_episode() -> None:
+    import gymnasium as gym
+
+    env = gym.make("creditgym/ToolUse-v0")
+    env.reset(seed=0)
+    for step in range(10):
+        _, _, terminated, truncated, info = env.step('<tool_call>{"name": "calculator", "arguments": '
+                                                     '{"expression": "1 + 1"}}</tool_call>')
+        assert not terminated
+        assert truncated == (step == 9)
+        assert ("reference_plan" in info) == truncated
+    assert info["reference_answer"] == env.unwrapped.task.answer
