@@ -1,0 +1,60 @@
+"""The command line: every command has help, list shows every id, and a person can play and win from a terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+
+from creditgym.cli import build_parser
+from creditgym.envs import registered_ids
+from creditgym.envs.sokoban.solver import solve
+from creditgym.envs.sokoban.text import ACTION_NAMES
+
+
+def _run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "creditgym.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_every_command_and_flag_has_help() -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"list", "play", "train", "eval", "bench", "make-banks", "demo", "showcase", "rescore"} <= set(commands)
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"creditgym {name} {action.option_strings} has no help line"
+
+
+def test_list_shows_every_registered_id() -> None:
+    out = _run("list").stdout
+    for env_id in registered_ids():
+        assert env_id in out
+
+
+def test_play_sokoban_to_a_win_from_the_terminal() -> None:
+    env = gym.make("creditgym/Sokoban-6x6-1b-v0")
+    env.reset(seed=0)
+    moves = [ACTION_NAMES[a] for a in solve(env.unwrapped.level)]
+    result = _run("play", "creditgym/Sokoban-6x6-1b-v0", "--seed", "0",
+                  stdin="jump\n" + "\n".join(moves) + "\nquit\n")
+    assert result.returncode == 0, result.stderr
+    assert "Invalid action 'jump'" in result.stdout
+    assert "success" in result.stdout and "played 1 finished episode(s)" in result.stdout
+
+
+@pytest.mark.parametrize("env_id", ["creditgym/Shop-v0", "creditgym/ToolUse-v0", "creditgym/Dialogue-Gather-v0",
+                                    "creditgym/MiniGridText-DoorKey-5x5-v0"])
+def test_play_text_envs_survives_any_input(env_id: str) -> None:
+    result = _run("play", env_id, stdin="\n\x00\nsearch[\nclick[nothing]\nhello?\nturn left\nquit\n")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_play_unknown_id_says_what_to_do() -> None:
+    result = _run("play", "creditgym/Nope-v0")
+    assert result.returncode == 2 and "creditgym list" in result.stdout
