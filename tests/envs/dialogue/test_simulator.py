@@ -123,3 +123,27 @@ def test_llm_user_reply_is_bounded_and_never_empty() -> None:
 def test_llm_user_rejects_non_models() -> None:
     with pytest.raises(TypeError, match="ChatModel"):
         LLMUser(object())  # type: ignore[arg-type]
+
+
+def test_llm_user_runs_on_a_real_local_transformers_model() -> None:
+    # The real HFChatModel path on the tiny offline model: its replies are noise, but the env must carry them
+    # (sanitised, in the observation space) and keep every contract.
+    import gymnasium as gym
+    import torch
+
+    from creditgym.envs.dialogue.simulator import LLMUser
+    from creditgym.llm.hf import HFChatModel
+    from creditgym.llm.models import tiny_test_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = tiny_test_model(seed=0)
+    user = LLMUser(HFChatModel(model, tokenizer, max_new_tokens=12))
+    env = gym.make("creditgym/Dialogue-Gather-v0", simulator=user)
+    obs, info = env.reset(seed=0)
+    for question in ("What is your budget?", "", "Where do you want to go?"):
+        obs, reward, terminated, truncated, info = env.step(question)
+        assert env.observation_space.contains(obs)
+        assert sum(info["reward_components"].values()) == reward
+        assert info["invalid_action"] == (question == "")
+        if terminated or truncated:
+            break
