@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 from rich.console import Console
@@ -120,11 +121,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
                       "drop them or pass e.g. --algo grpo --model smollm2-135m")
         return 2
     if args.resume:
-        run_dir = Path(args.resume)
-        record = json.loads((run_dir / "config.json").read_text())
-        config = PPOConfig(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent),
-                              **{k: v for k, v in vars(args).items() if k in ("progress", "total_steps")}})
-        trainer = PPO(config, resume=run_dir)
+        config = _resumed_config(PPOConfig, args, extendable=("progress", "total_steps"))
+        trainer = PPO(config, resume=args.resume)
     else:
         config = config_from_args(PPOConfig, args, args.config)
         trainer = PPO(config)
@@ -137,6 +135,17 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 _PPO_FIELDS = {field.name for field in dataclasses.fields(PPOConfig)}
 _LLM_FIELDS = {field.name for field in dataclasses.fields(LLMTrainConfig)}
 _LLM_ONLY_FIELDS = _LLM_FIELDS - _PPO_FIELDS - {"algo"}
+
+
+def _resumed_config(cls: type, args: argparse.Namespace, *, extendable: tuple[str, ...]) -> Any:
+    """The run's own config.json, where only the flags in `extendable` (e.g. a longer budget) may change."""
+    run_dir = Path(args.resume)
+    try:
+        record = json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} has no config.json; --resume takes a folder written by creditgym train") from None
+    overrides = {name: value for name, value in vars(args).items() if name in extendable}
+    return cls(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent), **overrides})
 
 
 def _flags_given(args: argparse.Namespace, names: set[str]) -> list[str]:
@@ -154,11 +163,8 @@ def _train_llm(args: argparse.Namespace, console: Console) -> int:
                       "LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)")
         return 2
     if args.resume:
-        run_dir = Path(args.resume)
-        record = json.loads((run_dir / "config.json").read_text())
-        config = LLMTrainConfig(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent),
-                                   **{k: v for k, v in vars(args).items() if k in ("progress", "iterations")}})
-        trainer = LLMTrainer(config, resume=run_dir)
+        config = _resumed_config(LLMTrainConfig, args, extendable=("progress", "iterations"))
+        trainer = LLMTrainer(config, resume=args.resume)
     else:
         config = config_from_args(LLMTrainConfig, args, args.config)
         trainer = LLMTrainer(config)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -24,8 +23,8 @@ from gymnasium import spaces
 from torch import nn
 
 import creditgym
-from creditgym.agents.metrics_log import MetricsLogger
 from creditgym.agents.plots import plot_learning_curves, read_metrics
+from creditgym.agents.runs import MetricsLogger, read_checkpoint, write_checkpoint
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
 from creditgym.credit import gae
 from creditgym.wrappers.potentials import potential_names
@@ -339,7 +338,6 @@ class PPO:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Model, optimiser, every RNG, the env (level cursor, boards), episode trackers and counters."""
         path = Path(path) if path else self.run_dir / "checkpoint.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "config": asdict(self.config),
             "model": self.agent.state_dict(),
@@ -353,18 +351,10 @@ class PPO:
             "global_step": self.global_step,
             "update": self.update,
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
-        return path
+        return write_checkpoint(state, path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "checkpoint.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"no checkpoint at {path}; pass a run dir or a checkpoint.pt from a run")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        path, state = read_checkpoint(path, self.device)
         self.agent.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])

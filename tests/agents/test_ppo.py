@@ -143,3 +143,13 @@ def test_stable_baselines3_trains_on_a_creditgym_env() -> None:
     model.learn(total_timesteps=2048)
     assert model.num_timesteps >= 2048
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.policy.parameters(), strict=True))
+
+
+def test_cli_resume_continues_a_run_to_a_longer_budget(tmp_path: Path) -> None:
+    common = ["--no-progress", "--no-tensorboard", "--num-envs", "8", "--num-steps", "16"]
+    assert cli_main(["train", "--total-steps", "512", "--runs-dir", str(tmp_path), "--run-name", "r", *common]) == 0
+    assert cli_main(["train", "--resume", str(tmp_path / "r"), "--total-steps", "1024", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["global_step"] for row in rows] == [128 * i for i in range(1, 9)]
+    with pytest.raises(ValueError, match="no config.json"):
+        cli_main(["train", "--resume", str(tmp_path / "missing")])

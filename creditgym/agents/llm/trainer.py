@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,9 +29,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import creditgym
-from creditgym.agents.metrics_log import MetricsLogger
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.ppo import resolve_device
+from creditgym.agents.runs import MetricsLogger, read_checkpoint, write_checkpoint
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
 from creditgym.llm.models import load_policy_model
@@ -239,7 +238,6 @@ class LLMTrainer:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Trainable weights (all, or the LoRA adapters), value head, optimiser, RNGs and counters."""
         path = Path(path) if path else self.run_dir / "checkpoint.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "config": asdict(self.config),
             "trainable": {name: p.detach() for name, p in self.policy.model.named_parameters() if p.requires_grad},
@@ -250,18 +248,10 @@ class LLMTrainer:
             "iteration": self.iteration,
             "global_step": self.global_step,
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
-        return path
+        return write_checkpoint(state, path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "checkpoint.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"no checkpoint at {path}; pass a run dir or a checkpoint.pt from a run")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        path, state = read_checkpoint(path, self.device)
         names = {name for name, p in self.policy.model.named_parameters() if p.requires_grad}
         if set(state["trainable"]) != names:
             raise ValueError(f"checkpoint {path} holds other trainable weights than this model (different model or "

@@ -1,9 +1,32 @@
-"""Run logging shared by the trainers: metrics.jsonl and TensorBoard events in the run directory."""
+"""What every trainer's run directory holds: metrics.jsonl, TensorBoard events and an atomic checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
+    """torch.save through a temporary file, so a crash mid-write never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path, device: torch.device) -> tuple[Path, dict[str, Any]]:
+    """A run dir or a checkpoint.pt -> (the file, its contents on `device`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; pass a run dir or a checkpoint.pt from a run")
+    return path, torch.load(path, map_location=device, weights_only=False)
 
 
 class MetricsLogger:
