@@ -369,7 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args, Console())
+    console = Console()
+    try:
+        return args.run(args, console)
+    except (ValueError, FileNotFoundError) as err:  # bad configs and paths: say what to change, no traceback
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        return 2
 
 
 if __name__ == "__main__":
