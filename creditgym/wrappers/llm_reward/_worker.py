@@ -1,0 +1,226 @@
+"""Sandbox worker: runs one untrusted reward program on batches of transitions.
+
+Started by `sandbox.py` as `python -I -S -B _worker.py CONFIG_JSON`, so it imports only the standard library
+and never the creditgym package. It hardens itself before reading any program (network namespace,
+resource limits, dropped privileges), then answers length-prefixed JSON frames on its original stdin/stdout.
+"""
+
+import builtins
+import ctypes
+import json
+import math
+import os
+import resource
+import struct
+import sys
+
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+_NOBODY = 65534
+_FILENAME = "<reward program>"
+_HEADER = struct.Struct(">I")
+
+_SAFE_BUILTINS = (
+    "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "frozenset", "int",
+    "isinstance", "len", "list", "map", "max", "min", "pow", "range", "reversed", "round", "set", "sorted",
+    "str", "sum", "tuple", "zip", "iter", "next", "slice", "hash", "chr", "ord", "repr", "ascii", "bin", "hex",
+    "oct", "complex", "callable", "True", "False", "None", "NotImplemented",
+    "Exception", "ArithmeticError", "AssertionError", "IndexError", "KeyError", "LookupError", "OverflowError",
+    "RuntimeError", "StopIteration", "TypeError", "ValueError", "ZeroDivisionError",
+)
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _receive(fd: int) -> dict | None:
+    header = _read_exact(fd, _HEADER.size)
+    if header is None:
+        return None
+    body = _read_exact(fd, _HEADER.unpack(header)[0])
+    return None if body is None else json.loads(body)
+
+
+def _send(fd: int, message: dict) -> None:
+    body = json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
+    view = memoryview(_HEADER.pack(len(body)) + body)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _isolate_network() -> str:
+    """Moves the process into a fresh network namespace, which has only a downed loopback device."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return "none"
+    if libc.unshare(_CLONE_NEWNET) == 0:
+        return "netns"
+    # Unprivileged users can still get one inside a user namespace where the kernel allows it.
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
+        return "userns+netns"
+    return "none"
+
+
+def _harden(config: dict, protocol_fds: tuple[int, int]) -> dict:
+    layers: dict = {"network": _isolate_network()}
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
+    # The CPU limit is re-armed per request (see _arm_cpu); the hard limit stays open so the soft one can move.
+    resource.setrlimit(resource.RLIMIT_CPU, (config["cpu_seconds"], resource.RLIM_INFINITY))
+    # No new descriptors at all: no files, sockets or pipes beyond the two protocol pipes.
+    max_fd = max(protocol_fds) + 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max_fd, max_fd))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(_NOBODY)
+        os.setuid(_NOBODY)
+    layers["uid"] = os.getuid()
+    # The kernel exempts root from RLIMIT_NPROC, so it binds only once privileges are dropped.
+    layers["nproc"] = os.getuid() != 0
+    layers["rlimits"] = {"cpu_seconds": config["cpu_seconds"], "memory_bytes": config["memory_bytes"],
+                         "file_size": 0, "open_files": max_fd, "processes": 0, "core": 0}
+    return layers
+
+
+def _arm_cpu(cpu_seconds: int) -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = math.ceil(usage.ru_utime + usage.ru_stime)
+    resource.setrlimit(resource.RLIMIT_CPU, (used + cpu_seconds, resource.RLIM_INFINITY))
+
+
+class _Log:
+    """A bounded stand-in for print: output is kept up to a size cap and returned with the result."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.parts: list[str] = []
+        self.size = 0
+        self.truncated = False
+
+    def print(self, *args: object, sep: str = " ", end: str = "\n") -> None:
+        if self.size >= self.max_chars:
+            self.truncated = True
+            return
+        text = str(sep).join(str(arg)[: self.max_chars] for arg in args) + str(end)
+        room = self.max_chars - self.size
+        if len(text) > room:
+            text, self.truncated = text[:room], True
+        self.parts.append(text)
+        self.size += len(text)
+
+    def take(self) -> str:
+        text = "".join(self.parts) + ("\n[output truncated]" if self.truncated else "")
+        self.parts, self.size, self.truncated = [], 0, False
+        return text
+
+
+def _import_math(name: str, globals: object = None, locals: object = None, fromlist: object = (),
+                 level: int = 0) -> object:
+    if name != "math" or level:
+        raise ImportError(f"import of {name!r} is not allowed (only math)")
+    return math
+
+
+def _describe(error: BaseException, config: dict) -> str:
+    if isinstance(error, MemoryError):
+        return f"MemoryError (the memory limit is {config['memory_bytes'] >> 20} MiB)"
+    max_chars = config["max_error_chars"]
+    line = None
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_filename == _FILENAME:
+            line = trace.tb_lineno
+        trace = trace.tb_next
+    try:
+        message = str(error)
+    except BaseException:  # a hostile __str__ must not take the worker down
+        message = "<unprintable>"
+    if len(message) > max_chars:
+        message = message[:max_chars] + "... [truncated]"
+    where = f"line {line}: " if line else ""
+    return f"{where}{type(error).__name__}: {message}" if message else f"{where}{type(error).__name__}"
+
+
+def _number(value: object, what: str) -> float:
+    # Exact types: bool is rejected, and subclasses cannot override float().
+    if type(value) not in (float, int):
+        raise TypeError(f"{what} must be a float, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} is {number}, not a finite float")
+    return number
+
+
+def _evaluate(function: object, transitions: list, config: dict) -> dict:
+    n = len(transitions)
+    rewards = [0.0] * n
+    components: dict[str, list[float]] = {}
+    for i, (state, action, next_state) in enumerate(transitions):
+        try:
+            output = function(state, action, next_state)
+            if type(output) is not tuple or len(output) != 2:
+                raise TypeError(f"must return a (float, dict) tuple, got {type(output).__name__}")
+            total, parts = output
+            rewards[i] = _number(total, "the total reward")
+            if type(parts) is not dict:
+                raise TypeError(f"components must be a dict, got {type(parts).__name__}")
+            for name, value in parts.items():
+                if type(name) is not str or not 0 < len(name) <= config["max_name_chars"]:
+                    raise TypeError(f"component names must be strings of 1 to {config['max_name_chars']} "
+                                    "characters")
+                column = components.get(name)
+                if column is None:
+                    if len(components) >= config["max_components"]:
+                        raise ValueError(f"more than {config['max_components']} distinct components")
+                    column = components[name] = [0.0] * n
+                column[i] = _number(value, f"component {name!r}")
+        except BaseException as error:  # anything the program does is data for the parent
+            return {"error": f"transition {i}: {_describe(error, config)}"}
+    return {"rewards": rewards, "components": components}
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    # Keep the protocol pipes on private descriptors, so a stray write to fd 1 cannot corrupt a frame.
+    read_fd, write_fd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    _send(write_fd, {"layers": _harden(config, (read_fd, write_fd))})
+    log = _Log(config["max_log_chars"])
+    safe = {name: getattr(builtins, name) for name in _SAFE_BUILTINS}
+    safe.update(__import__=_import_math, print=log.print)
+    function = None
+    while True:
+        request = _receive(read_fd)
+        if request is None:
+            return
+        _arm_cpu(config["cpu_seconds"])
+        if request["op"] == "load":
+            namespace = {"__builtins__": safe, "__name__": "reward_program"}
+            try:
+                exec(compile(request["source"], _FILENAME, "exec"), namespace)
+                function = namespace.get("compute_dense_reward")
+                reply = {} if callable(function) else {"error": "compute_dense_reward is not defined"}
+            except BaseException as error:
+                reply = {"error": f"while loading: {_describe(error, config)}"}
+        else:
+            reply = _evaluate(function, request["transitions"], config)
+        reply["log"] = log.take()
+        _send(write_fd, reply)
+
+
+if __name__ == "__main__":
+    main()
