@@ -40,10 +40,10 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed)
     if gym.spec(env_id).vector_entry_point is not None and env_id.startswith("creditgym/Sokoban"):
-        train_grid = gym.make(config.env_id, **config.env_kwargs).observation_space.shape[1:]
-        masked = bool(config.env_kwargs.get("action_mask", False))
-        result = _evaluate_sokoban(agent, env_id, episodes, levels, split, greedy, generator, dev, train_grid,
-                                   masked)
+        train_grid = gym.spec(config.env_id).kwargs["levels"]
+        train_grid = SokobanVectorEnv(1, levels=config.env_kwargs.get("levels", train_grid)).bank.shape
+        view = {k: v for k, v in config.env_kwargs.items() if k in ("action_mask", "obs_mode")}
+        result = _evaluate_sokoban(agent, env_id, episodes, levels, split, greedy, generator, dev, train_grid, view)
     else:
         if levels is not None:
             raise ValueError("--levels applies to Sokoban ids only")
@@ -61,8 +61,8 @@ def _act(agent: ActorCritic, obs: torch.Tensor, greedy: bool, generator: torch.G
 @torch.no_grad()
 def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: str | None, split: str, greedy: bool,
                       generator: torch.Generator, dev: torch.device, train_grid: tuple[int, int],
-                      masked: bool) -> dict[str, Any]:
-    """Greedy or sampled play on bank levels in order; a policy trained with action masks gets them here too."""
+                      view: dict[str, Any]) -> dict[str, Any]:
+    """Greedy or sampled play on bank levels in order, with the observation mode and masks it trained with."""
     from creditgym.envs.sokoban.solver import solve
 
     spec = gym.spec(env_id)
@@ -76,7 +76,7 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
     for start in range(0, episodes, 256):
         chunk = order[start:start + 256]
         env = SokobanVectorEnv(len(chunk), levels=bank, max_episode_steps=spec.max_episode_steps or 200, device=dev,
-                               action_mask=masked)
+                               **view)
         obs, info = env.reset(options={"level_index": chunk})
         live = torch.ones(len(chunk), dtype=torch.bool, device=dev)
         total = torch.zeros(len(chunk), device=dev)

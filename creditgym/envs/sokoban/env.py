@@ -20,16 +20,22 @@ from creditgym.envs.sokoban.level import (
     Level,
     Tile,
 )
-from creditgym.envs.sokoban.render import SPRITE_SIZE, render_board, render_rgb
+from creditgym.envs.sokoban.render import (
+    SPRITE_SIZE,
+    egocentric_one_hot,
+    egocentric_radius,
+    one_hot,
+    render_board,
+    render_rgb,
+)
 from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards, apply_move, effective_moves
 from creditgym.envs.sokoban.text import ACTION_NAMES, describe_invalid, instructions, parse_action
 
 ObsMode = Literal["array", "rgb", "text"]
-OBS_MODES: tuple[str, ...] = ("array", "rgb", "text")
+OBS_MODES: tuple[str, ...] = ("array", "egocentric", "rgb", "text")
 TEXT_SYMBOLS = {"ragen": RAGEN_SYMBOLS, "boxoban": BOXOBAN_SYMBOLS}
 TEXT_CHARSET = string.printable + "".join(sorted(set(RAGEN_SYMBOLS.values()) - set(string.printable)))
 MAX_TEXT_LENGTH = 4096
-_CHANNELS = np.arange(NUM_TILES, dtype=np.int8)[:, None, None]
 
 
 class SokobanEnv(gym.Env):
@@ -46,6 +52,9 @@ class SokobanEnv(gym.Env):
 
     ## Observation Space
     - `array`: `Box(0, 1, (7, H, W), uint8)`, one channel per `Tile`.
+    - `egocentric`: the same one-hot tiles in a (2r+1) x (2r+1) window centred on the player, r = max(H, W) - 3
+      (enough to see the whole room from anywhere), cells beyond the board read as wall. Policies that see the
+      room relative to themselves generalise across layouts far faster (see docs/benchmarks.md).
     - `rgb`: `Box(0, 255, (16H, 16W, 3), uint8)`.
     - `text`: `Text`: the board (RAGEN symbols by default, `text_symbols="boxoban"` for Boxoban's), preceded by
       feedback when the last action was invalid. The legend and action format are in `info["instructions"]`.
@@ -122,6 +131,9 @@ class SokobanEnv(gym.Env):
             self.action_space = spaces.Discrete(len(Action))
             if obs_mode == "array":
                 self.observation_space = spaces.Box(0, 1, (NUM_TILES, height, width), np.uint8)
+            elif obs_mode == "egocentric":
+                side = 2 * egocentric_radius(height, width) + 1
+                self.observation_space = spaces.Box(0, 1, (NUM_TILES, side, side), np.uint8)
             else:
                 self.observation_space = spaces.Box(0, 255, (height * SPRITE_SIZE, width * SPRITE_SIZE, 3), np.uint8)
 
@@ -257,7 +269,9 @@ class SokobanEnv(gym.Env):
 
     def _observation(self) -> Any:
         if self.obs_mode == "array":
-            return (self._tiles[None] == _CHANNELS).view(np.uint8)
+            return one_hot(self._tiles)
+        if self.obs_mode == "egocentric":
+            return egocentric_one_hot(self._tiles, self._player)
         if self.obs_mode == "rgb":
             return render_rgb(self._tiles)
         board = render_board(self._tiles, self.symbols)

@@ -59,3 +59,23 @@ def render_rgb(tiles: np.ndarray) -> np.ndarray:
 def render_board(tiles: np.ndarray, symbols: dict[Tile, str]) -> str:
     """(H, W) tiles -> one line of symbols per row."""
     return "\n".join(board_rows(tiles, symbols))
+
+
+def egocentric_radius(height: int, width: int) -> int:
+    """Window radius that shows the whole room (inside its wall border) from any cell the player can stand on."""
+    return max(height, width) - 3
+
+
+def egocentric_one_hot(tiles: np.ndarray, player: tuple[int, int]) -> np.ndarray:
+    """(7, 2r+1, 2r+1) uint8 one-hot of the tiles around the player; beyond the board reads as wall."""
+    radius = egocentric_radius(*tiles.shape)
+    padded = np.pad(tiles, radius, constant_values=Tile.WALL)
+    return one_hot(padded[player[0]:player[0] + 2 * radius + 1, player[1]:player[1] + 2 * radius + 1])
+
+
+def one_hot(tiles: np.ndarray) -> np.ndarray:
+    """(H, W) tiles -> (7, H, W) uint8, one channel per `Tile`."""
+    return (tiles[None] == _CHANNELS).view(np.uint8)
+
+
+_CHANNELS = np.arange(NUM_TILES, dtype=np.int8)[:, None, None]

@@ -13,6 +13,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
 from creditgym.envs.sokoban.level import NUM_TILES, Tile
+from creditgym.envs.sokoban.render import egocentric_radius
 from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards
 
 # Boards are stored as bit flags so a move is a few integer ops; `_TILE_OF_CODE` maps back to `Tile`.
@@ -100,10 +101,10 @@ class SokobanVectorEnv(VectorEnv):
         obs_mode: str = "array",
         action_mask: bool = False,
     ) -> None:
-        if obs_mode != "array":
+        if obs_mode not in ("array", "egocentric"):
             raise ValueError(
-                f"SokobanVectorEnv produces array observations only (got obs_mode={obs_mode!r}); for text or RGB "
-                "use gymnasium.make_vec(..., vectorization_mode='sync')"
+                f"SokobanVectorEnv produces array or egocentric observations (got obs_mode={obs_mode!r}); for text "
+                "or RGB use gymnasium.make_vec(..., vectorization_mode='sync')"
             )
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -115,12 +116,16 @@ class SokobanVectorEnv(VectorEnv):
         self.rewards = rewards or SokobanRewards()
         self.max_episode_steps = max_episode_steps
         self.action_mask = action_mask
+        self.obs_mode = obs_mode
         height, width = self.bank.shape
         self._height, self._width, self._cells = height, width, height * width
+        radius = egocentric_radius(height, width)
+        self._view_side = 2 * radius + 1 if obs_mode == "egocentric" else None
+        shape = (NUM_TILES, height, width) if self._view_side is None else (NUM_TILES,) + (self._view_side,) * 2
 
-        self.single_observation_space = spaces.Box(0, 1, (NUM_TILES, height, width), np.uint8)
+        self.single_observation_space = spaces.Box(0, 1, shape, np.uint8)
         self.single_action_space = spaces.Discrete(len(Action))
-        self.observation_space = spaces.Box(0, 1, (num_envs, NUM_TILES, height, width), np.uint8)
+        self.observation_space = spaces.Box(0, 1, (num_envs, *shape), np.uint8)
         self.action_space = spaces.MultiDiscrete(np.full(num_envs, len(Action)))
 
         dev = self.device
@@ -185,14 +190,14 @@ class SokobanVectorEnv(VectorEnv):
         done_rows = done.nonzero().squeeze(1)
         packed = self._pack(self._codes)
         if len(done_rows):
-            info["final_obs"] = self._unpack(packed[done_rows])
+            info["final_obs"] = self._observe(packed[done_rows], self._player[done_rows])
             info["_final_obs"] = done
             self._load_levels(done_rows)
             packed[done_rows] = self._pack(self._codes[done_rows])
         info["level_index"] = self.level_index.clone()
         if self.action_mask:
             info["action_mask"] = self._effective_moves()
-        return self._unpack(packed), task, terminated, truncated, info
+        return self._observe(packed, self._player), task, terminated, truncated, info
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -215,7 +220,7 @@ class SokobanVectorEnv(VectorEnv):
         }
         if self.action_mask:
             info["action_mask"] = self._effective_moves()
-        return self._unpack(self._pack(self._codes)), info
+        return self._observe(self._pack(self._codes), self._player), info
 
     def _effective_moves(self) -> torch.Tensor:
         """(N, 4) bool: the moves that would change each board, as `SokobanEnv(action_mask=True)` reports."""
@@ -242,9 +247,23 @@ class SokobanVectorEnv(VectorEnv):
     def _pack(self, codes: torch.Tensor) -> torch.Tensor:
         return self._packed_one_hot.index_select(0, codes.reshape(-1)).view(len(codes), self._cells)
 
-    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        cells = packed.view(torch.uint8).view(len(packed), self._height, self._width, 8)
+    def _observe(self, packed: torch.Tensor, player: torch.Tensor) -> torch.Tensor:
+        height, width = (self._height, self._width) if self._view_side is None else (self._view_side,) * 2
+        if self._view_side is not None:
+            packed = self._window(packed, player)
+        cells = packed.view(torch.uint8).view(len(packed), height, width, 8)
         return cells[..., :NUM_TILES].permute(0, 3, 1, 2)
+
+    def _window(self, packed: torch.Tensor, player: torch.Tensor) -> torch.Tensor:
+        """The egocentric crop: packed cells around each player, wall beyond the board (as SokobanEnv)."""
+        local = (player - self._margin) % self._cells
+        offsets = torch.arange(self._view_side, device=self.device) - self._view_side // 2
+        rows = torch.div(local, self._width, rounding_mode="floor")[:, None] + offsets
+        cols = (local % self._width)[:, None] + offsets
+        inside = ((rows >= 0) & (rows < self._height))[:, :, None] & ((cols >= 0) & (cols < self._width))[:, None, :]
+        index = rows.clamp(0, self._height - 1)[:, :, None] * self._width + cols.clamp(0, self._width - 1)[:, None, :]
+        window = packed.gather(1, index.view(len(packed), -1))
+        return torch.where(inside.view(len(packed), -1), window, self._packed_one_hot[WALL_BIT])
 
     # -- checkpointing of the level cursor ----------------------------------------------------------------
     def get_state(self) -> dict[str, torch.Tensor]:

@@ -36,12 +36,13 @@ class _Driver:
         return int(plan.pop(0)) if plan else int(self.rng.integers(4))
 
 
-@pytest.mark.parametrize("variant", ["6x6-1b", "8x8-2b"])
-def test_batched_env_matches_single_env_exactly(variant: str) -> None:
+@pytest.mark.parametrize(("variant", "obs_mode"), [("6x6-1b", "array"), ("8x8-2b", "array"), ("6x6-2b", "egocentric"),
+                                                   ("10x10-3b", "egocentric")])
+def test_batched_env_matches_single_env_exactly(variant: str, obs_mode: str) -> None:
     bank = load_bank(variant)
-    vec = SokobanVectorEnv(NUM_ENVS, levels=variant, max_episode_steps=MAX_STEPS, action_mask=True)
+    vec = SokobanVectorEnv(NUM_ENVS, levels=variant, max_episode_steps=MAX_STEPS, action_mask=True, obs_mode=obs_mode)
     obs, info = vec.reset(seed=7)
-    singles = [SokobanEnv(levels=variant, action_mask=True) for _ in range(NUM_ENVS)]
+    singles = [SokobanEnv(levels=variant, action_mask=True, obs_mode=obs_mode) for _ in range(NUM_ENVS)]
     driver = _Driver(bank, np.random.default_rng(0))
     elapsed = [0] * NUM_ENVS
     for i, env in enumerate(singles):
