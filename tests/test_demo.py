@@ -1,0 +1,32 @@
+"""The main job: steps-to-threshold accounting, and a tiny end-to-end run of the sparse-vs-shaped demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from creditgym.demo import run_demo, steps_to
+
+
+def _row(step: int, rate: float, episodes: float) -> dict[str, float]:
+    return {"global_step": step, "charts/success_rate": rate, "charts/episodes": episodes}
+
+
+def test_steps_to_weights_updates_by_episodes_and_skips_the_warm_up() -> None:
+    rows = [_row(100, 1.0, 600), _row(200, 0.2, 300), _row(300, 0.9, 300), _row(400, 0.9, 300)]
+    assert steps_to(rows, 0.8, skip_steps=0) == 100
+    assert steps_to(rows, 0.8, skip_steps=150) == 400  # (0.9 + 0.9) over 600 episodes; 300 is (0.2+0.9)/2
+    assert steps_to(rows, 0.95, skip_steps=150) is None
+    assert steps_to([_row(100, 1.0, 10)], 0.5) is None  # too few episodes to judge
+
+
+def test_demo_runs_both_variants_and_writes_table_plot_and_summary(tmp_path: Path) -> None:
+    summary = run_demo(total_steps=8192, seed=3, runs_dir=str(tmp_path), eval_episodes=8)
+    assert set(summary["runs"]) == {"sparse", "PBRS box distance"}
+    for record in summary["runs"].values():
+        assert 0.0 <= record["held_out_success"] <= 1.0
+        assert (Path(record["run_dir"]) / "eval.json").exists()
+    shaped = [json.loads(line) for line in (tmp_path / "box_distance-s3" / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward/shaping" in row for row in shaped)
+    assert (tmp_path / "sparse_vs_shaped.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "summary.json").read_text())["total_steps"] == 8192
