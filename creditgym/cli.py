@@ -289,6 +289,47 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     console.print(f"written to {out}")
     return 0
 
+def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
+    """LLM-designed dense rewards (issue 9): generate, critique, validate, dry-run and train reward programs."""
+    from creditgym.wrappers.llm_reward.designer import DesignerConfig, RewardDesigner
+
+    config = DesignerConfig(
+        env_id=args.env, iterations=args.iterations, samples=args.samples, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, critic_rejects=args.critic_rejects, train_steps=args.train_steps,
+        num_envs=args.num_envs, seeds=tuple(args.seeds), replace_task_reward=args.replace_task_reward,
+        seed=args.seed, runs_dir=args.runs_dir, run_name=args.run_name, ppo_kwargs={"device": args.device},
+    )
+    if args.model.startswith(("http://", "https://")):
+        from creditgym.llm import OpenAIChatModel
+
+        if not args.server_model:
+            raise ValueError("--model is a server URL, so pass --server-model NAME (the model the server serves)")
+        chat = OpenAIChatModel(args.model, model=args.server_model, max_new_tokens=args.max_new_tokens)
+        name = args.server_model
+    else:
+        from creditgym.llm import HFChatModel
+
+        chat = HFChatModel.from_pretrained(args.model, max_new_tokens=args.max_new_tokens)
+        name = args.model
+    designer = RewardDesigner(chat, config, model_name=name)
+    result = designer.run()
+    table = Table(title=f"reward design on {args.env} with {name}")
+    table.add_column("stage")
+    table.add_column("passed", justify="right")
+    for stage, count in result.stage_counts.items():
+        table.add_row(stage, f"{count}/{result.stage_counts['generated']}")
+    console.print(table)
+    if result.best is None:
+        console.print("no program passed every stage; see the errors in the candidate files")
+    else:
+        console.print(f"best: {result.best.id}, success rate {result.best.fitness:.3f}")
+        console.print(result.best.source or "", markup=False, highlight=False)
+        if args.compare_sparse:
+            console.print(f"sparse task reward alone, same PPO budget: {designer.sparse_fitness():.3f}")
+    console.print(f"every program and report.json are in {result.run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditgym", description="Environments and dense rewards for agentic RL.")
     parser.add_argument("--version", action="version", version=f"creditgym {creditgym.__version__}")
@@ -364,6 +405,30 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--replace", action="store_true", help="overwrite the channel if the recording has it")
     rescore.add_argument("--out", metavar="PATH", help="output JSONL (default: TRAJ.rescored.jsonl next to the input)")
     rescore.set_defaults(run=cmd_rescore)
+    design = commands.add_parser("design-reward", help="LLM-designed dense rewards: generate, critique, validate, "
+                                 "dry-run and train reward programs, keep the best")
+    design.add_argument("--env", default="creditgym/Sokoban-6x6-2b-v0", help="env id with a batched env (Sokoban)")
+    design.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local Hugging Face model folder, or "
+                        "an OpenAI-compatible server URL ending in /v1")
+    design.add_argument("--server-model", help="model name to request from the server, when --model is a URL")
+    design.add_argument("--iterations", type=int, default=3, help="design iterations")
+    design.add_argument("--samples", type=int, default=4, help="candidate programs per iteration (K)")
+    design.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the programs")
+    design.add_argument("--max-new-tokens", type=int, default=512, help="longest model reply")
+    design.add_argument("--critic-rejects", action="store_true", help="disqualify programs the critic fails "
+                        "(default: only record its verdict)")
+    design.add_argument("--train-steps", type=int, default=20_000, help="env steps of each fitness PPO run")
+    design.add_argument("--num-envs", type=int, default=32, help="parallel envs of each fitness run")
+    design.add_argument("--seeds", type=int, nargs="+", default=[1], help="PPO seeds per candidate (mean success)")
+    design.add_argument("--replace-task-reward", action="store_true", help="train on the candidate reward alone "
+                        "instead of adding it to the task reward")
+    design.add_argument("--compare-sparse", action="store_true", help="also train on the task reward alone, with "
+                        "the same budget, and print its success rate")
+    design.add_argument("--seed", type=int, default=0, help="seed of program sampling and dry-run transitions")
+    design.add_argument("--device", default="cpu", help="device of the fitness PPO runs: cpu, cuda or auto")
+    design.add_argument("--runs-dir", default="runs/design-reward", help="where design runs are written")
+    design.add_argument("--run-name", help="run folder name (default: env-time)")
+    design.set_defaults(run=cmd_design_reward)
     return parser
 
 

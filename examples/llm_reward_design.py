@@ -1,0 +1,104 @@
+"""The reward-design selection loop on 6x6 two-box Sokoban, and a real SmolLM2 design iteration.
+
+Default: the candidates come from `HandWrittenCandidates`, a stand-in chat model that returns HAND-WRITTEN
+programs (one good distance-and-placement reward, one that farms a bonus for moving, one that crashes, one that is
+not code); the designer critiques, validates, dry-runs and trains each, keeps the argmax of fitness, then trains
+PPO on the sparse task reward with the same budget and seeds. It prints whether the selected reward beat sparse.
+
+    python examples/llm_reward_design.py --train-steps 60000 --seeds 1 2
+    python examples/llm_reward_design.py --model smollm2-135m --samples 4   # real model: per-stage pass rates
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+
+import creditgym  # noqa: F401  (registers the envs)
+from creditgym.wrappers.llm_reward.designer import CRITIC_PROMPT, DesignerConfig, RewardDesigner
+
+# --- HAND-WRITTEN programs, not model output -------------------------------------------------------------------
+GOOD = '''```python
+def targets(board):
+    return [[r, c] for r, row in enumerate(board) for c, ch in enumerate(row) if ch in ".*+"]
+
+def distance(state):
+    goals = targets(state["board"])
+    return sum(min(abs(b[0] - g[0]) + abs(b[1] - g[1]) for g in goals) for b in state["boxes"])
+
+def compute_dense_reward(state, action, next_state):
+    closer = 0.2 * (distance(state) - distance(next_state))
+    stuck = -0.5 if next_state["deadlock"] and not state["deadlock"] else 0.0
+    return closer + stuck, {"closer": closer, "deadlock": stuck}
+```'''
+FARMS_MOVEMENT = '''```python
+def compute_dense_reward(state, action, next_state):
+    moved = 0.2 if next_state["player"] != state["player"] else 0.0
+    return moved, {"moved": moved}
+```'''
+CRASHES = "```python\ndef compute_dense_reward(state, action, next_state):\n    return state['walls'], {}\n```"
+NOT_CODE = "A good reward would count the boxes on targets."
+HAND_WRITTEN = [GOOD, FARMS_MOVEMENT, CRASHES, NOT_CODE]
+
+
+class HandWrittenCandidates:
+    """A stand-in ChatModel: design requests get the hand-written programs above; reviews always pass."""
+
+    model = "hand-written"
+
+    def generate(self, batch: list[list[dict]], **sampling: object) -> list[str]:
+        if batch[0][0]["content"] == CRITIC_PROMPT:
+            return ["Reviewed by hand.\nVERDICT: PASS"] * len(batch)
+        return [HAND_WRITTEN[k % len(HAND_WRITTEN)] for k in range(len(batch))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="run a real design iteration with this model (e.g. smollm2-135m) instead "
+                        "of the hand-written candidates")
+    parser.add_argument("--samples", type=int, default=4, help="candidates per iteration (real model)")
+    parser.add_argument("--train-steps", type=int, default=60_000, help="env steps of every PPO run")
+    parser.add_argument("--num-envs", type=int, default=32, help="parallel envs of every PPO run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="PPO seeds (fitness is the mean)")
+    parser.add_argument("--runs-dir", default="runs/llm_reward_design", help="where programs and reports go")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    real = args.model is not None
+    config = DesignerConfig(
+        env_id="creditgym/Sokoban-6x6-2b-v0", env_kwargs={"obs_mode": "egocentric", "action_mask": True},
+        iterations=1, samples=args.samples if real else len(HAND_WRITTEN), train_steps=args.train_steps,
+        num_envs=args.num_envs, seeds=tuple(args.seeds), runs_dir=args.runs_dir,
+        run_name=f"{args.model or 'hand-written'}", ppo_kwargs={"device": "cpu"},
+    )
+    if real:
+        from creditgym.llm import HFChatModel
+
+        chat = HFChatModel.from_pretrained(args.model)
+    else:
+        chat = HandWrittenCandidates()
+    designer = RewardDesigner(chat, config, model_name=args.model or HandWrittenCandidates.model)
+    result = designer.run()
+    generated = result.stage_counts["generated"]
+    summary: dict[str, object] = {
+        "model": designer.model_name,
+        "stage_pass_rates": {stage: f"{n}/{generated}" for stage, n in result.stage_counts.items()},
+        "fitness": {c.id: c.fitness for c in result.candidates},
+        "errors": {c.id: c.errors[0][:200] for c in result.candidates if c.errors},
+        "best": None if result.best is None else result.best.id,
+    }
+    if result.best is not None:
+        sparse = designer.sparse_fitness()
+        summary.update(selected_success=result.best.fitness, sparse_success=sparse, env_steps=args.train_steps,
+                       selected_beats_sparse=result.best.fitness > sparse)
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"programs and report: {result.run_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
