@@ -103,7 +103,7 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
                       f"{record['held_out_success_greedy']:.0%}", _steps(record["steps_to_50"]),
                       _steps(record["steps_to_80"]), f"{record['sps']:,.0f}")
     console.print(table)
-    figure = plot_learning_curves(curves, Path(runs_dir) / "sparse_vs_shaped.png",
+    figure = plot_learning_curves(curves, Path(runs_dir) / "sparse_vs_shaped.png", skip_steps=warm_up,
                                   title=f"PPO on {base.env_id}: sparse vs PBRS (seed {seed})")
     (Path(runs_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"Learning curves: {figure}\nRuns and evaluations: {runs_dir}/")

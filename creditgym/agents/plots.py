@@ -17,8 +17,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     return rows
 
 
-def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: str | Path, *, title: str = "") -> Path:
-    """Success rate and episodic return against env steps, one line per run label."""
+def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: str | Path, *, title: str = "",
+                         skip_steps: int = 0) -> Path:
+    """Success rate and the task channel's episode reward against env steps, one line per run label.
+
+    The task channel (not the total return) keeps runs with different reward wrappers comparable. Points before
+    `skip_steps` are left out: at first only short, mostly successful episodes have ended.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,13 +31,14 @@ def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: str | Pa
 
     figure, (success_axis, return_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for label, rows in runs.items():
-        for axis, key in ((success_axis, "charts/success_rate"), (return_axis, "charts/episodic_return")):
-            points = [(row["global_step"], row[key]) for row in rows if key in row]
+        reward_key = "reward/task" if any("reward/task" in row for row in rows) else "charts/episodic_return"
+        for axis, key in ((success_axis, "charts/success_rate"), (return_axis, reward_key)):
+            points = [(row["global_step"], row[key]) for row in rows if key in row and row["global_step"] > skip_steps]
             if points:
                 steps, values = zip(*points, strict=True)
                 axis.plot(steps, _smooth(list(values)), label=label)
     success_axis.set(xlabel="env steps", ylabel="success rate (training episodes)", ylim=(-0.02, 1.02))
-    return_axis.set(xlabel="env steps", ylabel="episodic return")
+    return_axis.set(xlabel="env steps", ylabel="task reward per episode")
     for axis in (success_axis, return_axis):
         axis.grid(alpha=0.3)
         if len(runs) > 1:
