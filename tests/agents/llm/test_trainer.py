@@ -96,3 +96,25 @@ def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LLMTrainConfig(**overrides)
+
+
+def test_reward_wrappers_apply_unchanged_to_text_envs(tmp_path: Path) -> None:
+    # PBRS on Sokoban's text view, through the LLM trainer: the shaping channel reaches the logs next to task.
+    import json
+
+    import gymnasium as gym
+
+    from creditgym.agents.llm import LLMTrainConfig, LLMTrainer
+    from creditgym.llm import tiny_test_model
+    from creditgym.wrappers.shaping import PotentialShaping
+
+    def make_env() -> gym.Env:
+        return PotentialShaping(gym.make("creditgym/Sokoban-6x6-1b-v0", obs_mode="text"), "box_distance", 0.99)
+
+    model, tokenizer = tiny_test_model(seed=0)
+    config = LLMTrainConfig(model="tiny", env_id="creditgym/Sokoban-6x6-1b-v0", iterations=1, num_groups=1,
+                            group_size=2, max_turns=2, max_new_tokens=4, runs_dir=str(tmp_path), run_name="pbrs",
+                            progress=False, tensorboard=False, checkpoint_every=0, device="cpu")
+    LLMTrainer(config, model=model, tokenizer=tokenizer, make_env=make_env).learn()
+    row = json.loads((tmp_path / "pbrs" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"reward/task", "reward/format", "reward/shaping"} <= set(row)
