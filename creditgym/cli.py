@@ -230,7 +230,11 @@ def cmd_showcase(args: argparse.Namespace, console: Console) -> int:
             total += reward
             frames.append(obs)
         names = " ".join(ACTION_NAMES[a] for a in plan)
-        console.print(_side_by_side(frames[:: max(1, len(frames) // 6)] + [frames[-1]]), markup=False)
+        shown = frames[:: max(1, len(frames) // 6)][:-1] + [frames[-1]]
+        per_row = max(1, console.width // (len(frames[0].split("\n")[0]) + 3))
+        for start in range(0, len(shown), per_row):
+            console.print(_side_by_side(shown[start:start + per_row]), markup=False, highlight=False)
+            console.print()
         console.print(f"moves: {names}\nsolved: {terminated}, return {total:+.1f}", markup=False)
     if args.skip_bench:
         return 0
