@@ -77,6 +77,9 @@ class TokenBatch:
 def pack_episodes(episodes: list[Episode], pad_id: int, device: torch.device) -> TokenBatch:
     """Rows from every segment that holds generated tokens, and the episode view that maps onto them."""
     segments = [(e, seg) for e, episode in enumerate(episodes) for seg in episode.segments if any(seg.action_mask)]
+    if not segments:
+        raise ValueError("no episode generated a single token: every first prompt (instructions and observation) "
+                         "was longer than max_prompt_tokens; raise --max-prompt-tokens or shorten the prompt")
     width = max(len(seg.token_ids) for _, seg in segments)
     input_ids = torch.full((len(segments), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(segments), width), dtype=torch.long)

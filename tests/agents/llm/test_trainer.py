@@ -118,3 +118,9 @@ def test_reward_wrappers_apply_unchanged_to_text_envs(tmp_path: Path) -> None:
     LLMTrainer(config, model=model, tokenizer=tokenizer, make_env=make_env).learn()
     row = json.loads((tmp_path / "pbrs" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"reward/task", "reward/format", "reward/shaping"} <= set(row)
+
+
+def test_prompts_too_long_for_any_generation_give_a_clear_error(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, max_prompt_tokens=4)
+    with pytest.raises(ValueError, match="raise --max-prompt-tokens"):
+        trainer.learn()
