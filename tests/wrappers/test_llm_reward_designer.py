@@ -25,11 +25,11 @@ from creditgym.wrappers.llm_reward.designer import (
     Candidate,
     DesignerConfig,
     RewardDesigner,
-    VectorLLMCodeReward,
     extract_code,
     parse_verdict,
 )
 from creditgym.wrappers.llm_reward.sandbox import SandboxLimits
+from creditgym.wrappers.llm_reward.wrapper import VectorLLMCodeReward
 
 torch.set_num_threads(1)
 ENV = "creditgym/Sokoban-6x6-2b-v0"

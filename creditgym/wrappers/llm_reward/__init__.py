@@ -1,8 +1,8 @@
-"""LLM-written reward code: static validation, a sandbox to run it in, and the `llm_reward` wrapper (issue 9)."""
+"""LLM-written reward code: static validation, a sandbox to run it in, the `llm_reward` wrappers and the designer."""
 
 from creditgym.wrappers.llm_reward.sandbox import RewardSandbox, SandboxLimits, SandboxResult
 from creditgym.wrappers.llm_reward.validate import ValidationLimits, validate_program
-from creditgym.wrappers.llm_reward.wrapper import LLMCodeReward
+from creditgym.wrappers.llm_reward.wrapper import LLMCodeReward, VectorLLMCodeReward
 
 __all__ = ["LLMCodeReward", "RewardSandbox", "SandboxLimits", "SandboxResult", "ValidationLimits",
-           "validate_program"]
+           "VectorLLMCodeReward", "validate_program"]

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv, VectorWrapper
 
+from creditgym.envs.sokoban.vector import SokobanVectorEnv
+from creditgym.wrappers.llm_reward.describe import SokobanBatchStates
 from creditgym.wrappers.llm_reward.sandbox import RewardSandbox, SandboxLimits
 
 
@@ -75,3 +82,103 @@ class LLMCodeReward(gym.Wrapper):
     def close(self) -> None:
         self.sandbox.close()
         super().close()
+
+
+class ComponentStats:
+    """Running count, mean, std, min, max and non-zero fraction of each reward component (Eureka's reflection)."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[float]] = {}
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        column = self.columns.setdefault(name, [0.0, 0.0, 0.0, math.inf, -math.inf, 0.0])
+        column[0] += len(values)
+        column[1] += float(values.sum())
+        column[2] += float((values ** 2).sum())
+        column[3] = min(column[3], float(values.min()))
+        column[4] = max(column[4], float(values.max()))
+        column[5] += float((values != 0).sum())
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, (n, total, squares, low, high, nonzero) in self.columns.items():
+            mean = total / n
+            out[name] = {"mean": mean, "std": math.sqrt(max(squares / n - mean ** 2, 0.0)), "min": low, "max": high,
+                         "nonzero": nonzero / n, "count": n}
+        return out
+
+
+class VectorLLMCodeReward(VectorWrapper):
+    """Adds a reward program's total to a batched Sokoban env's reward, as the `llm_reward` channel.
+
+    States are `SokobanEnv.state()` plain data built from the boards (`SokobanBatchStates`); the sandbox is called
+    once per step with every env's transition. A program disqualified during training pays 0.0 from then on and
+    `self.error` says why. With `replace_task_reward` the reward is the program's alone, and a `task_removed`
+    channel (minus the task channel) keeps the reward equal to the sum of the channels.
+    """
+
+    def __init__(self, env: VectorEnv, program: str, *, limits: SandboxLimits | None = None,
+                 replace_task_reward: bool = False, channel: str = "llm_reward") -> None:
+        super().__init__(env)
+        if not isinstance(env.unwrapped, SokobanVectorEnv):
+            raise ValueError(f"VectorLLMCodeReward needs creditgym's SokobanVectorEnv, got {type(env.unwrapped)}; "
+                             "wrap single envs in LLMCodeReward instead")
+        self.sandbox = RewardSandbox(limits=limits)
+        error = self.sandbox.load(program)
+        if error is not None:
+            self.sandbox.close()
+            raise ValueError(f"reward program not usable: {error}")
+        self.channel = channel
+        self.replace_task_reward = replace_task_reward
+        self.states = SokobanBatchStates(env.unwrapped)
+        self.stats = ComponentStats()
+        self.sandbox_seconds = 0.0
+        self.transitions = 0
+        self._current: list[dict[str, Any]] = []
+
+    @property
+    def error(self) -> str | None:
+        """Why the program was disqualified during training, or None."""
+        return self.sandbox.error
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        acts = torch.as_tensor(actions).cpu().numpy()
+        done = (terminated | truncated).cpu().numpy()
+        next_states, current = self.states.step(acts, done)
+        start = time.perf_counter()
+        result = self.sandbox.evaluate(list(zip(self._current, acts.tolist(), next_states, strict=True)))
+        self.sandbox_seconds += time.perf_counter() - start
+        self.transitions += len(acts)
+        self._current = current
+        if result.ok:
+            value = torch.tensor(result.rewards, dtype=reward.dtype, device=reward.device)
+            self.stats.add("total", np.asarray(result.rewards))
+            for name, column in result.components.items():
+                self.stats.add(name, np.asarray(column))
+        else:
+            value = torch.zeros_like(reward)
+        components = {**info["reward_components"], self.channel: value}
+        if self.replace_task_reward:
+            components["task_removed"] = -components["task"]
+            reward = reward - components["task"]
+        return obs, reward + value, terminated, truncated, {**info, "reward_components": components}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._current = self.states.observe()
+        zeros = torch.zeros_like(info["reward_components"]["task"])
+        components = {**info["reward_components"], self.channel: zeros}
+        if self.replace_task_reward:
+            components["task_removed"] = zeros
+        return obs, {**info, "reward_components": components}
+
+    def get_state(self) -> dict[str, Any]:
+        """The wrapped env's state (PPO's final checkpoint asks; the sandbox itself is not checkpointed)."""
+        return self.env.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.env.set_state(state)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.sandbox.close()
