@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 import creditgym
+from creditgym.benchmarking import resets_per_second, steps_per_second
 from creditgym.envs.dialogue import negotiation_v0
 from creditgym.envs.dialogue.negotiator import ScriptedNegotiator
 from creditgym.envs.dialogue.questioner import RuleBasedQuestioner
@@ -35,15 +36,7 @@ def gather(env_id: str, seconds: float) -> float:
     """Env steps/s through gymnasium.make (time limit and order enforcing included), resetting on episode end."""
     env = gym.make(env_id)
     env.reset(seed=0)
-    messages = _messages(np.random.default_rng(0), 4096)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for message in messages:
-            _, _, terminated, truncated, _ = env.step(message)
-            if terminated or truncated:
-                env.reset()
-        steps += len(messages)
-    return steps / (time.perf_counter() - start)
+    return steps_per_second(env, _messages(np.random.default_rng(0), 4096), seconds)
 
 
 def questioner(env_id: str, strategy: str, seconds: float) -> tuple[float, float]:
@@ -81,17 +74,6 @@ def negotiation(seconds: float) -> tuple[float, float]:
     return steps / (time.perf_counter() - start), deals / episodes
 
 
-def resets(env_id: str, seconds: float) -> float:
-    env = gym.make(env_id)
-    env.reset(seed=0)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(1000):
-            env.reset()
-        count += 1000
-    return count / (time.perf_counter() - start)
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per figure")
@@ -109,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "gather_questioner_success": round(enumerate_success, 3),
         "gather_hard_open_questioner_steps_per_s": round(open_rate),
         "gather_hard_open_questioner_success": round(open_success, 3),
-        "gather_resets_per_s": round(resets("creditgym/Dialogue-Gather-v0", args.seconds)),
+        "gather_resets_per_s": round(resets_per_second("creditgym/Dialogue-Gather-v0", args.seconds)),
         "negotiation_parallel_steps_per_s": round(negotiation_rate),
         "negotiation_scripted_deal_rate": round(deal_rate, 3),
     }

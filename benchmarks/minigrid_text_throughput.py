@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 import creditgym
+from creditgym.benchmarking import steps_per_second
 from creditgym.envs import DESCRIPTIONS
 from creditgym.envs.minigrid_scripted import ScriptedMiniGridPolicy
 from creditgym.envs.minigrid_text import ACTION_NAMES
@@ -32,7 +33,7 @@ def text_steps(env_id: str, seconds: float) -> float:
     env.reset(seed=0)
     names = list(ACTION_NAMES.values())
     actions = [names[i] for i in np.random.default_rng(0).integers(len(names), size=4096)]
-    return _timed(env, actions, seconds)
+    return steps_per_second(env, actions, seconds)
 
 
 def array_steps(env_id: str, seconds: float) -> float:
@@ -41,18 +42,7 @@ def array_steps(env_id: str, seconds: float) -> float:
     env = gym.make(minigrid_id)
     env.reset(seed=0)
     actions = np.random.default_rng(0).integers(len(ACTION_NAMES), size=4096).tolist()
-    return _timed(env, actions, seconds)
-
-
-def _timed(env: gym.Env, actions: list, seconds: float) -> float:
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for action in actions:
-            _, _, terminated, truncated, _ = env.step(action)
-            if terminated or truncated:
-                env.reset()
-        steps += len(actions)
-    return steps / (time.perf_counter() - start)
+    return steps_per_second(env, actions, seconds)
 
 
 def scripted(env_id: str, episodes: int) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import creditgym
+from creditgym.benchmarking import resets_per_second, steps_per_second
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 
 TARGETS = {
@@ -53,25 +54,7 @@ def single(env_id: str, seconds: float, obs_mode: str) -> float:
         actions = [words[i] for i in rng.integers(4, size=4096)]
     else:
         actions = rng.integers(4, size=4096).tolist()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for action in actions:
-            _, _, terminated, truncated, _ = env.step(action)
-            if terminated or truncated:
-                env.reset()
-        steps += len(actions)
-    return steps / (time.perf_counter() - start)
-
-
-def resets(env_id: str, seconds: float) -> float:
-    env = gym.make(env_id)
-    env.reset(seed=0)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(1000):
-            env.reset()
-        count += 1000
-    return count / (time.perf_counter() - start)
+    return steps_per_second(env, actions, seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -95,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "batched_10x10_1024_env_steps_per_s": round(batched(1024, "10x10-3b", args.seconds, args.device)),
         "single_array_steps_per_s": round(single("creditgym/Sokoban-6x6-1b-v0", args.seconds, "array")),
         "single_text_steps_per_s": round(single("creditgym/Sokoban-6x6-1b-v0", args.seconds, "text")),
-        "resets_per_s": round(resets("creditgym/Sokoban-6x6-1b-v0", args.seconds)),
+        "resets_per_s": round(resets_per_second("creditgym/Sokoban-6x6-1b-v0", args.seconds)),
     }
     figures = dict(result, batched_1024_env_steps_per_s=result["batched_6x6_env_steps_per_s"].get("1024", 0))
     result["targets"] = {name: {"target": target, "measured": figures[name], "met": figures[name] >= target}

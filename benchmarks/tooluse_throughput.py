@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import gymnasium as gym
 
 import creditgym
+from creditgym.benchmarking import resets_per_second, steps_per_second
 from creditgym.envs.tooluse.expert import ToolUseExpert
 
 TARGETS = {"expert_steps_per_s": 10_000}
@@ -44,25 +45,7 @@ def invalid(env_id: str, seconds: float) -> float:
     """Steps/s on text that is never a valid action (the time limit ends each episode)."""
     env = gym.make(env_id)
     env.reset(seed=0)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for text in _GARBAGE * 64:
-            _, _, terminated, truncated, _ = env.step(text)
-            if terminated or truncated:
-                env.reset()
-        steps += len(_GARBAGE) * 64
-    return steps / (time.perf_counter() - start)
-
-
-def resets(env_id: str, seconds: float) -> float:
-    env = gym.make(env_id)
-    env.reset(seed=0)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(256):
-            env.reset()
-        count += 256
-    return count / (time.perf_counter() - start)
+    return steps_per_second(env, _GARBAGE * 64, seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -80,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "expert_steps_per_cpu_s": round(cpu_rate),
         "expert_success": round(success, 3),
         "invalid_text_steps_per_s": round(invalid(args.env_id, args.seconds)),
-        "resets_per_s": round(resets(args.env_id, args.seconds)),
+        "resets_per_s": round(resets_per_second(args.env_id, args.seconds)),
     }
     result["targets"] = {
         name: {"target": target, "measured": result[name], "met": result[name] >= target}
