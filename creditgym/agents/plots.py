@@ -50,6 +50,43 @@ def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: str | Pa
     return Path(path)
 
 
+def plot_seed_bands(runs: dict[str, list[list[dict[str, float]]]], path: str | Path, *, title: str = "",
+                    skip_steps: int = 0, points: int = 100) -> Path:
+    """Training success against env steps: per label, the mean over seeds as a line and the min-max as a band.
+
+    `runs` maps a label to the metrics rows of each seed; every seed's smoothed curve is interpolated onto one
+    grid of env steps so seeds with different logging steps average correctly.
+    """
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, seeds in runs.items():
+        curves = []
+        for rows in seeds:
+            pairs = [(row["global_step"], row["charts/success_rate"]) for row in rows
+                     if "charts/success_rate" in row and row["global_step"] > skip_steps]
+            if pairs:
+                steps, values = zip(*pairs, strict=True)
+                curves.append((np.asarray(steps, dtype=float), np.asarray(_smooth(list(values)))))
+        if not curves:
+            continue
+        grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), points)
+        stacked = np.stack([np.interp(grid, steps, values) for steps, values in curves])
+        line = axis.plot(grid, stacked.mean(0), label=f"{label} ({len(curves)} seeds)")[0]
+        axis.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.2)
+    axis.set(xlabel="env steps", ylabel="success rate (training episodes)", ylim=(-0.02, 1.02), title=title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
 def _smooth(values: list[float], weight: float = 0.8) -> list[float]:
     """Exponential moving average, as TensorBoard shows by default."""
     out, last = [], values[0]

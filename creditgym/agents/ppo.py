@@ -27,8 +27,13 @@ from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.runs import MetricsLogger, read_checkpoint, write_checkpoint
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
 from creditgym.credit import gae
+from creditgym.wrappers.implicit_prm import GridImplicitPRM
+from creditgym.wrappers.learned import EpisodeAssembler, GridRewardModel
 from creditgym.wrappers.potentials import potential_names
+from creditgym.wrappers.progress import GridProgressEstimator, ProgressAttribution
 from creditgym.wrappers.shaping import make_shaped_vec_env
+
+LEARNED_REWARDS = ("spa", "prime", "oprl")
 
 
 @dataclass
@@ -73,6 +78,19 @@ class PPOConfig:
     """stop an update early once the approximate KL passes this"""
     shaping: str | None = None
     """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance); none = sparse"""
+    learned_reward: str | None = None
+    """learned dense reward trained online from outcomes: spa (SPA progress attribution), prime (implicit PRM,
+    cross-entropy) or oprl (implicit PRM, trajectory DPO); none = env reward only"""
+    learned_reward_coef: float = 1.0
+    """scale of the learned step reward: SPA's alpha, the implicit PRM's multiplier of beta * log-ratio"""
+    spa_grounding: float = 0.0
+    """SPA's beta: reward for each valid action that changes the state (needs the env's action_mask)"""
+    prm_beta: float = 0.05
+    """implicit PRM beta"""
+    learned_reward_lr: float = 1e-3
+    """Adam learning rate of the learned reward model"""
+    learned_reward_replay: int = 1024
+    """finished episodes kept in the learned reward model's replay buffer"""
     policy: str = "mlp"
     """network: mlp (any array; fastest on a CPU), cnn (over (C, H, W) grids) or auto (cnn for 3-D observations)"""
     hidden: int = 128
@@ -95,6 +113,12 @@ class PPOConfig:
     """show a progress bar"""
     tensorboard: bool = True
     """write TensorBoard events"""
+    rollout_backend: str = "local"
+    """where envs step: local (this process) or ray (Ray actors, the same trajectories as local)"""
+    num_workers: int = 2
+    """Ray rollout workers (actors) the envs are split over, with rollout_backend=ray"""
+    ray_address: str | None = None
+    """Ray cluster to join (auto = the one `ray start` runs here); none starts a local Ray"""
 
     def __post_init__(self) -> None:
         positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden", "threads")
@@ -110,12 +134,23 @@ class PPOConfig:
             raise ValueError("learning_rate and clip_coef must be positive")
         if self.shaping is not None and self.shaping not in potential_names():
             raise ValueError(f"shaping={self.shaping!r} is not a known potential; use one of {potential_names()}")
+        if self.learned_reward is not None and self.learned_reward not in LEARNED_REWARDS:
+            raise ValueError(f"learned_reward must be one of {LEARNED_REWARDS} or none, got {self.learned_reward!r}")
+        if self.learned_reward_lr <= 0 or self.prm_beta <= 0 or self.learned_reward_replay < 1:
+            raise ValueError("learned_reward_lr and prm_beta must be positive and learned_reward_replay at least 1")
         if self.policy not in ("auto", "cnn", "mlp"):
             raise ValueError(f"policy must be auto, cnn or mlp, got {self.policy!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+        if self.rollout_backend not in ("local", "ray"):
+            raise ValueError(f"rollout_backend must be local or ray, got {self.rollout_backend!r}")
+        if self.num_workers < 1 or (self.rollout_backend == "ray" and self.num_workers > self.num_envs):
+            raise ValueError(f"num_workers must be between 1 and num_envs ({self.num_envs}): each Ray worker steps "
+                             f"at least one env; got {self.num_workers}")
+        if self.ray_address is not None and self.rollout_backend != "ray":
+            raise ValueError("ray_address is only used with rollout_backend='ray'; pass --rollout-backend ray")
 
     @property
     def batch_size(self) -> int:
@@ -175,6 +210,25 @@ def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Te
     return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
 
 
+def make_learned_reward(config: PPOConfig, obs_shape: tuple[int, ...], num_actions: int,
+                        device: torch.device) -> GridRewardModel | None:
+    """The learned reward model `config.learned_reward` names, seeded from the run's seed, or None."""
+    name = config.learned_reward
+    if name is None:
+        return None
+    if name == "spa":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            estimator = GridProgressEstimator(obs_shape, num_actions, hidden=config.hidden).to(device)
+        return ProgressAttribution(estimator, alpha=config.learned_reward_coef, beta=config.spa_grounding,
+                                   learning_rate=config.learned_reward_lr,
+                                   replay_episodes=config.learned_reward_replay, seed=config.seed)
+    return GridImplicitPRM(obs_shape, num_actions, hidden=config.hidden, beta=config.prm_beta,
+                           coef=config.learned_reward_coef, loss="ce" if name == "prime" else "dpo",
+                           learning_rate=config.learned_reward_lr, replay_episodes=config.learned_reward_replay,
+                           seed=config.seed + 1).to(device)
+
+
 def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
@@ -188,8 +242,16 @@ class PPO:
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        if config.shaping is None:
-            self.envs: TorchVecEnv = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
+        if config.rollout_backend == "ray":
+            from creditgym.distributed import RayVecEnv
+
+            # Snapshots once per rollout, so recovering from a dead worker replays at most one rollout.
+            self.envs: TorchVecEnv | RayVecEnv = RayVecEnv(
+                config.env_id, config.num_envs, config.num_workers, device=self.device, env_kwargs=config.env_kwargs,
+                shaping=config.shaping, gamma=config.gamma, address=config.ray_address,
+                snapshot_every=config.num_steps)
+        elif config.shaping is None:
+            self.envs = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
         else:
             self.envs = make_shaped_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs,
                                             potential=config.shaping, gamma=config.gamma)
@@ -201,6 +263,8 @@ class PPO:
         self.agent = ActorCritic(obs_space.shape, int(act_space.n), kind=kind, hidden=config.hidden,
                                  channels=config.cnn_channels).to(self.device)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.learned_reward = make_learned_reward(config, obs_space.shape, int(act_space.n), self.device)
+        self.episode_assembler = EpisodeAssembler(config.num_envs)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
         self.global_step = 0
@@ -223,7 +287,7 @@ class PPO:
                                                                    device=dev)
         actions = torch.zeros((T, N), dtype=torch.int64, device=dev)
         logprobs, rewards, values, next_values = (torch.zeros((T, N), device=dev) for _ in range(4))
-        terminated, truncated = (torch.zeros((T, N), dtype=torch.bool, device=dev) for _ in range(2))
+        terminated, truncated, success = (torch.zeros((T, N), dtype=torch.bool, device=dev) for _ in range(3))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
         logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=self.update == 0)
@@ -249,6 +313,8 @@ class PPO:
                     self.next_obs, reward, terminated[t], truncated[t], info = self.envs.step(action)
                     self.next_mask = info.get("action_mask")
                     rewards[t] = reward
+                    if "success" in info:
+                        success[t] = info["success"]
                     next_values[t] = 0.0
                     if "_final_obs" in info:
                         # Ended episodes bootstrap from their own last observation, not the next episode's first.
@@ -263,7 +329,9 @@ class PPO:
                 next_values[T - 1] = torch.where(ended, next_values[T - 1], last_value)
             self.global_step += T * N
 
-            # 2. advantages
+            # 2. learned dense rewards, then advantages
+            learned_metrics = self._add_learned_rewards(obs_buf, mask_buf, actions, rewards, terminated, truncated,
+                                                        success)
             advantages, returns = gae(rewards, values, next_values, terminated, truncated,
                                       gamma=cfg.gamma, lam=cfg.gae_lambda)
 
@@ -321,6 +389,7 @@ class PPO:
                 "losses/clipfrac": torch.stack(clipfracs).mean().item(),
                 "losses/explained_variance": explained_var.item(),
                 **self.episode.summary(),
+                **learned_metrics,
             }
             logger.log(metrics)
             progress.advance(self.global_step, metrics)
@@ -333,6 +402,22 @@ class PPO:
             plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
                                  title=f"PPO on {cfg.env_id} (seed {cfg.seed})")
         return metrics
+
+    def _add_learned_rewards(self, obs: torch.Tensor, masks: torch.Tensor | None, actions: torch.Tensor,
+                             rewards: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
+                             success: torch.Tensor) -> dict[str, float]:
+        """Train the learned reward model on the episodes that just finished, then add its rewards in place."""
+        model = self.learned_reward
+        if model is None:
+            return {}
+        # An action is valid and effective when the env's mask allowed it; without a mask every action counts.
+        valid = (torch.ones_like(terminated) if masks is None
+                 else masks.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
+        episodes = self.episode_assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
+        metrics = model.update(episodes)
+        dense = model.dense_rewards(obs, actions, valid)
+        rewards += dense
+        return {**metrics, f"reward/{model.channel}_per_step": dense.mean().item()}
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
@@ -348,6 +433,8 @@ class PPO:
             "next_obs": self.next_obs,
             "next_mask": self.next_mask,
             "episode": self.episode.state_dict(),
+            "learned_reward": None if self.learned_reward is None else self.learned_reward.state_dict(),
+            "episode_assembler": self.episode_assembler.state_dict(),
             "global_step": self.global_step,
             "update": self.update,
         }
@@ -362,6 +449,10 @@ class PPO:
         self.envs.set_state(state["env"])
         self.next_obs, self.next_mask = state["next_obs"], state["next_mask"]
         self.episode.load_state_dict(state["episode"])
+        if self.learned_reward is not None:
+            self.learned_reward.load_state_dict(state["learned_reward"])
+        if "episode_assembler" in state:  # checkpoints from before learned rewards have none
+            self.episode_assembler.load_state_dict(state["episode_assembler"])
         self.global_step, self.update = state["global_step"], state["update"]
         self.run_dir = path.parent
 

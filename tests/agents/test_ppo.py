@@ -35,6 +35,8 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"gamma": 1.5}, "gamma must be in"),
         ({"policy": "transformer"}, "policy must be auto, cnn or mlp"),
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
+        ({"learned_reward": "eureka"}, "learned_reward must be one of"),
+        ({"prm_beta": 0.0}, "prm_beta must be positive"),
     ],
 )
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
@@ -81,6 +83,38 @@ def test_resume_continues_exactly(tmp_path: Path, env_id: str) -> None:
     assert resumed.global_step == straight.global_step == 2048
     for a, b in zip(_parameters(straight), _parameters(resumed), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("learned_reward", ["spa", "prime", "oprl"])
+def test_resume_with_a_learned_reward_continues_exactly(tmp_path: Path, learned_reward: str) -> None:
+    # The reward model's weights, optimiser, replay buffer and half-finished episodes all travel in the checkpoint.
+    config = {"learned_reward": learned_reward, "total_steps": 4096, "spa_grounding": 0.1,
+              "env_kwargs": {"obs_mode": "egocentric", "action_mask": True}}
+    straight = PPO(_config(tmp_path, run_name="straight", **config))
+    straight.learn()
+    interrupted = PPO(_config(tmp_path, run_name="interrupted", **config))
+    interrupted.learn(until_steps=2048)
+    resumed = PPO(_config(tmp_path, run_name="interrupted", **config), resume=tmp_path / "interrupted")
+    metrics = resumed.learn()
+    assert f"reward/{straight.learned_reward.channel}_per_step" in metrics
+    for a, b in zip(_parameters(straight), _parameters(resumed), strict=True):
+        assert torch.equal(a, b)
+    assert straight.learned_reward.replay.episodes and len(straight.learned_reward.replay.episodes) == len(
+        resumed.learned_reward.replay.episodes)
+
+
+def test_learns_a_fixed_sokoban_level_with_spa_rewards(tmp_path: Path) -> None:
+    # The learned progress reward rides on top of the env reward without breaking PPO's learning.
+    from creditgym.envs.sokoban.bank import load_bank
+    from creditgym.envs.sokoban.boxoban import write_boxoban
+
+    write_boxoban(tmp_path / "one.txt", [load_bank("6x6-1b")[0]])
+    config = _config(tmp_path, num_envs=64, num_steps=32, total_steps=150_000, learned_reward="spa",
+                     learned_reward_coef=10.0, env_kwargs={"levels": str(tmp_path / "one.txt")})
+    trainer = PPO(config)
+    metrics = trainer.learn()
+    assert metrics["charts/success_rate"] >= 0.95
+    assert metrics["progress/mse"] < 0.1  # Σ ĉ predicts the outcome of a level the policy now solves
 
 
 def test_same_seed_is_bit_identical_and_seeds_differ(tmp_path: Path) -> None:

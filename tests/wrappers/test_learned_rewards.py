@@ -1,0 +1,204 @@
+"""SPA progress attribution and the small-network implicit PRM: reward-methods.md properties and learning.
+
+The synthetic task: episodes of 2-6 steps over random 4-d observations; the outcome is 1 exactly when the first
+action was 1. Only an estimator that assigns the credit to that first action can fit it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from creditgym.wrappers.implicit_prm import (
+    GridImplicitPRM,
+    outcome_ce_loss,
+    success_failure_pairs,
+    trajectory_dpo_loss,
+)
+from creditgym.wrappers.learned import EpisodeAssembler, ReplayBuffer, StepEpisode
+from creditgym.wrappers.progress import GridProgressEstimator, ProgressAttribution
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def first_action_episodes(n: int, seed: int = 0) -> list[StepEpisode]:
+    generator = torch.Generator().manual_seed(seed)
+    episodes = []
+    for _ in range(n):
+        length = int(torch.randint(2, 7, (1,), generator=generator))
+        obs = torch.rand(length, 4, generator=generator)
+        obs[0] = 0.5  # every episode starts in the same state
+        actions = torch.randint(0, 2, (length,), generator=generator)
+        valid = torch.rand(length, generator=generator) < 0.7
+        won = bool(actions[0] == 1)
+        episodes.append(StepEpisode(obs, actions, valid, won, float(won)))
+    return episodes
+
+
+def spa(**kwargs) -> ProgressAttribution:
+    torch.manual_seed(0)
+    return ProgressAttribution(GridProgressEstimator((4,), 2, hidden=32), seed=0, **kwargs)
+
+
+def first_step_rewards(model, action: int) -> float:
+    obs, actions = torch.full((1, 4), 0.5), torch.tensor([action])
+    return float(model.dense_rewards(obs, actions, torch.ones(1, dtype=torch.bool))[0])
+
+
+# -- SPA ---------------------------------------------------------------------------------------------------------
+def test_spa_prediction_is_the_sum_of_contributions() -> None:
+    model, episodes = spa(), first_action_episodes(32)
+    model.update(episodes)
+    predicted = model.predict(episodes)
+    for episode, total, contributions in zip(episodes, predicted, model.contributions(episodes), strict=True):
+        assert len(contributions) == len(episode)
+        assert abs(float(contributions.sum()) - float(total)) < 1e-6
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 0.0), (1.0, 0.5), (2.5, 0.3)])
+def test_spa_step_rewards_sum_to_contributions_plus_grounding(alpha: float, beta: float) -> None:
+    model, episodes = spa(alpha=alpha, beta=beta), first_action_episodes(16)
+    model.update(episodes)
+    for episode, rewards, contributions in zip(episodes, model.step_rewards(episodes), model.contributions(episodes),
+                                               strict=True):
+        expected = alpha * float(contributions.sum()) + beta * int(episode.valid.sum())
+        assert float(rewards.sum()) == pytest.approx(expected, abs=1e-5)
+    # the batched form PPO uses gives the same rewards
+    episode = episodes[0]
+    batched = model.dense_rewards(episode.obs, episode.actions, episode.valid)
+    assert torch.allclose(batched, model.step_rewards([episode])[0], atol=1e-6)
+
+
+def test_spa_mse_decreases_and_credit_goes_to_the_deciding_action() -> None:
+    model, episodes = spa(learning_rate=1e-2, epochs=4), first_action_episodes(256)
+    before = float(model.loss(episodes).detach())
+    for _ in range(60):
+        model.update(episodes[:64])
+    after = float(model.loss(episodes).detach())
+    assert after < 0.5 * before
+    assert first_step_rewards(model, 1) - first_step_rewards(model, 0) > 0.6
+
+
+def test_spa_centred_outcome_flag_changes_the_target() -> None:
+    episodes = first_action_episodes(8)
+    plain, centred = spa(), spa(centered_outcome=True)
+    assert float(plain.loss(episodes).detach()) != pytest.approx(float(centred.loss(episodes).detach()))
+
+
+def test_spa_state_round_trip_continues_identically() -> None:
+    episodes = first_action_episodes(64)
+    straight = spa()
+    for chunk in (episodes[:32], episodes[32:]):
+        straight.update(chunk)
+    interrupted = spa()
+    interrupted.update(episodes[:32])
+    state = interrupted.state_dict()
+    resumed = spa()
+    resumed.load_state_dict(state)
+    resumed.update(episodes[32:])
+    for a, b in zip(straight.estimator.parameters(), resumed.estimator.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_spa_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        spa(alpha=float("nan"))
+    with pytest.raises(ValueError, match="batch_episodes"):
+        spa(batch_episodes=0)
+
+
+# -- implicit PRM --------------------------------------------------------------------------------------------------
+def prm(**kwargs) -> GridImplicitPRM:
+    return GridImplicitPRM((4,), 2, hidden=32, seed=0, **kwargs)
+
+
+def test_prm_rewards_are_zero_and_losses_log2_before_training() -> None:
+    model, episodes = prm(loss="dpo"), first_action_episodes(32)
+    assert all(torch.equal(r, torch.zeros_like(r)) for r in model.step_rewards(episodes))
+    assert float(model.loss(episodes).detach()) == pytest.approx(math.log(2), abs=1e-6)
+    assert float(prm(loss="ce").loss(episodes).detach()) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_prm_step_rewards_sum_to_beta_times_the_trajectory_log_ratio() -> None:
+    model, episodes = prm(beta=0.1, coef=1.0), first_action_episodes(64)
+    for _ in range(5):
+        model.update(episodes)
+    for episode, rewards in zip(episodes, model.step_rewards(episodes), strict=True):
+        with torch.no_grad():
+            log_pi = torch.log_softmax(model.network(episode.obs), -1).gather(1, episode.actions[:, None]).sum()
+            log_ref = torch.log_softmax(model.reference(episode.obs), -1).gather(1, episode.actions[:, None]).sum()
+        assert float(rewards.sum()) == pytest.approx(0.1 * float(log_pi - log_ref), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dpo"])
+def test_prm_learns_which_action_wins_from_outcomes_only(loss: str) -> None:
+    model, episodes = prm(loss=loss, beta=0.5, learning_rate=3e-3), first_action_episodes(256)
+    before = float(model.loss(episodes).detach())
+    for _ in range(30):
+        model.update(episodes[:64])
+    assert float(model.loss(episodes).detach()) < before
+    assert first_step_rewards(model, 1) > first_step_rewards(model, 0) + 0.05
+
+
+def test_prm_state_round_trip_and_validation() -> None:
+    episodes = first_action_episodes(32)
+    trained = prm()
+    trained.update(episodes)
+    copy = prm()
+    copy.load_state_dict(trained.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(trained.step_rewards(episodes), copy.step_rewards(episodes),
+                                                  strict=True))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        prm(loss="kto")
+    with pytest.raises(ValueError, match="beta"):
+        prm(beta=0.0)
+
+
+def test_shared_losses_and_pairs() -> None:
+    success = torch.tensor([1, 0, 1, 0, 1])
+    groups = torch.tensor([0, 0, 1, 1, 2])
+    chosen, rejected = success_failure_pairs(success, groups)
+    assert sorted(zip(chosen.tolist(), rejected.tolist(), strict=True)) == [(0, 1), (2, 3)]
+    zeros = torch.zeros(3)
+    assert float(trajectory_dpo_loss(zeros, zeros, beta=0.05)) == pytest.approx(math.log(2))
+    assert float(outcome_ce_loss(zeros, torch.tensor([1, 0, 1]), beta=0.05)) == pytest.approx(math.log(2))
+    # a PRM that already ranks the success above the failure has a lower DPO loss
+    assert float(trajectory_dpo_loss(torch.ones(1), -torch.ones(1), beta=1.0)) < math.log(2)
+
+
+# -- the plumbing PPO uses --------------------------------------------------------------------------------------------
+def test_assembler_cuts_episodes_across_rollouts_and_copies_its_buffers() -> None:
+    assembler = EpisodeAssembler(num_envs=2)
+    obs = torch.arange(8, dtype=torch.float32).reshape(4, 2, 1)  # (T, N, 1): value = 2t + n
+    actions = torch.zeros(4, 2, dtype=torch.long)
+    valid = torch.ones(4, 2, dtype=torch.bool)
+    terminated = torch.zeros(4, 2, dtype=torch.bool)
+    truncated = torch.zeros(4, 2, dtype=torch.bool)
+    success = torch.zeros(4, 2, dtype=torch.bool)
+    terminated[1, 0] = success[1, 0] = True  # env 0: an episode of steps 0-1 that succeeds
+    finished = assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
+    assert [e.obs.squeeze(1).tolist() for e in finished] == [[0.0, 2.0]] and finished[0].outcome == 1.0
+    obs += 100  # the trainer overwrites its buffers in place; pending steps must not change
+    terminated[:] = False
+    success[:] = False
+    truncated[0, 1] = True  # env 1: steps 0-3 of rollout 1 plus step 0 of rollout 2, cut by the time limit
+    finished = assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
+    assert [e.obs.squeeze(1).tolist() for e in finished] == [[1.0, 3.0, 5.0, 7.0, 101.0]]
+    assert finished[0].outcome == 0.0 and not finished[0].success
+
+
+def test_replay_buffer_keeps_the_most_recent_and_trains_on_the_new_amount() -> None:
+    buffer = ReplayBuffer(capacity=5)
+    buffer.add(list(range(1, 9)))
+    assert buffer.episodes == [4, 5, 6, 7, 8]
+    seen: list[list[int]] = []
+    buffer.train([[1]] * 6, batch_size=4, epochs=2, generator=torch.Generator().manual_seed(0),
+                 step=lambda batch: seen.append(batch) or 0.0)
+    assert len(seen) == 4 and all(len(batch) == 4 for batch in seen)
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayBuffer(0)
