@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
                       "drop them or pass e.g. --algo grpo --model smollm2-135m")
         return 2
     if args.resume:
-        config = _resumed_config(PPOConfig, args, extendable=("progress", "total_steps"))
+        config = _resumed_config(PPOConfig, args, extendable=("progress", "total_steps", "ray_address"))
         trainer = PPO(config, resume=args.resume)
     else:
         config = config_from_args(PPOConfig, args, args.config)

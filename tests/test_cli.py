@@ -58,3 +58,12 @@ def test_play_text_envs_survives_any_input(env_id: str) -> None:
 def test_play_unknown_id_says_what_to_do() -> None:
     result = _run("play", "creditgym/Nope-v0")
     assert result.returncode == 2 and "creditgym list" in result.stdout
+
+
+def test_train_ppo_with_ray_rollout_workers(tmp_path) -> None:
+    result = _run("train", "--env", "creditgym/Sokoban-6x6-1b-v0", "--rollout-backend", "ray", "--num-workers", "2",
+                  "--num-envs", "4", "--num-steps", "8", "--total-steps", "64", "--hidden", "16", "--no-progress",
+                  "--no-tensorboard", "--runs-dir", str(tmp_path), "--run-name", "ray")
+    assert result.returncode == 0, result.stderr
+    assert '"rollout_backend": "ray"' in (tmp_path / "ray" / "config.json").read_text()
+    assert (tmp_path / "ray" / "checkpoint.pt").exists() and "run written to" in result.stdout

@@ -84,7 +84,7 @@ class PPOConfig:
     learned_reward_coef: float = 1.0
     """scale of the learned step reward: SPA's alpha, the implicit PRM's multiplier of beta * log-ratio"""
     spa_grounding: float = 0.0
-    """SPA's beta: reward for each valid action that changes the state (needs the env's action_mask)"""
+    """SPA's beta: reward per valid action (one the env's action_mask allows; without a mask, every action)"""
     prm_beta: float = 0.05
     """implicit PRM beta"""
     learned_reward_lr: float = 1e-3

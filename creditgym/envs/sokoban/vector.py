@@ -85,6 +85,11 @@ class SokobanVectorEnv(VectorEnv):
     Info keys: `reward_components` ({"task", "format"}), `success`, `boxes_on_target`, `level_index` (the
     bank row each board plays), `final_obs`/`_final_obs`, and with `action_mask=True` the (N, 4) mask of moves
     that change the board.
+
+    Levels come from one seeded generator that draws a level for every board of the batch at each step (used by
+    the boards that end). To split one batch across processes, e.g. Ray workers, give each part `first_env` (the
+    batch index of its first board) and `total_envs` (the whole batch's size): each part then draws as the whole
+    batch does and keeps its own rows, so the parts together replay the whole batch exactly.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -100,6 +105,8 @@ class SokobanVectorEnv(VectorEnv):
         device: str | torch.device = "cpu",
         obs_mode: str = "array",
         action_mask: bool = False,
+        first_env: int = 0,
+        total_envs: int | None = None,
     ) -> None:
         if obs_mode not in ("array", "egocentric"):
             raise ValueError(
@@ -110,7 +117,12 @@ class SokobanVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
+        total_envs = num_envs if total_envs is None else total_envs
+        if not 0 <= first_env <= total_envs - num_envs:
+            raise ValueError(f"boards first_env={first_env} .. first_env + num_envs={first_env + num_envs} must lie "
+                             f"within the batch of total_envs={total_envs}")
         self.num_envs = num_envs
+        self.first_env, self.total_envs = first_env, total_envs
         self.device = torch.device(device)
         self.bank = resolve_bank(levels, split)
         self.rewards = rewards or SokobanRewards()
@@ -189,10 +201,11 @@ class SokobanVectorEnv(VectorEnv):
         done = terminated | truncated
         done_rows = done.nonzero().squeeze(1)
         packed = self._pack(self._codes)
+        next_levels = self._draw_levels()
         if len(done_rows):
             info["final_obs"] = self._observe(packed[done_rows], self._player[done_rows])
             info["_final_obs"] = done
-            self._load_levels(done_rows)
+            self._load_levels(done_rows, next_levels.index_select(0, done_rows))
             packed[done_rows] = self._pack(self._codes[done_rows])
         info["level_index"] = self.level_index.clone()
         if self.action_mask:
@@ -211,7 +224,7 @@ class SokobanVectorEnv(VectorEnv):
             chosen = torch.as_tensor(chosen, dtype=torch.int64, device=self.device).reshape(self.num_envs)
             if chosen.min() < 0 or chosen.max() >= len(self.bank):
                 raise ValueError(f"options['level_index'] must be in [0, {len(self.bank)})")
-        self._load_levels(rows, chosen)
+        self._load_levels(rows, self._draw_levels() if chosen is None else chosen)
         info = {
             "reward_components": {"task": self._zeros(), "format": self._zeros()},
             "success": torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
@@ -232,9 +245,13 @@ class SokobanVectorEnv(VectorEnv):
     def _zeros(self) -> torch.Tensor:
         return torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
 
-    def _load_levels(self, rows: torch.Tensor, chosen: torch.Tensor | None = None) -> None:
-        if chosen is None:
-            chosen = torch.randint(len(self.bank), (len(rows),), generator=self._generator, device=self.device)
+    def _draw_levels(self) -> torch.Tensor:
+        """A level for each of this part's boards. The draw covers the whole batch, whatever ends, so that the
+        generator's stream depends only on the step count and not on how the batch is split."""
+        drawn = torch.randint(len(self.bank), (self.total_envs,), generator=self._generator, device=self.device)
+        return drawn if self.total_envs == self.num_envs else drawn[self.first_env:self.first_env + self.num_envs]
+
+    def _load_levels(self, rows: torch.Tensor, chosen: torch.Tensor) -> None:
         self.level_index[rows] = chosen
         self._codes[rows] = self._bank_codes[chosen]
         self._player[rows] = self._bank_player[chosen] + self._board_start[rows]

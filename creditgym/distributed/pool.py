@@ -1,0 +1,161 @@
+"""Env pools for the LLM trainers: many single envs stepped with one action each, locally or in Ray actors.
+
+Both pools index envs like a list (`pool[i].reset(seed=...)`, `pool[i].step(text)`) and also take whole
+batches (`reset_many`, `step_many`), which a Ray pool sends as one call per worker, run in parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import gymnasium as gym
+from ray.actor import ActorHandle
+
+from creditgym.distributed.group import WorkerGroup, init_ray, slice_starts, split_evenly
+
+ResetResult = tuple[Any, dict[str, Any]]
+StepResult = tuple[Any, float, bool, bool, dict[str, Any]]
+
+
+class LocalEnvPool:
+    """The pool interface over envs in this process."""
+
+    def __init__(self, envs: Sequence[gym.Env]) -> None:
+        self.envs = list(envs)
+
+    def __len__(self) -> int:
+        return len(self.envs)
+
+    def __getitem__(self, index: int) -> gym.Env:
+        return self.envs[index]
+
+    def __iter__(self) -> Iterator[gym.Env]:
+        return iter(self.envs)
+
+    def reset_many(self, indices: Sequence[int], seeds: Sequence[int | None]) -> list[ResetResult]:
+        return [self.envs[i].reset(seed=seed) for i, seed in zip(indices, seeds, strict=True)]
+
+    def step_many(self, indices: Sequence[int], actions: Sequence[Any]) -> list[StepResult]:
+        return [self.envs[i].step(action) for i, action in zip(indices, actions, strict=True)]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class EnvPoolWorker:
+    """`num_envs` envs made by `make_env` inside one Ray actor, addressed by their index in this slice."""
+
+    def __init__(self, make_env: Callable[[], gym.Env], num_envs: int) -> None:
+        self.make_env, self.num_envs = make_env, num_envs
+        self.envs: list[gym.Env] = []
+
+    def start(self) -> gym.envs.registration.EnvSpec | None:
+        """Makes the envs (once); returns their spec."""
+        import torch
+
+        torch.set_num_threads(1)  # Ray reserves cpus_per_worker cores for this actor
+        if not self.envs:
+            self.envs = [self.make_env() for _ in range(self.num_envs)]
+        return self.envs[0].spec
+
+    def reset(self, requests: Sequence[tuple[int, int | None]]) -> list[ResetResult]:
+        return [self.envs[i].reset(seed=seed) for i, seed in requests]
+
+    def step(self, requests: Sequence[tuple[int, Any]]) -> list[StepResult]:
+        return [self.envs[i].step(action) for i, action in requests]
+
+
+class RayEnvPool:
+    """`num_envs` envs made by `make_env` inside `num_workers` Ray actors, used like a list of envs.
+
+    `make_env` is sent to the workers, so it must pickle (cloudpickle: a lambda or a `functools.partial` of
+    `gym.make` does). Env `i` lives in the worker whose contiguous slice holds `i`.
+
+    Fault tolerance: the pool remembers each env's last reset (with its seed) and the actions since. When a
+    call finds a worker dead, a new actor makes its envs again and replays those resets and actions, which
+    gives back the same episodes as long as an env is a function of its reset seed and its actions (true of
+    creditgym's envs; an env reset without a seed gets a fresh random one).
+    """
+
+    def __init__(self, make_env: Callable[[], gym.Env], num_envs: int, num_workers: int = 2, *,
+                 address: str | None = None, cpus_per_worker: float = 1.0) -> None:
+        self.sizes = split_evenly(num_envs, num_workers)
+        self._starts = slice_starts(self.sizes)
+        self._worker_of = [w for w, size in enumerate(self.sizes) for _ in range(size)]
+        self._calls: list[list[tuple[str, Any]]] = [[] for _ in range(num_envs)]
+        init_ray(address)
+        self.workers = WorkerGroup(EnvPoolWorker, [(make_env, size) for size in self.sizes], restore=self._restore,
+                                   cpus_per_worker=cpus_per_worker)
+        self.spec = self.workers.started[0]
+
+    def __len__(self) -> int:
+        return len(self._worker_of)
+
+    def __getitem__(self, index: int) -> PooledEnv:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"env {index} is out of range for a pool of {len(self)}")
+        return PooledEnv(self, index % len(self))
+
+    def __iter__(self) -> Iterator[PooledEnv]:
+        return (PooledEnv(self, i) for i in range(len(self)))
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced after dying, since construction."""
+        return self.workers.restarts
+
+    def reset_many(self, indices: Sequence[int], seeds: Sequence[int | None]) -> list[ResetResult]:
+        """`envs[i].reset(seed=seed)` for each pair, one call per worker, in parallel; results in `indices` order."""
+        results = self._call("reset", indices, seeds)
+        for i, seed in zip(indices, seeds, strict=True):
+            self._calls[i] = [("reset", seed)]  # a reset starts afresh: nothing before it needs replaying
+        return results
+
+    def step_many(self, indices: Sequence[int], actions: Sequence[Any]) -> list[StepResult]:
+        """`envs[i].step(action)` for each pair, one call per worker, in parallel; results in `indices` order."""
+        results = self._call("step", indices, actions)
+        for i, action in zip(indices, actions, strict=True):
+            self._calls[i].append(("step", action))
+        return results
+
+    def close(self) -> None:
+        self.workers.close()
+
+    def _call(self, method: str, indices: Sequence[int], args: Sequence[Any]) -> list[Any]:
+        indices = list(indices)
+        if len(set(indices)) != len(indices) or not all(0 <= i < len(self) for i in indices):
+            raise ValueError(f"{method}_many takes distinct env indices in [0, {len(self)}); got {indices}")
+        requests: list[list[tuple[int, Any]]] = [[] for _ in self.sizes]
+        for i, arg in zip(indices, args, strict=True):
+            worker = self._worker_of[i]
+            requests[worker].append((i - self._starts[worker], arg))
+        results = self.workers.call(method, [(r,) if r else None for r in requests])
+        by_worker = [iter(r or []) for r in results]
+        return [next(by_worker[self._worker_of[i]]) for i in indices]
+
+    def _restore(self, worker: int, actor: ActorHandle) -> None:
+        """Replays, into a replacement actor, each of the worker's envs since that env's last reset."""
+        import ray
+
+        start = self._starts[worker]
+        refs = [getattr(actor, method).remote([(i - start, arg)])
+                for i in range(start, start + self.sizes[worker]) for method, arg in self._calls[i]]
+        ray.get(refs)
+
+
+class PooledEnv:
+    """Env `index` of a `RayEnvPool`, with the `reset`/`step` of a gymnasium env (one remote call each)."""
+
+    def __init__(self, pool: RayEnvPool, index: int) -> None:
+        self.pool, self.index = pool, index
+        self.spec = pool.spec
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> ResetResult:
+        if options:
+            raise ValueError("RayEnvPool envs reset from a seed only (options are not replayed after a failure)")
+        return self.pool.reset_many([self.index], [seed])[0]
+
+    def step(self, action: Any) -> StepResult:
+        return self.pool.step_many([self.index], [action])[0]
