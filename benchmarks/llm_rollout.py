@@ -2,10 +2,11 @@
 
 Both sides use the same model, env, prompts (instructions + last `history` turns), sampling temperature and
 token budget. The batched side is `RolloutCollector`: one decode per turn over every live episode with a KV cache.
-The loop plays one episode at a time and calls Hugging Face `model.generate` once per turn. Prints one JSON
-object.
+The loop plays one episode at a time and calls Hugging Face `model.generate` once per turn. With `--vllm` the same
+batched rollout also runs with the vLLM generation back end (`make vllm`; the trainer's
+`--generation-backend vllm`), timed after the server has started. Prints one JSON object.
 
-    python benchmarks/llm_rollout.py --model smollm2-135m --episodes 32 --loop-episodes 4
+    python benchmarks/llm_rollout.py --model smollm2-135m --episodes 32 --loop-episodes 4 --vllm
 """
 
 from __future__ import annotations
@@ -52,6 +53,29 @@ def _loop(policy: LLMPolicy, env_id: str, seeds: Sequence[int], *, max_turns: in
     return tokens, time.perf_counter() - start
 
 
+def _vllm(policy: LLMPolicy, args: argparse.Namespace, groups: int, group: int) -> dict:
+    """The batched rollout with vLLM generating (server start-up timed apart): tokens/s and start-up seconds."""
+    from creditgym.llm.vllm import VLLMGenerator
+
+    backend = VLLMGenerator(policy, dtype=args.vllm_dtype, threads=args.threads)
+    try:
+        start = time.perf_counter()
+        backend.generate([policy.chat_prompt([{"role": "user", "content": "hi"}])], greedy=True)
+        startup = time.perf_counter() - start
+        collector = RolloutCollector([make_text_env(args.env) for _ in range(groups * group)], backend,
+                                     group_size=group, max_turns=args.max_turns, history_turns=args.history,
+                                     max_prompt_tokens=8192)
+        generator = torch.Generator().manual_seed(args.seed)
+        start = time.perf_counter()
+        episodes = collector.collect([args.seed + g for g in range(groups)], generator=generator)
+        seconds = time.perf_counter() - start
+    finally:
+        backend.close()
+    tokens = sum(ep.num_generated_tokens for ep in episodes)
+    return {"vllm_dtype": args.vllm_dtype, "vllm_startup_s": round(startup, 1), "vllm_tokens": tokens,
+            "vllm_seconds": round(seconds, 2), "vllm_tokens_per_s": round(tokens / seconds, 1)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or a local Hugging Face model folder")
@@ -64,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="first task seed")
+    parser.add_argument("--vllm", action="store_true", help="also time the batched rollout on the vLLM back end")
+    parser.add_argument("--vllm-dtype", default="float32", help="vLLM weights dtype: float32 or bfloat16")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -82,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     loop_tokens, loop_seconds = _loop(policy, args.env, [args.seed + i for i in range(args.loop_episodes)],
                                       max_turns=args.max_turns, history=args.history)
     batched_rate, loop_rate = batched_tokens / batched_seconds, loop_tokens / loop_seconds
+    vllm_result = _vllm(policy, args, groups, group) if args.vllm else {}
+    if vllm_result:
+        vllm_result["vllm_speedup"] = round(vllm_result["vllm_tokens_per_s"] / loop_rate, 2)
     result = {
         "benchmark": "llm_rollout", "model": args.model, "env": args.env, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "threads": args.threads,
@@ -89,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "batched_seconds": round(batched_seconds, 2),
         "batched_tokens_per_s": round(batched_rate, 1), "loop_episodes": args.loop_episodes,
         "loop_tokens": loop_tokens, "loop_seconds": round(loop_seconds, 2), "loop_tokens_per_s": round(loop_rate, 1),
-        "speedup": round(batched_rate / loop_rate, 2),
+        "speedup": round(batched_rate / loop_rate, 2), **vllm_result,
     }
     print(json.dumps(result))
     return result
