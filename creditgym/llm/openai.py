@@ -49,13 +49,19 @@ class OpenAIChatModel:
         params = {**self.defaults, **sampling}
         body = {"model": self.model, "temperature": float(params["temperature"]),
                 "max_tokens": int(params["max_new_tokens"])}
-        for key in ("top_p", "seed"):
-            if params.get(key) is not None:
-                body[key] = params[key]
-        if len(batch) <= 1:
-            return [self._complete({**body, "messages": messages}) for messages in batch]
-        with ThreadPoolExecutor(min(self.max_concurrency, len(batch))) as pool:
-            return list(pool.map(lambda messages: self._complete({**body, "messages": messages}), batch))
+        if params.get("top_p") is not None:
+            body["top_p"] = params["top_p"]
+        requests = [{**body, "messages": messages} for messages in batch]
+        if params.get("seed") is not None:
+            # Conversation i gets seed + i: the batch stays reproducible, as in HFChatModel, but each reply has its
+            # own random stream. With one shared seed, vLLM sampled identical replies to the reward designer's K
+            # prompts, which differ only in their last line.
+            for index, request in enumerate(requests):
+                request["seed"] = int(params["seed"]) + index
+        if len(requests) <= 1:
+            return [self._complete(request) for request in requests]
+        with ThreadPoolExecutor(min(self.max_concurrency, len(requests))) as pool:
+            return list(pool.map(self._complete, requests))
 
     def _complete(self, body: dict[str, Any]) -> str:
         data = json.dumps(body).encode()
