@@ -304,6 +304,10 @@ def main(argv: list[str] | None = None) -> None:
 
     llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed, max_model_len=args.max_model_len,
               kv_cache_memory_bytes=int(args.kv_cache_gb * 2**30), enforce_eager=True,
+              # A chunked (partial) prefill rewinds each seeded request's generator with `set_offset`, which
+              # only CUDA generators have: on the CPU a batch of long seeded prompts then fails. Whole prefills
+              # avoid it; the token budget lets one full-length prompt through per step.
+              enable_chunked_prefill=False, max_num_batched_tokens=max(8192, args.max_model_len),
               # logprobs of the distribution tokens are drawn from (after temperature), as the trainer's are
               logprobs_mode="processed_logprobs")
     name = args.served_model_name or Path(args.model).name

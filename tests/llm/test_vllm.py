@@ -87,6 +87,17 @@ def test_sampling_is_seeded_by_the_trainer_generator(server: tuple[LLMPolicy, VL
 
 
 @needs_vllm
+def test_a_batch_of_long_seeded_prompts_is_served(server: tuple[LLMPolicy, VLLMGenerator]) -> None:
+    # More prompt tokens than one engine step takes: with chunked prefill, vLLM rewinds seeded generators
+    # with a CUDA-only call and the CPU server answered HTTP 400 ("CPU Generator does not use offset").
+    policy, vllm = server
+    prompts = [policy.chat_prompt([{"role": "user", "content": f"room {i}: " + "#_$@." * 120}]) for i in range(24)]
+    assert sum(len(p) for p in prompts) > 12_000
+    replies = vllm.generate(prompts, generator=torch.Generator().manual_seed(0))
+    assert len(replies) == 24 and all(reply.token_ids for reply in replies)
+
+
+@needs_vllm
 def test_openai_backend_samples_with_the_tempered_logprobs_of_the_policy(
         server: tuple[LLMPolicy, VLLMGenerator]) -> None:
     policy, vllm = server
