@@ -28,6 +28,7 @@ from .process import (
     pure_min_form_rewards,
     pure_min_form_weights,
 )
+from .process_advantages import information_gain_rewards, oprl_advantages, prime_advantages
 from .reinforce import reinforce_pp_advantages, reinforce_pp_baseline_advantages
 from .returns import reward_to_go
 
@@ -49,12 +50,15 @@ __all__ = [
     "implicit_prm_score",
     "implicit_prm_step_rewards",
     "implicit_prm_token_rewards",
+    "information_gain_rewards",
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "oprl_advantages",
     "par_reward",
     "place_outcome_reward",
     "place_turn_rewards",
+    "prime_advantages",
     "pure_min_form_rewards",
     "pure_min_form_weights",
     "reinforce_pp_advantages",

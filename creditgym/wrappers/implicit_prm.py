@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from creditgym.credit import implicit_prm_token_rewards
+from creditgym.credit import gather_turn_values, implicit_prm_step_rewards, implicit_prm_token_rewards
 
 from .learned import ReplayBuffer, StepEpisode, sum_per_episode
+
+if TYPE_CHECKING:
+    from creditgym.agents.llm.batch import TokenBatch
+    from creditgym.agents.llm.policy import LLMPolicy
 
 PRM_LOSSES = ("ce", "dpo")
 
@@ -148,3 +152,156 @@ class GridImplicitPRM:
         self.optimizer.load_state_dict(state["optimizer"])
         self.replay.episodes = list(state["replay"])
         self.generator.set_state(state["generator"].cpu())
+
+
+# -- LLM policies (PRIME, OPRL) -------------------------------------------------------------------------------
+
+PRM_REFERENCES = ("old", "initial")
+
+
+class LLMImplicitPRM:
+    """An implicit PRM for LLM policies: π_φ is a copy of the policy LM, scored on a trainer's `TokenBatch`.
+
+    - `loss`: `ce` (PRIME, on success labels) or `dpo` (OPRL: every (success, failure) pair of a group).
+      `score` is DPO's trajectory score: `sum` of the log-ratio (the papers) or its `mean` over turns (OPRL's code).
+    - `reference`: `initial` keeps the frozen starting policy as π_ref (PRIME); `old` means π_ref is the rollout
+      policy π_θold (OPRL's default), whose logprobs the caller has and passes in. Every method takes the
+      reference logprobs explicitly; `reference_logprobs(batch)` computes them for `initial`.
+    - `lora_rank > 0` trains LoRA adapters on the copy (peft) instead of every weight; a LoRA policy's copy keeps
+      LoRA. With LoRA the base model with adapters disabled is the `initial` reference, so no third model is held.
+
+    `update` takes one optimiser step on the whole batch. Its loss needs each episode's full log-ratio sum and
+    an episode may span several rows, so the gradient of the loss with respect to each episode's sum is taken first
+    (from logprobs without grad), then pushed through the rows one micro-batch at a time: the exact gradient of the
+    whole-batch loss at any micro-batch size.
+    """
+
+    channel = "implicit_prm"
+
+    def __init__(self, policy: LLMPolicy, *, beta: float = 0.05, loss: str = "ce", score: str = "sum",
+                 reference: str = "initial", learning_rate: float = 1e-6, lora_rank: int = 0, lora_alpha: int = 32,
+                 max_grad_norm: float = 1.0, micro_batch_size: int = 8, seed: int = 0) -> None:
+        if loss not in PRM_LOSSES:
+            raise ValueError(f"implicit PRM loss must be one of {PRM_LOSSES}, got {loss!r}")
+        if score not in ("sum", "mean"):
+            raise ValueError(f"trajectory score must be 'sum' or 'mean', got {score!r}")
+        if reference not in PRM_REFERENCES:
+            raise ValueError(f"PRM reference must be one of {PRM_REFERENCES}, got {reference!r}")
+        if not (beta > 0 and math.isfinite(beta) and learning_rate > 0 and max_grad_norm > 0):
+            raise ValueError("beta, learning_rate and max_grad_norm must be positive")
+        if lora_rank < 0 or micro_batch_size < 1:
+            raise ValueError("lora_rank must be 0 or more and micro_batch_size at least 1")
+        self.beta, self.loss_kind, self.score, self.reference = beta, loss, score, reference
+        self.max_grad_norm, self.micro_batch_size = max_grad_norm, micro_batch_size
+        with torch.random.fork_rng(devices=[]):  # LoRA's initial weights from the seed, leaving the caller's RNG alone
+            torch.manual_seed(seed)
+            model = copy.deepcopy(policy.model)
+            if lora_rank and not _is_peft(model):
+                model = _with_lora(model, lora_rank, lora_alpha)
+        self.scorer = type(policy)(model.eval(), policy.tokenizer, temperature=policy.temperature, bf16=policy.bf16)
+        self.frozen = None
+        if reference == "initial" and not _is_peft(model):
+            frozen = copy.deepcopy(policy.model).eval().requires_grad_(False)
+            self.frozen = type(policy)(frozen, policy.tokenizer, temperature=policy.temperature, bf16=policy.bf16)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0)
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    def logprobs(self, batch: TokenBatch) -> Tensor:
+        """log π_φ ``(R, L)`` of the batch's generated tokens (0 elsewhere), without grad."""
+        return self._score(self.scorer, batch)
+
+    def reference_logprobs(self, batch: TokenBatch) -> Tensor:
+        """log π_ref ``(R, L)`` for `reference="initial"` (with `old`, π_θold is the reference: the caller's)."""
+        if self.reference != "initial":
+            raise ValueError("reference='old': pass the rollout policy's logprobs (the trainer's score) instead")
+        if self.frozen is not None:
+            return self._score(self.frozen, batch)
+        with self.scorer.model.disable_adapter():
+            return self._score(self.scorer, batch)
+
+    def token_rewards(self, batch: TokenBatch, ref_logprobs: Tensor, logprobs: Tensor | None = None) -> Tensor:
+        """Episode view ``(E, A)``: β (log π_φ − log π_ref) on every generated token (PRIME's token granularity)."""
+        logprobs = self.logprobs(batch) if logprobs is None else logprobs
+        return implicit_prm_token_rewards(batch.to_view(logprobs), batch.to_view(ref_logprobs), batch.view_mask,
+                                          beta=self.beta)
+
+    def step_rewards(self, batch: TokenBatch, ref_logprobs: Tensor, logprobs: Tensor | None = None) -> Tensor:
+        """Per turn ``(E, T)``: β Σ_{tokens of the turn} (log π_φ − log π_ref); 0 on padding turns."""
+        logprobs = self.logprobs(batch) if logprobs is None else logprobs
+        on_ends = implicit_prm_step_rewards(batch.to_view(logprobs), batch.to_view(ref_logprobs), batch.turn_ends,
+                                            batch.view_mask, beta=self.beta)
+        per_turn, _ = gather_turn_values(on_ends, batch.turn_ends, num_turns=batch.turn_mask.shape[1])
+        return torch.where(batch.turn_mask, per_turn, torch.zeros_like(per_turn))
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def loss(self, log_ratio_sums: Tensor, success: Tensor, group_ids: Tensor, num_turns: Tensor) -> Tensor:
+        """PRIME's cross-entropy or OPRL's trajectory DPO from each episode's Σ log π_φ/π_ref ``(E,)``."""
+        if self.loss_kind == "ce":
+            return outcome_ce_loss(log_ratio_sums, success.float(), beta=self.beta)
+        scores = log_ratio_sums / num_turns.clamp_min(1) if self.score == "mean" else log_ratio_sums
+        chosen, rejected = success_failure_pairs(success, group_ids)
+        if not len(chosen):
+            return log_ratio_sums.detach().sum() * 0.0  # no group has both a success and a failure
+        return trajectory_dpo_loss(scores[chosen], scores[rejected], beta=self.beta)
+
+    def update(self, batch: TokenBatch, success: Tensor, group_ids: Tensor, ref_logprobs: Tensor,
+               logprobs: Tensor | None = None) -> dict[str, float]:
+        """One optimiser step on the batch's outcome labels; `logprobs` (π_φ's, without grad) saves a forward pass
+        when the caller already has them. Returns the loss before the step (and CE's accuracy, DPO's pair count)."""
+        logprobs = self.logprobs(batch) if logprobs is None else logprobs
+        mask = batch.action_mask
+        sums = batch.to_view((logprobs - ref_logprobs) * mask).sum(-1).detach().requires_grad_()
+        success, group_ids = success.to(sums.device).bool(), group_ids.to(sums.device)
+        loss = self.loss(sums, success, group_ids, batch.turn_mask.sum(-1))
+        metrics = {f"{self.channel}/loss": loss.item()}
+        if self.loss_kind == "ce":
+            accuracy = ((sums.detach() > 0) == success).float().mean()
+            metrics[f"{self.channel}/accuracy"] = float(accuracy)
+        else:
+            metrics[f"{self.channel}/pairs"] = float(len(success_failure_pairs(success, group_ids)[0]))
+        if not loss.requires_grad:
+            return metrics
+        (episode_grad,) = torch.autograd.grad(loss, sums)
+        row_episode = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+        row_episode[batch.rows] = batch.view_mask.nonzero()[:, 0]
+        self.optimizer.zero_grad()
+        for rows in torch.arange(mask.shape[0], device=mask.device).split(self.micro_batch_size):
+            row_logprobs, _ = self.scorer.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
+                                                            mask[rows])
+            (episode_grad[row_episode[rows]] * (row_logprobs * mask[rows]).sum(-1)).sum().backward()
+        nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        return metrics
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The trainable weights (the whole copy, or its LoRA adapters) and the optimiser; the frozen reference is
+        rebuilt from the starting policy."""
+        trainable = {name: p.detach().clone() for name, p in self.scorer.model.named_parameters() if p.requires_grad}
+        return {"trainable": trainable, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scorer.model.load_state_dict(state["trainable"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _score(self, policy: LLMPolicy, batch: TokenBatch) -> Tensor:
+        out = torch.zeros_like(batch.rollout_logprobs)
+        with torch.no_grad():
+            for rows in torch.arange(batch.input_ids.shape[0], device=out.device).split(self.micro_batch_size):
+                out[rows] = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
+                                                     batch.action_mask[rows])[0]
+        return out
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def _with_lora(model: nn.Module, rank: int, alpha: int) -> nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("a LoRA PRM needs peft: pip install peft (or use lora_rank=0 for a full copy)") from None
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear", lora_dropout=0.0,
+                                            task_type="CAUSAL_LM"))

@@ -62,6 +62,8 @@ class TokenBatch:
     """(E,) the env ended the episode (False: truncated or cut)"""
     observations: list[list[str]]
     """the observation each turn answered, per episode (GiGPO's anchor states)"""
+    learned_advantages: Tensor | None = None
+    """(E, A) advantages a learned reward model set (PRIME, OPRL); they replace `config.advantage`'s"""
 
     def to_view(self, row_values: Tensor) -> Tensor:
         out = torch.zeros(self.view_mask.shape, dtype=row_values.dtype, device=row_values.device)
@@ -141,8 +143,11 @@ def advantages(config: LLMTrainConfig, batch: TokenBatch, *, kl: Tensor | None =
     - reinforce_pp: `turn` gives token-level REINFORCE++ (turn rewards on end-of-turn tokens, KL penalty,
       reward-to-go, global whitening); `episode` gives REINFORCE++-baseline (group-centred outcome).
     - ppo_llm: GAE over generated tokens; an episode that was cut bootstraps from its last token's value.
+    - `batch.learned_advantages`, when a learned reward model (PRIME, OPRL) set them, replace all of the above.
     """
     mask, algo = batch.view_mask, config.algo
+    if batch.learned_advantages is not None:
+        return batch.learned_advantages, None
     if algo in _GROUP_ESTIMATORS and config.advantage == "episode":
         return broadcast_to_tokens(_GROUP_ESTIMATORS[algo](batch.returns, batch.group_ids), mask), None
     if algo in _GROUP_ESTIMATORS and config.advantage == "turn":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,8 @@ import torch
 
 ALGOS = ("grpo", "drgrpo", "rloo", "reinforce_pp", "ppo_llm")
 ADVANTAGES = ("episode", "turn", "gigpo")
+GENERATION_BACKENDS = ("hf", "vllm", "openai")
+LEARNED_REWARDS = ("spa", "prime", "oprl", "igpo")
 
 
 @dataclass
@@ -45,6 +48,26 @@ class LLMTrainConfig:
     """discount over turns (turn, gigpo) or tokens (reinforce_pp, ppo_llm)"""
     gigpo_omega: float = 1.0
     """GiGPO weight of the step (anchor-state) advantage"""
+    learned_reward: str | None = None
+    """learned dense reward: spa, prime, oprl or igpo (adds expose_ground_truth to env_kwargs); none = env reward"""
+    learned_reward_coef: float = 1.0
+    """learned reward weight: SPA alpha (not 1: unverified), IGPO gain, OPRL w, PRIME process:outcome ratio"""
+    learned_reward_lr: float | None = None
+    """learning rate of the reward model; none = 1e-3 for SPA's linear head, 1e-6 for the PRIME/OPRL PRM"""
+    learned_reward_replay: int = 256
+    """SPA: most recent episodes the progress head trains on"""
+    spa_grounding: float = 0.0
+    """SPA's beta: reward for each valid turn (SPA's code pays 0.5, which also pays for merely long episodes)"""
+    prm_beta: float = 0.05
+    """PRIME/OPRL: beta of the implicit reward beta * (log pi_phi - log pi_ref)"""
+    prm_reference: str | None = None
+    """PRIME/OPRL: pi_ref, old (the rollout policy) or initial (frozen start); none = initial for prime, old for oprl"""
+    prm_lora_rank: int = 0
+    """PRIME/OPRL: LoRA rank of the PRM, a copy of the policy (peft); 0 trains a full copy"""
+    prm_update_first: bool = True
+    """PRIME/OPRL: update the PRM on a batch before scoring it (PRIME's default); false scores first, a forward less"""
+    prime_granularity: str = "token"
+    """PRIME: token (a process reward per generated token) or step (one per turn)"""
     learning_rate: float = 1e-5
     """AdamW learning rate"""
     weight_decay: float = 0.0
@@ -73,6 +96,18 @@ class LLMTrainConfig:
     """peft target_modules: all-linear or comma-separated module names"""
     bf16: bool = True
     """bfloat16 autocast on CUDA (CPU always runs float32)"""
+    generation_backend: str = "hf"
+    """rollout generation: hf (the policy), vllm (a vLLM server that gets the weights after each update) or openai"""
+    generation_url: str | None = None
+    """base URL (ending in /v1) of a running server: required for openai; for vllm, used instead of starting one"""
+    generation_model: str | None = None
+    """model name sent to the openai server; none = the first of its /v1/models"""
+    vllm_python: str | None = None
+    """python of the vLLM environment that runs the server; none = .venv-vllm/bin/python (make vllm builds it)"""
+    vllm_dtype: str = "float32"
+    """weights dtype of the started vLLM server: float32 (as the HF policy on the CPU), bfloat16 or auto"""
+    vllm_kv_cache_gb: float = 2.0
+    """KV-cache memory of the started vLLM server in GiB (CPU RAM, or GPU memory beside the trainer's)"""
     seed: int = 1
     """seeds the env tasks, sampling and any new weights"""
     device: str = "auto"
@@ -107,6 +142,7 @@ class LLMTrainConfig:
                              f"those algos, not {self.algo!r}")
         if self.algo == "ppo_llm" and self.advantage != "turn":
             raise ValueError("ppo_llm computes token-level GAE from turn rewards: set advantage='turn'")
+        self._check_learned_reward()
         if self.history_turns is not None and self.history_turns < 0:
             raise ValueError("history_turns must be 0 or more, or none for the whole conversation")
         if self.temperature <= 0:
@@ -123,6 +159,41 @@ class LLMTrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise ValueError(f"generation_backend must be one of {GENERATION_BACKENDS}, "
+                             f"got {self.generation_backend!r}")
+        if self.generation_backend == "openai" and not self.generation_url:
+            raise ValueError("generation_backend='openai' needs generation_url, e.g. http://127.0.0.1:8000/v1")
+        if self.generation_url and not self.generation_url.startswith(("http://", "https://")):
+            raise ValueError(f"generation_url must start with http:// or https://, got {self.generation_url!r}")
+        if self.vllm_kv_cache_gb <= 0:
+            raise ValueError("vllm_kv_cache_gb must be positive, e.g. 2")
+
+    def _check_learned_reward(self) -> None:
+        name = self.learned_reward
+        if name is None:
+            return
+        if name not in LEARNED_REWARDS:
+            raise ValueError(f"learned_reward must be one of {LEARNED_REWARDS} or none, got {name!r}")
+        if name in ("spa", "igpo") and self.advantage == "episode":
+            raise ValueError(f"learned_reward={name!r} pays a reward per turn, which advantage='episode' sums away: "
+                             "set advantage='turn' (or gigpo)")
+        if name in ("prime", "oprl") and self.algo not in ("grpo", "drgrpo", "rloo"):
+            raise ValueError(f"learned_reward={name!r} computes its own advantages for the clipped loss of grpo, "
+                             f"drgrpo or rloo; use one of those algos, not {self.algo!r}")
+        if self.learned_reward_lr is not None and self.learned_reward_lr <= 0:
+            raise ValueError("learned_reward_lr must be positive, or none for the method's default")
+        if not math.isfinite(self.learned_reward_coef) or not math.isfinite(self.spa_grounding):
+            raise ValueError("learned_reward_coef and spa_grounding must be finite numbers")
+        if self.prm_beta <= 0 or self.learned_reward_replay < 1 or self.prm_lora_rank < 0:
+            raise ValueError("prm_beta must be positive, learned_reward_replay at least 1 and prm_lora_rank 0 or more")
+        if self.prm_reference not in (None, "old", "initial"):
+            raise ValueError(f"prm_reference must be old, initial or none, got {self.prm_reference!r}")
+        if self.prime_granularity not in ("token", "step"):
+            raise ValueError(f"prime_granularity must be token or step, got {self.prime_granularity!r}")
+        if name == "igpo":
+            # IGPO scores the ground-truth answer; ToolUse and Dialogue hand it over only when asked to.
+            self.env_kwargs.setdefault("expose_ground_truth", True)
 
     @property
     def num_episodes(self) -> int:

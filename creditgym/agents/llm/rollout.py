@@ -62,6 +62,9 @@ class Episode:
     terminated: bool = False
     truncated: bool = False
     success: bool = False
+    ground_truth: str | None = None
+    """the correct final action, from `info["ground_truth"]` at reset (envs built with expose_ground_truth=True);
+    for training-time reward models such as IGPO, never part of a prompt"""
 
     @property
     def total_reward(self) -> float:
@@ -98,7 +101,8 @@ class RolloutCollector:
             if not isinstance(obs, str):
                 raise TypeError(f"{env.spec.id if env.spec else env} returned a {type(obs).__name__} observation; LLM "
                                 "policies need text envs (pass obs_mode='text' to grid envs)")
-            episodes.append(Episode(group=i // self.group_size, seed=seed, instructions=info.get("instructions", "")))
+            episodes.append(Episode(group=i // self.group_size, seed=seed, instructions=info.get("instructions", ""),
+                                    ground_truth=info.get("ground_truth")))
             observations.append(obs)
             stopped.append(False)
         live = list(range(len(self.envs)))

@@ -38,6 +38,7 @@ from creditgym.llm.models import load_policy_model
 
 from .batch import TokenBatch, advantages, pack_episodes
 from .config import LLMTrainConfig
+from .learned_rewards import make_learned_reward
 from .policy import LLMPolicy
 from .rollout import Episode, RolloutCollector
 
@@ -87,11 +88,17 @@ class LLMTrainer:
         params += list(self.value_head.parameters()) if self.value_head is not None else []
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         make_env = make_env or (lambda: make_text_env(cfg.env_id, cfg.env_kwargs))
-        self.collector = RolloutCollector([make_env() for _ in range(cfg.num_episodes)], self.policy,
+        self.generation = None  # the HF policy generates; else a vLLM or OpenAI-compatible server (llm/vllm.py)
+        if cfg.generation_backend != "hf":
+            from creditgym.llm.vllm import make_generation_backend  # the HTTP client, only when asked for
+
+            self.generation = make_generation_backend(cfg, self.policy)
+        self.collector = RolloutCollector([make_env() for _ in range(cfg.num_episodes)], self.generation or self.policy,
                                           group_size=cfg.group_size, max_turns=cfg.max_turns,
                                           history_turns=cfg.history_turns, max_prompt_tokens=cfg.max_prompt_tokens)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
+        self.learned_reward = make_learned_reward(cfg, self)  # SPA / PRIME / OPRL / IGPO, or None
         self.iteration = 0
         self.global_step = 0
         self.run_dir = Path(cfg.runs_dir) / (cfg.run_name or
@@ -114,7 +121,10 @@ class LLMTrainer:
             episodes = self.collector.collect(seeds, generator=self.generator)
             rollout_seconds = time.perf_counter() - start
             batch = pack_episodes(episodes, self.policy.pad_id, self.device)
+            learned = self.learned_reward.apply(episodes, batch) if self.learned_reward is not None else {}
             losses = self.update(batch)
+            if self.generation is not None:  # the server samples the next rollouts from the updated weights
+                losses["charts/weight_push_s"] = self.generation.push_weights()
             self.iteration += 1
             self.global_step += sum(len(ep.turns) for ep in episodes)
             generated = sum(ep.num_generated_tokens for ep in episodes)
@@ -126,6 +136,7 @@ class LLMTrainer:
                 "charts/rollout_s": rollout_seconds,
                 "charts/update_s": time.perf_counter() - start - rollout_seconds,
                 **losses,
+                **learned,
                 **episode_summary(episodes),
             }
             logger.log(metrics)
@@ -236,12 +247,13 @@ class LLMTrainer:
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Trainable weights (all, or the LoRA adapters), value head, optimiser, RNGs and counters."""
+        """Trainable weights (all, or the LoRA adapters), value head, learned reward, optimiser, RNGs and counters."""
         path = Path(path) if path else self.run_dir / "checkpoint.pt"
         state = {
             "config": asdict(self.config),
             "trainable": {name: p.detach() for name, p in self.policy.model.named_parameters() if p.requires_grad},
             "value_head": None if self.value_head is None else self.value_head.state_dict(),
+            "learned_reward": None if self.learned_reward is None else self.learned_reward.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -259,6 +271,8 @@ class LLMTrainer:
         self.policy.model.load_state_dict(state["trainable"], strict=False)
         if self.value_head is not None:
             self.value_head.load_state_dict(state["value_head"])
+        if self.learned_reward is not None:
+            self.learned_reward.load_state_dict(state["learned_reward"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
         torch.set_rng_state(state["torch_rng"].cpu())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,12 +75,14 @@ class DialogueGatherEnv(gym.Env):
     Every step: `reward_components`, `success` (a proposal with every hidden slot right),
     `invalid_action`, `revealed_slots` (hidden slots the user has stated so far, name -> value, in order,
     for information-gain rewards) and `num_hidden_slots`. Reset adds `instructions`, `domain` and
-    `slot_values` (every slot of the domain with its possible values); a proposal adds `correct_slots`.
+    `slot_values` (every slot of the domain with its possible values), and with `expose_ground_truth=True` also
+    `ground_truth` (see `ground_truth()`); a proposal adds `correct_slots`.
 
     ## Arguments
     `domains` (subset of "laptop", "trip", "restaurant", "apartment"), `min_slots`, `max_slots`,
     `patience_bonus`, `tight_patience` (see `generate_scenario`), `simulator`, `rewards`,
-    `max_invalid_actions`, `render_mode` ("ansi": the transcript).
+    `max_invalid_actions`, `render_mode` ("ansi": the transcript), `expose_ground_truth` (False: put the correct
+    proposal in the reset info for training-time reward models such as IGPO; the observations never show it).
 
     ## Registered IDs
     `creditgym/Dialogue-Gather-v0` (3-6 hidden slots, patience = 7 + 2) and `creditgym/Dialogue-Gather-Hard-v0`
@@ -103,6 +106,7 @@ class DialogueGatherEnv(gym.Env):
         rewards: GatherRewards | None = None,
         max_invalid_actions: int | None = None,
         render_mode: str | None = None,
+        expose_ground_truth: bool = False,
     ) -> None:
         self.domains = tuple(domains) if domains is not None else tuple(DOMAINS)
         unknown = set(self.domains) - set(DOMAINS)
@@ -124,6 +128,7 @@ class DialogueGatherEnv(gym.Env):
         self.rewards = rewards or GatherRewards()
         self.max_invalid_actions = max_invalid_actions
         self.render_mode = render_mode
+        self.expose_ground_truth = expose_ground_truth
         self.action_space = spaces.Text(max_length=MAX_MESSAGE_CHARS, charset=string.printable)
         self.observation_space = spaces.Text(
             max_length=MAX_OBSERVATION_LENGTH, min_length=1, charset=string.printable
@@ -185,6 +190,8 @@ class DialogueGatherEnv(gym.Env):
         info["instructions"] = instructions(scenario.domain, self.rewards)
         info["domain"] = scenario.domain
         info["slot_values"] = {slot.name: list(slot.values) for slot in domain.slots}
+        if self.expose_ground_truth:
+            info["ground_truth"] = self.ground_truth()
         return scenario.opening, info
 
     def render(self) -> str | None:
@@ -214,6 +221,14 @@ class DialogueGatherEnv(gym.Env):
     def potential(self) -> float:
         """Fraction of the hidden slots revealed so far (for potential-based shaping)."""
         return len(self._revealed) / max(1, len(self._scenario.hidden))
+
+    def ground_truth(self) -> str:
+        """The correct final action, a proposal of every hidden slot: what IGPO's information gain scores.
+
+        For training-time reward models only; reset puts it in `info["ground_truth"]` when the env is built with
+        `expose_ground_truth=True`, and no observation ever contains it.
+        """
+        return f"<propose>{json.dumps(self._scenario.hidden)}</propose>"
 
     @property
     def scenario(self) -> Scenario:

@@ -67,12 +67,14 @@ class ToolUseEnv(gym.Env):
 
     ## Info
     `reward_components`, `success`, `invalid_action`, `tool_errors` (how many calls of this turn failed); reset
-    adds `instructions`, `tools` and `question`.
+    adds `instructions`, `tools` and `question`, and with `expose_ground_truth=True` also `ground_truth` (see
+    `ground_truth()`).
 
     ## Arguments
     `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16), `split` ("train"/"test": disjoint
     worlds), `rewards` (`ToolUseRewards`), `max_invalid_actions`, `max_turns` (truncate and reveal the plan after
-    this many steps), `render_mode` ("ansi").
+    this many steps), `render_mode` ("ansi"), `expose_ground_truth` (False: put the correct final action in the
+    reset info for training-time reward models such as IGPO; the observations never show it).
 
     ## Registered IDs
     `creditgym/ToolUse-v0` (1-4 calls), `creditgym/ToolUse-Easy-v0` (1 call), `creditgym/ToolUse-Hard-v0`
@@ -95,6 +97,7 @@ class ToolUseEnv(gym.Env):
         max_invalid_actions: int | None = None,
         max_turns: int | None = None,
         render_mode: str | None = None,
+        expose_ground_truth: bool = False,
     ) -> None:
         if not 1 <= min_calls <= max_calls <= max(FAMILIES):
             raise ValueError(f"need 1 <= min_calls <= max_calls <= {max(FAMILIES)}, got {min_calls}, {max_calls}")
@@ -116,6 +119,7 @@ class ToolUseEnv(gym.Env):
         self.max_turns = max_turns
         self._turn_count = 0
         self.render_mode = render_mode
+        self.expose_ground_truth = expose_ground_truth
         self.instructions = instructions(self.rewards)
         self.action_space = spaces.Text(max_length=MAX_TEXT_LENGTH, charset=string.printable)
         self.observation_space = spaces.Text(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
@@ -178,6 +182,8 @@ class ToolUseEnv(gym.Env):
         info = self._info(task=0.0, tool=0.0, format=0.0, invalid=False)
         info.update(instructions=self.instructions, tools=[dict(schema) for schema in TOOL_SCHEMAS],
                     question=task.question)
+        if self.expose_ground_truth:
+            info["ground_truth"] = self.ground_truth()
         return self._show(f"Question: {task.question}"), info
 
     def render(self) -> str | None:
@@ -196,6 +202,14 @@ class ToolUseEnv(gym.Env):
             "plan_turns_matched": len(self._used),
             "answer": self._answer,
         }
+
+    def ground_truth(self) -> str:
+        """The correct final action, `<answer>...</answer>`: what IGPO's information gain scores the policy on.
+
+        For training-time reward models only; reset puts it in `info["ground_truth"]` when the env is built with
+        `expose_ground_truth=True`, and no observation ever contains it.
+        """
+        return f"<answer>{self.task.answer_text()}</answer>"
 
     @property
     def task(self) -> Task:
