@@ -163,7 +163,7 @@ def _train_llm(args: argparse.Namespace, console: Console) -> int:
                       "LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)")
         return 2
     if args.resume:
-        config = _resumed_config(LLMTrainConfig, args, extendable=("progress", "iterations"))
+        config = _resumed_config(LLMTrainConfig, args, extendable=("progress", "iterations", "ray_address"))
         trainer = LLMTrainer(config, resume=args.resume)
     else:
         config = config_from_args(LLMTrainConfig, args, args.config)

@@ -234,3 +234,23 @@ def test_ppo_on_ray_trains_exactly_as_locally_through_a_kill_and_a_resume(local_
 def test_split_evenly_gives_contiguous_uneven_slices() -> None:
     assert split_evenly(7, 3) == [3, 2, 2]
     assert split_evenly(4, 4) == [1, 1, 1, 1]
+
+
+def test_llm_trainer_with_ray_workers_trains_exactly_as_with_local_envs(local_ray: None, tmp_path: Any) -> None:
+    # The LLM trainer's text envs step in Ray actors: same episodes, so bit-identical weights after an update.
+    from tests.agents.llm.helpers import make_trainer
+
+    def weights(trainer: Any) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in trainer.policy.model.named_parameters()}
+
+    local = make_trainer(tmp_path / "local", iterations=1, env_id="creditgym/Sanity-WordBandit-v0")
+    local_metrics = local.learn()
+    remote = make_trainer(tmp_path / "ray", iterations=1, env_id="creditgym/Sanity-WordBandit-v0",
+                          rollout_backend="ray", num_workers=2)
+    remote_metrics = remote.learn()
+    assert remote_metrics["charts/episodic_return"] == local_metrics["charts/episodic_return"]
+    local_weights = weights(local)
+    for name, value in weights(remote).items():
+        assert torch.equal(value, local_weights[name]), name
+    with pytest.raises(ValueError, match="num_workers must be between 1"):
+        make_trainer(tmp_path / "bad", rollout_backend="ray", num_workers=99)

@@ -108,6 +108,12 @@ class LLMTrainConfig:
     """weights dtype of the started vLLM server: float32 (as the HF policy on the CPU), bfloat16 or auto"""
     vllm_kv_cache_gb: float = 2.0
     """KV-cache memory of the started vLLM server in GiB (CPU RAM, or GPU memory beside the trainer's)"""
+    rollout_backend: str = "local"
+    """where envs step: local (this process) or ray (Ray actors, the same trajectories as local)"""
+    num_workers: int = 2
+    """Ray rollout workers (actors) the envs are split over, with rollout_backend=ray"""
+    ray_address: str | None = None
+    """Ray cluster to join (auto = the one `ray start` runs here); none starts a local Ray"""
     seed: int = 1
     """seeds the env tasks, sampling and any new weights"""
     device: str = "auto"
@@ -159,6 +165,11 @@ class LLMTrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+        if self.rollout_backend not in ("local", "ray"):
+            raise ValueError(f"rollout_backend must be local or ray, got {self.rollout_backend!r}")
+        if self.rollout_backend == "ray" and not 1 <= self.num_workers <= self.num_episodes:
+            raise ValueError(f"num_workers must be between 1 and num_groups * group_size ({self.num_episodes}): "
+                             "each Ray worker holds at least one env")
         if self.generation_backend not in GENERATION_BACKENDS:
             raise ValueError(f"generation_backend must be one of {GENERATION_BACKENDS}, "
                              f"got {self.generation_backend!r}")

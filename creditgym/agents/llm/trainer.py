@@ -93,7 +93,13 @@ class LLMTrainer:
             from creditgym.llm.vllm import make_generation_backend  # the HTTP client, only when asked for
 
             self.generation = make_generation_backend(cfg, self.policy)
-        self.collector = RolloutCollector([make_env() for _ in range(cfg.num_episodes)], self.generation or self.policy,
+        if cfg.rollout_backend == "ray":
+            from creditgym.distributed import RayEnvPool  # Ray starts only when asked for
+
+            envs: Any = RayEnvPool(make_env, cfg.num_episodes, cfg.num_workers, address=cfg.ray_address)
+        else:
+            envs = [make_env() for _ in range(cfg.num_episodes)]
+        self.collector = RolloutCollector(envs, self.generation or self.policy,
                                           group_size=cfg.group_size, max_turns=cfg.max_turns,
                                           history_turns=cfg.history_turns, max_prompt_tokens=cfg.max_prompt_tokens)
         self.generator = torch.Generator(device=self.device)
