@@ -97,7 +97,8 @@ def test_prime_matches_the_paper_and_is_whitened(data, step_granularity):
     adv = prime_advantages(rewards, positions, outcomes, valid, ids, process_coef=5.0, outcome_coef=5.0)
     assert torch.all(adv[~valid] == 0)
     raw = _prime_reference(rewards, positions, valid, outcomes, ids, 5.0, 5.0)[valid]
-    if float(raw.std(unbiased=False)) > 1e-6:
+    # whitening divides by σ + 1e-8, so std 1 holds to 1e-4 only when σ is well above that epsilon
+    if float(raw.std(unbiased=False)) > 1e-3:
         assert abs(float(adv[valid].mean())) < 1e-6
         assert abs(float(adv[valid].std(unbiased=False)) - 1.0) < 1e-4
         expected = (raw - raw.mean()) / raw.std(unbiased=False)
