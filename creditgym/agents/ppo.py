@@ -80,7 +80,7 @@ class PPOConfig:
     """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance); none = sparse"""
     learned_reward: str | None = None
     """learned dense reward trained online from outcomes: spa (SPA progress attribution), prime (implicit PRM,
-    cross-entropy) or oprl (implicit PRM, trajectory DPO); none = env reward only"""
+    cross-entropy) or oprl (implicit PRM, trajectory DPO); the LLM trainers also take igpo; none = env reward only"""
     learned_reward_coef: float = 1.0
     """scale of the learned step reward: SPA's alpha, the implicit PRM's multiplier of beta * log-ratio"""
     spa_grounding: float = 0.0
