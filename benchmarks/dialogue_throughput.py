@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 import creditgym
-from creditgym.benchmarking import resets_per_second, steps_per_second
+from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
 from creditgym.envs.dialogue import negotiation_v0
 from creditgym.envs.dialogue.negotiator import ScriptedNegotiator
 from creditgym.envs.dialogue.questioner import RuleBasedQuestioner
@@ -95,10 +95,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "negotiation_parallel_steps_per_s": round(negotiation_rate),
         "negotiation_scripted_deal_rate": round(deal_rate, 3),
     }
-    result["targets"] = {
-        name: {"target": target, "measured": result[name], "met": result[name] >= target}
-        for name, target in TARGETS.items()
-    }
+    result["targets"] = target_report(result, TARGETS)
     print(json.dumps(result, indent=2))
     return result
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import gymnasium as gym
 
 import creditgym
+from creditgym.benchmarking import target_report
 from creditgym.wrappers.llm_reward import RewardSandbox
 
 TARGETS = {"transitions_per_s": 20_000}
@@ -78,10 +79,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "transitions_per_s": round(rates[max(args.batch_sizes)]),
         "worker_start_and_load_s": round(time.perf_counter() - start, 3),
     }
-    result["targets"] = {
-        name: {"target": target, "measured": result[name], "met": result[name] >= target}
-        for name, target in TARGETS.items()
-    }
+    result["targets"] = target_report(result, TARGETS)
     print(json.dumps(result, indent=2))
     return result
 

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 import creditgym
+from creditgym.benchmarking import target_report
 from creditgym.envs.shop.expert import ShopExpert
 from creditgym.envs.shop.index import ShopCatalog
 
@@ -117,10 +118,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         expert_searches_per_step=round(searches, 3),
         random_valid_steps_per_s=round(random_valid(env, args.seconds)),
     )
-    result["targets"] = {
-        name: {"target": target, "measured": result[name], "met": result[name] >= target}
-        for name, target in TARGETS.items()
-    }
+    result["targets"] = target_report(result, TARGETS)
     print(json.dumps(result, indent=2))
     return result
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import creditgym
-from creditgym.benchmarking import resets_per_second, steps_per_second
+from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 
 TARGETS = {
@@ -81,8 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "resets_per_s": round(resets_per_second("creditgym/Sokoban-6x6-1b-v0", args.seconds)),
     }
     figures = dict(result, batched_1024_env_steps_per_s=result["batched_6x6_env_steps_per_s"].get("1024", 0))
-    result["targets"] = {name: {"target": target, "measured": figures[name], "met": figures[name] >= target}
-                         for name, target in TARGETS.items()}
+    result["targets"] = target_report(figures, TARGETS)
     print(json.dumps(result, indent=2))
     return result
 

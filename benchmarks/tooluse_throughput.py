@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import gymnasium as gym
 
 import creditgym
-from creditgym.benchmarking import resets_per_second, steps_per_second
+from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
 from creditgym.envs.tooluse.expert import ToolUseExpert
 
 TARGETS = {"expert_steps_per_s": 10_000}
@@ -65,10 +65,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "invalid_text_steps_per_s": round(invalid(args.env_id, args.seconds)),
         "resets_per_s": round(resets_per_second(args.env_id, args.seconds)),
     }
-    result["targets"] = {
-        name: {"target": target, "measured": result[name], "met": result[name] >= target}
-        for name, target in TARGETS.items()
-    }
+    result["targets"] = target_report(result, TARGETS)
     print(json.dumps(result, indent=2))
     return result
 

@@ -31,3 +31,9 @@ def resets_per_second(env_id: str, seconds: float, *, batch: int = 256) -> float
             env.reset()
         count += batch
     return count / (time.perf_counter() - start)
+
+
+def target_report(figures: dict[str, Any], targets: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """`{name: {"target", "measured", "met"}}` for each figure that has a target (higher is better)."""
+    return {name: {"target": target, "measured": figures[name], "met": figures[name] >= target}
+            for name, target in targets.items()}
