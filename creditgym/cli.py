@@ -110,7 +110,6 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from creditgym.agents.config_cli import config_from_args
     from creditgym.agents.ppo import PPO, PPOConfig
 
     if args.algo in LLM_ALGOS:
@@ -120,16 +119,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{', '.join(llm_only)} only apply to LLM algos[/red] ({', '.join(LLM_ALGOS)}); "
                       "drop them or pass e.g. --algo grpo --model smollm2-135m")
         return 2
-    if args.resume:
-        config = _resumed_config(PPOConfig, args, extendable=("progress", "total_steps", "ray_address"))
-        trainer = PPO(config, resume=args.resume)
-    else:
-        config = config_from_args(PPOConfig, args, args.config)
-        trainer = PPO(config)
-    metrics = trainer.learn()
-    console.print(f"run written to {trainer.run_dir}: success {metrics.get('charts/success_rate', float('nan')):.1%}, "
-                  f"{metrics.get('charts/sps', 0):,.0f} steps/s")
-    return 0
+    return _train_and_report(PPOConfig, PPO, args, console, extendable=("progress", "total_steps", "ray_address"),
+                             rate=("charts/sps", "steps/s"))
 
 
 _PPO_FIELDS = {field.name for field in dataclasses.fields(PPOConfig)}
@@ -154,7 +145,6 @@ def _flags_given(args: argparse.Namespace, names: set[str]) -> list[str]:
 
 def _train_llm(args: argparse.Namespace, console: Console) -> int:
     """`creditgym train --algo grpo|drgrpo|rloo|reinforce_pp|ppo_llm --model ...`: LLMTrainer on a text env."""
-    from creditgym.agents.config_cli import config_from_args
     from creditgym.agents.llm.trainer import LLMTrainer
 
     ppo_only = sorted(_flags_given(args, _PPO_FIELDS - _LLM_FIELDS))
@@ -162,15 +152,24 @@ def _train_llm(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{', '.join(ppo_only)} only apply to --algo ppo[/red]; LLM trainers take the flags of "
                       "LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)")
         return 2
+    return _train_and_report(LLMTrainConfig, LLMTrainer, args, console,
+                             extendable=("progress", "iterations", "ray_address"),
+                             rate=("charts/tokens_per_s", "generated tokens/s"))
+
+
+def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namespace, console: Console, *,
+                      extendable: tuple[str, ...], rate: tuple[str, str]) -> int:
+    """Build the config (from the flags, or the resumed run's own), train, and print where the run went."""
+    from creditgym.agents.config_cli import config_from_args
+
     if args.resume:
-        config = _resumed_config(LLMTrainConfig, args, extendable=("progress", "iterations", "ray_address"))
-        trainer = LLMTrainer(config, resume=args.resume)
+        trainer = trainer_cls(_resumed_config(config_cls, args, extendable=extendable), resume=args.resume)
     else:
-        config = config_from_args(LLMTrainConfig, args, args.config)
-        trainer = LLMTrainer(config)
+        trainer = trainer_cls(config_from_args(config_cls, args, args.config))
     metrics = trainer.learn()
+    key, unit = rate
     console.print(f"run written to {trainer.run_dir}: success {metrics.get('charts/success_rate', float('nan')):.1%}, "
-                  f"{metrics.get('charts/tokens_per_s', 0):,.0f} generated tokens/s")
+                  f"{metrics.get(key, 0):,.0f} {unit}")
     return 0
 
 
