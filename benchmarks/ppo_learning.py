@@ -22,10 +22,10 @@ from creditgym.demo import steps_to
 
 
 def run_seed(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs: dict, runs_dir: str,
-             episodes: int) -> dict:
-    config = PPOConfig(env_id=env_id, total_steps=steps, seed=seed, shaping=shaping, env_kwargs=env_kwargs,
-                       runs_dir=runs_dir, run_name=f"{env_id.split('/')[-1]}-{shaping or 'sparse'}-s{seed}",
-                       progress=False, tensorboard=False, checkpoint_every=0)
+             episodes: int, overrides: dict) -> dict:
+    config = PPOConfig(**{**dict(env_id=env_id, total_steps=steps, seed=seed, shaping=shaping, env_kwargs=env_kwargs,
+                                 runs_dir=runs_dir, run_name=f"{env_id.split('/')[-1]}-{shaping or 'sparse'}-s{seed}",
+                                 progress=False, tensorboard=False, checkpoint_every=0), **overrides})
     start = time.perf_counter()
     trainer = PPO(config)
     trainer.learn()
@@ -33,7 +33,8 @@ def run_seed(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs
     rows = read_metrics(trainer.run_dir)
     sps = rows[-1]["charts/sps"]
     result = {"seed": seed, "wall_s": round(wall), "env_steps_per_s": round(sps),
-              "held_out_success": evaluate(trainer.run_dir, episodes=episodes)["success_rate"]}
+              "held_out_success": evaluate(trainer.run_dir, episodes=episodes)["success_rate"],
+              "held_out_success_sampled": evaluate(trainer.run_dir, episodes=episodes, greedy=False)["success_rate"]}
     warm_up = config.num_envs * (gym.spec(env_id).max_episode_steps or 0)
     for threshold in (0.5, 0.8, 0.9):
         reached = steps_to(rows, threshold, skip_steps=warm_up)
@@ -49,16 +50,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds to run one after another")
     parser.add_argument("--shaping", default=None, help="potential for shaping (e.g. box_distance); default sparse")
     parser.add_argument("--env-kwargs", type=json.loads, default={}, help='env keyword arguments as JSON')
+    parser.add_argument("--config", type=json.loads, default={},
+                        help='PPOConfig fields to override as JSON, e.g. \'{"hidden": 256, "shared_torso": true}\'')
     parser.add_argument("--episodes", type=int, default=200, help="held-out levels evaluated per seed")
     parser.add_argument("--runs-dir", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         runs_dir = args.runs_dir or scratch
-        seeds = [run_seed(args.env, seed, args.steps, args.shaping, args.env_kwargs, runs_dir, args.episodes)
+        seeds = [run_seed(args.env, seed, args.steps, args.shaping, args.env_kwargs, runs_dir, args.episodes,
+                           args.config)
                  for seed in args.seeds]
     result = {"benchmark": "ppo_learning", "creditgym": creditgym.__version__, "env_id": args.env,
               "shaping": args.shaping, "env_kwargs": args.env_kwargs, "steps_per_seed": args.steps,
-              "config": {k: v for k, v in vars(PPOConfig()).items() if k not in ("env_id", "runs_dir", "run_name")},
+              "config": {k: v for k, v in vars(PPOConfig(**args.config)).items()
+                         if k not in ("env_id", "runs_dir", "run_name")},
               "seeds": seeds}
     print(json.dumps(result, indent=2))
     return result

@@ -23,10 +23,11 @@ TARGET_SPS = 50_000
 TARGET_RATIO = 15.0
 
 
-def creditgym_sps(steps: int, device: str, policy: str, threads: int) -> float:
+def creditgym_sps(steps: int, device: str, policy: str, threads: int, env_kwargs: dict, overrides: dict) -> float:
     with tempfile.TemporaryDirectory() as runs:
-        config = PPOConfig(env_id=ENV_ID, total_steps=steps, device=device, policy=policy, threads=threads,
-                           progress=False, tensorboard=False, runs_dir=runs, run_name="bench", checkpoint_every=0)
+        config = PPOConfig(**{**dict(env_id=ENV_ID, env_kwargs=env_kwargs, total_steps=steps, device=device,
+                                     policy=policy, threads=threads, progress=False, tensorboard=False, runs_dir=runs,
+                                     run_name="bench", checkpoint_every=0), **overrides})
         trainer = PPO(config)
         trainer.learn(until_steps=config.batch_size)  # warm-up update, not timed
         start, first = time.perf_counter(), trainer.global_step
@@ -36,12 +37,12 @@ def creditgym_sps(steps: int, device: str, policy: str, threads: int) -> float:
         return (trainer.global_step - first) / (time.perf_counter() - start)
 
 
-def sb3_sps(steps: int, num_envs: int, threads: int) -> float:
+def sb3_sps(steps: int, num_envs: int, threads: int, env_kwargs: dict) -> float:
     from stable_baselines3 import PPO as SB3PPO
     from stable_baselines3.common.env_util import make_vec_env
 
     torch.set_num_threads(threads)
-    envs = make_vec_env(lambda: gym.make(ENV_ID), n_envs=num_envs, seed=0)
+    envs = make_vec_env(lambda: gym.make(ENV_ID, **env_kwargs), n_envs=num_envs, seed=0)
     # SB3's own defaults (n_steps 2048, batch 64, 10 epochs), as its users run it.
     model = SB3PPO("MlpPolicy", envs, seed=0, device="cpu", verbose=0)
     model.learn(total_timesteps=num_envs * 2048)  # warm-up: one rollout and update
@@ -58,9 +59,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="creditgym PPO device: cpu or cuda")
     parser.add_argument("--policy", default="mlp", choices=["mlp", "cnn"], help="creditgym PPO network")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both")
+    parser.add_argument("--env-kwargs", type=json.loads, default={},
+                        help='env keyword arguments as JSON for both, e.g. \'{"obs_mode": "egocentric"}\'')
+    parser.add_argument("--config", type=json.loads, default={},
+                        help='creditgym PPOConfig fields to override as JSON, e.g. \'{"precision": "bfloat16"}\'')
     parser.add_argument("--skip-sb3", action="store_true", help="measure creditgym only (e.g. on a GPU box)")
     args = parser.parse_args(argv)
-    ours = creditgym_sps(args.steps, args.device, args.policy, args.threads)
+    ours = creditgym_sps(args.steps, args.device, args.policy, args.threads, args.env_kwargs, args.config)
     result: dict = {
         "benchmark": "ppo_throughput",
         "env_id": ENV_ID,
@@ -70,12 +75,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "threads": args.threads,
         "policy": args.policy,
+        "env_kwargs": args.env_kwargs,
+        "config_overrides": args.config,
         "creditgym_ppo_env_steps_per_s": round(ours),
         "target_env_steps_per_s": TARGET_SPS,
         "met_sps": ours >= TARGET_SPS,
     }
     if not args.skip_sb3:
-        theirs = sb3_sps(args.sb3_steps, args.sb3_envs, args.threads)
+        theirs = sb3_sps(args.sb3_steps, args.sb3_envs, args.threads, args.env_kwargs)
         result.update({"sb3_ppo_env_steps_per_s": round(theirs), "ratio": round(ours / theirs, 1),
                        "sb3_setup": f"DummyVecEnv x{args.sb3_envs}, SB3 default PPO hyperparameters",
                        "target_ratio": TARGET_RATIO, "met_ratio": ours / theirs >= TARGET_RATIO})

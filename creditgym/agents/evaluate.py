@@ -20,12 +20,15 @@ def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, A
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; pass the folder of a `creditgym train` run")
     state = torch.load(path, map_location=device, weights_only=False)
-    config = PPOConfig(**{k: v for k, v in state["config"].items() if k in PPOConfig.__dataclass_fields__})
+    # Checkpoints from before these fields existed hold separate tanh networks.
+    saved = {"activation": "tanh", "shared_torso": False, **state["config"]}
+    config = PPOConfig(**{k: v for k, v in saved.items() if k in PPOConfig.__dataclass_fields__})
     env = gym.make(config.env_id, **config.env_kwargs)
     shape, actions = env.observation_space.shape, int(env.action_space.n)
     env.close()
     kind = config.policy if config.policy != "auto" else ("cnn" if len(shape) == 3 else "mlp")
-    agent = ActorCritic(shape, actions, kind=kind, hidden=config.hidden, channels=config.cnn_channels).to(device)
+    agent = ActorCritic(shape, actions, kind=kind, hidden=config.hidden, channels=config.cnn_channels,
+                        activation=config.activation, shared=config.shared_torso).to(device)
     agent.load_state_dict(state["model"])
     agent.eval()
     return config, agent

@@ -37,6 +37,8 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"learned_reward": "eureka"}, "learned_reward must be one of"),
         ({"prm_beta": 0.0}, "prm_beta must be positive"),
+        ({"activation": "gelu"}, "activation must be one of"),
+        ({"precision": "float16"}, "precision must be auto, float32 or bfloat16"),
     ],
 )
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
@@ -142,6 +144,53 @@ def test_run_directory_holds_config_metrics_events_and_curve(tmp_path: Path) -> 
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "learning_curve.png").stat().st_size > 1000
     assert (run / "checkpoint.pt").exists()
+
+
+def test_shared_torso_feeds_both_heads_and_separate_torsos_do_not() -> None:
+    obs = torch.randn(16, 6)
+    for shared in (True, False):
+        agent = ActorCritic((6,), 4, kind="mlp", hidden=8, shared=shared)
+        agent(obs)[1].sum().backward()  # the value loss alone
+        policy_torso = agent.torso if shared else agent.actor[0]
+        reached = [p.grad is not None and p.grad.abs().sum() > 0 for p in policy_torso.parameters()]
+        assert all(reached) if shared else not any(reached)
+    assert (sum(p.numel() for p in ActorCritic((6,), 4, kind="mlp", hidden=8, shared=True).parameters())
+            < sum(p.numel() for p in ActorCritic((6,), 4, kind="mlp", hidden=8, shared=False).parameters()))
+
+
+def test_bfloat16_autocast_stays_close_to_float32_and_keeps_float32_outputs() -> None:
+    torch.manual_seed(0)
+    agent = ActorCritic((7, 7, 7), 4, kind="mlp", hidden=64, precision="bfloat16")
+    obs = torch.randint(0, 2, (32, 7, 7, 7), dtype=torch.uint8)
+    logits, value = agent(obs)
+    assert logits.dtype == value.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in agent.parameters())
+    agent.bfloat16 = False
+    exact_logits, exact_value = agent(obs)
+    assert not torch.equal(logits, exact_logits)  # autocast really ran the products in bfloat16
+    assert torch.allclose(logits, exact_logits, atol=0.05) and torch.allclose(value, exact_value, atol=0.05)
+
+
+def test_auto_precision_picks_bfloat16_only_where_it_is_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    from creditgym.agents import ppo
+
+    cpu = torch.device("cpu")
+    assert ppo.resolve_precision("float32", cpu) == "float32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert ppo.resolve_precision("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    assert ppo.resolve_precision("auto", cpu) == "float32"
+
+
+def test_checkpoints_from_before_the_network_options_still_load(tmp_path: Path) -> None:
+    trainer = PPO(_config(tmp_path, activation="tanh", shared_torso=False, hidden=16, total_steps=256))
+    trainer.learn()
+    path = trainer.run_dir / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    for name in ("activation", "shared_torso", "precision"):
+        del state["config"][name]
+    torch.save(state, path)
+    assert 0.0 <= evaluate(trainer.run_dir, episodes=3)["success_rate"] <= 1.0
 
 
 def test_masked_actions_are_never_sampled() -> None:
