@@ -68,6 +68,10 @@ class LLMTrainConfig:
     """PRIME/OPRL: update the PRM on a batch before scoring it (PRIME's default); false scores first, a forward less"""
     prime_granularity: str = "token"
     """PRIME: token (a process reward per generated token) or step (one per turn)"""
+    min_group_accuracy: float | None = None
+    """train only on groups whose success rate is at least this; none = 0.2 with prime (PRIME's filter), else 0"""
+    max_group_accuracy: float | None = None
+    """train only on groups whose success rate is at most this; none = 0.8 with prime (PRIME's filter), else 1"""
     learning_rate: float = 1e-5
     """AdamW learning rate"""
     weight_decay: float = 0.0
@@ -149,6 +153,10 @@ class LLMTrainConfig:
         if self.algo == "ppo_llm" and self.advantage != "turn":
             raise ValueError("ppo_llm computes token-level GAE from turn rewards: set advantage='turn'")
         self._check_learned_reward()
+        low, high = self.group_accuracy_range
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"min_group_accuracy ({low}) and max_group_accuracy ({high}) must satisfy "
+                             "0 <= min <= max <= 1")
         if self.history_turns is not None and self.history_turns < 0:
             raise ValueError("history_turns must be 0 or more, or none for the whole conversation")
         if self.temperature <= 0:
@@ -179,6 +187,14 @@ class LLMTrainConfig:
             raise ValueError(f"generation_url must start with http:// or https://, got {self.generation_url!r}")
         if self.vllm_kv_cache_gb <= 0:
             raise ValueError("vllm_kv_cache_gb must be positive, e.g. 2")
+
+    @property
+    def group_accuracy_range(self) -> tuple[float, float]:
+        """The success rates of the groups that are trained on; PRIME keeps prompts solved 20-80% of the time."""
+        prime = self.learned_reward == "prime"
+        low = self.min_group_accuracy if self.min_group_accuracy is not None else (0.2 if prime else 0.0)
+        high = self.max_group_accuracy if self.max_group_accuracy is not None else (0.8 if prime else 1.0)
+        return low, high
 
     def _check_learned_reward(self) -> None:
         name = self.learned_reward

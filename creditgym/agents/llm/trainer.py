@@ -126,11 +126,15 @@ class LLMTrainer:
             seeds = [cfg.seed * 1_000_003 + self.iteration * cfg.num_groups + g for g in range(cfg.num_groups)]
             episodes = self.collector.collect(seeds, generator=self.generator)
             rollout_seconds = time.perf_counter() - start
-            batch = pack_episodes(episodes, self.policy.pad_id, self.device)
-            learned = self.learned_reward.apply(episodes, batch) if self.learned_reward is not None else {}
-            losses = self.update(batch)
-            if self.generation is not None:  # the server samples the next rollouts from the updated weights
-                losses["charts/weight_push_s"] = self.generation.push_weights()
+            trained = kept_groups(episodes, *cfg.group_accuracy_range)
+            learned, losses = {}, {}
+            if trained:
+                batch = pack_episodes(trained, self.policy.pad_id, self.device)
+                learned = self.learned_reward.apply(trained, batch) if self.learned_reward is not None else {}
+                losses = self.update(batch)
+                if self.generation is not None:  # the server samples the next rollouts from the updated weights
+                    losses["charts/weight_push_s"] = self.generation.push_weights()
+            losses["charts/trained_episodes"] = float(len(trained))
             self.iteration += 1
             self.global_step += sum(len(ep.turns) for ep in episodes)
             generated = sum(ep.num_generated_tokens for ep in episodes)
@@ -291,6 +295,17 @@ class LLMTrainer:
 
 
 _SUMMED = frozenset({"losses/policy_loss", "losses/value_loss"})
+
+
+def kept_groups(episodes: list[Episode], low: float, high: float) -> list[Episode]:
+    """The episodes of groups whose success rate lies in [low, high] (PRIME's accuracy filter; [0, 1] keeps all)."""
+    if low <= 0.0 and high >= 1.0:
+        return episodes
+    by_group: dict[int, list[Episode]] = defaultdict(list)
+    for episode in episodes:
+        by_group[episode.group].append(episode)
+    accuracy = {group: sum(ep.success for ep in members) / len(members) for group, members in by_group.items()}
+    return [ep for ep in episodes if low - 1e-9 <= accuracy[ep.group] <= high + 1e-9]
 
 
 def episode_summary(episodes: list[Episode]) -> dict[str, float]:

@@ -128,3 +128,29 @@ def test_learned_advantages_replace_the_configured_ones(tmp_path: Path) -> None:
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LLMTrainConfig(**overrides)
+
+
+def test_prime_keeps_only_groups_solved_20_to_80_percent_of_the_time() -> None:
+    from creditgym.agents.llm.rollout import Episode
+    from creditgym.agents.llm.trainer import kept_groups
+
+    # Group g has g successes out of 4: accuracies 0, 0.25, 0.5, 0.75 and 1.
+    episodes = [Episode(group=g, seed=0, instructions="", success=i < g) for g in range(5) for i in range(4)]
+    low, high = LLMTrainConfig(model="tiny", learned_reward="prime").group_accuracy_range
+    assert (low, high) == (0.2, 0.8)
+    assert {ep.group for ep in kept_groups(episodes, low, high)} == {1, 2, 3}
+    assert kept_groups(episodes, *LLMTrainConfig(model="tiny").group_accuracy_range) == episodes
+    unfiltered = LLMTrainConfig(model="tiny", learned_reward="prime", min_group_accuracy=0.0, max_group_accuracy=1.0)
+    assert kept_groups(episodes, *unfiltered.group_accuracy_range) == episodes
+    with pytest.raises(ValueError, match="0 <= min <= max <= 1"):
+        LLMTrainConfig(model="tiny", min_group_accuracy=0.9, max_group_accuracy=0.1)
+
+
+def test_an_iteration_whose_groups_are_all_filtered_out_leaves_the_policy_alone(tmp_path: Path) -> None:
+    # min = max = 0.6 cannot hold for groups of 4 (accuracies are multiples of 0.25): nothing is trained on.
+    trainer = make_trainer(tmp_path, learned_reward="prime", min_group_accuracy=0.6, max_group_accuracy=0.6)
+    before = _weights(trainer)
+    metrics = trainer.learn()
+    assert metrics["charts/trained_episodes"] == 0
+    assert all(torch.equal(before[n], p) for n, p in _weights(trainer).items())
+    assert "charts/success_rate" in metrics or "charts/episodic_return" in metrics
