@@ -188,7 +188,7 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, *, kind: str, hidden: int,
-                 channels: int = 16, activation: str = "tanh", shared: bool = False,
+                 channels: int = 16, activation: str = "relu", shared: bool = True,
                  precision: str = "float32") -> None:
         super().__init__()
         self.bfloat16 = precision == "bfloat16"
