@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import gymnasium as gym
 
@@ -23,9 +24,11 @@ from creditgym.demo import steps_to
 
 def run_seed(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs: dict, runs_dir: str,
              episodes: int, overrides: dict) -> dict:
-    config = PPOConfig(**{**dict(env_id=env_id, total_steps=steps, seed=seed, shaping=shaping, env_kwargs=env_kwargs,
-                                 runs_dir=runs_dir, run_name=f"{env_id.split('/')[-1]}-{shaping or 'sparse'}-s{seed}",
-                                 progress=False, tensorboard=False, checkpoint_every=0), **overrides})
+    settings = dict(env_id=env_id, total_steps=steps, seed=seed, shaping=shaping, env_kwargs=env_kwargs,
+                    runs_dir=runs_dir, progress=False, tensorboard=False, checkpoint_every=0)
+    config = PPOConfig(**{**settings, **overrides})
+    reward = config.learned_reward or config.shaping or "sparse"
+    config = replace(config, run_name=f"{env_id.split('/')[-1]}-{reward}-s{seed}")
     start = time.perf_counter()
     trainer = PPO(config)
     trainer.learn()
@@ -61,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            args.config)
                  for seed in args.seeds]
     result = {"benchmark": "ppo_learning", "creditgym": creditgym.__version__, "env_id": args.env,
-              "shaping": args.shaping, "env_kwargs": args.env_kwargs, "steps_per_seed": args.steps,
+              "shaping": args.config.get("shaping", args.shaping),
+              "learned_reward": args.config.get("learned_reward"), "env_kwargs": args.env_kwargs,
+              "steps_per_seed": args.steps,
               "config": {k: v for k, v in vars(PPOConfig(**args.config)).items()
                          if k not in ("env_id", "runs_dir", "run_name")},
               "seeds": seeds}
