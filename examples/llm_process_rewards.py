@@ -158,7 +158,7 @@ def run_variant(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenize
         learning_rate=args.lr, micro_batch_size=64, seed=seed, device="cpu", threads=1, progress=False,
         tensorboard=False, checkpoint_every=0, runs_dir=str(Path(args.out) / "runs"), run_name=f"{name}-s{seed}",
         learned_reward_lr=args.prm_lr if name in ("prime", "oprl") else None, learned_reward_coef=args.coef,
-        **VARIANTS[name])
+        spa_epochs=args.spa_epochs, **VARIANTS[name])
     trainer = LLMTrainer(config, model=copy.deepcopy(model), tokenizer=tokenizer, make_env=make_env)
     start = time.perf_counter()
     rows = []
@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4, help="policy learning rate")
     parser.add_argument("--prm-lr", type=float, default=5e-5, help="PRIME/OPRL PRM learning rate")
     parser.add_argument("--coef", type=float, default=1.0, help="learned_reward_coef of every learned reward")
+    parser.add_argument("--spa-epochs", type=int, default=1, help="SPA head updates per round (spa_epochs)")
     parser.add_argument("--warm-up-steps", type=int, default=300, help="supervised steps before RL")
     parser.add_argument("--eval-episodes", type=int, default=128, help="episodes of the final evaluation")
     parser.add_argument("--out", default="results/llm_process_rewards", help="folder for results.json and success.png")

@@ -56,6 +56,9 @@ class LLMTrainConfig:
     """learning rate of the reward model; none = 1e-3 for SPA's linear head, 1e-6 for the PRIME/OPRL PRM"""
     learned_reward_replay: int = 256
     """SPA: most recent episodes the progress head trains on"""
+    spa_epochs: int = 1
+    """SPA: head updates per round, in minibatches per batch of new episodes (a round of 32 episodes and epochs 1
+    is one Adam step on 64 replayed episodes)"""
     spa_grounding: float = 0.0
     """SPA's beta: reward for each valid turn (SPA's code pays 0.5, which also pays for merely long episodes)"""
     prm_beta: float = 0.05
@@ -212,6 +215,8 @@ class LLMTrainConfig:
             raise ValueError("learned_reward_lr must be positive, or none for the method's default")
         if not math.isfinite(self.learned_reward_coef) or not math.isfinite(self.spa_grounding):
             raise ValueError("learned_reward_coef and spa_grounding must be finite numbers")
+        if self.spa_epochs < 1:
+            raise ValueError(f"spa_epochs must be at least 1, got {self.spa_epochs}")
         if self.prm_beta <= 0 or self.learned_reward_replay < 1 or self.prm_lora_rank < 0:
             raise ValueError("prm_beta must be positive, learned_reward_replay at least 1 and prm_lora_rank 0 or more")
         if self.prm_reference not in (None, "old", "initial"):

@@ -87,7 +87,8 @@ class SPATurnRewards:
         head = LLMProgressHead(self.policy.model.config.hidden_size).to(trainer.device)
         self.spa = ProgressAttribution(head, alpha=config.learned_reward_coef, beta=config.spa_grounding,
                                        learning_rate=config.learned_reward_lr or DEFAULT_HEAD_LR,
-                                       replay_episodes=config.learned_reward_replay, seed=config.seed)
+                                       replay_episodes=config.learned_reward_replay, epochs=config.spa_epochs,
+                                       seed=config.seed)
 
     def apply(self, episodes: list[Episode], batch: TokenBatch) -> dict[str, float]:
         records = turn_features(self.policy, episodes, micro_batch_size=self.micro_batch_size)

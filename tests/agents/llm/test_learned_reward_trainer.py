@@ -124,6 +124,7 @@ def test_learned_advantages_replace_the_configured_ones(tmp_path: Path) -> None:
     ({"learned_reward": "prime", "prime_granularity": "word"}, "prime_granularity must be"),
     ({"learned_reward": "prime", "learned_reward_lr": 0.0}, "learned_reward_lr must be positive"),
     ({"learned_reward": "oprl", "prm_beta": -1.0}, "prm_beta must be positive"),
+    ({"learned_reward": "spa", "advantage": "turn", "spa_epochs": 0}, "spa_epochs must be at least 1"),
 ])
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -154,3 +155,14 @@ def test_an_iteration_whose_groups_are_all_filtered_out_leaves_the_policy_alone(
     assert metrics["charts/trained_episodes"] == 0
     assert all(torch.equal(before[n], p) for n, p in _weights(trainer).items())
     assert "charts/success_rate" in metrics or "charts/episodic_return" in metrics
+
+
+def test_spa_epochs_sets_how_many_head_updates_a_round_makes(tmp_path: Path) -> None:
+    steps = {}
+    for epochs in (1, 4):
+        trainer = make_trainer(tmp_path / str(epochs), learned_reward="spa", advantage="turn", iterations=1,
+                               spa_epochs=epochs)
+        optimizer = trainer.learned_reward.spa.optimizer
+        trainer.learn()
+        steps[epochs] = max(int(state["step"]) for state in optimizer.state.values())
+    assert steps[4] == 4 * steps[1] > 0
