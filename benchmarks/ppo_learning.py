@@ -63,12 +63,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         seeds = [run_seed(args.env, seed, args.steps, args.shaping, args.env_kwargs, runs_dir, args.episodes,
                            args.config)
                  for seed in args.seeds]
+    effective = {"env_id": args.env, "total_steps": args.steps, "shaping": args.shaping,
+                 "env_kwargs": args.env_kwargs, "progress": False, "tensorboard": False, "checkpoint_every": 0,
+                 **args.config}
     result = {"benchmark": "ppo_learning", "creditgym": creditgym.__version__, "env_id": args.env,
               "shaping": args.config.get("shaping", args.shaping),
               "learned_reward": args.config.get("learned_reward"), "env_kwargs": args.env_kwargs,
               "steps_per_seed": args.steps,
-              "config": {k: v for k, v in vars(PPOConfig(**args.config)).items()
-                         if k not in ("env_id", "runs_dir", "run_name")},
+              "config": {k: v for k, v in vars(PPOConfig(**effective)).items()
+                         if k not in ("env_id", "runs_dir", "run_name", "seed")},
               "seeds": seeds}
     print(json.dumps(result, indent=2))
     return result

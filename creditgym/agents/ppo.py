@@ -78,6 +78,8 @@ class PPOConfig:
     """stop an update early once the approximate KL passes this"""
     shaping: str | None = None
     """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance); none = sparse"""
+    shaping_scale: float = 1.0
+    """multiplies the potential, e.g. 0.1 puts solver_distance (in moves) on the scale of Sokoban's -0.1 per move"""
     learned_reward: str | None = None
     """learned dense reward trained online from outcomes: spa (SPA progress attribution), prime (implicit PRM,
     cross-entropy) or oprl (implicit PRM, trajectory DPO); the LLM trainers also take igpo; none = env reward only"""
@@ -141,6 +143,8 @@ class PPOConfig:
             raise ValueError("learning_rate and clip_coef must be positive")
         if self.shaping is not None and self.shaping not in potential_names():
             raise ValueError(f"shaping={self.shaping!r} is not a known potential; use one of {potential_names()}")
+        if not (math.isfinite(self.shaping_scale) and self.shaping_scale > 0):
+            raise ValueError(f"shaping_scale must be a positive number, got {self.shaping_scale!r}")
         if self.learned_reward is not None and self.learned_reward not in LEARNED_REWARDS:
             raise ValueError(f"learned_reward must be one of {LEARNED_REWARDS} or none, got {self.learned_reward!r}")
         if self.learned_reward_lr <= 0 or self.prm_beta <= 0 or self.learned_reward_replay < 1:
@@ -281,13 +285,13 @@ class PPO:
             # Snapshots once per rollout, so recovering from a dead worker replays at most one rollout.
             self.envs: TorchVecEnv | RayVecEnv = RayVecEnv(
                 config.env_id, config.num_envs, config.num_workers, device=self.device, env_kwargs=config.env_kwargs,
-                shaping=config.shaping, gamma=config.gamma, address=config.ray_address,
-                snapshot_every=config.num_steps)
+                shaping=config.shaping, gamma=config.gamma, shaping_scale=config.shaping_scale,
+                address=config.ray_address, snapshot_every=config.num_steps)
         elif config.shaping is None:
             self.envs = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
         else:
             self.envs = make_shaped_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs,
-                                            potential=config.shaping, gamma=config.gamma)
+                                            potential=config.shaping, gamma=config.gamma, scale=config.shaping_scale)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         if not isinstance(act_space, spaces.Discrete) or not isinstance(obs_space, spaces.Box):
             raise ValueError(f"PPO needs Box observations and Discrete actions; {config.env_id} has "

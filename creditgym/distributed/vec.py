@@ -34,9 +34,9 @@ class VecEnvWorker:
     """Envs `first_env` .. `first_env + num_envs - 1` of a batch of `total_envs`, built on this worker's CPU."""
 
     def __init__(self, env_id: str, num_envs: int, first_env: int, total_envs: int, env_kwargs: dict[str, Any],
-                 shaping: str | None, gamma: float) -> None:
+                 shaping: str | None, gamma: float, shaping_scale: float = 1.0) -> None:
         self.env_id, self.num_envs, self.first_env, self.total_envs = env_id, num_envs, first_env, total_envs
-        self.env_kwargs, self.shaping, self.gamma = env_kwargs, shaping, gamma
+        self.env_kwargs, self.shaping, self.gamma, self.shaping_scale = env_kwargs, shaping, gamma, shaping_scale
         self.envs = None
 
     def start(self) -> tuple[gym.Space, gym.Space]:
@@ -55,7 +55,7 @@ class VecEnvWorker:
                 self.envs = make_vec_env(self.env_id, self.num_envs, cpu, kwargs)
             else:
                 self.envs = make_shaped_vec_env(self.env_id, self.num_envs, cpu, kwargs, potential=self.shaping,
-                                                gamma=self.gamma)
+                                                gamma=self.gamma, scale=self.shaping_scale)
         return self.envs.single_observation_space, self.envs.single_action_space
 
     def reset(self, seed: int) -> bytes:
@@ -95,6 +95,7 @@ class RayVecEnv:
 
     def __init__(self, env_id: str, num_envs: int, num_workers: int = 2, *, device: str | torch.device = "cpu",
                  env_kwargs: dict[str, Any] | None = None, shaping: str | None = None, gamma: float = 0.99,
+                 shaping_scale: float = 1.0,
                  address: str | None = None, cpus_per_worker: float = 1.0, snapshot_every: int = 128) -> None:
         check_env_id(env_id)
         if snapshot_every < 1:
@@ -107,7 +108,7 @@ class RayVecEnv:
         self.sizes = split_evenly(num_envs, num_workers)
         self.snapshot_every = snapshot_every
         init_ray(address)
-        args = [(env_id, size, first, num_envs, dict(env_kwargs or {}), shaping, gamma)
+        args = [(env_id, size, first, num_envs, dict(env_kwargs or {}), shaping, gamma, shaping_scale)
                 for size, first in zip(self.sizes, slice_starts(self.sizes), strict=True)]
         self._snapshots: list[dict[str, Any] | None] = [None] * num_workers
         self._calls: list[list[tuple[str, Any]]] = [[] for _ in range(num_workers)]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from creditgym.envs.sokoban.level import NUM_TILES, Level, Tile
-from creditgym.envs.sokoban.solver import search
+from creditgym.envs.sokoban.solver import all_move_distances, search
 
 EnvPotential = Callable[[gym.Env], float]
 """Φ over a live env: called with the wrapped env after reset and after every step."""
@@ -101,36 +101,83 @@ def _permutations(k: int, device: torch.device) -> torch.Tensor:
 class SolverDistance:
     """Minus the fewest moves that still solve the board (the exact −V* of a −1-per-move task), from the solver.
 
-    For small levels: every new board state runs `creditgym.envs.sokoban.solver.search`, and results are cached
-    per board. Unsolvable boards get `unsolvable`, which must lie below every solvable board's value.
+    For small levels. A board not seen before has the solver walk every board reachable from it
+    (`creditgym.envs.sokoban.solver.all_move_distances`), and all their distances are cached at once, so a
+    level costs one walk however its episodes go. Boards are cached up to translation, which makes the
+    egocentric view (the room moves as the player does) as cheap as the full grid. Levels with more than
+    `max_states` reachable boards fall back to one A* `search` per board. Unsolvable boards get `unsolvable`,
+    which must lie below every solvable board's value.
 
     Args:
-        max_nodes: search budget per board; running out raises, since the value would not be exact.
+        max_states: most boards to walk per level before falling back to per-board search.
+        max_nodes: search budget per board in that fallback; running out raises, since the value would not be
+            exact.
         unsolvable: the potential of a board that can no longer be solved.
     """
 
-    def __init__(self, *, max_nodes: int = 50_000, unsolvable: float = -100.0) -> None:
+    def __init__(self, *, max_states: int = 50_000, max_nodes: int = 50_000, unsolvable: float = -100.0) -> None:
+        self.max_states = max_states
         self.max_nodes = max_nodes
         self.unsolvable = unsolvable
-        self._cache: dict[tuple[tuple[int, ...], bytes], float] = {}
+        self._moves_left: dict[tuple[tuple[int, ...], bytes], int] = {}
+        self._too_big: set[tuple[tuple[int, ...], bytes]] = set()
+        """Rooms (walls, floor, targets) whose walk ran past `max_states`."""
 
     def __call__(self, tiles: np.ndarray) -> float:
-        tiles = np.asarray(tiles, dtype=np.int8)
-        key = (tiles.shape, tiles.tobytes())
-        if key not in self._cache:
-            result = search(Level(tiles), max_nodes=self.max_nodes)
-            if result.status == "budget":
-                raise ValueError(
-                    f"solver_distance: the solver ran out of its {self.max_nodes}-node budget on a "
-                    f"{tiles.shape[0]}x{tiles.shape[1]} board; it is meant for small levels. Raise max_nodes "
-                    "or use box_distance"
-                )
-            self._cache[key] = self.unsolvable if result.actions is None else -float(len(result.actions))
-        return self._cache[key]
+        return self._value(_to_corner(np.asarray(tiles, dtype=np.int8)))
 
     def batched(self, obs: torch.Tensor) -> torch.Tensor:
-        tiles = obs.argmax(1).cpu().numpy()
-        return torch.tensor([self(board) for board in tiles], dtype=torch.float64, device=obs.device)
+        boards = _to_corner_batched(obs.argmax(1)).to(torch.int8).cpu().numpy()
+        return torch.tensor([self._value(board) for board in boards], dtype=torch.float64, device=obs.device)
+
+    def _value(self, board: np.ndarray) -> float:
+        key = (board.shape, board.tobytes())
+        moves_left = self._moves_left.get(key)
+        if moves_left is None:
+            moves_left = self._solve(board, key)
+        return self.unsolvable if moves_left < 0 else -float(moves_left)
+
+    def _solve(self, board: np.ndarray, key: tuple[tuple[int, ...], bytes]) -> int:
+        level = Level(board)
+        room = (board.shape, level.static_tiles().astype(np.int8).tobytes())
+        table = None if room in self._too_big else all_move_distances(level, max_states=self.max_states)
+        if table is not None:
+            self._moves_left.update(((board.shape, b), d) for b, d in table.items())
+            return table[board.tobytes()]
+        self._too_big.add(room)
+        result = search(level, max_nodes=self.max_nodes)
+        if result.status == "budget":
+            raise ValueError(
+                f"solver_distance: the solver ran out of its {self.max_nodes}-node budget on a "
+                f"{board.shape[0]}x{board.shape[1]} board; it is meant for small levels. Raise max_nodes "
+                "or use box_distance"
+            )
+        self._moves_left[key] = -1 if result.actions is None else len(result.actions)
+        return self._moves_left[key]
+
+
+def _to_corner(tiles: np.ndarray) -> np.ndarray:
+    """The board shifted so its room (the non-wall cells) starts at row 1, column 1.
+
+    What rolls off one edge comes back on the other, which is wall whenever the room leaves one row and one
+    column of wall beside it, as every enclosed room does.
+    """
+    rows, cols = np.nonzero(tiles != Tile.WALL)
+    return np.roll(tiles, (1 - rows.min(), 1 - cols.min()), axis=(0, 1))
+
+
+def _to_corner_batched(tiles: torch.Tensor) -> torch.Tensor:
+    """`_to_corner` for a batch of boards (N, H, W)."""
+    height, width = tiles.shape[1:]
+    room = tiles != Tile.WALL
+    top = room.any(2).to(torch.uint8).argmax(1)
+    left = room.any(1).to(torch.uint8).argmax(1)
+    rows = top[:, None] + torch.arange(-1, height - 1, device=tiles.device)
+    cols = left[:, None] + torch.arange(-1, width - 1, device=tiles.device)
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    index = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
+    moved = tiles.reshape(len(tiles), -1).gather(1, index.reshape(len(tiles), -1)).view_as(tiles)
+    return torch.where(inside, moved, torch.full_like(moved, Tile.WALL))
 
 
 def _recorded(state: Mapping[str, Any] | None, key: str) -> Mapping[str, Any]:

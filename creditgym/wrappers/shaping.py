@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
@@ -17,9 +18,11 @@ from creditgym.agents.vec import TorchVecEnv
 from creditgym.wrappers.potentials import EnvPotential, ObsPotential, get_potential, potential_names
 
 
-def _check(gamma: float, channel: str) -> None:
+def _check(gamma: float, channel: str, scale: float) -> None:
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}; use the discount of the agent being trained")
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}; it multiplies the potential")
     if not channel:
         raise ValueError("channel must be a non-empty name, e.g. 'shaping'")
 
@@ -53,7 +56,9 @@ class PotentialShaping(gym.Wrapper):
     `potential` is a built-in name (see `creditgym.wrappers.potentials.potential_names()`) or any callable that
     takes the wrapped env and returns a float, reading state through declared methods such as
     `env.unwrapped.potential()` or `env.unwrapped.state()`. Φ(s') is 0 when the episode terminates and is kept
-    on truncation. Other channels are left untouched, so the reward stays the sum of the channels.
+    on truncation. `scale` multiplies Φ, e.g. to put a potential counted in moves on the scale of a per-move
+    penalty (the shaping stays potential-based, so the optimal policy is unchanged).
+    Other channels are left untouched, so the reward stays the sum of the channels.
 
     >>> import gymnasium as gym
     >>> import creditgym
@@ -67,25 +72,26 @@ class PotentialShaping(gym.Wrapper):
     True
     """
 
-    def __init__(self, env: gym.Env, potential: EnvPotential | str, gamma: float, *, channel: str = "shaping"
-                 ) -> None:
+    def __init__(self, env: gym.Env, potential: EnvPotential | str, gamma: float, *, channel: str = "shaping",
+                 scale: float = 1.0) -> None:
         super().__init__(env)
-        _check(gamma, channel)
+        _check(gamma, channel, scale)
         self.potential: EnvPotential = _named(potential, env) if isinstance(potential, str) else potential
         self.gamma = gamma
         self.channel = channel
+        self.scale = scale
         self._last_potential = 0.0
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        potential = 0.0 if terminated else float(self.potential(self.env))
+        potential = 0.0 if terminated else self.scale * float(self.potential(self.env))
         shaping = self.gamma * potential - self._last_potential
         self._last_potential = potential
         return obs, float(reward) + shaping, terminated, truncated, _with_channel(info, self.channel, shaping)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
-        self._last_potential = float(self.potential(self.env))
+        self._last_potential = self.scale * float(self.potential(self.env))
         return obs, _with_channel(info, self.channel, 0.0)
 
 
@@ -94,21 +100,23 @@ class VectorPotentialShaping(VectorWrapper):
 
     `potential` maps a batch of observations to one value per env: a built-in name with a batched form
     (`boxes_on_target`, `box_distance`, `solver_distance` for `SokobanVectorEnv`) or any callable
-    `(N, *obs_shape) -> (N,)`. For an episode that ends, Φ(s') comes from `info["final_obs"]` (0 when it
-    terminated), and the next episode starts from Φ of the returned observation. Shaping is computed in float64
-    and cast to the reward's dtype. `get_state`/`set_state` include the last Φ, for exact resumes.
+    `(N, *obs_shape) -> (N,)`, multiplied by `scale`. For an episode that ends, Φ(s') comes from
+    `info["final_obs"]` (0 when it terminated), and the next episode starts from Φ of the returned observation.
+    Shaping is computed in float64 and cast to the reward's dtype. `get_state`/`set_state` include the last Φ,
+    for exact resumes.
     """
 
-    def __init__(self, env: VectorEnv, potential: ObsPotential | str, gamma: float, *, channel: str = "shaping"
-                 ) -> None:
+    def __init__(self, env: VectorEnv, potential: ObsPotential | str, gamma: float, *, channel: str = "shaping",
+                 scale: float = 1.0) -> None:
         super().__init__(env)
-        _check(gamma, channel)
+        _check(gamma, channel, scale)
         if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
             raise ValueError("VectorPotentialShaping needs same-step autoreset (AutoresetMode.SAME_STEP), so that "
                              "info['final_obs'] holds the last observation of each ended episode")
         self.potential: ObsPotential = _batched(potential) if isinstance(potential, str) else potential
         self.gamma = gamma
         self.channel = channel
+        self.scale = scale
         self._last_potential = torch.zeros(env.num_envs, dtype=torch.float64)
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
@@ -137,12 +145,12 @@ class VectorPotentialShaping(VectorWrapper):
         self._last_potential = state["last_potential"].to(self._last_potential.device)
 
     def _potential(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.potential(obs)).to(torch.float64)
+        return self.scale * torch.as_tensor(self.potential(obs)).to(torch.float64)
 
 
 def make_shaped_vec_env(env_id: str, num_envs: int, device: torch.device | str,
                         env_kwargs: dict[str, Any] | None = None, *, potential: str = "box_distance",
-                        gamma: float = 0.99) -> TorchVecEnv:
+                        gamma: float = 0.99, scale: float = 1.0) -> TorchVecEnv:
     """Like `creditgym.agents.vec.make_vec_env` for creditgym's batched envs, with potential-based shaping by name.
 
     Pass the agent's own discount as `gamma`. Envs without a batched torch env take `PotentialShaping` per env,
@@ -153,4 +161,4 @@ def make_shaped_vec_env(env_id: str, num_envs: int, device: torch.device | str,
         raise ValueError(f"{env_id} has no batched torch env; wrap each env in PotentialShaping instead")
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", device=device,
                        **(env_kwargs or {}))
-    return TorchVecEnv(VectorPotentialShaping(env, potential, gamma), torch.device(device))
+    return TorchVecEnv(VectorPotentialShaping(env, potential, gamma, scale=scale), torch.device(device))

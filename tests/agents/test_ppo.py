@@ -39,6 +39,7 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"prm_beta": 0.0}, "prm_beta must be positive"),
         ({"activation": "gelu"}, "activation must be one of"),
         ({"precision": "float16"}, "precision must be auto, float32 or bfloat16"),
+        ({"shaping_scale": 0.0}, "shaping_scale must be a positive number"),
     ],
 )
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:

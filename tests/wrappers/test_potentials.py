@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import creditgym  # noqa: F401
+import creditgym.wrappers.potentials as potentials_module
 from creditgym.envs.minigrid_text import MiniGridTextEnv
 from creditgym.envs.sokoban.bank import LevelBank, load_bank
 from creditgym.envs.sokoban.env import SokobanEnv
 from creditgym.envs.sokoban.level import Level
+from creditgym.envs.sokoban.solver import all_move_distances, solve
 from creditgym.wrappers.potentials import (
     SolverDistance,
     box_distance,
@@ -65,7 +67,44 @@ def test_solver_distance_counts_moves_and_marks_dead_boards() -> None:
     assert solver(stuck.tiles) == -99.0
     assert solver.batched(torch.cat([one_hot(corridor.tiles), one_hot(stuck.tiles)])).tolist() == [-3.0, -99.0]
     with pytest.raises(ValueError, match="budget.*max_nodes"):
-        SolverDistance(max_nodes=1)(load_bank("10x10-3b")[0].tiles)
+        SolverDistance(max_states=1, max_nodes=1)(load_bank("10x10-3b")[0].tiles)
+
+
+def test_all_move_distances_are_the_solver_optimum_for_every_reachable_board() -> None:
+    level = load_bank("6x6-2b")[3]
+    table = all_move_distances(level)
+    assert table is not None and table[level.tiles.tobytes()] == len(solve(level))
+    assert all_move_distances(level, max_states=5) is None
+    boards = [np.frombuffer(key, np.int8).reshape(level.shape) for key in table]
+    assert len(boards) > 50 and min(table.values()) == -1 and max(table.values()) > 5
+    for board in boards[::7]:
+        plan = solve(Level(board))
+        assert table[board.tobytes()] == (-1 if plan is None else len(plan))
+
+
+def test_solver_distance_walks_each_level_once_in_either_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    walks = []
+
+    def counting(level: Level, **kwargs: int) -> dict[bytes, int] | None:
+        walks.append(level)
+        return all_move_distances(level, **kwargs)
+
+    monkeypatch.setattr(potentials_module, "all_move_distances", counting)
+    grid, egocentric = SolverDistance(), SolverDistance()
+    fallback = SolverDistance(max_states=1)  # one A* search per board instead of one walk per level
+    env = SokobanEnv(levels="6x6-2b", obs_mode="egocentric")
+    rng = np.random.default_rng(0)
+    for episode in range(3):
+        obs, _ = env.reset(seed=episode)
+        walks_before = len(walks)
+        for _ in range(25):
+            value = grid(env.level.tiles)
+            assert egocentric.batched(torch.as_tensor(obs)[None]).item() == value == fallback(env.level.tiles)
+            obs, _, terminated, _, _ = env.step(int(rng.integers(4)))
+            if terminated:
+                break
+        # one walk for the grid, one for the egocentric view and one refused for the fallback
+        assert len(walks) - walks_before == 3
 
 
 def test_offline_forms_agree_with_live_forms_on_recorded_states() -> None:

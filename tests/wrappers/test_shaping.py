@@ -268,6 +268,25 @@ def test_vector_state_round_trip_and_torch_vec_env() -> None:
     assert any(bool(a.ne(0).any()) for a in first)
 
 
+def test_scale_multiplies_the_potential_in_both_wrappers() -> None:
+    single = {scale: PotentialShaping(gym.make(SOKOBAN), "box_distance", 0.9, scale=scale) for scale in (1.0, 0.1)}
+    batched = {scale: make_shaped_vec_env(SOKOBAN, 4, "cpu", potential="solver_distance", gamma=0.9, scale=scale)
+               for scale in (1.0, 0.1)}
+    for scale in (1.0, 0.1):
+        single[scale].reset(seed=3)
+        batched[scale].reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        action = int(rng.integers(4))
+        shaping = {s: env.step(action)[4]["reward_components"]["shaping"] for s, env in single.items()}
+        assert shaping[0.1] == pytest.approx(0.1 * shaping[1.0])
+        actions = torch.as_tensor(rng.integers(4, size=4))
+        shaping = {s: env.step(actions)[4]["reward_components"]["shaping"] for s, env in batched.items()}
+        assert torch.allclose(shaping[0.1], 0.1 * shaping[1.0])
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        PotentialShaping(gym.make(SOKOBAN), "box_distance", 0.9, scale=0.0)
+
+
 def test_vector_needs_same_step_autoreset() -> None:
     sync = gym.vector.SyncVectorEnv([lambda: gym.make(SOKOBAN)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     with pytest.raises(ValueError, match="same-step"):

@@ -11,6 +11,7 @@ the first goal popped is optimal in moves.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,6 +55,9 @@ class _Room:
         self.player = int(np.flatnonzero(np.isin(flat, PLAYER_TILES))[0])
         self.moves = tuple(dr * width + dc for dr, dc in (DELTAS[a] for a in _ACTIONS))
         self.push_distance = self._push_distances()
+        # Walls, floor and targets only, as int8, for drawing boards of this room.
+        self.static = np.where(np.isin(flat, TARGET_TILES), Tile.TARGET,
+                               np.where(flat == Tile.WALL, Tile.WALL, Tile.FLOOR)).astype(np.int8)
 
     def _push_distances(self) -> list[int]:
         """Fewest pushes moving a lone box from each cell onto some target, found by pulling from targets."""
@@ -215,3 +219,66 @@ def _replay(room: _Room, goal: _State, parent: _Parents) -> list[Action]:
         actions += room.walk_path(player, box - room.moves[k], boxes)
         actions.append(_ACTIONS[k])
     return actions
+
+
+def all_move_distances(level: Level, *, max_states: int = 50_000) -> dict[bytes, int] | None:
+    """Fewest moves to solve from every board reachable from `level`, or None past `max_states` boards.
+
+    Unlike `search`, which answers for one board, this walks the whole move graph from the level (player moves
+    included, episodes ending on solved boards) and then counts moves back from the solved boards, so one call
+    gives the exact distance of every board an episode on this level can visit. Keys are the boards' tiles as
+    `int8` bytes in the level's own shape; boards from which the level can no longer be solved get -1.
+    """
+    if max_states < 1:
+        raise ValueError(f"max_states must be at least 1, got {max_states}")
+    room = _Room(level)
+    free, is_target, moves = room.free, room.is_target, room.moves
+    start: _State = (room.player, tuple(sorted(room.boxes)))
+    index = {start: 0}
+    states = [start]
+    predecessors: list[list[int]] = [[]]
+    solved: list[int] = []
+    for i, (player, boxes) in enumerate(states):  # breadth-first; `states` grows while it is walked
+        if all(is_target[b] for b in boxes):
+            solved.append(i)
+            continue
+        for d in moves:
+            ahead = player + d
+            if not free[ahead]:
+                continue
+            if ahead in boxes:
+                beyond = ahead + d
+                if not free[beyond] or beyond in boxes:
+                    continue
+                following: _State = (ahead, tuple(sorted(beyond if b == ahead else b for b in boxes)))
+            else:
+                following = (ahead, boxes)
+            j = index.get(following)
+            if j is None:
+                if len(states) >= max_states:
+                    return None
+                j = index[following] = len(states)
+                states.append(following)
+                predecessors.append([])
+            predecessors[j].append(i)
+    distance = [-1] * len(states)
+    frontier = deque(solved)
+    for i in solved:
+        distance[i] = 0
+    while frontier:
+        j = frontier.popleft()
+        for i in predecessors[j]:
+            if distance[i] < 0:
+                distance[i] = distance[j] + 1
+                frontier.append(i)
+    return {_board_bytes(room, state): moves_left for state, moves_left in zip(states, distance, strict=True)}
+
+
+def _board_bytes(room: _Room, state: _State) -> bytes:
+    """The unpadded tiles of `state` as int8 bytes, as `Level.tiles.astype(np.int8).tobytes()` would give."""
+    tiles = room.static.copy()
+    player, boxes = state
+    for box in boxes:
+        tiles[box] = Tile.BOX_ON_TARGET if room.is_target[box] else Tile.BOX
+    tiles[player] = Tile.PLAYER_ON_TARGET if room.is_target[player] else Tile.PLAYER
+    return tiles.reshape(room.shape)[1:-1, 1:-1].tobytes()
