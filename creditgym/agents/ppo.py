@@ -46,21 +46,21 @@ class PPOConfig:
     """keyword arguments for the env, e.g. {"split": "train"}"""
     total_steps: int = 2_000_000
     """env steps to train for, summed over all envs"""
-    num_envs: int = 128
-    """parallel envs"""
-    num_steps: int = 32
+    num_envs: int = 512
+    """parallel envs (many envs and short rollouts keep a CPU busy with few, large batches)"""
+    num_steps: int = 16
     """steps per env in each rollout"""
-    learning_rate: float = 5e-4
-    """Adam learning rate"""
+    learning_rate: float = 2e-3
+    """Adam learning rate (high because 2 epochs of 4 minibatches take few steps per rollout)"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0"""
     gamma: float = 0.99
     """discount factor"""
-    gae_lambda: float = 0.95
-    """GAE lambda"""
+    gae_lambda: float = 0.7
+    """GAE lambda (0.7 learned Sokoban about twice as fast per env step as the usual 0.95; docs/benchmarks.md)"""
     num_minibatches: int = 4
     """minibatches per epoch"""
-    update_epochs: int = 4
+    update_epochs: int = 2
     """passes over each rollout"""
     norm_adv: bool = True
     """normalise advantages per minibatch"""
@@ -89,8 +89,9 @@ class PPOConfig:
     """SPA's beta: reward per valid action (one the env's action_mask allows; without a mask, every action)"""
     prm_beta: float = 0.05
     """implicit PRM beta"""
-    learned_reward_lr: float = 1e-3
-    """Adam learning rate of the learned reward model"""
+    learned_reward_lr: float = 3e-3
+    """Adam learning rate of the learned reward model (it must keep pace with the policy: at 1e-3 under PPO's
+    default 2e-3 the policy briefly learned to exploit SPA's estimate before the estimate caught up)"""
     learned_reward_replay: int = 1024
     """finished episodes kept in the learned reward model's replay buffer"""
     policy: str = "mlp"
@@ -205,7 +206,9 @@ class ActorCritic(nn.Module):
         self.critic = nn.Sequential(*torso(), _layer(nn.Linear(hidden, 1), 1.0))
 
     def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        obs = obs.float()
+        # Env observations can be strided views (channels-first over channels-last storage): compacting them
+        # while still uint8 moves a quarter of the bytes, and one-hot inputs are exact in bfloat16.
+        obs = obs.contiguous().to(torch.bfloat16 if self.bfloat16 else torch.float32)
         with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
             features = obs if self.torso is None else self.torso(obs)
             logits, value = self.actor(features).float(), self.critic(features).squeeze(-1).float()
@@ -225,7 +228,9 @@ def _torso(obs_shape: tuple[int, ...], kind: str, hidden: int, channels: int, ac
             _layer(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU(), nn.Flatten(),
             _layer(nn.Linear(channels * height * width, hidden)), nn.ReLU(),
         )
-    act = ACTIVATIONS[activation]
+    def act() -> nn.Module:  # in place where possible: one allocation less per layer, and autograd allows it
+        return nn.ReLU(inplace=True) if activation == "relu" else ACTIVATIONS[activation]()
+
     return nn.Sequential(
         nn.Flatten(), _layer(nn.Linear(int(np.prod(obs_shape)), hidden)), act(),
         _layer(nn.Linear(hidden, hidden)), act(),
@@ -375,7 +380,8 @@ class PPO:
                                       gamma=cfg.gamma, lam=cfg.gae_lambda)
 
             # 3. optimise
-            b_obs = obs_buf.reshape(T * N, *obs_shape)
+            # Rows are gathered from flat views with index_select: 5x faster than indexing a (B, C, H, W) tensor.
+            b_obs = obs_buf.reshape(T * N, -1)
             b_mask = None if mask_buf is None else mask_buf.reshape(T * N, -1)
             b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
             b_adv, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
@@ -385,9 +391,10 @@ class PPO:
                 order = torch.randperm(cfg.batch_size, generator=self.generator, device=dev)
                 for start in range(0, cfg.batch_size, minibatch):
                     idx = order[start:start + minibatch]
-                    logits, new_value = self.agent(b_obs[idx], None if b_mask is None else b_mask[idx])
+                    logits, new_value = self.agent(b_obs.index_select(0, idx).view(-1, *obs_shape),
+                                                   None if b_mask is None else b_mask.index_select(0, idx))
                     log_probs = torch.log_softmax(logits, -1)
-                    new_logprob = log_probs.gather(1, b_actions[idx, None]).squeeze(1)
+                    new_logprob = log_probs.gather(1, b_actions.index_select(0, idx)[:, None]).squeeze(1)
                     entropy = -(log_probs.exp() * log_probs).sum(-1)
                     log_ratio = new_logprob - b_logprobs[idx]
                     ratio = log_ratio.exp()
