@@ -5,7 +5,8 @@ in `make demo`); only the reward differs:
 - sparse: the env's own reward (gym-sokoban's: -0.1 per step, +1 per box on target, +10 when solved);
 - SPA: + α·ĉ_t, a progress estimator trained online to make Σ_t ĉ_t predict success;
 - PRIME / OPRL: + β log π_φ(a|s)/π_ref(a|s), an implicit PRM trained online with cross-entropy / trajectory DPO;
-- PBRS: + γΦ(s') − Φ(s) with Φ = minus the box-to-target distance.
+- PBRS: + γΦ(s') − Φ(s) with Φ = minus the box-to-target distance;
+- PBRS-solver: the same with Φ = minus 0.1 × the solver's fewest moves to solve (exact; -10 once dead-locked).
 
 Runs go two at a time in separate processes (one thread each). The script writes `results.json` (per variant and
 seed: steps to 50% and 80% training success, final training success, held-out success) and `success.png` (mean
@@ -41,6 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "PRIME": {"learned_reward": "prime"},
     "OPRL": {"learned_reward": "oprl"},
     "PBRS": {"shaping": "box_distance"},
+    # The exact moves-to-solve potential, scaled onto the -0.1-per-move reward (Φ(dead-lock) = -10).
+    "PBRS-solver": {"shaping": "solver_distance", "shaping_scale": 0.1},
 }
 
 

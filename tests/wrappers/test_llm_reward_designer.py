@@ -92,7 +92,10 @@ class ScriptedChat:
 def config(tmp_path: Path, **overrides: object) -> DesignerConfig:
     base = {"env_id": ENV, "iterations": 1, "samples": len(CANDIDATES), "dry_run_transitions": 16,
             "train_steps": 1024, "num_envs": 16, "num_steps": 16, "sandbox": FAST, "runs_dir": str(tmp_path),
-            "run_name": "design", "ppo_kwargs": {"device": "cpu", "num_minibatches": 2, "update_epochs": 2}}
+            "run_name": "design", "ppo_kwargs": {"device": "cpu", "num_minibatches": 2, "update_epochs": 2},
+            # Episodes must end inside the 64-step fitness runs whatever the policy does, so that the trajectory
+            # analysis always has episodes to report on.
+            "env_kwargs": {"obs_mode": "egocentric", "action_mask": True, "max_episode_steps": 30}}
     return DesignerConfig(**{**base, **overrides})
 
 
