@@ -276,13 +276,17 @@ def test_scale_multiplies_the_potential_in_both_wrappers() -> None:
         single[scale].reset(seed=3)
         batched[scale].reset(seed=3)
     rng = np.random.default_rng(0)
+    nonzero = {"single": 0, "batched": 0}
     for _ in range(30):
         action = int(rng.integers(4))
         shaping = {s: env.step(action)[4]["reward_components"]["shaping"] for s, env in single.items()}
         assert shaping[0.1] == pytest.approx(0.1 * shaping[1.0])
+        nonzero["single"] += shaping[1.0] != 0
         actions = torch.as_tensor(rng.integers(4, size=4))
         shaping = {s: env.step(actions)[4]["reward_components"]["shaping"] for s, env in batched.items()}
         assert torch.allclose(shaping[0.1], 0.1 * shaping[1.0])
+        nonzero["batched"] += int(shaping[1.0].ne(0).sum())
+    assert min(nonzero.values()) > 5  # so the comparisons above were not all 0 == 0
     with pytest.raises(ValueError, match="scale must be a positive number"):
         PotentialShaping(gym.make(SOKOBAN), "box_distance", 0.9, scale=0.0)
 
