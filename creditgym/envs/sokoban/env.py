@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from itertools import permutations
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,14 @@ from creditgym.envs.sokoban.render import (
     render_board,
     render_rgb,
 )
-from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards, apply_move, effective_moves
+from creditgym.envs.sokoban.rules import (
+    DELTAS,
+    Action,
+    SokobanRewards,
+    apply_move,
+    effective_moves,
+    resolve_rewards,
+)
 from creditgym.envs.sokoban.text import ACTION_NAMES, describe_invalid, instructions, parse_action
 
 ObsMode = Literal["array", "rgb", "text"]
@@ -65,6 +73,9 @@ class SokobanEnv(gym.Env):
     ## Reward
     Sizes in `SokobanRewards` (gym-sokoban defaults): -0.1 per step, +1 box onto a target, -1 box off a
     target, +10 when solved. Invalid text pays `invalid_action` (-0.1) into `format` instead of the step.
+    `rewards="outcome"` turns the per-box rewards off, leaving the sparse outcome reward (+10 when solved, -0.1
+    per step) that the shaping and learned-reward comparisons start from; a mapping sets any field, e.g.
+    `rewards={"step": -0.05}`.
 
     ## Reward components
     `task` (the native reward above) and `format` (invalid text actions).
@@ -79,9 +90,9 @@ class SokobanEnv(gym.Env):
 
     ## Arguments
     `levels` (bank name such as "6x6-1b", a Boxoban path, or a `LevelBank`), `split` ("train"/"test"),
-    `obs_mode`, `rewards`, `text_symbols` ("ragen"/"boxoban"), `max_invalid_actions`, `action_mask` (add
-    `info["action_mask"]`: the moves that change the board; every move stays legal), `render_mode`
-    ("ansi"/"rgb_array").
+    `obs_mode`, `rewards` (`SokobanRewards`, "gym-sokoban", "outcome" or a mapping of fields), `text_symbols`
+    ("ragen"/"boxoban"), `max_invalid_actions`, `action_mask` (add `info["action_mask"]`: the moves that change
+    the board; every move stays legal), `render_mode` ("ansi"/"rgb_array").
 
     ## Registered IDs
     `creditgym/Sokoban-6x6-1b-v0`, `-6x6-2b-v0`, `-8x8-2b-v0`, `-10x10-3b-v0`.
@@ -98,7 +109,7 @@ class SokobanEnv(gym.Env):
         levels: str | Path | LevelBank = "6x6-1b",
         split: str = "train",
         obs_mode: ObsMode = "array",
-        rewards: SokobanRewards | None = None,
+        rewards: SokobanRewards | str | Mapping[str, float] | None = None,
         text_symbols: str = "ragen",
         max_invalid_actions: int | None = None,
         action_mask: bool = False,
@@ -114,7 +125,7 @@ class SokobanEnv(gym.Env):
             raise ValueError("max_invalid_actions must be a positive integer or None")
         self.bank = resolve_bank(levels, split)
         self.obs_mode = obs_mode
-        self.rewards = rewards or SokobanRewards()
+        self.rewards = resolve_rewards(rewards)
         self.symbols = TEXT_SYMBOLS[text_symbols]
         self.max_invalid_actions = max_invalid_actions
         self.action_mask = action_mask

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from enum import IntEnum
 
 import numpy as np
@@ -101,3 +102,38 @@ class SokobanRewards:
         for name, value in self.__dict__.items():
             if not np.isfinite(value):
                 raise ValueError(f"SokobanRewards.{name} must be a finite number, got {value!r}")
+
+
+#: Named reward schemes. "outcome" is the sparse reward that the credit-assignment methods start from: gym-sokoban's
+#: per-box rewards are themselves shaping (a potential of boxes on targets at gamma 1), so they are off.
+REWARD_PRESETS: dict[str, SokobanRewards] = {
+    "gym-sokoban": SokobanRewards(),
+    "outcome": SokobanRewards(box_on_target=0.0, box_off_target=0.0),
+}
+
+
+def resolve_rewards(rewards: SokobanRewards | str | Mapping[str, float] | None) -> SokobanRewards:
+    """Rewards from an instance, a preset name (`REWARD_PRESETS`), a mapping of field values, or None (gym-sokoban).
+
+    Names and mappings let the rewards travel through JSON, e.g. `--env-kwargs '{"rewards": "outcome"}'`.
+    """
+    if rewards is None:
+        return SokobanRewards()
+    if isinstance(rewards, SokobanRewards):
+        return rewards
+    if isinstance(rewards, str):
+        if rewards not in REWARD_PRESETS:
+            raise ValueError(f"rewards must be one of {sorted(REWARD_PRESETS)} or a mapping of SokobanRewards fields, "
+                             f"got {rewards!r}")
+        return REWARD_PRESETS[rewards]
+    if isinstance(rewards, Mapping):
+        known = {f.name for f in fields(SokobanRewards)}
+        unknown = sorted(set(rewards) - known)
+        if unknown:
+            raise ValueError(f"unknown SokobanRewards fields {unknown}; the fields are {sorted(known)}")
+        try:
+            values = {name: float(value) for name, value in rewards.items()}
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"SokobanRewards values must be numbers, got {dict(rewards)!r}") from error
+        return SokobanRewards(**values)
+    raise TypeError(f"rewards must be a SokobanRewards, a preset name or a mapping, got {type(rewards).__name__}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
 from creditgym.envs.sokoban.level import NUM_TILES, Tile
 from creditgym.envs.sokoban.render import egocentric_radius
-from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards
+from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards, resolve_rewards
 
 # Boards are stored as bit flags so a move is a few integer ops; `_TILE_OF_CODE` maps back to `Tile`.
 WALL_BIT, TARGET_BIT, BOX_BIT, PLAYER_BIT = 1, 2, 4, 8
@@ -101,7 +102,7 @@ class SokobanVectorEnv(VectorEnv):
         levels: str | Path | LevelBank = "6x6-1b",
         split: str = "train",
         max_episode_steps: int = 120,
-        rewards: SokobanRewards | None = None,
+        rewards: SokobanRewards | str | Mapping[str, float] | None = None,
         device: str | torch.device = "cpu",
         obs_mode: str = "array",
         action_mask: bool = False,
@@ -125,7 +126,7 @@ class SokobanVectorEnv(VectorEnv):
         self.first_env, self.total_envs = first_env, total_envs
         self.device = torch.device(device)
         self.bank = resolve_bank(levels, split)
-        self.rewards = rewards or SokobanRewards()
+        self.rewards = resolve_rewards(rewards)
         self.max_episode_steps = max_episode_steps
         self.action_mask = action_mask
         self.obs_mode = obs_mode

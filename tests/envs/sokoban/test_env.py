@@ -11,7 +11,7 @@ from creditgym.envs.sokoban.bank import LevelBank
 from creditgym.envs.sokoban.env import SokobanEnv
 from creditgym.envs.sokoban.level import NUM_TILES, Level, Tile
 from creditgym.envs.sokoban.render import SPRITE_SIZE
-from creditgym.envs.sokoban.rules import Action, SokobanRewards
+from creditgym.envs.sokoban.rules import Action, SokobanRewards, resolve_rewards
 from creditgym.envs.sokoban.text import parse_action
 
 CORRIDOR = Level.from_rows(["######", "#@$ .#", "######"])
@@ -58,6 +58,24 @@ def test_custom_rewards_and_invalid_reward_config() -> None:
     assert env.step(Action.RIGHT)[1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="SokobanRewards.step must be a finite number"):
         SokobanRewards(step=float("nan"))
+
+
+def test_rewards_from_a_preset_name_or_a_mapping() -> None:
+    two_pushes = Level.from_rows(["#######", "#@$ . #", "#  $. #", "#######"])
+    outcome = _env(two_pushes, rewards="outcome")
+    outcome.step(Action.RIGHT)
+    _, reward, terminated, _, info = outcome.step(Action.RIGHT)
+    assert not terminated and info["boxes_on_target"] == 1
+    assert reward == pytest.approx(-0.1)  # no per-box reward: only the solve pays
+    assert _env(CORRIDOR, rewards={"step": -0.5}).step(Action.LEFT)[1] == pytest.approx(-0.5)
+    vec = gym.make_vec("creditgym/Sokoban-6x6-2b-v0", num_envs=2, rewards="outcome")
+    assert vec.unwrapped.rewards == resolve_rewards("outcome")
+    with pytest.raises(ValueError, match="rewards must be one of"):
+        _env(CORRIDOR, rewards="dense")
+    with pytest.raises(ValueError, match=r"unknown SokobanRewards fields \['bonus'\]"):
+        _env(CORRIDOR, rewards={"bonus": 1.0})
+    with pytest.raises(ValueError, match="must be numbers"):
+        _env(CORRIDOR, rewards={"step": "a lot"})
 
 
 def test_deadlock_flag_when_a_box_enters_a_non_target_corner() -> None:
