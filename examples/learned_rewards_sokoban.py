@@ -35,6 +35,7 @@ from creditgym.agents.evaluate import evaluate
 from creditgym.agents.plots import plot_seed_bands, read_metrics
 from creditgym.agents.ppo import PPO, PPOConfig
 from creditgym.demo import steps_to
+from creditgym.envs.sokoban.rules import REWARD_PRESETS
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "sparse": {},
@@ -62,13 +63,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="reward variants to compare")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one process and thread each)")
     parser.add_argument("--episodes", type=int, default=200, help="held-out levels evaluated per run")
+    parser.add_argument("--rewards", default="gym-sokoban", choices=sorted(REWARD_PRESETS),
+                        help="the env reward every variant starts from: gym-sokoban (-0.1 a step, +-1 per box on or "
+                             "off a target, +10 solved) or outcome (no per-box rewards: only the solve pays)")
+    parser.add_argument("--config", type=json.loads, default={},
+                        help='PPOConfig fields to set for every variant, as JSON, e.g. \'{"update_epochs": 4}\'')
     parser.add_argument("--out", default="results/learned_rewards", help="folder for runs, results.json and the plot")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
-    base = PPOConfig(env_id=args.env, env_kwargs={"obs_mode": "egocentric", "action_mask": True},
-                     total_steps=args.steps, runs_dir=str(out / "runs"), progress=False, checkpoint_every=0,
-                     tensorboard=False)
+    env_kwargs = {"obs_mode": "egocentric", "action_mask": True, "rewards": args.rewards}
+    base = PPOConfig(env_id=args.env, env_kwargs=env_kwargs, total_steps=args.steps, runs_dir=str(out / "runs"),
+                     progress=False, checkpoint_every=0, tensorboard=False)
+    try:
+        base = replace(base, **args.config)
+    except (TypeError, ValueError) as error:
+        parser.error(f"--config: {error}")
     configs = {(label, seed): replace(base, seed=seed, run_name=f"{label}-s{seed}", **VARIANTS[label])
                for label in args.variants for seed in args.seeds}
     start = time.perf_counter()
