@@ -76,13 +76,15 @@ def instructions(symbols: dict[Tile, str], rewards: SokobanRewards) -> str:
             ("you on target", Tile.PLAYER_ON_TARGET),
         )
     )
+    paid = [(rewards.step, "per step"), (rewards.box_on_target, "for each box pushed onto a target"),
+            (rewards.box_off_target, "for each box pushed off one"), (rewards.solved, "when all boxes are on targets"),
+            (rewards.invalid_action, "for an answer that is not a move")]
+    reward_terms = ", ".join(f"{value:+g} {what}" for value, what in paid if value != 0) or "none"
     return (
         "You are solving Sokoban. Push every box onto a target. You move one cell at a time; walking into a box "
         "pushes it one cell if the cell behind it is free. You cannot pull boxes or walk through walls, and a box "
         "pushed into a corner that is not a target can never be recovered.\n"
         f"Board legend: {legend}. Row 0 is the top of the board.\n"
-        f"Rewards: {rewards.step:+g} per step, {rewards.box_on_target:+g} for each box pushed onto a target, "
-        f"{rewards.box_off_target:+g} for each box pushed off one, {rewards.solved:+g} when all boxes are on "
-        f"targets, {rewards.invalid_action:+g} for an answer that is not a move.\n"
+        f"Rewards: {reward_terms}.\n"
         "Each turn, answer with exactly one move: Up, Down, Left or Right, written as <answer>Up</answer>."
     )

@@ -68,6 +68,8 @@ def test_rewards_from_a_preset_name_or_a_mapping() -> None:
     assert not terminated and info["boxes_on_target"] == 1
     assert reward == pytest.approx(-0.1)  # no per-box reward: only the solve pays
     assert _env(CORRIDOR, rewards={"step": -0.5}).step(Action.LEFT)[1] == pytest.approx(-0.5)
+    told = SokobanEnv(obs_mode="text", rewards="outcome").reset(seed=0)[1]["instructions"]
+    assert "Rewards: -0.1 per step, +10 when all boxes are on targets," in told and "pushed onto" not in told
     vec = gym.make_vec("creditgym/Sokoban-6x6-2b-v0", num_envs=2, rewards="outcome")
     assert vec.unwrapped.rewards == resolve_rewards("outcome")
     with pytest.raises(ValueError, match="rewards must be one of"):
