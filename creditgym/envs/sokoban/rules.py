@@ -136,4 +136,4 @@ def resolve_rewards(rewards: SokobanRewards | str | Mapping[str, float] | None) 
         except (TypeError, ValueError) as error:
             raise ValueError(f"SokobanRewards values must be numbers, got {dict(rewards)!r}") from error
         return SokobanRewards(**values)
-    raise TypeError(f"rewards must be a SokobanRewards, a preset name or a mapping, got {type(rewards).__name__}")
+    raise ValueError(f"rewards must be a SokobanRewards, a preset name or a mapping, got {type(rewards).__name__}")

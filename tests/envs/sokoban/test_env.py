@@ -78,6 +78,8 @@ def test_rewards_from_a_preset_name_or_a_mapping() -> None:
         _env(CORRIDOR, rewards={"bonus": 1.0})
     with pytest.raises(ValueError, match="must be numbers"):
         _env(CORRIDOR, rewards={"step": "a lot"})
+    with pytest.raises(ValueError, match="a preset name or a mapping, got int"):
+        _env(CORRIDOR, rewards=5)
 
 
 def test_deadlock_flag_when_a_box_enters_a_non_target_corner() -> None:
