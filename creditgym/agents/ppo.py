@@ -94,6 +94,14 @@ class PPOConfig:
     default 2e-3 the policy briefly learned to exploit SPA's estimate before the estimate caught up)"""
     learned_reward_replay: int = 1024
     """finished episodes kept in the learned reward model's replay buffer"""
+    learned_reward_epochs: int = 1
+    """passes of the learned reward model over as many replayed episodes as just finished, per rollout"""
+    learned_reward_start: int = 0
+    """env steps before the learned reward is paid; until then the model only trains on the finished episodes, so
+    the policy never chases an untrained estimate (SPA-RL trains its estimator on exploration rollouts before RL)"""
+    learned_reward_freeze: int | None = None
+    """env steps after which the learned reward model stops training and is frozen, as in SPA-RL's pipeline (a
+    fixed reward cannot be chased); none trains it online for the whole run"""
     policy: str = "mlp"
     """network: mlp (any array; fastest on a CPU), cnn (over (C, H, W) grids) or auto (cnn for 3-D observations)"""
     hidden: int = 256
@@ -150,6 +158,11 @@ class PPOConfig:
             raise ValueError(f"learned_reward must be one of {LEARNED_REWARDS} or none, got {self.learned_reward!r}")
         if self.learned_reward_lr <= 0 or self.prm_beta <= 0 or self.learned_reward_replay < 1:
             raise ValueError("learned_reward_lr and prm_beta must be positive and learned_reward_replay at least 1")
+        if self.learned_reward_epochs < 1:
+            raise ValueError(f"learned_reward_epochs must be at least 1, got {self.learned_reward_epochs}")
+        if self.learned_reward_start < 0 or (self.learned_reward_freeze is not None and self.learned_reward_freeze < 0):
+            raise ValueError("learned_reward_start and learned_reward_freeze are env steps: use 0 or more "
+                             "(learned_reward_freeze none trains the model for the whole run)")
         if self.policy not in ("auto", "cnn", "mlp"):
             raise ValueError(f"policy must be auto, cnn or mlp, got {self.policy!r}")
         if self.activation not in ACTIVATIONS:
@@ -255,10 +268,12 @@ def make_learned_reward(config: PPOConfig, obs_shape: tuple[int, ...], num_actio
             estimator = GridProgressEstimator(obs_shape, num_actions, hidden=config.hidden).to(device)
         return ProgressAttribution(estimator, alpha=config.learned_reward_coef, beta=config.spa_grounding,
                                    learning_rate=config.learned_reward_lr,
-                                   replay_episodes=config.learned_reward_replay, seed=config.seed)
+                                   replay_episodes=config.learned_reward_replay, epochs=config.learned_reward_epochs,
+                                   seed=config.seed)
     return GridImplicitPRM(obs_shape, num_actions, hidden=config.hidden, beta=config.prm_beta,
                            coef=config.learned_reward_coef, loss="ce" if name == "prime" else "dpo",
                            learning_rate=config.learned_reward_lr, replay_episodes=config.learned_reward_replay,
+                           epochs=config.learned_reward_epochs,
                            seed=config.seed + 1).to(device)
 
 
@@ -459,8 +474,15 @@ class PPO:
         # An action is valid and effective when the env's mask allowed it; without a mask every action counts.
         valid = (torch.ones_like(terminated) if masks is None
                  else masks.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
-        episodes = self.episode_assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
-        metrics = model.update(episodes)
+        # `global_step` already counts this rollout: the schedule looks at the step the rollout began at.
+        rollout_start = self.global_step - rewards.numel()
+        freeze = self.config.learned_reward_freeze
+        metrics: dict[str, float] = {}
+        if freeze is None or rollout_start < freeze:
+            episodes = self.episode_assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
+            metrics = model.update(episodes)
+        if rollout_start < self.config.learned_reward_start:
+            return {**metrics, f"reward/{model.channel}_per_step": 0.0}
         dense = model.dense_rewards(obs, actions, valid)
         rewards += dense
         return {**metrics, f"reward/{model.channel}_per_step": dense.mean().item()}

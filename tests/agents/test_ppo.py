@@ -40,6 +40,9 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"activation": "gelu"}, "activation must be one of"),
         ({"precision": "float16"}, "precision must be auto, float32 or bfloat16"),
         ({"shaping_scale": 0.0}, "shaping_scale must be a positive number"),
+        ({"learned_reward_start": -1}, "learned_reward_start and learned_reward_freeze are env steps"),
+        ({"learned_reward_freeze": -5}, "learned_reward_start and learned_reward_freeze are env steps"),
+        ({"learned_reward_epochs": 0}, "learned_reward_epochs must be at least 1"),
     ],
 )
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
@@ -104,6 +107,29 @@ def test_resume_with_a_learned_reward_continues_exactly(tmp_path: Path, learned_
         assert torch.equal(a, b)
     assert straight.learned_reward.replay.episodes and len(straight.learned_reward.replay.episodes) == len(
         resumed.learned_reward.replay.episodes)
+
+
+@pytest.mark.parametrize("learned_reward", ["spa", "prime"])
+def test_learned_reward_pays_from_start_and_stops_training_at_freeze(tmp_path: Path, learned_reward: str) -> None:
+    # SPA-RL's pipeline: the model learns from early rollouts, pays nothing until `start`, then stays fixed.
+    from creditgym.agents.plots import read_metrics
+
+    config = _config(tmp_path, learned_reward=learned_reward, total_steps=2048, learned_reward_start=1024,
+                     learned_reward_freeze=1024, env_kwargs={"obs_mode": "egocentric", "action_mask": True})
+    trainer = PPO(config)
+    model = trainer.learned_reward
+    weights = model.estimator if learned_reward == "spa" else model.network
+    initial = [p.detach().clone() for p in weights.parameters()]
+    trainer.learn(until_steps=1024)
+    at_freeze = [p.detach().clone() for p in weights.parameters()]
+    replayed = len(model.replay)
+    trainer.learn()
+    assert any(not torch.equal(a, b) for a, b in zip(initial, at_freeze, strict=True))  # it trained before freezing
+    assert all(torch.equal(a, p) for a, p in zip(at_freeze, weights.parameters(), strict=True))  # and not after
+    assert len(model.replay) == replayed > 0
+    paid = {row["global_step"]: row[f"reward/{model.channel}_per_step"] for row in read_metrics(trainer.run_dir)}
+    assert all(value == 0.0 for step, value in paid.items() if step <= 1024)
+    assert all(value != 0.0 for step, value in paid.items() if step > 1024)
 
 
 def test_learns_a_fixed_sokoban_level_with_spa_rewards(tmp_path: Path) -> None:
