@@ -124,26 +124,50 @@ class ProgressAttribution:
             return self.alpha * self.estimator(obs, actions) + self.beta * valid.float()
 
     # -- training --------------------------------------------------------------------------------------------
+    def targets(self, episodes: list[Any], like: Tensor) -> Tensor:
+        """``(E,)`` what Σ_t ĉ_t is regressed onto: the outcome, or its leave-one-out-centred form."""
+        targets = torch.tensor([float(e.outcome) for e in episodes], dtype=like.dtype, device=like.device)
+        if self.centered_outcome and len(episodes) > 1:
+            targets = rloo_advantages(targets, torch.zeros(len(episodes), dtype=torch.long, device=like.device))
+        return targets
+
     def loss(self, episodes: list[Any]) -> Tensor:
         """MSE between Σ_t ĉ_t and the outcome (or its leave-one-out-centred form), averaged over episodes."""
         flat = self.estimator.contributions(episodes)
         predicted = sum_per_episode(flat, [len(e) for e in episodes])
-        targets = torch.tensor([float(e.outcome) for e in episodes], dtype=flat.dtype, device=flat.device)
-        if self.centered_outcome and len(episodes) > 1:
-            targets = rloo_advantages(targets, torch.zeros(len(episodes), dtype=torch.long, device=flat.device))
-        return ((predicted - targets) ** 2).mean()
+        return ((predicted - self.targets(episodes, flat)) ** 2).mean()
+
+    def fit_report(self, episodes: list[Any]) -> dict[str, float]:
+        """How well Σ_t ĉ_t predicts episodes the estimator has not trained on.
+
+        `explained_variance` is 1 − MSE / Var(target): 0 for an estimator no better than predicting the mean
+        outcome, whose step rewards are then noise rather than progress; 1 for a perfect one.
+        """
+        with torch.no_grad():
+            flat = self.estimator.contributions(episodes)
+            predicted = sum_per_episode(flat, [len(e) for e in episodes])
+            targets = self.targets(episodes, flat)
+            mse = ((predicted - targets) ** 2).mean().item()
+            variance = targets.var(unbiased=False).item()
+        report = {f"{self.channel}/new_episode_mse": mse}
+        if variance > 0:
+            report[f"{self.channel}/explained_variance"] = 1.0 - mse / variance
+        return report
 
     def update(self, episodes: list[Any]) -> dict[str, float]:
         """Add `episodes` to the replay buffer, then train on as many replayed episodes (times `epochs`).
 
-        Returns `progress/mse`, the mean loss over the minibatches, or nothing when no episode finished.
+        Returns `progress/mse`, the mean loss over the minibatches, and `fit_report` on the new episodes taken
+        before training on them (a held-out measure), or nothing when no episode finished.
         """
-        losses = self.replay.train(episodes, batch_size=self.batch_episodes, epochs=self.epochs,
+        fresh = [episode for episode in episodes if len(episode)]
+        report = self.fit_report(fresh) if fresh else {}
+        losses = self.replay.train(fresh, batch_size=self.batch_episodes, epochs=self.epochs,
                                    generator=self.generator, step=self._step)
         if not losses:
             return {}
         return {f"{self.channel}/mse": float(np.mean(losses)),
-                f"{self.channel}/replay_episodes": float(len(self.replay))}
+                f"{self.channel}/replay_episodes": float(len(self.replay)), **report}
 
     def _step(self, minibatch: list[Any]) -> float:
         loss = self.loss(minibatch)

@@ -84,6 +84,21 @@ def test_spa_mse_decreases_and_credit_goes_to_the_deciding_action() -> None:
     assert first_step_rewards(model, 1) - first_step_rewards(model, 0) > 0.6
 
 
+def test_spa_reports_its_fit_on_new_episodes_before_training_on_them() -> None:
+    model, episodes = spa(learning_rate=1e-2, epochs=4), first_action_episodes(256)
+    outcomes = torch.tensor([e.outcome for e in episodes[192:]])
+    # the zero-initialised head predicts 0 for every episode: MSE = mean(R²), and worse than the mean outcome
+    first = model.update(episodes[192:])
+    assert first["progress/new_episode_mse"] == pytest.approx(float((outcomes ** 2).mean()), abs=1e-6)
+    assert first["progress/explained_variance"] == pytest.approx(
+        1 - float((outcomes ** 2).mean() / outcomes.var(unbiased=False)), abs=1e-5)
+    for _ in range(60):
+        model.update(episodes[:64])
+    # episodes 64-191 were never trained on: the outcome is the first action, which the estimator has learnt
+    held_out = model.update(episodes[64:192])
+    assert held_out["progress/explained_variance"] > 0.3  # 0 = no better than the mean outcome
+
+
 def test_spa_centred_outcome_flag_changes_the_target() -> None:
     episodes = first_action_episodes(8)
     plain, centred = spa(), spa(centered_outcome=True)
