@@ -89,9 +89,9 @@ class PPOConfig:
     """SPA's beta: reward per valid action (one the env's action_mask allows; without a mask, every action)"""
     prm_beta: float = 0.05
     """implicit PRM beta"""
-    learned_reward_lr: float = 3e-3
-    """Adam learning rate of the learned reward model (it must keep pace with the policy: at 1e-3 under PPO's
-    default 2e-3 the policy briefly learned to exploit SPA's estimate before the estimate caught up)"""
+    learned_reward_lr: float = 1e-3
+    """Adam learning rate of the learned reward model (SPA's estimator sums its output over whole episodes, so a
+    step moves its prediction by up to an episode's length times as much: at 3e-3 it stopped fitting Sokoban)"""
     learned_reward_replay: int = 1024
     """finished episodes kept in the learned reward model's replay buffer"""
     learned_reward_epochs: int = 1
