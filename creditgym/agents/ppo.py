@@ -91,7 +91,7 @@ class PPOConfig:
     """implicit PRM beta"""
     learned_reward_lr: float = 1e-3
     """Adam learning rate of the learned reward model (SPA's estimator sums its output over whole episodes, so a
-    step moves its prediction by up to an episode's length times as much: at 3e-3 it stopped fitting Sokoban)"""
+    step moves its prediction by up to an episode's length times as much: at 3e-3 it did not fit Sokoban)"""
     learned_reward_replay: int = 1024
     """finished episodes kept in the learned reward model's replay buffer"""
     learned_reward_epochs: int = 1

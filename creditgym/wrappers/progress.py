@@ -52,7 +52,7 @@ class GridProgressEstimator(nn.Module):
 
     One output per action (as a Q-network has) lets the last layer tell the moves apart; feeding a one-hot action
     into the first layer beside a large observation did not fit Sokoban outcomes at all (held-out explained
-    variance below 0 on random play, against 0.89 for this head; docs/results.md).
+    variance below 0 on random play, against 0.87 for this head; docs/results.md).
     """
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, *, hidden: int = 128) -> None:
