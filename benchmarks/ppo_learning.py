@@ -23,7 +23,7 @@ from creditgym.demo import steps_to
 
 
 def run_seed(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs: dict, runs_dir: str,
-             episodes: int, overrides: dict) -> dict:
+             episodes: int, overrides: dict, thresholds: Sequence[float] = (0.5, 0.8, 0.9)) -> dict:
     settings = dict(env_id=env_id, total_steps=steps, seed=seed, shaping=shaping, env_kwargs=env_kwargs,
                     runs_dir=runs_dir, progress=False, tensorboard=False, checkpoint_every=0)
     config = PPOConfig(**{**settings, **overrides})
@@ -39,7 +39,7 @@ def run_seed(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs
               "held_out_success": evaluate(trainer.run_dir, episodes=episodes)["success_rate"],
               "held_out_success_sampled": evaluate(trainer.run_dir, episodes=episodes, greedy=False)["success_rate"]}
     warm_up = config.num_envs * (gym.spec(env_id).max_episode_steps or 0)
-    for threshold in (0.5, 0.8, 0.9):
+    for threshold in thresholds:
         reached = steps_to(rows, threshold, skip_steps=warm_up)
         result[f"steps_to_{int(threshold * 100)}"] = reached
         result[f"wall_s_to_{int(threshold * 100)}"] = None if reached is None else round(reached / sps)
@@ -57,11 +57,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help='PPOConfig fields to override as JSON, e.g. \'{"hidden": 256, "shared_torso": true}\'')
     parser.add_argument("--episodes", type=int, default=200, help="held-out levels evaluated per seed")
     parser.add_argument("--runs-dir", default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8, 0.9],
+                        help="training success rates to report the env steps and wall time to reach")
     args = parser.parse_args(argv)
+    if not all(0 < threshold <= 1 for threshold in args.thresholds):
+        parser.error(f"--thresholds are success rates in (0, 1], got {args.thresholds}")
     with tempfile.TemporaryDirectory() as scratch:
         runs_dir = args.runs_dir or scratch
         seeds = [run_seed(args.env, seed, args.steps, args.shaping, args.env_kwargs, runs_dir, args.episodes,
-                           args.config)
+                           args.config, args.thresholds)
                  for seed in args.seeds]
     effective = {"env_id": args.env, "total_steps": args.steps, "shaping": args.shaping,
                  "env_kwargs": args.env_kwargs, "progress": False, "tensorboard": False, "checkpoint_every": 0,
