@@ -61,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--solve-levels", type=int, default=200, help="bank levels solved for the optimal lengths")
     parser.add_argument("--seed", type=int, default=0, help="seeds the level draw and the random actions")
     args = parser.parse_args(argv)
+    if min(args.time_limits) < 0 or min(args.num_envs, args.steps, args.solve_levels) < 1:
+        parser.error("--time-limits must be 0 or more; --num-envs, --steps and --solve-levels at least 1")
+    unknown = sorted(set(args.variants) - {spec.split("Sokoban-")[1][:-3] for spec in gym.registry
+                                           if spec.startswith("creditgym/Sokoban-")})
+    if unknown:
+        parser.error(f"unknown variants {unknown}; use e.g. 6x6-1b, 6x6-2b, 8x8-2b, 10x10-3b")
     torch.set_num_threads(1)
     result: dict = {"benchmark": "sokoban_random_play", "creditgym": creditgym.__version__, "num_envs": args.num_envs,
                     "steps": args.steps, "seed": args.seed, "variants": {}}

@@ -79,9 +79,13 @@ def credit_split(model: ProgressAttribution, episodes: list) -> dict[str, float]
     contributions = model.contributions(episodes)
     solved = [c for c, e in zip(contributions, episodes, strict=True) if e.success]
     failed = [c for c, e in zip(contributions, episodes, strict=True) if not e.success]
-    return {"solving_move": round(float(torch.stack([c[-1] for c in solved]).mean()), 4),
-            "other_moves_of_solved": round(float(torch.cat([c[:-1] for c in solved]).mean()), 4),
-            "moves_of_failed": round(float(torch.cat(failed).mean()), 4)}
+
+    def mean(values: list[Tensor]) -> float | None:  # None where the held-out episodes have no such move
+        joined = torch.cat(values) if values else torch.zeros(0)
+        return round(float(joined.mean()), 4) if joined.numel() else None
+
+    return {"solving_move": mean([c[-1:] for c in solved]), "other_moves_of_solved": mean([c[:-1] for c in solved]),
+            "moves_of_failed": mean(failed)}
 
 
 def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: argparse.Namespace) -> dict:
@@ -94,10 +98,11 @@ def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: ar
     for epoch in range(args.epochs):
         for minibatch in model.replay.minibatches(len(train) // 64, 64, model.generator):
             model.train_step(minibatch)
-        held_out = model.fit_report(test)
-        epochs.append({"epoch": epoch + 1, "held_out_explained_variance": round(
-            held_out[f"{model.channel}/explained_variance"], 4),
-            "train_explained_variance": round(model.fit_report(train)[f"{model.channel}/explained_variance"], 4)})
+        key = f"{model.channel}/explained_variance"  # absent where every episode had the same outcome
+        held_out, trained = model.fit_report(test).get(key), model.fit_report(train).get(key)
+        epochs.append({"epoch": epoch + 1,
+                       "held_out_explained_variance": None if held_out is None else round(held_out, 4),
+                       "train_explained_variance": None if trained is None else round(trained, 4)})
     return {"epochs": epochs, "credit_on_held_out": credit_split(model, test),
             "wall_s": round(time.perf_counter() - start, 1)}
 
@@ -117,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     env_kwargs = {"obs_mode": "egocentric", "action_mask": True, "rewards": "outcome"}
     episodes = random_play_episodes(args.env, env_kwargs, num_envs=args.num_envs, rollouts=args.rollouts,
                                     seed=args.seed)
+    if len(episodes) < 10:
+        parser.error(f"random play finished only {len(episodes)} episodes: raise --rollouts or --num-envs")
     split = int(0.8 * len(episodes))
     train, test = episodes[:split], episodes[split:]
     result = {"example": "spa_estimator_fit", "creditgym": creditgym.__version__, "env_id": args.env,

@@ -217,3 +217,21 @@ def test_replay_buffer_keeps_the_most_recent_and_trains_on_the_new_amount() -> N
     assert len(seen) == 4 and all(len(batch) == 4 for batch in seen)
     with pytest.raises(ValueError, match="capacity"):
         ReplayBuffer(0)
+
+
+def test_spa_estimator_fit_example_reports_both_heads_on_held_out_random_play() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "spa_estimator_fit.py"
+    spec = importlib.util.spec_from_file_location("spa_estimator_fit", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--num-envs", "32", "--rollouts", "20", "--epochs", "2", "--hidden", "16"])
+    episodes = result["episodes"]
+    assert episodes["train"] > episodes["held_out"] > 0 and 0 < episodes["solved"] < 1
+    for head in ("per-action", "action-input"):
+        report = result["heads"][head]
+        assert [row["epoch"] for row in report["epochs"]] == [1, 2]
+        assert all(row["held_out_explained_variance"] <= 1 for row in report["epochs"])
+        assert set(report["credit_on_held_out"]) == {"solving_move", "other_moves_of_solved", "moves_of_failed"}
