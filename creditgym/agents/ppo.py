@@ -89,6 +89,9 @@ class PPOConfig:
     """SPA's beta: reward per valid action (one the env's action_mask allows; without a mask, every action)"""
     prm_beta: float = 0.05
     """implicit PRM beta"""
+    prm_score: str = "sum"
+    """OPRL's trajectory score in its DPO loss: sum of the step log-ratios (the paper) or their mean over the episode
+    (OPRL's code)"""
     learned_reward_lr: float = 1e-3
     """Adam learning rate of the learned reward model (SPA's estimator sums its output over whole episodes, so a
     step moves its prediction by up to an episode's length times as much: at 3e-3 it did not fit Sokoban)"""
@@ -158,6 +161,8 @@ class PPOConfig:
             raise ValueError(f"learned_reward must be one of {LEARNED_REWARDS} or none, got {self.learned_reward!r}")
         if self.learned_reward_lr <= 0 or self.prm_beta <= 0 or self.learned_reward_replay < 1:
             raise ValueError("learned_reward_lr and prm_beta must be positive and learned_reward_replay at least 1")
+        if self.prm_score not in ("sum", "mean"):
+            raise ValueError(f"prm_score must be sum or mean, got {self.prm_score!r}")
         if self.learned_reward_epochs < 1:
             raise ValueError(f"learned_reward_epochs must be at least 1, got {self.learned_reward_epochs}")
         if self.learned_reward_start < 0 or (self.learned_reward_freeze is not None and self.learned_reward_freeze < 0):
@@ -272,8 +277,8 @@ def make_learned_reward(config: PPOConfig, obs_shape: tuple[int, ...], num_actio
                                    seed=config.seed)
     return GridImplicitPRM(obs_shape, num_actions, hidden=config.hidden, beta=config.prm_beta,
                            coef=config.learned_reward_coef, loss="ce" if name == "prime" else "dpo",
-                           learning_rate=config.learned_reward_lr, replay_episodes=config.learned_reward_replay,
-                           epochs=config.learned_reward_epochs,
+                           score=config.prm_score, learning_rate=config.learned_reward_lr,
+                           replay_episodes=config.learned_reward_replay, epochs=config.learned_reward_epochs,
                            seed=config.seed + 1).to(device)
 
 

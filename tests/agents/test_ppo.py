@@ -37,6 +37,7 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"learned_reward": "eureka"}, "learned_reward must be one of"),
         ({"prm_beta": 0.0}, "prm_beta must be positive"),
+        ({"prm_score": "max"}, "prm_score must be sum or mean"),
         ({"activation": "gelu"}, "activation must be one of"),
         ({"precision": "float16"}, "precision must be auto, float32 or bfloat16"),
         ({"shaping_scale": 0.0}, "shaping_scale must be a positive number"),
