@@ -110,6 +110,14 @@ def test_resume_with_a_learned_reward_continues_exactly(tmp_path: Path, learned_
         resumed.learned_reward.replay.episodes)
 
 
+def test_prm_settings_reach_the_grid_prm() -> None:
+    from creditgym.agents.ppo import make_learned_reward
+
+    config = PPOConfig(learned_reward="oprl", prm_score="mean", prm_beta=0.2)
+    model = make_learned_reward(config, (4,), 2, torch.device("cpu"))
+    assert (model.loss_kind, model.score, model.beta) == ("dpo", "mean", 0.2)
+
+
 @pytest.mark.parametrize("learned_reward", ["spa", "prime"])
 def test_learned_reward_pays_from_start_and_stops_training_at_freeze(tmp_path: Path, learned_reward: str) -> None:
     # SPA-RL's pipeline: the model learns from early rollouts, pays nothing until `start`, then stays fixed.

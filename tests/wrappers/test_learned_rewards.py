@@ -160,6 +160,19 @@ def test_prm_learns_which_action_wins_from_outcomes_only(loss: str) -> None:
     assert first_step_rewards(model, 1) > first_step_rewards(model, 0) + 0.05
 
 
+@pytest.mark.parametrize("score", ["sum", "mean"])
+def test_prm_dpo_scores_each_trajectory_by_its_summed_or_mean_log_ratio(score: str) -> None:
+    model, episodes = prm(loss="dpo", score=score, beta=0.5), first_action_episodes(32)
+    model.update(episodes)  # a log-ratio away from 0, so sum and mean differ
+    beta_sums = [float(r.sum()) for r in model.step_rewards(episodes)]  # β Σ log π_φ/π_ref, with coef 1
+    scores = torch.tensor([s / 0.5 / (len(e) if score == "mean" else 1) for s, e in zip(beta_sums, episodes,
+                                                                                       strict=True)])
+    success = torch.tensor([e.success for e in episodes])
+    chosen, rejected = success_failure_pairs(success, torch.zeros(len(episodes)))
+    expected = trajectory_dpo_loss(scores[chosen], scores[rejected], beta=0.5)
+    assert float(model.loss(episodes).detach()) == pytest.approx(float(expected), abs=1e-5)
+
+
 def test_prm_state_round_trip_and_validation() -> None:
     episodes = first_action_episodes(32)
     trained = prm()
