@@ -63,6 +63,9 @@ class LLMTrainConfig:
     """SPA's beta: reward for each valid turn (SPA's code pays 0.5, which also pays for merely long episodes)"""
     prm_beta: float = 0.05
     """PRIME/OPRL: beta of the implicit reward beta * (log pi_phi - log pi_ref)"""
+    prm_score: str = "sum"
+    """OPRL's trajectory score in its DPO loss: sum of the log-ratio over the episode (the paper) or its mean over
+    turns (OPRL's code)"""
     prm_reference: str | None = None
     """PRIME/OPRL: pi_ref, old (the rollout policy) or initial (frozen start); none = initial for prime, old for oprl"""
     prm_lora_rank: int = 0
@@ -219,6 +222,8 @@ class LLMTrainConfig:
             raise ValueError(f"spa_epochs must be at least 1, got {self.spa_epochs}")
         if self.prm_beta <= 0 or self.learned_reward_replay < 1 or self.prm_lora_rank < 0:
             raise ValueError("prm_beta must be positive, learned_reward_replay at least 1 and prm_lora_rank 0 or more")
+        if self.prm_score not in ("sum", "mean"):
+            raise ValueError(f"prm_score must be sum or mean, got {self.prm_score!r}")
         if self.prm_reference not in (None, "old", "initial"):
             raise ValueError(f"prm_reference must be old, initial or none, got {self.prm_reference!r}")
         if self.prime_granularity not in ("token", "step"):

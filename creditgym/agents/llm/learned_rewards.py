@@ -137,7 +137,8 @@ class ImplicitPRMAdvantages:
         self.kind = config.learned_reward
         reference = config.prm_reference or ("initial" if self.kind == "prime" else "old")
         self.prm = LLMImplicitPRM(trainer.policy, beta=config.prm_beta, loss="ce" if self.kind == "prime" else "dpo",
-                                  reference=reference, learning_rate=config.learned_reward_lr or DEFAULT_PRM_LR,
+                                  score=config.prm_score, reference=reference,
+                                  learning_rate=config.learned_reward_lr or DEFAULT_PRM_LR,
                                   lora_rank=config.prm_lora_rank, micro_batch_size=config.micro_batch_size,
                                   seed=config.seed)
 

@@ -97,6 +97,12 @@ def test_resume_continues_exactly(tmp_path: Path, name: str) -> None:
         assert len(got["replay"]) == len(expected["replay"]) == 16
 
 
+@pytest.mark.parametrize("score", ["sum", "mean"])
+def test_prm_score_reaches_the_llm_prm(tmp_path: Path, score: str) -> None:
+    prm = make_trainer(tmp_path, learned_reward="oprl", iterations=1, prm_score=score).learned_reward.prm
+    assert (prm.loss_kind, prm.score, prm.reference) == ("dpo", score, "old")
+
+
 def test_learned_advantages_replace_the_configured_ones(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, learned_reward="oprl", iterations=1)
     episodes = trainer.collector.collect([0, 1], generator=trainer.generator)
@@ -121,6 +127,7 @@ def test_learned_advantages_replace_the_configured_ones(tmp_path: Path) -> None:
     ({"learned_reward": "igpo", "advantage": "episode"}, "set advantage='turn'"),
     ({"learned_reward": "prime", "algo": "reinforce_pp"}, "use one of those algos"),
     ({"learned_reward": "oprl", "prm_reference": "sft"}, "prm_reference must be"),
+    ({"learned_reward": "oprl", "prm_score": "max"}, "prm_score must be sum or mean"),
     ({"learned_reward": "prime", "prime_granularity": "word"}, "prime_granularity must be"),
     ({"learned_reward": "prime", "learned_reward_lr": 0.0}, "learned_reward_lr must be positive"),
     ({"learned_reward": "oprl", "prm_beta": -1.0}, "prm_beta must be positive"),
