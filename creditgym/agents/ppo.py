@@ -27,7 +27,7 @@ from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.runs import MetricsLogger, read_checkpoint, write_checkpoint
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
 from creditgym.credit import gae
-from creditgym.wrappers.implicit_prm import GridImplicitPRM
+from creditgym.wrappers.implicit_prm import PRM_SCORES, GridImplicitPRM
 from creditgym.wrappers.learned import EpisodeAssembler, GridRewardModel
 from creditgym.wrappers.potentials import potential_names
 from creditgym.wrappers.progress import GridProgressEstimator, ProgressAttribution
@@ -161,7 +161,7 @@ class PPOConfig:
             raise ValueError(f"learned_reward must be one of {LEARNED_REWARDS} or none, got {self.learned_reward!r}")
         if self.learned_reward_lr <= 0 or self.prm_beta <= 0 or self.learned_reward_replay < 1:
             raise ValueError("learned_reward_lr and prm_beta must be positive and learned_reward_replay at least 1")
-        if self.prm_score not in ("sum", "mean"):
+        if self.prm_score not in PRM_SCORES:
             raise ValueError(f"prm_score must be sum or mean, got {self.prm_score!r}")
         if self.learned_reward_epochs < 1:
             raise ValueError(f"learned_reward_epochs must be at least 1, got {self.learned_reward_epochs}")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from creditgym.agents.llm.policy import LLMPolicy
 
 PRM_LOSSES = ("ce", "dpo")
+PRM_SCORES = ("sum", "mean")  # DPO's trajectory score: the papers' sum, or the OPRL code's mean
 
 
 def outcome_ce_loss(log_ratio_sums: Tensor, success: Tensor, *, beta: float) -> Tensor:
@@ -67,7 +68,7 @@ class GridImplicitPRM:
                  seed: int = 0) -> None:
         if loss not in PRM_LOSSES:
             raise ValueError(f"implicit PRM loss must be one of {PRM_LOSSES}, got {loss!r}")
-        if score not in ("sum", "mean"):
+        if score not in PRM_SCORES:
             raise ValueError(f"trajectory score must be 'sum' or 'mean', got {score!r}")
         if not (beta > 0 and math.isfinite(beta) and math.isfinite(coef) and learning_rate > 0):
             raise ValueError("beta and learning_rate must be positive and coef finite")
@@ -183,7 +184,7 @@ class LLMImplicitPRM:
                  max_grad_norm: float = 1.0, micro_batch_size: int = 8, seed: int = 0) -> None:
         if loss not in PRM_LOSSES:
             raise ValueError(f"implicit PRM loss must be one of {PRM_LOSSES}, got {loss!r}")
-        if score not in ("sum", "mean"):
+        if score not in PRM_SCORES:
             raise ValueError(f"trajectory score must be 'sum' or 'mean', got {score!r}")
         if reference not in PRM_REFERENCES:
             raise ValueError(f"PRM reference must be one of {PRM_REFERENCES}, got {reference!r}")
