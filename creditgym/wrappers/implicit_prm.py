@@ -58,6 +58,10 @@ class GridImplicitPRM:
     `loss` is `ce` (PRIME) or `dpo` (OPRL: pairs a success with a failure; with no groups in PPO every finished
     episode of a minibatch is in one group). Trained online over a replay buffer of recent episodes.
     `score` is `sum` (the papers) or `mean` (the OPRL code's mean step score) for DPO's trajectory score.
+
+    Prefer `ce` here. DPO's margin is unbounded, and where failures run much longer than successes it is won by
+    lowering log π_φ of every common move: on 6x6 two-box Sokoban the reward became a growing per-step penalty that
+    favoured moves the policy does not make, and PPO needed 3× sparse's env steps (docs/results.md, session 7).
     """
 
     channel = "implicit_prm"
