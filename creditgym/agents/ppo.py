@@ -55,7 +55,8 @@ class PPOConfig:
     anneal_lr: bool = True
     """decay the learning rate linearly to 0"""
     gamma: float = 0.99
-    """discount factor"""
+    """discount factor of the agent's returns (0 learns from each step's reward alone: useful only when shaping
+    with an exact potential, see shaping_gamma)"""
     gae_lambda: float = 0.7
     """GAE lambda (0.7 learned Sokoban about twice as fast per env step as the usual 0.95; docs/benchmarks.md)"""
     num_minibatches: int = 4
@@ -80,6 +81,11 @@ class PPOConfig:
     """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance); none = sparse"""
     shaping_scale: float = 1.0
     """multiplies the potential, e.g. 0.1 puts solver_distance (in moves) on the scale of Sokoban's -0.1 per move"""
+    shaping_gamma: float | None = None
+    """discount in the shaping reward gamma * phi(s') - phi(s); none = gamma, which keeps the optimal policy
+    (Ng et al. 1999). Set it to the task's own discount and gamma lower to shorten the horizon the agent assigns
+    credit over, as heuristic-guided RL does (Cheng et al. 2021): with an exact potential (solver_distance_tight,
+    shaping_gamma 1) gamma 0 learns 6x6 two-box Sokoban about 3x faster than sparse reward (docs/benchmarks.md)"""
     learned_reward: str | None = None
     """learned dense reward trained online from outcomes: spa (SPA progress attribution), prime (implicit PRM,
     cross-entropy) or oprl (implicit PRM, trajectory DPO); the LLM trainers also take igpo; none = env reward only"""
@@ -149,8 +155,12 @@ class PPOConfig:
         if self.batch_size % self.num_minibatches:
             raise ValueError(f"num_envs * num_steps ({self.batch_size}) must be divisible by num_minibatches "
                              f"({self.num_minibatches}); change one of them")
-        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ValueError("gamma and gae_lambda must be in [0, 1]")
+        if self.shaping_gamma is not None and not 0 < self.shaping_gamma <= 1:
+            raise ValueError(f"shaping_gamma must be in (0, 1] (the task's discount) or none, got {self.shaping_gamma}")
+        if self.shaping_gamma is not None and self.shaping is None:
+            raise ValueError("shaping_gamma only applies with a shaping potential; pass --shaping too")
         if self.learning_rate <= 0 or self.clip_coef <= 0:
             raise ValueError("learning_rate and clip_coef must be positive")
         if self.shaping is not None and self.shaping not in potential_names():
@@ -185,6 +195,11 @@ class PPOConfig:
                              f"at least one env; got {self.num_workers}")
         if self.ray_address is not None and self.rollout_backend != "ray":
             raise ValueError("ray_address is only used with rollout_backend='ray'; pass --rollout-backend ray")
+
+    @property
+    def potential_gamma(self) -> float:
+        """The discount the shaping reward uses: shaping_gamma, or the agent's own gamma."""
+        return self.gamma if self.shaping_gamma is None else self.shaping_gamma
 
     @property
     def batch_size(self) -> int:
@@ -310,13 +325,14 @@ class PPO:
             # Snapshots once per rollout, so recovering from a dead worker replays at most one rollout.
             self.envs: TorchVecEnv | RayVecEnv = RayVecEnv(
                 config.env_id, config.num_envs, config.num_workers, device=self.device, env_kwargs=config.env_kwargs,
-                shaping=config.shaping, gamma=config.gamma, shaping_scale=config.shaping_scale,
+                shaping=config.shaping, gamma=config.potential_gamma, shaping_scale=config.shaping_scale,
                 address=config.ray_address, snapshot_every=config.num_steps)
         elif config.shaping is None:
             self.envs = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
         else:
             self.envs = make_shaped_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs,
-                                            potential=config.shaping, gamma=config.gamma, scale=config.shaping_scale)
+                                            potential=config.shaping, gamma=config.potential_gamma,
+                                            scale=config.shaping_scale)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         if not isinstance(act_space, spaces.Discrete) or not isinstance(obs_space, spaces.Box):
             raise ValueError(f"PPO needs Box observations and Discrete actions; {config.env_id} has "

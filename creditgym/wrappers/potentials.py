@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import permutations
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -108,18 +108,30 @@ class SolverDistance:
     `max_states` reachable boards fall back to one A* `search` per board. Unsolvable boards get `unsolvable`,
     which must lie below every solvable board's value.
 
+    `unsolvable="below_farthest"` gives a dead-locked board one move less than the farthest board that can still
+    be solved on its level: the highest value that still ranks every dead-lock below every live board. Under a
+    short agent horizon (`PPOConfig.shaping_gamma` above `gamma`) a dead-locking move's shaping then costs a few
+    moves' worth, not a hundred, so it does not swamp the per-move signal once advantages are normalised.
+
     Args:
         max_states: most boards to walk per level before falling back to per-board search.
         max_nodes: search budget per board in that fallback; running out raises, since the value would not be
             exact.
-        unsolvable: the potential of a board that can no longer be solved.
+        unsolvable: the potential of a board that can no longer be solved, or "below_farthest" (above). Levels
+            too big to walk have no farthest board, and their dead-locks get -100 under "below_farthest".
     """
 
-    def __init__(self, *, max_states: int = 50_000, max_nodes: int = 50_000, unsolvable: float = -100.0) -> None:
+    def __init__(self, *, max_states: int = 50_000, max_nodes: int = 50_000,
+                 unsolvable: float | Literal["below_farthest"] = -100.0) -> None:
+        if isinstance(unsolvable, str) and unsolvable != "below_farthest":
+            raise ValueError(f'unsolvable must be a number or "below_farthest", got {unsolvable!r}')
         self.max_states = max_states
         self.max_nodes = max_nodes
         self.unsolvable = unsolvable
         self._moves_left: dict[tuple[tuple[int, ...], bytes], int] = {}
+        """Fewest moves to solve per board; -1 when it can no longer be solved."""
+        self._farthest: dict[tuple[tuple[int, ...], bytes], int] = {}
+        """Per dead-locked board from a walked level, the level's farthest solvable distance."""
         self._too_big: set[tuple[tuple[int, ...], bytes]] = set()
         """Rooms (walls, floor, targets) whose walk ran past `max_states`."""
 
@@ -135,7 +147,12 @@ class SolverDistance:
         moves_left = self._moves_left.get(key)
         if moves_left is None:
             moves_left = self._solve(board, key)
-        return self.unsolvable if moves_left < 0 else -float(moves_left)
+        if moves_left >= 0:
+            return -float(moves_left)
+        if self.unsolvable != "below_farthest":
+            return self.unsolvable
+        farthest = self._farthest.get(key)
+        return -100.0 if farthest is None else -1.0 - farthest
 
     def _solve(self, board: np.ndarray, key: tuple[tuple[int, ...], bytes]) -> int:
         level = Level(board)
@@ -143,6 +160,8 @@ class SolverDistance:
         table = None if room in self._too_big else all_move_distances(level, max_states=self.max_states)
         if table is not None:
             self._moves_left.update(((board.shape, b), d) for b, d in table.items())
+            farthest = max(0, *table.values())
+            self._farthest.update(((board.shape, b), farthest) for b, d in table.items() if d < 0)
             return table[board.tobytes()]
         self._too_big.add(room)
         result = search(level, max_nodes=self.max_nodes)
@@ -199,10 +218,10 @@ def _sokoban(name: str, description: str, batched: ObsPotential) -> NamedPotenti
     )
 
 
-def _solver_distance() -> NamedPotential:
-    solver = SolverDistance()
+def _solver_distance(name: str, description: str, unsolvable: float | Literal["below_farthest"]) -> NamedPotential:
+    solver = SolverDistance(unsolvable=unsolvable)
     return NamedPotential(
-        "solver_distance", "Sokoban: minus the solver's fewest moves to solve (exact, small levels)", "SokobanEnv",
+        name, description, "SokobanEnv",
         live=lambda env: solver(env.unwrapped.level.tiles),
         offline=lambda observation, state: solver(_board(state)),
         batched=solver.batched,
@@ -247,7 +266,10 @@ def _built_in() -> dict[str, NamedPotential]:
         _sokoban("boxes_on_target", "Sokoban: boxes on targets", boxes_on_target),
         _sokoban("box_distance", "Sokoban: minus the box-to-target distance under the best assignment",
                  box_distance),
-        _solver_distance(),
+        _solver_distance("solver_distance", "Sokoban: minus the solver's fewest moves to solve (exact, small levels; "
+                         "dead-locks -100)", unsolvable=-100.0),
+        _solver_distance("solver_distance_tight", "Sokoban: solver_distance with each dead-lock one move below the "
+                         "farthest solvable board of its level", unsolvable="below_farthest"),
         _hook("shop_progress", "Shop: progress stage in [0, 3] (ShopEnv.potential)", "ShopEnv"),
         _hook("plan_progress", "ToolUse: share of the reference plan's steps done (ToolUseEnv.potential)",
               "ToolUseEnv"),

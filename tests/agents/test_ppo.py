@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -32,7 +33,7 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
     [
         ({"num_envs": 0}, "num_envs must be at least 1"),
         ({"num_envs": 3, "num_steps": 3, "num_minibatches": 4}, "must be divisible by num_minibatches"),
-        ({"gamma": 1.5}, "gamma must be in"),
+        ({"gamma": 1.5}, "gamma and gae_lambda must be in"),
         ({"policy": "transformer"}, "policy must be auto, cnn or mlp"),
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"learned_reward": "eureka"}, "learned_reward must be one of"),
@@ -41,6 +42,8 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"activation": "gelu"}, "activation must be one of"),
         ({"precision": "float16"}, "precision must be auto, float32 or bfloat16"),
         ({"shaping_scale": 0.0}, "shaping_scale must be a positive number"),
+        ({"shaping": "box_distance", "shaping_gamma": 0.0}, "shaping_gamma must be in"),
+        ({"shaping_gamma": 1.0}, "shaping_gamma only applies with a shaping potential"),
         ({"learned_reward_start": -1}, "learned_reward_start and learned_reward_freeze are env steps"),
         ({"learned_reward_freeze": -5}, "learned_reward_start and learned_reward_freeze are env steps"),
         ({"learned_reward_epochs": 0}, "learned_reward_epochs must be at least 1"),
@@ -72,6 +75,35 @@ def test_learns_a_fixed_sokoban_level(tmp_path: Path) -> None:
     metrics = PPO(config).learn()
     assert metrics["charts/success_rate"] >= 0.95
     assert metrics["charts/episodic_length"] <= len(solve(level)) + 2
+
+
+def test_shaping_gamma_shapes_with_its_own_discount_and_a_myopic_agent_learns(tmp_path: Path) -> None:
+    # With gamma 0 only each step's own reward reaches the policy, so this level is learned only if the shaping
+    # (at shaping_gamma 1 with the exact potential) pays every step its share of the outcome.
+    from creditgym.envs.sokoban.bank import load_bank
+    from creditgym.envs.sokoban.boxoban import write_boxoban
+    from creditgym.envs.sokoban.solver import solve
+    from creditgym.wrappers.shaping import VectorPotentialShaping
+
+    def shaping_discount(trainer: PPO) -> float:
+        env = trainer.envs.env
+        while not isinstance(env, VectorPotentialShaping):
+            env = env.env
+        return env.gamma
+
+    assert shaping_discount(PPO(_config(tmp_path, shaping="box_distance", gamma=0.9))) == 0.9
+    level = load_bank("6x6-1b")[0]
+    write_boxoban(tmp_path / "one.txt", [level])
+    config = _config(tmp_path, num_envs=64, num_steps=32, total_steps=150_000, gamma=0.0, shaping_gamma=1.0,
+                     shaping="solver_distance_tight", shaping_scale=0.1,
+                     env_kwargs={"levels": str(tmp_path / "one.txt"), "rewards": "outcome"})
+    trainer = PPO(config)
+    assert shaping_discount(trainer) == 1.0
+    metrics = trainer.learn()
+    assert metrics["charts/success_rate"] >= 0.95
+    assert metrics["charts/episodic_length"] <= len(solve(level)) + 2
+    sparse = PPO(replace(config, shaping=None, shaping_gamma=None, run_name="sparse")).learn()
+    assert sparse["charts/success_rate"] < 0.5
 
 
 def _parameters(trainer: PPO) -> list[torch.Tensor]:

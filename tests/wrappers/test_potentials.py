@@ -70,6 +70,25 @@ def test_solver_distance_counts_moves_and_marks_dead_boards() -> None:
         SolverDistance(max_states=1, max_nodes=1)(load_bank("10x10-3b")[0].tiles)
 
 
+def test_tight_dead_lock_value_sits_one_move_below_the_farthest_live_board() -> None:
+    level = load_bank("6x6-2b")[3]
+    table = all_move_distances(level)
+    assert table is not None
+    farthest = max(table.values())
+    tight = SolverDistance(unsolvable="below_farthest")
+    values = {key: tight(np.frombuffer(key, np.int8).reshape(level.shape)) for key in table}
+    dead = [values[key] for key, moves in table.items() if moves < 0]
+    live = [values[key] for key, moves in table.items() if moves >= 0]
+    assert dead and set(dead) == {-1.0 - farthest}
+    assert max(dead) < min(live) == -farthest
+    assert get_potential("solver_distance_tight").batched(one_hot(level.tiles)).item() == values[level.tiles.tobytes()]
+    # Levels too big to walk have no farthest board: their dead-locks fall back to -100.
+    stuck = Level.from_rows(["#######", "#.@ $ #", "#######"])
+    assert SolverDistance(unsolvable="below_farthest", max_states=1)(stuck.tiles) == -100.0
+    with pytest.raises(ValueError, match="below_farthest"):
+        SolverDistance(unsolvable="tight")  # type: ignore[arg-type]
+
+
 def test_all_move_distances_are_the_solver_optimum_for_every_reachable_board() -> None:
     level = load_bank("6x6-2b")[3]
     table = all_move_distances(level)
