@@ -133,7 +133,7 @@ def test_offline_forms_agree_with_live_forms_on_recorded_states() -> None:
     for _ in range(30):
         env.step(["Up", "Down", "Left", "Right"][int(rng.integers(4))])
         state = env.unwrapped.state()
-        for name in ("boxes_on_target", "box_distance", "solver_distance"):
+        for name in ("boxes_on_target", "box_distance", "solver_distance", "solver_distance_tight"):
             potential = get_potential(name)
             assert potential.offline(None, state) == potential(env)
     with pytest.raises(ValueError, match="record_state=True"):
