@@ -78,14 +78,16 @@ class PPOConfig:
     target_kl: float | None = None
     """stop an update early once the approximate KL passes this"""
     shaping: str | None = None
-    """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance); none = sparse"""
+    """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance,
+    solver_distance_tight); none = sparse"""
     shaping_scale: float = 1.0
     """multiplies the potential, e.g. 0.1 puts solver_distance (in moves) on the scale of Sokoban's -0.1 per move"""
     shaping_gamma: float | None = None
     """discount in the shaping reward gamma * phi(s') - phi(s); none = gamma, which keeps the optimal policy
     (Ng et al. 1999). Set it to the task's own discount and gamma lower to shorten the horizon the agent assigns
     credit over, as heuristic-guided RL does (Cheng et al. 2021): with an exact potential (solver_distance_tight,
-    shaping_gamma 1) gamma 0 learns 6x6 two-box Sokoban about 3x faster than sparse reward (docs/benchmarks.md)"""
+    shaping_gamma 1) gamma 0 reached 80% on 6x6 two-box Sokoban in 2.4x fewer env steps than sparse reward, with
+    4 epochs (docs/benchmarks.md)"""
     learned_reward: str | None = None
     """learned dense reward trained online from outcomes: spa (SPA progress attribution), prime (implicit PRM,
     cross-entropy) or oprl (implicit PRM, trajectory DPO); the LLM trainers also take igpo; none = env reward only"""
