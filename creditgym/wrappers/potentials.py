@@ -98,6 +98,10 @@ def _permutations(k: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(list(permutations(range(k))), dtype=torch.int64, device=device).view(-1, k)
 
 
+DEAD_LOCK = -100.0
+"""`SolverDistance`'s default potential of a board that can no longer be solved, in moves."""
+
+
 class SolverDistance:
     """Minus the fewest moves that still solve the board (the exact −V* of a −1-per-move task), from the solver.
 
@@ -122,7 +126,7 @@ class SolverDistance:
     """
 
     def __init__(self, *, max_states: int = 50_000, max_nodes: int = 50_000,
-                 unsolvable: float | Literal["below_farthest"] = -100.0) -> None:
+                 unsolvable: float | Literal["below_farthest"] = DEAD_LOCK) -> None:
         if isinstance(unsolvable, str) and unsolvable != "below_farthest":
             raise ValueError(f'unsolvable must be a number or "below_farthest", got {unsolvable!r}')
         self.max_states = max_states
@@ -152,7 +156,7 @@ class SolverDistance:
         if self.unsolvable != "below_farthest":
             return self.unsolvable
         farthest = self._farthest.get(key)
-        return -100.0 if farthest is None else -1.0 - farthest
+        return DEAD_LOCK if farthest is None else -1.0 - farthest
 
     def _solve(self, board: np.ndarray, key: tuple[tuple[int, ...], bytes]) -> int:
         level = Level(board)
@@ -267,7 +271,7 @@ def _built_in() -> dict[str, NamedPotential]:
         _sokoban("box_distance", "Sokoban: minus the box-to-target distance under the best assignment",
                  box_distance),
         _solver_distance("solver_distance", "Sokoban: minus the solver's fewest moves to solve (exact, small levels; "
-                         "dead-locks -100)", unsolvable=-100.0),
+                         "dead-locks -100)", unsolvable=DEAD_LOCK),
         _solver_distance("solver_distance_tight", "Sokoban: solver_distance with each dead-lock one move below the "
                          "farthest solvable board of its level", unsolvable="below_farthest"),
         _hook("shop_progress", "Shop: progress stage in [0, 3] (ShopEnv.potential)", "ShopEnv"),
