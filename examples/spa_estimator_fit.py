@@ -5,6 +5,15 @@ SPA-RL regresses Σ_t ĉ(s_t, a_t) onto each episode's outcome. This collects ep
 explained variance of the outcome on the other 20% (0 = no better than predicting the mean outcome; then the step
 rewards are noise) and where the credit of solved episodes goes: to the final, solving move or to the moves before.
 
+It also asks whether ĉ ranks the moves of a state as the best play would. The solver gives every move of a
+held-out state its regret: the moves it wastes against the fewest that solve the board, all of them for a move
+into a dead-lock. `regret_ranking` reports how often ĉ's favourite move is an optimal one (ties share the pick)
+and the chance that an optimal move outscores a wasteful one (an AUC: 0.5 is no better than chance). A dense
+reward that ranks moves this way can shorten the agent's horizon (issue 6's myopic PBRS does, at 1.0 by
+construction); one that does not cannot. Box distance after the move (the `box_distance` potential) is scored
+alongside as a hand-written reference, and `--checkpoints` scores the estimators of PPO runs trained with SPA
+(`learned_reward: "spa"`) the same way.
+
 Two estimator heads are compared on the same episodes and seed:
 - `per-action`: creditgym's `GridProgressEstimator` (one output per action, read at the action taken);
 - `action-input`: the action one-hot fed into the first layer beside the observation, with tanh units (creditgym's
@@ -17,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +37,12 @@ import torch
 from torch import Tensor, nn
 
 import creditgym
+from creditgym.agents.ppo import PPOConfig, make_learned_reward
+from creditgym.agents.runs import read_checkpoint
+from creditgym.envs.sokoban.level import Tile
+from creditgym.envs.sokoban.rules import Action, apply_move
 from creditgym.wrappers.learned import EpisodeAssembler, StepEpisode
+from creditgym.wrappers.potentials import SolverDistance, box_distance, one_hot
 from creditgym.wrappers.progress import GridProgressEstimator, ProgressAttribution
 
 
@@ -88,7 +104,86 @@ def credit_split(model: ProgressAttribution, episodes: list) -> dict[str, float]
             "moves_of_failed": mean(failed)}
 
 
-def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: argparse.Namespace) -> dict:
+def held_out_states(episodes: list, count: int, seed: int) -> Tensor:
+    """Up to `count` observations drawn without replacement from the steps of `episodes`."""
+    obs = torch.cat([e.obs for e in episodes])
+    pick = torch.randperm(len(obs), generator=torch.Generator().manual_seed(seed))[:count]
+    return obs[pick]
+
+
+def move_outcomes(obs: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per state and move: the solver's regret in moves, and minus the box distance after the move.
+
+    Both ``(N, 4)``, NaN for a move that leaves the board as it is. Regret is 1 + d(s') − d(s) with d the fewest
+    moves that solve a board, and inf for a move into a dead-lock. Rows whose state is itself dead-locked are all NaN.
+    """
+    solver = SolverDistance(unsolvable=-math.inf)
+    regrets = np.full((len(obs), len(Action)), np.nan)
+    box_scores = np.full_like(regrets, np.nan)
+    for row, board in enumerate(obs.argmax(1).numpy().astype(np.int8)):
+        moves_left = -solver(board)
+        if math.isinf(moves_left):
+            continue
+        player = tuple(int(i) for i in np.argwhere((board == Tile.PLAYER) | (board == Tile.PLAYER_ON_TARGET))[0])
+        for action in Action:
+            after = board.copy()
+            if apply_move(after, player, action).moved:
+                regrets[row, action] = 1 - solver(after) - moves_left
+                box_scores[row, action] = float(box_distance(one_hot(after))[0])
+    return regrets, box_scores
+
+
+def regret_ranking(scores: np.ndarray, regrets: np.ndarray) -> dict[str, float]:
+    """How well `scores` ``(N, 4)`` rank each state's moves by their `regrets` (from `move_outcomes`).
+
+    Only states with both an optimal move and a wasteful one (regret above 0, dead-locks included) count.
+    `greedy_optimal`: how often the top-scored move is optimal, against `chance_optimal` for a uniformly random
+    move. `optimal_over_wasteful_auc`: the chance that an optimal move outscores a wasteful one of the same state
+    (ties count half); `live_over_dead_lock_auc`: the same for live moves against dead-locking ones.
+    """
+    effective = ~np.isnan(regrets)
+    optimal = effective & (regrets == 0)
+    wasteful = effective & (regrets > 0)
+    dead_lock = effective & np.isinf(regrets)
+    rows = optimal.any(1) & wasteful.any(1)
+    masked = np.where(effective, scores, -np.inf)[rows]
+    top = masked == masked.max(1, keepdims=True)
+    greedy = (top & optimal[rows]).sum(1) / top.sum(1)  # ties share the pick
+
+    def auc(better: np.ndarray, worse: np.ndarray) -> float | None:
+        wins = pairs = 0.0
+        for s, b, w in zip(scores, better, worse, strict=True):
+            if b.any() and w.any():
+                diff = s[b][:, None] - s[w][None, :]
+                wins += (diff > 0).sum() + 0.5 * (diff == 0).sum()
+                pairs += diff.size
+        return round(float(wins / pairs), 4) if pairs else None
+
+    return {"states": int(rows.sum()), "greedy_optimal": round(float(greedy.mean()), 4),
+            "chance_optimal": round(float((optimal[rows].sum(1) / effective[rows].sum(1)).mean()), 4),
+            "optimal_over_wasteful_auc": auc(optimal, wasteful),
+            "live_over_dead_lock_auc": auc(effective & ~dead_lock, dead_lock)}
+
+
+def estimator_scores(estimator: nn.Module, obs: Tensor) -> np.ndarray:
+    """ĉ(s, a) of every move, ``(N, 4)``."""
+    with torch.no_grad():
+        return torch.stack([estimator(obs, torch.full((len(obs),), int(a))) for a in Action], 1).double().numpy()
+
+
+def checkpoint_estimator(path: str) -> tuple[nn.Module, dict]:
+    """The SPA estimator saved in a PPO run's checkpoint, and where that run stood."""
+    file, state = read_checkpoint(path, torch.device("cpu"))
+    config = PPOConfig(**state["config"])
+    if config.learned_reward != "spa":
+        raise SystemExit(f"{path}: the run's learned_reward is {config.learned_reward!r}; pass runs trained with spa")
+    model = make_learned_reward(config, tuple(state["next_obs"].shape[1:]), len(Action), torch.device("cpu"))
+    model.load_state_dict(state["learned_reward"])
+    return model.estimator, {"checkpoint": str(file), "env_steps": int(state["global_step"]), "gamma": config.gamma}
+
+
+def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: argparse.Namespace,
+        regret_states: tuple[Tensor, np.ndarray]) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         estimator = HEADS[head](obs_shape, 4, hidden=args.hidden)
@@ -103,7 +198,9 @@ def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: ar
         epochs.append({"epoch": epoch + 1,
                        "held_out_explained_variance": None if held_out is None else round(held_out, 4),
                        "train_explained_variance": None if trained is None else round(trained, 4)})
+    states, regrets = regret_states
     return {"epochs": epochs, "credit_on_held_out": credit_split(model, test),
+            "regret_ranking": regret_ranking(estimator_scores(estimator, states), regrets),
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
@@ -115,8 +212,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=12, help="passes over the training episodes")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the estimator")
     parser.add_argument("--hidden", type=int, default=256, help="hidden width of the estimator")
-    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS), help="estimator heads")
+    parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=list(HEADS),
+                        help="estimator heads to fit to random play (none: only score --checkpoints)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the levels, the random play and the estimators")
+    parser.add_argument("--regret-states", type=int, default=20_000,
+                        help="held-out states whose moves are ranked against the solver's regrets")
+    parser.add_argument("--checkpoints", nargs="*", default=[],
+                        help="PPO checkpoints (files, or run dirs for their last one) trained with SPA, whose "
+                             "estimators to score too; PPO's keep_checkpoints keeps one per checkpoint")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     env_kwargs = {"obs_mode": "egocentric", "action_mask": True, "rewards": "outcome"}
@@ -126,12 +229,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"random play finished only {len(episodes)} episodes: raise --rollouts or --num-envs")
     split = int(0.8 * len(episodes))
     train, test = episodes[:split], episodes[split:]
+    states = held_out_states(test, args.regret_states, args.seed)
+    regrets, box_scores = move_outcomes(states)
     result = {"example": "spa_estimator_fit", "creditgym": creditgym.__version__, "env_id": args.env,
               "env_kwargs": env_kwargs, "settings": {k: v for k, v in vars(args).items() if k != "env"},
               "episodes": {"train": len(train), "held_out": len(test),
                            "solved": round(sum(e.success for e in episodes) / len(episodes), 4),
                            "mean_length": round(sum(len(e) for e in episodes) / len(episodes), 1)},
-              "heads": {head: fit(head, tuple(train[0].obs.shape[1:]), train, test, args) for head in args.heads}}
+              "heads": {head: fit(head, tuple(train[0].obs.shape[1:]), train, test, args, (states, regrets))
+                        for head in args.heads},
+              "box_distance_regret_ranking": regret_ranking(box_scores, regrets),
+              "checkpoints": []}
+    for path in args.checkpoints:
+        estimator, run = checkpoint_estimator(path)
+        result["checkpoints"].append({**run, "regret_ranking": regret_ranking(estimator_scores(estimator, states),
+                                                                                regrets)})
+    result["checkpoints"].sort(key=lambda row: (str(Path(row["checkpoint"]).parent), row["env_steps"]))
     print(json.dumps(result, indent=2))
     return result
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -138,6 +139,8 @@ class PPOConfig:
     """where runs are written"""
     checkpoint_every: int = 50
     """updates between checkpoints (0 = only at the end)"""
+    keep_checkpoints: bool = False
+    """also keep every periodic checkpoint as checkpoint-<env steps>.pt, to study how the models changed"""
     progress: bool = True
     """show a progress bar"""
     tensorboard: bool = True
@@ -478,7 +481,9 @@ class PPO:
             logger.log(metrics)
             progress.advance(self.global_step, metrics)
             if cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
+                path = self.save_checkpoint()
+                if cfg.keep_checkpoints:
+                    shutil.copyfile(path, path.with_name(f"checkpoint-{self.global_step}.pt"))
         progress.close()
         self.save_checkpoint()
         logger.close()

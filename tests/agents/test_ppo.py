@@ -214,6 +214,16 @@ def test_run_directory_holds_config_metrics_events_and_curve(tmp_path: Path) -> 
     assert (run / "checkpoint.pt").exists()
 
 
+def test_keep_checkpoints_leaves_one_file_per_checkpoint_that_resumes_where_it_was(tmp_path: Path) -> None:
+    PPO(_config(tmp_path, checkpoint_every=4)).learn()
+    assert not list((tmp_path / "run").glob("checkpoint-*.pt"))
+    PPO(_config(tmp_path, run_name="kept", checkpoint_every=4, keep_checkpoints=True)).learn()
+    kept = sorted((tmp_path / "kept").glob("checkpoint-*.pt"), key=lambda path: int(path.stem.split("-")[1]))
+    assert [path.name for path in kept] == [f"checkpoint-{steps}.pt" for steps in (512, 1024, 1536, 2048)]
+    resumed = PPO(_config(tmp_path, run_name="kept"), resume=kept[1])
+    assert resumed.global_step == 1024 and resumed.update == 8
+
+
 def test_shared_torso_feeds_both_heads_and_separate_torsos_do_not() -> None:
     obs = torch.randn(16, 6)
     for shared in (True, False):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,7 +233,7 @@ def test_replay_buffer_keeps_the_most_recent_and_trains_on_the_new_amount() -> N
         ReplayBuffer(0)
 
 
-def test_spa_estimator_fit_example_reports_both_heads_on_held_out_random_play() -> None:
+def _spa_estimator_fit_example():
     import importlib.util
     from pathlib import Path
 
@@ -240,7 +241,36 @@ def test_spa_estimator_fit_example_reports_both_heads_on_held_out_random_play() 
     spec = importlib.util.spec_from_file_location("spa_estimator_fit", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    result = example.main(["--num-envs", "32", "--rollouts", "20", "--epochs", "2", "--hidden", "16"])
+    return example
+
+
+def test_spa_estimator_fit_example_ranks_moves_by_the_solvers_regret() -> None:
+    from creditgym.envs.sokoban.level import Level
+    from creditgym.wrappers.potentials import one_hot
+
+    example = _spa_estimator_fit_example()
+    # Four moves solve it (left, up, then two pushes right). Up pushes the box against the top wall, away from
+    # the target's row: a dead-lock. Down is a wall.
+    level = Level.from_rows(["#######", "#     #", "#  $ .#", "#  @  #", "#######"])
+    regrets, box_scores = example.move_outcomes(one_hot(level.tiles))
+    up, down, left, right = 0, 1, 2, 3
+    assert np.isinf(regrets[0, up]) and np.isnan(regrets[0, down])
+    assert regrets[0, left] == 0 and regrets[0, right] == 2
+    assert box_scores[0, up] == -3 and box_scores[0, left] == box_scores[0, right] == -2
+
+    favours_left = example.regret_ranking(np.array([[0.0, 0.0, 1.0, 0.0]]), regrets)
+    assert favours_left == {"states": 1, "greedy_optimal": 1.0, "chance_optimal": round(1 / 3, 4),
+                            "optimal_over_wasteful_auc": 1.0, "live_over_dead_lock_auc": 0.75}
+    favours_up = example.regret_ranking(np.array([[1.0, 0.0, 0.0, 0.0]]), regrets)
+    assert favours_up["greedy_optimal"] == 0 and favours_up["live_over_dead_lock_auc"] == 0
+    indifferent = example.regret_ranking(np.zeros((1, 4)), regrets)
+    assert indifferent["greedy_optimal"] == round(1 / 3, 4) and indifferent["optimal_over_wasteful_auc"] == 0.5
+
+
+def test_spa_estimator_fit_example_reports_both_heads_on_held_out_random_play() -> None:
+    example = _spa_estimator_fit_example()
+    result = example.main(["--num-envs", "32", "--rollouts", "20", "--epochs", "2", "--hidden", "16",
+                           "--regret-states", "2000"])
     episodes = result["episodes"]
     assert episodes["train"] > episodes["held_out"] > 0 and 0 < episodes["solved"] < 1
     for head in ("per-action", "action-input"):
@@ -248,3 +278,6 @@ def test_spa_estimator_fit_example_reports_both_heads_on_held_out_random_play() 
         assert [row["epoch"] for row in report["epochs"]] == [1, 2]
         assert all(row["held_out_explained_variance"] <= 1 for row in report["epochs"])
         assert set(report["credit_on_held_out"]) == {"solving_move", "other_moves_of_solved", "moves_of_failed"}
+        assert report["regret_ranking"]["states"] > 0
+    # Pushing boxes towards targets is mostly good play, so box distance ranks moves better than chance.
+    assert result["box_distance_regret_ranking"]["optimal_over_wasteful_auc"] > 0.5
