@@ -182,6 +182,38 @@ def checkpoint_estimator(path: str) -> tuple[nn.Module, dict]:
     return model.estimator, {"checkpoint": str(file), "env_steps": int(state["global_step"]), "gamma": config.gamma}
 
 
+def plot(result: dict, path: str) -> None:
+    """Both AUCs of each SPA run's estimator against its env steps, beside the references that do not train."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = {"optimal_over_wasteful_auc": "P(optimal move scores above a wasteful one)",
+               "live_over_dead_lock_auc": "P(live move scores above a dead-locking one)"}
+    references = {"exact potential (myopic PBRS)": 1.0, "chance": 0.5}
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for axis, (metric, label) in zip(axes, metrics.items(), strict=True):
+        runs: dict[str, list[tuple[int, float]]] = {}
+        for row in result["checkpoints"]:
+            runs.setdefault(str(Path(row["checkpoint"]).parent.name), []).append(
+                (row["env_steps"], row["regret_ranking"][metric]))
+        for run, points in runs.items():
+            axis.plot(*zip(*points, strict=True), marker=".", label=f"SPA in PPO: {run}")
+        lines = {**references, "box distance": result["box_distance_regret_ranking"][metric],
+                 **{f"SPA fit to random play ({head})": report["regret_ranking"][metric]
+                    for head, report in result["heads"].items()}}
+        for (name, value), style in zip(lines.items(), ("-", ":", "--", "-.", (0, (1, 3))), strict=False):
+            axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=name)
+        axis.set(title=label, xlabel="env steps of the PPO run", ylabel="AUC", ylim=(-0.02, 1.02))
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"Does the estimator rank moves by regret? {result['env_id']}, held-out random-play states")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: argparse.Namespace,
         regret_states: tuple[Tensor, np.ndarray]) -> dict:
     with torch.random.fork_rng(devices=[]):
@@ -220,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--checkpoints", nargs="*", default=[],
                         help="PPO checkpoints (files, or run dirs for their last one) trained with SPA, whose "
                              "estimators to score too; PPO's keep_checkpoints keeps one per checkpoint")
+    parser.add_argument("--plot", help="write a PNG of the rankings against the runs' env steps here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     env_kwargs = {"obs_mode": "egocentric", "action_mask": True, "rewards": "outcome"}
@@ -245,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result["checkpoints"].append({**run, "regret_ranking": regret_ranking(estimator_scores(estimator, states),
                                                                                 regrets)})
     result["checkpoints"].sort(key=lambda row: (str(Path(row["checkpoint"]).parent), row["env_steps"]))
+    if args.plot:
+        plot(result, args.plot)
     print(json.dumps(result, indent=2))
     return result
 

@@ -28,6 +28,8 @@ def test_every_command_and_flag_has_help() -> None:
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"creditgym {name} {action.option_strings} has no help line"
+        # argparse %-formats help lines, so a stray "%" in a docstring-made help line breaks --help itself.
+        assert "--" in sub.format_help(), f"creditgym {name} --help"
 
 
 def test_list_shows_every_registered_id() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ from torch import nn
 
 import creditgym
 from creditgym.agents.plots import plot_learning_curves, read_metrics
-from creditgym.agents.runs import MetricsLogger, read_checkpoint, write_checkpoint
+from creditgym.agents.runs import MetricsLogger, keep_checkpoint, read_checkpoint, write_checkpoint
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
 from creditgym.credit import gae
 from creditgym.wrappers.implicit_prm import PRM_SCORES, GridImplicitPRM
@@ -483,7 +482,7 @@ class PPO:
             if cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0:
                 path = self.save_checkpoint()
                 if cfg.keep_checkpoints:
-                    shutil.copyfile(path, path.with_name(f"checkpoint-{self.global_step}.pt"))
+                    keep_checkpoint(path, self.global_step)
         progress.close()
         self.save_checkpoint()
         logger.close()

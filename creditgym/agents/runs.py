@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def keep_checkpoint(path: Path, step: int) -> Path:
+    """A copy of the checkpoint at `path` beside it, named by `step`, that later checkpoints do not overwrite."""
+    kept = path.with_name(f"{path.stem}-{step}{path.suffix}")
+    shutil.copyfile(path, kept)
+    return kept
 
 
 def read_checkpoint(path: str | Path, device: torch.device) -> tuple[Path, dict[str, Any]]:

@@ -136,6 +136,8 @@ class LLMTrainConfig:
     """where runs are written"""
     checkpoint_every: int = 10
     """iterations between checkpoints (0 = only at the end)"""
+    keep_checkpoints: bool = False
+    """also keep every periodic checkpoint as checkpoint-<iteration>.pt, to study how the models changed"""
     progress: bool = True
     """show a progress bar"""
     tensorboard: bool = True

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import creditgym
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.ppo import resolve_device
-from creditgym.agents.runs import MetricsLogger, read_checkpoint, write_checkpoint
+from creditgym.agents.runs import MetricsLogger, keep_checkpoint, read_checkpoint, write_checkpoint
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
 from creditgym.llm.models import load_policy_model
@@ -152,7 +152,9 @@ class LLMTrainer:
             logger.log(metrics)
             progress.advance(self.iteration, metrics)
             if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
+                path = self.save_checkpoint()
+                if cfg.keep_checkpoints:
+                    keep_checkpoint(path, self.iteration)
         progress.close()
         self.save_checkpoint()
         logger.close()

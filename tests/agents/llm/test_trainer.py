@@ -54,6 +54,15 @@ def test_run_dir_has_the_ppo_logging(tmp_path: Path) -> None:
     assert (run / "checkpoint.pt").exists() and list(run.glob("events.out.tfevents*"))
 
 
+def test_keep_checkpoints_leaves_one_file_per_checkpoint(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, iterations=2, checkpoint_every=1, keep_checkpoints=True)
+    trainer.learn()
+    run = tmp_path / "run"
+    assert sorted(path.name for path in run.glob("checkpoint-*.pt")) == ["checkpoint-1.pt", "checkpoint-2.pt"]
+    first = torch.load(run / "checkpoint-1.pt", weights_only=False)
+    assert first["iteration"] == 1 and torch.load(run / "checkpoint.pt", weights_only=False)["iteration"] == 2
+
+
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     straight = make_trainer(tmp_path / "a", iterations=2, algo="rloo")
     straight.learn()
