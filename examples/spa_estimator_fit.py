@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 
 import creditgym
-from creditgym.agents.ppo import PPOConfig, make_learned_reward
+from creditgym.agents.evaluate import load_policy
+from creditgym.agents.ppo import PPOConfig, make_learned_reward, sample_actions
 from creditgym.agents.runs import read_checkpoint
 from creditgym.envs.sokoban.level import Tile
 from creditgym.envs.sokoban.rules import Action, apply_move
@@ -111,24 +112,44 @@ def held_out_states(episodes: list, count: int, seed: int) -> Tensor:
     return obs[pick]
 
 
+@torch.no_grad()
+def policy_states(checkpoint: str, count: int, seed: int, num_envs: int = 256) -> Tensor:
+    """`count` states the PPO policy of `checkpoint` visits (sampled actions), on its own env and view."""
+    config, agent = load_policy(checkpoint, torch.device("cpu"))
+    envs = gym.make_vec(config.env_id, num_envs=num_envs, **config.env_kwargs)
+    obs, info = envs.reset(seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    states = []
+    for _ in range(math.ceil(count / num_envs)):
+        obs = torch.as_tensor(obs)
+        states.append(obs)
+        logits, _ = agent(obs, torch.as_tensor(info["action_mask"]))
+        obs, _, _, _, info = envs.step(sample_actions(logits, generator))
+    envs.close()
+    return torch.cat(states)[:count]
+
+
+SOLVER = SolverDistance(unsolvable=-math.inf)
+"""One solver for every call: it caches each level's walk, and the same levels recur between checkpoints."""
+
+
 def move_outcomes(obs: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per state and move: the solver's regret in moves, and minus the box distance after the move.
 
     Both ``(N, 4)``, NaN for a move that leaves the board as it is. Regret is 1 + d(s') − d(s) with d the fewest
     moves that solve a board, and inf for a move into a dead-lock. Rows whose state is itself dead-locked are all NaN.
     """
-    solver = SolverDistance(unsolvable=-math.inf)
     regrets = np.full((len(obs), len(Action)), np.nan)
     box_scores = np.full_like(regrets, np.nan)
     for row, board in enumerate(obs.argmax(1).numpy().astype(np.int8)):
-        moves_left = -solver(board)
+        moves_left = -SOLVER(board)
         if math.isinf(moves_left):
             continue
         player = tuple(int(i) for i in np.argwhere((board == Tile.PLAYER) | (board == Tile.PLAYER_ON_TARGET))[0])
         for action in Action:
             after = board.copy()
             if apply_move(after, player, action).moved:
-                regrets[row, action] = 1 - solver(after) - moves_left
+                regrets[row, action] = 1 - SOLVER(after) - moves_left
                 box_scores[row, action] = float(box_distance(one_hot(after))[0])
     return regrets, box_scores
 
@@ -194,12 +215,16 @@ def plot(result: dict, path: str) -> None:
     references = {"exact potential (myopic PBRS)": 1.0, "chance": 0.5}
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for axis, (metric, label) in zip(axes, metrics.items(), strict=True):
-        runs: dict[str, list[tuple[int, float]]] = {}
-        for row in result["checkpoints"]:
-            runs.setdefault(str(Path(row["checkpoint"]).parent.name), []).append(
-                (row["env_steps"], row["regret_ranking"][metric]))
-        for run, points in runs.items():
-            axis.plot(*zip(*points, strict=True), marker=".", label=f"SPA in PPO: {run}")
+        for states, style in (("regret_ranking", "-"), ("regret_ranking_on_policy_states", "--")):
+            runs: dict[str, list[tuple[int, float]]] = {}
+            for row in result["checkpoints"]:
+                if states in row:
+                    runs.setdefault(str(Path(row["checkpoint"]).parent.name), []).append(
+                        (row["env_steps"], row[states][metric]))
+            where = "random-play states" if states == "regret_ranking" else "its policy's states"
+            for color, (run, points) in enumerate(runs.items()):
+                axis.plot(*zip(*points, strict=True), marker=".", linestyle=style, color=f"C{color}",
+                          label=f"SPA in PPO ({run}), {where}")
         lines = {**references, "box distance": result["box_distance_regret_ranking"][metric],
                  **{f"SPA fit to random play ({head})": report["regret_ranking"][metric]
                     for head, report in result["heads"].items()}}
@@ -207,8 +232,8 @@ def plot(result: dict, path: str) -> None:
             axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=name)
         axis.set(title=label, xlabel="env steps of the PPO run", ylabel="AUC", ylim=(-0.02, 1.02))
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
-    figure.suptitle(f"Does the estimator rank moves by regret? {result['env_id']}, held-out random-play states")
+    axes[1].legend(fontsize=6, loc="lower right")
+    figure.suptitle(f"Does SPA's estimator rank moves by their regret? {result['env_id']}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -252,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--checkpoints", nargs="*", default=[],
                         help="PPO checkpoints (files, or run dirs for their last one) trained with SPA, whose "
                              "estimators to score too; PPO's keep_checkpoints keeps one per checkpoint")
+    parser.add_argument("--policy-states", type=int, default=5_000,
+                        help="also score each checkpoint's estimator on this many states its own policy visits "
+                             "(0: only on held-out random play)")
     parser.add_argument("--plot", help="write a PNG of the rankings against the runs' env steps here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -275,8 +303,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "checkpoints": []}
     for path in args.checkpoints:
         estimator, run = checkpoint_estimator(path)
-        result["checkpoints"].append({**run, "regret_ranking": regret_ranking(estimator_scores(estimator, states),
-                                                                                regrets)})
+        row = {**run, "regret_ranking": regret_ranking(estimator_scores(estimator, states), regrets)}
+        if args.policy_states:
+            visited = policy_states(path, args.policy_states, args.seed)
+            visited_regrets, _ = move_outcomes(visited)
+            row["regret_ranking_on_policy_states"] = regret_ranking(estimator_scores(estimator, visited),
+                                                                    visited_regrets)
+        result["checkpoints"].append(row)
     result["checkpoints"].sort(key=lambda row: (str(Path(row["checkpoint"]).parent), row["env_steps"]))
     if args.plot:
         plot(result, args.plot)

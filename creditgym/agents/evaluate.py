@@ -15,8 +15,9 @@ from creditgym.envs.sokoban.vector import SokobanVectorEnv
 
 
 def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, ActorCritic]:
-    """The config and trained network of a run directory (its checkpoint.pt)."""
-    path = Path(run_dir) / "checkpoint.pt"
+    """The config and trained network of a run directory (its checkpoint.pt), or of one checkpoint file."""
+    path = Path(run_dir)
+    path = path if path.is_file() else path / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; pass the folder of a `creditgym train` run")
     state = torch.load(path, map_location=device, weights_only=False)

@@ -281,3 +281,29 @@ def test_spa_estimator_fit_example_reports_both_heads_on_held_out_random_play() 
         assert report["regret_ranking"]["states"] > 0
     # Pushing boxes towards targets is mostly good play, so box distance ranks moves better than chance.
     assert result["box_distance_regret_ranking"]["optimal_over_wasteful_auc"] > 0.5
+
+
+def test_spa_estimator_fit_example_scores_the_estimators_of_ppo_checkpoints(tmp_path) -> None:
+    from creditgym.agents.ppo import PPO, PPOConfig
+
+    torch.set_num_threads(1)
+    example = _spa_estimator_fit_example()
+    PPO(PPOConfig(env_id="creditgym/Sokoban-6x6-2b-v0", num_envs=8, num_steps=16, total_steps=256,
+                  env_kwargs={"obs_mode": "egocentric", "action_mask": True, "rewards": "outcome"},
+                  learned_reward="spa", hidden=16, checkpoint_every=1, keep_checkpoints=True, progress=False,
+                  tensorboard=False, runs_dir=str(tmp_path), run_name="spa")).learn()
+    run = tmp_path / "spa"
+    plot = tmp_path / "ranking.png"
+    result = example.main(["--num-envs", "16", "--rollouts", "10", "--regret-states", "500", "--heads",
+                           "--policy-states", "64", "--checkpoints", str(run), str(run / "checkpoint-128.pt"),
+                           "--plot", str(plot)])
+    assert [row["env_steps"] for row in result["checkpoints"]] == [128, 256]
+    for row in result["checkpoints"]:
+        assert row["gamma"] == 0.99 and row["regret_ranking"]["states"] > 0
+        assert row["regret_ranking_on_policy_states"]["states"] > 0
+    assert plot.stat().st_size > 10_000
+    PPO(PPOConfig(env_id="creditgym/Sokoban-6x6-2b-v0", num_envs=8, num_steps=16, total_steps=128,
+                  env_kwargs={"obs_mode": "egocentric", "action_mask": True}, hidden=16, checkpoint_every=0,
+                  progress=False, tensorboard=False, runs_dir=str(tmp_path), run_name="sparse")).learn()
+    with pytest.raises(SystemExit, match="learned_reward is None"):
+        example.checkpoint_estimator(str(tmp_path / "sparse"))
