@@ -10,9 +10,10 @@ held-out state its regret: the moves it wastes against the fewest that solve the
 into a dead-lock. `regret_ranking` reports how often ĉ's favourite move is an optimal one (ties share the pick)
 and the chance that an optimal move outscores a wasteful one (an AUC: 0.5 is no better than chance). A dense
 reward that ranks moves this way can shorten the agent's horizon (issue 6's myopic PBRS does, at 1.0 by
-construction); one that does not cannot. Box distance after the move (the `box_distance` potential) is scored
+construction); one that does not cannot. `mean_score_by_move` shows where the credit goes: to walks or pushes,
+optimal, wasteful or dead-locking ones. Box distance after the move (the `box_distance` potential) is scored
 alongside as a hand-written reference, and `--checkpoints` scores the estimators of PPO runs trained with SPA
-(`learned_reward: "spa"`) the same way.
+(`learned_reward: "spa"`) the same way, on held-out random play and on states their own policy visits.
 
 Two estimator heads are compared on the same episodes and seed:
 - `per-action`: creditgym's `GridProgressEstimator` (one output per action, read at the action taken);
@@ -30,6 +31,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -133,14 +135,22 @@ SOLVER = SolverDistance(unsolvable=-math.inf)
 """One solver for every call: it caches each level's walk, and the same levels recur between checkpoints."""
 
 
-def move_outcomes(obs: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per state and move: the solver's regret in moves, and minus the box distance after the move.
+class MoveOutcomes(NamedTuple):
+    """Per state and move, ``(N, 4)`` each; NaN (False for `pushes`) for a move that leaves the board as it is."""
 
-    Both ``(N, 4)``, NaN for a move that leaves the board as it is. Regret is 1 + d(s') − d(s) with d the fewest
-    moves that solve a board, and inf for a move into a dead-lock. Rows whose state is itself dead-locked are all NaN.
-    """
+    regrets: np.ndarray
+    """1 + d(s') − d(s), with d the fewest moves that solve a board; inf for a move into a dead-lock."""
+    box_scores: np.ndarray
+    """Minus the box distance after the move."""
+    pushes: np.ndarray
+    """The move pushes a box."""
+
+
+def move_outcomes(obs: Tensor) -> MoveOutcomes:
+    """Every move of every state in `obs`, judged by the solver. Rows whose state is dead-locked stay NaN."""
     regrets = np.full((len(obs), len(Action)), np.nan)
     box_scores = np.full_like(regrets, np.nan)
+    pushes = np.zeros(regrets.shape, dtype=bool)
     for row, board in enumerate(obs.argmax(1).numpy().astype(np.int8)):
         moves_left = -SOLVER(board)
         if math.isinf(moves_left):
@@ -148,10 +158,23 @@ def move_outcomes(obs: Tensor) -> tuple[np.ndarray, np.ndarray]:
         player = tuple(int(i) for i in np.argwhere((board == Tile.PLAYER) | (board == Tile.PLAYER_ON_TARGET))[0])
         for action in Action:
             after = board.copy()
-            if apply_move(after, player, action).moved:
+            move = apply_move(after, player, action)
+            if move.moved:
                 regrets[row, action] = 1 - SOLVER(after) - moves_left
                 box_scores[row, action] = float(box_distance(one_hot(after))[0])
-    return regrets, box_scores
+                pushes[row, action] = move.pushed
+    return MoveOutcomes(regrets, box_scores, pushes)
+
+
+def mean_score_by_move(scores: np.ndarray, outcomes: MoveOutcomes) -> dict[str, float | None]:
+    """Mean score of each kind of move: walks and pushes, optimal (regret 0), wasteful or into a dead-lock."""
+    effective = ~np.isnan(outcomes.regrets)
+    optimal, dead_lock = effective & (outcomes.regrets == 0), effective & np.isinf(outcomes.regrets)
+    wasteful = effective & ~optimal & ~dead_lock
+    walks, pushes = effective & ~outcomes.pushes, outcomes.pushes
+    kinds = {"optimal_walk": optimal & walks, "wasteful_walk": wasteful & walks, "optimal_push": optimal & pushes,
+             "wasteful_live_push": wasteful & pushes, "dead_locking_push": dead_lock}
+    return {kind: round(float(scores[mask].mean()), 4) if mask.any() else None for kind, mask in kinds.items()}
 
 
 def regret_ranking(scores: np.ndarray, regrets: np.ndarray) -> dict[str, float]:
@@ -186,6 +209,12 @@ def regret_ranking(scores: np.ndarray, regrets: np.ndarray) -> dict[str, float]:
             "live_over_dead_lock_auc": auc(effective & ~dead_lock, dead_lock)}
 
 
+def judge(scores: np.ndarray, outcomes: MoveOutcomes) -> dict[str, dict]:
+    """`regret_ranking` and `mean_score_by_move` of `scores` ``(N, 4)``."""
+    return {"regret_ranking": regret_ranking(scores, outcomes.regrets),
+            "mean_score_by_move": mean_score_by_move(scores, outcomes)}
+
+
 def estimator_scores(estimator: nn.Module, obs: Tensor) -> np.ndarray:
     """ĉ(s, a) of every move, ``(N, 4)``."""
     with torch.no_grad():
@@ -215,17 +244,18 @@ def plot(result: dict, path: str) -> None:
     references = {"exact potential (myopic PBRS)": 1.0, "chance": 0.5}
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for axis, (metric, label) in zip(axes, metrics.items(), strict=True):
-        for states, style in (("regret_ranking", "-"), ("regret_ranking_on_policy_states", "--")):
+        for states, style in (("random play", "-"), ("on_policy_states", "--")):
             runs: dict[str, list[tuple[int, float]]] = {}
             for row in result["checkpoints"]:
-                if states in row:
+                report = row if states == "random play" else row.get(states)
+                if report:
                     runs.setdefault(str(Path(row["checkpoint"]).parent.name), []).append(
-                        (row["env_steps"], row[states][metric]))
-            where = "random-play states" if states == "regret_ranking" else "its policy's states"
+                        (row["env_steps"], report["regret_ranking"][metric]))
+            where = "random-play states" if states == "random play" else "its policy's states"
             for color, (run, points) in enumerate(runs.items()):
                 axis.plot(*zip(*points, strict=True), marker=".", linestyle=style, color=f"C{color}",
                           label=f"SPA in PPO ({run}), {where}")
-        lines = {**references, "box distance": result["box_distance_regret_ranking"][metric],
+        lines = {**references, "box distance": result["box_distance"]["regret_ranking"][metric],
                  **{f"SPA fit to random play ({head})": report["regret_ranking"][metric]
                     for head, report in result["heads"].items()}}
         for (name, value), style in zip(lines.items(), ("-", ":", "--", "-.", (0, (1, 3))), strict=False):
@@ -240,7 +270,7 @@ def plot(result: dict, path: str) -> None:
 
 
 def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: argparse.Namespace,
-        regret_states: tuple[Tensor, np.ndarray]) -> dict:
+        regret_states: tuple[Tensor, MoveOutcomes]) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         estimator = HEADS[head](obs_shape, 4, hidden=args.hidden)
@@ -255,9 +285,9 @@ def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: ar
         epochs.append({"epoch": epoch + 1,
                        "held_out_explained_variance": None if held_out is None else round(held_out, 4),
                        "train_explained_variance": None if trained is None else round(trained, 4)})
-    states, regrets = regret_states
+    states, outcomes = regret_states
     return {"epochs": epochs, "credit_on_held_out": credit_split(model, test),
-            "regret_ranking": regret_ranking(estimator_scores(estimator, states), regrets),
+            **judge(estimator_scores(estimator, states), outcomes),
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
@@ -291,24 +321,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     split = int(0.8 * len(episodes))
     train, test = episodes[:split], episodes[split:]
     states = held_out_states(test, args.regret_states, args.seed)
-    regrets, box_scores = move_outcomes(states)
+    outcomes = move_outcomes(states)
     result = {"example": "spa_estimator_fit", "creditgym": creditgym.__version__, "env_id": args.env,
               "env_kwargs": env_kwargs, "settings": {k: v for k, v in vars(args).items() if k != "env"},
               "episodes": {"train": len(train), "held_out": len(test),
                            "solved": round(sum(e.success for e in episodes) / len(episodes), 4),
                            "mean_length": round(sum(len(e) for e in episodes) / len(episodes), 1)},
-              "heads": {head: fit(head, tuple(train[0].obs.shape[1:]), train, test, args, (states, regrets))
+              "heads": {head: fit(head, tuple(train[0].obs.shape[1:]), train, test, args, (states, outcomes))
                         for head in args.heads},
-              "box_distance_regret_ranking": regret_ranking(box_scores, regrets),
+              "box_distance": judge(outcomes.box_scores, outcomes),
               "checkpoints": []}
     for path in args.checkpoints:
         estimator, run = checkpoint_estimator(path)
-        row = {**run, "regret_ranking": regret_ranking(estimator_scores(estimator, states), regrets)}
+        row = {**run, **judge(estimator_scores(estimator, states), outcomes)}
         if args.policy_states:
             visited = policy_states(path, args.policy_states, args.seed)
-            visited_regrets, _ = move_outcomes(visited)
-            row["regret_ranking_on_policy_states"] = regret_ranking(estimator_scores(estimator, visited),
-                                                                    visited_regrets)
+            row["on_policy_states"] = judge(estimator_scores(estimator, visited), move_outcomes(visited))
         result["checkpoints"].append(row)
     result["checkpoints"].sort(key=lambda row: (str(Path(row["checkpoint"]).parent), row["env_steps"]))
     if args.plot:

@@ -252,11 +252,16 @@ def test_spa_estimator_fit_example_ranks_moves_by_the_solvers_regret() -> None:
     # Four moves solve it (left, up, then two pushes right). Up pushes the box against the top wall, away from
     # the target's row: a dead-lock. Down is a wall.
     level = Level.from_rows(["#######", "#     #", "#  $ .#", "#  @  #", "#######"])
-    regrets, box_scores = example.move_outcomes(one_hot(level.tiles))
+    outcomes = example.move_outcomes(one_hot(level.tiles))
+    regrets = outcomes.regrets
     up, down, left, right = 0, 1, 2, 3
     assert np.isinf(regrets[0, up]) and np.isnan(regrets[0, down])
     assert regrets[0, left] == 0 and regrets[0, right] == 2
-    assert box_scores[0, up] == -3 and box_scores[0, left] == box_scores[0, right] == -2
+    assert outcomes.box_scores[0, up] == -3 and outcomes.box_scores[0, left] == outcomes.box_scores[0, right] == -2
+    assert outcomes.pushes[0].tolist() == [True, False, False, False]
+    by_move = example.mean_score_by_move(np.array([[5.0, 0.0, 1.0, 2.0]]), outcomes)
+    assert by_move == {"optimal_walk": 1.0, "wasteful_walk": 2.0, "optimal_push": None, "wasteful_live_push": None,
+                       "dead_locking_push": 5.0}
 
     favours_left = example.regret_ranking(np.array([[0.0, 0.0, 1.0, 0.0]]), regrets)
     assert favours_left == {"states": 1, "greedy_optimal": 1.0, "chance_optimal": round(1 / 3, 4),
@@ -278,9 +283,10 @@ def test_spa_estimator_fit_example_reports_both_heads_on_held_out_random_play() 
         assert [row["epoch"] for row in report["epochs"]] == [1, 2]
         assert all(row["held_out_explained_variance"] <= 1 for row in report["epochs"])
         assert set(report["credit_on_held_out"]) == {"solving_move", "other_moves_of_solved", "moves_of_failed"}
-        assert report["regret_ranking"]["states"] > 0
+        assert report["regret_ranking"]["states"] > 0 and set(report["mean_score_by_move"]) == {
+            "optimal_walk", "wasteful_walk", "optimal_push", "wasteful_live_push", "dead_locking_push"}
     # Pushing boxes towards targets is mostly good play, so box distance ranks moves better than chance.
-    assert result["box_distance_regret_ranking"]["optimal_over_wasteful_auc"] > 0.5
+    assert result["box_distance"]["regret_ranking"]["optimal_over_wasteful_auc"] > 0.5
 
 
 def test_spa_estimator_fit_example_scores_the_estimators_of_ppo_checkpoints(tmp_path) -> None:
@@ -300,7 +306,7 @@ def test_spa_estimator_fit_example_scores_the_estimators_of_ppo_checkpoints(tmp_
     assert [row["env_steps"] for row in result["checkpoints"]] == [128, 256]
     for row in result["checkpoints"]:
         assert row["gamma"] == 0.99 and row["regret_ranking"]["states"] > 0
-        assert row["regret_ranking_on_policy_states"]["states"] > 0
+        assert row["on_policy_states"]["regret_ranking"]["states"] > 0
     assert plot.stat().st_size > 10_000
     PPO(PPOConfig(env_id="creditgym/Sokoban-6x6-2b-v0", num_envs=8, num_steps=16, total_steps=128,
                   env_kwargs={"obs_mode": "egocentric", "action_mask": True}, hidden=16, checkpoint_every=0,
