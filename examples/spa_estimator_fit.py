@@ -242,7 +242,7 @@ def plot(result: dict, path: str) -> None:
     metrics = {"optimal_over_wasteful_auc": "P(optimal move scores above a wasteful one)",
                "live_over_dead_lock_auc": "P(live move scores above a dead-locking one)"}
     references = {"exact potential (myopic PBRS)": 1.0, "chance": 0.5}
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(16, 4.5), sharey=True)
     for axis, (metric, label) in zip(axes, metrics.items(), strict=True):
         for states, style in (("random play", "-"), ("on_policy_states", "--")):
             runs: dict[str, list[tuple[int, float]]] = {}
@@ -262,7 +262,7 @@ def plot(result: dict, path: str) -> None:
             axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=name)
         axis.set(title=label, xlabel="env steps of the PPO run", ylabel="AUC", ylim=(-0.02, 1.02))
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=6, loc="lower right")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.suptitle(f"Does SPA's estimator rank moves by their regret? {result['env_id']}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
