@@ -125,7 +125,8 @@ def policy_states(checkpoint: str, count: int, seed: int, num_envs: int = 256) -
     for _ in range(math.ceil(count / num_envs)):
         obs = torch.as_tensor(obs)
         states.append(obs)
-        logits, _ = agent(obs, torch.as_tensor(info["action_mask"]))
+        mask = info.get("action_mask")  # runs trained without the mask sample among all four moves
+        logits, _ = agent(obs, None if mask is None else torch.as_tensor(mask))
         obs, _, _, _, info = envs.step(sample_actions(logits, generator))
     envs.close()
     return torch.cat(states)[:count]
@@ -221,13 +222,17 @@ def estimator_scores(estimator: nn.Module, obs: Tensor) -> np.ndarray:
         return torch.stack([estimator(obs, torch.full((len(obs),), int(a))) for a in Action], 1).double().numpy()
 
 
-def checkpoint_estimator(path: str) -> tuple[nn.Module, dict]:
-    """The SPA estimator saved in a PPO run's checkpoint, and where that run stood."""
+def checkpoint_estimator(path: str, obs_shape: tuple[int, ...]) -> tuple[nn.Module, dict]:
+    """The SPA estimator saved in a PPO run's checkpoint, and where that run stood; it must see `obs_shape`."""
     file, state = read_checkpoint(path, torch.device("cpu"))
     config = PPOConfig(**state["config"])
     if config.learned_reward != "spa":
         raise SystemExit(f"{path}: the run's learned_reward is {config.learned_reward!r}; pass runs trained with spa")
-    model = make_learned_reward(config, tuple(state["next_obs"].shape[1:]), len(Action), torch.device("cpu"))
+    trained_shape = tuple(state["next_obs"].shape[1:])
+    if trained_shape != obs_shape:
+        raise SystemExit(f"{path}: the run saw observations of shape {trained_shape}, not {obs_shape}; pass runs "
+                         f"on --env with the egocentric view (env_kwargs obs_mode 'egocentric')")
+    model = make_learned_reward(config, trained_shape, len(Action), torch.device("cpu"))
     model.load_state_dict(state["learned_reward"])
     return model.estimator, {"checkpoint": str(file), "env_steps": int(state["global_step"]), "gamma": config.gamma}
 
@@ -332,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "box_distance": judge(outcomes.box_scores, outcomes),
               "checkpoints": []}
     for path in args.checkpoints:
-        estimator, run = checkpoint_estimator(path)
+        estimator, run = checkpoint_estimator(path, tuple(states.shape[1:]))
         row = {**run, **judge(estimator_scores(estimator, states), outcomes)}
         if args.policy_states:
             visited = policy_states(path, args.policy_states, args.seed)

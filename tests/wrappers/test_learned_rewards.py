@@ -312,4 +312,6 @@ def test_spa_estimator_fit_example_scores_the_estimators_of_ppo_checkpoints(tmp_
                   env_kwargs={"obs_mode": "egocentric", "action_mask": True}, hidden=16, checkpoint_every=0,
                   progress=False, tensorboard=False, runs_dir=str(tmp_path), run_name="sparse")).learn()
     with pytest.raises(SystemExit, match="learned_reward is None"):
-        example.checkpoint_estimator(str(tmp_path / "sparse"))
+        example.checkpoint_estimator(str(tmp_path / "sparse"), (7, 7, 7))
+    with pytest.raises(SystemExit, match=r"shape \(7, 7, 7\), not \(7, 6, 6\)"):
+        example.checkpoint_estimator(str(run), (7, 6, 6))
