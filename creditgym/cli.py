@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a trained run (Sokoban: held-out levels, solver gap)")
-    evaluation.add_argument("run_dir", help="a run folder written by `creditgym train`")
+    evaluation.add_argument("run_dir", help="a run folder written by `creditgym train`, or one of its checkpoint "
+                                            "files (such as a checkpoint-<env steps>.pt from --keep-checkpoints)")
     evaluation.add_argument("--env", help="env id to evaluate on (default: the run's)")
     evaluation.add_argument("--episodes", type=int, default=200, help="episodes (Sokoban: distinct levels in order)")
     evaluation.add_argument("--levels", help="Boxoban-format file or folder to evaluate on (Sokoban only)")

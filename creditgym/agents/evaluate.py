@@ -138,6 +138,8 @@ def _evaluate_generic(agent: ActorCritic, env_id: str, episodes: int, greedy: bo
 
 
 def write_result(result: dict[str, Any], run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "eval.json"
+    """eval.json in the run folder, or eval-<checkpoint name>.json beside a checkpoint file evaluated on its own."""
+    run = Path(run_dir)
+    path = run.with_name(f"eval-{run.stem}.json") if run.is_file() else run / "eval.json"
     path.write_text(json.dumps(result, indent=2))
     return path

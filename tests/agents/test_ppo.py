@@ -222,6 +222,10 @@ def test_keep_checkpoints_leaves_one_file_per_checkpoint_that_resumes_where_it_w
     assert [path.name for path in kept] == [f"checkpoint-{steps}.pt" for steps in (512, 1024, 1536, 2048)]
     resumed = PPO(_config(tmp_path, run_name="kept"), resume=kept[1])
     assert resumed.global_step == 1024 and resumed.update == 8
+    # A kept checkpoint evaluates on its own, and its result lands beside it, not over the run's eval.json.
+    assert cli_main(["eval", str(kept[0]), "--episodes", "4"]) == 0
+    assert json.loads((tmp_path / "kept" / "eval-checkpoint-512.json").read_text())["episodes"] == 4
+    assert not (tmp_path / "kept" / "eval.json").exists()
 
 
 def test_shared_torso_feeds_both_heads_and_separate_torsos_do_not() -> None:
