@@ -16,9 +16,20 @@ from collections.abc import Callable
 MAX_EXPRESSION_LENGTH = 200
 MAX_MAGNITUDE = 1e15
 MAX_EXPONENT = 64
+#: round(x, n) builds 10**|n| as an integer, so a huge n would hang the env; beyond 15 digits a float has none left.
+MAX_ROUND_DIGITS = 15
+
+
+def _round(value: float, ndigits: float | None = None) -> float:
+    if ndigits is None:
+        return round(value)
+    if not float(ndigits).is_integer() or abs(ndigits) > MAX_ROUND_DIGITS:
+        raise ValueError(f"the number of digits must be a whole number from -{MAX_ROUND_DIGITS} to {MAX_ROUND_DIGITS}")
+    return round(value, int(ndigits))
+
 
 FUNCTIONS: dict[str, Callable[..., float]] = {
-    "abs": abs, "round": round, "min": min, "max": max, "sqrt": math.sqrt, "floor": math.floor, "ceil": math.ceil,
+    "abs": abs, "round": _round, "min": min, "max": max, "sqrt": math.sqrt, "floor": math.floor, "ceil": math.ceil,
 }
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
 _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
