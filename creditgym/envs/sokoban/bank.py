@@ -13,6 +13,8 @@ from creditgym.envs.sokoban.level import BOX_TILES, PLAYER_TILES, TARGET_TILES, 
 
 BANK_DIR = Path(__file__).parent / "banks"
 SPLITS = ("train", "test")
+#: Boxoban's own split folders: training, then held-out in order of preference.
+BOXOBAN_SPLIT_FOLDERS = ("train", "test", "valid")
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,17 +96,36 @@ def load_bank(variant: str, split: str = "train") -> LevelBank:
 
 
 def resolve_bank(levels: str | Path | LevelBank, split: str) -> LevelBank:
-    """A shipped variant name ('6x6-1b'), a Boxoban path, or a bank."""
+    """A shipped variant name ('6x6-1b'), a Boxoban path, or a bank.
+
+    A Boxoban folder with split subfolders (``unfiltered/`` has ``train/ valid/ test/``, ``medium/`` has ``train/
+    valid/``) gives ``train/`` for split "train" and ``test/`` (or ``valid/`` where there is no ``test/``) for
+    "test", so training and held-out play never share levels. A file, or a folder without split subfolders, is
+    one level set whatever the split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if isinstance(levels, LevelBank):
         return levels
     if isinstance(levels, str) and (BANK_DIR / f"{levels}-{split}.txt").exists():
         return load_bank(levels, split)
     path = Path(levels).expanduser()
-    if path.exists():
-        return _load_path_bank(str(path.resolve()))
-    raise ValueError(
-        f"levels={levels!r} is neither a shipped bank ({bank_names()}) nor an existing Boxoban file/directory"
-    )
+    if not path.exists():
+        raise ValueError(
+            f"levels={levels!r} is neither a shipped bank ({bank_names()}) nor an existing Boxoban file/directory"
+        )
+    return _load_path_bank(str(_split_folder(path.resolve(), split)))
+
+
+def _split_folder(path: Path, split: str) -> Path:
+    if not path.is_dir() or not any((path / name).is_dir() for name in BOXOBAN_SPLIT_FOLDERS):
+        return path
+    candidates = BOXOBAN_SPLIT_FOLDERS[:1] if split == "train" else BOXOBAN_SPLIT_FOLDERS[1:]
+    for name in candidates:
+        if (path / name).is_dir():
+            return path / name
+    raise ValueError(f"{path} has no {' or '.join(c + '/' for c in candidates)} folder for split {split!r}; "
+                     f"pass that split's folder or file as levels")
 
 
 @functools.lru_cache(maxsize=16)

@@ -71,6 +71,7 @@ def _read_file(path: Path) -> list[Level]:
 
 
 def write_boxoban(path: str | Path, levels: Iterable[Level]) -> None:
-    """Write levels as one Boxoban file, numbered from 0."""
+    """Write levels as one Boxoban file, numbered from 0, creating its folder if needed."""
     chunks = [f"; {i}\n" + "\n".join(level.to_rows()) + "\n" for i, level in enumerate(levels)]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(chunks), encoding="utf-8")

@@ -89,7 +89,8 @@ class SokobanEnv(gym.Env):
     view adds `invalid_action` and `available_actions`; reset adds `instructions`.
 
     ## Arguments
-    `levels` (bank name such as "6x6-1b", a Boxoban path, or a `LevelBank`), `split` ("train"/"test"),
+    `levels` (bank name such as "6x6-1b", a Boxoban path, or a `LevelBank`), `split` ("train"/"test"; in a
+    Boxoban folder such as `unfiltered/` it picks `train/` or the held-out `test/`, else `valid/`),
     `obs_mode`, `rewards` (`SokobanRewards`, "gym-sokoban", "outcome" or a mapping of fields), `text_symbols`
     ("ragen"/"boxoban"), `max_invalid_actions`, `action_mask` (add `info["action_mask"]`: the moves that change
     the board; every move stays legal), `render_mode` ("ansi"/"rgb_array").

@@ -104,6 +104,23 @@ def test_resolve_bank_errors_list_shipped_banks() -> None:
         resolve_bank("no-such-bank", "train")
 
 
+def test_boxoban_split_folders_keep_training_and_held_out_levels_apart(tmp_path: Path) -> None:
+    train, valid = Level.from_rows(ROOM), Level.from_rows(["#####", "#.$@#", "#####"])
+    write_boxoban(tmp_path / "unfiltered" / "train" / "000.txt", [train])
+    write_boxoban(tmp_path / "unfiltered" / "valid" / "000.txt", [valid])
+    assert list(resolve_bank(tmp_path / "unfiltered", "train")) == [train]
+    assert list(resolve_bank(tmp_path / "unfiltered", "test")) == [valid]  # valid/ stands in for a missing test/
+    write_boxoban(tmp_path / "unfiltered" / "test" / "000.txt", [train, valid])
+    assert len(resolve_bank(tmp_path / "unfiltered", "test")) == 2
+    write_boxoban(tmp_path / "medium" / "train" / "000.txt", [train])
+    with pytest.raises(ValueError, match="no test/ or valid/ folder"):
+        resolve_bank(tmp_path / "medium", "test")
+    # A single file, or a folder of level files, is one level set whatever the split.
+    assert list(resolve_bank(tmp_path / "medium" / "train" / "000.txt", "test")) == [train]
+    with pytest.raises(ValueError, match="split must be one of"):
+        resolve_bank(tmp_path / "unfiltered", "validation")
+
+
 @pytest.mark.skipif(not SHARED_BOXOBAN.exists(), reason="../shared/data/boxoban-levels is absent in this checkout")
 def test_reads_real_boxoban_files() -> None:
     levels = read_boxoban(SHARED_BOXOBAN / "hard" / "000.txt")
