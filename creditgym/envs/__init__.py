@@ -29,8 +29,7 @@ for _variant, (_max_steps, _description) in _SOKOBAN_VARIANTS.items():
 register(
     id="creditgym/Sanity-Bandit-v0",
     entry_point="creditgym.envs.sanity.bandit:ContextBanditEnv",
-    max_episode_steps=1,
-)
+)  # no time limit: the env ends every episode itself, and a limit of 1 would also mark each one truncated
 DESCRIPTIONS["creditgym/Sanity-Bandit-v0"] = "sanity check: a 4-arm contextual bandit, optimal return 1"
 register(
     id="creditgym/Sanity-WordBandit-v0",

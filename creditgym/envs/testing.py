@@ -44,7 +44,9 @@ def check_conformance(env: str | EnvFactory, *, seed: int = 0, num_steps: int = 
     6. pickle and deepcopy round trips continue identically;
     7. every declared render mode returns the right type;
     8. text envs: invalid text never raises, leaves `state()` unchanged, sets `info["invalid_action"]` and
-       explains itself in the next observation.
+       explains itself in the next observation;
+    9. a step after an episode terminated (checked where a random rollout of `num_steps` terminates one) either
+       raises or is an invalid action that pays no task reward: the outcome is never paid twice.
     """
     make = _factory(env, kwargs)
     with warnings.catch_warnings():
@@ -55,6 +57,7 @@ def check_conformance(env: str | EnvFactory, *, seed: int = 0, num_steps: int = 
     _assert_same(first, second, "two rollouts with the same seed and actions differ")
     _check_copies(make, seed)
     _check_render_modes(make, seed)
+    _check_step_after_end(make, seed, num_steps)
     if isinstance(make().action_space, spaces.Text):
         _check_invalid_text(make, seed)
 
@@ -136,6 +139,30 @@ def _check_copies(make: EnvFactory, seed: int) -> None:
             info = expected[4]
             if got[2] or got[3]:
                 break
+
+
+def _check_step_after_end(make: EnvFactory, seed: int, num_steps: int) -> None:
+    env = make()
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    _, info = env.reset(seed=seed)
+    for _ in range(num_steps):
+        _, _, terminated, truncated, info = env.step(_actions(env, info, rng))
+        if terminated:
+            break
+        if truncated:
+            _, info = env.reset()
+    else:
+        return
+    action = _actions(env, info, rng)
+    try:
+        _, reward, _, _, info = env.step(action)
+    except Exception:  # noqa: BLE001 - refusing to step is one of the two allowed answers
+        return
+    task = info.get("reward_components", {}).get("task", 0.0)
+    if not info.get("invalid_action") or task != 0.0:
+        raise ConformanceError(f"step({action!r}) after the episode terminated returned reward {reward} "
+                               f"({info.get('reward_components')}); raise, or treat it as an invalid action")
 
 
 def _check_render_modes(make: EnvFactory, seed: int) -> None:

@@ -65,6 +65,11 @@ class _Counter(gym.Env):
         self.count = 0
 
     def step(self, action):
+        if self.count >= 10:
+            raise RuntimeError("the count is done; call reset()")
+        return self._count(action)
+
+    def _count(self, action):
         self.count = min(10, self.count + int(action))
         done = self.count >= 10
         reward = float(done)
@@ -109,6 +114,11 @@ class _BadRender(_Counter):
         return self.count
 
 
+class _PaysTwice(_Counter):
+    def step(self, action):
+        return self._count(action)  # the bug under test: stepping on after the end pays the outcome again
+
+
 def test_suite_accepts_a_correct_env() -> None:
     check_conformance(_Counter)
 
@@ -117,3 +127,8 @@ def test_suite_accepts_a_correct_env() -> None:
 def test_suite_catches_broken_envs(broken: type[gym.Env]) -> None:
     with pytest.raises((ConformanceError, AssertionError)):
         check_conformance(broken)
+
+
+def test_suite_catches_an_outcome_paid_after_the_end() -> None:
+    with pytest.raises(ConformanceError, match="after the episode terminated"):
+        check_conformance(_PaysTwice)

@@ -29,7 +29,8 @@ class ContextBanditEnv(gym.Env):
     `task`: 1 for the named arm, else 0.
 
     ## Episode End
-    Terminated after one step; `info["success"]` when the named arm was pulled.
+    Terminated after one step; `info["success"]` when the named arm was pulled. The final observation is all
+    zeros; stepping again before `reset()` raises.
 
     ## Registered IDs
     `creditgym/Sanity-Bandit-v0` (4 arms).
@@ -43,16 +44,24 @@ class ContextBanditEnv(gym.Env):
     def __init__(self, *, num_arms: int = 4, render_mode: str | None = None) -> None:
         if num_arms < 2:
             raise ValueError(f"num_arms must be at least 2, got {num_arms}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         self.num_arms = num_arms
         self.render_mode = render_mode
         self.observation_space = spaces.Box(0.0, 1.0, (num_arms,), np.float32)
         self.action_space = spaces.Discrete(num_arms)
-        self._arm = 0
+        self._arm: int | None = None  # the named arm; None outside an episode
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._arm is None:
+            raise RuntimeError("each episode is one pull; call reset() before stepping again")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be an arm index in [0, {self.num_arms}), got {action!r}")
         success = int(action) == self._arm
         reward = float(success)
-        return self._observation(), reward, True, False, {"reward_components": {"task": reward}, "success": success}
+        self._arm = None
+        obs = np.zeros(self.num_arms, np.float32)
+        return obs, reward, True, False, {"reward_components": {"task": reward}, "success": success}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -61,8 +70,10 @@ class ContextBanditEnv(gym.Env):
         info = {"reward_components": {"task": 0.0}, "instructions": instructions}
         return self._observation(), info
 
-    def render(self) -> str:
-        return f"arm {self._arm}"
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        return "episode over" if self._arm is None else f"arm {self._arm}"
 
     def _observation(self) -> np.ndarray:
         obs = np.zeros(self.num_arms, np.float32)

@@ -115,8 +115,8 @@ class WordBanditEnv(gym.Env):
         info["instructions"] = "One of two doors, A or B, hides a prize. Reply A or B."
         return self._observation(), info
 
-    def render(self) -> str:
-        return self._observation()
+    def render(self) -> str | None:
+        return self._observation() if self.render_mode == "ansi" else None
 
     def state(self) -> dict[str, Any]:
         """Everything that determines the future: the round and how many rounds found the prize."""

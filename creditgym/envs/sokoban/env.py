@@ -159,6 +159,11 @@ class SokobanEnv(gym.Env):
         self._feedback = ""
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        if self._num_boxes and self._boxes_on_target == self._num_boxes:  # no boxes yet: reset() has not run
+            # Without this, every step after the solving one would pay the solve bonus again.
+            if self.obs_mode == "text":
+                return self._invalid_step(action, feedback="The level is already solved; call reset().")
+            raise RuntimeError("the level is solved and the episode is over; call reset() before stepping again")
         if self.obs_mode == "text":
             move = parse_action(action)
             if move is None:
@@ -253,9 +258,9 @@ class SokobanEnv(gym.Env):
         return Level(self._tiles)
 
     # -- internals ------------------------------------------------------------------------------------
-    def _invalid_step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def _invalid_step(self, action: Any, feedback: str | None = None) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         self._invalid_count += 1
-        self._feedback = describe_invalid(action)
+        self._feedback = feedback or describe_invalid(action)
         penalty = self.rewards.invalid_action
         info = self._info(task=0.0, format=penalty)
         info["invalid_action"] = True

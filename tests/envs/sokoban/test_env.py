@@ -34,6 +34,22 @@ def test_push_onto_target_solves_and_pays_gym_sokoban_rewards() -> None:
     assert info["reward_components"] == {"task": pytest.approx(10.9), "format": 0.0}
 
 
+def test_a_solved_level_pays_its_bonus_once() -> None:
+    env = _env(CORRIDOR)
+    env.step(Action.RIGHT)
+    assert env.step(Action.RIGHT)[2]
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(Action.LEFT)
+    text = _env(CORRIDOR, obs_mode="text")
+    text.step("right")
+    assert text.step("right")[2]
+    obs, reward, terminated, _, info = text.step("left")
+    assert info["invalid_action"] and info["reward_components"] == {"task": 0.0, "format": -0.1}
+    assert obs.startswith("The level is already solved; call reset().") and not terminated
+    env.reset()
+    assert env.step(Action.RIGHT)[1] == pytest.approx(-0.1)  # reset starts a new episode
+
+
 def test_walls_and_blocked_boxes_are_no_ops() -> None:
     env = _env(CORRIDOR)
     before = env.level

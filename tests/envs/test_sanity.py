@@ -1,0 +1,40 @@
+"""The sanity-check envs: one-step bandit contract and bad actions."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import creditgym  # noqa: F401  (registers the ids)
+
+
+def test_bandit_is_one_terminated_step_and_passes_gymnasiums_checker() -> None:
+    env = gym.make("creditgym/Sanity-Bandit-v0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns that `env` is wrapped: the wrappers are what is under test
+        check_env(env, skip_render_check=True)  # a 1-step time limit failed here: each step was also truncated
+    obs, _ = env.reset(seed=0)
+    arm = int(obs.argmax())
+    _, reward, terminated, truncated, info = env.step(arm)
+    assert (reward, terminated, truncated, info["success"]) == (1.0, True, False, True)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(arm)
+
+
+@pytest.mark.parametrize("action", [-1, 4, 10**20, "0"])
+def test_bandit_refuses_actions_that_are_not_arms(action: object) -> None:
+    env = gym.make("creditgym/Sanity-Bandit-v0")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="arm index"):
+        env.step(action)
+
+
+@pytest.mark.parametrize("env_id", ["creditgym/Sanity-Bandit-v0", "creditgym/Sanity-WordBandit-v0"])
+def test_render_without_a_render_mode_returns_none(env_id: str) -> None:
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    assert env.render() is None
+    assert isinstance(gym.make(env_id, render_mode="ansi").unwrapped.render(), str)
