@@ -180,7 +180,12 @@ class SokobanVectorEnv(VectorEnv):
     def step(self, actions: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                torch.Tensor, dict[str, Any]]:
         actions = torch.as_tensor(actions, device=self.device, dtype=torch.int64)
-        delta = self._deltas.index_select(0, actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), a move per board; got {list(actions.shape)}")
+        try:
+            delta = self._deltas.index_select(0, actions)
+        except IndexError:  # only the CPU checks indices; range-checking on a GPU would cost a sync every step
+            raise ValueError(f"actions must be moves in [0, {len(self._deltas)}), got {actions.tolist()}") from None
         ahead = self._player + delta
         behind = ahead + delta
         key = self._flat.index_select(0, ahead) * _NUM_CODES

@@ -129,6 +129,17 @@ def test_reset_with_explicit_levels_and_bad_index() -> None:
         vec.reset(options={"level_index": [0, 1, 2, 10**9]})
 
 
+def test_step_refuses_actions_of_the_wrong_shape_or_range() -> None:
+    vec = SokobanVectorEnv(2)
+    vec.reset(seed=0)
+    before = vec._flat.clone()
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        vec.step(np.array([0]))  # this used to broadcast one move to every board
+    with pytest.raises(ValueError, match=r"moves in \[0, 4\)"):
+        vec.step(np.array([0, 4]))
+    assert torch.equal(vec._flat, before)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_runs_on_cuda_and_keeps_tensors_there() -> None:
     vec = SokobanVectorEnv(64, device="cuda")

@@ -23,8 +23,8 @@ def no_eval(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("expression", "expected"),
     [("2 + 3 * 4", 14), ("(2 + 3) * 4", 20), ("189.5 * 3", 568.5), ("7 // 2", 3), ("7 % 4", 3), ("2 ** 10", 1024),
-     ("-3 + +5", 2), ("0.1 + 0.2", 0.3), ("sqrt(16) + abs(-2)", 6), ("round(2.345, 2)", 2.35), ("round(1234, -2)", 1200),
-     ("round(2.5)", 2), ("round(7, 15)", 7), ("max(1, 9, 3)", 9),
+     ("-3 + +5", 2), ("0.1 + 0.2", 0.3), ("sqrt(16) + abs(-2)", 6), ("round(2.345, 2)", 2.35),
+     ("round(1234, -2)", 1200), ("round(2.5)", 2), ("round(7, 15)", 7), ("max(1, 9, 3)", 9),
      ("1_000 / 8", 125), ("2 * pi", 6.2831853072)],
 )
 def test_arithmetic(expression: str, expected: float) -> None:
