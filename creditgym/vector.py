@@ -8,6 +8,7 @@ codec for `Text` spaces returns garbage strings without any error. `make_vec` th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,7 +49,9 @@ def make_vec(
     For an env with `Text` in its observation space: `vectorization_mode=None` gives "sync";
     "async" gives `AsyncVectorEnv(shared_memory=False)`; asking for shared memory raises
     `UnsafeVectorizationError`. Other envs get gymnasium's defaults (their `vector_entry_point` if they
-    have one, else "sync"), and `shared_memory` is passed to `AsyncVectorEnv` when given.
+    have one, else "sync"), and `shared_memory` is passed to `AsyncVectorEnv` when given. Where the batched
+    `vector_entry_point` cannot honour the arguments or wrappers (e.g. Sokoban's `obs_mode="rgb"`,
+    `render_mode`), the default falls back to "sync" with a warning.
 
     >>> import creditgym
     >>> envs = creditgym.make_vec("creditgym/Dialogue-Gather-v0", 2)
@@ -91,6 +94,23 @@ def make_vec(
             )
     if mode not in (None, "async") and "shared_memory" in vector_kwargs:
         raise ValueError("shared_memory only applies to vectorization_mode='async'")
+    if mode is None and gym.spec(env_id).vector_entry_point is not None:
+        mode = _batched_or_sync(env_id, num_envs, wrappers, env_kwargs)
     return gym.make_vec(
         env_id, num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, wrappers=wrappers, **env_kwargs
     )
+
+
+def _batched_or_sync(env_id: str, num_envs: int, wrappers: Sequence | None, env_kwargs: dict[str, Any]) -> str:
+    """The env's batched implementation where it can honour the request, else one env per copy, with a warning."""
+    if wrappers:
+        why = "it cannot take per-env wrappers"
+    else:
+        try:
+            gym.make_vec(env_id, 1, vectorization_mode="vector_entry_point", **env_kwargs).close()
+            return "vector_entry_point"
+        except (TypeError, ValueError) as error:
+            why = str(error)
+    warnings.warn(f"{env_id}: the batched vector env does not fit this request ({why}); using SyncVectorEnv, "
+                  "which is much slower. Pass vectorization_mode='sync' to silence this.", stacklevel=3)
+    return "sync"

@@ -91,6 +91,22 @@ def test_make_vec_checks_the_text_view_of_grid_envs() -> None:
     arrays.close()
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"obs_mode": "rgb"}, {"render_mode": "rgb_array"}, {"wrappers": [gym.wrappers.RecordEpisodeStatistics]}],
+)
+def test_make_vec_falls_back_to_sync_where_the_batched_env_cannot_honour_the_request(kwargs: dict) -> None:
+    with pytest.warns(UserWarning, match="using SyncVectorEnv"):
+        envs = creditgym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2, **kwargs)
+    assert isinstance(envs, SyncVectorEnv)
+    obs, _ = envs.reset(seed=0)
+    assert envs.single_observation_space.contains(obs[0])
+    envs.close()
+    batched = creditgym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2, obs_mode="egocentric", action_mask=True)
+    assert type(batched.unwrapped).__name__ == "SokobanVectorEnv"
+    batched.close()
+
+
 def test_has_text_looks_inside_composite_spaces() -> None:
     text = gym.spaces.Text(8)
     assert has_text(gym.spaces.Dict({"a": gym.spaces.Discrete(2), "b": gym.spaces.Tuple([text])}))
