@@ -132,3 +132,12 @@ def test_suite_catches_broken_envs(broken: type[gym.Env]) -> None:
 def test_suite_catches_an_outcome_paid_after_the_end() -> None:
     with pytest.raises(ConformanceError, match="after the episode terminated"):
         check_conformance(_PaysTwice)
+
+
+@pytest.mark.parametrize("env_id", ["creditgym/Sokoban-6x6-1b-v0", "creditgym/Shop-v0", "creditgym/ToolUse-v0",
+                                    "creditgym/Dialogue-Gather-v0"])
+def test_reset_options_that_are_not_a_dict_get_a_clear_error(env_id: str) -> None:
+    with pytest.raises(TypeError, match="reset options must be a dict"):
+        gym.make(env_id).reset(options="level 3")  # this was an AttributeError on str.get
+    with pytest.raises(TypeError, match="reset options must be a dict"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2).reset(options=[0, 1])

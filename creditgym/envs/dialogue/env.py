@@ -21,6 +21,7 @@ from creditgym.envs.dialogue.text import (
     normalize_value,
     parse_action,
 )
+from creditgym.envs.options import reset_option
 
 MAX_OBSERVATION_LENGTH = 2048
 GOODBYE = "Sorry, I've answered enough questions. Goodbye."
@@ -166,7 +167,7 @@ class DialogueGatherEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
-        scenario = (options or {}).get("scenario")
+        scenario = reset_option(options, "scenario")
         if scenario is None:
             scenario = generate_scenario(
                 self.np_random,

@@ -9,6 +9,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
+from creditgym.envs.options import reset_option
 from creditgym.envs.shop import pages
 from creditgym.envs.shop.catalog import Product
 from creditgym.envs.shop.goals import Goal, generate_goal
@@ -154,7 +155,7 @@ class ShopEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
-        goal = (options or {}).get("goal")
+        goal = reset_option(options, "goal")
         if goal is None:
             goal = self._draw_goal()
         elif not isinstance(goal, Goal):

@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from creditgym.envs.options import reset_option
 from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
 from creditgym.envs.sokoban.level import (
     BOX_TILES,
@@ -192,7 +193,7 @@ class SokobanEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
         super().reset(seed=seed)
-        level = (options or {}).get("level")
+        level = reset_option(options, "level")
         if level is None:
             bank, index = self.bank, int(self.np_random.integers(len(self.bank)))
         elif isinstance(level, Level):

@@ -12,6 +12,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from creditgym.envs.options import reset_option
 from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
 from creditgym.envs.sokoban.level import NUM_TILES, Tile
 from creditgym.envs.sokoban.render import egocentric_radius
@@ -224,7 +225,7 @@ class SokobanVectorEnv(VectorEnv):
         if seed is not None:
             self._generator.manual_seed(seed)
         self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
-        chosen = (options or {}).get("level_index")
+        chosen = reset_option(options, "level_index")
         rows = torch.arange(self.num_envs, device=self.device)
         if chosen is not None:
             chosen = torch.as_tensor(chosen, dtype=torch.int64, device=self.device).reshape(self.num_envs)

@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
+from creditgym.envs.options import reset_option
 from creditgym.envs.tooluse.reward import (
     UNPARSEABLE,
     ToolUseRewards,
@@ -169,7 +170,7 @@ class ToolUseEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
-        task = (options or {}).get("task")
+        task = reset_option(options, "task")
         if task is None:
             world = int(self.np_random.integers(self.num_worlds))
             world += TEST_WORLD_OFFSET if self.split == "test" else 0
