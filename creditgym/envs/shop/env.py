@@ -139,10 +139,10 @@ class ShopEnv(gym.Env):
         else:
             label = self._labels.get(parsed.argument)
             if label is None:
+                clickable = ", ".join(f"[{label}]" for label in self._labels.values())
                 return self._invalid(
-                    f"Invalid action: {excerpt(parsed.argument)} is not clickable here. Clickable: "
-                    + ", ".join(f"[{label}]" for label in self._labels.values())
-                    + "."
+                    f"Invalid action: {excerpt(parsed.argument)} is not clickable here. "
+                    + (f"Clickable: {clickable}." if clickable else "Nothing is clickable here; use search[...].")
                 )
             self._click(label)
         task = self.rewards.step

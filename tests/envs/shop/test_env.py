@@ -106,7 +106,7 @@ def test_pages_clicks_and_pagination(env: ShopEnv) -> None:
 def test_invalid_actions_explain_and_change_nothing(env: ShopEnv) -> None:
     env.reset(seed=0)
     cases = [
-        ("click[Buy Now]", "not clickable here"),
+        ("click[Buy Now]", "not clickable here. Nothing is clickable here; use search[...]."),
         ("search[]", "write search[your query]"),
         ("search[!!! ???]", "no searchable words"),
         ("hello", "write search[your query]"),
