@@ -21,6 +21,7 @@ from creditgym.agents.llm.config import ALGOS as LLM_ALGOS
 from creditgym.agents.llm.config import LLMTrainConfig
 from creditgym.agents.ppo import PPOConfig
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
+from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
 from creditgym.trajectories import ESTIMATORS, offline_potential_names
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -189,9 +190,9 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_make_banks(args: argparse.Namespace, console: Console) -> int:
-    from creditgym.envs.sokoban.make_banks import main as make_banks_main
+    from creditgym.envs.sokoban.make_banks import run
 
-    make_banks_main(args.bank_args)
+    run(args)
     return 0
 
 
@@ -378,9 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     evaluation.set_defaults(run=cmd_eval)
 
-    banks = commands.add_parser("make-banks", help="regenerate the shipped Sokoban level banks reproducibly",
-                                add_help=False)
-    banks.add_argument("bank_args", nargs=argparse.REMAINDER, help="arguments of make_banks (see --help)")
+    banks = commands.add_parser("make-banks", help="regenerate the shipped Sokoban level banks reproducibly")
+    add_make_banks_arguments(banks)
     banks.set_defaults(run=cmd_make_banks)
 
     demo = commands.add_parser("demo", help="the main job: PPO on 6x6 Sokoban, sparse vs shaped, then evaluation")

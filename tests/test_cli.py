@@ -62,6 +62,13 @@ def test_play_unknown_id_says_what_to_do() -> None:
     assert result.returncode == 2 and "creditgym list" in result.stdout
 
 
+def test_make_banks_takes_its_flags(tmp_path) -> None:
+    # The flags used to be rejected as unrecognized, so only a bare run that overwrote the shipped banks worked.
+    result = _run("make-banks", "--out-dir", str(tmp_path), "--variants", "no-such-variant", "--quiet")
+    assert result.returncode != 0 and "unknown variants ['no-such-variant']" in result.stdout + result.stderr
+    assert "--out-dir" in _run("make-banks", "--help").stdout
+
+
 def test_train_ppo_with_ray_rollout_workers(tmp_path) -> None:
     result = _run("train", "--env", "creditgym/Sokoban-6x6-1b-v0", "--rollout-backend", "ray", "--num-workers", "2",
                   "--num-envs", "4", "--num-steps", "8", "--total-steps", "64", "--hidden", "16", "--no-progress",

@@ -24,7 +24,7 @@ for _variant, (_max_steps, _description) in _SOKOBAN_VARIANTS.items():
         max_episode_steps=_max_steps,
         kwargs={"levels": _variant},
     )
-    DESCRIPTIONS[_id] = f"{_description}; obs_mode array | rgb | text"
+    DESCRIPTIONS[_id] = f"{_description}; obs_mode array | egocentric | rgb | text"
 
 register(
     id="creditgym/Sanity-Bandit-v0",

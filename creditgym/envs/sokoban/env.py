@@ -40,7 +40,7 @@ from creditgym.envs.sokoban.rules import (
 )
 from creditgym.envs.sokoban.text import ACTION_NAMES, describe_invalid, instructions, parse_action
 
-ObsMode = Literal["array", "rgb", "text"]
+ObsMode = Literal["array", "egocentric", "rgb", "text"]
 OBS_MODES: tuple[str, ...] = ("array", "egocentric", "rgb", "text")
 TEXT_SYMBOLS = {"ragen": RAGEN_SYMBOLS, "boxoban": BOXOBAN_SYMBOLS}
 TEXT_CHARSET = string.printable + "".join(sorted(set(RAGEN_SYMBOLS.values()) - set(string.printable)))

@@ -179,16 +179,19 @@ def _puzzle_key(level: Level) -> bytes:
     return min(keys)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: regenerate the shipped banks (or some variants) into a directory."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=BANK_DIR, help="where to write the bank files")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command line's flags, shared by `python -m creditgym.envs.sokoban.make_banks` and `creditgym make-banks`."""
+    parser.add_argument("--out-dir", type=Path, default=BANK_DIR,
+                        help="where to write the bank files (default: the package's own banks, overwritten)")
     parser.add_argument(
         "--variants", nargs="+", default=None, help=f"variants to build (default all: {' '.join(VARIANTS)})"
     )
     parser.add_argument("--seed", type=int, default=0, help="global seed; the shipped banks use 0")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the banks the parsed flags ask for and print a line per variant."""
     stats = make_banks(args.out_dir, args.variants, seed=args.seed, progress=not args.quiet)
     if not args.quiet:
         for name, s in stats.items():
@@ -196,6 +199,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{name}: {s.generated} generated, {s.duplicates} duplicates, {s.rejected} rejected, "
                 f"{s.seconds:.1f}s -> {s.train_path.name}, {s.test_path.name}"
             )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: regenerate the shipped banks (or some variants) into a directory."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
