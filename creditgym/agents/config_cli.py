@@ -10,12 +10,16 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
+import re
 import textwrap
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import gymnasium as gym
+import torch
 import yaml
 
 Config = TypeVar("Config")
@@ -85,6 +89,76 @@ def load_yaml_config(path: str | Path, names: set[str]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"config file {path} has unknown keys {unknown}; valid keys: {sorted(names)}")
     return data
+
+
+def check_run_config(config: Any) -> None:
+    """The checks every training config shares: field types, a known env id, the device, seed and checkpoint cadence."""
+    check_field_types(config)
+    name = type(config).__name__
+    if ":" not in config.env_id and config.env_id not in gym.registry:  # "module:Env-v0" registers on import
+        raise ValueError(f"{name}.env_id {config.env_id!r} is not a registered env; `creditgym list` shows the ids")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
+        raise ValueError(f"{name}.device must be auto, cpu or cuda[:N], got {config.device!r}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={config.device!r} but torch sees no CUDA device; use --device cpu or auto")
+    if config.seed < 0:
+        raise ValueError(f"{name}.seed must be 0 or more (gymnasium's rule), got {config.seed}")
+    if config.checkpoint_every < 0:
+        raise ValueError(f"{name}.checkpoint_every must be 0 (only at the end) or more, got {config.checkpoint_every}")
+
+
+def check_field_types(config: Any) -> None:
+    """Make each field of a config dataclass the type its hint names, or raise a ValueError that names the field.
+
+    Configs come from flags, YAML files and resumed runs' JSON, and YAML is loose: PyYAML reads `1e-3` as a
+    string and `16.5` stays a float, which would otherwise fail deep inside training. Strings are parsed as the
+    command line parses them, whole floats become ints, and floats must be finite.
+    """
+    hints = typing.get_type_hints(type(config))
+    name = type(config).__name__
+    for field in dataclasses.fields(config):
+        if not field.init:
+            continue
+        value = getattr(config, field.name)
+        kind, optional = _base_type(hints[field.name])
+        if value is None:
+            if not optional:
+                raise ValueError(f"{name}.{field.name} must be {_describe_kind(kind)}, not none")
+            continue
+        try:
+            setattr(config, field.name, _coerce(value, kind))
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}.{field.name} must be {_describe_kind(kind)}, got {value!r}") from None
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if kind is int:
+        if isinstance(value, str):
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError
+        return value
+    if kind is float:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)  # a string such as "1e-3", as on the command line
+        if not math.isfinite(number):
+            raise ValueError
+        return number
+    if kind in (str, dict, list, tuple) and not isinstance(value, kind):
+        raise TypeError
+    return value
+
+
+def _describe_kind(kind: type) -> str:
+    return {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string",
+            dict: "a mapping such as {\"split\": \"test\"}"}.get(kind, kind.__name__)
 
 
 def _base_type(hint: Any) -> tuple[type, bool]:

@@ -23,6 +23,7 @@ from gymnasium import spaces
 from torch import nn
 
 import creditgym
+from creditgym.agents.config_cli import check_run_config
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.runs import MetricsLogger, keep_checkpoint, read_checkpoint, write_checkpoint
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
@@ -152,7 +153,9 @@ class PPOConfig:
     """Ray cluster to join (auto = the one `ray start` runs here); none starts a local Ray"""
 
     def __post_init__(self) -> None:
-        positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden", "threads")
+        check_run_config(self)
+        positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden", "threads",
+                    "cnn_channels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name} must be at least 1, got {getattr(self, name)}")
@@ -165,8 +168,12 @@ class PPOConfig:
             raise ValueError(f"shaping_gamma must be in (0, 1] (the task's discount) or none, got {self.shaping_gamma}")
         if self.shaping_gamma is not None and self.shaping is None:
             raise ValueError("shaping_gamma only applies with a shaping potential; pass --shaping too")
-        if self.learning_rate <= 0 or self.clip_coef <= 0:
-            raise ValueError("learning_rate and clip_coef must be positive")
+        if self.learning_rate <= 0 or self.clip_coef <= 0 or self.max_grad_norm <= 0:
+            raise ValueError("learning_rate, clip_coef and max_grad_norm must be positive")
+        if self.ent_coef < 0 or self.vf_coef < 0:
+            raise ValueError("ent_coef and vf_coef must be 0 or more")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"target_kl must be positive or none (no early stop), got {self.target_kl}")
         if self.shaping is not None and self.shaping not in potential_names():
             raise ValueError(f"shaping={self.shaping!r} is not a known potential; use one of {potential_names()}")
         if not (math.isfinite(self.shaping_scale) and self.shaping_scale > 0):
@@ -188,10 +195,6 @@ class PPOConfig:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
         if self.rollout_backend not in ("local", "ray"):
             raise ValueError(f"rollout_backend must be local or ray, got {self.rollout_backend!r}")
         if self.num_workers < 1 or (self.rollout_backend == "ray" and self.num_workers > self.num_envs):

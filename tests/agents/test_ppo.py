@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import creditgym  # noqa: F401
+from creditgym.agents.config_cli import config_from_args
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.ppo import PPO, ActorCritic, PPOConfig, sample_actions
 from creditgym.cli import main as cli_main
@@ -47,6 +49,19 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"learned_reward_start": -1}, "learned_reward_start and learned_reward_freeze are env steps"),
         ({"learned_reward_freeze": -5}, "learned_reward_start and learned_reward_freeze are env steps"),
         ({"learned_reward_epochs": 0}, "learned_reward_epochs must be at least 1"),
+        ({"num_envs": "sixteen"}, "num_envs must be a whole number, got 'sixteen'"),
+        ({"num_envs": 16.5}, "num_envs must be a whole number, got 16.5"),
+        ({"anneal_lr": "no"}, "anneal_lr must be true or false"),
+        ({"env_kwargs": "split=test"}, "env_kwargs must be a mapping"),
+        ({"ent_coef": float("nan")}, "ent_coef must be a finite number"),
+        ({"seed": None}, "seed must be a whole number, not none"),
+        ({"seed": -1}, "seed must be 0 or more"),
+        ({"device": "cudax"}, "device must be auto, cpu or cuda"),
+        ({"env_id": "nope/Foo-v0"}, "not a registered env; `creditgym list` shows the ids"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm must be positive"),
+        ({"target_kl": -1.0}, "target_kl must be positive"),
+        ({"checkpoint_every": -1}, "checkpoint_every must be 0"),
+        ({"cnn_channels": 0}, "cnn_channels must be at least 1"),
     ],
 )
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
@@ -294,6 +309,14 @@ def test_cli_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert result["distinct_levels"] == 20 and 0.0 <= result["success_rate"] <= 1.0
     assert cli_main(["eval", str(tmp_path / "cli"), "--episodes", "10"]) == 0
     assert "success_rate" in capsys.readouterr().out
+
+
+def test_yaml_values_take_their_fields_types(tmp_path: Path) -> None:
+    # PyYAML reads 1e-3 as a string and 1.0e+4 as a float; both failed deep inside training.
+    (tmp_path / "c.yaml").write_text("learning_rate: 1e-3\ntotal_steps: 1.0e+4\nseed: '7'\n")
+    config = config_from_args(PPOConfig, argparse.Namespace(), str(tmp_path / "c.yaml"))
+    assert (config.learning_rate, config.total_steps, config.seed) == (0.001, 10_000, 7)
+    assert type(config.total_steps) is int and type(config.seed) is int
 
 
 def test_bad_configs_and_paths_get_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

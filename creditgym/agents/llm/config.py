@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+from creditgym.agents.config_cli import check_run_config
 
 ALGOS = ("grpo", "drgrpo", "rloo", "reinforce_pp", "ppo_llm")
 ADVANTAGES = ("episode", "turn", "gigpo")
@@ -144,6 +144,7 @@ class LLMTrainConfig:
     """write TensorBoard events"""
 
     def __post_init__(self) -> None:
+        check_run_config(self)
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
         if self.advantage not in ADVANTAGES:
@@ -177,10 +178,6 @@ class LLMTrainConfig:
             raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
         if self.lora_rank < 0:
             raise ValueError("lora_rank must be 0 (full fine-tuning) or a positive rank such as 16")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
         if self.rollout_backend not in ("local", "ray"):
             raise ValueError(f"rollout_backend must be local or ray, got {self.rollout_backend!r}")
         if self.rollout_backend == "ray" and not 1 <= self.num_workers <= self.num_episodes:

@@ -101,6 +101,9 @@ def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
     ({"algo": "ppo_llm", "advantage": "episode"}, "set advantage='turn'"),
     ({"temperature": 0.0}, "temperature must be positive"),
     ({"history_turns": -1}, "history_turns"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"iterations": "ten"}, "iterations must be a whole number"),
+    ({"env_id": "nope-v0"}, "not a registered env"),
 ])
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
