@@ -24,8 +24,9 @@ from creditgym.demo import steps_to
 
 def run_seed(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs: dict, runs_dir: str,
              episodes: int, overrides: dict, thresholds: Sequence[float] = (0.5, 0.8, 0.9)) -> dict:
+    # overwrite: the benchmark owns its runs folder, and a rerun with the same seed reproduces the same run.
     settings = dict(env_id=env_id, total_steps=steps, seed=seed, shaping=shaping, env_kwargs=env_kwargs,
-                    runs_dir=runs_dir, progress=False, tensorboard=False, checkpoint_every=0)
+                    runs_dir=runs_dir, progress=False, tensorboard=False, checkpoint_every=0, overwrite=True)
     config = PPOConfig(**{**settings, **overrides})
     reward = config.learned_reward or config.shaping or "sparse"
     config = replace(config, run_name=f"{env_id.split('/')[-1]}-{reward}-s{seed}")

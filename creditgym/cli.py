@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from creditgym.agents.llm.config import LLMTrainConfig
 from creditgym.agents.ppo import PPOConfig
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
 from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
+from creditgym.llm.chat import ChatModelError
 from creditgym.trajectories import ESTIMATORS, offline_potential_names
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -113,6 +115,12 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from creditgym.agents.ppo import PPO, PPOConfig
 
+    if args.resume:
+        saved = _run_record(Path(args.resume))["config"].get("algo", "ppo")
+        if args.algo not in (None, saved):
+            raise ValueError(f"{args.resume} is a {saved} run; resume it without --algo, or with --algo {saved}")
+        args.algo = saved
+    args.algo = args.algo or "ppo"
     if args.algo in LLM_ALGOS:
         return _train_llm(args, console)
     llm_only = sorted(_flags_given(args, _LLM_ONLY_FIELDS))
@@ -120,7 +128,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{', '.join(llm_only)} only apply to LLM algos[/red] ({', '.join(LLM_ALGOS)}); "
                       "drop them or pass e.g. --algo grpo --model smollm2-135m")
         return 2
-    return _train_and_report(PPOConfig, PPO, args, console, extendable=("progress", "total_steps", "ray_address"),
+    return _train_and_report(PPOConfig, PPO, args, console,
+                             extendable=("progress", "total_steps", "ray_address", "threads"),
                              rate=("charts/sps", "steps/s"))
 
 
@@ -129,13 +138,32 @@ _LLM_FIELDS = {field.name for field in dataclasses.fields(LLMTrainConfig)}
 _LLM_ONLY_FIELDS = _LLM_FIELDS - _PPO_FIELDS - {"algo"}
 
 
+def _run_record(run_dir: Path) -> dict[str, Any]:
+    """A run folder's config.json, with errors that name the file and say what --resume takes."""
+    if run_dir.is_file():
+        raise ValueError(f"--resume takes a run folder, such as {run_dir.parent}, not the file {run_dir.name}")
+    path = run_dir / "config.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} has no config.json; --resume takes a folder written by creditgym train") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it cannot be resumed") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError(f"{path} holds no 'config' mapping; it was not written by creditgym train")
+    return record
+
+
 def _resumed_config(cls: type, args: argparse.Namespace, *, extendable: tuple[str, ...]) -> Any:
     """The run's own config.json, where only the flags in `extendable` (e.g. a longer budget) may change."""
     run_dir = Path(args.resume)
-    try:
-        record = json.loads((run_dir / "config.json").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{run_dir} has no config.json; --resume takes a folder written by creditgym train") from None
+    record = _run_record(run_dir)
+    fixed = _flags_given(args, {field.name for field in dataclasses.fields(cls)} - set(extendable) - {"algo"})
+    if fixed or args.config:
+        given = ", ".join(fixed + (["--config"] if args.config else []))
+        allowed = ", ".join("--" + name.replace("_", "-") for name in extendable)
+        raise ValueError(f"{given} cannot change when resuming: the run continues with its own config. Only "
+                         f"{allowed} may be given; start a new run to change anything else")
     overrides = {name: value for name, value in vars(args).items() if name in extendable}
     return cls(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent), **overrides})
 
@@ -154,7 +182,7 @@ def _train_llm(args: argparse.Namespace, console: Console) -> int:
                       "LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)")
         return 2
     return _train_and_report(LLMTrainConfig, LLMTrainer, args, console,
-                             extendable=("progress", "iterations", "ray_address"),
+                             extendable=("progress", "iterations", "ray_address", "threads"),
                              rate=("charts/tokens_per_s", "generated tokens/s"))
 
 
@@ -163,11 +191,24 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
     """Build the config (from the flags, or the resumed run's own), train, and print where the run went."""
     from creditgym.agents.config_cli import config_from_args
 
-    if args.resume:
-        trainer = trainer_cls(_resumed_config(config_cls, args, extendable=extendable), resume=args.resume)
-    else:
-        trainer = trainer_cls(config_from_args(config_cls, args, args.config))
-    metrics = trainer.learn()
+    trainer = None
+    try:
+        if args.resume:
+            trainer = trainer_cls(_resumed_config(config_cls, args, extendable=extendable), resume=args.resume)
+        else:
+            trainer = trainer_cls(config_from_args(config_cls, args, args.config))
+        metrics = trainer.learn()
+    except KeyboardInterrupt:  # the trainer saved its last completed update, unless Ctrl-C came twice
+        if trainer is None:
+            console.print("interrupted before training started; nothing was written")
+        elif (trainer.run_dir / "checkpoint.pt").exists():
+            console.print(f"interrupted: {trainer.run_dir} holds the run up to its last checkpoint; continue it with: "
+                          f"creditgym train --resume {shlex.quote(str(trainer.run_dir))}", highlight=False,
+                          soft_wrap=True)
+        else:
+            console.print(f"interrupted before {trainer.run_dir} had a checkpoint; start the run again (with "
+                          "--overwrite to reuse its folder)", highlight=False, soft_wrap=True)
+        return 130
     key, unit = rate
     console.print(f"run written to {trainer.run_dir}: success {metrics.get('charts/success_rate', float('nan')):.1%}, "
                   f"{metrics.get(key, 0):,.0f} {unit}")
@@ -185,7 +226,9 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     for name, value in result.items():
         table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(table)
-    console.print(f"written to {write_result(result, args.run_dir)}")
+    variant = [args.env.split("/")[-1] if args.env else "", Path(args.levels).stem if args.levels else "",
+               args.split if args.split != "test" and not args.levels else "", "sampled" if args.sample else ""]
+    console.print(f"written to {write_result(result, args.run_dir, '-'.join(part for part in variant if part))}")
     return 0
 
 
@@ -214,6 +257,9 @@ def cmd_showcase(args: argparse.Namespace, console: Console) -> int:
     from creditgym.envs.sokoban.solver import solve
     from creditgym.envs.sokoban.text import ACTION_NAMES
 
+    if args.seed < 0 or args.levels < 1:
+        console.print("--seed must be 0 or more and --levels at least 1", style="red")
+        return 2
     rng = np.random.default_rng(args.seed)
     for number in range(args.levels):
         plan: list = []
@@ -262,6 +308,9 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
 
     if args.potential is None and args.estimator is None:
         console.print("nothing to re-score: give --potential NAME, --estimator NAME, or both", style="red")
+        return 2
+    if not (0 <= args.gamma <= 1 and 0 <= args.lam <= 1):
+        console.print(f"--gamma and --lam must be in [0, 1], got {args.gamma} and {args.lam}", style="red")
         return 2
     source = Path(args.trajectories)
     out = Path(args.out) if args.out else source.with_suffix(".rescored.jsonl")
@@ -359,8 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train PPO, or an LLM policy (--algo grpo ...), on an env")
     train.add_argument("--config", help="YAML file of PPOConfig or LLMTrainConfig fields (flags override it)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its checkpoint")
-    train.add_argument("--algo", choices=["ppo", *LLM_ALGOS], default="ppo",
-                       help="ppo for small policies (PPOConfig flags); the others train an LLM given by --model "
+    train.add_argument("--algo", choices=["ppo", *LLM_ALGOS], default=None,
+                       help="ppo (the default; a resumed run keeps its own) for small policies (PPOConfig flags); "
+                            "the others train an LLM given by --model "
                             "(LLMTrainConfig flags; shared flags such as --learning-rate keep LLMTrainConfig's "
                             "defaults there)")
     add_config_arguments(train, PPOConfig, aliases={"env_id": "--env"})
@@ -386,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job: PPO on 6x6 Sokoban, sparse vs shaped, then evaluation")
     demo.add_argument("--steps", type=int, default=3_000_000, help="env steps per run")
     demo.add_argument("--seed", type=int, default=1, help="seed shared by both runs")
-    demo.add_argument("--runs-dir", default="runs/demo", help="where the runs, summary and plot are written")
+    demo.add_argument("--runs-dir", default="runs/demo", help="where the runs, summary and plot are written; running "
+                      "the demo again with the same seed replaces its own earlier runs there")
     demo.add_argument("--episodes", type=int, default=200, help="held-out levels to evaluate each run on")
     demo.set_defaults(run=cmd_demo)
 
@@ -444,7 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         return args.run(args, console)
-    except (ValueError, FileNotFoundError) as err:  # bad configs and paths: say what to change, no traceback
+    # Bad configs, paths (a file where a folder belongs, or the other way round) and env arguments: say what to
+    # change, without a traceback.
+    except (ValueError, OSError, gym.error.Error, ChatModelError) as err:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         return 2
 

@@ -31,7 +31,8 @@ def demo_config(total_steps: int, seed: int, runs_dir: str) -> PPOConfig:
     # The room seen from the player, and a mask of the moves that change the board: with these an MLP learns
     # Sokoban several times faster than from the absolute one-hot grid (docs/benchmarks.md, PPO learning).
     return PPOConfig(env_id="creditgym/Sokoban-6x6-1b-v0", env_kwargs={"obs_mode": "egocentric", "action_mask": True},
-                     total_steps=total_steps, seed=seed, runs_dir=runs_dir, progress=False, checkpoint_every=0)
+                     total_steps=total_steps, seed=seed, runs_dir=runs_dir, progress=False, checkpoint_every=0,
+                     overwrite=True)  # the demo's fixed run folders: running it again replaces them
 
 
 def _train(config: PPOConfig) -> str:

@@ -78,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     out = Path(args.out)
     env_kwargs = {"obs_mode": "egocentric", "action_mask": True, "rewards": args.rewards}
+    # overwrite: the example owns out/runs, and a rerun with the same seeds reproduces the same runs.
     base = PPOConfig(env_id=args.env, env_kwargs=env_kwargs, total_steps=args.steps, runs_dir=str(out / "runs"),
-                     progress=False, checkpoint_every=0, tensorboard=False)
+                     progress=False, checkpoint_every=0, tensorboard=False, overwrite=True)
     try:
         base = replace(base, **args.config)
     except (TypeError, ValueError) as error:

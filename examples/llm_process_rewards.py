@@ -157,6 +157,7 @@ def run_variant(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenize
         num_groups=args.groups, group_size=args.group_size, max_turns=3, history_turns=None, max_new_tokens=24,
         learning_rate=args.lr, micro_batch_size=64, seed=seed, device="cpu", threads=1, progress=False,
         tensorboard=False, checkpoint_every=0, runs_dir=str(Path(args.out) / "runs"), run_name=f"{name}-s{seed}",
+        overwrite=True,  # the example owns out/runs; a rerun with the same seed reproduces the same run
         learned_reward_lr=args.prm_lr if name in ("prime", "oprl") else None, learned_reward_coef=args.coef,
         spa_epochs=args.spa_epochs, **VARIANTS[name])
     trainer = LLMTrainer(config, model=copy.deepcopy(model), tokenizer=tokenizer, make_env=make_env)

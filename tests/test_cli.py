@@ -62,6 +62,11 @@ def test_play_unknown_id_says_what_to_do() -> None:
     assert result.returncode == 2 and "creditgym list" in result.stdout
 
 
+def test_showcase_names_the_flag_it_refuses() -> None:
+    result = _run("showcase", "--seed", "-1", "--skip-bench")
+    assert result.returncode == 2 and "--seed must be 0 or more" in result.stdout
+
+
 def test_make_banks_takes_its_flags(tmp_path) -> None:
     # The flags used to be rejected as unrecognized, so only a bare run that overwrote the shipped banks worked.
     result = _run("make-banks", "--out-dir", str(tmp_path), "--variants", "no-such-variant", "--quiet")

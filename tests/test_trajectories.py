@@ -251,6 +251,8 @@ def test_rescore_cli_errors_say_what_to_change(tmp_path: Path, capsys: pytest.Ca
     assert "valid names" in capsys.readouterr().out
     assert main(["rescore", str(path), "--estimator", "gae", "--out", str(path)]) == 2
     assert "choose another path" in capsys.readouterr().out
+    assert main(["rescore", str(path), "--estimator", "gae", "--lam", "5"]) == 2
+    assert "--gamma and --lam must be in [0, 1]" in capsys.readouterr().out
     path.write_text("{not json\n")
     assert main(["rescore", str(path), "--estimator", "gae"]) == 2
     assert "t.jsonl:1: not valid JSON" in capsys.readouterr().out

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import gymnasium as gym
 import torch
 import yaml
+from gymnasium.envs.registration import load_env_creator
 
 Config = TypeVar("Config")
 
@@ -92,19 +93,44 @@ def load_yaml_config(path: str | Path, names: set[str]) -> dict[str, Any]:
 
 
 def check_run_config(config: Any) -> None:
-    """The checks every training config shares: field types, a known env id, the device, seed and checkpoint cadence."""
+    """The checks every training config shares: field types, the device, seed and checkpoint cadence."""
     check_field_types(config)
     name = type(config).__name__
-    if ":" not in config.env_id and config.env_id not in gym.registry:  # "module:Env-v0" registers on import
-        raise ValueError(f"{name}.env_id {config.env_id!r} is not a registered env; `creditgym list` shows the ids")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
-        raise ValueError(f"{name}.device must be auto, cpu or cuda[:N], got {config.device!r}")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={config.device!r} but torch sees no CUDA device; use --device cpu or auto")
+    check_device(config.device)
     if config.seed < 0:
         raise ValueError(f"{name}.seed must be 0 or more (gymnasium's rule), got {config.seed}")
     if config.checkpoint_every < 0:
         raise ValueError(f"{name}.checkpoint_every must be 0 (only at the end) or more, got {config.checkpoint_every}")
+
+
+def check_env_arguments(env_id: str, env_kwargs: dict[str, Any], *, batched: bool) -> None:
+    """A registered id, and no keyword arguments its constructor does not take, before any env is built.
+
+    `batched` checks the creditgym batched env (`vector_entry_point`) that PPO steps where the id has one.
+    """
+    if ":" in env_id:  # "module:Env-v0" registers on import
+        return
+    if env_id not in gym.registry:
+        raise ValueError(f"env {env_id!r} is not registered; `creditgym list` shows the ids")
+    spec = gym.spec(env_id)
+    entry_point = spec.vector_entry_point if batched and spec.vector_entry_point else spec.entry_point
+    creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    parameters = inspect.signature(creator).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(env_kwargs) - set(parameters))
+    if unknown:
+        known = sorted(name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+        raise ValueError(f"env_kwargs {unknown} are not arguments of {env_id} "
+                         f"({getattr(creator, '__name__', creator)}); it takes {known}")
+
+
+def check_device(device: str) -> None:
+    """auto, cpu or cuda[:N], and CUDA only where torch sees it."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but torch sees no CUDA device; use --device cpu or auto")
 
 
 def check_field_types(config: Any) -> None:

@@ -10,7 +10,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from creditgym.agents.config_cli import check_device
 from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_actions
+from creditgym.agents.runs import load_weights, read_checkpoint
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 
 
@@ -20,7 +22,7 @@ def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, A
     path = path if path.is_file() else path / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; pass the folder of a `creditgym train` run")
-    state = torch.load(path, map_location=device, weights_only=False)
+    path, state = read_checkpoint(path, device, kind="PPO", keys=("model",))
     # Checkpoints from before these fields existed hold separate tanh networks.
     saved = {"activation": "tanh", "shared_torso": False, **state["config"]}
     config = PPOConfig(**{k: v for k, v in saved.items() if k in PPOConfig.__dataclass_fields__})
@@ -30,7 +32,8 @@ def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, A
     kind = config.policy if config.policy != "auto" else ("cnn" if len(shape) == 3 else "mlp")
     agent = ActorCritic(shape, actions, kind=kind, hidden=config.hidden, channels=config.cnn_channels,
                         activation=config.activation, shared=config.shared_torso).to(device)
-    agent.load_state_dict(state["model"])
+    load_weights(agent, state["model"], path, hint=f" ({config.env_id} {config.env_kwargs} now gives observations "
+                 f"of shape {list(shape)} and {actions} actions)")
     agent.eval()
     return config, agent
 
@@ -38,6 +41,11 @@ def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, A
 def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 200, levels: str | None = None,
              split: str = "test", greedy: bool = True, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Play `episodes` episodes with the run's policy; Sokoban plays distinct held-out levels in order."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    check_device(device)
+    if env_id is not None and env_id not in gym.registry:
+        raise ValueError(f"env {env_id!r} is not registered; `creditgym list` shows the ids")
     dev = resolve_device(device)
     config, agent = load_policy(run_dir, dev)
     env_id = env_id or config.env_id
@@ -51,9 +59,21 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     else:
         if levels is not None:
             raise ValueError("--levels applies to Sokoban ids only")
+        _check_same_spaces(config, env_id)
         result = _evaluate_generic(agent, env_id, episodes, greedy, generator, seed, dev, config.env_kwargs)
     result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy})
     return result
+
+
+def _check_same_spaces(config: PPOConfig, env_id: str) -> None:
+    trained, target = gym.make(config.env_id, **config.env_kwargs), gym.make(env_id, **config.env_kwargs)
+    mine = (trained.observation_space, trained.action_space)
+    theirs = (target.observation_space, target.action_space)
+    trained.close()
+    target.close()
+    if mine != theirs:
+        raise ValueError(f"the policy was trained on {config.env_id} (observations {mine[0]}, actions {mine[1]}) "
+                         f"and cannot play {env_id} (observations {theirs[0]}, actions {theirs[1]})")
 
 
 def _act(agent: ActorCritic, obs: torch.Tensor, greedy: bool, generator: torch.Generator,
@@ -137,9 +157,11 @@ def _evaluate_generic(agent: ActorCritic, env_id: str, episodes: int, greedy: bo
             "mean_return": float(np.mean(returns))}
 
 
-def write_result(result: dict[str, Any], run_dir: str | Path) -> Path:
-    """eval.json in the run folder, or eval-<checkpoint name>.json beside a checkpoint file evaluated on its own."""
+def write_result(result: dict[str, Any], run_dir: str | Path, variant: str = "") -> Path:
+    """eval.json in the run folder, or eval-<checkpoint name>.json beside a checkpoint file evaluated on its own;
+    a `variant` (such as "train-sampled") is added to the name so that other settings never overwrite it."""
     run = Path(run_dir)
-    path = run.with_name(f"eval-{run.stem}.json") if run.is_file() else run / "eval.json"
+    stem = "-".join(part for part in ("eval", run.stem if run.is_file() else "", variant) if part)
+    path = (run.parent if run.is_file() else run) / f"{stem}.json"
     path.write_text(json.dumps(result, indent=2))
     return path

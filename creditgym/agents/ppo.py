@@ -23,9 +23,18 @@ from gymnasium import spaces
 from torch import nn
 
 import creditgym
-from creditgym.agents.config_cli import check_run_config
+from creditgym.agents.config_cli import check_env_arguments, check_run_config
 from creditgym.agents.plots import plot_learning_curves, read_metrics
-from creditgym.agents.runs import MetricsLogger, keep_checkpoint, read_checkpoint, write_checkpoint
+from creditgym.agents.runs import (
+    MetricsLogger,
+    StopAfterUpdate,
+    keep_checkpoint,
+    load_weights,
+    read_checkpoint,
+    start_run_dir,
+    trim_metrics,
+    write_checkpoint,
+)
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
 from creditgym.credit import gae
 from creditgym.wrappers.implicit_prm import PRM_SCORES, GridImplicitPRM
@@ -141,6 +150,8 @@ class PPOConfig:
     """updates between checkpoints (0 = only at the end)"""
     keep_checkpoints: bool = False
     """also keep every periodic checkpoint as checkpoint-<env steps>.pt, to study how the models changed"""
+    overwrite: bool = False
+    """replace an earlier run in the same run folder (its checkpoints, metrics and events) instead of refusing"""
     progress: bool = True
     """show a progress bar"""
     tensorboard: bool = True
@@ -154,6 +165,7 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_run_config(self)
+        check_env_arguments(self.env_id, self.env_kwargs, batched=True)
         positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden", "threads",
                     "cnn_channels")
         for name in positive:
@@ -366,7 +378,38 @@ class PPO:
             self.load_checkpoint(resume)
 
     def learn(self, until_steps: int | None = None) -> dict[str, float]:
-        """Train to `total_steps` (or stop early at `until_steps`, e.g. to test resuming); returns last metrics."""
+        """Train to `total_steps` (or stop early at `until_steps`, e.g. to test resuming); returns last metrics.
+
+        Ctrl-C stops after the current update and saves a checkpoint there, then raises KeyboardInterrupt.
+        """
+        cfg = self.config
+        fresh = self.update == 0
+        if fresh:
+            start_run_dir(self.run_dir, overwrite=cfg.overwrite)
+        else:  # the updates after the checkpoint are about to be logged again
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            trim_metrics(self.run_dir, "global_step", self.global_step)
+        (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=fresh, global_step=self.global_step)
+        progress = _Progress(cfg.progress, total=cfg.total_steps, start=self.global_step)
+        with StopAfterUpdate("update") as ctrl_c:
+            try:
+                metrics = self._updates(until_steps, logger, progress, ctrl_c)
+            finally:  # also on errors and a second Ctrl-C, where nothing is saved: the state is mid-update
+                progress.close()
+                logger.close()
+            interrupted = ctrl_c.requested
+            self.save_checkpoint()
+        if interrupted:
+            raise KeyboardInterrupt
+        if self.global_step >= cfg.total_steps or self.update >= cfg.num_updates:
+            plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
+                                 title=f"PPO on {cfg.env_id} (seed {cfg.seed})")
+        return metrics
+
+    def _updates(self, until_steps: int | None, logger: MetricsLogger, progress: _Progress,
+                 ctrl_c: StopAfterUpdate) -> dict[str, float]:
+        """The training loop: rollout, learned rewards and advantages, optimisation and logging, once per update."""
         cfg, dev = self.config, self.device
         T, N = cfg.num_steps, cfg.num_envs
         obs_shape = self.envs.single_observation_space.shape
@@ -377,15 +420,11 @@ class PPO:
         rewards, values, final_values = (torch.zeros((T, N), device=dev) for _ in range(3))
         logit_buf = torch.zeros((T, N, self.envs.single_action_space.n), device=dev)
         terminated, truncated, success = (torch.zeros((T, N), dtype=torch.bool, device=dev) for _ in range(3))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=self.update == 0)
         metrics: dict[str, float] = {}
         stop_at = min(cfg.total_steps, until_steps or cfg.total_steps)
-        progress = _Progress(cfg.progress, total=cfg.total_steps, start=self.global_step)
         start_time, start_step = time.perf_counter(), self.global_step
 
-        while self.update < cfg.num_updates and self.global_step < stop_at:
+        while self.update < cfg.num_updates and self.global_step < stop_at and not ctrl_c.requested:
             if cfg.anneal_lr:
                 self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - self.update / cfg.num_updates)
 
@@ -486,12 +525,6 @@ class PPO:
                 path = self.save_checkpoint()
                 if cfg.keep_checkpoints:
                     keep_checkpoint(path, self.global_step)
-        progress.close()
-        self.save_checkpoint()
-        logger.close()
-        if self.global_step >= cfg.total_steps or self.update >= cfg.num_updates:
-            plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
-                                 title=f"PPO on {cfg.env_id} (seed {cfg.seed})")
         return metrics
 
     def _add_learned_rewards(self, obs: torch.Tensor, masks: torch.Tensor | None, actions: torch.Tensor,
@@ -539,8 +572,16 @@ class PPO:
         return write_checkpoint(state, path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        path, state = read_checkpoint(path, self.device)
-        self.agent.load_state_dict(state["model"])
+        path, state = read_checkpoint(path, self.device, kind="PPO", keys=_CHECKPOINT_KEYS)
+        saved, now = state["config"], asdict(self.config)
+        # The env's state, the episode trackers and the reward model are restored as they were: they must fit.
+        for name in ("env_id", "num_envs", "learned_reward"):
+            if name in saved and saved[name] != now[name]:
+                raise ValueError(f"checkpoint {path} was made with {name}={saved[name]!r}, this config has "
+                                 f"{now[name]!r}; resume a run with its own config (creditgym train --resume DIR)")
+        differences = [f"{name}={saved[name]!r} there, {now[name]!r} here" for name in _NETWORK_FIELDS
+                       if name in saved and saved[name] != now[name]]
+        load_weights(self.agent, state["model"], path, hint=f" ({'; '.join(differences)})" if differences else "")
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -558,6 +599,12 @@ class PPO:
         return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
                 "torch": torch.__version__, "device": str(self.device),
                 "precision": resolve_precision(self.config.precision, self.device)}
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", "env", "next_obs", "next_mask", "episode",
+                    "global_step", "update")
+# The settings that shape the network: named in the error when a checkpoint's weights do not fit.
+_NETWORK_FIELDS = ("env_kwargs", "policy", "hidden", "cnn_channels", "shared_torso")
 
 
 class _EpisodeTracker:

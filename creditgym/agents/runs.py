@@ -5,10 +5,32 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
+# What a run writes, so that an overwritten run leaves no stale checkpoints, curves or TensorBoard events behind.
+_RUN_OUTPUTS = (*RUN_FILES, "checkpoint-*.pt", "checkpoint.tmp", "events.out.tfevents.*", "learning_curve.png",
+                "eval*.json")
+
+
+def start_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Create the folder of a fresh run, refusing one that holds an earlier run unless `overwrite` replaces it."""
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"{run_dir} already holds a run ({', '.join(held)}); to continue it pass --resume {run_dir}, "
+                         "to keep it choose another --run-name, or to replace it pass --overwrite (overwrite=True)")
+    if held:
+        for pattern in _RUN_OUTPUTS:
+            for path in run_dir.glob(pattern):
+                path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
@@ -27,29 +49,112 @@ def keep_checkpoint(path: Path, step: int) -> Path:
     return kept
 
 
-def read_checkpoint(path: str | Path, device: torch.device) -> tuple[Path, dict[str, Any]]:
-    """A run dir or a checkpoint.pt -> (the file, its contents on `device`)."""
+def read_checkpoint(path: str | Path, device: torch.device, *, kind: str = "creditgym",
+                    keys: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
+    """A run dir or a checkpoint.pt -> (the file, its contents on `device`).
+
+    A file that torch cannot read, or that lacks "config" or any of `keys`, raises a ValueError naming the file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a run dir or a checkpoint.pt from a run")
-    return path, torch.load(path, map_location=device, weights_only=False)
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # unpickling can fail in any way; none of them leaves a usable checkpoint
+        with path.open("rb") as file:
+            zipped = file.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+        detail = f"{type(err).__name__}: {str(err).split('. ')[0]}"  # torch's own advice after the first sentence
+        if zipped or path.stat().st_size == 0:
+            raise ValueError(f"checkpoint {path} is truncated or damaged ({detail}); use another checkpoint of the "
+                             "run (such as a kept checkpoint-<step>.pt) or start the run again") from None
+        raise ValueError(f"{path} is not a checkpoint written by creditgym ({detail}); pass a run folder or a "
+                         "checkpoint .pt written by creditgym train") from None
+    missing = [key for key in ("config", *keys) if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{path} is not a {kind} checkpoint: it holds no {', '.join(map(repr, missing))}; pass a "
+                         f"checkpoint written by a {kind} run")
+    return path, state
+
+
+def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path, *, hint: str = "",
+                 strict: bool = True) -> None:
+    """`module.load_state_dict(weights)`, but a checkpoint of another network raises a ValueError that names the
+    file and the first parameter that does not fit, with both shapes, instead of torch's RuntimeError."""
+    own = module.state_dict()
+    problems = [f"{name} is missing" for name in own if strict and name not in weights]
+    problems += [f"{name} is not in this network" for name in weights if name not in own]
+    problems += [f"{name} has shape {list(value.shape)} there but {list(own[name].shape)} here"
+                 for name, value in weights.items() if name in own and value.shape != own[name].shape]
+    if problems:
+        raise ValueError(f"checkpoint {path} was made for a different network or env: {problems[0]}"
+                         f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}{hint}")
+    module.load_state_dict(weights, strict=strict)
+
+
+def trim_metrics(run_dir: Path, key: str, last: float) -> None:
+    """Drop the metrics.jsonl rows whose `key` is past `last`: a resumed run logs those updates again."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get(key, last) > last:
+                continue
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            pass  # not a row this knows how to read (e.g. cut by a crash): kept, read_metrics skips it
+        kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+class StopAfterUpdate:
+    """Ctrl-C inside this block asks the training loop to stop after its current update, where the state is
+    consistent and a checkpoint resumes exactly; a second Ctrl-C stops at once, without saving.
+
+    Only Python's default SIGINT handler is replaced, and only in the main thread (where signals arrive).
+    """
+
+    def __init__(self, unit: str = "update") -> None:
+        self.unit = unit
+        self.requested = False
+        self.previous: Any = None
+
+    def __enter__(self) -> StopAfterUpdate:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self.request)
+        return self
+
+    def request(self, signum: int = signal.SIGINT, frame: Any = None) -> None:
+        self.requested = True
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        print(f"\nCtrl-C: stopping after this {self.unit} to save a checkpoint (Ctrl-C again stops at once, "
+              "without saving it)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class MetricsLogger:
     """Writes one JSON row per update to metrics.jsonl, and the same scalars to TensorBoard.
 
-    A fresh run truncates an old metrics.jsonl left in the same folder; a resumed run appends to it.
+    A fresh run starts a new metrics.jsonl; a resumed run appends to it, and TensorBoard hides the events that a
+    resumed run logs again (those past `global_step`).
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool, *, fresh: bool = False) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool, *, fresh: bool = False, global_step: int = 0) -> None:
         self.file = (run_dir / "metrics.jsonl").open("w" if fresh else "a")
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir))
+            self.writer = SummaryWriter(str(run_dir), purge_step=None if fresh else global_step + 1)
 
     def log(self, metrics: dict[str, float]) -> None:
         self.file.write(json.dumps(metrics) + "\n")

@@ -46,10 +46,14 @@ def load_policy_model(
     if str(name_or_path).lower() == SMOLLM2:
         path = _smollm2_cache()
     else:
-        path = Path(name_or_path)
-        if not path.exists() and "/" not in str(name_or_path):
+        path = Path(name_or_path).expanduser()
+        looks_like_a_path = path.is_absolute() or str(name_or_path).startswith((".", "~"))
+        if not path.exists() and ("/" not in str(name_or_path) or looks_like_a_path):
             raise ValueError(f"unknown model {str(name_or_path)!r}: pass {SMOLLM2!r}, a local model folder, or a "
                              "Hugging Face id that is already in the local cache")
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ValueError(f"{path} has no config.json, so it is not a Hugging Face model folder; pass the folder "
+                             "that holds config.json, the weights and the tokenizer files")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)

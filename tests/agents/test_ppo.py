@@ -57,11 +57,12 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"seed": None}, "seed must be a whole number, not none"),
         ({"seed": -1}, "seed must be 0 or more"),
         ({"device": "cudax"}, "device must be auto, cpu or cuda"),
-        ({"env_id": "nope/Foo-v0"}, "not a registered env; `creditgym list` shows the ids"),
+        ({"env_id": "nope/Foo-v0"}, "is not registered; `creditgym list` shows the ids"),
         ({"max_grad_norm": -1.0}, "max_grad_norm must be positive"),
         ({"target_kl": -1.0}, "target_kl must be positive"),
         ({"checkpoint_every": -1}, "checkpoint_every must be 0"),
         ({"cnn_channels": 0}, "cnn_channels must be at least 1"),
+        ({"env_kwargs": {"nokey": 1}}, "are not arguments of creditgym/Sokoban-6x6-1b-v0 .SokobanVectorEnv."),
     ],
 )
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
@@ -327,6 +328,33 @@ def test_bad_configs_and_paths_get_a_clear_error(tmp_path: Path, capsys: pytest.
     assert "num_envs must be at least 1" in capsys.readouterr().out
     assert cli_main(["eval", str(tmp_path)]) == 2
     assert "has no checkpoint.pt" in capsys.readouterr().out
+
+
+def test_resume_and_eval_refuse_what_they_cannot_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "r"
+    assert cli_main(["train", "--total-steps", "256", "--num-envs", "8", "--num-steps", "16", "--hidden", "16",
+                     "--no-progress", "--no-tensorboard", "--runs-dir", str(tmp_path), "--run-name", "r"]) == 0
+    capsys.readouterr()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{")
+    refused = [
+        (["train", "--resume", str(run), "--num-envs", "16"], "--num-envs cannot change when resuming"),
+        (["train", "--resume", str(run / "checkpoint.pt")], "--resume takes a run folder"),
+        (["train", "--resume", str(run), "--algo", "grpo"], "is a ppo run; resume it without --algo"),
+        (["train", "--resume", str(tmp_path / "broken")], "config.json is not valid JSON"),
+        (["eval", str(run), "--episodes", "0"], "episodes must be at least 1"),
+        (["eval", str(run), "--device", "bogus"], "device must be auto, cpu or cuda"),
+        (["eval", str(run), "--env", "nope/X-v0"], "is not registered"),
+        (["eval", str(run), "--env", "creditgym/Sanity-Bandit-v0"], "cannot play creditgym/Sanity-Bandit-v0"),
+    ]
+    for argv, message in refused:
+        assert cli_main(argv) == 2, argv
+        assert message in capsys.readouterr().out.replace("\n", ""), argv
+    # Each evaluation setting has its own file, so none overwrites the held-out greedy eval.json.
+    assert cli_main(["eval", str(run), "--episodes", "4"]) == 0
+    assert cli_main(["eval", str(run), "--episodes", "4", "--split", "train", "--sample"]) == 0
+    assert json.loads((run / "eval-train-sampled.json").read_text())["greedy"] is False
+    assert json.loads((run / "eval.json").read_text())["greedy"] is True
 
 
 def test_stable_baselines3_trains_on_a_creditgym_env() -> None:

@@ -50,6 +50,10 @@ def test_unknown_model_names_say_what_to_pass(tmp_path: Path) -> None:
         load_policy_model("not-a-model")
     with pytest.raises(ValueError, match="offline"):
         load_policy_model("some-org/not-in-the-local-cache")
+    with pytest.raises(ValueError, match="unknown model .*a local model folder"):  # was a hub repo-id error
+        load_policy_model(tmp_path / "missing" / "folder")
+    with pytest.raises(ValueError, match="has no config.json"):  # was a hint to install sentencepiece
+        load_policy_model(tmp_path)
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -210,6 +210,10 @@ def test_config_validation() -> None:
         DesignerConfig(env_id="creditgym/Shop-v0")
     with pytest.raises(ValueError, match="seed"):
         DesignerConfig(ppo_kwargs={"seed": 3})
+    with pytest.raises(ValueError, match="temperature must be"):
+        DesignerConfig(temperature=float("nan"))
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):  # was found only after generating
+        DesignerConfig(ppo_kwargs={"device": "bogus"})
 
 
 def test_sokoban_description_matches_state() -> None:

@@ -138,6 +138,8 @@ class LLMTrainConfig:
     """iterations between checkpoints (0 = only at the end)"""
     keep_checkpoints: bool = False
     """also keep every periodic checkpoint as checkpoint-<iteration>.pt, to study how the models changed"""
+    overwrite: bool = False
+    """replace an earlier run in the same run folder (its checkpoints, metrics and events) instead of refusing"""
     progress: bool = True
     """show a progress bar"""
     tensorboard: bool = True

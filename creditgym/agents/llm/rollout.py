@@ -99,7 +99,7 @@ class RolloutCollector:
             seed = int(seeds[i // self.group_size])
             obs, info = env.reset(seed=seed)
             if not isinstance(obs, str):
-                raise TypeError(f"{env.spec.id if env.spec else env} returned a {type(obs).__name__} observation; LLM "
+                raise ValueError(f"{env.spec.id if env.spec else env} returned a {type(obs).__name__} observation; LLM "
                                 "policies need text envs (pass obs_mode='text' to grid envs)")
             episodes.append(Episode(group=i // self.group_size, seed=seed, instructions=info.get("instructions", ""),
                                     ground_truth=info.get("ground_truth")))

@@ -29,9 +29,19 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import creditgym
+from creditgym.agents.config_cli import check_env_arguments
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.ppo import resolve_device
-from creditgym.agents.runs import MetricsLogger, keep_checkpoint, read_checkpoint, write_checkpoint
+from creditgym.agents.runs import (
+    MetricsLogger,
+    StopAfterUpdate,
+    keep_checkpoint,
+    load_weights,
+    read_checkpoint,
+    start_run_dir,
+    trim_metrics,
+    write_checkpoint,
+)
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
 from creditgym.llm.models import load_policy_model
@@ -64,6 +74,8 @@ class LLMTrainer:
                  tokenizer: PreTrainedTokenizerBase | None = None, make_env: EnvFactory | None = None,
                  resume: str | Path | None = None) -> None:
         self.config = cfg = config
+        if make_env is None:  # before the model loads, so a wrong id fails in a moment
+            check_env_arguments(cfg.env_id, cfg.env_kwargs, batched=False)
         self.device = resolve_device(cfg.device)
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -113,15 +125,42 @@ class LLMTrainer:
             self.load_checkpoint(resume)
 
     def learn(self, until_iteration: int | None = None) -> dict[str, float]:
-        """Train to `iterations` (or stop at `until_iteration`); returns the last iteration's metrics."""
+        """Train to `iterations` (or stop at `until_iteration`); returns the last iteration's metrics.
+
+        Ctrl-C stops after the current iteration and saves a checkpoint there, then raises KeyboardInterrupt.
+        """
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fresh = self.iteration == 0
+        if fresh:
+            start_run_dir(self.run_dir, overwrite=cfg.overwrite)
+        else:  # the iterations after the checkpoint are about to be logged again
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            trim_metrics(self.run_dir, "charts/iteration", self.iteration)
         (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=self.iteration == 0)
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=fresh, global_step=self.global_step)
         progress = _Progress(cfg.progress, cfg.algo, total=cfg.iterations, start=self.iteration)
+        with StopAfterUpdate("iteration") as ctrl_c:
+            try:
+                metrics = self._iterations(until_iteration, logger, progress, ctrl_c)
+            finally:  # also on errors and a second Ctrl-C, where nothing is saved: the state is mid-iteration
+                progress.close()
+                logger.close()
+            interrupted = ctrl_c.requested
+            self.save_checkpoint()
+        if interrupted:
+            raise KeyboardInterrupt
+        if self.iteration >= cfg.iterations:
+            plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
+                                 title=f"{cfg.algo} on {cfg.env_id} ({cfg.model}, seed {cfg.seed})")
+        return metrics
+
+    def _iterations(self, until_iteration: int | None, logger: MetricsLogger, progress: _Progress,
+                    ctrl_c: StopAfterUpdate) -> dict[str, float]:
+        """The training loop: rollouts, the update and logging, once per iteration."""
+        cfg = self.config
         metrics: dict[str, float] = {}
         stop_at = min(cfg.iterations, until_iteration or cfg.iterations)
-        while self.iteration < stop_at:
+        while self.iteration < stop_at and not ctrl_c.requested:
             start = time.perf_counter()
             seeds = [cfg.seed * 1_000_003 + self.iteration * cfg.num_groups + g for g in range(cfg.num_groups)]
             episodes = self.collector.collect(seeds, generator=self.generator)
@@ -155,12 +194,6 @@ class LLMTrainer:
                 path = self.save_checkpoint()
                 if cfg.keep_checkpoints:
                     keep_checkpoint(path, self.iteration)
-        progress.close()
-        self.save_checkpoint()
-        logger.close()
-        if self.iteration >= cfg.iterations:
-            plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
-                                 title=f"{cfg.algo} on {cfg.env_id} ({cfg.model}, seed {cfg.seed})")
         return metrics
 
     # -- the update ---------------------------------------------------------------------------------------------
@@ -275,14 +308,18 @@ class LLMTrainer:
         return write_checkpoint(state, path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        path, state = read_checkpoint(path, self.device)
+        path, state = read_checkpoint(path, self.device, kind="LLM trainer",
+                                      keys=("trainable", "optimizer", "generator", "torch_rng", "iteration"))
         names = {name for name, p in self.policy.model.named_parameters() if p.requires_grad}
         if set(state["trainable"]) != names:
             raise ValueError(f"checkpoint {path} holds other trainable weights than this model (different model or "
                              "lora_rank?); resume with the run's own config")
-        self.policy.model.load_state_dict(state["trainable"], strict=False)
+        hint = " (different model or lora_rank?); resume with the run's own config"
+        load_weights(self.policy.model, state["trainable"], path, hint=hint, strict=False)
         if self.value_head is not None:
-            self.value_head.load_state_dict(state["value_head"])
+            if state.get("value_head") is None:
+                raise ValueError(f"checkpoint {path} has no value head: it is not from a ppo_llm run")
+            load_weights(self.value_head, state["value_head"], path, hint=hint)
         if self.learned_reward is not None:
             self.learned_reward.load_state_dict(state["learned_reward"])
         self.optimizer.load_state_dict(state["optimizer"])

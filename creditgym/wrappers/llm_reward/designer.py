@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 
+from creditgym.agents.config_cli import check_device
 from creditgym.agents.ppo import PPO, PPOConfig
 from creditgym.agents.vec import TorchVecEnv
 from creditgym.llm.chat import ChatModel, ChatModelError
@@ -122,8 +123,9 @@ class DesignerConfig:
         for name in ("iterations", "samples", "max_new_tokens", "dry_run_transitions", "num_envs", "num_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DesignerConfig.{name} must be at least 1, got {getattr(self, name)}")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also refuses nan
             raise ValueError(f"temperature must be ≥ 0 (0 decodes greedily), got {self.temperature}")
+        check_device(self.ppo_kwargs.get("device", "auto"))  # now, not after every program has been generated
         if self.train_steps < self.num_envs * self.num_steps:
             raise ValueError(f"train_steps ({self.train_steps}) must cover one rollout, num_envs * num_steps = "
                              f"{self.num_envs * self.num_steps}; raise train_steps or lower num_envs/num_steps")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from creditgym.agents.llm import LLMTrainConfig
+from creditgym.agents.llm import LLMTrainConfig, LLMTrainer
 
 from .helpers import make_trainer
 
@@ -103,7 +104,6 @@ def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
     ({"history_turns": -1}, "history_turns"),
     ({"temperature": float("nan")}, "temperature must be a finite number"),
     ({"iterations": "ten"}, "iterations must be a whole number"),
-    ({"env_id": "nope-v0"}, "not a registered env"),
 ])
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -136,3 +136,11 @@ def test_prompts_too_long_for_any_generation_give_a_clear_error(tmp_path: Path) 
     trainer = make_trainer(tmp_path, max_prompt_tokens=4)
     with pytest.raises(ValueError, match="raise --max-prompt-tokens"):
         trainer.learn()
+
+
+def test_an_unknown_env_fails_before_the_model_loads(tmp_path: Path) -> None:
+    config = LLMTrainConfig(model="no-such-model", env_id="nope-v0", runs_dir=str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="'nope-v0' is not registered"):
+        LLMTrainer(config)
+    with pytest.raises(ValueError, match=r"env_kwargs \['nokey'\] are not arguments"):
+        LLMTrainer(replace(config, env_id="creditgym/Sanity-WordBandit-v0", env_kwargs={"nokey": 1}))

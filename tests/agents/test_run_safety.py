@@ -1,0 +1,252 @@
+"""Run folders keep their data: a fresh run never replaces an earlier one unasked, Ctrl-C saves a checkpoint that
+resumes exactly, resuming never duplicates metrics rows, and bad checkpoints give errors that say what is wrong."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import creditgym  # noqa: F401
+from creditgym.agents import ppo
+from creditgym.agents.evaluate import evaluate
+from creditgym.agents.llm import trainer as llm_trainer
+from creditgym.agents.ppo import PPO, PPOConfig
+from creditgym.cli import main as cli_main
+from creditgym.demo import demo_config
+
+from .llm.helpers import make_trainer
+
+ENV = "creditgym/Sokoban-6x6-1b-v0"
+CLI_FLAGS = ["--env", ENV, "--num-envs", "8", "--num-steps", "16", "--hidden", "16", "--no-progress",
+             "--no-tensorboard"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _config(tmp_path: Path, **overrides: Any) -> PPOConfig:
+    values: dict[str, Any] = dict(env_id=ENV, num_envs=8, num_steps=16, total_steps=1024, hidden=16, progress=False,
+                                  tensorboard=False, runs_dir=str(tmp_path), run_name="run", checkpoint_every=0)
+    return PPOConfig(**{**values, **overrides})
+
+
+def _rows(run_dir: Path, key: str = "global_step") -> list[float]:
+    return [json.loads(line)[key] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_weights(a: PPO, b: PPO) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.agent.parameters(), b.agent.parameters(), strict=True))
+
+
+def _cli(args: list[str]) -> int:
+    try:
+        return cli_main(args)
+    except KeyboardInterrupt:  # escaping, it would stop the whole test session
+        pytest.fail("Ctrl-C left the command line as a KeyboardInterrupt traceback")
+
+
+def _ctrl_c_after(module: Any, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Press Ctrl-C (call the SIGINT handler, as Python does on a signal) once `count` updates are logged."""
+    advance = module._Progress.advance
+    calls = []
+
+    def advance_then_ctrl_c(self: Any, *args: Any) -> None:
+        advance(self, *args)
+        calls.append(1)
+        if len(calls) == count:
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+    monkeypatch.setattr(module._Progress, "advance", advance_then_ctrl_c)
+
+
+# -- 1. a fresh run refuses a folder that holds a run ---------------------------------------------------------------
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run_and_keeps_it(tmp_path: Path) -> None:
+    PPO(_config(tmp_path, checkpoint_every=2, keep_checkpoints=True)).learn()
+    run = tmp_path / "run"
+    before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl", "checkpoint.pt")}
+    with pytest.raises(ValueError, match="already holds a run") as err:
+        PPO(_config(tmp_path, seed=2, total_steps=512)).learn()
+    for hint in (f"--resume {run}", "--run-name", "--overwrite"):
+        assert hint in str(err.value)
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_overwrite_replaces_the_earlier_run_and_its_kept_checkpoints(tmp_path: Path) -> None:
+    PPO(_config(tmp_path, checkpoint_every=2, keep_checkpoints=True)).learn()
+    PPO(_config(tmp_path, total_steps=512, overwrite=True)).learn()
+    run = tmp_path / "run"
+    assert _rows(run) == [128, 256, 384, 512]
+    assert not list(run.glob("checkpoint-*.pt"))
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["global_step"] == 512
+
+
+def test_cli_refuses_a_reused_run_name_and_the_flag_replaces_it(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", *CLI_FLAGS, "--runs-dir", str(tmp_path), "--run-name", "x", "--total-steps", "512"]
+    assert cli_main(args) == 0
+    assert cli_main([*args[:-1], "256"]) == 2
+    out = capsys.readouterr().out
+    assert "already holds a run" in out and "Traceback" not in out
+    assert _rows(tmp_path / "x") == [128, 256, 384, 512]
+    assert cli_main([*args[:-1], "256", "--overwrite"]) == 0
+    assert _rows(tmp_path / "x") == [128, 256]
+
+
+def test_llm_trainer_refuses_a_folder_that_holds_a_run(tmp_path: Path) -> None:
+    make_trainer(tmp_path, iterations=1).learn()
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run"):
+        make_trainer(tmp_path, iterations=1).learn()
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    make_trainer(tmp_path, iterations=1, overwrite=True).learn()
+
+
+def test_the_demo_replaces_its_own_runs_on_purpose() -> None:
+    assert demo_config(1024, 1, "runs/demo").overwrite
+
+
+# -- 2. Ctrl-C saves the last completed update ------------------------------------------------------------------------
+def test_ctrl_c_saves_the_update_it_stops_after_and_resumes_exactly(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = PPO(_config(tmp_path, run_name="straight"))
+    straight.learn()
+    _ctrl_c_after(ppo, monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        PPO(_config(tmp_path)).learn()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["global_step"] == 3 * 128
+    monkeypatch.undo()
+    resumed = PPO(_config(tmp_path), resume=tmp_path / "run")
+    resumed.learn()
+    assert _same_weights(straight, resumed)
+    assert _rows(tmp_path / "run") == _rows(tmp_path / "straight") == [128 * i for i in range(1, 9)]
+
+
+def test_cli_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    _ctrl_c_after(ppo, monkeypatch, 2)
+    args = ["train", *CLI_FLAGS, "--runs-dir", str(tmp_path), "--run-name", "x", "--total-steps", "512"]
+    assert _cli(args) == 130
+    out = capsys.readouterr().out
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1
+    command = out.split("continue it with: ")[1].strip()
+    assert command == f"creditgym train --resume {shlex.quote(str(tmp_path / 'x'))}"
+    monkeypatch.undo()
+    assert cli_main(shlex.split(command)[1:]) == 0
+    assert _rows(tmp_path / "x") == [128, 256, 384, 512]
+
+
+def test_cli_ctrl_c_before_any_checkpoint_says_to_start_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppo.PPO, "_updates", interrupted)
+    assert _cli(["train", *CLI_FLAGS, "--runs-dir", str(tmp_path), "--run-name", "x"]) == 130
+    out = capsys.readouterr().out
+    assert "had a checkpoint" in out and "--overwrite" in out and "Traceback" not in out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_llm_ctrl_c_saves_the_iteration_it_stops_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = make_trainer(tmp_path / "a", iterations=3)
+    straight.learn()
+    _ctrl_c_after(llm_trainer, monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(tmp_path / "b", iterations=3).learn()
+    assert torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=False)["iteration"] == 1
+    monkeypatch.undo()
+    resumed = make_trainer(tmp_path / "b", iterations=3, resume=tmp_path / "b" / "run")
+    resumed.learn()
+    for a, b in zip(straight.policy.model.parameters(), resumed.policy.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert _rows(tmp_path / "b" / "run", "charts/iteration") == [1, 2, 3]
+
+
+# -- 3. resuming never duplicates metrics rows ----------------------------------------------------------------------
+def test_resume_after_a_hard_stop_drops_only_the_rows_past_the_checkpoint(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second Ctrl-C (a bare KeyboardInterrupt) stops mid-update 6: the checkpoint of update 4 is the last one.
+    trainer = PPO(_config(tmp_path, checkpoint_every=2))
+    step, calls = trainer.envs.step, []
+
+    def step_then_stop(action: torch.Tensor) -> Any:
+        calls.append(1)
+        if len(calls) == 5 * 16 + 3:
+            raise KeyboardInterrupt
+        return step(action)
+
+    monkeypatch.setattr(trainer.envs, "step", step_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.learn()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _rows(tmp_path / "run") == [128 * i for i in range(1, 6)]
+    resumed = PPO(_config(tmp_path, checkpoint_every=2), resume=tmp_path / "run")
+    assert resumed.global_step == 4 * 128
+    resumed.learn()
+    assert _rows(tmp_path / "run") == [128 * i for i in range(1, 9)]
+
+
+def test_llm_resume_from_an_earlier_checkpoint_drops_the_later_iterations(tmp_path: Path) -> None:
+    make_trainer(tmp_path, iterations=3, checkpoint_every=1, keep_checkpoints=True).learn()
+    resumed = make_trainer(tmp_path, iterations=3, resume=tmp_path / "run" / "checkpoint-1.pt")
+    resumed.learn()
+    assert _rows(tmp_path / "run", "charts/iteration") == [1, 2, 3]
+
+
+# -- 4. corrupt and mismatched checkpoints ----------------------------------------------------------------------------
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    PPO(_config(tmp_path, total_steps=256)).learn()
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda data: data[:200], "is truncated or damaged"),
+    (lambda data: b"", "is truncated or damaged"),
+    (lambda data: b"not a checkpoint\n", "is not a checkpoint written by creditgym"),
+])
+def test_damaged_checkpoints_give_an_error_naming_the_file(run_dir: Path, damage: Any, message: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = run_dir / "checkpoint.pt"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError, match=message) as err:
+        PPO(_config(run_dir.parent), resume=run_dir)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match=message):
+        evaluate(run_dir, episodes=2)
+    for args in (["train", "--resume", str(run_dir)], ["eval", str(run_dir), "--episodes", "2"]):
+        assert cli_main(args) == 2
+        out = capsys.readouterr().out
+        assert message in out and "Traceback" not in out
+
+
+def test_files_that_are_not_ppo_checkpoints_say_so(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a PPO checkpoint: it holds no 'config'"):
+        evaluate(tmp_path / "other.pt", episodes=2)
+    make_trainer(tmp_path, iterations=1).learn()
+    with pytest.raises(ValueError, match="not a PPO checkpoint: it holds no 'model'"):
+        evaluate(tmp_path / "run", episodes=2)
+
+
+def test_a_checkpoint_of_another_network_names_the_shapes(run_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"torso.*\[16, .*\] there but \[32, .*\] here.*hidden=16 there, 32 here"):
+        PPO(_config(run_dir.parent, hidden=32), resume=run_dir)
+    with pytest.raises(ValueError, match="env_id='creditgym/Sokoban-6x6-1b-v0', this config has 'creditgym/Sanity"):
+        PPO(_config(run_dir.parent, env_id="creditgym/Sanity-Bandit-v0"), resume=run_dir)
+    # A checkpoint whose config no longer matches its weights (or an env whose observations changed) fails alike.
+    path = run_dir / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["config"]["hidden"] = 32
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"{path}.*different network or env.*\[16, .*\] there but \[32"):
+        evaluate(run_dir, episodes=2)
