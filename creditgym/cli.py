@@ -209,6 +209,10 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
             console.print(f"interrupted before {trainer.run_dir} had a checkpoint; start the run again (with "
                           "--overwrite to reuse its folder)", highlight=False, soft_wrap=True)
         return 130
+    if args.resume and not metrics:
+        console.print(f"{trainer.run_dir} had already reached its budget, so nothing was trained; raise --total-steps "
+                      "(PPO) or --iterations (LLM algos) above it to continue the run", highlight=False, soft_wrap=True)
+        return 0
     key, unit = rate
     console.print(f"run written to {trainer.run_dir}: success {metrics.get('charts/success_rate', float('nan')):.1%}, "
                   f"{metrics.get(key, 0):,.0f} {unit}")

@@ -367,10 +367,14 @@ def test_stable_baselines3_trains_on_a_creditgym_env() -> None:
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.policy.parameters(), strict=True))
 
 
-def test_cli_resume_continues_a_run_to_a_longer_budget(tmp_path: Path) -> None:
+def test_cli_resume_continues_a_run_to_a_longer_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--no-progress", "--no-tensorboard", "--num-envs", "8", "--num-steps", "16"]
     assert cli_main(["train", "--total-steps", "512", "--runs-dir", str(tmp_path), "--run-name", "r", *common]) == 0
     assert cli_main(["train", "--resume", str(tmp_path / "r"), "--total-steps", "1024", "--no-progress"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [row["global_step"] for row in rows] == [128 * i for i in range(1, 9)]
     assert cli_main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+    assert cli_main(["train", "--resume", str(tmp_path / "r"), "--no-progress"]) == 0  # already at its budget
+    assert "nothing was trained; raise --total-steps" in capsys.readouterr().out.replace("\n", "")
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 8
