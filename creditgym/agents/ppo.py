@@ -9,7 +9,6 @@ truncation and never on termination.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
@@ -31,8 +30,7 @@ from creditgym.agents.runs import (
     keep_checkpoint,
     load_weights,
     read_checkpoint,
-    start_run_dir,
-    trim_metrics,
+    train_in_run_dir,
     write_checkpoint,
 )
 from creditgym.agents.vec import TorchVecEnv, make_vec_env
@@ -383,25 +381,12 @@ class PPO:
         Ctrl-C stops after the current update and saves a checkpoint there, then raises KeyboardInterrupt.
         """
         cfg = self.config
-        fresh = self.update == 0
-        if fresh:
-            start_run_dir(self.run_dir, overwrite=cfg.overwrite)
-        else:  # the updates after the checkpoint are about to be logged again
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            trim_metrics(self.run_dir, "global_step", self.global_step)
-        (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=fresh, global_step=self.global_step)
         progress = _Progress(cfg.progress, total=cfg.total_steps, start=self.global_step)
-        with StopAfterUpdate("update") as ctrl_c:
-            try:
-                metrics = self._updates(until_steps, logger, progress, ctrl_c)
-            finally:  # also on errors and a second Ctrl-C, where nothing is saved: the state is mid-update
-                progress.close()
-                logger.close()
-            interrupted = ctrl_c.requested
-            self.save_checkpoint()
-        if interrupted:
-            raise KeyboardInterrupt
+        metrics = train_in_run_dir(
+            self.run_dir, fresh=self.update == 0, overwrite=cfg.overwrite, tensorboard=cfg.tensorboard,
+            record=self._run_record(), resumed_at=("global_step", self.global_step), global_step=self.global_step,
+            progress=progress, unit="update", save=self.save_checkpoint,
+            loop=lambda logger, ctrl_c: self._updates(until_steps, logger, progress, ctrl_c))
         if self.global_step >= cfg.total_steps or self.update >= cfg.num_updates:
             plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
                                  title=f"PPO on {cfg.env_id} (seed {cfg.seed})")

@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,35 @@ class StopAfterUpdate:
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+
+
+def train_in_run_dir(run_dir: Path, *, fresh: bool, overwrite: bool, tensorboard: bool, record: dict[str, Any],
+                     resumed_at: tuple[str, float], global_step: int, progress: Any, unit: str,
+                     loop: Callable[[MetricsLogger, StopAfterUpdate], dict[str, float]],
+                     save: Callable[[], Any]) -> dict[str, float]:
+    """What both trainers' `learn()` do around their loop: claim (fresh) or reopen (resumed) the run folder, write
+    config.json, run `loop(logger, ctrl_c)`, save a checkpoint, and raise KeyboardInterrupt after a Ctrl-C stop.
+
+    `resumed_at` is the metrics key and the checkpoint's value of it: a resumed run logs the rows past it again.
+    """
+    if fresh:
+        start_run_dir(run_dir, overwrite=overwrite)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trim_metrics(run_dir, *resumed_at)
+    (run_dir / "config.json").write_text(json.dumps(record, indent=2))
+    logger = MetricsLogger(run_dir, tensorboard, fresh=fresh, global_step=global_step)
+    with StopAfterUpdate(unit) as ctrl_c:
+        try:
+            metrics = loop(logger, ctrl_c)
+        finally:  # also on errors and a second Ctrl-C, where nothing is saved: the state is mid-update
+            progress.close()
+            logger.close()
+        interrupted = ctrl_c.requested
+        save()
+    if interrupted:
+        raise KeyboardInterrupt
+    return metrics
 
 
 class MetricsLogger:

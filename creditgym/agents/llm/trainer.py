@@ -14,7 +14,6 @@ Each iteration reads top to bottom:
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -38,8 +37,7 @@ from creditgym.agents.runs import (
     keep_checkpoint,
     load_weights,
     read_checkpoint,
-    start_run_dir,
-    trim_metrics,
+    train_in_run_dir,
     write_checkpoint,
 )
 from creditgym.credit import masked_mean
@@ -130,25 +128,12 @@ class LLMTrainer:
         Ctrl-C stops after the current iteration and saves a checkpoint there, then raises KeyboardInterrupt.
         """
         cfg = self.config
-        fresh = self.iteration == 0
-        if fresh:
-            start_run_dir(self.run_dir, overwrite=cfg.overwrite)
-        else:  # the iterations after the checkpoint are about to be logged again
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            trim_metrics(self.run_dir, "charts/iteration", self.iteration)
-        (self.run_dir / "config.json").write_text(json.dumps(self._run_record(), indent=2))
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard, fresh=fresh, global_step=self.global_step)
         progress = _Progress(cfg.progress, cfg.algo, total=cfg.iterations, start=self.iteration)
-        with StopAfterUpdate("iteration") as ctrl_c:
-            try:
-                metrics = self._iterations(until_iteration, logger, progress, ctrl_c)
-            finally:  # also on errors and a second Ctrl-C, where nothing is saved: the state is mid-iteration
-                progress.close()
-                logger.close()
-            interrupted = ctrl_c.requested
-            self.save_checkpoint()
-        if interrupted:
-            raise KeyboardInterrupt
+        metrics = train_in_run_dir(
+            self.run_dir, fresh=self.iteration == 0, overwrite=cfg.overwrite, tensorboard=cfg.tensorboard,
+            record=self._run_record(), resumed_at=("charts/iteration", self.iteration), global_step=self.global_step,
+            progress=progress, unit="iteration", save=self.save_checkpoint,
+            loop=lambda logger, ctrl_c: self._iterations(until_iteration, logger, progress, ctrl_c))
         if self.iteration >= cfg.iterations:
             plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
                                  title=f"{cfg.algo} on {cfg.env_id} ({cfg.model}, seed {cfg.seed})")
