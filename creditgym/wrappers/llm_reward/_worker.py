@@ -16,7 +16,12 @@ import sys
 
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
-_NOBODY = 65534
+_PR_SET_NO_NEW_PRIVS = 38
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# A root-started worker drops to uid = gid = _UID_BASE + its pid: unique among live workers (so one worker cannot
+# signal or ptrace another, nor any host process), owning no file, and above the ranges that systemd, container
+# runtimes and subuid allocations hand out.
+_UID_BASE = 0x70000000
 _FILENAME = "<reward program>"
 _HEADER = struct.Struct(">I")
 
@@ -56,11 +61,16 @@ def _send(fd: int, message: dict) -> None:
         view = view[os.write(fd, view):]
 
 
-def _isolate_network() -> str:
-    """Moves the process into a fresh network namespace, which has only a downed loopback device."""
+def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        return ctypes.CDLL(None, use_errno=True)
     except OSError:
+        return None
+
+
+def _isolate_network(libc: ctypes.CDLL | None) -> str:
+    """Moves the process into a fresh network namespace, which has only a downed loopback device."""
+    if libc is None:
         return "none"
     if libc.unshare(_CLONE_NEWNET) == 0:
         return "netns"
@@ -70,8 +80,34 @@ def _isolate_network() -> str:
     return "none"
 
 
+def _drop_capabilities(libc: ctypes.CDLL | None) -> bool:
+    """Clears every capability (used in a user namespace, where the process holds all of them after unshare)."""
+    if libc is None:
+        return False
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two (effective, permitted, inheritable) sets, all empty
+    return libc.capset(header, data) == 0
+
+
+def _confine_files(network: str, libc: ctypes.CDLL | None) -> bool:
+    """chroot into the working dir (the sandbox's empty temp dir), so no host file or dir can be reached at all.
+
+    Needs CAP_SYS_CHROOT: a root worker has it until it drops to its own uid; an unprivileged worker has it inside
+    its user namespace and then gives up every capability, since one that kept it could chroot back out.
+    """
+    if os.geteuid() != 0 and network != "userns+netns":
+        return False
+    try:
+        os.chroot(".")
+        os.chdir("/")
+    except OSError:
+        return False
+    return os.geteuid() == 0 or _drop_capabilities(libc)
+
+
 def _harden(config: dict, protocol_fds: tuple[int, int]) -> dict:
-    layers: dict = {"network": _isolate_network()}
+    libc = _libc()
+    layers: dict = {"network": _isolate_network(libc)}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
@@ -81,10 +117,14 @@ def _harden(config: dict, protocol_fds: tuple[int, int]) -> dict:
     max_fd = max(protocol_fds) + 1
     resource.setrlimit(resource.RLIMIT_NOFILE, (max_fd, max_fd))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    layers["chroot"] = _confine_files(layers["network"], libc)
     if os.geteuid() == 0:
+        uid = _UID_BASE + os.getpid()
         os.setgroups([])
-        os.setgid(_NOBODY)
-        os.setuid(_NOBODY)
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    # No exec of a set-user-ID binary can regain privileges (matters where the chroot above was not possible).
+    layers["no_new_privs"] = libc is not None and libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
     layers["uid"] = os.getuid()
     # The kernel exempts root from RLIMIT_NPROC, so it binds only once privileges are dropped.
     layers["nproc"] = os.getuid() != 0
@@ -176,9 +216,9 @@ def _evaluate(function: object, transitions: list, config: dict) -> dict:
             if type(parts) is not dict:
                 raise TypeError(f"components must be a dict, got {type(parts).__name__}")
             for name, value in parts.items():
-                if type(name) is not str or not 0 < len(name) <= config["max_name_chars"]:
+                if type(name) is not str or not 0 < len(name) <= config["max_name_chars"] or not name.isprintable():
                     raise TypeError(f"component names must be strings of 1 to {config['max_name_chars']} "
-                                    "characters")
+                                    "printable characters")
                 column = components.get(name)
                 if column is None:
                     if len(components) >= config["max_components"]:

@@ -13,8 +13,10 @@ Layers, outermost first (`RewardSandbox.layers` reports which ones the current w
 4. Network: a fresh network namespace via `unshare(CLONE_NEWNET)` (as root) or a user + network namespace
    (unprivileged, where the kernel allows it). Where neither works, only layers 1, 3 (no new sockets) and 5
    keep the program off the network.
-5. When started as root, the worker drops to uid/gid 65534 (nobody), so it cannot write to files owned by
-   others even if it escapes the namespace below.
+5. Files: the worker chroots into its empty temp dir (as root, or inside its user namespace, where it then
+   drops every capability), so no host file, dir or /tmp is reachable. When started as root it then drops to
+   uid = gid = 0x70000000 + its pid, unique per worker, so it owns no file and cannot signal or ptrace another
+   worker or any host process. PR_SET_NO_NEW_PRIVS stops set-user-ID binaries from regaining privileges.
 6. A restricted namespace: `__builtins__` holds only pure builtins, `__import__` returns `math` and nothing
    else, and `print` writes to a capped buffer returned with the result.
 7. The parent enforces the wall-time limit (kills the process group), caps the reply size and re-checks
@@ -134,7 +136,7 @@ class RewardSandbox:
 
     @property
     def layers(self) -> dict[str, Any]:
-        """Which process-level layers the worker got: network isolation, uid, NPROC, limits (starts one)."""
+        """Which process-level layers the worker got: network isolation, chroot, uid, NPROC, limits (starts one)."""
         if self._process is None:
             self._start()
         return dict(self._layers)
@@ -154,7 +156,7 @@ class RewardSandbox:
         except _WorkerFailed as failure:
             return self._disqualify(f"while loading: {failure}")
         if "error" in reply:
-            return self._disqualify(str(reply["error"]))
+            return self._disqualify(_text(reply["error"]))
         return None
 
     def evaluate(self, transitions: Sequence[Transition]) -> SandboxResult:
@@ -170,9 +172,9 @@ class RewardSandbox:
         max_bytes = (1 << 20) + n * _BYTES_PER_NUMBER * (1 + self.limits.max_components)
         try:
             reply = self._request({"op": "eval", "transitions": transitions}, max_bytes=max_bytes)
-            log = str(reply.get("log", ""))[: self.limits.max_log_chars + 32]
+            log = _text(reply.get("log", ""))[: self.limits.max_log_chars + 32]
             if "error" in reply:
-                return SandboxResult(rewards=[], error=self._disqualify(str(reply["error"])), log=log)
+                return SandboxResult(rewards=[], error=self._disqualify(_text(reply["error"])), log=log)
             rewards, components = self._check_reply(reply, n)
         except _WorkerFailed as failure:
             return SandboxResult(rewards=[], error=self._disqualify(f"batch of {n} transitions: {failure}"))
@@ -194,7 +196,7 @@ class RewardSandbox:
     # -- internals ----------------------------------------------------------------------------------------
     def _disqualify(self, error: str) -> str:
         self._stop()
-        self.error = error[: self.limits.max_error_chars + 200]
+        self.error = _text(error)[: self.limits.max_error_chars + 200]
         return self.error
 
     def _start(self) -> None:
@@ -249,7 +251,7 @@ class RewardSandbox:
             raise _WorkerFailed(f"output too large ({size} bytes; the limit for this request is {max_bytes})")
         try:
             reply = json.loads(self._read(size, deadline))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a reply nested too deep to decode
             raise _WorkerFailed("the worker sent a malformed reply") from None
         if not isinstance(reply, dict):
             raise _WorkerFailed("the worker sent a malformed reply")
@@ -258,10 +260,13 @@ class RewardSandbox:
     def _read(self, size: int, deadline: float) -> bytes:
         assert self._process is not None and self._process.stdout is not None
         fd = self._process.stdout.fileno()
+        # poll, not select: select rejects descriptors above 1023, which a busy parent's pipes can reach.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         chunks, remaining = [], size
         while remaining:
             timeout = deadline - time.monotonic()
-            if timeout <= 0 or not select.select([fd], [], [], timeout)[0]:
+            if timeout <= 0 or not poller.poll(math.ceil(timeout * 1000)):
                 raise _WorkerFailed(f"wall time limit exceeded ({self.limits.wall_seconds:g} s); worker killed")
             chunk = os.read(fd, min(remaining, 1 << 20))
             if not chunk:
@@ -294,7 +299,8 @@ class RewardSandbox:
         if len(components) > self.limits.max_components:
             raise _WorkerFailed(f"more than {self.limits.max_components} distinct components")
         for name, values in components.items():
-            if not 0 < len(name) <= self.limits.max_name_chars or not _finite_floats(values, n):
+            if (not 0 < len(name) <= self.limits.max_name_chars or not name.isprintable()
+                    or not _finite_floats(values, n)):
                 raise _WorkerFailed("the worker sent a malformed reply")
         return rewards, components
 
@@ -302,6 +308,12 @@ class RewardSandbox:
 def _finite_floats(values: object, n: int) -> bool:
     return (type(values) is list and len(values) == n
             and all(type(x) is float and math.isfinite(x) for x in values))
+
+
+def _text(value: object) -> str:
+    """The worker's text as a str that encodes to UTF-8: lone surrogates (from chr(0xD800)) become '?'."""
+    text = value if type(value) is str else str(value)
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,175 @@
+"""More hostile reward programs against the sandbox: attacks found by an audit beyond the corpus in
+test_llm_reward_sandbox.py. Each test names the attack and the layer that must contain it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from creditgym.wrappers.llm_reward import RewardSandbox, SandboxLimits, validate_program
+
+REPO = Path(__file__).resolve().parents[2]
+HEAD = "def compute_dense_reward(state, action, next_state):\n"
+FAST = SandboxLimits(cpu_seconds=1, wall_seconds=3.0, memory_bytes=256 << 20)
+BATCH = [({"on_target": 0}, 0, {"on_target": 1}), ({"on_target": 1}, 2, {"on_target": 1})]
+GOOD = HEAD + "    return float(next_state['on_target']), {'x': 1.0}\n"
+# Escaped code: reaches the os module through object.__subclasses__() (static validation is switched off).
+GADGET = HEAD + """    os = None
+    for c in ().__class__.__base__.__subclasses__():
+        if c.__name__ == '_wrap_close':
+            os = c.__init__.__globals__
+    if os is None:
+        raise RuntimeError('gadget not found')
+"""
+
+
+@pytest.fixture
+def unvalidated() -> Iterator[RewardSandbox]:
+    with RewardSandbox(limits=FAST, validate=False) as box:
+        yield box
+
+
+def escape(box: RewardSandbox, payload: str) -> str:
+    assert box.load(GADGET + payload) is None
+    result = box.evaluate(BATCH[:1])
+    assert not result.ok and "gadget not found" not in result.error, result.error
+    return result.error
+
+
+# -- validated programs -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("program", "expected"), [
+    # Loops inside one C call never reach the interpreter's eval loop; RLIMIT_CPU's SIGXCPU still ends them.
+    (HEAD + "    return float(sum(range(10**12))), {}\n", "CPU time limit exceeded"),
+    (HEAD + "    return float(pow(10, 10**9) % 7), {}\n", "CPU time limit exceeded"),
+    ("X = sum(range(10**12))\n" + HEAD + "    return 0.0, {}\n", "while loading: CPU time limit exceeded"),
+    # Hashing a deeply nested tuple recurses in C without a depth check and overflows the worker's stack.
+    (HEAD + "    t = ()\n    for i in range(10**6):\n        t = (t,)\n    return float(hash(t) % 2), {}\n",
+     "segmentation fault"),
+    (HEAD + "    return float(len(f'{1:>{10**9}}')), {}\n", "MemoryError"),
+    (HEAD + "    print(*range(10**7))\n    return 0.0, {}\n", "MemoryError"),
+])
+def test_c_level_bombs_are_contained(program: str, expected: str) -> None:
+    assert validate_program(program) == []
+    with RewardSandbox(limits=FAST) as box:
+        error = box.load(program) or box.evaluate(BATCH).error
+        assert error is not None and expected in error, error
+        assert box.load(GOOD) is None and box.evaluate(BATCH).rewards == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["\ud800", "a\nb", "tab\t", "\x00", "\u200b"])
+def test_component_names_must_be_printable(name: str) -> None:
+    # A newline, NUL or lone surrogate in a name would forge lines in logs and feedback, or fail to encode.
+    program = HEAD + f"    return 0.0, {{{name!r}: 1.0}}\n"
+    assert validate_program(program) == []
+    with RewardSandbox(limits=FAST) as box:
+        assert box.load(program) is None
+        error = box.evaluate(BATCH).error
+        assert error is not None and "printable characters" in error, error
+
+
+def test_lone_surrogates_in_log_and_error_come_back_encodable() -> None:
+    program = HEAD + "    print(chr(0xd800) + 'log')\n    raise ValueError(chr(0xdfff) + 'err')\n"
+    with RewardSandbox(limits=FAST) as box:
+        assert box.load(program) is None
+        result = box.evaluate(BATCH)
+        assert result.error.endswith("ValueError: ?err"), result.error
+        assert result.log == "?log\n"
+        # Every text the caller stores or shows encodes as UTF-8.
+        for text in (result.error, result.log, box.error):
+            text.encode("utf-8")
+        json.dumps({"error": result.error}, ensure_ascii=False).encode("utf-8")
+    program = "def fail():\n    raise ValueError(chr(0xdc00))\n\nX = fail()\n" + HEAD + "    return 0.0, {}\n"
+    assert validate_program(program) == []
+    with RewardSandbox(limits=FAST) as box:
+        assert box.load(program) == "while loading: line 2: ValueError: ?"
+
+
+def test_parent_with_more_than_1024_descriptors() -> None:
+    # select() rejects descriptors ≥ 1024; a training process with many files open must still use the sandbox.
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"RLIMIT_NOFILE is {soft}; the test needs 1200 descriptors")
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with RewardSandbox(limits=FAST) as box:
+            assert box.load(GOOD) is None
+            assert box.evaluate(BATCH).rewards == [1.0, 1.0]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+# -- escaped code: the process-level layers --------------------------------------------------------------------
+def test_a_reply_nested_too_deep_is_a_malformed_reply(unvalidated: RewardSandbox) -> None:
+    # The worker's protocol pipe is fd 4; a frame of 100k '[' makes the parent's json.loads recurse too deep.
+    body = 100_000
+    error = escape(unvalidated, f"    os['write'](4, ({body}).to_bytes(4, 'big') + b'[' * {body})\n"
+                                "    os['read'](3, 1)\n")
+    assert error == "batch of 1 transitions: the worker sent a malformed reply"
+
+
+def test_escaped_code_cannot_read_host_files(unvalidated: RewardSandbox) -> None:
+    # Closing stderr frees a descriptor under RLIMIT_NOFILE; the chroot is what keeps world-readable files away.
+    if not unvalidated.layers["chroot"]:
+        pytest.skip("no chroot possible here (neither root nor a user namespace)")
+    for target in ("/etc/passwd", str(REPO / "pyproject.toml")):
+        error = escape(unvalidated, f"    os['close'](2)\n    fd = os['open']({target!r}, 0)\n"
+                                    "    raise RuntimeError(os['read'](fd, 100))\n")
+        assert "FileNotFoundError" in error or "PermissionError" in error, error
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A world-writable, sticky dir like /tmp, in the system temp dir."""
+    directory = Path(tempfile.mkdtemp(prefix="creditgym-public-"))
+    directory.chmod(0o1777)
+    if not os.stat(directory.parent).st_mode & stat.S_IXOTH:
+        pytest.skip(f"{directory.parent} is not searchable by other users")
+    yield directory
+    for child in directory.iterdir():
+        child.rmdir() if child.is_dir() and not child.is_symlink() else child.unlink()
+    directory.rmdir()
+
+
+def test_escaped_code_cannot_create_entries_in_world_writable_dirs(unvalidated: RewardSandbox,
+                                                                   public_dir: Path) -> None:
+    # mkdir, symlink and mkfifo need no descriptor and no file size, so only the chroot stops them in /tmp.
+    if not unvalidated.layers["chroot"]:
+        pytest.skip("no chroot possible here (neither root nor a user namespace)")
+    for call in (f"os['mkdir']({str(public_dir / 'd')!r})", f"os['symlink']('/', {str(public_dir / 'l')!r})",
+                 f"os['mkfifo']({str(public_dir / 'f')!r})"):
+        error = escape(unvalidated, f"    {call}\n    return 0.0, {{}}\n")
+        assert "FileNotFoundError" in error or "PermissionError" in error, error
+    assert list(public_dir.iterdir()) == []
+
+
+def test_escaped_code_cannot_leave_its_chroot(unvalidated: RewardSandbox) -> None:
+    if not unvalidated.layers["chroot"]:
+        pytest.skip("no chroot possible here (neither root nor a user namespace)")
+    error = escape(unvalidated, "    os['chroot']('.')\n    return 0.0, {}\n")
+    assert "PermissionError" in error, error
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root parent can give each worker its own uid")
+def test_workers_cannot_signal_each_other() -> None:
+    # Two workers that shared a uid (nobody) could kill or ptrace each other: kill(-1) reached every one.
+    with RewardSandbox(limits=FAST) as victim, RewardSandbox(limits=FAST, validate=False) as attacker:
+        assert victim.load(GOOD) is None and victim.evaluate(BATCH).ok
+        assert victim.layers["uid"] != attacker.layers["uid"]
+        assert attacker.load(GADGET + "    os['kill'](-1, 9)\n    return 0.0, {}\n") is None
+        attacker.evaluate(BATCH)
+        victim_result = victim.evaluate(BATCH)
+        assert victim_result.ok, victim_result.error
+
+
+def test_escaped_code_cannot_gain_privileges_by_exec(unvalidated: RewardSandbox) -> None:
+    assert unvalidated.layers["no_new_privs"]
+    assert unvalidated.layers["uid"] != 0
