@@ -24,7 +24,8 @@ def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, A
         raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; pass the folder of a `creditgym train` run")
     path, state = read_checkpoint(path, device, kind="PPO", keys=("model",))
     # Checkpoints from before these fields existed hold separate tanh networks.
-    saved = {"activation": "tanh", "shared_torso": False, **state["config"]}
+    # The run's device is not this evaluation's: a run trained on a GPU evaluates on a machine without one.
+    saved = {"activation": "tanh", "shared_torso": False, **state["config"], "device": "auto"}
     config = PPOConfig(**{k: v for k, v in saved.items() if k in PPOConfig.__dataclass_fields__})
     env = gym.make(config.env_id, **config.env_kwargs)
     shape, actions = env.observation_space.shape, int(env.action_space.n)

@@ -350,6 +350,9 @@ def test_resume_and_eval_refuse_what_they_cannot_do(tmp_path: Path, capsys: pyte
     for argv, message in refused:
         assert cli_main(argv) == 2, argv
         assert message in capsys.readouterr().out.replace("\n", ""), argv
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["config"]["device"] = "cuda"  # as if trained on a GPU; this machine may have none
+    torch.save(state, run / "checkpoint.pt")
     # Each evaluation setting has its own file, so none overwrites the held-out greedy eval.json.
     assert cli_main(["eval", str(run), "--episodes", "4"]) == 0
     assert cli_main(["eval", str(run), "--episodes", "4", "--split", "train", "--sample"]) == 0
