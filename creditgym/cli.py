@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -316,6 +317,9 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     if not (0 <= args.gamma <= 1 and 0 <= args.lam <= 1):
         console.print(f"--gamma and --lam must be in [0, 1], got {args.gamma} and {args.lam}", style="red")
         return 2
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        console.print(f"--scale must be a positive number, got {args.scale}", style="red")
+        return 2
     source = Path(args.trajectories)
     out = Path(args.out) if args.out else source.with_suffix(".rescored.jsonl")
     if out.resolve() == source.resolve():
@@ -326,7 +330,8 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
         before = summarize(episodes)
         if args.potential is not None:
             potential = offline_potential(args.potential)
-            episodes = [add_shaping(e, potential, args.gamma, channel=args.channel, replace=args.replace)
+            episodes = [add_shaping(e, potential, args.gamma, channel=args.channel, replace=args.replace,
+                                    scale=args.scale)
                         for e in episodes]
         if args.estimator is not None:
             episodes = with_advantages(episodes, args.estimator, gamma=args.gamma, lam=args.lam)
@@ -462,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--estimator", choices=ESTIMATORS,
                          help="recompute per-step advantages with creditgym.credit (grpo/dr_grpo/rloo group "
                          "episodes by env id and seed; gae uses V = 0)")
+    rescore.add_argument("--scale", type=float, default=1.0, help="multiplies the potential, as --shaping-scale "
+                         "and PotentialShaping(scale=...) do live (default: 1.0)")
     rescore.add_argument("--lam", type=float, default=1.0, help="GAE lambda, for --estimator gae (default: 1.0)")
     rescore.add_argument("--channel", default="shaping", help="name of the new reward channel (default: shaping)")
     rescore.add_argument("--replace", action="store_true", help="overwrite the channel if the recording has it")

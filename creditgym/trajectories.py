@@ -11,11 +11,14 @@ version.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import dataclasses
 import enum
 import importlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,10 @@ _NDARRAY = "__ndarray__"
 
 class TrajectoryFormatError(ValueError):
     """A trajectory file has a line that is not a valid record; the message gives the file and line number."""
+
+
+class TrajectoryWarning(UserWarning):
+    """A trajectory file ends in a record cut short (an interrupted write); the complete records are still read."""
 
 
 @dataclass
@@ -107,46 +114,105 @@ class Episode:
             raise ValueError(f"a record must be a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise ValueError(f"format is {data.get('format')!r}; this creditgym reads {FORMAT!r} records")
-        _require(data, "episode", {"env_id": str, "steps": list, "version": str})
-        if data.get("seed") is not None and not isinstance(data["seed"], int):
-            raise ValueError(f"episode.seed must be an integer or null, got {data['seed']!r}")
+        _require(data, "episode", {"env_id": str, "observation": object, "steps": list, "version": str})
+        _optional(data, "episode", {"seed": int, "info": dict, "state": dict, "metadata": dict}, nullable={"seed",
+                                                                                                        "state"})
         steps = []
+        known = {f.name for f in dataclasses.fields(Step)}
         for t, raw in enumerate(data["steps"]):
             where = f"steps[{t}]"
             if not isinstance(raw, dict):
                 raise ValueError(f"{where} must be an object, got {type(raw).__name__}")
             _require(raw, where, {"action": object, "observation": object, "reward_components": dict,
                                   "terminated": bool, "truncated": bool})
-            bad = [k for k, v in raw["reward_components"].items() if not isinstance(v, int | float)]
-            if bad:
-                raise ValueError(f"{where}.reward_components {bad} are not numbers")
-            known = {f.name for f in dataclasses.fields(Step)}
-            steps.append(Step(**{k: _decode(v) for k, v in raw.items() if k in known}))
+            _optional(raw, where, {"info": dict, "state": dict, "advantage": float, "prompt_ids": list,
+                                   "response_ids": list, "logprobs": list},
+                      nullable={"state", "advantage", "prompt_ids", "response_ids", "logprobs"})
+            for name, kind in (("prompt_ids", int), ("response_ids", int), ("logprobs", float)):
+                if raw.get(name) is not None and not all(_is(v, kind) for v in raw[name]):
+                    raise ValueError(f"{where}.{name} must be a list of {_KIND_NAMES[kind]}")
+            values = {k: _decode(v, f"{where}.{k}") for k, v in raw.items() if k in known}
+            values["reward_components"] = _rewards(raw["reward_components"], where)
+            steps.append(Step(**values))
         known = {f.name for f in dataclasses.fields(cls)} - {"steps"}
-        return cls(steps=steps, **{k: _decode(v) for k, v in data.items() if k in known})
+        return cls(steps=steps, **{k: _decode(v, f"episode.{k}") for k, v in data.items() if k in known})
+
+
+_KIND_NAMES = {int: "integers", float: "numbers", dict: "objects", list: "lists", str: "strings", bool: "booleans"}
+
+
+def _is(value: Any, kind: type) -> bool:
+    """JSON type check: booleans are not numbers, and integers are numbers."""
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
 
 
 def _require(data: dict[str, Any], where: str, fields: dict[str, type]) -> None:
     for name, kind in fields.items():
         if name not in data:
             raise ValueError(f"{where} has no {name!r}")
-        if not isinstance(data[name], kind):
+        if not _is(data[name], kind):
             raise ValueError(f"{where}.{name} must be {kind.__name__}, got {type(data[name]).__name__}")
+
+
+def _optional(data: dict[str, Any], where: str, fields: dict[str, type], nullable: set[str]) -> None:
+    for name, kind in fields.items():
+        if name not in data or (data[name] is None and name in nullable):
+            continue
+        if not _is(data[name], kind):
+            allowed = f"{kind.__name__} or null" if name in nullable else kind.__name__
+            raise ValueError(f"{where}.{name} must be {allowed}, got {type(data[name]).__name__}")
+
+
+def _rewards(components: dict[str, Any], where: str) -> dict[str, float]:
+    """Reward components as floats (NaN and ±inf, which the writer can store, are kept)."""
+    out = {}
+    for name, value in components.items():
+        try:
+            if not _is(value, float):
+                raise TypeError
+            out[name] = float(value)
+        except (TypeError, OverflowError):
+            raise ValueError(f"{where}.reward_components[{name!r}] must be a number that fits a float, "
+                             f"got {str(value)[:40]}") from None
+    return out
+
+
+def _storable_dtype(dtype: np.dtype) -> bool:
+    """Numpy dtypes whose `tolist()` gives JSON values (booleans, integers, float64 or narrower, unicode)."""
+    return dtype.kind in "biuU" or (dtype.kind == "f" and dtype.itemsize <= 8)
 
 
 def _encode(value: Any, where: str) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value.value if isinstance(value, enum.Enum) else value
     if isinstance(value, np.generic):
+        if not _storable_dtype(value.dtype):
+            raise TypeError(f"cannot store {where} (numpy {value.dtype}) in a trajectory record; convert it to "
+                            "a number or string")
         return value.item()
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16 or (value.is_floating_point() and value.element_size() == 1):
+            value = value.float()  # numpy has no bfloat16 or float8
+        try:
+            value = value.numpy()
+        except TypeError:
+            raise TypeError(f"cannot store {where} (tensor of {value.dtype}) in a trajectory record") from None
     if isinstance(value, np.ndarray):
+        if value.dtype.kind == "O":
+            return {_NDARRAY: _encode(value.tolist(), where), "dtype": "object"}
+        if not _storable_dtype(value.dtype):
+            raise TypeError(f"cannot store {where} (numpy array of {value.dtype}) in a trajectory record; convert "
+                            "it to a numeric or string array")
         return {_NDARRAY: value.tolist(), "dtype": str(value.dtype)}
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
                 raise TypeError(f"cannot store {where}: its key {key!r} is not a string")
+        if _NDARRAY in value:
+            raise TypeError(f"cannot store {where}: the key {_NDARRAY!r} is reserved for numpy arrays")
         return {key: _encode(item, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
@@ -158,31 +224,88 @@ def _encode(value: Any, where: str) -> Any:
                     "strings, numbers, lists, dicts or numpy arrays")
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, where: str) -> Any:
     if isinstance(value, dict):
         if _NDARRAY in value:
-            return np.asarray(value[_NDARRAY], dtype=value["dtype"])
-        return {key: _decode(item) for key, item in value.items()}
+            dtype = value.get("dtype")
+            try:
+                if not isinstance(dtype, str) or not _storable_dtype(np.dtype(dtype)) and dtype != "object":
+                    raise TypeError(f"unsupported dtype {str(dtype)[:40]!r}")
+                if dtype == "object":
+                    return np.asarray(_decode(value[_NDARRAY], where), dtype=object)
+                return np.asarray(value[_NDARRAY], dtype=dtype)
+            except (TypeError, ValueError, OverflowError) as error:
+                raise ValueError(f"{where} is not a valid stored numpy array ({error})") from None
+        return {key: _decode(item, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, list):
-        return [_decode(item) for item in value]
+        return [_decode(item, f"{where}[{i}]") for i, item in enumerate(value)]
     return value
 
 
 # -- files ------------------------------------------------------------------------------------------------------
 class TrajectoryWriter:
-    """Appends episodes to a JSONL file, one line each, written and flushed per episode.
+    """Appends episodes to a JSONL file, one line each, each written straight to the file (no buffer to flush).
 
     An episode that cannot be serialised or written leaves the file as it was, so earlier episodes are never
-    lost. Use as a context manager, or call `close()`.
+    lost, and a process killed mid-write leaves at most the last line cut short. Appending to such a file first
+    moves the cut-short line to `<path>.partial` (with a `TrajectoryWarning`), so new episodes start on a line
+    of their own. One writer per file at a time. Use as a context manager, or call `close()`.
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
+        self._fd: int | None = None
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_APPEND)
-        self._fd = os.open(self.path, flags, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_APPEND)
+            self._fd = os.open(self.path, flags, 0o644)
+            if not overwrite:
+                self._end_on_a_newline()
+        except OSError as error:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            raise type(error)(error.errno, f"cannot write trajectories to {self.path}: {error.strerror}; "
+                              "give a file path in a writable folder") from None
+
+    def _end_on_a_newline(self) -> None:
+        assert self._fd is not None
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with self.path.open("rb") as file:
+            start = size
+            while start > 0:  # find the last newline, reading backwards
+                step = min(start, 1 << 16)
+                file.seek(start - step)
+                chunk = file.read(step)
+                if b"\n" in chunk:
+                    start = start - step + chunk.rindex(b"\n") + 1
+                    break
+                start -= step
+            if start == size:
+                return
+            file.seek(start)
+            tail = file.read(size - start)
+        try:
+            Episode.from_dict(json.loads(tail.decode("utf-8")))
+        except (ValueError, TypeError, RecursionError):
+            with open(f"{self.path}.partial", "ab") as aside:
+                aside.write(tail + b"\n")
+            os.ftruncate(self._fd, start)
+            warnings.warn(TrajectoryWarning(
+                f"{self.path} ended in a record cut short ({len(tail)} bytes, as after an interrupted write); "
+                f"moved it to {self.path}.partial and appending after the complete records"), stacklevel=3)
+        else:
+            os.write(self._fd, b"\n")  # a complete record without its newline
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
 
     def write(self, episode: Episode) -> None:
+        if self._fd is None:
+            raise ValueError(f"the trajectory writer for {self.path} is closed")
         data = memoryview((json.dumps(episode.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
         size = os.fstat(self._fd).st_size
         written = 0
@@ -190,11 +313,15 @@ class TrajectoryWriter:
             while written < len(data):
                 written += os.write(self._fd, data[written:])
         except BaseException:
-            os.ftruncate(self._fd, size)  # drop the partial line
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)  # drop the partial line
             raise
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close the file; closing twice is harmless."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def __enter__(self) -> TrajectoryWriter:
         return self
@@ -202,29 +329,52 @@ class TrajectoryWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        self.close()
+
 
 def read_trajectories(path: str | Path) -> Iterator[Episode]:
-    """Episodes from a JSONL file, in order; a malformed line raises `TrajectoryFormatError` naming file and line."""
+    """Episodes from a JSONL file, in order; a malformed line raises `TrajectoryFormatError` naming file and line.
+
+    A last line cut short (no newline, not valid JSON: a write interrupted by a crash) is skipped with a
+    `TrajectoryWarning`, so every complete episode can still be read.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a trajectory file; give the .jsonl file in it")
     if not path.is_file():
         raise FileNotFoundError(f"no trajectory file at {path}; write one with record_episodes(..., path=...)")
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
             if not raw.strip():
                 continue
             try:
                 data = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as error:
+                if not raw.endswith(b"\n"):
+                    _warn_cut_short(path, number)
+                    return
                 raise TrajectoryFormatError(f"{path}:{number}: not UTF-8 text ({error.reason})") from None
             except json.JSONDecodeError as error:
-                cut = "" if raw.endswith(b"\n") else "; the line is cut short, as after an interrupted write"
+                if not raw.endswith(b"\n"):
+                    _warn_cut_short(path, number)
+                    return
                 raise TrajectoryFormatError(f"{path}:{number}: not valid JSON ({error.msg} at column "
-                                            f"{error.colno}){cut}") from None
+                                            f"{error.colno})") from None
+            except RecursionError:
+                raise TrajectoryFormatError(f"{path}:{number}: the JSON is nested too deeply") from None
             try:
                 episode = Episode.from_dict(data)
             except (ValueError, TypeError) as error:
                 raise TrajectoryFormatError(f"{path}:{number}: {error}") from None
             yield episode
+
+
+def _warn_cut_short(path: Path, number: int) -> None:
+    warnings.warn(TrajectoryWarning(f"{path}:{number}: skipped the last line, which is cut short, as after an "
+                                    "interrupted write; the episodes before it were read"), stacklevel=3)
 
 
 def load_trajectories(path: str | Path) -> list[Episode]:
@@ -253,10 +403,14 @@ def record_episodes(env: gym.Env, policy: Policy, n: int, seed: int, *, group_si
 
     Episode i resets with seed `seed + i // group_size`, so each group of `group_size` episodes shares a task
     (as GRPO/RLOO need); the action space is seeded with `seed`. The env's `state()` is recorded at reset and
-    after every step when the env declares one and `record_state` is on.
+    after every step when the env declares one and `record_state` is on. An env without
+    `info["reward_components"]` is recorded with one channel, `reward`. Each episode is written when it ends.
     """
     if n < 1 or group_size < 1:
         raise ValueError(f"n and group_size must be at least 1, got n={n}, group_size={group_size}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}; the seed fixes every episode")
+    seed = int(seed)
     state_fn = getattr(env.unwrapped, "state", None) if record_state else None
     state_fn = state_fn if callable(state_fn) else None
     env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
@@ -274,10 +428,11 @@ def record_episodes(env: gym.Env, policy: Policy, n: int, seed: int, *, group_si
             while not done:
                 out = policy(obs, info)
                 tokens = out if isinstance(out, PolicyOutput) else PolicyOutput(out)
-                obs, _, terminated, truncated, info = env.step(tokens.action)
+                obs, reward, terminated, truncated, info = env.step(tokens.action)
+                components = info.get("reward_components", {"reward": reward})
                 episode.steps.append(Step(
                     action=tokens.action, observation=obs,
-                    reward_components={k: float(v) for k, v in info["reward_components"].items()},
+                    reward_components={k: float(v) for k, v in components.items()},
                     terminated=bool(terminated), truncated=bool(truncated), info=_without_components(info),
                     state=state_fn() if state_fn else None, prompt_ids=tokens.prompt_ids,
                     response_ids=tokens.response_ids, logprobs=tokens.logprobs,
@@ -298,20 +453,34 @@ def _without_components(info: dict[str, Any]) -> dict[str, Any]:
 
 # -- offline re-scoring -----------------------------------------------------------------------------------------
 def add_shaping(episode: Episode, potential: RecordPotential, gamma: float, *, channel: str = "shaping",
-                replace: bool = False) -> Episode:
+                replace: bool = False, scale: float = 1.0) -> Episode:
     """A copy of `episode` with F = γΦ(s') − Φ(s) in `channel`, Φ evaluated on the recorded observations/states.
 
-    Φ(s') is 0 on termination and kept on truncation, exactly as `PotentialShaping` does live.
+    Φ(s') is 0 on termination and kept on truncation, and `scale` multiplies Φ, exactly as `PotentialShaping`
+    does live. A potential that fails or does not return a finite number raises a ValueError naming the step.
     """
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
     if not replace and any(channel in step.reward_components for step in episode.steps):
         raise ValueError(f"the episode already has a {channel!r} channel; pass another channel name "
                          "(channel=..., --channel) or replace it (replace=True, --replace)")
-    last = potential(episode.observation, episode.state)
+
+    def phi(observation: Any, state: dict[str, Any] | None, where: str) -> float:
+        try:
+            value = float(potential(observation, state))
+        except Exception as error:
+            raise ValueError(f"the potential failed on {where} of the episode with seed {episode.seed} "
+                             f"({type(error).__name__}: {error})") from error
+        if not np.isfinite(value):
+            raise ValueError(f"the potential is {value} on {where} of the episode with seed {episode.seed}")
+        return scale * value
+
+    last = phi(episode.observation, episode.state, "the reset observation")
     steps = []
-    for step in episode.steps:
-        current = 0.0 if step.terminated else potential(step.observation, step.state)
+    for t, step in enumerate(episode.steps):
+        current = 0.0 if step.terminated else phi(step.observation, step.state, f"steps[{t}]")
         components = {**step.reward_components, channel: gamma * current - last}
         steps.append(dataclasses.replace(step, reward_components=components))
         last = current
@@ -353,6 +522,8 @@ def step_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if not (0 <= gamma <= 1 and 0 <= lam <= 1):
+        raise ValueError(f"gamma and lam must be in [0, 1], got {gamma} and {lam}")
     if not episodes:
         return []
     lengths = [len(e.steps) for e in episodes]

@@ -21,6 +21,7 @@ from creditgym.trajectories import (
     Episode,
     PolicyOutput,
     TrajectoryFormatError,
+    TrajectoryWarning,
     TrajectoryWriter,
     add_shaping,
     load_trajectories,
@@ -126,8 +127,11 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(TrajectoryFormatError, match=r"bad\.jsonl:4: not valid JSON"):
         next(reader)
 
-    path.write_text(good + "\n" + good[:50])
-    with pytest.raises(TrajectoryFormatError, match=r":2: not valid JSON .*cut short"):
+    path.write_text(good + "\n" + good[:50])  # a crash mid-write: the complete episode still comes out
+    with pytest.warns(TrajectoryWarning, match=r"bad\.jsonl:2: skipped the last line, which is cut short"):
+        assert [e.env_id for e in load_trajectories(path)] == [SOKOBAN]
+    path.write_text(good + "\n" + good[:50] + "\n" + good + "\n")  # but not in the middle of the file
+    with pytest.raises(TrajectoryFormatError, match=r":2: not valid JSON"):
         load_trajectories(path)
 
     no_action = json.loads(good)
@@ -175,15 +179,16 @@ def test_failed_writes_keep_earlier_episodes(tmp_path: Path, monkeypatch: pytest
     assert [e.seed for e in load_trajectories(path)] == [0, 2, 1]
 
 
-@pytest.mark.parametrize("gamma", [1.0, 0.9])
-def test_rescore_cli_matches_the_live_wrapper(tmp_path: Path, gamma: float) -> None:
-    live = PotentialShaping(gym.make(SOKOBAN, max_episode_steps=14, obs_mode="text"), "box_distance", gamma)
+@pytest.mark.parametrize(("gamma", "scale"), [(1.0, 1.0), (0.9, 1.0), (0.9, 0.25)])
+def test_rescore_cli_matches_the_live_wrapper(tmp_path: Path, gamma: float, scale: float) -> None:
+    live = PotentialShaping(gym.make(SOKOBAN, max_episode_steps=14, obs_mode="text"), "box_distance", gamma,
+                            scale=scale)
     path = tmp_path / "live.jsonl"
     recorded = record_episodes(live, _solver_after_detours(live, 6), 4, seed=3, path=path)
     assert {s.terminated for e in recorded for s in e.steps} == {False, True}
     assert any(e.steps[-1].truncated for e in recorded)
     out = tmp_path / "rescored.jsonl"
-    assert main(["rescore", str(path), "--potential", "box_distance", "--gamma", str(gamma),
+    assert main(["rescore", str(path), "--potential", "box_distance", "--gamma", str(gamma), "--scale", str(scale),
                  "--channel", "offline", "--out", str(out)]) == 0
     rescored = load_trajectories(out)
     values = [(s.reward_components["shaping"], s.reward_components["offline"]) for e in rescored for s in e.steps]
@@ -279,3 +284,229 @@ def test_rescore_with_a_user_potential(tmp_path: Path, capsys: pytest.CaptureFix
         assert episode.steps[-1].terminated and min(expected) < 0
     assert main(["rescore", str(path), "--potential", "no_such_module:phi"]) == 2
     assert "module:function importable" in capsys.readouterr().out
+
+
+# -- hostile files, crashes and unusual values ----------------------------------------------------------------
+def _good_record() -> dict:
+    env = gym.make(SOKOBAN, max_episode_steps=2)
+    return record_episodes(env, _random(env), 1, seed=0)[0].to_dict()
+
+
+def _edit(record: dict, path: tuple, value) -> dict:
+    data = json.loads(json.dumps(record))
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("seed",), True, r"episode\.seed must be int or null, got bool"),
+        (("seed",), 1.5, r"episode\.seed must be int or null, got float"),
+        (("info",), 5, r"episode\.info must be dict, got int"),
+        (("metadata",), [1], r"episode\.metadata must be dict, got list"),
+        (("state",), "board", r"episode\.state must be dict or null, got str"),
+        (("steps", 0, "info"), None, r"steps\[0\]\.info must be dict, got NoneType"),
+        (("steps", 0, "advantage"), "high", r"steps\[0\]\.advantage must be float or null, got str"),
+        (("steps", 1, "logprobs"), [-0.5, "x"], r"steps\[1\]\.logprobs must be a list of numbers"),
+        (("steps", 1, "prompt_ids"), [1, 2.5], r"steps\[1\]\.prompt_ids must be a list of integers"),
+        (("steps", 0, "reward_components", "task"), True, r"reward_components\['task'\] must be a number"),
+        (("steps", 0, "reward_components", "task"), 10**400, r"reward_components\['task'\] must be a number that "
+                                                              "fits a float"),
+        (("observation",), {"__ndarray__": [1, 2]}, r"episode\.observation is not a valid stored numpy array"),
+        (("observation",), {"__ndarray__": [1000], "dtype": "uint8"}, r"out of bounds for uint8"),
+        (("observation",), {"__ndarray__": [[1], [2, 3]], "dtype": "uint8"}, r"not a valid stored numpy array"),
+        (("steps", 0, "observation"), {"__ndarray__": [1], "dtype": "complex128"}, r"steps\[0\]\.observation .*"
+                                                                                    "unsupported dtype"),
+    ],
+    ids=lambda value: str(value)[:20],
+)
+def test_wrong_field_types_name_file_line_and_field(tmp_path: Path, path: tuple, value, message: str) -> None:
+    good = _good_record()
+    file = tmp_path / "t.jsonl"
+    _write_lines(file, [json.dumps(good), json.dumps(_edit(good, path, value))])
+    with pytest.raises(TrajectoryFormatError, match=r"t\.jsonl:2: .*" + message):
+        load_trajectories(file)
+
+
+def test_odd_but_valid_files_load(tmp_path: Path) -> None:
+    good = _good_record()
+    file = tmp_path / "t.jsonl"
+    nan = _edit(good, ("steps", 0, "reward_components", "task"), float("nan"))
+    file.write_bytes(b"\xef\xbb\xbf" + json.dumps(good).encode() + b"\r\n\n  \n" + json.dumps(nan).encode() + b"\n")
+    first, second = load_trajectories(file)  # a BOM, CRLF, blank lines and NaN (which the writer stores) are fine
+    assert first.to_dict() == Episode.from_dict(good).to_dict() and np.isnan(second.steps[0].reward)
+    file.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(TrajectoryFormatError, match=":1: the JSON is nested too deeply"):
+        load_trajectories(file)
+    with pytest.raises(FileNotFoundError, match="is a folder, not a trajectory file"):
+        load_trajectories(tmp_path)
+
+
+def test_appending_after_a_crash_mid_write_keeps_every_complete_episode(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=3)
+    episodes = record_episodes(env, _random(env), 4, seed=0)
+    path = tmp_path / "t.jsonl"
+    with TrajectoryWriter(path) as writer:
+        writer.write(episodes[0])
+        writer.write(episodes[1])
+    line = (json.dumps(episodes[2].to_dict(), ensure_ascii=False) + "\n").encode()
+    with path.open("ab") as file:  # what a process killed in the middle of `write` leaves
+        file.write(line[: len(line) // 2])
+    with pytest.warns(TrajectoryWarning, match="skipped the last line"):
+        assert [e.seed for e in load_trajectories(path)] == [0, 1]
+    with pytest.warns(TrajectoryWarning, match=r"moved it to .*t\.jsonl\.partial"):
+        writer = TrajectoryWriter(path)
+    with writer:
+        writer.write(episodes[3])
+    assert [e.seed for e in load_trajectories(path)] == [0, 1, 3]
+    assert (tmp_path / "t.jsonl.partial").read_bytes() == line[: len(line) // 2] + b"\n"
+    # A complete record that only lacks its newline (written by another tool) is kept.
+    with path.open("ab") as file:
+        file.write(line.rstrip(b"\n"))
+    with TrajectoryWriter(path) as writer:
+        writer.write(episodes[0])
+    assert [e.seed for e in load_trajectories(path)] == [0, 1, 3, 2, 0]
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+import gymnasium as gym
+import creditgym, creditgym.trajectories as trajectories
+
+env = gym.make("creditgym/Sokoban-6x6-2b-v0", max_episode_steps=3)
+real_write, calls = os.write, []
+
+def write(fd, data):
+    calls.append(fd)
+    if len(calls) == 3:  # the third episode: half of it reaches the file, then the process dies
+        real_write(fd, bytes(data[: len(data) // 2]))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(fd, data)
+
+trajectories.os.write = write
+trajectories.record_episodes(env, lambda obs, info: env.action_space.sample(), 5, seed=0, path=sys.argv[1])
+"""
+
+
+def test_a_killed_recording_keeps_the_finished_episodes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.jsonl"
+    result = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(path)], timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    assert result.returncode == -9, result.stderr.decode()[-2000:]
+    assert not path.read_bytes().endswith(b"\n")  # the cut-short third episode
+    with pytest.warns(TrajectoryWarning, match=r"killed\.jsonl:3: skipped the last line"):
+        assert [e.seed for e in load_trajectories(path)] == [0, 1]
+    env = gym.make(SOKOBAN, max_episode_steps=3)
+    with pytest.warns(TrajectoryWarning, match="cut short"):
+        record_episodes(env, _random(env), 2, seed=2, path=path)  # resume: append the rest
+    assert [e.seed for e in load_trajectories(path)] == [0, 1, 2, 3]
+
+
+def test_numpy_and_torch_values_in_info_round_trip(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=2)
+    episode = record_episodes(env, _random(env), 1, seed=0)[0]
+    values = {
+        "f32": np.float32(1.5), "i64": np.int64(3), "flag": np.bool_(True), "name": np.str_("hi"),
+        "array": np.arange(6, dtype=np.int16).reshape(2, 3), "words": np.array(["ab", "c"]),
+        "objects": np.array([None, "x"], dtype=object), "tensor": torch.tensor([0.25, 0.5]),
+        "grad": torch.ones(2, requires_grad=True), "bf16": torch.tensor([1.5], dtype=torch.bfloat16),
+        "ids": torch.tensor([[1, 2]]), "nested": {"deep": [np.float64(0.5), (1, 2)]},
+    }
+    episode.steps[0].info.update(values)
+    path = tmp_path / "t.jsonl"
+    with TrajectoryWriter(path) as writer:
+        writer.write(episode)
+    info = load_trajectories(path)[0].steps[0].info
+    assert (info["f32"], info["i64"], info["flag"], info["name"]) == (1.5, 3, True, "hi")
+    assert info["array"].dtype == np.int16 and info["array"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert info["words"].tolist() == ["ab", "c"] and info["objects"].tolist() == [None, "x"]
+    assert info["tensor"].tolist() == [0.25, 0.5] and info["grad"].tolist() == [1.0, 1.0]
+    assert info["bf16"].tolist() == [1.5] and info["ids"].dtype == np.int64
+    assert info["nested"] == {"deep": [0.5, [1, 2]]}
+    size = path.stat().st_size
+    for bad, kind in [(np.array([1j]), "complex128"), (np.datetime64("2020-01-01"), "datetime64"),
+                      (np.longdouble(1.5), "float128"), ({"__ndarray__": 1}, "reserved"), ({1: 2}, "not a string")]:
+        episode.steps[1].info["bad"] = bad
+        with TrajectoryWriter(path) as writer, pytest.raises(TypeError, match=r"steps\[1\]\.info\.bad.*" + kind
+                                                             if kind not in ("reserved", "not a string") else kind):
+            writer.write(episode)
+    assert path.stat().st_size == size
+
+
+def test_writer_refuses_bad_paths_and_use_after_close(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError, match=r"cannot write trajectories to .*: Is a directory"):
+        TrajectoryWriter(tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match=r"cannot write trajectories to .*file/t\.jsonl"):
+        record_episodes(gym.make(SOKOBAN), lambda obs, info: 0, 1, seed=0, path=tmp_path / "file" / "t.jsonl")
+    writer = TrajectoryWriter(tmp_path / "t.jsonl")
+    writer.close()
+    writer.close()
+    assert writer.closed
+    env = gym.make(SOKOBAN, max_episode_steps=1)
+    with pytest.raises(ValueError, match="is closed"):
+        writer.write(record_episodes(env, _random(env), 1, seed=0)[0])
+
+
+def test_recordings_are_reproducible_and_leave_the_global_rngs_alone(tmp_path: Path) -> None:
+    import random
+
+    np.random.seed(5)
+    random.seed(5)
+    torch.manual_seed(5)
+    expected = (np.random.random(), random.random(), torch.rand(1).item())
+    np.random.seed(5)
+    random.seed(5)
+    torch.manual_seed(5)
+    for obs_mode in ("array", "text"):
+        env = gym.make(SOKOBAN, max_episode_steps=4, obs_mode=obs_mode)
+        first = record_episodes(env, _random(env), 3, seed=9, path=tmp_path / f"{obs_mode}-1.jsonl")
+        again = record_episodes(env, _random(env), 3, seed=9, path=tmp_path / f"{obs_mode}-2.jsonl")
+        assert [e.to_dict() for e in first] == [e.to_dict() for e in again]
+        assert (tmp_path / f"{obs_mode}-1.jsonl").read_bytes() == (tmp_path / f"{obs_mode}-2.jsonl").read_bytes()
+    assert (np.random.random(), random.random(), torch.rand(1).item()) == expected
+    for seed in (None, -1, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            record_episodes(env, _random(env), 1, seed=seed)
+
+
+def test_envs_without_reward_components_record_one_channel() -> None:
+    env = gym.make("CartPole-v1", max_episode_steps=5)
+    episode = record_episodes(env, lambda obs, info: 0, 1, seed=0)[0]
+    assert [s.reward_components for s in episode.steps] == [{"reward": 1.0}] * len(episode.steps)
+    assert isinstance(episode.observation, np.ndarray) and episode.state is None
+
+
+def test_add_shaping_with_scale_matches_the_live_wrapper_and_names_failing_steps() -> None:
+    plain = gym.make(SOKOBAN, max_episode_steps=12)
+    shaped = PotentialShaping(gym.make(SOKOBAN, max_episode_steps=12), "box_distance", 0.9, scale=2.5)
+    recorded = record_episodes(plain, _solver_after_detours(plain, 3), 3, seed=21)
+    for episode in recorded:
+        offline = add_shaping(episode, get_potential("box_distance").offline, 0.9, scale=2.5)
+        shaped.reset(seed=episode.seed)
+        live = [shaped.step(step.action)[4]["reward_components"]["shaping"] for step in offline.steps]
+        assert [s.reward_components["shaping"] for s in offline.steps] == live and any(live)
+    with pytest.raises(ValueError, match=r"potential failed on steps\[0\] .*seed 21 \(KeyError: 'nope'\)"):
+        add_shaping(recorded[0], lambda obs, state: 0.0 if obs is recorded[0].observation else state["nope"], 0.9)
+    with pytest.raises(ValueError, match="the potential is nan on the reset observation"):
+        add_shaping(recorded[0], lambda obs, state: float("nan"), 0.9)
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        add_shaping(recorded[0], get_potential("box_distance").offline, 0.9, scale=0.0)
+    unrecorded = record_episodes(plain, _random(plain), 1, seed=0, record_state=False)[0]
+    with pytest.raises(ValueError, match="record with record_state=True"):
+        add_shaping(unrecorded, get_potential("box_distance").offline, 0.9)
+
+
+@pytest.mark.parametrize(("gamma", "lam"), [(1.5, 1.0), (float("nan"), 1.0), (1.0, -0.1)])
+def test_step_advantages_refuse_gamma_or_lam_outside_0_1(gamma: float, lam: float) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=2)
+    episodes = record_episodes(env, _random(env), 1, seed=0)
+    with pytest.raises(ValueError, match=r"gamma and lam must be in \[0, 1\]"):
+        trajectories.with_advantages(episodes, "gae", gamma=gamma, lam=lam)

@@ -105,7 +105,9 @@ def parse_action(text: object, counts: tuple[int, ...]) -> Move:
     if match is None:
         return Invalid("</propose> comes before <propose>")
     try:
-        keep = json.loads(match.group(1))
+        keep = json.loads(match.group(1), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as error:
+        return Invalid(f"the proposal names {error.args[0]} twice")
     except (ValueError, RecursionError):
         return Invalid("the proposal is not valid JSON")
     if not isinstance(keep, dict) or set(keep) != set(ITEMS):
@@ -117,6 +119,18 @@ def parse_action(text: object, counts: tuple[int, ...]) -> Move:
             return Invalid(f"{item} must be a whole number from 0 to {count}")
         amounts.append(amount)
     return Offer(tuple(amounts))
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(key if key in ITEMS else "an item")
+    return dict(pairs)
 
 
 def describe_items(items: tuple[int, ...]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +68,12 @@ class NegotiationEnv(ParallelEnv):
     observation, and the turn does not pass.
 
     ## Observation Space
-    `Text` per agent (printable ASCII): what just happened (the partner's message or proposal, or why the
-    own move was invalid) and whose turn it is. Reset observations give the pool and the player's values.
+    `Text` per agent (printable ASCII): what just happened (the partner's message, on one line, or proposal,
+    or why the own move was invalid) and whose turn it is. Reset observations give the pool and the player's
+    values.
+
+    ## Rendering
+    `render_mode="ansi"` returns the pool and the moves so far as text; `"human"` prints it.
 
     ## Reward components
     Each agent's `info["reward_components"]`: `task` (the value of its share at a deal, times `deal`) and
@@ -91,16 +96,17 @@ class NegotiationEnv(ParallelEnv):
     - v0: initial release.
     """
 
-    metadata = {"name": "negotiation_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+    metadata = {"name": "negotiation_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
 
     def __init__(
         self, *, max_turns: int = 20, rewards: NegotiationRewards | None = None, render_mode: str | None = None
     ) -> None:
-        if max_turns < 2:
-            raise ValueError("max_turns must be at least 2, so that both players can move")
+        if isinstance(max_turns, bool) or not isinstance(max_turns, int | np.integer) or max_turns < 2:
+            raise ValueError(f"max_turns must be a whole number of at least 2, so that both players can move; "
+                             f"got {max_turns!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
-        self.max_turns = max_turns
+        self.max_turns = int(max_turns)
         self.rewards = rewards or NegotiationRewards()
         self.render_mode = render_mode
         self.possible_agents = list(AGENTS)
@@ -127,6 +133,8 @@ class NegotiationEnv(ParallelEnv):
     def step(
         self, actions: dict[str, Any]
     ) -> tuple[dict[str, str], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict]]:
+        if not isinstance(actions, Mapping):
+            raise TypeError(f"actions must be a dict from agent name to text, got {type(actions).__name__}")
         if not self.agents:
             return {}, {}, {}, {}, {}
         me, other = self._turn, 1 - self._turn
@@ -143,7 +151,8 @@ class NegotiationEnv(ParallelEnv):
             format_[me] = self.rewards.invalid_action
             notes[me] = f"Invalid move: {move.reason}. It is still your turn."
         elif isinstance(move, Chat):
-            said = sanitize(move.text, MAX_CHAT_CHARS)
+            # One line: a message cannot fake the env's own lines ("It is your turn.", "Partner proposes: ...").
+            said = sanitize(" ".join(move.text.split()), MAX_CHAT_CHARS)
             self._transcript.append(f"{AGENTS[me]}: {said}")
             notes[other] = f'Partner says: "{said}"'
             self._turn = other
@@ -212,9 +221,14 @@ class NegotiationEnv(ParallelEnv):
         return observations, infos
 
     def render(self) -> str | None:
-        if self.render_mode != "ansi":
+        """The pool and the moves so far: returned for `ansi`, printed for `human`."""
+        if self.render_mode is None:
             return None
-        return "\n".join([f"Pool: {describe_items(self._counts)}", *self._transcript])
+        text = "\n".join([f"Pool: {describe_items(self._counts)}", *self._transcript])
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
 
     def close(self) -> None:
         pass

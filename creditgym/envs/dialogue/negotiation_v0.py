@@ -14,13 +14,29 @@ from creditgym.envs.dialogue.negotiation import NegotiationEnv, NegotiationRewar
 
 
 def parallel_env(
-    *, max_turns: int = 20, rewards: NegotiationRewards | None = None, render_mode: str | None = None
+    *, max_turns: int | None = None, rewards: NegotiationRewards | None = None, render_mode: str | None = None,
+    max_cycles: int | None = None,
 ) -> NegotiationEnv:
-    return NegotiationEnv(max_turns=max_turns, rewards=rewards, render_mode=render_mode)
+    """`max_cycles` is PettingZoo's name for `max_turns` (one parallel step is one turn); give either."""
+    return NegotiationEnv(max_turns=_turns(max_turns, max_cycles), rewards=rewards, render_mode=render_mode)
 
 
-def env(*, max_turns: int = 20, rewards: NegotiationRewards | None = None, render_mode: str | None = None) -> AECEnv:
-    return parallel_to_aec(parallel_env(max_turns=max_turns, rewards=rewards, render_mode=render_mode))
+def env(
+    *, max_turns: int | None = None, rewards: NegotiationRewards | None = None, render_mode: str | None = None,
+    max_cycles: int | None = None,
+) -> AECEnv:
+    return parallel_to_aec(parallel_env(max_turns=_turns(max_turns, max_cycles), rewards=rewards,
+                                        render_mode=render_mode))
+
+
+def _turns(max_turns: int | None, max_cycles: int | None) -> int:
+    """The step limit (20 when neither is given)."""
+    if max_turns is not None and max_cycles is not None and max_turns != max_cycles:
+        raise ValueError(f"max_cycles={max_cycles!r} and max_turns={max_turns!r} disagree; give only one")
+    for limit in (max_turns, max_cycles):
+        if limit is not None:
+            return limit
+    return 20
 
 
 raw_env = NegotiationEnv
