@@ -33,7 +33,7 @@ from creditgym.agents.runs import (
     train_in_run_dir,
     write_checkpoint,
 )
-from creditgym.agents.vec import TorchVecEnv, make_vec_env
+from creditgym.agents.vec import NonFiniteError, TorchVecEnv, make_vec_env
 from creditgym.credit import gae
 from creditgym.wrappers.implicit_prm import PRM_SCORES, GridImplicitPRM
 from creditgym.wrappers.learned import EpisodeAssembler, GridRewardModel
@@ -367,6 +367,7 @@ class PPO:
         self.generator.manual_seed(config.seed)
         self.global_step = 0
         self.update = 0
+        self.saved_update: int | None = None  # the update run_dir/checkpoint.pt holds, once this trainer saved it
         self.run_dir = Path(config.runs_dir) / (config.run_name or
                                                f"{config.env_id.split('/')[-1]}-s{config.seed}-{int(time.time())}")
         self.next_obs, info = self.envs.reset(seed=config.seed)
@@ -439,12 +440,22 @@ class PPO:
                                           torch.cat((values[1:], last_value[None])))
                 logprobs = torch.log_softmax(logit_buf, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             self.global_step += T * N
+            # Whether each stage of this update stayed finite, as flags on the device: read with one sync at the end.
+            checks = _FiniteChecks()
+            checks.add("env_rewards", rewards)
+            if obs_buf.is_floating_point():
+                checks.add("env_observations", obs_buf)
+            checks.add("rollout_logits", logit_buf)
+            checks.add("rollout_values", values, next_values)
 
             # 2. learned dense rewards, then advantages
             learned_metrics = self._add_learned_rewards(obs_buf, mask_buf, actions, rewards, terminated, truncated,
                                                         success)
+            if self.learned_reward is not None:
+                checks.add("learned_rewards", rewards)
             advantages, returns = gae(rewards, values, next_values, terminated, truncated,
                                       gamma=cfg.gamma, lam=cfg.gae_lambda)
+            checks.add("advantages", advantages, returns)
 
             # 3. optimise
             # Rows are gathered from flat views with index_select: 5x faster than indexing a (B, C, H, W) tensor.
@@ -454,7 +465,7 @@ class PPO:
             b_adv, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
             minibatch = cfg.batch_size // cfg.num_minibatches
             clipfracs, approx_kl = [], torch.zeros((), device=dev)
-            for _epoch in range(cfg.update_epochs):
+            for epoch in range(cfg.update_epochs):
                 order = torch.randperm(cfg.batch_size, generator=self.generator, device=dev)
                 for start in range(0, cfg.batch_size, minibatch):
                     idx = order[start:start + minibatch]
@@ -469,7 +480,7 @@ class PPO:
                         approx_kl = ((ratio - 1) - log_ratio).mean()
                         clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
                     adv = b_adv[idx]
-                    if cfg.norm_adv:
+                    if cfg.norm_adv and len(adv) > 1:  # the std of one advantage is NaN: left as it is (as SB3)
                         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                     pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
                     if cfg.clip_vloss:
@@ -482,14 +493,24 @@ class PPO:
                     loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
                     self.optimizer.zero_grad()
                     loss.backward()
-                    nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                    grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                    checks.add_scalars(f"epoch {epoch + 1}, minibatch {start // minibatch + 1}",
+                                       policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
+                                       grad_norm=grad_norm)
                     self.optimizer.step()
                 if cfg.target_kl is not None and approx_kl > cfg.target_kl:
                     break
+            checks.add("weights", *self.agent.parameters())
+            failed = checks.first_failure()
+            if failed is not None:  # before the update counts, is logged or saved: the checkpoint stays the last good
+                raise self._non_finite_error(*failed, rewards=rewards, obs=obs_buf, returns=returns)
             self.update += 1
 
             # 4. log
-            explained_var = 1 - (b_returns - b_values).var() / (b_returns.var() + 1e-8)
+            # Population variances: a batch of one has variance 0, not NaN; with constant returns the ratio is
+            # undefined and the metric is left out.
+            returns_var = b_returns.var(unbiased=False)
+            explained_var = 1 - (b_returns - b_values).var(unbiased=False) / returns_var
             sps = (self.global_step - start_step) / (time.perf_counter() - start_time)
             metrics = {
                 "global_step": self.global_step,
@@ -500,7 +521,7 @@ class PPO:
                 "losses/entropy": entropy_loss.item(),
                 "losses/approx_kl": approx_kl.item(),
                 "losses/clipfrac": torch.stack(clipfracs).mean().item(),
-                "losses/explained_variance": explained_var.item(),
+                **({"losses/explained_variance": explained_var.item()} if returns_var.item() > 0 else {}),
                 **self.episode.summary(),
                 **learned_metrics,
             }
@@ -535,6 +556,64 @@ class PPO:
         rewards += dense
         return {**metrics, f"reward/{model.channel}_per_step": dense.mean().item()}
 
+    def _non_finite_error(self, stage: str, where: str, *, rewards: torch.Tensor, obs: torch.Tensor,
+                          returns: torch.Tensor) -> NonFiniteError:
+        """What was not finite first in this update, where, and what to change (only runs once training failed)."""
+        cfg = self.config
+        rollout = self.global_step - rewards.numel()
+        lr = f"lower --learning-rate (now {cfg.learning_rate:g})"
+        learned = (f"lower --learned-reward-lr (now {cfg.learned_reward_lr:g}) or --learned-reward-coef (now "
+                   f"{cfg.learned_reward_coef:g})")
+        scale = "scale the rewards down, e.g. in a reward wrapper"
+        if cfg.learned_reward is not None:
+            scale += f"; the learned reward ({cfg.learned_reward}) counts too: {learned}"
+
+        def first_bad(values: torch.Tensor) -> str:
+            index = [int(i) for i in (~values.isfinite()).nonzero()[0]]
+            return f"{values[tuple(index)].item()} at rollout step {index[0]} of env {index[1]}"
+
+        def largest(values: torch.Tensor) -> str:
+            finite = values[values.isfinite()].float().abs()
+            return f"{finite.max().item():.3g}" if finite.numel() else "none finite"
+
+        if stage == "env_rewards":
+            channels = sorted({name for name, total in self.episode.channels.items() if not total.isfinite().all()}
+                              | {name.removeprefix("reward/") for name, parts in self.episode.finished.items()
+                                 if name.startswith("reward/") and not all(p.isfinite().all() for p in parts)})
+            what = f"the env's reward: {first_bad(rewards)}"
+            if channels:
+                what += f" (reward channel {', '.join(map(repr, channels))})"
+            shaping = f" or the shaping potential {cfg.shaping!r}" if cfg.shaping else ""
+            fix = (f"fix the reward of {cfg.env_id}{shaping}, or wrap the env to replace NaN and inf rewards "
+                   "(rewards become float32: beyond ±3.4e38 they are inf)")
+        elif stage == "env_observations":
+            what = f"the env's observation the policy saw: {first_bad(obs)}"
+            fix = f"fix the observations of {cfg.env_id}, or wrap the env to replace NaN and inf in them"
+        elif stage in ("rollout_logits", "rollout_values"):
+            what = f"the policy's {'logits' if stage == 'rollout_logits' else 'value estimates'} in the rollout"
+            fix = (f"the network's outputs overflowed: {lr}, or scale the observations down (the largest "
+                   f"|observation| in this rollout is {largest(obs)})")
+        elif stage == "learned_rewards":
+            what = f"the rewards of the learned reward model ({cfg.learned_reward}): {first_bad(rewards)}"
+            fix = learned
+        elif stage == "advantages":
+            what = "the advantages or returns from GAE"
+            fix = f"the rewards (largest |reward| {largest(rewards)}) overflow float32 sums; {scale}"
+        elif stage == "weights":
+            what = "the network's weights after the optimiser steps"
+            fix = lr
+        else:
+            what = f"the {stage.replace('_', ' ')} at {where}"
+            biggest = returns[returns.isfinite()].abs().max().item() if returns.isfinite().any() else math.inf
+            fix = (f"the returns reach |G| = {biggest:.3g}, too large to square in float32; {scale}" if biggest > 1e15
+                   else f"the optimisation diverged: {lr}")
+        saved = (f"{self.run_dir / 'checkpoint.pt'} still holds update {self.saved_update}, the last good state"
+                 if self.saved_update is not None else "no checkpoint of this run was saved before it")
+        return NonFiniteError(
+            f"PPO update {self.update + 1} (env steps {rollout}-{self.global_step}) produced a non-finite number, "
+            f"first in {what}; {fix}. Training stopped before using it: {saved}. Start the run again with the change "
+            "(--overwrite reuses its folder)")
+
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Model, optimiser, every RNG, the env (level cursor, boards), episode trackers and counters."""
@@ -554,7 +633,10 @@ class PPO:
             "global_step": self.global_step,
             "update": self.update,
         }
-        return write_checkpoint(state, path)
+        written = write_checkpoint(state, path)
+        if written == self.run_dir / "checkpoint.pt":
+            self.saved_update = self.update
+        return written
 
     def load_checkpoint(self, path: str | Path) -> None:
         path, state = read_checkpoint(path, self.device, kind="PPO", keys=_CHECKPOINT_KEYS)
@@ -579,6 +661,7 @@ class PPO:
             self.episode_assembler.load_state_dict(state["episode_assembler"])
         self.global_step, self.update = state["global_step"], state["update"]
         self.run_dir = path.parent
+        self.saved_update = self.update if path == self.run_dir / "checkpoint.pt" else None
 
     def _run_record(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
@@ -590,6 +673,29 @@ _CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", "env", "next
                     "global_step", "update")
 # The settings that shape the network: named in the error when a checkpoint's weights do not fit.
 _NETWORK_FIELDS = ("env_kwargs", "policy", "hidden", "cnn_channels", "shared_torso")
+
+
+class _FiniteChecks:
+    """Whether each stage of an update stayed finite, as flags on the device, read together with one sync."""
+
+    def __init__(self) -> None:
+        self.names: list[tuple[str, str]] = []
+        self.flags: list[torch.Tensor] = []
+
+    def add(self, stage: str, *tensors: torch.Tensor) -> None:
+        """One flag: every element of `tensors` is finite."""
+        self.names.append((stage, ""))
+        self.flags.append(torch.stack([t.isfinite().all() for t in tensors]).all()[None])
+
+    def add_scalars(self, where: str, **scalars: torch.Tensor) -> None:
+        """One flag per named scalar (e.g. the losses of a minibatch)."""
+        self.names += [(name, where) for name in scalars]
+        self.flags.append(torch.stack([s.detach().float() for s in scalars.values()]).isfinite())
+
+    def first_failure(self) -> tuple[str, str] | None:
+        """(stage, where) of the first flag that is False, in the order they were added; None when all hold."""
+        ok = torch.cat(self.flags).tolist()
+        return next((name for name, good in zip(self.names, ok, strict=True) if not good), None)
 
 
 class _EpisodeTracker:

@@ -16,6 +16,14 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 
+class NonFiniteError(ValueError):
+    """Training met a NaN or infinite number (in rewards, observations, a loss, gradients or weights).
+
+    Trainers and learned reward models raise it before an optimiser step or a checkpoint uses the number, so the
+    run folder keeps its last good checkpoint. The message names what was not finite, where, and what to change.
+    """
+
+
 class TorchVecEnv:
     """Adapts a vector env to torch tensors on `device`; creditgym batched envs pass through untouched."""
 

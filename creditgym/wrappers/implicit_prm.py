@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import gather_turn_values, implicit_prm_step_rewards, implicit_prm_token_rewards
 
 from .learned import ReplayBuffer, StepEpisode, sum_per_episode
@@ -83,6 +84,7 @@ class GridImplicitPRM:
         self.reference = copy.deepcopy(self.network).requires_grad_(False)
         self.beta, self.coef, self.loss_kind, self.score = beta, coef, loss, score
         self.batch_episodes, self.epochs, self.max_grad_norm = batch_episodes, epochs, max_grad_norm
+        self.learning_rate = learning_rate
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=learning_rate)
         self.replay = ReplayBuffer(replay_episodes)
         self.generator = torch.Generator().manual_seed(seed)
@@ -142,9 +144,11 @@ class GridImplicitPRM:
             return None
         self.optimizer.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(self.network.parameters(), self.max_grad_norm)
+        grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), self.max_grad_norm)
+        value, norm = torch.stack([loss.detach(), grad_norm.to(loss.device)]).tolist()  # one sync, as .item() was
+        _check_prm_step(value, norm, self.learning_rate)
         self.optimizer.step()
-        return loss.item()
+        return value
 
     def state_dict(self) -> dict[str, Any]:
         return {"network": self.network.state_dict(), "reference": self.reference.state_dict(),
@@ -275,7 +279,8 @@ class LLMImplicitPRM:
             row_logprobs, _ = self.scorer.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
                                                             mask[rows])
             (episode_grad[row_episode[rows]] * (row_logprobs * mask[rows]).sum(-1)).sum().backward()
-        nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        grad_norm = float(nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        _check_prm_step(metrics[f"{self.channel}/loss"], grad_norm, self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         return metrics
 
@@ -297,6 +302,15 @@ class LLMImplicitPRM:
                 out[rows] = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
                                                      batch.action_mask[rows])[0]
         return out
+
+
+def _check_prm_step(loss: float, grad_norm: float, learning_rate: float) -> None:
+    """Raise `NonFiniteError` before an optimiser step on a non-finite loss or gradient (the PRM keeps its weights)."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise NonFiniteError(
+            f"the implicit PRM has a non-finite loss ({loss}, gradient norm {grad_norm}): its training diverged; "
+            f"lower its learning rate (learning_rate {learning_rate:g}; --learned-reward-lr in creditgym train). "
+            "It was not updated with it")
 
 
 def _is_peft(model: nn.Module) -> bool:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import rloo_advantages
 
 from .learned import ReplayBuffer, StepEpisode, sum_per_episode
@@ -101,6 +102,7 @@ class ProgressAttribution:
         self.batch_episodes, self.epochs, self.max_grad_norm = batch_episodes, epochs, max_grad_norm
         self.centered_outcome = centered_outcome
         self.params = [p for p in estimator.parameters() if p.requires_grad]
+        self.learning_rate = learning_rate
         self.optimizer = torch.optim.Adam(self.params, lr=learning_rate)
         self.replay = ReplayBuffer(replay_episodes)
         self.generator = torch.Generator().manual_seed(seed)
@@ -175,13 +177,22 @@ class ProgressAttribution:
                 f"{self.channel}/replay_episodes": float(len(self.replay)), **report}
 
     def train_step(self, minibatch: list[Any]) -> float:
-        """One optimiser step on `minibatch`'s loss; returns the loss."""
+        """One optimiser step on `minibatch`'s loss; returns the loss.
+
+        A non-finite loss or gradient raises `NonFiniteError` before the step, so the estimator keeps its weights.
+        """
         loss = self.loss(minibatch)
         self.optimizer.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        value, norm = torch.stack([loss.detach(), grad_norm.to(loss.device)]).tolist()  # one sync, as .item() was
+        if not (math.isfinite(value) and math.isfinite(norm)):
+            raise NonFiniteError(
+                f"SPA's progress estimator has a non-finite loss ({value}, gradient norm {norm}): its training "
+                f"diverged or its outcomes are not finite; lower its learning rate (learning_rate "
+                f"{self.learning_rate:g}; --learned-reward-lr in creditgym train). It was not updated with it")
         self.optimizer.step()
-        return loss.item()
+        return value
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

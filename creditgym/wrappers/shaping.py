@@ -7,6 +7,7 @@ kept, giving G' = G + γ^T Φ(s_T) − Φ(s_0). F goes into its own channel of `
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
-from creditgym.agents.vec import TorchVecEnv
+from creditgym.agents.vec import NonFiniteError, TorchVecEnv
 from creditgym.wrappers.potentials import EnvPotential, ObsPotential, get_potential, potential_names
 
 
@@ -77,6 +78,8 @@ class PotentialShaping(gym.Wrapper):
         super().__init__(env)
         _check(gamma, channel, scale)
         self.potential: EnvPotential = _named(potential, env) if isinstance(potential, str) else potential
+        self._potential_name = potential if isinstance(potential, str) else getattr(potential, "__name__",
+                                                                                       repr(potential))
         self.gamma = gamma
         self.channel = channel
         self.scale = scale
@@ -84,15 +87,25 @@ class PotentialShaping(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        potential = 0.0 if terminated else self.scale * float(self.potential(self.env))
+        potential = 0.0 if terminated else self._potential()
         shaping = self.gamma * potential - self._last_potential
         self._last_potential = potential
         return obs, float(reward) + shaping, terminated, truncated, _with_channel(info, self.channel, shaping)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
-        self._last_potential = self.scale * float(self.potential(self.env))
+        self._last_potential = self._potential()
         return obs, _with_channel(info, self.channel, 0.0)
+
+    def _potential(self) -> float:
+        """scale · Φ of the env's current state; NaN or inf raises, as it would make every later return NaN."""
+        value = self.scale * float(self.potential(self.env))
+        if not math.isfinite(value):
+            raise NonFiniteError(f"shaping potential {self._potential_name!r} is {value} (scale {self.scale:g}) in "
+                                 f"this state of {getattr(self.env.spec, 'id', type(self.env.unwrapped).__name__)}"
+                                 "; make the potential return a finite number for every state (e.g. a bound for "
+                                 "unsolvable ones)")
+        return value
 
 
 class VectorPotentialShaping(VectorWrapper):

@@ -9,11 +9,13 @@ Per-turn rewards sit on the last generated token of each turn (``turn_ends``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import (
     broadcast_to_tokens,
     broadcast_turn_values,
@@ -77,7 +79,20 @@ class TokenBatch:
 
 
 def pack_episodes(episodes: list[Episode], pad_id: int, device: torch.device) -> TokenBatch:
-    """Rows from every segment that holds generated tokens, and the episode view that maps onto them."""
+    """Rows from every segment that holds generated tokens, and the episode view that maps onto them.
+
+    A NaN or infinite turn reward raises `NonFiniteError`: every advantage of its group would be NaN (GRPO's
+    normalisation turns those into 0, silently training on nothing).
+    """
+    for e, episode in enumerate(episodes):
+        for t, turn in enumerate(episode.turns):
+            if not math.isfinite(turn.reward):
+                channels = [name for name, value in turn.reward_components.items() if not math.isfinite(value)]
+                named = f" (reward channel {', '.join(map(repr, channels))})" if channels else ""
+                raise NonFiniteError(
+                    f"episode {e} (group {episode.group}, seed {episode.seed}) got reward {turn.reward} at turn {t}"
+                    f"{named}; fix the env's reward, or wrap the env to replace NaN and inf rewards. Nothing was "
+                    "trained on it")
     segments = [(e, seg) for e, episode in enumerate(episodes) for seg in episode.segments if any(seg.action_mask)]
     if not segments:
         raise ValueError("no episode generated a single token: every first prompt (instructions and observation) "

@@ -14,6 +14,7 @@ Each iteration reads top to bottom:
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from creditgym.agents.runs import (
     train_in_run_dir,
     write_checkpoint,
 )
+from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
 from creditgym.llm.models import load_policy_model
@@ -117,6 +119,7 @@ class LLMTrainer:
         self.learned_reward = make_learned_reward(cfg, self)  # SPA / PRIME / OPRL / IGPO, or None
         self.iteration = 0
         self.global_step = 0
+        self.saved_iteration: int | None = None  # the iteration run_dir/checkpoint.pt holds, once saved or loaded
         self.run_dir = Path(cfg.runs_dir) / (cfg.run_name or
                                              f"{cfg.algo}-{cfg.env_id.split('/')[-1]}-s{cfg.seed}-{int(time.time())}")
         if resume is not None:
@@ -148,7 +151,15 @@ class LLMTrainer:
         while self.iteration < stop_at and not ctrl_c.requested:
             start = time.perf_counter()
             seeds = [cfg.seed * 1_000_003 + self.iteration * cfg.num_groups + g for g in range(cfg.num_groups)]
-            episodes = self.collector.collect(seeds, generator=self.generator)
+            try:
+                episodes = self.collector.collect(seeds, generator=self.generator)
+            except RuntimeError as err:  # torch.multinomial's complaint about NaN or inf logits
+                if "probability tensor contains" not in str(err):
+                    raise
+                raise self._non_finite_error(
+                    f"the policy's next-token probabilities while sampling the rollouts ({err})",
+                    f"the weights of the last update overflow the logits: lower --learning-rate (now "
+                    f"{cfg.learning_rate:g})") from None
             rollout_seconds = time.perf_counter() - start
             trained = kept_groups(episodes, *cfg.group_accuracy_range)
             learned, losses = {}, {}
@@ -217,21 +228,42 @@ class LLMTrainer:
                                             values=None if old_values is None else batch.to_view(old_values))
         adv = batch.to_rows(adv_view)
         returns = None if returns_view is None else batch.to_rows(returns_view)
+        if not all(torch.isfinite(x).all() for x in (adv, returns) if x is not None):
+            learned = (f"the learned reward ({cfg.learned_reward}) overflowed: lower --learned-reward-lr (now "
+                       f"{cfg.learned_reward_lr})" if cfg.learned_reward else "")
+            raise self._non_finite_error(
+                f"the advantages or returns ({cfg.algo}, advantage={cfg.advantage})",
+                learned or f"the value head or the KL penalty overflowed: lower --learning-rate (now "
+                           f"{cfg.learning_rate:g}) or --kl-coef (now {cfg.kl_coef:g})")
         stats: dict[str, list[float]] = defaultdict(list)
         num_rows = batch.input_ids.shape[0]
-        for _epoch in range(cfg.update_epochs):
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for epoch in range(cfg.update_epochs):
             order = torch.randperm(num_rows, generator=self.generator, device=self.device)
-            for minibatch in order.tensor_split(min(cfg.num_minibatches, num_rows)):
+            for number, minibatch in enumerate(order.tensor_split(min(cfg.num_minibatches, num_rows))):
                 # Every micro-batch divides by the minibatch's token count, so accumulation equals one big batch.
                 denominator = (len(minibatch) * cfg.max_new_tokens if cfg.algo == "drgrpo"
                                else mask[minibatch].sum().clamp_min(1.0))
                 self.optimizer.zero_grad()
+                marks = {name: len(stats.get(name, ())) for name in _LOSSES}
                 for rows in minibatch.split(cfg.micro_batch_size):
                     loss = self._loss(batch, rows, old_logprobs, ref_logprobs, adv, returns, denominator, stats)
                     loss.backward()
-                params = [p for group in self.optimizer.param_groups for p in group["params"]]
                 stats["losses/grad_norm"].append(float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
+                # The losses were read already (.item()), so checking them costs nothing; a bad one stops the
+                # update before the step, leaving the weights as they were.
+                bad = [(name, value) for name in (*_LOSSES, "losses/grad_norm")
+                       for value in stats.get(name, [])[marks.get(name, -1):] if not math.isfinite(value)]
+                if bad:
+                    name, value = bad[0]
+                    raise self._non_finite_error(
+                        f"the {name.removeprefix('losses/').replace('_', ' ')} ({value}) at epoch {epoch + 1}, "
+                        f"minibatch {number + 1}",
+                        f"the optimisation diverged: lower --learning-rate (now {cfg.learning_rate:g})")
                 self.optimizer.step()
+        if not torch.stack([p.isfinite().all() for p in params]).all():
+            raise self._non_finite_error("the weights after the optimiser steps",
+                                         f"lower --learning-rate (now {cfg.learning_rate:g})")
         out = {name: float(np.sum(values) if name in _SUMMED else np.mean(values)) for name, values in stats.items()}
         out["losses/policy_loss"] /= cfg.update_epochs * min(cfg.num_minibatches, num_rows)
         if "losses/value_loss" in out:
@@ -244,6 +276,14 @@ class LLMTrainer:
             residual = (returns - old_values)[valid]
             out["losses/explained_variance"] = float(1 - residual.var() / (returns[valid].var() + 1e-8))
         return out
+
+    def _non_finite_error(self, what: str, fix: str) -> NonFiniteError:
+        saved = (f"{self.run_dir / 'checkpoint.pt'} still holds iteration {self.saved_iteration}, the last one saved"
+                 if self.saved_iteration is not None else "no checkpoint of this run was saved before it")
+        return NonFiniteError(
+            f"{self.config.algo} iteration {self.iteration + 1} produced a non-finite number, first in {what}; {fix}. "
+            f"Training stopped before using it: {saved}. Start the run again with the change (--overwrite reuses "
+            "its folder)")
 
     def _loss(self, batch: TokenBatch, rows: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor | None,
               adv: Tensor, returns: Tensor | None, denominator: Tensor | int, stats: dict[str, list[float]]) -> Tensor:
@@ -290,7 +330,10 @@ class LLMTrainer:
             "iteration": self.iteration,
             "global_step": self.global_step,
         }
-        return write_checkpoint(state, path)
+        written = write_checkpoint(state, path)
+        if written == self.run_dir / "checkpoint.pt":
+            self.saved_iteration = self.iteration
+        return written
 
     def load_checkpoint(self, path: str | Path) -> None:
         path, state = read_checkpoint(path, self.device, kind="LLM trainer",
@@ -312,6 +355,7 @@ class LLMTrainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration, self.global_step = state["iteration"], state["global_step"]
         self.run_dir = path.parent
+        self.saved_iteration = self.iteration if path == self.run_dir / "checkpoint.pt" else None
 
     def _run_record(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
@@ -319,6 +363,7 @@ class LLMTrainer:
 
 
 _SUMMED = frozenset({"losses/policy_loss", "losses/value_loss"})
+_LOSSES = ("losses/policy_loss", "losses/kl_ref", "losses/value_loss")
 
 
 def kept_groups(episodes: list[Episode], low: float, high: float) -> list[Episode]:
