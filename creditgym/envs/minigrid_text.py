@@ -187,11 +187,14 @@ class MiniGridTextEnv(gym.Env):
             raise ValueError("pass exactly one of env_id (a MiniGrid/BabyAI id) or env (a MiniGridEnv instance)")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
-        if max_invalid_actions is not None and max_invalid_actions < 1:
-            raise ValueError("max_invalid_actions must be a positive integer or None")
+        if max_invalid_actions is not None and (
+            isinstance(max_invalid_actions, bool) or not isinstance(max_invalid_actions, int) or max_invalid_actions < 1
+        ):
+            raise ValueError(f"max_invalid_actions must be a positive integer or None, got {max_invalid_actions!r}")
         if env is None:
-            inner_mode = "rgb_array" if render_mode == "rgb_array" else None
-            env = gym.make(env_id, render_mode=inner_mode, **(env_kwargs or {})).unwrapped
+            env = _make_minigrid(env_id, env_kwargs, "rgb_array" if render_mode == "rgb_array" else None)
+        elif env_kwargs:
+            raise ValueError("env_kwargs applies to env_id only; configure the MiniGridEnv instance you pass as env")
         if not isinstance(env, MiniGridEnv):
             raise TypeError(f"expected a minigrid MiniGridEnv, got {type(env).__name__}")
         if render_mode == "rgb_array" and env.render_mode != "rgb_array":
@@ -218,7 +221,8 @@ class MiniGridTextEnv(gym.Env):
         self._success = bool(terminated and native > 0)
         self._feedback = ""
         self._text = self._render_text(obs)
-        return self._text, task, bool(terminated), bool(truncated), self._info(task=task, format=0.0, invalid=False)
+        return self._observation(), task, bool(terminated), bool(truncated), self._info(task=task, format=0.0,
+                                                                                        invalid=False)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
@@ -229,7 +233,7 @@ class MiniGridTextEnv(gym.Env):
         self._text = self._render_text(obs)
         info = self._info(task=0.0, format=0.0, invalid=False)
         info["instructions"] = instructions(self.rewards)
-        return self._text, info
+        return self._observation(), info
 
     def render(self) -> str | np.ndarray | None:
         if self.render_mode == "ansi":
@@ -265,7 +269,9 @@ class MiniGridTextEnv(gym.Env):
         return "\n".join(lines)
 
     def _observation(self) -> str:
-        return f"{self._feedback}\n{self._text}" if self._feedback else self._text
+        # Views larger than MiniGrid's default 7x7 can describe more than the observation space holds.
+        text = f"{self._feedback}\n{self._text}" if self._feedback else self._text
+        return text[:MAX_OBSERVATION_LENGTH]
 
     def _invalid_step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
         self._invalid_count += 1
@@ -287,6 +293,29 @@ class MiniGridTextEnv(gym.Env):
             "available_actions": list(ACTION_NAMES.values()),
             "mission": str(self.minigrid.mission),
         }
+
+
+def _make_minigrid(env_id: Any, env_kwargs: Any, render_mode: str | None) -> gym.Env:
+    """The unwrapped env `env_id` built with `env_kwargs`; errors name the id and the kwargs to change."""
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a MiniGrid/BabyAI id string such as 'MiniGrid-DoorKey-5x5-v0', got {env_id!r}")
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise TypeError(f"env_kwargs must be a dict of keyword arguments for {env_id}, got {type(env_kwargs).__name__}")
+    kwargs = dict(env_kwargs or {})
+    if "render_mode" in kwargs:
+        raise ValueError("pass render_mode to MiniGridTextEnv, not in env_kwargs (it picks MiniGrid's own mode)")
+    try:
+        return gym.make(env_id, render_mode=render_mode, **kwargs).unwrapped
+    except gym.error.Error:
+        raise  # gymnasium's own errors (unknown id, ...) already say what to change
+    except (AssertionError, TypeError, ValueError, IndexError) as error:
+        # MiniGrid checks sizes with bare asserts, so name the arguments the user can change.
+        reason = str(error).split(" was raised from the environment creator")[0] or "a failed MiniGrid assertion"
+        raise ValueError(
+            f"cannot create {env_id} with env_kwargs={kwargs!r}: {reason}. Check them against the MiniGrid env's "
+            "constructor (sizes such as size, room_size and agent_view_size must be large enough; "
+            "agent_view_size is odd and at least 3)"
+        ) from error
 
 
 def instructions(rewards: MiniGridTextRewards) -> str:

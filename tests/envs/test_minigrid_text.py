@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import random
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from minigrid.core.actions import Actions
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+from minigrid.core.world_object import Ball
 from minigrid.envs import EmptyEnv
 
 from creditgym.envs.minigrid_scripted import ScriptedMiniGridPolicy
-from creditgym.envs.minigrid_text import ACTION_NAMES, MiniGridTextEnv, MiniGridTextRewards, describe_view, parse_action
+from creditgym.envs.minigrid_text import (
+    ACTION_NAMES,
+    MAX_OBSERVATION_LENGTH,
+    MiniGridTextEnv,
+    MiniGridTextRewards,
+    describe_view,
+    parse_action,
+)
 
 TEXT_IDS = [
     "creditgym/MiniGridText-DoorKey-5x5-v0",
@@ -167,3 +176,114 @@ def test_same_seed_same_world_and_time_limit_matches_minigrid(env_id: str) -> No
     assert a.reset(seed=5)[0] == b.reset(seed=5)[0]
     assert a.unwrapped.state() == b.unwrapped.state()
     assert a.spec.max_episode_steps == a.unwrapped.minigrid.max_steps
+
+
+@pytest.mark.parametrize("env_id", TEXT_IDS)
+def test_same_seed_same_world_whatever_the_global_rngs(env_id: str) -> None:
+    def episode_starts(global_seed: int) -> list[tuple[str, dict]]:
+        random.seed(global_seed)
+        np.random.seed(global_seed)
+        env = gym.make(env_id)
+        starts = [(env.reset(seed=11)[0], env.unwrapped.state())]
+        random.random(), np.random.random()  # perturb between resets too
+        starts += [(env.reset()[0], env.unwrapped.state()) for _ in range(3)]
+        return starts
+
+    first = episode_starts(0)
+    assert first == episode_starts(12345)
+    layouts = {json.dumps(_start(env_id, seed)) for seed in range(8)}
+    assert len(layouts) > 1
+
+
+def _start(env_id: str, seed: int) -> dict:
+    env = gym.make(env_id)
+    env.reset(seed=seed)
+    return env.unwrapped.state()
+
+
+@pytest.mark.parametrize("env_id", TEXT_IDS)
+def test_minigrid_is_seeded_only_from_the_envs_np_random(env_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = gym.make(env_id)
+    world = env.unwrapped.minigrid
+    seeds: list[int | None] = []
+    inner_reset = world.reset
+
+    def recording_reset(*, seed: int | None = None, options: dict | None = None):
+        seeds.append(seed)
+        return inner_reset(seed=seed, options=options)
+
+    monkeypatch.setattr(world, "reset", recording_reset)
+    python_state, numpy_state = random.getstate(), np.random.get_state()[1].copy()
+    env.reset(seed=3)
+    env.reset()
+    policy = ScriptedMiniGridPolicy(env.unwrapped)
+    policy.reset()
+    for _ in range(10):
+        env.step(policy.act())
+    rng = gym.utils.seeding.np_random(3)[0]
+    assert seeds == [int(rng.integers(2**31 - 1)), int(rng.integers(2**31 - 1))]
+    assert random.getstate() == python_state and (np.random.get_state()[1] == numpy_state).all()
+
+
+@pytest.mark.parametrize("env_id", TEXT_IDS)
+def test_scripted_policy_solves_100_seeds(env_id: str) -> None:
+    env = gym.make(env_id)
+    policy = ScriptedMiniGridPolicy(env.unwrapped)
+    failures = []
+    for seed in range(100):
+        env.reset(seed=seed)
+        policy.reset()
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, reward, terminated, truncated, info = env.step(policy.act())
+        if not (terminated and info["success"] and reward > 0):
+            failures.append(seed)
+    assert failures == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "env_kwargs": {"size": 2}}, ValueError,
+         r"cannot create MiniGrid-Empty-5x5-v0 with env_kwargs=\{'size': 2\}: a failed MiniGrid assertion"),
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "env_kwargs": {"agent_view_size": 4}}, ValueError, "agent_view_size"),
+        ({"env_id": "BabyAI-GoToObj-v0", "env_kwargs": {"room_size": 1}}, ValueError, "room_size"),
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "env_kwargs": {"size": "big"}}, ValueError, r"\{'size': 'big'\}"),
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "env_kwargs": {"sise": 6}}, ValueError, "unexpected keyword argument"),
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "env_kwargs": {"render_mode": "human"}}, ValueError,
+         "pass render_mode to MiniGridTextEnv"),
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "env_kwargs": [("size", 6)]}, TypeError, "env_kwargs must be a dict"),
+        ({"env": EmptyEnv(size=5), "env_kwargs": {"size": 6}}, ValueError, "env_kwargs applies to env_id only"),
+        ({"env_id": 5}, TypeError, "env_id must be a MiniGrid/BabyAI id string"),
+        ({"env_id": "MiniGrid-Nope-v0"}, gym.error.Error, "MiniGrid-Nope"),
+        ({"env_id": "CartPole-v1"}, TypeError, "expected a minigrid MiniGridEnv, got CartPoleEnv"),
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "render_mode": "human"}, ValueError, "render_mode must be one of"),
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "max_invalid_actions": "3"}, ValueError, "got '3'"),
+        ({"env_id": "MiniGrid-Empty-5x5-v0", "max_invalid_actions": 2.5}, ValueError, "got 2.5"),
+    ],
+)
+def test_bad_arguments_are_explained(kwargs: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        MiniGridTextEnv(**kwargs)
+
+
+class _Crowded(EmptyEnv):
+    """A room full of balls, seen through a wide view: more to describe than the observation space holds."""
+
+    def _gen_grid(self, width: int, height: int) -> None:
+        super()._gen_grid(width, height)
+        for x in range(1, width - 1):
+            for y in range(1, height - 1):
+                if self.grid.get(x, y) is None and (x, y) != tuple(self.agent_pos):
+                    self.grid.set(x, y, Ball("purple"))
+
+
+def test_huge_views_fit_the_observation_space() -> None:
+    env = MiniGridTextEnv(env=_Crowded(size=21, agent_view_size=19), render_mode="ansi")
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs) and len(obs) == MAX_OBSERVATION_LENGTH
+    assert env.render() == obs
+    obs, *_ = env.step("jump")
+    assert env.observation_space.contains(obs) and obs.startswith("Invalid action 'jump'")
+    obs, *_ = env.step("turn left")
+    assert env.observation_space.contains(obs)

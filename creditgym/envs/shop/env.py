@@ -97,7 +97,10 @@ class ShopEnv(gym.Env):
         if max_invalid_actions is not None and max_invalid_actions < 1:
             raise ValueError("max_invalid_actions must be a positive integer or None")
         if catalog is None:
-            catalog = load_webshop(webshop_dir) if webshop_dir else ShopCatalog.generated(catalog_seed, num_products)
+            if webshop_dir is not None:
+                catalog = load_webshop(webshop_dir)
+            else:
+                catalog = ShopCatalog.generated(catalog_seed, num_products)
         self.catalog = catalog
         self.split = split
         self.rewards = rewards or ShopRewards()

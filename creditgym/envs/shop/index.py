@@ -11,6 +11,9 @@ import json
 import os
 import re
 import sqlite3
+import unicodedata
+import uuid
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ _STOPWORDS = frozenset(
 _TERM = re.compile(r"[a-z0-9]+")
 # Keep the product cache bounded for 100k-product catalogs; a results page touches ten products.
 _PRODUCT_CACHE_LIMIT = 20_000
+_BUILD_BATCH = 5_000
 
 
 def cache_dir() -> Path:
@@ -46,8 +50,10 @@ def cache_dir() -> Path:
 
 def query_terms(query: str) -> list[str]:
     """The searchable words of a query: lower-case alphanumeric runs, stop words and repeats removed."""
+    # Fold accents as the catalog's text is folded ("cafe" for "café"); FTS syntax never reaches SQLite.
+    folded = unicodedata.normalize("NFKD", query).encode("ascii", "ignore").decode().lower()
     terms: list[str] = []
-    for term in _TERM.findall(query.lower()):
+    for term in _TERM.findall(folded):
         if term not in _STOPWORDS and term not in terms:
             terms.append(term)
     return terms[:MAX_QUERY_TERMS]
@@ -73,7 +79,7 @@ class ShopCatalog:
         """The procedural catalog for (seed, size), built on first use and cached on disk."""
         folder = Path(directory) if directory is not None else cache_dir()
         path = folder / "shop" / f"catalog-s{seed}-n{size}-g{GENERATOR_VERSION}-i{INDEX_VERSION}.sqlite"
-        if not path.exists():
+        if not usable_index(path):
             build_index(path, generate_catalog(seed, size))
         return shared(path, (ShopCatalog.generated, (seed, size, None if directory is None else str(directory))))
 
@@ -170,10 +176,14 @@ def build_index(path: Path, products: Iterable[Product], instructions: Iterable[
     The file is written under a temporary name and moved into place, so concurrent builders never see a
     half-written catalog.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(tmp)
+    # A name unique to this builder (process and thread), removed if the build fails.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(tmp)
+    except (OSError, sqlite3.Error) as error:
+        raise OSError(f"cannot write the shop catalog cache {path} ({error}); set $CREDITGYM_CACHE to a writable "
+                      "folder") from error
     try:
         conn.executescript(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
@@ -182,23 +192,53 @@ def build_index(path: Path, products: Iterable[Product], instructions: Iterable[
             f"CREATE VIRTUAL TABLE products_fts USING fts5({', '.join(_FTS_COLUMNS)}, content='',"
             " tokenize='porter unicode61 remove_diacritics 2');"
         )
-        rows = []
+        # Inserted in batches so a 100k-product catalog never holds all its rows (JSON and text) at once.
+        batch: list[tuple[Any, ...]] = []
         for row, product in enumerate(products, start=1):
-            rows.append((row, product.id, is_test_product(product.id), product.to_json(), *_fts_fields(product)))
-        conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?)", [r[:4] for r in rows])
-        conn.executemany(
-            f"INSERT INTO products_fts (rowid, {', '.join(_FTS_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(r[0], *r[4:]) for r in rows],
-        )
+            batch.append((row, product.id, is_test_product(product.id), product.to_json(), *_fts_fields(product)))
+            if len(batch) == _BUILD_BATCH:
+                _insert(conn, batch)
+        _insert(conn, batch)
         conn.executemany(
             "INSERT INTO instructions (test, data) VALUES (?, ?)",
             [(is_test_product(ins["product_id"]), json.dumps(ins)) for ins in instructions],
         )
         conn.execute("INSERT INTO products_fts (products_fts) VALUES ('optimize')")
         conn.commit()
-    finally:
         conn.close()
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    except BaseException:
+        conn.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def usable_index(path: Path) -> bool:
+    """Whether `path` holds a complete catalog; a damaged one is deleted (with a warning), to be rebuilt."""
+    if not path.exists():
+        return False
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            for table in ("products", "instructions", "products_fts"):
+                conn.execute(f"SELECT rowid FROM {table} LIMIT 1").fetchall()
+        finally:
+            conn.close()
+        return True
+    except sqlite3.Error as error:
+        warnings.warn(f"the shop catalog cache {path} is damaged ({error}); rebuilding it", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return False
+
+
+def _insert(conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
+    """Insert rows (rowid, id, test, json, *fts fields) into both tables, then empty `batch`."""
+    conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?)", [r[:4] for r in batch])
+    conn.executemany(
+        f"INSERT INTO products_fts (rowid, {', '.join(_FTS_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(r[0], *r[4:]) for r in batch],
+    )
+    batch.clear()
 
 
 def _fts_fields(product: Product) -> tuple[str, ...]:

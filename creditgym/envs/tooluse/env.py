@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import string
 from typing import Any
 
@@ -100,6 +101,14 @@ class ToolUseEnv(gym.Env):
         render_mode: str | None = None,
         expose_ground_truth: bool = False,
     ) -> None:
+        for name, value in (("min_calls", min_calls), ("max_calls", max_calls), ("num_worlds", num_worlds)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+        for name, value in (("max_invalid_actions", max_invalid_actions), ("max_turns", max_turns)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if not isinstance(expose_ground_truth, bool):
+            raise TypeError(f"expose_ground_truth must be True or False, got {expose_ground_truth!r}")
         if not 1 <= min_calls <= max_calls <= max(FAMILIES):
             raise ValueError(f"need 1 <= min_calls <= max_calls <= {max(FAMILIES)}, got {min_calls}, {max_calls}")
         if num_worlds < 1:
@@ -108,10 +117,6 @@ class ToolUseEnv(gym.Env):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
-        if max_invalid_actions is not None and max_invalid_actions < 1:
-            raise ValueError("max_invalid_actions must be a positive integer or None")
-        if max_turns is not None and max_turns < 1:
-            raise ValueError("max_turns must be a positive integer or None")
         self.min_calls, self.max_calls = min_calls, max_calls
         self.num_worlds = num_worlds
         self.split = split
@@ -181,8 +186,8 @@ class ToolUseEnv(gym.Env):
         self._used, self._turns, self._answer, self._correct = [], [], None, False
         self._invalid_count = self._turn_count = 0
         info = self._info(task=0.0, tool=0.0, format=0.0, invalid=False)
-        info.update(instructions=self.instructions, tools=[dict(schema) for schema in TOOL_SCHEMAS],
-                    question=task.question)
+        # A deep copy: the schemas also drive argument checking, which a caller editing the info must not change.
+        info.update(instructions=self.instructions, tools=copy.deepcopy(list(TOOL_SCHEMAS)), question=task.question)
         if self.expose_ground_truth:
             info["ground_truth"] = self.ground_truth()
         return self._show(f"Question: {task.question}"), info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,9 @@ from creditgym.envs.tooluse.world import MAX_QUERY_ROWS, ORDER_COLUMNS, RATES, U
 _STRING = {"type": "string"}
 _NUMBER = {"type": "number"}
 _INTEGER = {"type": "integer"}
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# Not strftime("%A"), which follows the process's locale.
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 def _function(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -159,7 +163,7 @@ def run_tool(call: Call, world: World) -> Any:
             date = _date(args["date"]) + dt.timedelta(days=args["days"])
         except OverflowError as error:
             raise ToolError("date_add: the resulting date is out of range") from error
-        return {"date": date.isoformat(), "weekday": date.strftime("%A")}
+        return {"date": date.isoformat(), "weekday": _WEEKDAYS[date.weekday()]}
     if call.name == "date_diff":
         return {"days": (_date(args["end_date"]) - _date(args["start_date"])).days}
     raise ToolError(f"unknown tool {call.name!r}")
@@ -201,7 +205,12 @@ def _unit(name: str) -> str:
 
 
 def _date(text: str) -> dt.date:
+    # Checked here because date.fromisoformat's accepted forms depend on the Python version ("20240101",
+    # "2024-W01-1" parse on 3.11 only), and the tools must answer the same everywhere.
+    stripped = text.strip()
     try:
-        return dt.date.fromisoformat(text.strip())
+        if not _ISO_DATE.fullmatch(stripped):
+            raise ValueError(stripped)
+        return dt.date.fromisoformat(stripped)
     except ValueError as error:
         raise ToolError(f"not a date in YYYY-MM-DD form: {text!r:.30}") from error
