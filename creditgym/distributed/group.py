@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +28,23 @@ def init_ray(address: str | None = None) -> None:
         # "local", not None: Ray would otherwise join whatever cluster `ray start` last ran on this machine.
         ray.init(address="local", include_dashboard=False)
     else:
+        check_reachable(address)
         ray.init(address=address)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError unless something accepts connections at a `host:port` (or `ray://host:port`) Ray
+    address; `ray.init` would otherwise retry an unreachable address for minutes. Other forms ("auto", "local")
+    are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({err or type(err).__name__}); start one there "
+                              f"with `ray start --head --port {port}` and pass the address it prints, or leave the "
+                              "address unset to run a private local Ray") from None
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -60,6 +77,11 @@ class WorkerGroup:
                  max_restarts: int = 3) -> None:
         if cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be positive, got {cpus_per_worker}")
+        needed, total = len(worker_args) * cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
+        if needed > total:  # Ray would wait for ever for CPUs that no node has
+            raise ValueError(f"{len(worker_args)} Ray workers x {cpus_per_worker:g} CPU(s) need {needed:g} CPUs and "
+                             f"the Ray cluster has {total:g}; use fewer workers (num_workers) or less cpus_per_worker, "
+                             "or add nodes to the cluster")
         self._remote_class = ray.remote(num_cpus=cpus_per_worker)(worker_class)
         self._args = list(worker_args)
         self._restore = restore
@@ -77,6 +99,8 @@ class WorkerGroup:
 
     def call(self, method: str, args_per_worker: Sequence[tuple[Any, ...] | None]) -> list[Any]:
         """`method(*args)` on each worker whose args are not None, in parallel; the results in worker order."""
+        if self.closed:
+            raise RuntimeError(f"{method}() on Ray workers that were closed; make a new pool (or env) to go on")
         refs = [None if args is None else getattr(actor, method).remote(*args)
                 for actor, args in zip(self.actors, args_per_worker, strict=True)]
         try:  # one ray.get for all workers: the common case, and faster than one per worker
@@ -98,10 +122,16 @@ class WorkerGroup:
                 results.append(self._call_on_replacement(index, method, args, err))
         return results
 
+    @property
+    def closed(self) -> bool:
+        return not self.actors
+
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        """Kills the actors (again: nothing). Calls after this raise RuntimeError."""
+        actors, self.actors = self.actors, []
+        if ray.is_initialized():  # after ray.shutdown() the actors are gone already
+            for actor in actors:
+                ray.kill(actor)
 
     def _call_on_replacement(self, index: int, method: str, args: tuple[Any, ...], error: Exception) -> Any:
         for _ in range(self.max_restarts):

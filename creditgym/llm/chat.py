@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from numbers import Integral, Real
 from typing import Any, Protocol, runtime_checkable
 
 #: Sampling parameters every back end understands; a back end rejects any other key instead of ignoring it.
@@ -26,7 +28,27 @@ class ChatModelError(RuntimeError):
 
 
 def check_sampling(sampling: Mapping[str, Any]) -> None:
-    """Raise TypeError naming any sampling key outside `SAMPLING_KEYS` (a typo would otherwise be ignored)."""
+    """Raise TypeError naming any sampling key outside `SAMPLING_KEYS` (a typo would otherwise be ignored), and
+    ValueError for a value no back end can use: `temperature` >= 0, `max_new_tokens` >= 1, `top_p` in (0, 1] and
+    an integer `seed` (`top_p` and `seed` may be None)."""
     unknown = sorted(set(sampling) - SAMPLING_KEYS)
     if unknown:
         raise TypeError(f"unknown sampling parameter(s) {unknown}; supported: {sorted(SAMPLING_KEYS)}")
+    checks = {
+        "temperature": (lambda v: _is_real(v) and 0 <= v < math.inf, "a number >= 0 (0 is greedy)"),
+        "max_new_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "top_p": (lambda v: v is None or (_is_real(v) and 0 < v <= 1), "a number in (0, 1], or None"),
+        "seed": (lambda v: v is None or _is_int(v), "an integer, or None"),
+    }
+    for key, value in sampling.items():
+        valid, expected = checks[key]
+        if not valid(value):
+            raise ValueError(f"sampling parameter {key} must be {expected}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)

@@ -27,8 +27,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +39,7 @@ from torch import Tensor, nn
 from creditgym.agents.llm.policy import Generation, LLMPolicy
 
 from .chat import ChatModelError
-from .openai import RETRY_STATUSES, _error_message
+from .openai import check_api_key, check_base_url, post
 
 if TYPE_CHECKING:
     from creditgym.agents.llm.config import LLMTrainConfig
@@ -63,13 +61,10 @@ class CompletionsGenerator:
 
     def __init__(self, policy: LLMPolicy, base_url: str, *, model: str | None = None, api_key: str | None = None,
                  timeout: float = 600.0, max_retries: int = 2, max_concurrency: int = 256) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"generation_url must start with http:// or https://, got {base_url!r} "
-                             "(e.g. http://127.0.0.1:8000/v1)")
         self.policy = policy
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url, "generation_url")
         self._model = model
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.api_key = check_api_key(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
@@ -147,30 +142,12 @@ class CompletionsGenerator:
         return ids + [int(eos)] if stopped and eos is not None else ids
 
     def _request(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        problem = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(0.5 * 2 ** (attempt - 1))
-            request = urllib.request.Request(url, data=data, headers=headers, method=method)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-                return json.loads(raw) if raw else {}
-            except urllib.error.HTTPError as err:
-                message = _error_message(err)
-                if err.code not in RETRY_STATUSES:
-                    raise ChatModelError(f"{url} answered HTTP {err.code}: {message}") from None
-                problem = f"HTTP {err.code}: {message}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                problem = str(getattr(err, "reason", err))
-            except ValueError:
-                raise ChatModelError(f"{url} answered with a body that is not JSON") from None
-        raise ChatModelError(f"{url} failed after {self.max_retries + 1} attempt(s): {problem}; check that the "
-                             "server is running and that generation_url ends in /v1")
+        raw = post(url, body, method=method, api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries,
+                   backoff=0.5, hint="check that the server is running and that generation_url ends in /v1")
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            raise ChatModelError(f"{url} answered with a body that is not JSON: {raw[:200]!r}") from None
 
     def push_weights(self) -> float:
         """Nothing to do: an OpenAI server keeps its own weights (use VLLMGenerator to follow the policy)."""

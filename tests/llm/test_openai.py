@@ -98,8 +98,8 @@ def test_client_errors_are_not_retried(server: _Server) -> None:
     with pytest.raises(ChatModelError, match="HTTP 401: invalid api key"):
         chat.generate([[{"role": "user", "content": "hi"}]])
     assert len(server.requests) == 1
-    wrong_path = OpenAIChatModel(f"http://127.0.0.1:{server.server_address[1]}", model="m")
-    with pytest.raises(ChatModelError, match="HTTP 404"):
+    wrong_path = OpenAIChatModel(f"http://127.0.0.1:{server.server_address[1]}/api", model="m")
+    with pytest.raises(ChatModelError, match="HTTP 404: no route /api/chat/completions; check that base_url ends in"):
         wrong_path.generate([[{"role": "user", "content": "hi"}]])
 
 
