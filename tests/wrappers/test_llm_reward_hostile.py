@@ -14,27 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from creditgym.wrappers.llm_reward import RewardSandbox, SandboxLimits, validate_program
+from creditgym.wrappers.llm_reward import RewardSandbox, validate_program
+
+from .sandbox_programs import FAST, GADGET, HEAD
 
 REPO = Path(__file__).resolve().parents[2]
-HEAD = "def compute_dense_reward(state, action, next_state):\n"
-FAST = SandboxLimits(cpu_seconds=1, wall_seconds=3.0, memory_bytes=256 << 20)
 BATCH = [({"on_target": 0}, 0, {"on_target": 1}), ({"on_target": 1}, 2, {"on_target": 1})]
 GOOD = HEAD + "    return float(next_state['on_target']), {'x': 1.0}\n"
-# Escaped code: reaches the os module through object.__subclasses__() (static validation is switched off).
-GADGET = HEAD + """    os = None
-    for c in ().__class__.__base__.__subclasses__():
-        if c.__name__ == '_wrap_close':
-            os = c.__init__.__globals__
-    if os is None:
-        raise RuntimeError('gadget not found')
-"""
-
-
-@pytest.fixture
-def unvalidated() -> Iterator[RewardSandbox]:
-    with RewardSandbox(limits=FAST, validate=False) as box:
-        yield box
 
 
 def escape(box: RewardSandbox, payload: str) -> str:

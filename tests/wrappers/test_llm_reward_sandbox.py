@@ -25,9 +25,9 @@ from creditgym.wrappers.llm_reward import (
     validate_program,
 )
 
+from .sandbox_programs import FAST, GADGET, HEAD
+
 REPO = Path(__file__).resolve().parents[2]
-HEAD = "def compute_dense_reward(state, action, next_state):\n"
-FAST = SandboxLimits(cpu_seconds=1, wall_seconds=3.0, memory_bytes=256 << 20)
 
 GOOD = """import math
 
@@ -211,20 +211,6 @@ def test_error_while_loading_is_recorded(sandbox: RewardSandbox) -> None:
 
 
 # -- process-level layers, with static validation switched off ---------------------------------------------
-# The gadget reaches the os module through object.__subclasses__(), as escaped code would.
-GADGET = HEAD + """    os = None
-    for c in ().__class__.__base__.__subclasses__():
-        if c.__name__ == '_wrap_close':
-            os = c.__init__.__globals__
-    if os is None:
-        raise RuntimeError('gadget not found')
-"""
-
-
-@pytest.fixture
-def unvalidated() -> Iterator[RewardSandbox]:
-    with RewardSandbox(limits=FAST, validate=False) as box:
-        yield box
 
 
 def escape(box: RewardSandbox, program: str) -> str:
