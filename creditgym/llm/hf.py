@@ -50,7 +50,8 @@ class HFChatModel:
         options: dict[str, Any] = {"max_new_tokens": int(params["max_new_tokens"]), "do_sample": temperature > 0,
                                    "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:
-            options.update(temperature=temperature, top_p=float(params.get("top_p", 1.0)), top_k=0)
+            top_p = params.get("top_p")  # None means no nucleus cut, as check_sampling allows
+            options.update(temperature=temperature, top_p=1.0 if top_p is None else float(top_p), top_k=0)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if params.get("seed") is not None:
                 torch.manual_seed(int(params["seed"]))

@@ -41,6 +41,8 @@ def test_sampling_keys_are_checked_and_seeded() -> None:
     chat = HFChatModel(*tiny_test_model(), max_new_tokens=6)
     batch = [[{"role": "user", "content": "hi"}]]
     assert chat.generate(batch, temperature=1.0, seed=7) == chat.generate(batch, temperature=1.0, seed=7)
+    # top_p None is allowed by check_sampling and means no cut, as top_p 1 does (it used to raise in float()).
+    assert chat.generate(batch, temperature=1.0, seed=7, top_p=None) == chat.generate(batch, temperature=1.0, seed=7)
     with pytest.raises(TypeError, match="max_tokenz"):
         chat.generate(batch, max_tokenz=3)
 
