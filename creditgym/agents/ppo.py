@@ -31,6 +31,7 @@ from creditgym.agents.runs import (
     load_weights,
     read_checkpoint,
     train_in_run_dir,
+    training_stopped,
     write_checkpoint,
 )
 from creditgym.agents.vec import NonFiniteError, TorchVecEnv, make_vec_env
@@ -607,12 +608,8 @@ class PPO:
             biggest = returns[returns.isfinite()].abs().max().item() if returns.isfinite().any() else math.inf
             fix = (f"the returns reach |G| = {biggest:.3g}, too large to square in float32; {scale}" if biggest > 1e15
                    else f"the optimisation diverged: {lr}")
-        saved = (f"{self.run_dir / 'checkpoint.pt'} still holds update {self.saved_update}, the last good state"
-                 if self.saved_update is not None else "no checkpoint of this run was saved before it")
-        return NonFiniteError(
-            f"PPO update {self.update + 1} (env steps {rollout}-{self.global_step}) produced a non-finite number, "
-            f"first in {what}; {fix}. Training stopped before using it: {saved}. Start the run again with the change "
-            "(--overwrite reuses its folder)")
+        return training_stopped(f"PPO update {self.update + 1} (env steps {rollout}-{self.global_step})", self.run_dir,
+                                None if self.saved_update is None else f"update {self.saved_update}", what, fix)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path | None = None) -> Path:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from creditgym.agents.vec import NonFiniteError
+
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
 # What a run writes, so that an overwritten run leaves no stale checkpoints, curves or TensorBoard events behind.
 _RUN_OUTPUTS = (*RUN_FILES, "checkpoint-*.pt", "checkpoint.tmp", "events.out.tfevents.*", "learning_curve.png",
@@ -140,6 +142,15 @@ class StopAfterUpdate:
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+
+
+def training_stopped(step: str, run_dir: Path, saved: str | None, what: str, fix: str) -> NonFiniteError:
+    """The error both trainers raise when `step` (e.g. "PPO update 5") produced a non-finite number: where it was
+    first, what to change, and what the run's checkpoint still holds (`saved`, e.g. "update 4", or None)."""
+    kept = (f"{run_dir / 'checkpoint.pt'} still holds {saved}, the last good state" if saved is not None
+            else "no checkpoint of this run was saved before it")
+    return NonFiniteError(f"{step} produced a non-finite number, first in {what}; {fix}. Training stopped before "
+                          f"using it: {kept}. Start the run again with the change (--overwrite reuses its folder)")
 
 
 def train_in_run_dir(run_dir: Path, *, fresh: bool, overwrite: bool, tensorboard: bool, record: dict[str, Any],

@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from creditgym.wrappers.llm_reward import RewardSandbox
 
 from .sandbox_programs import FAST
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """One torch thread per test: two cores shared by parallel work collapse when oversubscribed."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

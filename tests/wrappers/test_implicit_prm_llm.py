@@ -15,11 +15,6 @@ from tests.agents.llm.helpers import LetterCountEnv
 from .llm_episodes import collect
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def rollouts():  # noqa: ANN201
     torch.set_num_threads(1)

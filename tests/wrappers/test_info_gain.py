@@ -15,11 +15,6 @@ from .llm_episodes import collect
 ENV_IDS = ["creditgym/ToolUse-Easy-v0", "creditgym/Dialogue-Gather-v0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def rollouts():  # noqa: ANN201
     torch.set_num_threads(1)

@@ -26,11 +26,6 @@ from creditgym.wrappers.learned import StepEpisode
 from creditgym.wrappers.progress import GridProgressEstimator, ProgressAttribution
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 # -- SPA -----------------------------------------------------------------------------------------------------------
 def test_spa_loss_is_the_mse_of_summed_contributions_against_the_outcome() -> None:
     generator = torch.Generator().manual_seed(0)

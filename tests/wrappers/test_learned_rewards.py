@@ -22,11 +22,6 @@ from creditgym.wrappers.learned import EpisodeAssembler, ReplayBuffer, StepEpiso
 from creditgym.wrappers.progress import GridProgressEstimator, ProgressAttribution
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def first_action_episodes(n: int, seed: int = 0) -> list[StepEpisode]:
     generator = torch.Generator().manual_seed(seed)
     episodes = []

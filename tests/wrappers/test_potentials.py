@@ -24,11 +24,6 @@ from creditgym.wrappers.potentials import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.mark.parametrize("variant", ["6x6-1b", "10x10-3b"])
 def test_batched_sokoban_potentials_match_env_hooks(variant: str) -> None:
     bank = load_bank(variant)

@@ -25,11 +25,6 @@ SOKOBAN = "creditgym/Sokoban-6x6-2b-v0"
 SOKOBAN_POTENTIALS = ["boxes_on_target", "box_distance", "solver_distance", "solver_distance_tight"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def test_doctest() -> None:
     assert doctest.testmod(shaping_module).failed == 0
 

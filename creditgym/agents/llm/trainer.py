@@ -39,6 +39,7 @@ from creditgym.agents.runs import (
     load_weights,
     read_checkpoint,
     train_in_run_dir,
+    training_stopped,
     write_checkpoint,
 )
 from creditgym.agents.vec import NonFiniteError
@@ -278,12 +279,8 @@ class LLMTrainer:
         return out
 
     def _non_finite_error(self, what: str, fix: str) -> NonFiniteError:
-        saved = (f"{self.run_dir / 'checkpoint.pt'} still holds iteration {self.saved_iteration}, the last one saved"
-                 if self.saved_iteration is not None else "no checkpoint of this run was saved before it")
-        return NonFiniteError(
-            f"{self.config.algo} iteration {self.iteration + 1} produced a non-finite number, first in {what}; {fix}. "
-            f"Training stopped before using it: {saved}. Start the run again with the change (--overwrite reuses "
-            "its folder)")
+        saved = None if self.saved_iteration is None else f"iteration {self.saved_iteration}"
+        return training_stopped(f"{self.config.algo} iteration {self.iteration + 1}", self.run_dir, saved, what, fix)
 
     def _loss(self, batch: TokenBatch, rows: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor | None,
               adv: Tensor, returns: Tensor | None, denominator: Tensor | int, stats: dict[str, list[float]]) -> Tensor:
