@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import stat
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +163,84 @@ def test_workers_cannot_signal_each_other() -> None:
 def test_escaped_code_cannot_gain_privileges_by_exec(unvalidated: RewardSandbox) -> None:
     assert unvalidated.layers["no_new_privs"]
     assert unvalidated.layers["uid"] != 0
+
+
+# -- the parent's own process ---------------------------------------------------------------------------------
+# Run as root, this drops the parent script to nobody once its imports are done. The worker needs an interpreter
+# nobody may run, and this venv's may sit under root's home.
+BECOME_UNPRIVILEGED = """
+import os, shutil, sys
+if os.geteuid() == 0:
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    if not os.access(sys.executable, os.X_OK):
+        sys.executable = shutil.which("python3") or sys.executable
+"""
+
+
+def test_escaped_code_cannot_signal_an_unprivileged_parent() -> None:
+    # An unprivileged parent shares the worker's uid, so only the worker's PID namespace keeps the parent out of
+    # its reach: without it, kill(parent) and kill(-1) both killed the parent.
+    script = f"""
+from creditgym.wrappers.llm_reward import RewardSandbox, SandboxLimits
+{BECOME_UNPRIVILEGED}
+limits = SandboxLimits(cpu_seconds=1, wall_seconds=10.0, memory_bytes=256 << 20)
+gadget = {GADGET!r}
+with RewardSandbox(limits=limits, validate=False) as box:
+    print('uid', os.getuid(), 'pid namespace', box.layers.get('pid_namespace'), flush=True)
+    for target in (os.getpid(), -1):
+        assert box.load(gadget + f"    os['kill']({{target}}, 9)\\n    return 0.0, {{{{}}}}\\n") is None
+        print(box.evaluate([(0, 0, 1)]).error, flush=True)
+print('parent alive')
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/",
+                            env={"HOME": "/tmp", "PATH": os.defpath})
+    if "pid namespace False" in result.stdout:
+        pytest.skip("no PID namespace here (neither root nor a user namespace)")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("uid 65534 ") or os.geteuid() != 0, lines
+    assert lines[-1] == "parent alive"
+    assert all("ProcessLookupError" in line for line in lines[1:3]), lines
+
+
+def live_processes_in_group(group: int) -> list[int]:
+    """Pids of the group's processes that are neither gone nor zombies."""
+    pids = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            pids.append(int(stat_file.parent.name))
+    return pids
+
+
+def test_sandbox_dies_with_its_parent() -> None:
+    # The parent dies while its fork-inherited copy of the request pipe lives on in a child, so the worker never
+    # reads end-of-file; before the watchdog it waited for that child for ever.
+    script = f"""
+import os, time
+from creditgym.wrappers.llm_reward import RewardSandbox
+box = RewardSandbox()
+assert box.load({GOOD!r}) is None and box.evaluate([({{"on_target": 0}}, 0, {{"on_target": 1}})]).ok
+if os.fork() == 0:
+    time.sleep(30)
+    os._exit(0)
+print(box._process.pid, flush=True)
+os._exit(0)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        sandbox_group = int(parent.stdout.readline())
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while live_processes_in_group(sandbox_group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live_processes_in_group(sandbox_group) == []
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)  # the sleeping child
+        parent.stdout.close()

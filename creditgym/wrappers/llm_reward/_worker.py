@@ -1,8 +1,19 @@
 """Sandbox worker: runs one untrusted reward program on batches of transitions.
 
 Started by `sandbox.py` as `python -I -S -B _worker.py CONFIG_JSON`, so it imports only the standard library
-and never the creditgym package. It hardens itself before reading any program (network namespace,
-resource limits, dropped privileges), then answers length-prefixed JSON frames on its original stdin/stdout.
+and never the creditgym package. It hardens itself before reading any program (namespaces, resource limits,
+dropped privileges), then answers length-prefixed JSON frames on its original stdin/stdout.
+
+Three processes, where the kernel gives a PID namespace (else the first and the last):
+- the watchdog, the one `sandbox.py` started: it stays outside the new PID namespace, runs no untrusted code,
+  and kills the rest as soon as the parent dies (whichever of the parent's threads started it);
+- pid 1 of the new namespace, as confined as the worker: it only reaps the worker. The kernel does not deliver
+  default-action signals such as RLIMIT_CPU's SIGXCPU to a namespace's init, so the worker must not be pid 1;
+- the worker, pid 2, which runs the program. It cannot see, signal or ptrace any process outside the namespace,
+  so even an unprivileged parent, which shares the worker's uid, is out of its reach. When pid 1 dies, the kernel
+  kills the worker.
+
+Each ends the way its child ended, so the parent's `wait` sees the worker's own exit status or signal.
 """
 
 import builtins
@@ -11,11 +22,15 @@ import json
 import math
 import os
 import resource
+import select
+import signal
 import struct
 import sys
 
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
+_CLONE_NEWPID = 0x20000000
+_PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # A root-started worker drops to uid = gid = _UID_BASE + its pid: unique among live workers (so one worker cannot
@@ -61,6 +76,11 @@ def _send(fd: int, message: dict) -> None:
         view = view[os.write(fd, view):]
 
 
+def _close(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None, use_errno=True)
@@ -68,16 +88,19 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def _isolate_network(libc: ctypes.CDLL | None) -> str:
-    """Moves the process into a fresh network namespace, which has only a downed loopback device."""
+def _unshare(libc: ctypes.CDLL | None) -> tuple[str, bool]:
+    """Moves the process into a fresh network namespace (only a downed loopback device) and, for the children it
+    forks next, a fresh PID namespace. Returns the network layer's name and whether the PID namespace was made."""
     if libc is None:
-        return "none"
-    if libc.unshare(_CLONE_NEWNET) == 0:
-        return "netns"
-    # Unprivileged users can still get one inside a user namespace where the kernel allows it.
-    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
-        return "userns+netns"
-    return "none"
+        return "none", False
+    # Unprivileged users can still get them inside a user namespace where the kernel allows it.
+    for network, flags in (("netns", _CLONE_NEWNET), ("userns+netns", _CLONE_NEWUSER | _CLONE_NEWNET)):
+        if libc.unshare(flags | _CLONE_NEWPID) == 0:
+            return network, True
+    for network, flags in (("netns", _CLONE_NEWNET), ("userns+netns", _CLONE_NEWUSER | _CLONE_NEWNET)):
+        if libc.unshare(flags) == 0:
+            return network, False
+    return "none", False
 
 
 def _drop_capabilities(libc: ctypes.CDLL | None) -> bool:
@@ -105,9 +128,10 @@ def _confine_files(network: str, libc: ctypes.CDLL | None) -> bool:
     return os.geteuid() == 0 or _drop_capabilities(libc)
 
 
-def _harden(config: dict, protocol_fds: tuple[int, int]) -> dict:
-    libc = _libc()
-    layers: dict = {"network": _isolate_network(libc)}
+def _harden(config: dict, protocol_fds: tuple[int, int], network: str, libc: ctypes.CDLL | None,
+            watchdog_pid: int) -> dict:
+    """Limits, chroot and privileges, for this process and every child it forks (RLIMIT_NPROC excepted)."""
+    layers: dict = {"network": network}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
@@ -116,21 +140,72 @@ def _harden(config: dict, protocol_fds: tuple[int, int]) -> dict:
     # No new descriptors at all: no files, sockets or pipes beyond the two protocol pipes.
     max_fd = max(protocol_fds) + 1
     resource.setrlimit(resource.RLIMIT_NOFILE, (max_fd, max_fd))
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     layers["chroot"] = _confine_files(layers["network"], libc)
     if os.geteuid() == 0:
-        uid = _UID_BASE + os.getpid()
+        # The watchdog's pid: inside a PID namespace every worker's own pid is the same.
+        uid = _UID_BASE + watchdog_pid
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     # No exec of a set-user-ID binary can regain privileges (matters where the chroot above was not possible).
     layers["no_new_privs"] = libc is not None and libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
     layers["uid"] = os.getuid()
-    # The kernel exempts root from RLIMIT_NPROC, so it binds only once privileges are dropped.
+    # Set by the worker itself (_forbid_processes), after the last fork; the kernel exempts root from it.
     layers["nproc"] = os.getuid() != 0
     layers["rlimits"] = {"cpu_seconds": config["cpu_seconds"], "memory_bytes": config["memory_bytes"],
                          "file_size": 0, "open_files": max_fd, "processes": 0, "core": 0}
     return layers
+
+
+def _die_with_parent(libc: ctypes.CDLL | None) -> None:
+    """SIGKILL when the parent process dies. Set after the last change of uid, which clears it."""
+    if libc is not None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _end_like(status: int, child_is_init: bool) -> None:
+    """Ends this process the way its child ended (a wait status), so that its own parent sees the same."""
+    code = os.waitstatus_to_exitcode(status)
+    if child_is_init and code > 128:  # an init cannot end itself with a signal, so it passed it on as 128 + signal
+        code = 128 - code
+    if code < 0 and os.getpid() != 1:
+        if code not in (-signal.SIGKILL, -signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)  # Python ignores some, SIGXFSZ among them
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.kill(os.getpid(), -code)
+    os._exit(128 - code if code < 0 else code)
+
+
+def _watch(child: int, parent_pid: int, child_is_init: bool) -> None:
+    """The watchdog: waits for its child, and kills it if the parent dies first (then no one else would)."""
+    watched = []
+    for pid in (child, parent_pid):
+        try:
+            watched.append(os.pidfd_open(pid))
+        except OSError:  # no pidfds (Linux < 5.3), or the parent is already gone: the loop below polls
+            pass
+    poller = select.poll()
+    for fd in watched:
+        poller.register(fd, select.POLLIN)
+    while True:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            _end_like(status, child_is_init)
+        if os.getppid() != parent_pid:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            os._exit(1)
+        poller.poll(None if len(watched) == 2 else 250)
+
+
+def _reap(worker: int) -> None:
+    """pid 1 of the worker's namespace: waits for the worker, then ends, which ends the namespace."""
+    _, status = os.waitpid(worker, 0)
+    _end_like(status, child_is_init=False)
+
+
+def _forbid_processes() -> None:
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
 
 def _arm_cpu(cpu_seconds: int) -> None:
@@ -238,7 +313,25 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    _send(write_fd, {"layers": _harden(config, (read_fd, write_fd))})
+    protocol_fds = (read_fd, write_fd)
+    libc = _libc()
+    watchdog_pid = os.getpid()
+    network, pid_namespace = _unshare(libc)
+    child = os.fork()
+    if child:
+        _close(protocol_fds)  # so the parent reads end-of-file as soon as the worker dies
+        _watch(child, config["parent_pid"], child_is_init=pid_namespace)
+    layers = _harden(config, protocol_fds, network, libc, watchdog_pid)
+    _die_with_parent(libc)
+    if pid_namespace:
+        worker = os.fork()
+        if worker:
+            _close(protocol_fds)
+            _reap(worker)
+        _die_with_parent(libc)
+    _forbid_processes()
+    layers["pid_namespace"] = pid_namespace
+    _send(write_fd, {"layers": layers})
     log = _Log(config["max_log_chars"])
     safe = {name: getattr(builtins, name) for name in _SAFE_BUILTINS}
     safe.update(__import__=_import_math, print=log.print)

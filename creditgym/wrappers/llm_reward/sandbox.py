@@ -1,6 +1,6 @@
 """A sandbox for untrusted reward programs: one persistent worker process per program, fed batches.
 
-Layers, outermost first (`RewardSandbox.layers` reports which ones the current worker got):
+Layers, outermost first (`RewardSandbox.layers` reports which ones the current worker got; `_worker.py` shows its processes):
 
 1. Static validation (`validate.py`): AST allow-list, size limits. Rejected programs never reach a process.
 2. A separate process (`_worker.py`, run as `python -I -S -B`, so no site-packages and no creditgym import),
@@ -10,9 +10,11 @@ Layers, outermost first (`RewardSandbox.layers` reports which ones the current w
    it), RLIMIT_AS (allocations fail with MemoryError), RLIMIT_FSIZE = 0 (writing to any file kills it),
    RLIMIT_NOFILE = the descriptors it already has (no new files, sockets or pipes), RLIMIT_CORE = 0 and
    RLIMIT_NPROC = 0 (binds only once privileges are dropped; the kernel exempts root).
-4. Network: a fresh network namespace via `unshare(CLONE_NEWNET)` (as root) or a user + network namespace
+4. Namespaces: a fresh network namespace via `unshare(CLONE_NEWNET)` (as root) or a user + network namespace
    (unprivileged, where the kernel allows it). Where neither works, only layers 1, 3 (no new sockets) and 5
-   keep the program off the network.
+   keep the program off the network. With them comes a fresh PID namespace, where the program runs as pid 2
+   and sees no process outside: it cannot signal or ptrace the parent even when it shares the parent's uid.
+   A watchdog process outside that namespace kills the worker when the parent dies.
 5. Files: the worker chroots into its empty temp dir (as root, or inside its user namespace, where it then
    drops every capability), so no host file, dir or /tmp is reachable. When started as root it then drops to
    uid = gid = 0x70000000 + its pid, unique per worker, so it owns no file and cannot signal or ptrace another
@@ -136,7 +138,8 @@ class RewardSandbox:
 
     @property
     def layers(self) -> dict[str, Any]:
-        """Which process-level layers the worker got: network isolation, chroot, uid, NPROC, limits (starts one)."""
+        """Which process-level layers the worker got: network and PID namespaces, chroot, uid, NPROC, limits (starts
+        one)."""
         if self._process is None:
             self._start()
         return dict(self._layers)
@@ -202,6 +205,7 @@ class RewardSandbox:
     def _start(self) -> None:
         self._directory = tempfile.mkdtemp(prefix="creditgym-sandbox-")
         config = {key: value for key, value in asdict(self.limits).items() if key != "wall_seconds"}
+        config["parent_pid"] = os.getpid()
         self._process = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", str(_WORKER), json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self._directory,
