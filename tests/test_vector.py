@@ -3,6 +3,9 @@ clear refusal of the mode that corrupts them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -111,3 +114,19 @@ def test_has_text_looks_inside_composite_spaces() -> None:
     text = gym.spaces.Text(8)
     assert has_text(gym.spaces.Dict({"a": gym.spaces.Discrete(2), "b": gym.spaces.Tuple([text])}))
     assert not has_text(gym.spaces.Dict({"a": gym.spaces.Box(0, 1, (2,))}))
+
+
+def test_module_prefixed_ids_build_in_spawned_workers() -> None:
+    # Spawned workers never run the parent's `import creditgym`, so they only know the ids it registers when the
+    # id names the module (README, "Use"). A `python -c` parent, as there the workers cannot import __main__.
+    script = """
+import gymnasium as gym
+envs = gym.vector.AsyncVectorEnv([lambda: gym.make("creditgym:creditgym/ToolUse-v0")] * 2, context="spawn",
+                                 shared_memory=False)
+print(repr(list(envs.reset(seed=3)[0])))
+envs.close()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    local = [gym.make("creditgym/ToolUse-v0").reset(seed=seed)[0] for seed in (3, 4)]
+    assert result.stdout.strip() == repr(local)
