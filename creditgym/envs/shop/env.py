@@ -256,9 +256,8 @@ class ShopEnv(gym.Env):
             self._score = score_purchase(self.goal, self._product(self._item), self._chosen)
             self._page = PageKind.DONE
         else:
-            product = self._product(self._item)
-            name = next(name for name, values in product.options.items() if label in values)
-            self._chosen[name] = label
+            name, value = pages.option_labels(self._product(self._item))[label]
+            self._chosen[name] = value
 
     def _invalid(self, feedback: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         self._invalid_count += 1

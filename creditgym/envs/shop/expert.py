@@ -11,7 +11,7 @@ import gymnasium as gym
 
 from creditgym.envs.shop.env import ShopEnv
 from creditgym.envs.shop.goals import Goal
-from creditgym.envs.shop.pages import BACK_TO_SEARCH, BUY, NEXT, PREV
+from creditgym.envs.shop.pages import BACK_TO_SEARCH, BUY, NEXT, PREV, option_labels
 
 
 class ShopExpert:
@@ -41,9 +41,11 @@ class ShopExpert:
                 return f"click[{NEXT}]"
             return f"click[{BACK_TO_SEARCH}]"
         if page == "item" and state["item"] == target:
+            product = shop.catalog.product(shop.catalog.row_of(target))
+            labels = {option: label for label, option in option_labels(product).items()}
             for name, value in goal.options.items():
                 if state["chosen_options"].get(name) != value:
-                    return f"click[{value}]"
+                    return f"click[{labels.get((name, value), value)}]"
             return f"click[{BUY}]"
         return f"click[{PREV}]"
 

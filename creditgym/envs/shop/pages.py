@@ -6,6 +6,7 @@ Each renderer returns the page text and its clickable labels (as displayed; clic
 
 from __future__ import annotations
 
+from collections import Counter
 from enum import Enum
 
 from creditgym.envs.shop.catalog import Product
@@ -18,6 +19,7 @@ PREV = "< Prev"
 DESCRIPTION = "Description"
 FEATURES = "Features"
 BUY = "Buy Now"
+ITEM_CONTROLS = (BACK_TO_SEARCH, PREV, DESCRIPTION, FEATURES, BUY)
 #: Detail pages show at most this much of a (possibly very long, for WebShop data) description.
 MAX_DETAIL_CHARS = 2000
 
@@ -56,15 +58,28 @@ def results_page(instruction: str, query: str, page: int, total: int, products: 
     return "\n".join(lines), labels
 
 
+def option_labels(product: Product) -> dict[str, tuple[str, str]]:
+    """The item page's label for each option value -> (option name, value).
+
+    A value is its own label unless another label of the page reads the same, ignoring case: a control such as
+    "Description", or the same value in another option. Then it is shown as "name: value", so every label picks
+    one thing.
+    """
+    taken = Counter(value.lower() for values in product.options.values() for value in set(values))
+    taken.update(control.lower() for control in ITEM_CONTROLS)
+    return {(f"{name}: {value}" if taken[value.lower()] > 1 else value): (name, value)
+            for name, values in product.options.items() for value in values}
+
+
 def item_page(instruction: str, product: Product, chosen: dict[str, str]) -> Page:
-    # Controls come first so that, for the env's first-label-wins lookup, they shadow look-alike option values.
-    labels = [BACK_TO_SEARCH, PREV, DESCRIPTION, FEATURES, BUY]
+    labels = list(ITEM_CONTROLS)
     lines = [f"Instruction: {instruction}", f"[{BACK_TO_SEARCH}] [{PREV}]", product.title]
     rating = f" | Rating: {product.rating:.1f} / 5" if product.rating is not None else ""
     lines.append(f"Price: ${product.price:.2f}{rating}")
-    for name, values in product.options.items():
-        lines.append(f"{name}: " + " ".join(f"[{value}]" for value in values))
-        labels.extend(values)
+    options = option_labels(product)
+    for name in product.options:
+        lines.append(f"{name}: " + " ".join(f"[{label}]" for label, (option, _) in options.items() if option == name))
+    labels.extend(options)
     if chosen:
         lines.append("Selected: " + ", ".join(f"{name} = {value}" for name, value in chosen.items()))
     lines.append(f"[{DESCRIPTION}] [{FEATURES}] [{BUY}]")

@@ -9,6 +9,7 @@ import pytest
 
 from creditgym.envs.shop.env import ShopEnv
 from creditgym.envs.shop.expert import ShopExpert
+from creditgym.envs.shop.goals import Goal
 from creditgym.envs.shop.webshop import load_webshop, read_webshop
 
 PRODUCTS = [
@@ -119,3 +120,33 @@ def test_catalog_is_cached_and_missing_files_are_explained(webshop_dir: Path) ->
         load_webshop(webshop_dir)
     with pytest.raises(FileNotFoundError, match="items_shuffle"):
         load_webshop(webshop_dir.parent)
+
+
+def test_option_values_that_read_like_other_labels_can_be_chosen(webshop_dir: Path) -> None:
+    # "Description" is also a button, and "black" is a value of both options: each is shown as "name: value".
+    mug = {"asin": "B07MUGMUG4", "name": "Enamel Camping Mug", "category": "garden", "query": "camping mug",
+           "pricing": "$12.00", "customization_options": {
+               "Color": [{"value": "Black"}, {"value": "Description"}, {"value": "Red"}],
+               "Lid": [{"value": "Black"}, {"value": "None"}]}}
+    (webshop_dir / "items_shuffle_1000.json").write_text(json.dumps([*PRODUCTS, mug]))
+    env = ShopEnv(webshop_dir=webshop_dir)
+    env.reset(seed=0)
+    env.step("search[enamel camping mug]")
+    obs, *_ = env.step("click[B07MUGMUG4]")
+    assert "color: [color: black] [color: description] [red]" in obs and "lid: [lid: black] [none]" in obs
+    for action, chosen in [("click[Color: Description]", {"color": "description"}),
+                           ("click[lid: black]", {"color": "description", "lid": "black"}),
+                           ("click[color: black]", {"color": "black", "lid": "black"}),
+                           ("click[red]", {"color": "red", "lid": "black"})]:
+        _, _, _, _, info = env.step(action)
+        assert not info["invalid_action"] and env.state()["chosen_options"] == chosen, action
+    obs, *_ = env.step("click[Description]")
+    assert env.state()["page"] == "description"
+    goal = Goal("buy the camping mug in description with a black lid", "B07MUGMUG4", "camping mug", "garden", (),
+                {"color": "description", "lid": "black"})
+    env.reset(seed=0, options={"goal": goal})
+    expert, terminated, steps = ShopExpert(), False, 0
+    while not terminated and steps < 10:
+        _, reward, terminated, _, info = env.step(expert(env))
+        steps += 1
+    assert info["success"] and info["reward_details"]["options_matched"] == ["description", "black"], info
