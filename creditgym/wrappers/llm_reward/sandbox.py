@@ -1,6 +1,7 @@
 """A sandbox for untrusted reward programs: one persistent worker process per program, fed batches.
 
-Layers, outermost first (`RewardSandbox.layers` reports which ones the current worker got; `_worker.py` shows its processes):
+Layers, outermost first (`RewardSandbox.layers` reports which ones the current worker got; `_worker.py` describes
+its processes):
 
 1. Static validation (`validate.py`): AST allow-list, size limits. Rejected programs never reach a process.
 2. A separate process (`_worker.py`, run as `python -I -S -B`, so no site-packages and no creditgym import),
