@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -21,7 +22,7 @@ import creditgym
 from creditgym.agents.config_cli import add_config_arguments
 from creditgym.agents.llm.config import ALGOS as LLM_ALGOS
 from creditgym.agents.llm.config import LLMTrainConfig
-from creditgym.agents.ppo import PPOConfig
+from creditgym.agents.ppo import PPOConfig, resolve_device
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
 from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
 from creditgym.llm.chat import ChatModelError
@@ -130,7 +131,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
                       "drop them or pass e.g. --algo grpo --model smollm2-135m")
         return 2
     return _train_and_report(PPOConfig, PPO, args, console,
-                             extendable=("progress", "total_steps", "ray_address", "threads"),
+                             extendable=("progress", "total_steps", "ray_address", "threads", "device"),
                              rate=("charts/sps", "steps/s"))
 
 
@@ -166,7 +167,25 @@ def _resumed_config(cls: type, args: argparse.Namespace, *, extendable: tuple[st
         raise ValueError(f"{given} cannot change when resuming: the run continues with its own config. Only "
                          f"{allowed} may be given; start a new run to change anything else")
     overrides = {name: value for name, value in vars(args).items() if name in extendable}
+    if "device" not in overrides:
+        overrides["device"] = _resume_device(run_dir, record)
     return cls(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent), **overrides})
+
+
+def _resume_device(run_dir: Path, record: dict[str, Any]) -> str:
+    """The device a resume without --device runs on: the run's own, where its checkpoint restores exactly."""
+    setting = record["config"].get("device", "auto")
+    used = record.get("device", setting)  # what the setting resolved to where the run trained
+    if used == "auto":
+        return setting
+    if used.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{run_dir} was trained on {used}, and torch sees no CUDA device here; to continue it on the "
+                         "CPU pass --device cpu (the weights, optimiser and env state carry over, but the GPU's random "
+                         "generators are re-seeded, so the resume is not bit-exact), or resume it on a machine with "
+                         "CUDA")
+    if setting == "auto" and resolve_device("auto").type != torch.device(used).type:
+        return torch.device(used).type  # auto would now pick another device: moving is asked for with --device
+    return setting
 
 
 def _flags_given(args: argparse.Namespace, names: set[str]) -> list[str]:
@@ -183,7 +202,7 @@ def _train_llm(args: argparse.Namespace, console: Console) -> int:
                       "LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)")
         return 2
     return _train_and_report(LLMTrainConfig, LLMTrainer, args, console,
-                             extendable=("progress", "iterations", "ray_address", "threads"),
+                             extendable=("progress", "iterations", "ray_address", "threads", "device"),
                              rate=("charts/tokens_per_s", "generated tokens/s"))
 
 
@@ -416,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train PPO, or an LLM policy (--algo grpo ...), on an env")
     train.add_argument("--config", help="YAML file of PPOConfig or LLMTrainConfig fields (flags override it)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its checkpoint")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a run exactly from its checkpoint, on the device it trained on; with --device "
+                            "on another one (then not bit-exact: that device's random generators are re-seeded)")
     train.add_argument("--algo", choices=["ppo", *LLM_ALGOS], default=None,
                        help="ppo (the default; a resumed run keeps its own) for small policies (PPOConfig flags); "
                             "the others train an LLM given by --model "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.runs import (
     MetricsLogger,
     StopAfterUpdate,
+    device_change,
     keep_checkpoint,
     load_weights,
     read_checkpoint,
+    reseeded,
     train_in_run_dir,
     training_stopped,
     write_checkpoint,
@@ -369,6 +372,7 @@ class PPO:
         self.global_step = 0
         self.update = 0
         self.saved_update: int | None = None  # the update run_dir/checkpoint.pt holds, once this trainer saved it
+        self.device_changes: list[dict[str, Any]] = []  # resumes on another device, after which it is not bit-exact
         self.run_dir = Path(config.runs_dir) / (config.run_name or
                                                f"{config.env_id.split('/')[-1]}-s{config.seed}-{int(time.time())}")
         self.next_obs, info = self.envs.reset(seed=config.seed)
@@ -617,6 +621,8 @@ class PPO:
         path = Path(path) if path else self.run_dir / "checkpoint.pt"
         state = {
             "config": asdict(self.config),
+            "device": str(self.device),
+            "device_changes": self.device_changes,
             "model": self.agent.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
@@ -647,9 +653,22 @@ class PPO:
                        if name in saved and saved[name] != now[name]]
         load_weights(self.agent, state["model"], path, hint=f" ({'; '.join(differences)})" if differences else "")
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.device_changes = list(state.get("device_changes", []))
+        moved = device_change(path, state, self.device, update=state["update"], global_step=state["global_step"])
+        env_state = state["env"]
+        if moved is None:
+            # Generator states must be CPU tensors, and map_location put them on the device.
+            self.generator.set_state(state["generator"].cpu())
+            env_state = _with_env_generators(env_state, lambda kept, _: kept.cpu())
+        else:
+            self.device_changes.append(moved)
+            seed, update = self.config.seed, state["update"]
+            self.generator.set_state(reseeded(self.device, seed, update, "actions").get_state())
+            if self.config.rollout_backend == "local":  # Ray's envs live on the workers' CPUs and restore exactly
+                env_state = _with_env_generators(
+                    env_state, lambda _, where: reseeded(self.device, seed, update, where).get_state())
         torch.set_rng_state(state["torch_rng"].cpu())
-        self.envs.set_state(state["env"])
+        self.envs.set_state(env_state)
         self.next_obs, self.next_mask = state["next_obs"], state["next_mask"]
         self.episode.load_state_dict(state["episode"])
         if self.learned_reward is not None:
@@ -663,7 +682,17 @@ class PPO:
     def _run_record(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
                 "torch": torch.__version__, "device": str(self.device),
-                "precision": resolve_precision(self.config.precision, self.device)}
+                "precision": resolve_precision(self.config.precision, self.device),
+                "device_changes": self.device_changes}
+
+
+def _with_env_generators(state: Any, change: Callable[[torch.Tensor, str], torch.Tensor], where: str = "env") -> Any:
+    """An env's `get_state()` with `change(generator_state, where)` in place of each "generator" entry, the state of a
+    torch.Generator on the env's device (batched envs keep one; wrappers nest their env's state under a key)."""
+    if not isinstance(state, dict):
+        return state
+    return {key: change(value, where) if key == "generator" else _with_env_generators(value, change, f"{where}/{key}")
+            for key, value in state.items()}
 
 
 _CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", "env", "next_obs", "next_mask", "episode",

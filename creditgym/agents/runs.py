@@ -8,10 +8,12 @@ import shutil
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,8 +65,14 @@ def read_checkpoint(path: str | Path, device: torch.device, *, kind: str = "cred
         path = path / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a run dir or a checkpoint.pt from a run")
+    locations: set[str] = set()
+
+    def restore(storage: Any, location: str) -> Any:
+        locations.add(location)  # where the run kept it, which moving it to `device` would hide
+        return torch.serialization.default_restore_location(storage, str(device))
+
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=restore, weights_only=False)
     except Exception as err:  # unpickling can fail in any way; none of them leaves a usable checkpoint
         with path.open("rb") as file:
             zipped = file.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
@@ -78,7 +86,34 @@ def read_checkpoint(path: str | Path, device: torch.device, *, kind: str = "cred
     if missing:
         raise ValueError(f"{path} is not a {kind} checkpoint: it holds no {', '.join(map(repr, missing))}; pass a "
                          f"checkpoint written by a {kind} run")
+    # Checkpoints from before trainers saved their device: the device their tensors were on.
+    state.setdefault("device", next((where for where in sorted(locations) if where != "cpu"), "cpu"))
     return path, state
+
+
+def device_change(path: Path, state: dict[str, Any], device: torch.device, **at: int) -> dict[str, Any] | None:
+    """None when the checkpoint at `path` (read by `read_checkpoint`) was saved on `device`'s kind of device, where
+    its random generators restore exactly; else warn that the resume is not bit-exact and return the record of the
+    move, with where the run was (`at`, e.g. update=8) for the run's `device_changes`."""
+    saved = torch.device(state["device"])
+    if saved.type == device.type:
+        return None
+    where = ", ".join(f"{name} {value}" for name, value in at.items())
+    warnings.warn(f"resuming {path} on {device}, but it was saved on {saved}: the weights, optimiser and env state "
+                  f"carry over, but the {saved.type} random generators cannot be restored on {device.type}, so they "
+                  f"are re-seeded from the run's seed and where it stopped ({where}), and {device.type} kernels round "
+                  f"differently. The run continues, but is not bit-exact: it will not match the run continued on "
+                  f"{saved}. Its config.json records this under device_changes", stacklevel=3)
+    return {"from": str(saved), "to": str(device), **at}
+
+
+def reseeded(device: torch.device, seed: int, step: int, stream: str) -> torch.Generator:
+    """A generator on `device` seeded from the run's seed, the step a resume starts at and its `stream` (such as
+    "actions"): after a move to another device, where the saved generators cannot be restored, these seeds keep the
+    resume repeatable and the streams apart."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(np.random.SeedSequence([seed, step, *stream.encode()]).generate_state(1, np.uint64)[0]))
+    return generator
 
 
 def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path, *, hint: str = "",

@@ -35,9 +35,11 @@ from creditgym.agents.ppo import resolve_device
 from creditgym.agents.runs import (
     MetricsLogger,
     StopAfterUpdate,
+    device_change,
     keep_checkpoint,
     load_weights,
     read_checkpoint,
+    reseeded,
     train_in_run_dir,
     training_stopped,
     write_checkpoint,
@@ -121,6 +123,7 @@ class LLMTrainer:
         self.iteration = 0
         self.global_step = 0
         self.saved_iteration: int | None = None  # the iteration run_dir/checkpoint.pt holds, once saved or loaded
+        self.device_changes: list[dict[str, Any]] = []  # resumes on another device, after which it is not bit-exact
         self.run_dir = Path(cfg.runs_dir) / (cfg.run_name or
                                              f"{cfg.algo}-{cfg.env_id.split('/')[-1]}-s{cfg.seed}-{int(time.time())}")
         if resume is not None:
@@ -318,6 +321,8 @@ class LLMTrainer:
         path = Path(path) if path else self.run_dir / "checkpoint.pt"
         state = {
             "config": asdict(self.config),
+            "device": str(self.device),
+            "device_changes": self.device_changes,
             "trainable": {name: p.detach() for name, p in self.policy.model.named_parameters() if p.requires_grad},
             "value_head": None if self.value_head is None else self.value_head.state_dict(),
             "learned_reward": None if self.learned_reward is None else self.learned_reward.state_dict(),
@@ -348,7 +353,15 @@ class LLMTrainer:
         if self.learned_reward is not None:
             self.learned_reward.load_state_dict(state["learned_reward"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.device_changes = list(state.get("device_changes", []))
+        moved = device_change(path, state, self.device, iteration=state["iteration"],
+                              global_step=state["global_step"])
+        if moved is None:
+            self.generator.set_state(state["generator"].cpu())  # generator states must be CPU tensors
+        else:
+            self.device_changes.append(moved)
+            fresh = reseeded(self.device, self.config.seed, state["iteration"], "sampling")
+            self.generator.set_state(fresh.get_state())
         torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration, self.global_step = state["iteration"], state["global_step"]
         self.run_dir = path.parent
@@ -356,7 +369,7 @@ class LLMTrainer:
 
     def _run_record(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
-                "torch": torch.__version__, "device": str(self.device)}
+                "torch": torch.__version__, "device": str(self.device), "device_changes": self.device_changes}
 
 
 _SUMMED = frozenset({"losses/policy_loss", "losses/value_loss"})
