@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import random
 import string
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +39,9 @@ def check_conformance(env: str | EnvFactory, *, seed: int = 0, num_steps: int = 
     """Check every creditgym env contract on `env` (a registered id or a factory taking `render_mode`).
 
     1. gymnasium's `check_env` on the unwrapped env;
-    2. same seed and actions give identical observations, rewards, flags and infos;
+    2. same seed and actions give identical observations, rewards, flags and infos; `reset()` without a seed after
+       a seeded reset continues identically too; neither building nor playing the env touches the global RNGs
+       (`random`, `numpy.random`, `torch`): randomness comes only from `np_random` or seeded generators;
     3. `observation_space.contains` at every step;
     4. `info["reward_components"]` present and summing to the reward at every step;
     5. `info["instructions"]` on reset;
@@ -52,9 +56,16 @@ def check_conformance(env: str | EnvFactory, *, seed: int = 0, num_steps: int = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check_env(make().unwrapped, skip_render_check=True)
+    before = _global_rng_states()
     first = _rollout(make, seed, num_steps)
+    after = _global_rng_states()
+    if after[:3] != before[:3] or before[3] not in (None, after[3]):
+        raise ConformanceError("building or playing the env used a global RNG (random, numpy.random or torch); draw "
+                               "from self.np_random or a generator seeded from it instead")
     second = _rollout(make, seed, num_steps)
     _assert_same(first, second, "two rollouts with the same seed and actions differ")
+    _assert_same(_seedless_resets(make, seed), _seedless_resets(make, seed),
+                 "reset() without a seed after reset(seed=...) does not continue deterministically")
     _check_copies(make, seed)
     _check_render_modes(make, seed)
     _check_step_after_end(make, seed, num_steps)
@@ -102,6 +113,32 @@ def _rollout(make: EnvFactory, seed: int, num_steps: int) -> list[tuple]:
             record.append((obs, info))
     env.close()
     return record
+
+
+def _seedless_resets(make: EnvFactory, seed: int) -> list[tuple]:
+    """Observations and infos of `reset()` calls without a seed, a few steps apart, after `reset(seed=seed)`."""
+    env = make()
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    obs, info = env.reset(seed=seed)
+    record: list[tuple] = [(obs, info)]
+    for _ in range(3):
+        for _ in range(3):
+            _, _, terminated, truncated, info = env.step(_actions(env, info, rng))
+            if terminated or truncated:
+                break
+        obs, info = env.reset()
+        record.append((obs, info))
+    env.close()
+    return record
+
+
+def _global_rng_states() -> tuple:
+    """The states of Python's, numpy's and torch's global generators (torch's None while it is not imported)."""
+    _, keys, position, *_ = np.random.get_state()
+    torch = sys.modules.get("torch")
+    torch_state = torch.random.get_rng_state().numpy().tobytes() if torch is not None else None
+    return random.getstate(), keys.tobytes(), position, torch_state
 
 
 def _check_step_contract(env: gym.Env, obs: Any, reward: float | None, info: dict[str, Any], where: str) -> None:

@@ -15,7 +15,7 @@ episode, differentiable. `ProgressAttribution` owns the loss, the optimiser and 
 
     >>> import torch
     >>> from creditgym.wrappers.learned import StepEpisode
-    >>> spa = ProgressAttribution(GridProgressEstimator((4,), 2, hidden=8), seed=0)
+    >>> spa = ProgressAttribution(GridProgressEstimator((4,), 2, hidden=8, seed=0), seed=0)
     >>> episode = StepEpisode(torch.ones(3, 4), torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool), True, 1.0)
     >>> metrics = spa.update([episode])
     >>> rewards = spa.step_rewards([episode])[0]
@@ -54,13 +54,20 @@ class GridProgressEstimator(nn.Module):
     One output per action (as a Q-network has) lets the last layer tell the moves apart; feeding a one-hot action
     into the first layer beside a large observation did not fit Sokoban outcomes at all (held-out explained
     variance below 0 on random play, against 0.87 for this head; docs/results.md).
+
+    `seed` fixes the initial weights without touching the caller's RNG; None draws them from torch's global
+    generator (seed it yourself, as `PPO` does).
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, *, hidden: int = 128) -> None:
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, *, hidden: int = 128,
+                 seed: int | None = None) -> None:
         super().__init__()
         self.num_actions = num_actions
-        self.net = nn.Sequential(nn.Linear(int(np.prod(obs_shape)), hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.random.default_generator.manual_seed(seed)
+            self.net = nn.Sequential(nn.Linear(int(np.prod(obs_shape)), hidden), nn.ReLU(),
+                                     nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
         # Σ ĉ starts near 0 for every episode instead of growing with its length.
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)

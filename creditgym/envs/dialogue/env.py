@@ -12,7 +12,7 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from creditgym.envs.dialogue.scenarios import DOMAINS, Scenario, generate_scenario
-from creditgym.envs.dialogue.simulator import RuleBasedUser, UserSimulator
+from creditgym.envs.dialogue.simulator import LLMUser, RuleBasedUser, UserSimulator
 from creditgym.envs.dialogue.text import (
     MAX_MESSAGE_CHARS,
     Invalid,
@@ -45,7 +45,7 @@ class DialogueGatherEnv(gym.Env):
     from a seeded generator (`creditgym.envs.dialogue.scenarios`): a domain (laptop, trip, restaurant,
     apartment), 3 to 6 hidden slots out of the domain's seven with one value each, a vague opening line and
     a patience. The user is simulated by `RuleBasedUser` (deterministic, default) or `LLMUser` (a chat
-    model, passed as `simulator=`).
+    model, passed as `simulator=`; each question's sampling seed is drawn with `self.np_random`).
 
     ## Action Space
     `Text`: one message per step, read by `creditgym.envs.dialogue.text.parse_action`. A question is any
@@ -151,7 +151,11 @@ class DialogueGatherEnv(gym.Env):
             return self._invalid_step(parsed.reason)
         if isinstance(parsed, Proposal):
             return self._propose(parsed)
-        reply = self.simulator.reply(self._scenario, self._revealed, self._history, parsed.text)
+        if isinstance(self.simulator, LLMUser):  # a sampled reply: its seed comes from np_random, as all randomness
+            seed = int(self.np_random.integers(2**31 - 1))
+            reply = self.simulator.reply(self._scenario, self._revealed, self._history, parsed.text, seed=seed)
+        else:
+            reply = self.simulator.reply(self._scenario, self._revealed, self._history, parsed.text)
         for name in reply.revealed:
             self._revealed.setdefault(name, self._scenario.hidden[name])
         self._patience_left -= 1

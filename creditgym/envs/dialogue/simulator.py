@@ -98,7 +98,9 @@ class LLMUser:
     is replayed with the agent as `user` and the simulated user as `assistant`.
 
     A slot counts as revealed when the reply names its true value. The reply is cut to `max_reply_chars`
-    printable ASCII characters so it always fits the observation space.
+    printable ASCII characters so it always fits the observation space. `reply(..., seed=)` samples with that
+    seed unless `sampling` sets one; `DialogueGatherEnv` draws it from its `np_random` for every question, so
+    sampled replies follow the env's seed and never the global RNG.
     """
 
     def __init__(
@@ -125,14 +127,17 @@ class LLMUser:
         )
 
     def reply(
-        self, scenario: Scenario, revealed: Collection[str], history: Sequence[tuple[str, str]], question: str
+        self, scenario: Scenario, revealed: Collection[str], history: Sequence[tuple[str, str]], question: str,
+        *, seed: int | None = None,
     ) -> UserReply:
         messages: list[dict] = [{"role": "system", "content": self.system_prompt(scenario)}]
         messages.append({"role": "assistant", "content": scenario.opening})
         for asked, answered in history:
             messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
         messages.append({"role": "user", "content": question})
-        raw = self.model.generate([messages], **self.sampling)[0]
+        sampling = self.sampling if seed is None or self.sampling.get("seed") is not None else {**self.sampling,
+                                                                                                 "seed": seed}
+        raw = self.model.generate([messages], **sampling)[0]
         text = sanitize(raw if isinstance(raw, str) else "", self.max_reply_chars)
         named = domain_index(scenario.domain).values_in(text)
         truthful = tuple(

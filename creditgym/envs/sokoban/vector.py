@@ -224,7 +224,8 @@ class SokobanVectorEnv(VectorEnv):
         """Load a level into every board. `options={"level_index": tensor}` picks bank rows explicitly."""
         if seed is not None:
             self._generator.manual_seed(seed)
-        self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+        if seed is not None or self._np_random is None:  # reset() without a seed continues the seeded stream
+            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
         chosen = reset_option(options, "level_index")
         rows = torch.arange(self.num_envs, device=self.device)
         if chosen is not None:

@@ -17,7 +17,7 @@ error recorded and is never selected; the best program is the argmax of fitness.
 program so far, its reward reflection (per-component statistics, Eureka) and a trajectory analysis (why its
 training episodes failed; statistics, standing in for Auto MC-Reward's LLM analyzer), plus the errors of the last
 iteration's failed programs. Every program is written to `run_dir/candidates/<id>.json` and a per-stage pass
-count to `run_dir/report.json`.
+count to `run_dir/report.json`, with the config, seed and creditgym version.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 
+import creditgym
 from creditgym.agents.config_cli import check_device
 from creditgym.agents.ppo import PPO, PPOConfig
 from creditgym.agents.vec import TorchVecEnv
@@ -507,7 +508,8 @@ class RewardDesigner:
 
     def _write_report(self, candidates: list[Candidate], best: Candidate | None) -> None:
         report = {
-            "env_id": self.config.env_id, "model": self.model_name,
+            "env_id": self.config.env_id, "model": self.model_name, "seed": self.config.seed,
+            "creditgym": creditgym.__version__, "config": dataclasses.asdict(self.config),
             "stage_counts": stage_counts(candidates),
             "per_iteration": {str(i): stage_counts([c for c in candidates if c.iteration == i])
                               for i in sorted({c.iteration for c in candidates})},
