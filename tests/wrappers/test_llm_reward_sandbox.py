@@ -353,3 +353,17 @@ def test_llm_code_reward_rejects_bad_programs_and_survives_failing_ones() -> Non
         assert "ZeroDivisionError" in info["llm_reward_error"]
     assert env.error == info["llm_reward_error"]
     env.close()
+
+
+def test_set_order_and_hash_are_the_same_in_every_worker() -> None:
+    # A valid program may iterate over a set of strings; with per-process hash seeds its rewards varied by worker.
+    program = HEAD + ("    order = [name for name in {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta'}]\n"
+                      "    return float(hash('alpha') % 1000), {order[0]: 1.0}\n")
+    results = []
+    for _ in range(4):
+        with RewardSandbox(limits=FAST) as box:
+            assert box.load(program) is None
+            result = box.evaluate(BATCH[:1])
+            assert result.ok, result.error
+            results.append((result.rewards, result.components))
+    assert all(result == results[0] for result in results), results

@@ -1,6 +1,6 @@
 """Sandbox worker: runs one untrusted reward program on batches of transitions.
 
-Started by `sandbox.py` as `python -I -S -B _worker.py CONFIG_JSON`, so it imports only the standard library
+Started by `sandbox.py` as `python -s -P -S -B _worker.py CONFIG_JSON`, so it imports only the standard library
 and never the creditgym package. It hardens itself before reading any program (namespaces, resource limits,
 dropped privileges), then answers length-prefixed JSON frames on its original stdin/stdout.
 

@@ -4,7 +4,7 @@ Layers, outermost first (`RewardSandbox.layers` reports which ones the current w
 its processes):
 
 1. Static validation (`validate.py`): AST allow-list, size limits. Rejected programs never reach a process.
-2. A separate process (`_worker.py`, run as `python -I -S -B`, so no site-packages and no creditgym import),
+2. A separate process (`_worker.py`, run as `python -s -P -S -B`, so no site-packages and no creditgym import),
    in its own session, with an empty environment apart from TMPDIR/HOME pointing at a fresh temp dir,
    which is also its working directory and is deleted when the worker stops.
 3. Kernel limits set inside the worker before any program is read: RLIMIT_CPU per request (SIGXCPU kills
@@ -55,6 +55,10 @@ Transition = tuple[Any, Any, Any]
 
 _WORKER = Path(__file__).with_name("_worker.py")
 _HEADER = struct.Struct(">I")
+# -I less -E, so that PYTHONHASHSEED (in the otherwise empty environment the worker gets) is read: with a fixed
+# one, a program that iterates over a set or calls hash() gives the same rewards in every worker. -P (3.11+) keeps
+# this file's folder off sys.path; it holds no module named like the standard library's.
+_ISOLATED = ("-s", "-S", "-B", *(("-P",) if sys.version_info >= (3, 11) else ()))
 _STARTUP_SECONDS = 30.0
 _BYTES_PER_NUMBER = 32  # generous upper bound on one JSON float plus separator
 
@@ -208,9 +212,10 @@ class RewardSandbox:
         config = {key: value for key, value in asdict(self.limits).items() if key != "wall_seconds"}
         config["parent_pid"] = os.getpid()
         self._process = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", str(_WORKER), json.dumps(config)],
+            [sys.executable, *_ISOLATED, str(_WORKER), json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self._directory,
-            env={"TMPDIR": self._directory, "HOME": self._directory, "PATH": os.defpath, "LC_ALL": "C.UTF-8"},
+            env={"TMPDIR": self._directory, "HOME": self._directory, "PATH": os.defpath, "LC_ALL": "C.UTF-8",
+                 "PYTHONHASHSEED": "0"},
             close_fds=True, start_new_session=True,
         )
         try:
