@@ -20,7 +20,7 @@ import pytest
 
 from creditgym.wrappers.llm_reward import RewardSandbox, validate_program
 
-from .sandbox_programs import FAST, GADGET, HEAD
+from .sandbox_programs import CPU_BOUND, FAST, GADGET, HEAD
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = [({"on_target": 0}, 0, {"on_target": 1}), ({"on_target": 1}, 2, {"on_target": 1})]
@@ -48,7 +48,7 @@ def escape(box: RewardSandbox, payload: str) -> str:
 ])
 def test_c_level_bombs_are_contained(program: str, expected: str) -> None:
     assert validate_program(program) == []
-    with RewardSandbox(limits=FAST) as box:
+    with RewardSandbox(limits=CPU_BOUND) as box:
         error = box.load(program) or box.evaluate(BATCH).error
         assert error is not None and expected in error, error
         assert box.load(GOOD) is None and box.evaluate(BATCH).rewards == [1.0, 1.0]
