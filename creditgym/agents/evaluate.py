@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+import creditgym
 from creditgym.agents.config_cli import check_device
 from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_actions
 from creditgym.agents.runs import load_weights, read_checkpoint
@@ -62,7 +63,8 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
             raise ValueError("--levels applies to Sokoban ids only")
         _check_same_spaces(config, env_id)
         result = _evaluate_generic(agent, env_id, episodes, greedy, generator, seed, dev, config.env_kwargs)
-    result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy})
+    result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy, "seed": seed,
+                   "device": str(dev), "creditgym": creditgym.__version__})
     return result
 
 

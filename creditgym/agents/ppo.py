@@ -304,9 +304,7 @@ def make_learned_reward(config: PPOConfig, obs_shape: tuple[int, ...], num_actio
     if name is None:
         return None
     if name == "spa":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + 1)
-            estimator = GridProgressEstimator(obs_shape, num_actions, hidden=config.hidden).to(device)
+        estimator = GridProgressEstimator(obs_shape, num_actions, hidden=config.hidden, seed=config.seed + 1).to(device)
         return ProgressAttribution(estimator, alpha=config.learned_reward_coef, beta=config.spa_grounding,
                                    learning_rate=config.learned_reward_lr,
                                    replay_episodes=config.learned_reward_replay, epochs=config.learned_reward_epochs,

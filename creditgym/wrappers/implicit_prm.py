@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import gather_turn_values, implicit_prm_step_rewards, implicit_prm_token_rewards
+from creditgym.seeding import seeded_torch
 
 from .learned import ReplayBuffer, StepEpisode, sum_per_episode
 
@@ -77,8 +78,7 @@ class GridImplicitPRM:
             raise ValueError(f"trajectory score must be 'sum' or 'mean', got {score!r}")
         if not (beta > 0 and math.isfinite(beta) and math.isfinite(coef) and learning_rate > 0):
             raise ValueError("beta and learning_rate must be positive and coef finite")
-        with torch.random.fork_rng(devices=[]):  # the PRM's own initial weights, leaving the caller's RNG alone
-            torch.manual_seed(seed)
+        with seeded_torch(seed):  # the PRM's own initial weights, leaving the caller's RNG alone
             self.network = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(obs_shape)), hidden), nn.Tanh(),
                                          nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, num_actions))
         self.reference = copy.deepcopy(self.network).requires_grad_(False)
@@ -202,8 +202,8 @@ class LLMImplicitPRM:
             raise ValueError("lora_rank must be 0 or more and micro_batch_size at least 1")
         self.beta, self.loss_kind, self.score, self.reference = beta, loss, score, reference
         self.max_grad_norm, self.micro_batch_size = max_grad_norm, micro_batch_size
-        with torch.random.fork_rng(devices=[]):  # LoRA's initial weights from the seed, leaving the caller's RNG alone
-            torch.manual_seed(seed)
+        # LoRA's initial weights from the seed, drawn on the policy's device, leaving the caller's RNG alone
+        with seeded_torch(seed, next(policy.model.parameters()).device):
             model = copy.deepcopy(policy.model)
             if lora_rank and not _is_peft(model):
                 model = _with_lora(model, lora_rank, lora_alpha)

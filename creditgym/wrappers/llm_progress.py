@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from creditgym.seeding import seeded_torch
+
 if TYPE_CHECKING:
     from creditgym.agents.llm.policy import LLMPolicy
     from creditgym.agents.llm.rollout import Episode
@@ -53,7 +55,7 @@ class LLMProgressHead(nn.Module):
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        with torch.random.fork_rng(devices=[]):  # the weights are zeroed anyway; leave the caller's RNG alone
+        with seeded_torch(None):  # the weights are zeroed anyway; leave the caller's RNG alone
             self.linear = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import rloo_advantages
+from creditgym.seeding import seeded_torch
 
 from .learned import ReplayBuffer, StepEpisode, sum_per_episode
 
@@ -63,9 +64,7 @@ class GridProgressEstimator(nn.Module):
                  seed: int | None = None) -> None:
         super().__init__()
         self.num_actions = num_actions
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.random.default_generator.manual_seed(seed)
+        with seeded_torch(seed):
             self.net = nn.Sequential(nn.Linear(int(np.prod(obs_shape)), hidden), nn.ReLU(),
                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
         # Σ ĉ starts near 0 for every episode instead of growing with its length.

@@ -11,7 +11,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-import creditgym  # noqa: F401
+import creditgym
 from creditgym.agents.config_cli import config_from_args
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.ppo import PPO, ActorCritic, PPOConfig, sample_actions
@@ -308,6 +308,7 @@ def test_cli_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert record["config"]["hidden"] == 32 and record["config"]["total_steps"] == 1024
     result = evaluate(tmp_path / "cli", episodes=20)
     assert result["distinct_levels"] == 20 and 0.0 <= result["success_rate"] <= 1.0
+    assert (result["seed"], result["device"], result["creditgym"]) == (0, "cpu", creditgym.__version__)
     assert cli_main(["eval", str(tmp_path / "cli"), "--episodes", "10"]) == 0
     assert "success_rate" in capsys.readouterr().out
 

@@ -47,6 +47,22 @@ def test_sampling_keys_are_checked_and_seeded() -> None:
         chat.generate(batch, max_tokenz=3)
 
 
+def test_unseeded_sampling_follows_the_models_own_seed() -> None:
+    # Without a seed, every call used to sample from a restored fork of torch's global generator: the same noise on
+    # every call, and different noise whenever the caller's code had drawn from it.
+    batch = [[{"role": "user", "content": "hi"}]]
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        chat = HFChatModel(*tiny_test_model(), max_new_tokens=8, temperature=1.0, seed=5)
+        runs.append([chat.generate(batch)[0] for _ in range(4)])
+    assert runs[0] == runs[1]
+    assert len(set(runs[0])) > 1, runs[0]
+    before = torch.random.get_rng_state()
+    HFChatModel(*tiny_test_model(), max_new_tokens=4, temperature=1.0).generate(batch)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_unknown_model_names_say_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="smollm2-135m"):
         load_policy_model("not-a-model")
