@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import creditgym
 from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
@@ -78,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per figure")
     args = parser.parse_args(argv)
+    if not args.seconds > 0:
+        parser.error(f"--seconds must be positive, got {args.seconds}")
     enumerate_rate, enumerate_success = questioner("creditgym/Dialogue-Gather-v0", "enumerate", args.seconds)
     open_rate, open_success = questioner("creditgym/Dialogue-Gather-Hard-v0", "open", args.seconds)
     negotiation_rate, deal_rate = negotiation(args.seconds)
@@ -85,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "benchmark": "dialogue_throughput",
         "creditgym": creditgym.__version__,
         "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "settings": vars(args),
         "gather_steps_per_s": round(gather("creditgym/Dialogue-Gather-v0", args.seconds)),
         "gather_hard_steps_per_s": round(gather("creditgym/Dialogue-Gather-Hard-v0", args.seconds)),
         "gather_questioner_steps_per_s": round(enumerate_rate),

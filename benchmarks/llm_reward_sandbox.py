@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 import gymnasium as gym
+import torch
 
 import creditgym
 from creditgym.benchmarking import target_report
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256, 4096],
                         help="transitions per evaluate() call; the largest is the headline figure")
     args = parser.parse_args(argv)
+    if not args.seconds > 0 or min(args.batch_sizes) < 1:
+        parser.error("--seconds must be positive and every --batch-sizes value at least 1")
     pool = sokoban_transitions(max(args.batch_sizes))
     rates = {size: throughput(pool[:size], args.seconds) for size in args.batch_sizes}
     start = time.perf_counter()
@@ -74,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "benchmark": "llm_reward_sandbox",
         "creditgym": creditgym.__version__,
         "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "settings": vars(args),
         "state": "Sokoban-6x6-1b-v0 env.unwrapped.state() (board rows, player, boxes, counts)",
         "transitions_per_s_by_batch": {str(size): round(rate) for size, rate in rates.items()},
         "transitions_per_s": round(rates[max(args.batch_sizes)]),

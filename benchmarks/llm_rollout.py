@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from collections.abc import Sequence
 
+import gymnasium as gym
 import torch
 
+import creditgym
+from creditgym.agents.config_cli import check_device
 from creditgym.agents.llm.policy import LLMPolicy
 from creditgym.agents.llm.rollout import RolloutCollector
 from creditgym.agents.llm.trainer import make_text_env
@@ -89,12 +93,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="first task seed")
     parser.add_argument("--vllm", action="store_true", help="also time the batched rollout on the vLLM back end")
-    parser.add_argument("--vllm-dtype", default="float32", help="vLLM weights dtype: float32 or bfloat16")
+    parser.add_argument("--vllm-dtype", default="float32", choices=["float32", "bfloat16"], help="vLLM weights dtype")
     args = parser.parse_args(argv)
+    if min(args.episodes, args.loop_episodes, args.max_turns, args.max_new_tokens, args.threads) < 1:
+        parser.error("--episodes, --loop-episodes, --max-turns, --max-new-tokens and --threads must be at least 1")
+    if args.history < 0 or args.seed < 0:
+        parser.error("--history and --seed must be 0 or more")
+    if args.env not in gym.registry:
+        parser.error(f"unknown env id {args.env!r}; `creditgym list` shows the text envs")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = resolve_device(args.device)
-    model, tokenizer = load_policy_model(args.model, device=device)
+    torch.manual_seed(args.seed)  # HF generate() in the loop baseline samples from the global generator
+    try:
+        check_device(args.device)
+        device = resolve_device(args.device)
+        model, tokenizer = load_policy_model(args.model, device=device)
+    except ValueError as error:
+        parser.error(str(error))
     policy = LLMPolicy(model, tokenizer, temperature=1.0, max_new_tokens=args.max_new_tokens, bf16=True)
     group = min(8, args.episodes)
     groups = max(1, args.episodes // group)
@@ -112,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if vllm_result:
         vllm_result["vllm_speedup"] = round(vllm_result["vllm_tokens_per_s"] / loop_rate, 2)
     result = {
-        "benchmark": "llm_rollout", "model": args.model, "env": args.env, "device": str(device),
+        "benchmark": "llm_rollout", "creditgym": creditgym.__version__,
+        "machine": platform.processor() or platform.machine(), "settings": vars(args),
+        "model": args.model, "env": args.env, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "threads": args.threads,
         "batched_episodes": len(episodes), "batched_tokens": batched_tokens,
         "batched_seconds": round(batched_seconds, 2),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import creditgym
 from creditgym.benchmarking import steps_per_second
@@ -67,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per figure")
     parser.add_argument("--episodes", type=int, default=200, help="episodes for the scripted-policy success rate")
     args = parser.parse_args(argv)
+    if not args.seconds > 0 or args.episodes < 1:
+        parser.error("--seconds must be positive and --episodes at least 1")
     per_env = {}
     # BabyAI's level generator prints "Sampling rejected: ..." to stdout; keep stdout to the one JSON object.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -80,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "benchmark": "minigrid_text_throughput",
         "creditgym": creditgym.__version__,
         "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "settings": vars(args),
         "envs": per_env,
     }
     print(json.dumps(result, indent=2))

@@ -23,11 +23,16 @@ TARGET_SPS = 50_000
 TARGET_RATIO = 15.0
 
 
+def creditgym_config(steps: int, device: str, policy: str, threads: int, env_kwargs: dict, overrides: dict,
+                     runs_dir: str) -> PPOConfig:
+    return PPOConfig(**{**dict(env_id=ENV_ID, env_kwargs=env_kwargs, total_steps=steps, device=device, policy=policy,
+                               threads=threads, progress=False, tensorboard=False, runs_dir=runs_dir, run_name="bench",
+                               checkpoint_every=0), **overrides})
+
+
 def creditgym_sps(steps: int, device: str, policy: str, threads: int, env_kwargs: dict, overrides: dict) -> float:
     with tempfile.TemporaryDirectory() as runs:
-        config = PPOConfig(**{**dict(env_id=ENV_ID, env_kwargs=env_kwargs, total_steps=steps, device=device,
-                                     policy=policy, threads=threads, progress=False, tensorboard=False, runs_dir=runs,
-                                     run_name="bench", checkpoint_every=0), **overrides})
+        config = creditgym_config(steps, device, policy, threads, env_kwargs, overrides, runs)
         trainer = PPO(config)
         trainer.learn(until_steps=config.batch_size)  # warm-up update, not timed
         # The training loop's own rate (synchronised on CUDA by the .item() calls of its logging), without the
@@ -63,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help='creditgym PPOConfig fields to override as JSON, e.g. \'{"precision": "bfloat16"}\'')
     parser.add_argument("--skip-sb3", action="store_true", help="measure creditgym only (e.g. on a GPU box)")
     args = parser.parse_args(argv)
+    if min(args.sb3_steps, args.sb3_envs) < 1:
+        parser.error("--sb3-steps and --sb3-envs must be at least 1")
+    try:  # the settings PPOConfig refuses, refused before anything is timed
+        config = creditgym_config(args.steps, args.device, args.policy, args.threads, args.env_kwargs, args.config, ".")
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    if config.num_updates < 2:  # the first update is the untimed warm-up
+        parser.error(f"--steps must cover two updates of {config.batch_size} env steps, got {args.steps}")
     ours = creditgym_sps(args.steps, args.device, args.policy, args.threads, args.env_kwargs, args.config)
     result: dict = {
         "benchmark": "ppo_throughput",
@@ -72,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "threads": args.threads,
+        "settings": vars(args),
         "policy": args.policy,
         "env_kwargs": args.env_kwargs,
         "config_overrides": args.config,

@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to measure")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: a private local Ray)")
     args = parser.parse_args(argv)
+    if not args.seconds > 0 or min(args.text_envs, *args.num_envs, *args.workers) < 1:
+        parser.error("--seconds must be positive, and --text-envs and every --num-envs and --workers value at least 1")
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     if args.ray_address is None:
@@ -99,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "ray": ray.__version__,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "settings": vars(args),
         "cpus": os.cpu_count(),
         "ray_cpus": ray.cluster_resources().get("CPU"),
         "load_average_before": [round(x, 2) for x in load_before],

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import creditgym
 from creditgym.benchmarking import target_report
@@ -101,10 +102,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per steps/s figure")
     parser.add_argument("--queries", type=int, default=200, help="goal queries timed for the search latency")
     args = parser.parse_args(argv)
+    if not args.seconds > 0 or min(args.num_products, args.queries) < 1:
+        parser.error("--seconds must be positive, and --num-products and --queries at least 1")
     result: dict = {
         "benchmark": "shop_throughput",
         "creditgym": creditgym.__version__,
         "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "settings": vars(args),
         "num_products": args.num_products,
         **build_times(args.num_products, args.catalog_seed),
     }

@@ -12,7 +12,9 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
+import creditgym
 from creditgym.envs.sokoban.generator import generate_level
 from creditgym.envs.sokoban.make_banks import VARIANTS
 
@@ -48,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         parser.error(f"--seconds must be positive, got {args.seconds}")
     result: dict[str, object] = {
         "benchmark": "sokoban_generator",
+        "creditgym": creditgym.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "settings": vars(args),
         "seconds_per_variant": args.seconds,
         "python": platform.python_version(),
         "numpy": np.__version__,

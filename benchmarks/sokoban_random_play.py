@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 from collections.abc import Sequence
 
@@ -68,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown variants {unknown}; use e.g. 6x6-1b, 6x6-2b, 8x8-2b, 10x10-3b")
     torch.set_num_threads(1)
-    result: dict = {"benchmark": "sokoban_random_play", "creditgym": creditgym.__version__, "num_envs": args.num_envs,
-                    "steps": args.steps, "seed": args.seed, "variants": {}}
+    result: dict = {"benchmark": "sokoban_random_play", "creditgym": creditgym.__version__,
+                    "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "settings": vars(args), "num_envs": args.num_envs, "steps": args.steps, "seed": args.seed,
+                    "variants": {}}
     for variant in args.variants:
         env_id = f"creditgym/Sokoban-{variant}-v0"
         registered = gym.spec(env_id).max_episode_steps

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import creditgym
+from creditgym.agents.config_cli import check_device
 from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 
@@ -64,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = the single-thread target)")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[256, 1024, 4096], help="batch sizes")
     args = parser.parse_args(argv)
+    if not args.seconds > 0 or min(args.threads, *args.num_envs) < 1:
+        parser.error("--seconds must be positive, and --threads and every --num-envs value at least 1")
+    try:
+        check_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
     torch.set_num_threads(args.threads)
     result: dict = {
         "benchmark": "sokoban_throughput",
@@ -72,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "threads": args.threads,
+        "settings": vars(args),
         "batched_6x6_env_steps_per_s": {
             str(n): round(batched(n, "6x6-1b", args.seconds, args.device)) for n in args.num_envs
         },

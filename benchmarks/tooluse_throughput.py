@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 import gymnasium as gym
+import torch
 
 import creditgym
 from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
@@ -53,11 +54,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per figure")
     parser.add_argument("--env-id", default="creditgym/ToolUse-v0", help="the ToolUse variant to measure")
     args = parser.parse_args(argv)
+    if not args.seconds > 0:
+        parser.error(f"--seconds must be positive, got {args.seconds}")
+    if args.env_id not in gym.registry:
+        parser.error(f"unknown env id {args.env_id!r}; `creditgym list` shows the ToolUse ids")
     rate, cpu_rate, success = expert(args.env_id, args.seconds)
     result: dict = {
         "benchmark": "tooluse_throughput",
         "creditgym": creditgym.__version__,
         "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "settings": vars(args),
         "env_id": args.env_id,
         "expert_steps_per_s": round(rate),
         "expert_steps_per_cpu_s": round(cpu_rate),

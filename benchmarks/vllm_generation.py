@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import gymnasium as gym
 import torch
 
+import creditgym
 from creditgym.agents.llm.policy import LLMPolicy
 from creditgym.agents.llm.trainer import make_text_env
 from creditgym.llm.models import load_policy_model
@@ -49,12 +52,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=16, help="prompts per batch")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt at most")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each side")
-    parser.add_argument("--dtype", default="float32", help="vLLM weights dtype: float32 (as HF here) or bfloat16")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="vLLM weights dtype: float32 (as HF here) or bfloat16")
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per side, after one warm-up batch")
     parser.add_argument("--vllm-python", help="python of the vLLM environment (default: .venv-vllm/bin/python)")
     args = parser.parse_args(argv)
+    if min(args.prompts, args.max_new_tokens, args.threads, args.repeats) < 1:
+        parser.error("--prompts, --max-new-tokens, --threads and --repeats must be at least 1")
+    if args.env not in gym.registry:
+        parser.error(f"unknown env id {args.env!r}; `creditgym list` shows the text envs")
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_policy_model(args.model)
+    try:
+        model, tokenizer = load_policy_model(args.model)
+    except ValueError as error:
+        parser.error(str(error))
     policy = LLMPolicy(model, tokenizer, temperature=1.0, max_new_tokens=args.max_new_tokens)
     prompts = _prompts(policy, args.env, args.prompts)
     vllm = VLLMGenerator(policy, python=args.vllm_python, dtype=args.dtype, threads=args.threads,
@@ -76,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     vllm.close()
     rates = {name: [tokens / seconds for tokens, seconds in side] for name, side in runs.items()}
     result = {
-        "benchmark": "vllm_generation", "model": args.model, "prompts": len(prompts),
+        "benchmark": "vllm_generation", "creditgym": creditgym.__version__,
+        "machine": platform.processor() or platform.machine(), "settings": vars(args),
+        "model": args.model, "prompts": len(prompts),
         "prompt_tokens_mean": round(statistics.mean(len(p) for p in prompts), 1),
         "max_new_tokens": args.max_new_tokens, "threads": args.threads, "vllm_dtype": args.dtype,
         "repeats": args.repeats,

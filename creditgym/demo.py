@@ -72,7 +72,7 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=len(configs), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {label: pool.submit(_train, config) for label, config in configs.items()}
-        _watch(futures, configs, total_steps)
+        watch_runs(futures, configs, total_steps, console)
         run_dirs = {label: future.result() for label, future in futures.items()}
     wall = time.perf_counter() - start
 
@@ -115,11 +115,12 @@ def _steps(value: int | None) -> str:
     return "not reached" if value is None else f"{value:,}"
 
 
-def _watch(futures: dict, configs: dict[str, PPOConfig], total_steps: int) -> None:
-    """Live progress for runs in other processes, read from their metrics files."""
+def watch_runs(futures: dict, configs: dict[str, PPOConfig], total_steps: int, console: Console | None = None) -> None:
+    """Live progress on `console` for PPO runs in other processes (`futures` and `configs` by label), read from their
+    metrics files until every future is done."""
     columns = (TextColumn("{task.description:>18}"), BarColumn(), TextColumn("{task.completed:>10,}"),
                TextColumn("success {task.fields[success]}"), TimeElapsedColumn())
-    with Progress(*columns) as progress:
+    with Progress(*columns, console=console) as progress:
         tasks = {label: progress.add_task(label, total=total_steps, success="-") for label in configs}
         while not all(future.done() for future in futures.values()):
             for label, config in configs.items():

@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+from rich.console import Console
 
 import creditgym
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.plots import plot_seed_bands, read_metrics
 from creditgym.agents.ppo import PPO, PPOConfig
-from creditgym.demo import steps_to
+from creditgym.demo import steps_to, watch_runs
 from creditgym.envs.sokoban.rules import REWARD_PRESETS
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -74,22 +75,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--config", type=json.loads, default={},
                         help='PPOConfig fields to set for every variant, as JSON, e.g. \'{"update_epochs": 4}\'')
     parser.add_argument("--out", default="results/learned_rewards", help="folder for runs, results.json and the plot")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show each run's progress on stderr (--no-progress for logs)")
     args = parser.parse_args(argv)
+    if min(args.workers, args.episodes) < 1:
+        parser.error("--workers and --episodes must be at least 1")
 
     out = Path(args.out)
     env_kwargs = {"obs_mode": "egocentric", "action_mask": True, "rewards": args.rewards}
-    # overwrite: the example owns out/runs, and a rerun with the same seeds reproduces the same runs.
-    base = PPOConfig(env_id=args.env, env_kwargs=env_kwargs, total_steps=args.steps, runs_dir=str(out / "runs"),
-                     progress=False, checkpoint_every=0, tensorboard=False, overwrite=True)
+    # Every run's settings, refused now rather than in a worker once other runs have trained.
     try:
+        # overwrite: the example owns out/runs, and a rerun with the same seeds reproduces the same runs.
+        base = PPOConfig(env_id=args.env, env_kwargs=env_kwargs, total_steps=args.steps, runs_dir=str(out / "runs"),
+                         progress=False, checkpoint_every=0, tensorboard=False, overwrite=True)
         base = replace(base, **args.config)
+        configs = {(label, seed): replace(base, seed=seed, run_name=f"{label}-s{seed}", **VARIANTS[label])
+                   for label in args.variants for seed in args.seeds}
     except (TypeError, ValueError) as error:
-        parser.error(f"--config: {error}")
-    configs = {(label, seed): replace(base, seed=seed, run_name=f"{label}-s{seed}", **VARIANTS[label])
-               for label in args.variants for seed in args.seeds}
+        parser.error(str(error))
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {key: pool.submit(_train, config) for key, config in configs.items()}
+        if args.progress:  # on stderr: stdout keeps only the summary JSON
+            watch_runs(futures, {f"{label} s{seed}": config for (label, seed), config in configs.items()},
+                       args.steps, Console(stderr=True))
         run_dirs = {key: future.result() for key, future in futures.items()}
 
     warm_up = base.num_envs * (gym.spec(args.env).max_episode_steps or 0)

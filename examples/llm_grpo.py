@@ -19,8 +19,10 @@ Bigger models on a GPU (the same trainer; bf16 autocast is on by default on CUDA
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from creditgym.agents.llm import LLMTrainConfig, LLMTrainer
+from creditgym.agents.llm.config import ALGOS
 
 # env -> (id, settings that differ between envs for the CPU smoke run)
 PRESETS = {
@@ -30,20 +32,24 @@ PRESETS = {
 }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", choices=sorted(PRESETS), default="sokoban", help="which text env to train on")
     parser.add_argument("--iterations", type=int, default=3, help="rollout-and-update iterations")
     parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or a local model folder")
-    parser.add_argument("--algo", default="grpo", help="grpo, drgrpo, rloo, reinforce_pp or ppo_llm")
-    args = parser.parse_args()
+    parser.add_argument("--algo", default="grpo", choices=ALGOS, help="the policy-gradient estimator")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the tasks, the sampling and the updates")
+    args = parser.parse_args(argv)
     env_id, settings = PRESETS[args.env]
-    config = LLMTrainConfig(
-        algo=args.algo, model=args.model, env_id=env_id, iterations=args.iterations, num_groups=2, group_size=4,
-        max_turns=3, learning_rate=1e-5, advantage="turn" if args.algo == "ppo_llm" else "episode",
-        micro_batch_size=4, progress=False, runs_dir="runs", checkpoint_every=0, **settings,
-    )
-    trainer = LLMTrainer(config)
+    try:  # bad numbers and unknown models, as one line rather than a traceback
+        config = LLMTrainConfig(
+            algo=args.algo, model=args.model, env_id=env_id, iterations=args.iterations, num_groups=2, group_size=4,
+            max_turns=3, learning_rate=1e-5, advantage="turn" if args.algo == "ppo_llm" else "episode",
+            micro_batch_size=4, progress=False, runs_dir="runs", checkpoint_every=0, seed=args.seed, **settings,
+        )
+        trainer = LLMTrainer(config)
+    except ValueError as error:
+        parser.error(str(error))
     for iteration in range(1, args.iterations + 1):
         metrics = trainer.learn(until_iteration=iteration)
         channels = ", ".join(f"{k.split('/')[1]} {v:+.2f}" for k, v in metrics.items() if k.startswith("reward/"))

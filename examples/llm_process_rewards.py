@@ -36,12 +36,14 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -150,9 +152,8 @@ def evaluate(policy: LLMPolicy, *, episodes: int, seed: int) -> float:
     return float(np.mean([e.success for e in played]))
 
 
-def run_variant(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, seed: int,
-                args: argparse.Namespace) -> dict[str, Any]:
-    config = LLMTrainConfig(
+def variant_config(name: str, seed: int, args: argparse.Namespace) -> LLMTrainConfig:
+    return LLMTrainConfig(
         algo="grpo", model="tiny-bpe", env_id=ENV_ID, env_kwargs=dict(ENV_KWARGS), iterations=args.iterations,
         num_groups=args.groups, group_size=args.group_size, max_turns=3, history_turns=None, max_new_tokens=24,
         learning_rate=args.lr, micro_batch_size=64, seed=seed, device="cpu", threads=1, progress=False,
@@ -160,11 +161,18 @@ def run_variant(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenize
         overwrite=True,  # the example owns out/runs; a rerun with the same seed reproduces the same run
         learned_reward_lr=args.prm_lr if name in ("prime", "oprl") else None, learned_reward_coef=args.coef,
         spa_epochs=args.spa_epochs, **VARIANTS[name])
+
+
+def run_variant(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, seed: int,
+                args: argparse.Namespace, advance: Callable[[], Any] = lambda: None) -> dict[str, Any]:
+    """Train one variant on one seed from the warmed-up `model`; `advance` is called after every iteration."""
+    config = variant_config(name, seed, args)
     trainer = LLMTrainer(config, model=copy.deepcopy(model), tokenizer=tokenizer, make_env=make_env)
     start = time.perf_counter()
     rows = []
     for iteration in range(1, args.iterations + 1):
         rows.append(trainer.learn(until_iteration=iteration))
+        advance()
     seconds = time.perf_counter() - start
     return {"success": [row["charts/success_rate"] for row in rows], "env_steps": int(rows[-1]["global_step"]),
             "final_success": evaluate(trainer.policy, episodes=args.eval_episodes, seed=seed), "seconds": seconds,
@@ -197,9 +205,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="learned rewards to compare (sparse: none)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="RL seeds (tasks and sampling)")
     parser.add_argument("--iterations", type=int, default=30, help="GRPO iterations per run")
     parser.add_argument("--groups", type=int, default=8, help="G: tasks per iteration")
@@ -212,31 +221,48 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=128, help="episodes of the final evaluation")
     parser.add_argument("--out", default="results/llm_process_rewards", help="folder for results.json and success.png")
     parser.add_argument("--copy-plot", help="also copy the plot here (e.g. docs/img/llm_process_rewards.png)")
-    args = parser.parse_args()
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar over every run's iterations (--no-progress for logs)")
+    args = parser.parse_args(argv)
+    if args.warm_up_steps < 0 or args.eval_episodes < 1:
+        parser.error("--warm-up-steps must be 0 or more and --eval-episodes at least 1")
+    if args.copy_plot and not Path(args.copy_plot).parent.is_dir():
+        parser.error(f"--copy-plot: no folder {Path(args.copy_plot).parent}; create it or copy the plot elsewhere")
+    try:  # every run's settings, refused before the warm-up rather than after the runs before it
+        for name in args.variants:
+            for seed in args.seeds:
+                variant_config(name, seed, args)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    start = time.perf_counter()
-    dialogues = expert_dialogues(300, DEMO_SEEDS)
-    model, tokenizer = tiny_bpe_model(dialogues, seed=0)
-    policy = LLMPolicy(model, tokenizer, max_new_tokens=24)
-    warm_up(policy, dialogues, steps=args.warm_up_steps, seed=0)
-    model.eval()
-    results: dict[str, Any] = {
-        "command": " ".join(["python", *sys.argv]), "env_id": ENV_ID, "env_kwargs": ENV_KWARGS,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "copy_plot")},
-        "warm_up_success": evaluate(policy, episodes=args.eval_episodes, seed=0),
-        "warm_up_seconds": time.perf_counter() - start, "variants": {}}
-    print(f"after {args.warm_up_steps} warm-up steps: evaluation success {results['warm_up_success']:.0%}")
-    for name in args.variants:
-        results["variants"][name] = {}
-        for seed in args.seeds:
-            run = run_variant(name, model, tokenizer, seed, args)
-            results["variants"][name][str(seed)] = run
-            print(f"{name} seed {seed}: training success {run['success'][0]:.0%} -> {run['success'][-1]:.0%}, "
-                  f"evaluation {run['final_success']:.0%}, {run['seconds']:.0f} s", flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   disable=not args.progress)
+    with bar:
+        task = bar.add_task("warm-up", total=len(args.variants) * len(args.seeds) * args.iterations)
+        start = time.perf_counter()
+        dialogues = expert_dialogues(300, DEMO_SEEDS)
+        model, tokenizer = tiny_bpe_model(dialogues, seed=0)
+        policy = LLMPolicy(model, tokenizer, max_new_tokens=24)
+        warm_up(policy, dialogues, steps=args.warm_up_steps, seed=0)
+        model.eval()
+        results: dict[str, Any] = {
+            "command": " ".join(["python", *sys.argv]), "env_id": ENV_ID, "env_kwargs": ENV_KWARGS,
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "copy_plot", "progress")},
+            "warm_up_success": evaluate(policy, episodes=args.eval_episodes, seed=0),
+            "warm_up_seconds": time.perf_counter() - start, "variants": {}}
+        print(f"after {args.warm_up_steps} warm-up steps: evaluation success {results['warm_up_success']:.0%}")
+        for name in args.variants:
+            results["variants"][name] = {}
+            for seed in args.seeds:
+                bar.update(task, description=f"{name} seed {seed}")
+                run = run_variant(name, model, tokenizer, seed, args, advance=lambda: bar.advance(task))
+                results["variants"][name][str(seed)] = run
+                print(f"{name} seed {seed}: training success {run['success'][0]:.0%} -> {run['success'][-1]:.0%}, "
+                      f"evaluation {run['final_success']:.0%}, {run['seconds']:.0f} s", flush=True)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
     results["total_seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "success.png")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import creditgym  # noqa: F401  (registers the envs)
+from creditgym.llm.chat import ChatModelError
 from creditgym.wrappers.llm_reward.designer import CRITIC_PROMPT, DesignerConfig, RewardDesigner
 
 # --- HAND-WRITTEN programs, not model output -------------------------------------------------------------------
@@ -76,11 +77,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-envs", type=int, default=32, help="parallel envs of every PPO run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="PPO seeds (fitness is the mean)")
     parser.add_argument("--runs-dir", default="runs/llm_reward_design", help="where programs and reports go")
+    parser.add_argument("--seed", type=int, default=0, help="seeds program sampling and the dry-run transitions")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.base_url and not args.model:
         parser.error("--base-url needs --model, the name of the model the server serves")
+    try:  # bad numbers, unknown models and unreachable servers, as one line rather than a traceback
+        return design(args)
+    except (ValueError, ChatModelError) as error:
+        parser.error(str(error))
 
+
+def design(args: argparse.Namespace) -> int:
     real = args.model is not None
     config = DesignerConfig(
         env_id="creditgym/Sokoban-6x6-2b-v0", env_kwargs={"obs_mode": "egocentric", "action_mask": True},
@@ -88,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens, train_steps=args.train_steps,
         num_envs=args.num_envs, seeds=tuple(args.seeds), runs_dir=args.runs_dir,
         run_name=f"{Path(args.model).name}-{'server' if args.base_url else 'local'}" if real else "hand-written",
-        ppo_kwargs={"device": "cpu"},
+        ppo_kwargs={"device": "cpu"}, seed=args.seed,
     )
     if args.base_url:
         from creditgym.llm import OpenAIChatModel

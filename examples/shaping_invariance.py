@@ -120,7 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gamma", type=float, default=0.99, help="discount (default: 0.99, PPO's)")
     parser.add_argument("--push-bonus", type=float, default=0.1, help="the non-potential bonus per push")
     args = parser.parse_args(argv)
-    bank = load_bank(args.bank)
+    if not 0 <= args.gamma < 1:  # value iteration converges only below 1
+        parser.error(f"--gamma must be in [0, 1), got {args.gamma}")
+    if args.levels < 1:
+        parser.error(f"--levels must be at least 1, got {args.levels}")
+    try:
+        bank = load_bank(args.bank)
+    except ValueError as error:
+        parser.error(str(error))
     shaped_changed = bonus_changed = 0
     for i in range(min(args.levels, len(bank))):
         report = check_level(bank[i], gamma=args.gamma, push_bonus=args.push_bonus)

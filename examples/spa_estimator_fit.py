@@ -36,6 +36,8 @@ from typing import NamedTuple
 import gymnasium as gym
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
 import creditgym
@@ -316,8 +318,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="also score each checkpoint's estimator on this many states its own policy visits "
                              "(0: only on held-out random play)")
     parser.add_argument("--plot", help="write a PNG of the rankings against the runs' env steps here")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar on stderr (--no-progress for logs)")
     args = parser.parse_args(argv)
+    if not args.env.startswith("creditgym/Sokoban-") or args.env not in gym.registry:
+        parser.error(f"--env must be a registered Sokoban id such as creditgym/Sokoban-6x6-2b-v0, got {args.env!r}")
+    if min(args.num_envs, args.rollouts, args.hidden, args.regret_states) < 1 or args.seed < 0:
+        parser.error("--num-envs, --rollouts, --hidden and --regret-states must be at least 1, --seed 0 or more")
+    if args.epochs < 0 or args.policy_states < 0 or not args.lr > 0:
+        parser.error("--epochs and --policy-states must be 0 or more, --lr positive")
+    missing = [path for path in args.checkpoints if not Path(path).exists()]
+    if missing:
+        parser.error(f"--checkpoints: no such file or folder: {', '.join(missing)}")
+    if args.plot and not Path(args.plot).parent.is_dir():
+        parser.error(f"--plot: no folder {Path(args.plot).parent}; create it or write the PNG elsewhere")
     torch.set_num_threads(1)
+    # stderr: stdout holds only the JSON result, which the documented command redirects to a file
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=not args.progress)
+    with bar:
+        result = _fit_and_score(args, parser, bar)
+    if args.plot:
+        plot(result, args.plot)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def _fit_and_score(args: argparse.Namespace, parser: argparse.ArgumentParser, bar: Progress) -> dict:
+    task = bar.add_task("random play", total=2 + len(args.heads) + len(args.checkpoints))
     env_kwargs = {"obs_mode": "egocentric", "action_mask": True, "rewards": "outcome"}
     episodes = random_play_episodes(args.env, env_kwargs, num_envs=args.num_envs, rollouts=args.rollouts,
                                     seed=args.seed)
@@ -325,28 +353,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"random play finished only {len(episodes)} episodes: raise --rollouts or --num-envs")
     split = int(0.8 * len(episodes))
     train, test = episodes[:split], episodes[split:]
+    bar.update(task, advance=1, description="solver regrets")
     states = held_out_states(test, args.regret_states, args.seed)
     outcomes = move_outcomes(states)
+    bar.advance(task)
+    heads = {}
+    for head in args.heads:
+        bar.update(task, description=f"fit {head} head")
+        heads[head] = fit(head, tuple(train[0].obs.shape[1:]), train, test, args, (states, outcomes))
+        bar.advance(task)
     result = {"example": "spa_estimator_fit", "creditgym": creditgym.__version__, "env_id": args.env,
-              "env_kwargs": env_kwargs, "settings": {k: v for k, v in vars(args).items() if k != "env"},
+              "env_kwargs": env_kwargs,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("env", "progress")},
               "episodes": {"train": len(train), "held_out": len(test),
                            "solved": round(sum(e.success for e in episodes) / len(episodes), 4),
                            "mean_length": round(sum(len(e) for e in episodes) / len(episodes), 1)},
-              "heads": {head: fit(head, tuple(train[0].obs.shape[1:]), train, test, args, (states, outcomes))
-                        for head in args.heads},
+              "heads": heads,
               "box_distance": judge(outcomes.box_scores, outcomes),
               "checkpoints": []}
     for path in args.checkpoints:
+        bar.update(task, description=f"score {path}")
         estimator, run = checkpoint_estimator(path, tuple(states.shape[1:]))
         row = {**run, **judge(estimator_scores(estimator, states), outcomes)}
         if args.policy_states:
             visited = policy_states(path, args.policy_states, args.seed)
             row["on_policy_states"] = judge(estimator_scores(estimator, visited), move_outcomes(visited))
         result["checkpoints"].append(row)
+        bar.advance(task)
     result["checkpoints"].sort(key=lambda row: (str(Path(row["checkpoint"]).parent), row["env_steps"]))
-    if args.plot:
-        plot(result, args.plot)
-    print(json.dumps(result, indent=2))
     return result
 
 

@@ -770,11 +770,13 @@ class _Progress:
     def __init__(self, enabled: bool, *, total: int, start: int) -> None:
         self.bar = None
         if enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+            # stderr, so that a script's stdout holds only what it prints (JSON results, say)
             self.bar = Progress(TextColumn("[bold]PPO"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
                                 TextColumn("success {task.fields[success]}"), TextColumn("{task.fields[sps]} sps"),
-                                TimeRemainingColumn())
+                                TimeRemainingColumn(), console=Console(stderr=True))
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=start, success="-", sps="-")
             self.success = "-"

@@ -428,11 +428,13 @@ class _Progress:
     def __init__(self, enabled: bool, label: str, *, total: int, start: int) -> None:
         self.bar = None
         if enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+            # stderr, so that a script's stdout holds only what it prints (JSON results, say)
             self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                 TextColumn("success {task.fields[success]}"), TextColumn("{task.fields[tps]} tok/s"),
-                                TimeRemainingColumn())
+                                TimeRemainingColumn(), console=Console(stderr=True))
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=start, success="-", tps="-")
 
