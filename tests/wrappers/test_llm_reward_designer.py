@@ -214,6 +214,9 @@ def test_config_validation() -> None:
         DesignerConfig(temperature=float("nan"))
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):  # was found only after generating
         DesignerConfig(ppo_kwargs={"device": "bogus"})
+    for negative in ({"seed": -1}, {"seeds": (1, -2)}):
+        with pytest.raises(ValueError, match="must be ≥ 0"):
+            DesignerConfig(**negative)
 
 
 def test_sokoban_description_matches_state() -> None:

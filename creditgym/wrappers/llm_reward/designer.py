@@ -132,6 +132,8 @@ class DesignerConfig:
                              f"{self.num_envs * self.num_steps}; raise train_steps or lower num_envs/num_steps")
         if not self.seeds:
             raise ValueError("seeds must hold at least one PPO seed, e.g. (1,)")
+        if min(self.seed, *self.seeds) < 0:  # numpy's and torch's seeding refuse them, but only after generation
+            raise ValueError(f"seed and seeds must be ≥ 0, got seed={self.seed}, seeds={self.seeds}")
         if not 0 < self.fitness_window <= 1:
             raise ValueError(f"fitness_window must be in (0, 1], got {self.fitness_window}")
         if self.env_id not in gym.registry:
