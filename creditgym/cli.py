@@ -379,6 +379,7 @@ def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
         max_new_tokens=args.max_new_tokens, critic_rejects=args.critic_rejects, train_steps=args.train_steps,
         num_envs=args.num_envs, seeds=tuple(args.seeds), replace_task_reward=args.replace_task_reward,
         seed=args.seed, runs_dir=args.runs_dir, run_name=args.run_name, ppo_kwargs={"device": args.device},
+        progress=args.progress,
     )
     if args.model.startswith(("http://", "https://")):
         from creditgym.llm import OpenAIChatModel
@@ -518,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--device", default="cpu", help="device of the fitness PPO runs: cpu, cuda or auto")
     design.add_argument("--runs-dir", default="runs/design-reward", help="where design runs are written")
     design.add_argument("--run-name", help="run folder name (default: env-time)")
+    design.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar over the candidates on stderr (--no-progress for logs)")
     design.set_defaults(run=cmd_design_reward)
     return parser
 

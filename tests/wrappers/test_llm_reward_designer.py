@@ -25,6 +25,7 @@ from creditgym.wrappers.llm_reward.designer import (
     Candidate,
     DesignerConfig,
     RewardDesigner,
+    _DesignProgress,
     extract_code,
     parse_verdict,
 )
@@ -273,3 +274,13 @@ def test_vector_wrapper_adds_channel_and_keeps_sum() -> None:
     finally:
         wrapped.close()
         replaced.close()
+
+
+def test_progress_bar_counts_candidates_and_shows_the_best_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = _DesignProgress(enabled=True, total=2)
+    progress.show("it0-s0: PPO seed 1, 1,024 env steps")
+    for fitness in (0.25, -math.inf):
+        progress.advance(Candidate(id="c", iteration=0, sample=0, model="m", prompt=[], response="", fitness=fitness))
+    progress.close()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "2/2" in captured.err and "best 0.250" in captured.err

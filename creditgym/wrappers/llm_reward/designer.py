@@ -118,6 +118,8 @@ class DesignerConfig:
     """where design runs are written"""
     run_name: str | None = None
     """run folder name under runs_dir (default: env-time)"""
+    progress: bool = True
+    """show a progress bar over the candidates, on stderr, naming the stage that runs now"""
 
     def __post_init__(self) -> None:
         self.seeds = tuple(self.seeds)
@@ -303,6 +305,37 @@ def reward_reflection(stats: dict[str, dict[str, float]], success_rate: float) -
 
 
 # -- the designer -----------------------------------------------------------------------------------------------
+class _DesignProgress:
+    """A rich progress bar on stderr over the candidates, with the best fitness and the stage that runs now (a no-op
+    when disabled)."""
+
+    def __init__(self, *, enabled: bool, total: int) -> None:
+        self.bar = None
+        self.best = -math.inf
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]design"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                                TextColumn("{task.fields[now]}"), console=Console(stderr=True))
+            self.bar.start()
+            self.task = self.bar.add_task("design", total=total, best="-", now="")
+
+    def show(self, now: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, now=now)
+
+    def advance(self, candidate: Candidate) -> None:
+        if self.bar is not None:
+            self.best = max(self.best, candidate.fitness)
+            self.bar.update(self.task, advance=1, best=f"{self.best:.3f}" if math.isfinite(self.best) else "-")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 class RewardDesigner:
     """Generates, critiques, validates, dry-runs and trains reward programs; keeps the best (see module doc).
 
@@ -320,21 +353,27 @@ class RewardDesigner:
         cfg = self.config
         self.run_dir = Path(cfg.runs_dir) / (cfg.run_name or f"{cfg.env_id.split('/')[-1]}-{int(time.time())}")
         self._transitions: list[tuple[Any, Any, Any]] | None = None
+        self._progress = _DesignProgress(enabled=False, total=0)  # run() shows one; evaluate() alone shows none
 
     def run(self) -> DesignResult:
         """All iterations; every candidate is stored as it finishes and the report after each iteration."""
+        cfg = self.config
         candidates: list[Candidate] = []
         best: Candidate | None = None
         feedback = ""
-        for iteration in range(self.config.iterations):
-            prompt = self.prompt(feedback)
-            batch = self._generate(iteration, prompt)
-            candidates += batch
-            for candidate in batch:
-                if candidate.fitness > (best.fitness if best else -math.inf):
-                    best = candidate
-            feedback = self.feedback(best, batch)
-            self._write_report(candidates, best)
+        self._progress = _DesignProgress(enabled=cfg.progress, total=cfg.iterations * cfg.samples)
+        try:
+            for iteration in range(cfg.iterations):
+                prompt = self.prompt(feedback)
+                batch = self._generate(iteration, prompt)
+                candidates += batch
+                for candidate in batch:
+                    if candidate.fitness > (best.fitness if best else -math.inf):
+                        best = candidate
+                feedback = self.feedback(best, batch)
+                self._write_report(candidates, best)
+        finally:
+            self._progress.close()
         return DesignResult(best=best, candidates=candidates, stage_counts=stage_counts(candidates),
                             run_dir=self.run_dir)
 
@@ -362,6 +401,7 @@ class RewardDesigner:
         """Stages 2-5 for an extracted program (stage 1's result is `code`); fills in the candidate and stores it."""
         cfg = self.config
         candidate.source = code
+        self._progress.show(f"{candidate.id}: checking")
         if code is None:
             candidate.fail("extract", f"no code in the reply (expected a ```python block defining {ENTRY_POINT})")
             return self._store(candidate)
@@ -381,7 +421,10 @@ class RewardDesigner:
             candidate.fail("dry_run", dry["error"])
             return self._store(candidate)
         candidate.stages["dry_run"] = {"passed": True, "components": dry["components"]}
-        runs = [self.train(code, seed) for seed in cfg.seeds]
+        runs = []
+        for seed in cfg.seeds:
+            self._progress.show(f"{candidate.id}: PPO seed {seed}, {cfg.train_steps:,} env steps")
+            runs.append(self.train(code, seed))
         failed = next((run for run in runs if run["error"] is not None), None)
         if failed is not None:
             candidate.fail("train", failed["error"], seed=failed["seed"])
@@ -448,6 +491,7 @@ class RewardDesigner:
         # The sample number in each prompt keeps servers that honour `seed` from returning K identical replies.
         prompts = [[prompt[0], {"role": "user", "content": f"{prompt[1]['content']}\n(Sample {k + 1} of "
                                                            f"{cfg.samples}.)"}] for k in range(cfg.samples)]
+        self._progress.show(f"iteration {iteration + 1}: generating {cfg.samples} programs")
         replies = self.chat.generate(prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                      seed=cfg.seed + iteration)
         replies = [str(reply) for reply in replies][:cfg.samples]
@@ -457,6 +501,7 @@ class RewardDesigner:
             candidate = Candidate(id=f"it{iteration}-s{k}", iteration=iteration, sample=k, model=self.model_name,
                                   prompt=messages, response=reply)
             batch.append(self.evaluate(candidate, extract_code(reply)))
+            self._progress.advance(batch[-1])
         return batch
 
     def _critique(self, code: str) -> tuple[str, str]:
