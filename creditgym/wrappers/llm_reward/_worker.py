@@ -82,6 +82,9 @@ def _close(fds: tuple[int, ...]) -> None:
 
 
 def _libc() -> ctypes.CDLL | None:
+    """The C library, for Linux's unshare, capset and prctl; None elsewhere (the layers that need it are skipped)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -182,7 +185,7 @@ def _watch(child: int, parent_pid: int, child_is_init: bool) -> None:
     for pid in (child, parent_pid):
         try:
             watched.append(os.pidfd_open(pid))
-        except OSError:  # no pidfds (Linux < 5.3), or the parent is already gone: the loop below polls
+        except (OSError, AttributeError):  # no pidfds (not Linux, or < 5.3), or the parent is gone: poll below
             pass
     poller = select.poll()
     for fd in watched:
