@@ -4,9 +4,12 @@ a worker, and pools used after `close()`. Ray runs locally on 2 CPUs and is alwa
 from __future__ import annotations
 
 import functools
+import os
+import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +21,13 @@ import ray
 import torch
 
 import creditgym  # noqa: F401
+from creditgym.agents.vec import make_vec_env
 from creditgym.distributed import RayEnvPool, RayVecEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDIT = "creditgym/Sanity-Bandit-v0"
+SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +150,250 @@ def test_more_workers_than_the_cluster_has_cpus_is_refused_instead_of_waiting_fo
             pool = RayEnvPool(functools.partial(gym.make, {BANDIT!r}), 2, 2)  # what fits still starts
             print("started", len(pool))
             pool.close()
+            try:  # asked to, it waits for nodes that Ray knows nothing of
+                RayVecEnv({BANDIT!r}, 3, 3, wait_for_cpus=1)
+            except TimeoutError as err:
+                print(err)
         finally:
             ray.shutdown()
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = done.stdout.splitlines()
-    assert len(lines) == 3, done.stdout + done.stderr
+    assert len(lines) == 4, done.stdout + done.stderr
     assert lines[0].startswith("3 Ray workers x 1 CPU(s) need 3 CPUs and the Ray cluster has 2; use fewer workers")
+    assert lines[0].endswith("(if nodes are on their way, pass wait_for_cpus=SECONDS to wait for them)")
     assert lines[1].startswith("1 Ray workers x 2.5 CPU(s) need 2.5 CPUs and the Ray cluster has 2")
     assert lines[2] == "started 2"
+    assert lines[3].startswith("3 Ray workers x 1 CPU(s) did not start within 1 s; the Ray cluster has 2 of the 3")
+
+
+# -- an env error in one worker: the record of what each worker ran must hold for a replacement ----------------------
+def _kill(actor: Any) -> None:
+    """`ray.kill`, then wait until the actor is gone: a call sent just after `ray.kill` may still run on it."""
+    ray.kill(actor)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.start.remote())  # makes the envs once: a no-op on a live worker
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("a killed worker still answers")
+
+
+def _counter_env() -> type[gym.Env]:
+    """An env class whose state is the sum of its reset draw and its actions; seed 13 and action 7 raise after
+    changing the state, as an env that fails half-way through a call does; action 9 takes 3 s. Made in a function,
+    so that Ray ships it to the workers by value."""
+
+    class Counter(gym.Env):
+        observation_space = gym.spaces.Discrete(10_000)
+        action_space = gym.spaces.Discrete(10)
+
+        def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[int, dict]:
+            super().reset(seed=seed)
+            self.total = int(self.np_random.integers(100))
+            if seed == 13:
+                raise ValueError("seed 13 breaks this env")
+            return self.total, {}
+
+        def step(self, action: int) -> tuple[int, float, bool, bool, dict]:
+            self.total += int(action)
+            if action == 7:
+                raise ValueError("action 7 breaks this env")
+            if action == 9:
+                time.sleep(3)
+            return self.total, float(action), False, False, {}
+
+    return Counter
+
+
+def test_envs_beside_one_that_raises_are_replayed_as_they_ran(local_ray: None) -> None:
+    counter = _counter_env()
+    local = [counter() for _ in range(4)]
+    pool = RayEnvPool(counter, 4, 2)
+
+    def both(method: str, indices: list[int], args: list[Any]) -> None:
+        """The call on the pool and, one env at a time, on the local envs: the same results, or both raise."""
+        expected, error = [], None
+        for i, arg in zip(indices, args, strict=True):
+            try:
+                expected.append(local[i].reset(seed=arg) if method == "reset" else local[i].step(arg))
+            except ValueError as err:
+                error = err
+        if error is None:
+            assert getattr(pool, f"{method}_many")(indices, args) == expected
+        else:
+            with pytest.raises(ValueError, match="breaks this env"):
+                getattr(pool, f"{method}_many")(indices, args)
+
+    try:
+        both("reset", [0, 1, 2, 3], [1, 2, 3, 4])
+        both("step", [0, 1, 2, 3], [1, 2, 3, 4])
+        both("step", [0, 1, 2, 3], [7, 1, 2, 3])  # env 0 raises; 1 (same worker) and 2, 3 (the other) step
+        both("reset", [0, 1, 2, 3], [5, 13, 6, 8])  # env 1 raises half-way through its reset
+        both("step", [0, 1, 2, 3], [1, 1, 1, 1])
+        both("step", [2, 3], [7, 2])
+        for actor in pool.workers.actors:
+            _kill(actor)
+        both("step", [0, 1, 2, 3], [2, 3, 4, 5])
+        assert pool.restarts == 2
+    finally:
+        pool.close()
+    _wait_for_free_cpus()
+
+
+def test_a_step_that_raises_in_one_worker_is_replayed_as_it_ran(local_ray: None) -> None:
+    # Worker 1's slice gets an illegal move at step 3, so its step raises while worker 0's goes on: replacements
+    # for both must come back to where each slice was. The reference is one local env per slice, stepped alike.
+    kwargs = {"max_episode_steps": 6}
+    actions = torch.randint(4, (8, 8), generator=torch.Generator().manual_seed(7))
+    actions[3, 6] = 99
+    slices = [make_vec_env(SOKOBAN, 4, CPU, {**kwargs, "first_env": first, "total_envs": 8}) for first in (0, 4)]
+    envs = RayVecEnv(SOKOBAN, 8, 2, env_kwargs=kwargs)
+    try:
+        assert torch.equal(envs.reset(3)[0], torch.cat([part.reset(seed=3)[0] for part in slices]))
+        for t, action in enumerate(actions):
+            if t == 5:
+                for actor in envs.workers.actors:
+                    _kill(actor)
+            expected = []
+            for part, rows in zip(slices, action.split(4), strict=True):
+                try:
+                    expected.append(part.step(rows))
+                except ValueError:
+                    pass
+            if len(expected) < len(slices):
+                with pytest.raises(ValueError, match="actions must be moves"):
+                    envs.step(action)
+                continue
+            got = envs.step(action)
+            for k in range(4):  # observations, rewards, terminations, truncations
+                assert torch.equal(got[k], torch.cat([part[k] for part in expected])), (t, k)
+        assert envs.restarts == 2
+    finally:
+        envs.close()
+
+
+def test_a_reset_that_raises_in_one_worker_is_replayed_as_it_ran(local_ray: None) -> None:
+    # Worker 0 resets its gymnasium vector env with seed -2 (refused), worker 1 with -2 + 2 = 0 (accepted). The
+    # reference is one local env per slice, called alike.
+    envs = RayVecEnv(BANDIT, 4, 2)
+    slices = [make_vec_env(BANDIT, 2, CPU, {}) for _ in range(2)]
+    try:
+        envs.reset(5)
+        slices[0].reset(seed=5)
+        slices[1].reset(seed=7)
+        for reset in (lambda: envs.reset(-2), lambda: slices[0].reset(seed=-2)):
+            with pytest.raises(gym.error.Error, match="Seed must be greater or equal to zero"):
+                reset()
+        slices[1].reset(seed=0)
+        for actor in envs.workers.actors:
+            _kill(actor)
+        for action in torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]):  # the second step resets the envs, from their RNG
+            got = envs.step(action)
+            expected = [part.step(rows) for part, rows in zip(slices, action.split(2), strict=True)]
+            for k in range(4):
+                assert torch.equal(got[k], torch.cat([part[k] for part in expected])), k
+        assert envs.restarts == 2
+    finally:
+        envs.close()
+
+
+def test_closing_a_pool_during_a_step_fails_the_step_and_frees_the_workers(local_ray: None) -> None:
+    pool = RayEnvPool(_counter_env(), 2, 2)
+    pool.reset_many([0, 1], [1, 2])
+    errors: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            pool.step_many([0, 1], [9, 9])  # 3 s each
+        except BaseException as err:  # noqa: BLE001 (the test reports it)
+            errors.append(err)
+
+    stepping = threading.Thread(target=step)
+    stepping.start()
+    time.sleep(1)
+    pool.close()
+    stepping.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
+    assert "closed" in str(errors[0])
+    assert pool.restarts == 0
+    _wait_for_free_cpus()
+
+
+def test_workers_wait_for_the_cpus_an_autoscaler_can_add_and_no_longer() -> None:
+    # In a fresh interpreter with its own Ray: a 1-CPU head node and, as an autoscaler would publish it, a cluster
+    # config that lets the cluster grow by one 1-CPU node, which "the autoscaler" adds 2 s after the pool asks.
+    script = textwrap.dedent(f"""
+        import functools, threading, time
+        import gymnasium as gym, ray
+        from ray.cluster_utils import Cluster
+        from ray.core.generated import autoscaler_pb2
+        from creditgym.distributed import RayEnvPool, group
+        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False}})
+        ray.init(address=cluster.address, log_to_driver=False)
+        try:
+            groups = [autoscaler_pb2.NodeGroupConfig(name="head", resources={{"CPU": 1}}, min_count=1, max_count=1),
+                      autoscaler_pb2.NodeGroupConfig(name="cpu", resources={{"CPU": 1}}, min_count=0, max_count=1)]
+            config = autoscaler_pb2.ClusterConfig(node_group_configs=groups)
+            ray._private.worker.global_worker.gcs_client.report_cluster_config(config.SerializeToString())
+            make = functools.partial(gym.make, {BANDIT!r})
+            for kwargs in [dict(num_envs=3, num_workers=3), dict(num_envs=2, num_workers=2, wait_for_cpus=2)]:
+                start = time.monotonic()
+                try:
+                    RayEnvPool(make, **kwargs)
+                except (ValueError, TimeoutError) as err:
+                    print(type(err).__name__, "after", round(time.monotonic() - start), "s:", err)
+            group.AUTOSCALER_WAIT_S = 60  # the default wait, shortened in case this test fails
+
+            def start_pool():
+                start = time.monotonic()
+                pools.append(RayEnvPool(make, 2, 2))  # waits for the node, by default
+                print("started", len(pools[0]), "after", round(time.monotonic() - start), "s")
+
+            pools = []
+            starting = threading.Thread(target=start_pool)
+            starting.start()
+            time.sleep(2)
+            cluster.add_node(num_cpus=1)  # from the main thread, as Ray's Cluster wants
+            starting.join()
+            pools[0].close()
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout + done.stderr
+    seconds = [int(re.search(r"after (\d+) s", line)[1]) for line in lines]
+    assert lines[0].startswith("ValueError after ") and seconds[0] <= 1, lines[0]  # refused at once
+    assert lines[0].endswith(": 3 Ray workers x 1 CPU(s) need 3 CPUs and the Ray cluster has 1, and its autoscaler "
+                             "can grow it to 2 at most; use fewer workers (num_workers) or less cpus_per_worker, or "
+                             "raise the autoscaler's limits (max_workers; maxReplicas on KubeRay)"), lines[0]
+    assert lines[1].startswith("TimeoutError after ") and 2 <= seconds[1] < 10, lines[1]
+    assert ": 2 Ray workers x 1 CPU(s) did not start within 2 s; the Ray cluster has 1 of the 2 CPUs they need. Wait " \
+           "longer (wait_for_cpus)" in lines[1], lines[1]
+    assert lines[2].startswith("started 2 after ") and 2 <= seconds[2] < 30, lines[2]  # the node came after 2 s
+
+
+def test_a_worker_that_keeps_dying_closes_the_pool(local_ray: None, tmp_path: Path) -> None:
+    # Once the other workers have run a call that one worker cannot, their envs no longer go together.
+    doomed = tmp_path / "doomed"
+
+    def make_env() -> gym.Env:
+        if doomed.exists():  # every replacement dies while it builds its envs
+            os._exit(1)
+        return gym.make(BANDIT)
+
+    pool = RayEnvPool(make_env, 2, 2)
+    pool.workers.max_restarts = 1  # gives up after 2 deaths instead of 4, to save time
+    pool.reset_many([0, 1], [1, 2])
+    doomed.touch()
+    _kill(pool.workers.actors[0])
+    with pytest.raises(RuntimeError, match="died 2 times in a row during reset.*the workers were closed"):
+        pool.reset_many([0, 1], [3, 4])
+    assert pool.workers.closed and pool.restarts == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        pool[1].reset(seed=5)
+    _wait_for_free_cpus()

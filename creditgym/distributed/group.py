@@ -5,16 +5,21 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ObjectLostError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 
 # A dead or unreachable actor, or a result lost with its node: the work is redone on a replacement actor.
 # Errors raised by the env itself arrive as RayTaskError and propagate unchanged.
 WORKER_LOST = (RayActorError, ObjectLostError)
+
+# How long workers wait for CPUs by default on a cluster whose autoscaler can add them: long enough for a cloud
+# node to boot and join.
+AUTOSCALER_WAIT_S = 600.0
 
 
 def init_ray(address: str | None = None) -> None:
@@ -62,6 +67,35 @@ def slice_starts(sizes: Sequence[int]) -> list[int]:
     return [0, *itertools.accumulate(sizes)][:-1]
 
 
+def autoscaler_cpu_limit() -> float | None:
+    """The most CPUs the cluster's autoscaler may grow it to, or None where Ray reports no autoscaler (a fixed
+    cluster, or an autoscaler that does not publish its config to Ray, as the v1 autoscaler of `ray up` does not).
+
+    The autoscaler's node groups and their max counts, as Ray Train and Ray Data read them before they wait for
+    resources; this is a private Ray API, so a Ray without it counts as reporting no autoscaler.
+    """
+    try:
+        from ray._private.state import state
+
+        limits = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001
+        return None
+    return None if not limits else float(limits.get("CPU", 0))
+
+
+def wait_for_replay(refs: Sequence[Any]) -> None:
+    """Waits for calls replayed into a replacement actor. A call that raised in the env when first made raises
+    again and is passed over: the replacement has run it, as the dead worker had, and that is what counts."""
+    try:  # one ray.get for all: the common case
+        ray.get(list(refs))
+    except RayTaskError:
+        for ref in refs:
+            try:
+                ray.get(ref)
+            except RayTaskError:
+                pass
+
+
 class WorkerGroup:
     """One Ray actor of `worker_class` per entry of `worker_args`; calls run on all of them in parallel.
 
@@ -69,19 +103,22 @@ class WorkerGroup:
     rather than killing the actor) and returns what the caller wants to know about them. When a call finds its
     actor dead, a new actor is started and handed to `restore(index, actor)`, which must bring it to the state
     the dead one had before the call; then the call is made again. When `max_restarts` replacements in a row die
-    too, the group gives up with a RuntimeError.
+    too, the group closes and gives up with a RuntimeError.
+
+    When the workers need more CPUs than the cluster has, the group refuses at once on a fixed cluster (Ray would
+    wait for ever) and waits up to `wait_for_cpus` seconds for them on one whose autoscaler can add them
+    (`AUTOSCALER_WAIT_S` by default). A number given for `wait_for_cpus` is also the wait on a cluster where Ray
+    reports no autoscaler, for nodes that come from elsewhere; 0 never waits.
     """
 
     def __init__(self, worker_class: type, worker_args: Sequence[tuple[Any, ...]], *,
                  restore: Callable[[int, ActorHandle], None], cpus_per_worker: float = 1.0,
-                 max_restarts: int = 3) -> None:
+                 max_restarts: int = 3, wait_for_cpus: float | None = None) -> None:
         if cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be positive, got {cpus_per_worker}")
-        needed, total = len(worker_args) * cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
-        if needed > total:  # Ray would wait for ever for CPUs that no node has
-            raise ValueError(f"{len(worker_args)} Ray workers x {cpus_per_worker:g} CPU(s) need {needed:g} CPUs and "
-                             f"the Ray cluster has {total:g}; use fewer workers (num_workers) or less cpus_per_worker, "
-                             "or add nodes to the cluster")
+        if wait_for_cpus is not None and wait_for_cpus < 0:
+            raise ValueError(f"wait_for_cpus must be a number of seconds (0: never wait), got {wait_for_cpus}")
+        timeout = self._start_timeout(len(worker_args), cpus_per_worker, wait_for_cpus)
         self._remote_class = ray.remote(num_cpus=cpus_per_worker)(worker_class)
         self._args = list(worker_args)
         self._restore = restore
@@ -89,37 +126,78 @@ class WorkerGroup:
         self.restarts = 0
         self.actors: list[ActorHandle] = [self._remote_class.remote(*args) for args in self._args]
         try:
-            self.started = self.call("start", [()] * len(self._args))
+            self.started = self.call("start", [()] * len(self._args), timeout=timeout)
+        except GetTimeoutError:
+            self.close()  # the actors still waiting for CPUs would hold their request for them
+            needed, total = len(self._args) * cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
+            raise TimeoutError(f"{len(self._args)} Ray workers x {cpus_per_worker:g} CPU(s) did not start within "
+                               f"{timeout:g} s; the Ray cluster has {total:g} of the {needed:g} CPUs they need. "
+                               "Wait longer (wait_for_cpus), use fewer workers (num_workers) or less "
+                               "cpus_per_worker, or check that the autoscaler can add nodes (`ray status`)") from None
         except BaseException:
             self.close()
             raise
 
+    @staticmethod
+    def _start_timeout(num_workers: int, cpus_per_worker: float, wait_for_cpus: float | None) -> float | None:
+        """How long starting the workers may take: None (no limit) when the cluster has their CPUs now. Raises
+        ValueError when it lacks them and may not get them."""
+        needed, total = num_workers * cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
+        if needed <= total:
+            return None
+        need = f"{num_workers} Ray workers x {cpus_per_worker:g} CPU(s) need {needed:g} CPUs and the Ray cluster has"
+        change = "use fewer workers (num_workers) or less cpus_per_worker"
+        limit = autoscaler_cpu_limit()
+        if limit is not None and needed > limit:
+            raise ValueError(f"{need} {total:g}, and its autoscaler can grow it to {limit:g} at most; {change}, or "
+                             "raise the autoscaler's limits (max_workers; maxReplicas on KubeRay)")
+        if wait_for_cpus is None:
+            wait_for_cpus = 0.0 if limit is None else AUTOSCALER_WAIT_S
+        if not wait_for_cpus:  # Ray would wait for ever for CPUs that no node has
+            raise ValueError(f"{need} {total:g}; {change}, or add nodes to the cluster (if nodes are on their way, "
+                             "pass wait_for_cpus=SECONDS to wait for them)")
+        warnings.warn(f"{need} {total:g}; waiting up to {wait_for_cpus:g} s (wait_for_cpus) for nodes to join",
+                      stacklevel=4)
+        return wait_for_cpus
+
     def __len__(self) -> int:
         return len(self.actors)
 
-    def call(self, method: str, args_per_worker: Sequence[tuple[Any, ...] | None]) -> list[Any]:
-        """`method(*args)` on each worker whose args are not None, in parallel; the results in worker order."""
+    def call(self, method: str, args_per_worker: Sequence[tuple[Any, ...] | None], timeout: float | None = None
+             ) -> list[Any]:
+        """`method(*args)` on each worker whose args are not None, in parallel; the results in worker order.
+
+        When the method raises on some workers, every other worker still finishes the call (on a replacement if
+        its actor died) before the first of those errors is raised. Either way, then, the call has run once on
+        each worker, and callers record it as run for replay.
+        """
         if self.closed:
             raise RuntimeError(f"{method}() on Ray workers that were closed; make a new pool (or env) to go on")
         refs = [None if args is None else getattr(actor, method).remote(*args)
                 for actor, args in zip(self.actors, args_per_worker, strict=True)]
         try:  # one ray.get for all workers: the common case, and faster than one per worker
-            fetched = iter(ray.get([ref for ref in refs if ref is not None]))
+            fetched = iter(ray.get([ref for ref in refs if ref is not None], timeout=timeout))
             return [None if ref is None else next(fetched) for ref in refs]
-        except WORKER_LOST:
+        except (*WORKER_LOST, RayTaskError):
             return self._get_each(refs, method, args_per_worker)
 
     def _get_each(self, refs: list[Any], method: str, args_per_worker: Sequence[tuple[Any, ...] | None]
                   ) -> list[Any]:
-        results = []
+        results, errors = [], []
         for index, (ref, args) in enumerate(zip(refs, args_per_worker, strict=True)):
             if ref is None:
                 results.append(None)
                 continue
             try:
-                results.append(ray.get(ref))
-            except WORKER_LOST as err:
-                results.append(self._call_on_replacement(index, method, args, err))
+                try:
+                    results.append(ray.get(ref))
+                except WORKER_LOST as err:
+                    results.append(self._call_on_replacement(index, method, args, err))
+            except RayTaskError as err:
+                errors.append(err)
+                results.append(None)
+        if errors:
+            raise errors[0]
         return results
 
     @property
@@ -136,18 +214,27 @@ class WorkerGroup:
     def _call_on_replacement(self, index: int, method: str, args: tuple[Any, ...], error: Exception) -> Any:
         for _ in range(self.max_restarts):
             try:
-                self._replace(index)
-                return ray.get(getattr(self.actors[index], method).remote(*args))
+                actor = self._replace(index, method)
+                return ray.get(getattr(actor, method).remote(*args))
             except WORKER_LOST as err:
                 error = err
-        raise RuntimeError(f"Ray worker {index} died {self.max_restarts + 1} times in a row during {method}(); "
-                           f"check the cluster's logs (last error: {error})") from error
+        # The other workers have run this call and this one has not: their envs no longer go together.
+        self.close()
+        raise RuntimeError(f"Ray worker {index} died {self.max_restarts + 1} times in a row during {method}(), so "
+                           "the workers were closed; check the cluster's logs, then make a new pool (or env) to go on "
+                           f"(last error: {error})") from error
 
-    def _replace(self, index: int) -> None:
+    def _replace(self, index: int, method: str) -> ActorHandle:
+        actors = self.actors
+        if not actors:  # closed (from another thread) during the call: no replacement may outlive close()
+            raise RuntimeError(f"{method}() on Ray workers that were closed during the call")
         # It may be unreachable rather than dead; two actors must never step the same slice.
-        ray.kill(self.actors[index])
-        actor = self._remote_class.remote(*self._args[index])
-        self.actors[index] = actor
+        ray.kill(actors[index])
+        actor = actors[index] = self._remote_class.remote(*self._args[index])
+        if self.closed:  # close() may have gone through the list before this actor joined it
+            ray.kill(actor)
+            raise RuntimeError(f"{method}() on Ray workers that were closed during the call")
         self.restarts += 1
         ray.get(actor.start.remote())
         self._restore(index, actor)
+        return actor

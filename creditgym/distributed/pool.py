@@ -6,13 +6,14 @@ batches (`reset_many`, `step_many`), which a Ray pool sends as one call per work
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
 from ray.actor import ActorHandle
 
-from creditgym.distributed.group import WorkerGroup, init_ray, slice_starts, split_evenly
+from creditgym.distributed.group import WorkerGroup, init_ray, slice_starts, split_evenly, wait_for_replay
 
 ResetResult = tuple[Any, dict[str, Any]]
 StepResult = tuple[Any, float, bool, bool, dict[str, Any]]
@@ -61,10 +62,24 @@ class EnvPoolWorker:
         return self.envs[0].spec
 
     def reset(self, requests: Sequence[tuple[int, int | None]]) -> list[ResetResult]:
-        return [self.envs[i].reset(seed=seed) for i, seed in requests]
+        return run_each([functools.partial(self.envs[i].reset, seed=seed) for i, seed in requests])
 
     def step(self, requests: Sequence[tuple[int, Any]]) -> list[StepResult]:
-        return [self.envs[i].step(action) for i, action in requests]
+        return run_each([functools.partial(self.envs[i].step, action) for i, action in requests])
+
+
+def run_each(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Every call's result; when some raise, the first error, raised after the other calls have run. The driver
+    then knows that every env of the batch ran its call, as it records them for replay."""
+    results, errors = [], []
+    for call in calls:
+        try:
+            results.append(call())
+        except Exception as err:  # noqa: BLE001 (raised below)
+            errors.append(err)
+    if errors:
+        raise errors[0]
+    return results
 
 
 class RayEnvPool:
@@ -76,18 +91,24 @@ class RayEnvPool:
     Fault tolerance: the pool remembers each env's last reset (with its seed) and the actions since. When a
     call finds a worker dead, a new actor makes its envs again and replays those resets and actions, which
     gives back the same episodes as long as an env is a function of its reset seed and its actions (true of
-    creditgym's envs; an env reset without a seed gets a fresh random one).
+    creditgym's envs; an env reset without a seed gets a fresh random one). When an env raises, the other envs
+    of the batch still run their call, and every call is remembered, the raising one too: replayed, it raises
+    again at the same point and leaves the env where the first one did.
+
+    `wait_for_cpus`: see `WorkerGroup` (by default, wait for an autoscaler that can add the CPUs, and refuse at once
+    where Ray reports none).
     """
 
     def __init__(self, make_env: Callable[[], gym.Env], num_envs: int, num_workers: int = 2, *,
-                 address: str | None = None, cpus_per_worker: float = 1.0) -> None:
+                 address: str | None = None, cpus_per_worker: float = 1.0, wait_for_cpus: float | None = None
+                 ) -> None:
         self.sizes = split_evenly(num_envs, num_workers)
         self._starts = slice_starts(self.sizes)
         self._worker_of = [w for w, size in enumerate(self.sizes) for _ in range(size)]
         self._calls: list[list[tuple[str, Any]]] = [[] for _ in range(num_envs)]
         init_ray(address)
         self.workers = WorkerGroup(EnvPoolWorker, [(make_env, size) for size in self.sizes], restore=self._restore,
-                                   cpus_per_worker=cpus_per_worker)
+                                   cpus_per_worker=cpus_per_worker, wait_for_cpus=wait_for_cpus)
         self.spec = self.workers.started[0]
 
     def __len__(self) -> int:
@@ -109,16 +130,14 @@ class RayEnvPool:
     def reset_many(self, indices: Sequence[int], seeds: Sequence[int | None]) -> list[ResetResult]:
         """`envs[i].reset(seed=seed)` for each pair, one call per worker, in parallel; results in `indices` order."""
         results = self._call("reset", indices, seeds)
-        for i, seed in zip(indices, seeds, strict=True):
-            self._calls[i] = [("reset", seed)]  # a reset starts afresh: nothing before it needs replaying
+        for i in indices:
+            # A reset that went through starts afresh: nothing before it needs replaying.
+            self._calls[i] = self._calls[i][-1:]
         return results
 
     def step_many(self, indices: Sequence[int], actions: Sequence[Any]) -> list[StepResult]:
         """`envs[i].step(action)` for each pair, one call per worker, in parallel; results in `indices` order."""
-        results = self._call("step", indices, actions)
-        for i, action in zip(indices, actions, strict=True):
-            self._calls[i].append(("step", action))
-        return results
+        return self._call("step", indices, actions)
 
     def close(self) -> None:
         self.workers.close()
@@ -131,18 +150,22 @@ class RayEnvPool:
         for i, arg in zip(indices, args, strict=True):
             worker = self._worker_of[i]
             requests[worker].append((i - self._starts[worker], arg))
-        results = self.workers.call(method, [(r,) if r else None for r in requests])
+        try:
+            results = self.workers.call(method, [(r,) if r else None for r in requests])
+        finally:
+            # Recorded even when an env raised: WorkerGroup.call raises only after every worker has run the call,
+            # and each env of a worker's batch runs its own (run_each).
+            for i, arg in zip(indices, args, strict=True):
+                self._calls[i].append((method, arg))
         by_worker = [iter(r or []) for r in results]
         return [next(by_worker[self._worker_of[i]]) for i in indices]
 
     def _restore(self, worker: int, actor: ActorHandle) -> None:
         """Replays, into a replacement actor, each of the worker's envs since that env's last reset."""
-        import ray
-
         start = self._starts[worker]
         refs = [getattr(actor, method).remote([(i - start, arg)])
                 for i in range(start, start + self.sizes[worker]) for method, arg in self._calls[i]]
-        ray.get(refs)
+        wait_for_replay(refs)
 
 
 class PooledEnv:

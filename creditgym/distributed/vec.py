@@ -12,7 +12,7 @@ import torch
 from ray.actor import ActorHandle
 
 from creditgym.agents.vec import make_vec_env
-from creditgym.distributed.group import WorkerGroup, init_ray, slice_starts, split_evenly
+from creditgym.distributed.group import WorkerGroup, init_ray, slice_starts, split_evenly, wait_for_replay
 
 
 def has_batched_env(env_id: str) -> bool:
@@ -90,13 +90,19 @@ class RayVecEnv:
     Fault tolerance: the driver keeps each worker's last snapshot (its env state after `checkpoint()`, taken
     every `snapshot_every` steps and by `get_state`; none right after `reset`, which a fresh actor can replay)
     and the resets and actions sent since. When a call finds a worker dead, a new actor gets the snapshot, the
-    calls are replayed into it, and the call is made again, so the batch being collected goes on unchanged.
+    calls are replayed into it, and the call is made again, so the batch being collected goes on unchanged. A call
+    that raised in some workers' envs ran on every worker all the same (`WorkerGroup.call`), so it is replayed
+    too, and raises again where it first did.
+
+    `wait_for_cpus`: see `WorkerGroup` (by default, wait for an autoscaler that can add the CPUs, and refuse at once
+    where Ray reports none).
     """
 
     def __init__(self, env_id: str, num_envs: int, num_workers: int = 2, *, device: str | torch.device = "cpu",
                  env_kwargs: dict[str, Any] | None = None, shaping: str | None = None, gamma: float = 0.99,
                  shaping_scale: float = 1.0,
-                 address: str | None = None, cpus_per_worker: float = 1.0, snapshot_every: int = 128) -> None:
+                 address: str | None = None, cpus_per_worker: float = 1.0, snapshot_every: int = 128,
+                 wait_for_cpus: float | None = None) -> None:
         check_env_id(env_id)
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1 step, got {snapshot_every}")
@@ -113,7 +119,8 @@ class RayVecEnv:
         self._snapshots: list[dict[str, Any] | None] = [None] * num_workers
         self._calls: list[list[tuple[str, Any]]] = [[] for _ in range(num_workers)]
         self._steps_since_snapshot = 0
-        self.workers = WorkerGroup(VecEnvWorker, args, restore=self._restore, cpus_per_worker=cpus_per_worker)
+        self.workers = WorkerGroup(VecEnvWorker, args, restore=self._restore, cpus_per_worker=cpus_per_worker,
+                                   wait_for_cpus=wait_for_cpus)
         self.single_observation_space, self.single_action_space = self.workers.started[0]
 
     @property
@@ -128,11 +135,12 @@ class RayVecEnv:
     def reset(self, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"RayVecEnv.reset needs an int seed (got {seed!r}): every worker must draw from it")
-        # A reset does not depend on what came before, so a replacement actor only has to replay it.
+        packed = self._call("reset", [int(seed)] * self.num_workers)
+        # A reset that went through does not depend on what came before, so a replacement actor only has to
+        # replay it.
         self._snapshots = [None] * self.num_workers
-        self._calls = [[] for _ in range(self.num_workers)]
-        results = [pickle.loads(packed) for packed in self.workers.call("reset", [(int(seed),)] * self.num_workers)]
-        self._record("reset", [int(seed)] * self.num_workers)
+        self._calls = [calls[-1:] for calls in self._calls]
+        results = [pickle.loads(worker_result) for worker_result in packed]
         obs, infos = zip(*results, strict=True)
         return self._tensor(np.concatenate(obs)), self._tensor(concat_infos(infos, self.sizes))
 
@@ -140,8 +148,7 @@ class RayVecEnv:
                                                                 torch.Tensor, dict[str, Any]]:
         actions = torch.as_tensor(actions).cpu().numpy()
         parts = [pack(part) for part in np.split(actions, np.cumsum(self.sizes)[:-1])]
-        results = [pickle.loads(packed) for packed in self.workers.call("step", [(part,) for part in parts])]
-        self._record("step", parts)
+        results = [pickle.loads(packed) for packed in self._call("step", parts)]
         self._steps_since_snapshot += 1
         if self._steps_since_snapshot >= self.snapshot_every:
             self.checkpoint()
@@ -171,7 +178,7 @@ class RayVecEnv:
                              f"resume with num_workers={len(state['sizes'])} and num_envs={sum(state['sizes'])}")
         # A checkpoint read onto a GPU holds CUDA tensors; the workers may have no GPU.
         states = [_on_cpu(worker_state) for worker_state in state["ray_workers"]]
-        self.workers.call("set_state", [(worker_state,) for worker_state in states])
+        self._call("set_state", states)
         self._snapshots = states
         self._calls = [[] for _ in range(self.num_workers)]
         self._steps_since_snapshot = 0
@@ -179,18 +186,21 @@ class RayVecEnv:
     def close(self) -> None:
         self.workers.close()
 
-    def _record(self, method: str, args: Sequence[Any]) -> None:
-        for calls, arg in zip(self._calls, args, strict=True):
-            calls.append((method, arg))
+    def _call(self, method: str, args: Sequence[Any]) -> list[Any]:
+        """`method(arg)` on each worker, recorded for replay; recorded even when an env raised, since
+        WorkerGroup.call raises only after every worker has run the call."""
+        try:
+            return self.workers.call(method, [(arg,) for arg in args])
+        finally:
+            for calls, arg in zip(self._calls, args, strict=True):
+                calls.append((method, arg))
 
     def _restore(self, index: int, actor: ActorHandle) -> None:
         """Brings a replacement actor to where worker `index` was: its snapshot, then the calls made since."""
-        import ray
-
         refs = [] if self._snapshots[index] is None else [actor.set_state.remote(self._snapshots[index])]
         # An actor runs its calls in the order they were sent, so they can all go at once.
         refs += [getattr(actor, method).remote(arg) for method, arg in self._calls[index]]
-        ray.get(refs)
+        wait_for_replay(refs)
 
     def _tensor(self, value: Any) -> Any:
         """Numpy arrays (or dicts of them) as tensors on the trainer's device."""
