@@ -114,6 +114,10 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+# Where and how a run trains, not what it learns: a resume may change these, besides extending its budget.
+RESUMABLE_WHERE = ("progress", "ray_address", "ray_wait_for_cpus", "threads", "device")
+
+
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from creditgym.agents.ppo import PPO, PPOConfig
 
@@ -131,7 +135,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
                       "drop them or pass e.g. --algo grpo --model smollm2-135m")
         return 2
     return _train_and_report(PPOConfig, PPO, args, console,
-                             extendable=("progress", "total_steps", "ray_address", "threads", "device"),
+                             extendable=(*RESUMABLE_WHERE, "total_steps"),
                              rate=("charts/sps", "steps/s"))
 
 
@@ -202,7 +206,7 @@ def _train_llm(args: argparse.Namespace, console: Console) -> int:
                       "LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)")
         return 2
     return _train_and_report(LLMTrainConfig, LLMTrainer, args, console,
-                             extendable=("progress", "iterations", "ray_address", "threads", "device"),
+                             extendable=(*RESUMABLE_WHERE, "iterations"),
                              rate=("charts/tokens_per_s", "generated tokens/s"))
 
 

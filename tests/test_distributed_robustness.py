@@ -133,7 +133,7 @@ def test_pools_closed_twice_and_used_after_close(local_ray: None) -> None:
 
 
 
-def test_more_workers_than_the_cluster_has_cpus_is_refused_instead_of_waiting_for_ever() -> None:
+def test_more_workers_than_the_cluster_has_cpus_is_refused_instead_of_waiting_for_ever(tmp_path: Path) -> None:
     # In a fresh interpreter with its own 2-CPU Ray, as Ray used to wait for ever for the missing CPUs.
     script = textwrap.dedent(f"""
         import functools
@@ -154,17 +154,25 @@ def test_more_workers_than_the_cluster_has_cpus_is_refused_instead_of_waiting_fo
                 RayVecEnv({BANDIT!r}, 3, 3, wait_for_cpus=1)
             except TimeoutError as err:
                 print(err)
+            from creditgym.agents.ppo import PPO, PPOConfig
+            try:  # the trainers pass their ray_wait_for_cpus on
+                PPO(PPOConfig(env_id="creditgym/Sokoban-6x6-1b-v0", num_envs=3, num_steps=4, num_minibatches=1,
+                              rollout_backend="ray", num_workers=3, ray_wait_for_cpus=1, progress=False,
+                              tensorboard=False, runs_dir={str(tmp_path)!r}))
+            except TimeoutError as err:
+                print(err)
         finally:
             ray.shutdown()
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = done.stdout.splitlines()
-    assert len(lines) == 4, done.stdout + done.stderr
+    assert len(lines) == 5, done.stdout + done.stderr
     assert lines[0].startswith("3 Ray workers x 1 CPU(s) need 3 CPUs and the Ray cluster has 2; use fewer workers")
-    assert lines[0].endswith("(if nodes are on their way, pass wait_for_cpus=SECONDS to wait for them)")
+    assert lines[0].endswith("pass wait_for_cpus=SECONDS to wait for them; --ray-wait-for-cpus in `creditgym train`)")
     assert lines[1].startswith("1 Ray workers x 2.5 CPU(s) need 2.5 CPUs and the Ray cluster has 2")
     assert lines[2] == "started 2"
-    assert lines[3].startswith("3 Ray workers x 1 CPU(s) did not start within 1 s; the Ray cluster has 2 of the 3")
+    for line in lines[3:]:
+        assert line.startswith("3 Ray workers x 1 CPU(s) did not start within 1 s; the Ray cluster has 2 of the 3")
 
 
 # -- an env error in one worker: the record of what each worker ran must hold for a replacement ----------------------
@@ -373,7 +381,7 @@ def test_workers_wait_for_the_cpus_an_autoscaler_can_add_and_no_longer() -> None
                              "raise the autoscaler's limits (max_workers; maxReplicas on KubeRay)"), lines[0]
     assert lines[1].startswith("TimeoutError after ") and 2 <= seconds[1] < 10, lines[1]
     assert ": 2 Ray workers x 1 CPU(s) did not start within 2 s; the Ray cluster has 1 of the 2 CPUs they need. Wait " \
-           "longer (wait_for_cpus)" in lines[1], lines[1]
+           "longer (wait_for_cpus; --ray-wait-for-cpus in `creditgym train`)" in lines[1], lines[1]
     assert lines[2].startswith("started 2 after ") and 2 <= seconds[2] < 30, lines[2]  # the node came after 2 s
 
 

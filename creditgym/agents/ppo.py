@@ -164,6 +164,9 @@ class PPOConfig:
     """Ray rollout workers (actors) the envs are split over, with rollout_backend=ray"""
     ray_address: str | None = None
     """Ray cluster to join (auto = the one `ray start` runs here); none starts a local Ray"""
+    ray_wait_for_cpus: float | None = None
+    """seconds the Ray workers may wait for CPUs the cluster lacks; none: 600 where Ray reports an autoscaler that
+    can add them, else refuse at once; 0 never waits"""
 
     def __post_init__(self) -> None:
         check_run_config(self)
@@ -216,6 +219,8 @@ class PPOConfig:
                              f"at least one env; got {self.num_workers}")
         if self.ray_address is not None and self.rollout_backend != "ray":
             raise ValueError("ray_address is only used with rollout_backend='ray'; pass --rollout-backend ray")
+        if self.ray_wait_for_cpus is not None and self.ray_wait_for_cpus < 0:
+            raise ValueError(f"ray_wait_for_cpus must be seconds ≥ 0 (0: never wait), got {self.ray_wait_for_cpus}")
 
     @property
     def potential_gamma(self) -> float:
@@ -345,7 +350,7 @@ class PPO:
             self.envs: TorchVecEnv | RayVecEnv = RayVecEnv(
                 config.env_id, config.num_envs, config.num_workers, device=self.device, env_kwargs=config.env_kwargs,
                 shaping=config.shaping, gamma=config.potential_gamma, shaping_scale=config.shaping_scale,
-                address=config.ray_address, snapshot_every=config.num_steps)
+                address=config.ray_address, snapshot_every=config.num_steps, wait_for_cpus=config.ray_wait_for_cpus)
         elif config.shaping is None:
             self.envs = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
         else:

@@ -132,8 +132,9 @@ class WorkerGroup:
             needed, total = len(self._args) * cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
             raise TimeoutError(f"{len(self._args)} Ray workers x {cpus_per_worker:g} CPU(s) did not start within "
                                f"{timeout:g} s; the Ray cluster has {total:g} of the {needed:g} CPUs they need. "
-                               "Wait longer (wait_for_cpus), use fewer workers (num_workers) or less "
-                               "cpus_per_worker, or check that the autoscaler can add nodes (`ray status`)") from None
+                               "Wait longer (wait_for_cpus; --ray-wait-for-cpus in `creditgym train`), use fewer "
+                               "workers (num_workers) or less cpus_per_worker, or check that the autoscaler can add "
+                               "nodes (`ray status`)") from None
         except BaseException:
             self.close()
             raise
@@ -155,7 +156,7 @@ class WorkerGroup:
             wait_for_cpus = 0.0 if limit is None else AUTOSCALER_WAIT_S
         if not wait_for_cpus:  # Ray would wait for ever for CPUs that no node has
             raise ValueError(f"{need} {total:g}; {change}, or add nodes to the cluster (if nodes are on their way, "
-                             "pass wait_for_cpus=SECONDS to wait for them)")
+                             "pass wait_for_cpus=SECONDS to wait for them; --ray-wait-for-cpus in `creditgym train`)")
         warnings.warn(f"{need} {total:g}; waiting up to {wait_for_cpus:g} s (wait_for_cpus) for nodes to join",
                       stacklevel=4)
         return wait_for_cpus

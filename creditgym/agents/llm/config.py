@@ -124,6 +124,9 @@ class LLMTrainConfig:
     """Ray rollout workers (actors) the envs are split over, with rollout_backend=ray"""
     ray_address: str | None = None
     """Ray cluster to join (auto = the one `ray start` runs here); none starts a local Ray"""
+    ray_wait_for_cpus: float | None = None
+    """seconds the Ray workers may wait for CPUs the cluster lacks; none: 600 where Ray reports an autoscaler that
+    can add them, else refuse at once; 0 never waits"""
     seed: int = 1
     """seeds the env tasks, sampling and any new weights"""
     device: str = "auto"
@@ -182,6 +185,8 @@ class LLMTrainConfig:
             raise ValueError("lora_rank must be 0 (full fine-tuning) or a positive rank such as 16")
         if self.rollout_backend not in ("local", "ray"):
             raise ValueError(f"rollout_backend must be local or ray, got {self.rollout_backend!r}")
+        if self.ray_wait_for_cpus is not None and self.ray_wait_for_cpus < 0:
+            raise ValueError(f"ray_wait_for_cpus must be seconds ≥ 0 (0: never wait), got {self.ray_wait_for_cpus}")
         if self.rollout_backend == "ray" and not 1 <= self.num_workers <= self.num_episodes:
             raise ValueError(f"num_workers must be between 1 and num_groups * group_size ({self.num_episodes}): "
                              "each Ray worker holds at least one env")

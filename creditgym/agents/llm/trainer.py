@@ -111,7 +111,8 @@ class LLMTrainer:
         if cfg.rollout_backend == "ray":
             from creditgym.distributed import RayEnvPool  # Ray starts only when asked for
 
-            envs: Any = RayEnvPool(make_env, cfg.num_episodes, cfg.num_workers, address=cfg.ray_address)
+            envs: Any = RayEnvPool(make_env, cfg.num_episodes, cfg.num_workers, address=cfg.ray_address,
+                                   wait_for_cpus=cfg.ray_wait_for_cpus)
         else:
             envs = [make_env() for _ in range(cfg.num_episodes)]
         self.collector = RolloutCollector(envs, self.generation or self.policy,
