@@ -106,15 +106,25 @@ class LLMPolicy:
         if not prompts:
             return []
         device = self.device
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            attention[row, width - len(prompt):] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        positions = (attention.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.model.config)
+        # Prompts that open alike (the same instructions) encode that part once, for every row: the cache holds
+        # [shared prefix][left padding][own tokens] per row, at the positions a plain left-padded batch gives them.
+        shared = _shared_prefix_length(prompts)
+        if shared:
+            prefix = torch.tensor(prompts[0][:shared], dtype=torch.long, device=device)[None]
+            ones = torch.ones_like(prefix)
+            self._next_logits(prefix, ones, torch.arange(shared, device=device)[None], cache)
+            cache.batch_repeat_interleave(len(prompts))
+        width = max(len(p) for p in prompts) - shared
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+        attention[:, :shared] = 1
+        for row, prompt in enumerate(prompts):
+            own = prompt[shared:]
+            input_ids[row, width - len(own):] = torch.tensor(own, dtype=torch.long)
+            attention[row, shared + width - len(own):] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)[:, shared:]
         logits = self._next_logits(input_ids, attention, positions, cache)
         next_position = positions[:, -1] + 1
         tokens: list[list[int]] = [[] for _ in prompts]
@@ -187,6 +197,23 @@ class LLMPolicy:
                 yield
         else:
             yield
+
+
+# Below this many tokens an extra forward pass for the shared part costs more than encoding it in every row saves.
+MIN_SHARED_PREFIX = 32
+
+
+def _shared_prefix_length(prompts: list[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one of its own (its first logits come from the
+    batched pass); 0 for a single prompt or when fewer than MIN_SHARED_PREFIX are shared."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(prompt) for prompt in prompts) - 1
+    first = prompts[0]
+    shared = 0
+    while shared < limit and all(prompt[shared] == first[shared] for prompt in prompts):
+        shared += 1
+    return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
 def _cache_kwarg(model: PreTrainedModel) -> str:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from creditgym.agents.llm import LLMPolicy, RolloutCollector, pack_episodes
+from creditgym.agents.llm import policy as policy_module
 from creditgym.llm import tiny_test_model
 
 
@@ -115,3 +116,25 @@ def test_groups_share_a_task_and_finished_episodes_leave_the_batch() -> None:
     assert calls[0] == 8 and calls == sorted(calls, reverse=True)
     assert len(calls) == max(len(ep.turns) for ep in episodes)
     assert sum(calls) == sum(len(ep.turns) for ep in episodes)
+
+
+def test_a_shared_prompt_prefix_is_encoded_once_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = tiny_test_model(seed=1)
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=6)
+    instructions = "You play a game. Answer with one word in <answer></answer> tags. " * 3
+    prompts = [policy.chat_prompt([{"role": "system", "content": instructions},
+                                   {"role": "user", "content": observation}])
+               for observation in ("cat", "a much longer observation of the board", "dog", "x")]
+    assert policy_module._shared_prefix_length(prompts) >= policy_module.MIN_SHARED_PREFIX
+    # Each row keeps at least one token of its own, and a single prompt shares nothing.
+    assert policy_module._shared_prefix_length([[1] * 40, [1] * 40]) == 39
+    assert policy_module._shared_prefix_length([[1] * 40]) == 0
+    runs = {}
+    for name, minimum in (("shared", policy_module.MIN_SHARED_PREFIX), ("plain", 10**9)):
+        monkeypatch.setattr(policy_module, "MIN_SHARED_PREFIX", minimum)
+        for greedy in (True, False):
+            runs[name, greedy] = policy.generate(prompts, generator=torch.Generator().manual_seed(3), greedy=greedy)
+    for greedy in (True, False):
+        for shared, plain in zip(runs["shared", greedy], runs["plain", greedy], strict=True):
+            assert shared.token_ids == plain.token_ids
+            assert torch.allclose(torch.tensor(shared.logprobs), torch.tensor(plain.logprobs), atol=1e-5, rtol=0)
