@@ -44,9 +44,10 @@ def _random(env: gym.Env):
     return lambda obs, info: env.action_space.sample()
 
 
-def _solver_after_detours(env: gym.Env, detours: int):
+def _solver_after_detours(env: gym.Env, detours: int, rng: np.random.Generator | None = None):
     """Random moves for the first `detours` steps of each episode, then the solver's plan (episodes terminate
-    unless a detour deadlocked the level)."""
+    unless a detour deadlocked the level). The moves come from `env.np_random`, which every reset reseeds, so
+    rollouts of one seed repeat each other exactly; pass an `rng` of the policy's own to make them differ."""
     plan: list[int] = []
     count = [0]
     text = isinstance(env.action_space, gym.spaces.Text)
@@ -56,7 +57,7 @@ def _solver_after_detours(env: gym.Env, detours: int):
             count[0], plan[:] = 0, []
         count[0] += 1
         if count[0] <= detours:
-            move = int(env.np_random.integers(4))
+            move = int((env.np_random if rng is None else rng).integers(4))
         else:
             if not plan:
                 plan.extend(solve(env.unwrapped.level) or [0])
@@ -210,11 +211,14 @@ def test_add_shaping_on_an_unshaped_recording_equals_live_shaping() -> None:
 
 
 def test_group_estimators_ignore_shaping_with_a_shared_start(tmp_path: Path) -> None:
-    env = gym.make(SOKOBAN, max_episode_steps=200)
-    episodes = record_episodes(env, _solver_after_detours(env, 5), 6, seed=1, group_size=3)
+    env = gym.make(SOKOBAN, max_episode_steps=60)
+    # The policy's own RNG: with env.np_random every rollout of a seed repeated the others, so every advantage was
+    # 0 and the checks below held for any estimator.
+    episodes = record_episodes(env, _solver_after_detours(env, 5, np.random.default_rng(3)), 6, seed=1, group_size=3)
     assert all(e.steps[-1].terminated for e in episodes)
     shaped = [add_shaping(e, get_potential("box_distance").offline, 1.0) for e in episodes]
     returns = [e.total_reward for e in episodes]
+    assert len(set(returns[:3])) == len(set(returns[3:])) == 3
     assert [e.total_reward for e in shaped] != pytest.approx(returns)
     for estimator in ("grpo", "rloo", "dr_grpo"):
         plain_adv = [a[0] for a in step_advantages(episodes, estimator)]
@@ -225,6 +229,34 @@ def test_group_estimators_ignore_shaping_with_a_shared_start(tmp_path: Path) -> 
     for group in (returns[:3], returns[3:]):
         expected += [r - (sum(group) - r) / 2 for r in group]
     assert [a[0] for a in step_advantages(episodes, "rloo")] == pytest.approx(expected, abs=1e-9)
+
+
+def test_group_estimators_and_reinforce_pp_offline_by_hand() -> None:
+    # The invariance test above holds for any estimator that ignores its input (or swaps grpo and dr_grpo); here
+    # each one is written out: the group outcome is the γ-discounted return, grpo divides by the sample std.
+    import statistics
+
+    env = gym.make(SOKOBAN, max_episode_steps=60)
+    episodes = record_episodes(env, _solver_after_detours(env, 5, np.random.default_rng(3)), 6, seed=1, group_size=3)
+    gamma = 0.9
+    outcomes = [sum(gamma**t * s.reward for t, s in enumerate(e.steps)) for e in episodes]
+    groups = (outcomes[:3], outcomes[3:])
+    assert all(statistics.pstdev(group) > 1e-3 for group in groups)  # the by-hand values tell the estimators apart
+    grpo, dr_grpo = [], []
+    for group in groups:
+        mean, std = statistics.fmean(group), statistics.stdev(group)
+        grpo += [(o - mean) / (std + 1e-6) for o in group]
+        dr_grpo += [o - mean for o in group]
+    for estimator, expected in (("grpo", grpo), ("dr_grpo", dr_grpo)):
+        got = step_advantages(episodes, estimator, gamma=gamma)
+        for advantage, episode, value in zip(got, episodes, expected, strict=True):
+            assert advantage == pytest.approx([value] * len(episode.steps), abs=1e-9), estimator
+    to_go = [[sum(gamma**k * s.reward for k, s in enumerate(e.steps[t:])) for t in range(len(e.steps))]
+             for e in episodes]
+    flat = [x for row in to_go for x in row]
+    mean, std = statistics.fmean(flat), statistics.pstdev(flat)
+    got = step_advantages(episodes, "reinforce_pp", gamma=gamma)
+    assert got == [pytest.approx([(x - mean) / (std + 1e-8) for x in row], abs=1e-9) for row in to_go]
 
 
 def test_gae_and_reward_to_go_offline_by_hand(tmp_path: Path) -> None:

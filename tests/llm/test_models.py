@@ -30,6 +30,9 @@ def test_local_folder_loads_and_chats(tmp_path: Path) -> None:
     tokenizer.save_pretrained(tmp_path)
     loaded, loaded_tokenizer = load_policy_model(tmp_path)
     assert loaded_tokenizer.chat_template == tokenizer.chat_template
+    saved = model.state_dict()
+    assert saved.keys() == loaded.state_dict().keys()
+    assert all(torch.equal(saved[name], value) for name, value in loaded.state_dict().items())  # the saved weights
     chat = HFChatModel(loaded, loaded_tokenizer, max_new_tokens=5)
     replies = chat.generate([[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a longer one"}]])
     assert len(replies) == 2 and all(isinstance(r, str) for r in replies)

@@ -110,6 +110,34 @@ def test_training_lowers_the_outcome_loss(rollouts, loss: str) -> None:  # noqa:
     _moved(prm, batch, ref, steps=5)
     last = prm.update(batch, labels, batch.group_ids, ref)["implicit_prm/loss"]
     assert last < first - 0.05, (first, last)
+    # and it lowered it the right way: successes now score above failures (a loss with the labels or the DPO
+    # pair swapped also decreases as it is trained)
+    sums = batch.to_view((prm.logprobs(batch) - ref) * batch.action_mask).sum(-1)
+    assert sums[labels].mean() > sums[~labels].mean()
+
+
+@pytest.mark.parametrize(("loss", "score"), [("ce", "sum"), ("dpo", "sum"), ("dpo", "mean")])
+def test_loss_matches_the_reference_formula(rollouts, loss: str, score: str) -> None:  # noqa: ANN001
+    """PRIME: BCE(σ(β Σ log π_φ/π_ref), success); OPRL: −log σ(β (score(τ+) − score(τ−))) over every (success,
+    failure) pair of a group, the score the sum or its mean over turns."""
+    policy, _, _ = rollouts
+    beta = 0.5
+    prm = LLMImplicitPRM(policy, loss=loss, score=score, reference="old", beta=beta)
+    sums = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0, 1.0], dtype=torch.float64)
+    success = torch.tensor([True, False, True, False, True, True])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2])  # group 2 has no failure, so no pair
+    turns = torch.tensor([1, 2, 4, 3, 2, 1])
+    got = float(prm.loss(sums, success, groups, turns))
+    if loss == "ce":
+        terms = [-math.log(1 / (1 + math.exp(-beta * x))) if y else -math.log(1 - 1 / (1 + math.exp(-beta * x)))
+                 for x, y in zip(sums.tolist(), success.tolist(), strict=True)]
+    else:
+        scores = [x / n if score == "mean" else x for x, n in zip(sums.tolist(), turns.tolist(), strict=True)]
+        terms = [-math.log(1 / (1 + math.exp(-beta * (scores[i] - scores[j]))))
+                 for i in range(6) for j in range(6)
+                 if groups[i] == groups[j] and success[i] and not success[j]]
+        assert len(terms) == 3
+    assert got == pytest.approx(sum(terms) / len(terms), abs=1e-9)
 
 
 def test_losses_are_log_2_at_zero_log_ratio() -> None:

@@ -94,14 +94,28 @@ def test_igpo_turn_rewards_are_gains_then_the_outcome(coef: float) -> None:
         assert 0.0 <= float(r[-1]) <= 1.0
 
 
-def test_igpo_p_t_reads_the_history_before_turn_t() -> None:
-    """p_0 sees the first observation only; p_t sees every earlier turn and turn t's observation, not its action."""
+@pytest.mark.parametrize("history_turns", [None, 1])
+def test_igpo_p_t_reads_the_history_before_turn_t(history_turns: int | None) -> None:
+    """p_0 sees the first observation only; p_t sees the earlier turns (the last `history_turns` of them) and turn
+    t's observation, not its action."""
     episode = _episodes()[0]
-    gain = InformationGain(SimpleNamespace(chat_prompt=lambda messages: messages))
+    gain = InformationGain(SimpleNamespace(chat_prompt=lambda messages: messages), history_turns=history_turns)
     contexts = gain.contexts(episode)
     assert len(contexts) == len(episode.turns)
     for t, messages in enumerate(contexts):
         texts = [m["content"] for m in messages]
+        first = 0 if history_turns is None else max(0, t - history_turns)
+        assert messages[0] == {"role": "system", "content": "rules"}
         assert messages[-1] == {"role": "user", "content": f"obs{t}"}
-        assert [x for x in texts if x.startswith("act")] == [f"act{k}" for k in range(t)]
-        assert [x for x in texts if x.startswith("obs")] == [f"obs{k}" for k in range(t + 1)]
+        assert [x for x in texts if x.startswith("act")] == [f"act{k}" for k in range(first, t)]
+        assert [x for x in texts if x.startswith("obs")] == [f"obs{k}" for k in range(first, t + 1)]
+
+
+def test_igpo_gains_are_the_turn_rewards_without_the_outcome() -> None:
+    """What the trainer adds to the env's rewards: coef·(p_{t+1} − p_t), and 0 on the last turn, where the env
+    itself already pays the outcome (non-zero here, unlike the random model's rollouts)."""
+    episodes = _episodes()
+    probabilities = [torch.tensor([0.1, 0.5, 0.3]), torch.tensor([0.9, 0.2, 0.4]), torch.tensor([0.0, 0.0, 1.0])]
+    gains = InformationGain(SimpleNamespace(), coef=2.0).gains(episodes, probabilities)
+    for p, g in zip(probabilities, gains, strict=True):
+        torch.testing.assert_close(g, torch.cat([2.0 * (p[1:] - p[:-1]), torch.zeros(1)]))

@@ -95,10 +95,19 @@ def test_spa_reports_its_fit_on_new_episodes_before_training_on_them() -> None:
     assert held_out["progress/explained_variance"] > 0.3  # 0 = no better than the mean outcome
 
 
-def test_spa_centred_outcome_flag_changes_the_target() -> None:
+def test_spa_centred_outcome_flag_regresses_onto_the_leave_one_out_centred_outcome() -> None:
+    """Off by default the target is R; the flag's target is R_i − mean_{j≠i} R_j (the released data script's)."""
     episodes = first_action_episodes(8)
+    outcomes = [e.outcome for e in episodes]
+    assert 0 < sum(outcomes) < len(outcomes)
+    loo = [r - (sum(outcomes) - r) / (len(outcomes) - 1) for r in outcomes]
     plain, centred = spa(), spa(centered_outcome=True)
-    assert float(plain.loss(episodes).detach()) != pytest.approx(float(centred.loss(episodes).detach()))
+    like = torch.zeros(1, dtype=torch.float64)
+    assert plain.targets(episodes, like).tolist() == pytest.approx(outcomes, abs=1e-12)
+    assert centred.targets(episodes, like).tolist() == pytest.approx(loo, abs=1e-12)
+    # the zero-initialised head predicts 0, so each loss is the mean square of its target
+    assert float(plain.loss(episodes).detach()) == pytest.approx(float(np.mean(np.square(outcomes))), abs=1e-6)
+    assert float(centred.loss(episodes).detach()) == pytest.approx(float(np.mean(np.square(loo))), abs=1e-6)
 
 
 def test_spa_state_round_trip_continues_identically() -> None:

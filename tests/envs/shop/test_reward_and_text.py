@@ -69,6 +69,15 @@ def test_options_match_by_word_subset_like_webshops_fuzzy_match() -> None:
     goal = Goal("x", "id", "snack bar", "grocery", (), {"size": "12 pack"}, math.inf)
     assert score_purchase(goal, BAR, {"pack count": "12 pack (pack of 1)"}).options_matched == ("12 pack",)
     assert score_purchase(goal, BAR, {"pack count": "2 pack"}).options_matched == ()
+    # either way round: a chosen value whose words are all in the wanted one matches too
+    dark = Goal("x", "id", "snack bar", "grocery", (), {"flavor": "dark chocolate"}, math.inf)
+    assert score_purchase(dark, BAR, {"flavor": "chocolate"}).options_matched == ("dark chocolate",)
+
+
+def test_a_price_equal_to_the_limit_is_within_it() -> None:
+    at_limit = score_purchase(GOAL, _with(price=20.0), {"flavor": "chocolate", "pack count": "12 pack"})
+    assert at_limit.price_ok and at_limit.reward == 1.0
+    assert not score_purchase(GOAL, _with(price=20.01), {}).price_ok
 
 
 def test_rewards_must_be_finite() -> None:
