@@ -277,7 +277,7 @@ class LLMImplicitPRM:
         self.optimizer.zero_grad()
         for rows in torch.arange(mask.shape[0], device=mask.device).split(self.micro_batch_size):
             row_logprobs, _ = self.scorer.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
-                                                            mask[rows])
+                                                            mask[rows], shared_prefix=batch.shared_prefix)
             (episode_grad[row_episode[rows]] * (row_logprobs * mask[rows]).sum(-1)).sum().backward()
         grad_norm = float(nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
         _check_prm_step(metrics[f"{self.channel}/loss"], grad_norm, self.optimizer.param_groups[0]["lr"])
@@ -300,7 +300,7 @@ class LLMImplicitPRM:
         with torch.no_grad():
             for rows in torch.arange(batch.input_ids.shape[0], device=out.device).split(self.micro_batch_size):
                 out[rows] = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
-                                                     batch.action_mask[rows])[0]
+                                                     batch.action_mask[rows], shared_prefix=batch.shared_prefix)[0]
         return out
 
 

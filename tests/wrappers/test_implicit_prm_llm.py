@@ -22,8 +22,10 @@ def rollouts():  # noqa: ANN201
 
 
 def _score(policy, batch: TokenBatch) -> torch.Tensor:  # noqa: ANN001
+    """The logprobs the trainer scores the batch with (`LLMTrainer.score`)."""
     with torch.no_grad():
-        return policy.sequence_logprobs(batch.input_ids, batch.attention_mask, batch.action_mask)[0]
+        return policy.sequence_logprobs(batch.input_ids, batch.attention_mask, batch.action_mask,
+                                        shared_prefix=batch.shared_prefix)[0]
 
 
 def _labels(batch: TokenBatch) -> torch.Tensor:

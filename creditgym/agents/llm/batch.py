@@ -33,6 +33,7 @@ from creditgym.credit import (
 )
 
 from .config import LLMTrainConfig
+from .policy import shared_row_prefix
 from .rollout import Episode
 
 
@@ -66,6 +67,8 @@ class TokenBatch:
     """the observation each turn answered, per episode (GiGPO's anchor states)"""
     learned_advantages: Tensor | None = None
     """(E, A) advantages a learned reward model set (PRIME, OPRL); they replace `config.advantage`'s"""
+    shared_prefix: int = 0
+    """leading tokens every row has alike (the instructions): scoring runs them once for all rows"""
 
     def to_view(self, row_values: Tensor) -> Tensor:
         out = torch.zeros(self.view_mask.shape, dtype=row_values.dtype, device=row_values.device)
@@ -138,6 +141,7 @@ def pack_episodes(episodes: list[Episode], pad_id: int, device: torch.device) ->
         group_ids=torch.tensor([ep.group for ep in episodes], device=device),
         terminated=torch.tensor([ep.terminated for ep in episodes], device=device),
         observations=[[turn.observation for turn in ep.turns] for ep in episodes],
+        shared_prefix=shared_row_prefix(input_ids, attention, action),
     )
 
 

@@ -164,19 +164,35 @@ class LLMPolicy:
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def sequence_logprobs(self, input_ids: Tensor, attention_mask: Tensor, action_mask: Tensor, *,
-                          with_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
+                          with_hidden: bool = False, shared_prefix: int = 0) -> tuple[Tensor, Tensor | None]:
         """Logprobs ``(B, L)`` of the action tokens (0 elsewhere) and, with `with_hidden`, the last hidden state
         ``(B, L, H)`` at the position that predicts each token (the state a value head reads), 0 elsewhere.
 
         Only positions that predict an action token go through the LM head, which keeps the vocabulary-sized
-        logits small for long multi-turn sequences.
+        logits small for long multi-turn sequences. The first `shared_prefix` tokens, which every row must have
+        alike (`shared_row_prefix` of the whole batch), run once for all rows: the rest of each row attends to
+        their cached keys and values, and gradients flow back through them. Give the same value for every part of
+        a batch, so that a row's logprobs do not depend on which rows it is scored with.
         """
         predicts = torch.zeros_like(action_mask, dtype=torch.bool)
         predicts[:, :-1] = action_mask[:, 1:].bool()
         keep = predicts.any(0).nonzero().squeeze(1)
+        shared = shared_prefix  # also for a single row: its logprobs must not depend on the rows beside it
+        if shared and not (shared <= int(keep[0]) and bool((input_ids[:, :shared] == input_ids[:1, :shared]).all())
+                           and bool(attention_mask[:, :shared].bool().all())):
+            raise ValueError(f"shared_prefix={shared_prefix}, but the rows do not all start with those tokens before "
+                             "their first action token; pass shared_row_prefix(...) of the batch, or 0")
+        cache = None
+        if shared:
+            cache = DynamicCache(config=self.model.config)
+            with self.autocast():
+                self.model(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
+                           use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+            cache.batch_repeat_interleave(input_ids.shape[0])
         with self.autocast():
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
-                             output_hidden_states=with_hidden, use_cache=False)
+            out = self.model(input_ids=input_ids[:, shared:], attention_mask=attention_mask,
+                             logits_to_keep=keep - shared, output_hidden_states=with_hidden,
+                             use_cache=cache is not None, **({self._cache_kwarg: cache} if cache is not None else {}))
         logits = out.logits.float() / self.temperature
         targets = input_ids[:, keep + 1]
         token_lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -187,7 +203,7 @@ class LLMPolicy:
             return result, None
         last = out.hidden_states[-1].float()
         hidden = torch.zeros((*input_ids.shape, last.shape[-1]), dtype=last.dtype, device=last.device)
-        hidden[:, keep + 1] = last[:, keep]
+        hidden[:, keep + 1] = last[:, keep - shared]
         return result, hidden * action_mask[..., None]
 
     @contextlib.contextmanager
@@ -213,6 +229,18 @@ def _shared_prefix_length(prompts: list[list[int]]) -> int:
     shared = 0
     while shared < limit and all(prompt[shared] == first[shared] for prompt in prompts):
         shared += 1
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def shared_row_prefix(input_ids: Tensor, attention_mask: Tensor, action_mask: Tensor) -> int:
+    """Leading tokens that every row of a token batch has alike, all attended, up to the first position that
+    predicts an action token: `sequence_logprobs`'s `shared_prefix`. 0 for a single row or when fewer than
+    MIN_SHARED_PREFIX are shared."""
+    predicting = action_mask[:, 1:].bool().any(0).nonzero()
+    if input_ids.shape[0] < 2 or not len(predicting):
+        return 0
+    alike = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
+    shared = min(int(alike.long().cumprod(0).sum()), int(predicting[0]))
     return shared if shared >= MIN_SHARED_PREFIX else 0
 
 

@@ -207,7 +207,8 @@ class LLMTrainer:
         with torch.no_grad():
             for rows in torch.arange(batch.input_ids.shape[0], device=self.device).split(self.config.micro_batch_size):
                 lp, hidden = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
-                                                      batch.action_mask[rows], with_hidden=values is not None)
+                                                      batch.action_mask[rows], with_hidden=values is not None,
+                                                      shared_prefix=batch.shared_prefix)
                 logprobs[rows] = lp
                 if values is not None and hidden is not None and self.value_head is not None:
                     values[rows] = self.value_head(hidden).squeeze(-1) * batch.action_mask[rows]
@@ -291,7 +292,8 @@ class LLMTrainer:
         cfg = self.config
         mask = batch.action_mask[rows]
         logprobs, hidden = self.policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows], mask,
-                                                         with_hidden=self.value_head is not None)
+                                                         with_hidden=self.value_head is not None,
+                                                         shared_prefix=batch.shared_prefix)
         log_ratio = (logprobs - old_logprobs[rows]) * mask
         ratio = log_ratio.exp()
         a = adv[rows]

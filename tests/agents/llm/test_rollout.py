@@ -138,3 +138,35 @@ def test_a_shared_prompt_prefix_is_encoded_once_and_changes_nothing(monkeypatch:
         for shared, plain in zip(runs["shared", greedy], runs["plain", greedy], strict=True):
             assert shared.token_ids == plain.token_ids
             assert torch.allclose(torch.tensor(shared.logprobs), torch.tensor(plain.logprobs), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("with_hidden", [False, True])
+def test_scoring_rows_with_a_shared_prefix_gives_the_same_logprobs_and_gradients(with_hidden: bool) -> None:
+    policy, episodes = _collect(None, max_new_tokens=6)
+    batch = pack_episodes(episodes, policy.pad_id, torch.device("cpu"))
+    assert batch.shared_prefix >= policy_module.MIN_SHARED_PREFIX
+    results = {}
+    for name, shared in (("shared", batch.shared_prefix), ("plain", 0)):
+        policy.model.zero_grad()
+        logprobs, hidden = policy.sequence_logprobs(batch.input_ids, batch.attention_mask, batch.action_mask,
+                                                    with_hidden=with_hidden, shared_prefix=shared)
+        loss = logprobs.sum() + (hidden.square().sum() if hidden is not None else 0)
+        loss.backward()
+        grads = [p.grad.clone() for p in policy.model.parameters() if p.grad is not None]
+        results[name] = (logprobs.detach(), None if hidden is None else hidden.detach(), grads)
+    (lp_a, h_a, g_a), (lp_b, h_b, g_b) = results["shared"], results["plain"]
+    assert torch.allclose(lp_a, lp_b, atol=1e-5, rtol=0)
+    if with_hidden:
+        assert torch.allclose(h_a, h_b, atol=1e-5, rtol=0)
+    assert len(g_a) == len(g_b) > 0
+    for a, b in zip(g_a, g_b, strict=True):  # equal up to float summation order, relative to each tensor's scale
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max() + 1e-7
+    # A row scores the same whichever rows it is scored with, a single row included, given the batch's prefix.
+    for size in (1, 3):
+        chunks = torch.arange(len(lp_a)).split(size)
+        parts = [policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows], batch.action_mask[rows],
+                                          shared_prefix=batch.shared_prefix)[0] for rows in chunks]
+        assert torch.equal(torch.cat(parts).detach(), lp_a)
+    with pytest.raises(ValueError, match="do not all start with those tokens"):
+        policy.sequence_logprobs(batch.input_ids, batch.attention_mask, batch.action_mask,
+                                 shared_prefix=batch.input_ids.shape[1] - 1)
