@@ -1,0 +1,102 @@
+"""The trainer's scoring passes over a rollout batch, with its shared prompt prefix run once or in every row.
+
+Collects one batched rollout of a text env with the policy (as `llm_rollout.py` does), packs it as the trainer
+does, then times `LLMPolicy.sequence_logprobs` over micro-batches: without grad (the old and reference logprobs of
+every update) and with a backward pass (the policy loss). Each setting runs with `shared_prefix` set to the batch's
+shared prefix and to 0, alternating, and reports the best of `--repeats`. Prints one JSON object.
+
+    python benchmarks/llm_scoring.py --model smollm2-135m --episodes 16 --max-turns 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Sequence
+
+import gymnasium as gym
+import torch
+
+import creditgym
+from creditgym.agents.config_cli import check_device
+from creditgym.agents.llm.batch import TokenBatch, pack_episodes
+from creditgym.agents.llm.policy import LLMPolicy
+from creditgym.agents.llm.rollout import RolloutCollector
+from creditgym.agents.llm.trainer import make_text_env
+from creditgym.agents.ppo import resolve_device
+from creditgym.llm.models import load_policy_model
+
+
+def _score(policy: LLMPolicy, batch: TokenBatch, shared_prefix: int, micro_batch: int, backward: bool) -> float:
+    """Seconds for one pass over the batch in micro-batches."""
+    start = time.perf_counter()
+    for rows in torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device).split(micro_batch):
+        with torch.set_grad_enabled(backward):
+            logprobs, _ = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
+                                                   batch.action_mask[rows], shared_prefix=shared_prefix)
+            if backward:
+                logprobs.sum().backward()
+    policy.model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or a local Hugging Face model folder")
+    parser.add_argument("--env", default="creditgym/Sokoban-6x6-1b-v0", help="text env id (grid envs run as text)")
+    parser.add_argument("--episodes", type=int, default=16, help="episodes in the rollout (groups of 8)")
+    parser.add_argument("--max-turns", type=int, default=2, help="turns per episode")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per turn")
+    parser.add_argument("--history", type=int, default=2, help="past turns kept in the prompt")
+    parser.add_argument("--micro-batch", type=int, default=8, help="rows per scoring pass (micro_batch_size)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per setting; the best is reported")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="first task seed")
+    args = parser.parse_args(argv)
+    if min(args.episodes, args.max_turns, args.max_new_tokens, args.micro_batch, args.repeats, args.threads) < 1:
+        parser.error("--episodes, --max-turns, --max-new-tokens, --micro-batch, --repeats and --threads must be at "
+                     "least 1")
+    if args.history < 0 or args.seed < 0:
+        parser.error("--history and --seed must be 0 or more")
+    if args.env not in gym.registry:
+        parser.error(f"unknown env id {args.env!r}; `creditgym list` shows the text envs")
+    torch.set_num_threads(args.threads)
+    try:
+        check_device(args.device)
+        device = resolve_device(args.device)
+        model, tokenizer = load_policy_model(args.model, device=device)
+    except ValueError as error:
+        parser.error(str(error))
+    policy = LLMPolicy(model, tokenizer, temperature=1.0, max_new_tokens=args.max_new_tokens, bf16=True)
+    group = min(8, args.episodes)
+    groups = max(1, args.episodes // group)
+    collector = RolloutCollector([make_text_env(args.env) for _ in range(groups * group)], policy, group_size=group,
+                                 max_turns=args.max_turns, history_turns=args.history, max_prompt_tokens=8192)
+    episodes = collector.collect([args.seed + g for g in range(groups)],
+                                 generator=torch.Generator(device=device).manual_seed(args.seed))
+    batch = pack_episodes(episodes, policy.pad_id, device)
+    seconds: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, shared in (("plain", 0), ("shared", batch.shared_prefix)):
+            for pass_name, backward in (("score", False), ("backward", True)):
+                seconds.setdefault(f"{pass_name}_{name}_s", []).append(
+                    _score(policy, batch, shared, args.micro_batch, backward))
+    best = {key: round(min(values), 2) for key, values in seconds.items()}
+    result = {
+        "benchmark": "llm_scoring", "creditgym": creditgym.__version__,
+        "machine": platform.processor() or platform.machine(), "settings": vars(args), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "threads": args.threads,
+        "rows": batch.input_ids.shape[0], "width": batch.input_ids.shape[1], "shared_prefix": batch.shared_prefix,
+        "tokens": int(batch.attention_mask.sum()), **best,
+        "score_speedup": round(best["score_plain_s"] / best["score_shared_s"], 2),
+        "backward_speedup": round(best["backward_plain_s"] / best["backward_shared_s"], 2),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
