@@ -77,6 +77,12 @@ class InformationGain:
             sequences += [(prompt + answer, len(answer)) for prompt in self.contexts(episode)]
         probabilities = torch.zeros(len(sequences))
         device = self.policy.device
+        from creditgym.agents.llm.policy import shared_prefix_length  # here: the LLM trainer imports this module
+
+        # The instructions every context opens with run once per micro-batch (the same length for all of them, so
+        # that a turn's probability does not depend on the turns it is scored with).
+        shared = shared_prefix_length([ids for ids, _ in sequences],
+                                      limit=min(len(ids) - num_answer for ids, num_answer in sequences) - 1)
         for start in range(0, len(sequences), self.micro_batch_size):
             chunk = sequences[start:start + self.micro_batch_size]
             width = max(len(ids) for ids, _ in chunk)
@@ -88,7 +94,7 @@ class InformationGain:
                 attention[row, :len(ids)] = 1
                 answer_mask[row, len(ids) - num_answer:len(ids)] = 1
             logprobs, _ = self.policy.sequence_logprobs(input_ids.to(device), attention.to(device),
-                                                        answer_mask.to(device))
+                                                        answer_mask.to(device), shared_prefix=shared)
             mean = logprobs.sum(-1).cpu() / answer_mask.sum(-1).clamp_min(1)
             probabilities[start:start + len(chunk)] = mean.exp()
         return list(probabilities.split([len(episode.turns) for episode in episodes]))

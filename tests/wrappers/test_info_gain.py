@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import creditgym  # noqa: F401
+from creditgym.agents.llm.policy import MIN_SHARED_PREFIX, shared_prefix_length
 from creditgym.envs.testing import check_conformance
 from creditgym.wrappers.info_gain import InformationGain, episode_outcome
 
@@ -76,6 +77,8 @@ def test_probability_is_the_mean_answer_logprob_before_the_turn(rollouts) -> Non
         policy.model.get_input_embeddings().weight.mul_(10.0)
     gain = InformationGain(policy, history_turns=1)
     episode = next(e for e in episodes if len(e.turns) > 1)
+    # The contexts share their instructions, so this also checks the shared-prefix pass against plain logits.
+    assert shared_prefix_length(gain.contexts(episode)) >= MIN_SHARED_PREFIX
     p = gain.answer_probabilities([episode])[0]
     answer = policy.tokenizer(episode.ground_truth, add_special_tokens=False)["input_ids"]
     for t, prompt in enumerate(gain.contexts(episode)):

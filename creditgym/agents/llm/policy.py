@@ -109,7 +109,7 @@ class LLMPolicy:
         cache = DynamicCache(config=self.model.config)
         # Prompts that open alike (the same instructions) encode that part once, for every row: the cache holds
         # [shared prefix][left padding][own tokens] per row, at the positions a plain left-padded batch gives them.
-        shared = _shared_prefix_length(prompts)
+        shared = shared_prefix_length(prompts)
         if shared:
             prefix = torch.tensor(prompts[0][:shared], dtype=torch.long, device=device)[None]
             ones = torch.ones_like(prefix)
@@ -219,12 +219,14 @@ class LLMPolicy:
 MIN_SHARED_PREFIX = 32
 
 
-def _shared_prefix_length(prompts: list[list[int]]) -> int:
-    """Tokens every prompt starts with, leaving each at least one of its own (its first logits come from the
-    batched pass); 0 for a single prompt or when fewer than MIN_SHARED_PREFIX are shared."""
+def shared_prefix_length(prompts: list[list[int]], limit: int | None = None) -> int:
+    """Tokens every prompt starts with, at most `limit`: by default each keeps at least one of its own, as its
+    first logits must come from the batched pass. 0 for a single prompt or when fewer than MIN_SHARED_PREFIX are
+    shared."""
     if len(prompts) < 2:
         return 0
-    limit = min(len(prompt) for prompt in prompts) - 1
+    if limit is None:
+        limit = min(len(prompt) for prompt in prompts) - 1
     first = prompts[0]
     shared = 0
     while shared < limit and all(prompt[shared] == first[shared] for prompt in prompts):

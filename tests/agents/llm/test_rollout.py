@@ -125,10 +125,10 @@ def test_a_shared_prompt_prefix_is_encoded_once_and_changes_nothing(monkeypatch:
     prompts = [policy.chat_prompt([{"role": "system", "content": instructions},
                                    {"role": "user", "content": observation}])
                for observation in ("cat", "a much longer observation of the board", "dog", "x")]
-    assert policy_module._shared_prefix_length(prompts) >= policy_module.MIN_SHARED_PREFIX
+    assert policy_module.shared_prefix_length(prompts) >= policy_module.MIN_SHARED_PREFIX
     # Each row keeps at least one token of its own, and a single prompt shares nothing.
-    assert policy_module._shared_prefix_length([[1] * 40, [1] * 40]) == 39
-    assert policy_module._shared_prefix_length([[1] * 40]) == 0
+    assert policy_module.shared_prefix_length([[1] * 40, [1] * 40]) == 39
+    assert policy_module.shared_prefix_length([[1] * 40]) == 0
     runs = {}
     for name, minimum in (("shared", policy_module.MIN_SHARED_PREFIX), ("plain", 10**9)):
         monkeypatch.setattr(policy_module, "MIN_SHARED_PREFIX", minimum)
