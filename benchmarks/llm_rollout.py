@@ -17,16 +17,13 @@ import platform
 import time
 from collections.abc import Sequence
 
-import gymnasium as gym
 import torch
 
 import creditgym
-from creditgym.agents.config_cli import check_device
 from creditgym.agents.llm.policy import LLMPolicy
 from creditgym.agents.llm.rollout import RolloutCollector
 from creditgym.agents.llm.trainer import make_text_env
-from creditgym.agents.ppo import resolve_device
-from creditgym.llm.models import load_policy_model
+from creditgym.benchmarking import add_llm_arguments, llm_rollout
 
 
 def _loop(policy: LLMPolicy, env_id: str, seeds: Sequence[int], *, max_turns: int, history: int) -> tuple[int, float]:
@@ -82,43 +79,18 @@ def _vllm(policy: LLMPolicy, args: argparse.Namespace, groups: int, group: int) 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or a local Hugging Face model folder")
-    parser.add_argument("--env", default="creditgym/Sokoban-6x6-1b-v0", help="text env id (grid envs run as text)")
-    parser.add_argument("--episodes", type=int, default=32, help="episodes in the batched rollout (groups of 8)")
+    add_llm_arguments(parser, episodes=32, max_turns=3)
     parser.add_argument("--loop-episodes", type=int, default=4, help="episodes for the per-episode loop (it is slow)")
-    parser.add_argument("--max-turns", type=int, default=3, help="turns per episode")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per turn")
-    parser.add_argument("--history", type=int, default=2, help="past turns kept in the prompt")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0, help="first task seed")
     parser.add_argument("--vllm", action="store_true", help="also time the batched rollout on the vLLM back end")
     parser.add_argument("--vllm-dtype", default="float32", choices=["float32", "bfloat16"], help="vLLM weights dtype")
     args = parser.parse_args(argv)
-    if min(args.episodes, args.loop_episodes, args.max_turns, args.max_new_tokens, args.threads) < 1:
-        parser.error("--episodes, --loop-episodes, --max-turns, --max-new-tokens and --threads must be at least 1")
-    if args.history < 0 or args.seed < 0:
-        parser.error("--history and --seed must be 0 or more")
-    if args.env not in gym.registry:
-        parser.error(f"unknown env id {args.env!r}; `creditgym list` shows the text envs")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)  # HF generate() in the loop baseline samples from the global generator
-    try:
-        check_device(args.device)
-        device = resolve_device(args.device)
-        model, tokenizer = load_policy_model(args.model, device=device)
-    except ValueError as error:
-        parser.error(str(error))
-    policy = LLMPolicy(model, tokenizer, temperature=1.0, max_new_tokens=args.max_new_tokens, bf16=True)
+    if args.loop_episodes < 1:
+        parser.error("--loop-episodes must be at least 1")
+    policy, device, episodes, batched_seconds = llm_rollout(parser, args)
     group = min(8, args.episodes)
     groups = max(1, args.episodes // group)
-    collector = RolloutCollector([make_text_env(args.env) for _ in range(groups * group)], policy, group_size=group,
-                                 max_turns=args.max_turns, history_turns=args.history, max_prompt_tokens=8192)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    start = time.perf_counter()
-    episodes = collector.collect([args.seed + g for g in range(groups)], generator=generator)
-    batched_seconds = time.perf_counter() - start
     batched_tokens = sum(ep.num_generated_tokens for ep in episodes)
+    torch.manual_seed(args.seed)  # HF generate() in the loop baseline samples from the global generator
     loop_tokens, loop_seconds = _loop(policy, args.env, [args.seed + i for i in range(args.loop_episodes)],
                                       max_turns=args.max_turns, history=args.history)
     batched_rate, loop_rate = batched_tokens / batched_seconds, loop_tokens / loop_seconds

@@ -16,17 +16,12 @@ import platform
 import time
 from collections.abc import Sequence
 
-import gymnasium as gym
 import torch
 
 import creditgym
-from creditgym.agents.config_cli import check_device
 from creditgym.agents.llm.batch import TokenBatch, pack_episodes
 from creditgym.agents.llm.policy import LLMPolicy
-from creditgym.agents.llm.rollout import RolloutCollector
-from creditgym.agents.llm.trainer import make_text_env
-from creditgym.agents.ppo import resolve_device
-from creditgym.llm.models import load_policy_model
+from creditgym.benchmarking import add_llm_arguments, llm_rollout
 
 
 def _score(policy: LLMPolicy, batch: TokenBatch, shared_prefix: int, micro_batch: int, backward: bool) -> float:
@@ -44,39 +39,13 @@ def _score(policy: LLMPolicy, batch: TokenBatch, shared_prefix: int, micro_batch
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or a local Hugging Face model folder")
-    parser.add_argument("--env", default="creditgym/Sokoban-6x6-1b-v0", help="text env id (grid envs run as text)")
-    parser.add_argument("--episodes", type=int, default=16, help="episodes in the rollout (groups of 8)")
-    parser.add_argument("--max-turns", type=int, default=2, help="turns per episode")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per turn")
-    parser.add_argument("--history", type=int, default=2, help="past turns kept in the prompt")
+    add_llm_arguments(parser, episodes=16, max_turns=2)
     parser.add_argument("--micro-batch", type=int, default=8, help="rows per scoring pass (micro_batch_size)")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per setting; the best is reported")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0, help="first task seed")
     args = parser.parse_args(argv)
-    if min(args.episodes, args.max_turns, args.max_new_tokens, args.micro_batch, args.repeats, args.threads) < 1:
-        parser.error("--episodes, --max-turns, --max-new-tokens, --micro-batch, --repeats and --threads must be at "
-                     "least 1")
-    if args.history < 0 or args.seed < 0:
-        parser.error("--history and --seed must be 0 or more")
-    if args.env not in gym.registry:
-        parser.error(f"unknown env id {args.env!r}; `creditgym list` shows the text envs")
-    torch.set_num_threads(args.threads)
-    try:
-        check_device(args.device)
-        device = resolve_device(args.device)
-        model, tokenizer = load_policy_model(args.model, device=device)
-    except ValueError as error:
-        parser.error(str(error))
-    policy = LLMPolicy(model, tokenizer, temperature=1.0, max_new_tokens=args.max_new_tokens, bf16=True)
-    group = min(8, args.episodes)
-    groups = max(1, args.episodes // group)
-    collector = RolloutCollector([make_text_env(args.env) for _ in range(groups * group)], policy, group_size=group,
-                                 max_turns=args.max_turns, history_turns=args.history, max_prompt_tokens=8192)
-    episodes = collector.collect([args.seed + g for g in range(groups)],
-                                 generator=torch.Generator(device=device).manual_seed(args.seed))
+    if min(args.micro_batch, args.repeats) < 1:
+        parser.error("--micro-batch and --repeats must be at least 1")
+    policy, device, episodes, _ = llm_rollout(parser, args)
     batch = pack_episodes(episodes, policy.pad_id, device)
     seconds: dict[str, list[float]] = {}
     for _ in range(args.repeats):
