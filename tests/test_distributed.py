@@ -6,7 +6,6 @@ import functools
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,6 @@ SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
 # Short episodes, so a few dozen steps cover many autoresets; the mask checks that action_mask flows through.
 SOKOBAN_KWARGS = {"max_episode_steps": 6, "action_mask": True}
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _assert_same(expected: Any, actual: Any, where: str) -> None:

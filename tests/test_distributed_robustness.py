@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BANDIT = "creditgym/Sanity-Bandit-v0"
 SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _wait_for_free_cpus(cpus: float = 2, seconds: float = 20) -> None:
