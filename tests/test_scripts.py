@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +30,8 @@ def _load(path: Path) -> Iterator[ModuleType]:
         del sys.modules[name]
 
 
-@pytest.mark.parametrize("path", SCRIPTS, ids=lambda path: f"{path.parent.name}/{path.name}")
-def test_help_documents_every_flag(path: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def script_parser(path: Path) -> argparse.ArgumentParser:
+    """The parser a script's `main` builds, caught as `main(["--help"])` parses (its help goes to stdout)."""
     parsers: list[argparse.ArgumentParser] = []
     parse_args = argparse.ArgumentParser.parse_args
 
@@ -38,13 +39,20 @@ def test_help_documents_every_flag(path: Path, monkeypatch: pytest.MonkeyPatch,
         parsers.append(self)
         return parse_args(self, *args, **kwargs)
 
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", recording)
-    for module in _load(path):
-        with pytest.raises(SystemExit) as exit_info:
-            module.main(["--help"])  # main(argv), as `creditgym bench` calls it
-    assert exit_info.value.code == 0
-    assert "usage:" in capsys.readouterr().out
-    undocumented = [action.option_strings or action.dest for action in parsers[0]._actions
+    argparse.ArgumentParser.parse_args = recording  # type: ignore[method-assign]
+    try:
+        for module in _load(path):
+            with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit) as exit_info:
+                module.main(["--help"])  # main(argv), as `creditgym bench` calls it
+    finally:
+        argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
+    assert exit_info.value.code == 0 and "usage:" in out.getvalue(), f"{path.name} --help"
+    return parsers[0]
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_help_documents_every_flag(path: Path) -> None:
+    undocumented = [action.option_strings or action.dest for action in script_parser(path)._actions
                     if not action.help or action.help == argparse.SUPPRESS]
     assert not undocumented, f"{path.name}: flags without help= {undocumented}"
 
