@@ -72,12 +72,18 @@ def turn_end_hidden_states(policy: LLMPolicy, episodes: Sequence[Episode], *,
                            micro_batch_size: int = 8) -> list[Tensor]:
     """``(T_i, H)`` float32 CPU tensors: the last hidden state at the last generated token of each turn.
 
-    Segments are scored as they were generated (right-padded rows), so each state has read the whole turn.
+    Segments are scored as they were generated (right-padded rows), so each state has read the whole turn. The
+    instructions every segment opens with run once per micro-batch (`LLMPolicy.shared_prefix_inputs`); how many
+    tokens that is is fixed for the whole call, so a turn's features do not depend on the segments beside it.
     """
+    from creditgym.agents.llm.policy import shared_prefix_length  # here: the LLM trainer imports this module
+
     decoder = policy.model.get_decoder()
     hidden_size = policy.model.config.hidden_size
     segments = [(e, seg) for e, episode in enumerate(episodes) for seg in episode.segments if seg.turn_ends]
     parts: list[list[Tensor]] = [[] for _ in episodes]
+    shared = shared_prefix_length([seg.token_ids for _, seg in segments],
+                                  limit=min((min(seg.turn_ends) for _, seg in segments), default=0))
     for start in range(0, len(segments), micro_batch_size):
         chunk = segments[start:start + micro_batch_size]
         width = max(len(seg.token_ids) for _, seg in chunk)
@@ -86,11 +92,13 @@ def turn_end_hidden_states(policy: LLMPolicy, episodes: Sequence[Episode], *,
         for row, (_, seg) in enumerate(chunk):
             input_ids[row, :len(seg.token_ids)] = torch.tensor(seg.token_ids)
             attention[row, :len(seg.token_ids)] = 1
+        input_ids, attention = input_ids.to(policy.device), attention.to(policy.device)
+        prefix = policy.shared_prefix_inputs(input_ids, attention, shared)
         with policy.autocast():
-            out = decoder(input_ids=input_ids.to(policy.device), attention_mask=attention.to(policy.device))
+            out = decoder(input_ids=input_ids[:, shared:], attention_mask=attention, **prefix)
         last = out.last_hidden_state.float().cpu()
         for row, (e, seg) in enumerate(chunk):
-            parts[e].append(last[row, seg.turn_ends])
+            parts[e].append(last[row, torch.tensor(seg.turn_ends) - shared])
     return [torch.cat(p) if p else torch.zeros(0, hidden_size) for p in parts]
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import pytest
 import torch
 
+import creditgym  # noqa: F401 - registers the ids
+from creditgym.agents.llm.policy import MIN_SHARED_PREFIX, shared_prefix_length
 from creditgym.wrappers.llm_progress import LLMProgressHead, TurnFeatures, turn_end_hidden_states, turn_features
 from creditgym.wrappers.progress import ProgressAttribution
 from tests.agents.llm.helpers import LetterCountEnv
@@ -31,6 +34,23 @@ def test_features_are_the_hidden_state_at_each_turn_end(rollouts) -> None:  # no
                 hidden = decoder(input_ids=torch.tensor([segment.token_ids])).last_hidden_state[0]
             expected += [hidden[p] for p in segment.turn_ends]
         assert torch.allclose(feats, torch.stack(expected), atol=1e-5)
+
+
+def test_features_with_the_instructions_run_once_match_and_do_not_depend_on_the_micro_batch() -> None:
+    policy, episodes, _ = collect(lambda: gym.make("creditgym/Sokoban-6x6-1b-v0", obs_mode="text"),
+                                  num_groups=2, group_size=2, max_turns=2, max_new_tokens=3)
+    prompts = [seg.token_ids for episode in episodes for seg in episode.segments]
+    assert shared_prefix_length(prompts) >= MIN_SHARED_PREFIX, "the test needs segments that open alike"
+    decoder = policy.model.get_decoder()
+    by_size = {size: turn_end_hidden_states(policy, episodes, micro_batch_size=size) for size in (1, 3, 64)}
+    for e, episode in enumerate(episodes):
+        expected = []
+        for segment in episode.segments:  # each alone, whole: no cache, no padding
+            with torch.no_grad():
+                hidden = decoder(input_ids=torch.tensor([segment.token_ids])).last_hidden_state[0]
+            expected += [hidden[p] for p in segment.turn_ends]
+        assert torch.allclose(by_size[64][e], torch.stack(expected), atol=1e-5)
+        assert torch.equal(by_size[1][e], by_size[3][e]) and torch.equal(by_size[1][e], by_size[64][e])
 
 
 def _trained_spa(records: list[TurnFeatures], *, beta: float = 0.0, steps: int = 1) -> ProgressAttribution:

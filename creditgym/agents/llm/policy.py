@@ -12,6 +12,7 @@ import contextlib
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -182,17 +183,10 @@ class LLMPolicy:
                            and bool(attention_mask[:, :shared].bool().all())):
             raise ValueError(f"shared_prefix={shared_prefix}, but the rows do not all start with those tokens before "
                              "their first action token; pass shared_row_prefix(...) of the batch, or 0")
-        cache = None
-        if shared:
-            cache = DynamicCache(config=self.model.config)
-            with self.autocast():
-                self.model(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
-                           use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
-            cache.batch_repeat_interleave(input_ids.shape[0])
+        prefix = self.shared_prefix_inputs(input_ids, attention_mask, shared)
         with self.autocast():
             out = self.model(input_ids=input_ids[:, shared:], attention_mask=attention_mask,
-                             logits_to_keep=keep - shared, output_hidden_states=with_hidden,
-                             use_cache=cache is not None, **({self._cache_kwarg: cache} if cache is not None else {}))
+                             logits_to_keep=keep - shared, output_hidden_states=with_hidden, **prefix)
         logits = out.logits.float() / self.temperature
         targets = input_ids[:, keep + 1]
         token_lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -205,6 +199,19 @@ class LLMPolicy:
         hidden = torch.zeros((*input_ids.shape, last.shape[-1]), dtype=last.dtype, device=last.device)
         hidden[:, keep + 1] = last[:, keep - shared]
         return result, hidden * action_mask[..., None]
+
+    def shared_prefix_inputs(self, input_ids: Tensor, attention_mask: Tensor, shared: int) -> dict[str, Any]:
+        """Keyword arguments under which the LM, or its decoder, given ``input_ids[:, shared:]`` reads the first
+        `shared` tokens, alike in every row, from one pass over the first row (a cache repeated per row; gradients
+        flow back through it). ``{"use_cache": False}`` for `shared` 0."""
+        if not shared:
+            return {"use_cache": False}
+        cache = DynamicCache(config=self.model.config)
+        with self.autocast():  # the decoder alone: the prefix needs no logits
+            self.model.get_decoder()(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared],
+                                     use_cache=True, **{self._cache_kwarg: cache})
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        return {"use_cache": True, self._cache_kwarg: cache}
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
