@@ -322,9 +322,11 @@ def test_closing_a_pool_during_a_step_fails_the_step_and_frees_the_workers(local
     _wait_for_free_cpus()
 
 
-def test_workers_wait_for_the_cpus_an_autoscaler_can_add_and_no_longer() -> None:
+def test_workers_and_their_replacements_wait_for_the_cpus_an_autoscaler_can_add_and_no_longer() -> None:
     # In a fresh interpreter with its own Ray: a 1-CPU head node and, as an autoscaler would publish it, a cluster
     # config that lets the cluster grow by one 1-CPU node, which "the autoscaler" adds 2 s after the pool asks.
+    # Then that node leaves, taking a worker with it: its replacement waits for the autoscaler too, here 1 s, and
+    # where Ray reports no autoscaler it is refused at once. Ray would wait for ever in both cases.
     script = textwrap.dedent(f"""
         import functools, threading, time
         import gymnasium as gym, ray
@@ -356,16 +358,32 @@ def test_workers_wait_for_the_cpus_an_autoscaler_can_add_and_no_longer() -> None
             starting = threading.Thread(target=start_pool)
             starting.start()
             time.sleep(2)
-            cluster.add_node(num_cpus=1)  # from the main thread, as Ray's Cluster wants
+            node = cluster.add_node(num_cpus=1)  # from the main thread, as Ray's Cluster wants
             starting.join()
-            pools[0].close()
+
+            def lose_a_node(pool, node):
+                pool.reset_many([0, 1], [1, 2])
+                cluster.remove_node(node)
+                start = time.monotonic()
+                try:
+                    pool.reset_many([0, 1], [3, 4])
+                except (RuntimeError, TimeoutError) as err:
+                    print(type(err).__name__, "after", round(time.monotonic() - start), "s:", err)
+                assert pool.workers.closed
+
+            pools[0].workers.wait_for_cpus = 1
+            lose_a_node(pools[0], node)
+            empty = autoscaler_pb2.ClusterConfig()  # Ray now reports no autoscaler
+            ray._private.worker.global_worker.gcs_client.report_cluster_config(empty.SerializeToString())
+            node = cluster.add_node(num_cpus=1)
+            lose_a_node(RayEnvPool(make, 2, 2), node)
         finally:
             ray.shutdown()
             cluster.shutdown()
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = done.stdout.splitlines()
-    assert len(lines) == 3, done.stdout + done.stderr
+    assert len(lines) == 5, done.stdout + done.stderr
     seconds = [int(re.search(r"after (\d+) s", line)[1]) for line in lines]
     assert lines[0].startswith("ValueError after ") and seconds[0] <= 1, lines[0]  # refused at once
     assert lines[0].endswith(": 3 Ray workers x 1 CPU(s) need 3 CPUs and the Ray cluster has 1, and its autoscaler "
@@ -375,6 +393,20 @@ def test_workers_wait_for_the_cpus_an_autoscaler_can_add_and_no_longer() -> None
     assert ": 2 Ray workers x 1 CPU(s) did not start within 2 s; the Ray cluster has 1 of the 2 CPUs they need. Wait " \
            "longer (wait_for_cpus; --ray-wait-for-cpus in `creditgym train`)" in lines[1], lines[1]
     assert lines[2].startswith("started 2 after ") and 2 <= seconds[2] < 30, lines[2]  # the node came after 2 s
+    # Either worker may have been on the node that left.
+    died, lost = [re.sub(r"(?<=orker )[01]\b", "N", line) for line in lines[3:]]
+    closed = ". The workers were closed, as the others have run reset() and worker N has not; make a new pool (or " \
+             "env) to go on"
+    assert died.startswith("TimeoutError after ") and 1 <= seconds[3] < 10, died
+    assert died.endswith(": Ray worker N died during reset() and its replacement (1 CPU(s)) did not start within 1 s; "
+                         "the Ray cluster has 1 of the 2 CPUs the workers need. Wait longer (wait_for_cpus; "
+                         "--ray-wait-for-cpus in `creditgym train`), use fewer workers (num_workers) or less "
+                         "cpus_per_worker, or check that the autoscaler can add nodes (`ray status`)" + closed), died
+    assert lost.startswith("RuntimeError after ") and seconds[4] <= 1, lost
+    assert lost.endswith(": Ray worker N died during reset() and no replacement can start: 2 Ray workers x 1 CPU(s) "
+                         "need 2 CPUs and the Ray cluster has 1; use fewer workers (num_workers) or less "
+                         "cpus_per_worker, or add nodes to the cluster (if nodes are on their way, pass wait_for_cpus="
+                         "SECONDS to wait for them; --ray-wait-for-cpus in `creditgym train`)" + closed), lost
 
 
 def test_a_worker_that_keeps_dying_closes_the_pool(local_ray: None, tmp_path: Path) -> None:
@@ -396,4 +428,98 @@ def test_a_worker_that_keeps_dying_closes_the_pool(local_ray: None, tmp_path: Pa
     assert pool.workers.closed and pool.restarts == 1
     with pytest.raises(RuntimeError, match="closed"):
         pool[1].reset(seed=5)
+    _wait_for_free_cpus()
+
+
+# -- CPUs that other jobs hold: waited for up to wait_for_cpus, at the first start and at each replacement ------------
+@ray.remote(num_cpus=1)
+class _OtherJob:
+    """Another job's actor, holding one CPU while it lives."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def _watchdog(actor: Any, seconds: float = 15) -> threading.Timer:
+    """Kills `actor` after `seconds`: a start that waits for its CPU with no limit then goes through, and the test
+    fails on the TimeoutError that did not come instead of hanging."""
+    timer = threading.Timer(seconds, ray.kill, [actor])
+    timer.start()
+    return timer
+
+
+def test_workers_wait_for_the_cpus_other_jobs_hold_and_no_longer(local_ray: None) -> None:
+    make = functools.partial(gym.make, BANDIT)
+    other = _OtherJob.remote()
+    ray.get(other.ready.remote())  # 1 of the cluster's 2 CPUs: enough CPUs in all, too few free
+    watchdog = _watchdog(other)
+    try:
+        start = time.monotonic()
+        with pytest.warns(UserWarning, match=r"2 Ray worker\(s\) x 1 CPU\(s\) need 2 free CPUs and 1 of the Ray "
+                                             r"cluster's 2 are free \(other jobs hold the rest\); waiting up to 1 s"), \
+                pytest.raises(TimeoutError) as timeout:
+            RayEnvPool(make, 2, 2, wait_for_cpus=1)
+        assert time.monotonic() - start < 10
+        assert str(timeout.value).startswith("2 Ray workers x 1 CPU(s) did not start within 1 s; the Ray cluster has "
+                                             "the 2 CPUs they need, but other jobs hold them (")
+        assert "Wait longer (wait_for_cpus; --ray-wait-for-cpus in `creditgym train`), stop the jobs" in \
+            str(timeout.value)
+        with pytest.raises(TimeoutError, match="did not start within 0 s"):  # 0 never waits
+            RayEnvPool(make, 2, 2, wait_for_cpus=0)
+        watchdog.cancel()
+        threading.Timer(2.5, ray.kill, [other]).start()  # the other job ends within the wait: the pool starts
+        with pytest.warns(UserWarning, match="waiting up to 30 s"):
+            pool = RayEnvPool(make, 2, 2, wait_for_cpus=30)
+        try:
+            assert len(pool.reset_many([0, 1], [1, 2])) == 2
+        finally:
+            pool.close()
+    finally:
+        watchdog.cancel()
+        ray.kill(other)
+    _wait_for_free_cpus()
+
+
+def test_a_replacement_waits_for_a_cpu_another_job_took_and_no_longer(local_ray: None) -> None:
+    counter = _counter_env()
+    local = [counter() for _ in range(2)]
+    pool = RayEnvPool(counter, 2, 2, wait_for_cpus=30)
+    others: list[Any] = []
+
+    def lose_the_cpu_of(worker: int) -> Any:
+        """Kills the worker while another job's actor waits for a CPU, which then takes the worker's."""
+        others.append(_OtherJob.remote())
+        _kill(pool.workers.actors[worker])
+        ray.get(others[-1].ready.remote())
+        return others[-1]
+
+    try:
+        assert pool.reset_many([0, 1], [1, 2]) == [local[0].reset(seed=1), local[1].reset(seed=2)]
+        assert pool.step_many([0, 1], [3, 4]) == [local[0].step(3), local[1].step(4)]
+        threading.Timer(2.5, ray.kill, [lose_the_cpu_of(1)]).start()  # freed within the wait
+        with pytest.warns(UserWarning, match=r"1 Ray worker\(s\) x 1 CPU\(s\) need 1 free CPUs and 0 of the Ray "
+                                             r"cluster's 2 are free \(other jobs hold the rest\); waiting up to 30 s"):
+            assert pool.step_many([0, 1], [5, 6]) == [local[0].step(5), local[1].step(6)]  # replayed exactly
+        assert pool.step_many([0, 1], [1, 2]) == [local[0].step(1), local[1].step(2)]
+        assert pool.restarts == 1
+
+        pool.workers.wait_for_cpus = 1
+        watchdog = _watchdog(lose_the_cpu_of(0))
+        start = time.monotonic()
+        with pytest.warns(UserWarning, match="waiting up to 1 s"), pytest.raises(TimeoutError) as timeout:
+            pool.step_many([0, 1], [3, 3])
+        watchdog.cancel()
+        assert time.monotonic() - start < 10
+        assert str(timeout.value).startswith("Ray worker 0 died during step() and its replacement (1 CPU(s)) did not "
+                                             "start within 1 s; the Ray cluster has the 2 CPUs the workers need, but "
+                                             "other jobs hold them (")
+        assert str(timeout.value).endswith("The workers were closed, as the others have run step() and worker 0 has "
+                                           "not; make a new pool (or env) to go on")
+        assert pool.workers.closed and pool.restarts == 2  # the pending replacement was killed with the rest
+        with pytest.raises(RuntimeError, match="closed"):
+            pool[1].step(1)
+    finally:
+        pool.close()
+        for other in others:
+            ray.kill(other)
     _wait_for_free_cpus()

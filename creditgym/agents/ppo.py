@@ -165,8 +165,9 @@ class PPOConfig:
     ray_address: str | None = None
     """Ray cluster to join (auto = the one `ray start` runs here); none starts a local Ray"""
     ray_wait_for_cpus: float | None = None
-    """seconds the Ray workers may wait for CPUs the cluster lacks; none: 600 where Ray reports an autoscaler that
-    can add them, else refuse at once; 0 never waits"""
+    """seconds the Ray workers (and their replacements) may wait for CPUs the cluster lacks or other jobs hold;
+    none: 600 for busy CPUs and where Ray reports an autoscaler that can add them, else refuse at once; 0 never
+    waits"""
 
     def __post_init__(self) -> None:
         check_run_config(self)

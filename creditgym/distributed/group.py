@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,9 +18,13 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayT
 # Errors raised by the env itself arrive as RayTaskError and propagate unchanged.
 WORKER_LOST = (RayActorError, ObjectLostError)
 
-# How long workers wait for CPUs by default on a cluster whose autoscaler can add them: long enough for a cloud
-# node to boot and join.
+# How long workers wait for CPUs by default on a cluster whose autoscaler can add them, or whose CPUs other jobs
+# hold: long enough for a cloud node to boot and join. Also the least time any start is given, CPUs free or not.
 AUTOSCALER_WAIT_S = 600.0
+
+# How long Ray's count of free CPUs may lag: a worker killed just before its replacement starts still counts as
+# holding its CPUs for about 0.1 s on one machine (raylets report every 100 ms).
+CPU_COUNT_LAG_S = 1.0
 
 
 def init_ray(address: str | None = None) -> None:
@@ -105,10 +110,18 @@ class WorkerGroup:
     the dead one had before the call; then the call is made again. When `max_restarts` replacements in a row die
     too, the group closes and gives up with a RuntimeError.
 
-    When the workers need more CPUs than the cluster has, the group refuses at once on a fixed cluster (Ray would
-    wait for ever) and waits up to `wait_for_cpus` seconds for them on one whose autoscaler can add them
-    (`AUTOSCALER_WAIT_S` by default). A number given for `wait_for_cpus` is also the wait on a cluster where Ray
-    reports no autoscaler, for nodes that come from elsewhere; 0 never waits.
+    CPUs: the workers' start, and each replacement's, waits for CPUs within limits rather than for ever.
+    - When the workers need more CPUs than the cluster has, the group refuses at once on a fixed cluster (Ray would
+      wait for ever) and waits up to `wait_for_cpus` seconds for them on one whose autoscaler can add them
+      (`AUTOSCALER_WAIT_S` by default). A number given for `wait_for_cpus` is also the wait on a cluster where Ray
+      reports no autoscaler, for nodes that come from elsewhere.
+    - When the cluster has the CPUs but too few are free (other jobs hold them), it warns and waits up to
+      `wait_for_cpus` seconds (`AUTOSCALER_WAIT_S` by default) for them to be freed.
+    - When the CPUs are free, the start may still take `AUTOSCALER_WAIT_S` (or `wait_for_cpus`, if longer): other
+      jobs may take them first.
+    `wait_for_cpus=0` never waits. A start that runs out of time raises TimeoutError, saying what to change. A
+    replacement is held to the same limits: when it cannot start, or not in time, the group closes (as when
+    replacements keep dying) and raises RuntimeError or TimeoutError.
     """
 
     def __init__(self, worker_class: type, worker_args: Sequence[tuple[Any, ...]], *,
@@ -118,48 +131,72 @@ class WorkerGroup:
             raise ValueError(f"cpus_per_worker must be positive, got {cpus_per_worker}")
         if wait_for_cpus is not None and wait_for_cpus < 0:
             raise ValueError(f"wait_for_cpus must be a number of seconds (0: never wait), got {wait_for_cpus}")
-        timeout = self._start_timeout(len(worker_args), cpus_per_worker, wait_for_cpus)
-        self._remote_class = ray.remote(num_cpus=cpus_per_worker)(worker_class)
         self._args = list(worker_args)
         self._restore = restore
+        self.cpus_per_worker = cpus_per_worker
+        self.wait_for_cpus = wait_for_cpus
         self.max_restarts = max_restarts
         self.restarts = 0
-        self.actors: list[ActorHandle] = [self._remote_class.remote(*args) for args in self._args]
+        self.actors: list[ActorHandle] = []
+        timeout = self._start_timeout(len(self._args), stacklevel=4)
+        self._remote_class = ray.remote(num_cpus=cpus_per_worker)(worker_class)
+        self.actors = [self._remote_class.remote(*args) for args in self._args]
         try:
             self.started = self.call("start", [()] * len(self._args), timeout=timeout)
         except GetTimeoutError:
+            message = self._not_started(f"{len(self._args)} Ray workers x {cpus_per_worker:g} CPU(s)", timeout)
             self.close()  # the actors still waiting for CPUs would hold their request for them
-            needed, total = len(self._args) * cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
-            raise TimeoutError(f"{len(self._args)} Ray workers x {cpus_per_worker:g} CPU(s) did not start within "
-                               f"{timeout:g} s; the Ray cluster has {total:g} of the {needed:g} CPUs they need. "
-                               "Wait longer (wait_for_cpus; --ray-wait-for-cpus in `creditgym train`), use fewer "
-                               "workers (num_workers) or less cpus_per_worker, or check that the autoscaler can add "
-                               "nodes (`ray status`)") from None
+            raise TimeoutError(message) from None
         except BaseException:
             self.close()
             raise
 
-    @staticmethod
-    def _start_timeout(num_workers: int, cpus_per_worker: float, wait_for_cpus: float | None) -> float | None:
-        """How long starting the workers may take: None (no limit) when the cluster has their CPUs now. Raises
-        ValueError when it lacks them and may not get them."""
-        needed, total = num_workers * cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
-        if needed <= total:
-            return None
-        need = f"{num_workers} Ray workers x {cpus_per_worker:g} CPU(s) need {needed:g} CPUs and the Ray cluster has"
-        change = "use fewer workers (num_workers) or less cpus_per_worker"
-        limit = autoscaler_cpu_limit()
-        if limit is not None and needed > limit:
-            raise ValueError(f"{need} {total:g}, and its autoscaler can grow it to {limit:g} at most; {change}, or "
-                             "raise the autoscaler's limits (max_workers; maxReplicas on KubeRay)")
-        if wait_for_cpus is None:
-            wait_for_cpus = 0.0 if limit is None else AUTOSCALER_WAIT_S
-        if not wait_for_cpus:  # Ray would wait for ever for CPUs that no node has
-            raise ValueError(f"{need} {total:g}; {change}, or add nodes to the cluster (if nodes are on their way, "
-                             "pass wait_for_cpus=SECONDS to wait for them; --ray-wait-for-cpus in `creditgym train`)")
-        warnings.warn(f"{need} {total:g}; waiting up to {wait_for_cpus:g} s (wait_for_cpus) for nodes to join",
-                      stacklevel=4)
-        return wait_for_cpus
+    def _start_timeout(self, starting: int, stacklevel: int) -> float:
+        """How long starting `starting` of the workers may take, the others holding their CPUs. Raises ValueError
+        when the cluster lacks the workers' CPUs and may not get them."""
+        num_workers, cpus, wait = len(self._args), self.cpus_per_worker, self.wait_for_cpus
+        needed, total = num_workers * cpus, ray.cluster_resources().get("CPU", 0.0)
+        if needed > total:
+            need = f"{num_workers} Ray workers x {cpus:g} CPU(s) need {needed:g} CPUs and the Ray cluster has"
+            change = "use fewer workers (num_workers) or less cpus_per_worker"
+            limit = autoscaler_cpu_limit()
+            if limit is not None and needed > limit:
+                raise ValueError(f"{need} {total:g}, and its autoscaler can grow it to {limit:g} at most; {change}, "
+                                 "or raise the autoscaler's limits (max_workers; maxReplicas on KubeRay)")
+            if wait is None:
+                wait = 0.0 if limit is None else AUTOSCALER_WAIT_S
+            if not wait:  # Ray would wait for ever for CPUs that no node has
+                raise ValueError(f"{need} {total:g}; {change}, or add nodes to the cluster (if nodes are on their way, "
+                                 "pass wait_for_cpus=SECONDS to wait for them; --ray-wait-for-cpus in `creditgym "
+                                 "train`)")
+            warnings.warn(f"{need} {total:g}; waiting up to {wait:g} s (wait_for_cpus) for nodes to join",
+                          stacklevel=stacklevel)
+            return wait
+        wanted = starting * cpus
+        free = free_cpus(wanted)
+        if free >= wanted:
+            # Free now, yet another job's actor may take them before these workers do: Ray would then wait for
+            # ever. The limit also covers building the envs, so it is generous.
+            return max(wait or 0.0, AUTOSCALER_WAIT_S)
+        wait = AUTOSCALER_WAIT_S if wait is None else wait
+        if wait:
+            warnings.warn(f"{starting} Ray worker(s) x {cpus:g} CPU(s) need {wanted:g} free CPUs and {free:g} of the "
+                          f"Ray cluster's {total:g} are free (other jobs hold the rest); waiting up to {wait:g} s "
+                          "(wait_for_cpus) for them", stacklevel=stacklevel)
+        return wait
+
+    def _not_started(self, subject: str, timeout: float, they: str = "they") -> str:
+        """Why `subject` did not start within `timeout` seconds, and what to change."""
+        needed, total = len(self._args) * self.cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
+        longer = "Wait longer (wait_for_cpus; --ray-wait-for-cpus in `creditgym train`)"
+        fewer = "use fewer workers (num_workers) or less cpus_per_worker"
+        if needed > total:
+            return (f"{subject} did not start within {timeout:g} s; the Ray cluster has {total:g} of the {needed:g} "
+                    f"CPUs {they} need. {longer}, {fewer}, or check that the autoscaler can add nodes (`ray status`)")
+        free = ray.available_resources().get("CPU", 0.0)
+        return (f"{subject} did not start within {timeout:g} s; the Ray cluster has the {needed:g} CPUs {they} need, "
+                f"but other jobs hold them ({free:g} of its {total:g} free). {longer}, stop the jobs that hold them "
+                f"(`ray status` shows the cluster's use), or {fewer}")
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -170,20 +207,21 @@ class WorkerGroup:
 
         When the method raises on some workers, every other worker still finishes the call (on a replacement if
         its actor died) before the first of those errors is raised. Either way, then, the call has run once on
-        each worker, and callers record it as run for replay.
+        each worker, and callers record it as run for replay. Past `timeout` seconds, raises GetTimeoutError.
         """
         if self.closed:
             raise RuntimeError(f"{method}() on Ray workers that were closed; make a new pool (or env) to go on")
+        deadline = None if timeout is None else time.monotonic() + timeout
         refs = [None if args is None else getattr(actor, method).remote(*args)
                 for actor, args in zip(self.actors, args_per_worker, strict=True)]
         try:  # one ray.get for all workers: the common case, and faster than one per worker
             fetched = iter(ray.get([ref for ref in refs if ref is not None], timeout=timeout))
             return [None if ref is None else next(fetched) for ref in refs]
         except (*WORKER_LOST, RayTaskError):
-            return self._get_each(refs, method, args_per_worker)
+            return self._get_each(refs, method, args_per_worker, deadline)
 
-    def _get_each(self, refs: list[Any], method: str, args_per_worker: Sequence[tuple[Any, ...] | None]
-                  ) -> list[Any]:
+    def _get_each(self, refs: list[Any], method: str, args_per_worker: Sequence[tuple[Any, ...] | None],
+                  deadline: float | None) -> list[Any]:
         results, errors = [], []
         for index, (ref, args) in enumerate(zip(refs, args_per_worker, strict=True)):
             if ref is None:
@@ -191,7 +229,8 @@ class WorkerGroup:
                 continue
             try:
                 try:
-                    results.append(ray.get(ref))
+                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    results.append(ray.get(ref, timeout=timeout))
                 except WORKER_LOST as err:
                     results.append(self._call_on_replacement(index, method, args, err))
             except RayTaskError as err:
@@ -231,11 +270,36 @@ class WorkerGroup:
             raise RuntimeError(f"{method}() on Ray workers that were closed during the call")
         # It may be unreachable rather than dead; two actors must never step the same slice.
         ray.kill(actors[index])
+        # A replacement that cannot start leaves the other workers past a call this one has not run, as when
+        # replacements keep dying: the group closes.
+        gave_up = (f"The workers were closed, as the others have run {method}() and worker {index} has not; make a "
+                   "new pool (or env) to go on")
+        try:
+            timeout = self._start_timeout(1, stacklevel=2)
+        except ValueError as err:
+            self.close()
+            raise RuntimeError(f"Ray worker {index} died during {method}() and no replacement can start: {err}. "
+                               f"{gave_up}") from None
         actor = actors[index] = self._remote_class.remote(*self._args[index])
         if self.closed:  # close() may have gone through the list before this actor joined it
             ray.kill(actor)
             raise RuntimeError(f"{method}() on Ray workers that were closed during the call")
         self.restarts += 1
-        ray.get(actor.start.remote())
+        try:
+            ray.get(actor.start.remote(), timeout=timeout)
+        except GetTimeoutError:
+            why = self._not_started(f"Ray worker {index} died during {method}() and its replacement "
+                                    f"({self.cpus_per_worker:g} CPU(s))", timeout, they="the workers")
+            self.close()
+            raise TimeoutError(f"{why}. {gave_up}") from None
         self._restore(index, actor)
         return actor
+
+
+def free_cpus(wanted: float) -> float:
+    """The cluster's free CPUs, once there are `wanted` of them or Ray's count has had `CPU_COUNT_LAG_S` to catch up
+    with CPUs just freed."""
+    deadline = time.monotonic() + CPU_COUNT_LAG_S
+    while (free := ray.available_resources().get("CPU", 0.0)) < wanted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return free

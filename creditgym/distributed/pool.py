@@ -96,7 +96,7 @@ class RayEnvPool:
     again at the same point and leaves the env where the first one did.
 
     `wait_for_cpus`: see `WorkerGroup` (by default, wait for an autoscaler that can add the CPUs, and refuse at once
-    where Ray reports none).
+    where Ray reports none; wait 600 s for CPUs that other jobs hold). It holds for replacement workers too.
     """
 
     def __init__(self, make_env: Callable[[], gym.Env], num_envs: int, num_workers: int = 2, *,

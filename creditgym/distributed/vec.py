@@ -95,7 +95,7 @@ class RayVecEnv:
     too, and raises again where it first did.
 
     `wait_for_cpus`: see `WorkerGroup` (by default, wait for an autoscaler that can add the CPUs, and refuse at once
-    where Ray reports none).
+    where Ray reports none; wait 600 s for CPUs that other jobs hold). It holds for replacement workers too.
     """
 
     def __init__(self, env_id: str, num_envs: int, num_workers: int = 2, *, device: str | torch.device = "cpu",
