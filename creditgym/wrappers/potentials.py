@@ -49,6 +49,11 @@ class NamedPotential:
     def __call__(self, env: gym.Env) -> float:
         return self.live(env)
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Its forms are closures, which pickle refuses; by name it is rebuilt as it was built, so a shaped env
+        # pickles (copies for worker processes, the conformance suite's copy check).
+        return get_potential, (self.name,)
+
     def check_env(self, env: gym.Env) -> None:
         """Raise a ValueError naming the potentials that do fit when `env` is not the env this one is for."""
         classes = {cls.__name__ for cls in type(env.unwrapped).__mro__}

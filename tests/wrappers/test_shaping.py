@@ -17,6 +17,7 @@ from creditgym.envs.sokoban.bank import load_bank
 from creditgym.envs.sokoban.env import SokobanEnv
 from creditgym.envs.sokoban.solver import solve
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
+from creditgym.envs.testing import check_conformance
 from creditgym.envs.tooluse.expert import ToolUseExpert
 from creditgym.wrappers.potentials import potential_names
 from creditgym.wrappers.shaping import PotentialShaping, VectorPotentialShaping, make_shaped_vec_env
@@ -290,3 +291,14 @@ def test_vector_needs_same_step_autoreset() -> None:
     sync = gym.vector.SyncVectorEnv([lambda: gym.make(SOKOBAN)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     with pytest.raises(ValueError, match="same-step"):
         VectorPotentialShaping(sync, "box_distance", gamma=0.99)
+
+
+@pytest.mark.parametrize(("env_id", "name", "kwargs"), [
+    ("creditgym/Sokoban-6x6-1b-v0", "box_distance", {}),
+    ("creditgym/Sokoban-6x6-1b-v0", "solver_distance", {"obs_mode": "text"}),
+    ("creditgym/Shop-v0", "shop_progress", {}),
+])
+def test_shaped_envs_pass_the_conformance_suite(env_id: str, name: str, kwargs: dict) -> None:
+    """Its copy check pickles the env mid-episode: built-in potentials are closures, so they pickle by name."""
+    check_conformance(lambda **extra: PotentialShaping(gym.make(env_id, **kwargs, **extra), name, gamma=0.99),
+                      num_steps=60)
