@@ -367,3 +367,10 @@ def test_set_order_and_hash_are_the_same_in_every_worker() -> None:
             assert result.ok, result.error
             results.append((result.rewards, result.components))
     assert all(result == results[0] for result in results), results
+
+
+@pytest.mark.parametrize("limits", [{"max_chars": -1}, {"max_nodes": 0}, {"max_depth": 2.5},
+                                    {"max_constant_chars": True}])
+def test_validation_limits_refuse_values_that_would_reject_every_program(limits: dict) -> None:
+    with pytest.raises(ValueError, match=f"ValidationLimits.{next(iter(limits))} must be a whole number"):
+        ValidationLimits(**limits)

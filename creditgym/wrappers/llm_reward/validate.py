@@ -59,6 +59,13 @@ class ValidationLimits:
     max_depth: int = 60
     """Deepest AST nesting (deeper trees can overflow the compiler's stack)."""
 
+    def __post_init__(self) -> None:
+        # A limit of 0 or less would reject every program, each with a message that blames the program.
+        for name in ("max_chars", "max_nodes", "max_constant_chars", "max_depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ValidationLimits.{name} must be a whole number of at least 1, got {value!r}")
+
 
 def validate_program(source: str, limits: ValidationLimits | None = None) -> list[str]:
     """Every reason to reject `source`, as readable messages with line numbers; an empty list means it passed.
