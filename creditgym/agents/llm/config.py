@@ -10,6 +10,7 @@ from creditgym.agents.config_cli import check_run_config
 
 ALGOS = ("grpo", "drgrpo", "rloo", "reinforce_pp", "ppo_llm")
 ADVANTAGES = ("episode", "turn", "gigpo")
+GIGPO_GAMMA = 0.95  # verl-agent's step-return discount (reward-methods.md)
 GENERATION_BACKENDS = ("hf", "vllm", "openai")
 LEARNED_REWARDS = ("spa", "prime", "oprl", "igpo")
 
@@ -44,8 +45,9 @@ class LLMTrainConfig:
     """sampling temperature; logprobs are those of the tempered distribution"""
     advantage: str = "episode"
     """episode (one outcome advantage per episode), turn (per-turn reward-to-go) or gigpo (GRPO family only)"""
-    gamma: float = 1.0
-    """discount over turns (turn, gigpo) or tokens (reinforce_pp, ppo_llm)"""
+    gamma: float | None = None
+    """discount over turns (turn, gigpo) or tokens (reinforce_pp, ppo_llm); none: 0.95 with advantage gigpo
+    (verl-agent's), else 1"""
     gigpo_omega: float = 1.0
     """GiGPO weight of the step (anchor-state) advantage"""
     learned_reward: str | None = None
@@ -150,6 +152,8 @@ class LLMTrainConfig:
     """write TensorBoard events"""
 
     def __post_init__(self) -> None:
+        if self.gamma is None:  # resolved here, so the run's config.json records the discount it trained with
+            self.gamma = GIGPO_GAMMA if self.advantage == "gigpo" else 1.0
         check_run_config(self)
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")

@@ -110,6 +110,14 @@ def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None
         LLMTrainConfig(**overrides)
 
 
+def test_the_discount_defaults_to_each_advantage_reference_value() -> None:
+    assert LLMTrainConfig(advantage="gigpo").gamma == 0.95  # verl-agent's GiGPO step returns
+    assert LLMTrainConfig(advantage="turn").gamma == 1.0
+    assert LLMTrainConfig(advantage="gigpo", gamma=1.0).gamma == 1.0
+    with pytest.raises(ValueError, match="gamma must be in"):
+        LLMTrainConfig(gamma=0.0)
+
+
 def test_reward_wrappers_apply_unchanged_to_text_envs(tmp_path: Path) -> None:
     # PBRS on Sokoban's text view, through the LLM trainer: the shaping channel reaches the logs next to task.
     import json
