@@ -2,9 +2,15 @@
 
     r = r_type * (matched attributes + matched options + [price <= limit]) / (goal attributes + goal options + 1)
 
-`r_type` follows WebShop's tiers {1, 0.5, 0.1, 0} with structured types: 1 when the bought product has the
-goal's product type (WebShop's query match); otherwise the fraction s of the goal type's words found in the
-bought product's title decides: 0 when s = 0, 0.5 when the category matches or s > 0.2, else 0.1.
+`r_type` takes WebShop's values {1, 0.5, 0.1, 0}, but not its rule. WebShop (`get_type_reward`) gives 1 when the
+search query matches, two levels of the category path match, or over 20% of the goal title's nouns (spaCy) are in
+the bought title, else 0.5; then 0.1 when under 10% of them are, and 0 when none are. Here the product type plays
+the query's part and decides alone: 1 when the bought product has the goal's product type; otherwise the
+fraction s of the type's words found in the bought title decides: 0 when s = 0, 0.5 when the category matches or
+s > 0.2, else 0.1. Why: there is no noun tagger here, and the overlap of a two-word type such as "running shoes"
+passes 20% with any one shared word ("dress shoes"), which WebShop's rule would pay 1; and the category is only
+the top level (WebShop's data gives "beauty", not the path), a weaker match than two path levels. So scores
+are WebShop's in form, and equal to its scores for the right product, but not comparable for near misses.
 An attribute matches when the product lists it or its text (title, features, description) contains it.
 A goal option matches a chosen option when one's words are a subset of the other's (WebShop's fuzzy match
 scores such pairs 100).
