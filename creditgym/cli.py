@@ -47,6 +47,9 @@ def cmd_play(args: argparse.Namespace, console: Console) -> int:
     if args.env_id not in gym.registry:
         console.print(f"[red]unknown env id {args.env_id!r}[/red]; `creditgym list` shows the registered ids")
         return 2
+    if args.seed < 0:
+        console.print(f"--seed must be 0 or more (gymnasium's rule), got {args.seed}", style="red")
+        return 2
     kwargs = {"obs_mode": "text"} if "text" in obs_modes(args.env_id) else {}
     env = gym.make(args.env_id, **kwargs)
     if not isinstance(env.action_space, gym.spaces.Text):
@@ -123,6 +126,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
     if args.resume:
         saved = _run_record(Path(args.resume))["config"].get("algo", "ppo")
+        if saved not in ("ppo", *LLM_ALGOS):
+            raise ValueError(f"{Path(args.resume) / 'config.json'} names algo {saved!r}, not one of ppo, "
+                             f"{', '.join(LLM_ALGOS)}; it was edited or damaged, so it cannot be resumed")
         if args.algo not in (None, saved):
             raise ValueError(f"{args.resume} is a {saved} run; resume it without --algo, or with --algo {saved}")
         args.algo = saved
@@ -170,6 +176,11 @@ def _resumed_config(cls: type, args: argparse.Namespace, *, extendable: tuple[st
         allowed = ", ".join("--" + name.replace("_", "-") for name in extendable)
         raise ValueError(f"{given} cannot change when resuming: the run continues with its own config. Only "
                          f"{allowed} may be given; start a new run to change anything else")
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(record["config"]) - fields)
+    if unknown:
+        raise ValueError(f"{run_dir / 'config.json'} has config keys {unknown} that {cls.__name__} does not take "
+                         "(the file was edited, or written by another creditgym version); remove them to resume")
     overrides = {name: value for name, value in vars(args).items() if name in extendable}
     if "device" not in overrides:
         overrides["device"] = _resume_device(run_dir, record)
@@ -182,6 +193,13 @@ def _resume_device(run_dir: Path, record: dict[str, Any]) -> str:
     used = record.get("device", setting)  # what the setting resolved to where the run trained
     if used == "auto":
         return setting
+    try:
+        valid = isinstance(used, str) and torch.device(used) is not None
+    except RuntimeError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{run_dir / 'config.json'} records the device {used!r}, which is not a torch device; "
+                         "pass --device cpu (or cuda) to resume the run there")
     if used.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"{run_dir} was trained on {used}, and torch sees no CUDA device here; to continue it on the "
                          "CPU pass --device cpu (the weights, optimiser and env state carry over, but the GPU's random "
@@ -245,9 +263,18 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from creditgym.agents.evaluate import evaluate, write_result
+    from creditgym.agents.llm.evaluate import evaluate_llm, is_llm_checkpoint
 
-    result = evaluate(args.run_dir, env_id=args.env, episodes=args.episodes, levels=args.levels, split=args.split,
-                      greedy=not args.sample, seed=args.seed, device=args.device)
+    common = {"env_id": args.env, "episodes": args.episodes, "levels": args.levels, "split": args.split,
+              "greedy": not args.sample, "seed": args.seed, "device": args.device}
+    try:
+        llm_run = is_llm_checkpoint(args.run_dir)
+    except FileNotFoundError:  # the PPO path says what a run folder must hold
+        llm_run = False
+    if llm_run:
+        result = evaluate_llm(args.run_dir, **common, batch_size=args.batch_size, progress=not args.no_progress)
+    else:
+        result = evaluate(args.run_dir, **common)
     table = Table(title=f"evaluation of {args.run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -270,6 +297,9 @@ def cmd_make_banks(args: argparse.Namespace, console: Console) -> int:
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from creditgym.demo import run_demo
 
+    if args.episodes < 1:  # checked before the two training runs, not after them
+        console.print(f"--episodes must be at least 1, got {args.episodes}", style="red")
+        return 2
     run_demo(total_steps=args.steps, seed=args.seed, runs_dir=args.runs_dir, eval_episodes=args.episodes,
              console=console)
     return 0
@@ -342,6 +372,9 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
         return 2
     if not (math.isfinite(args.scale) and args.scale > 0):
         console.print(f"--scale must be a positive number, got {args.scale}", style="red")
+        return 2
+    if not args.channel.strip():
+        console.print("--channel must name the new reward channel, e.g. --channel shaping", style="red")
         return 2
     source = Path(args.trajectories)
     out = Path(args.out) if args.out else source.with_suffix(".rescored.jsonl")
@@ -452,16 +485,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train, LLMTrainConfig, skip=tuple(_PPO_FIELDS | {"algo"}))
     train.set_defaults(run=cmd_train)
 
-    evaluation = commands.add_parser("eval", help="evaluate a trained run (Sokoban: held-out levels, solver gap)")
+    evaluation = commands.add_parser("eval", help="evaluate a trained run, PPO or LLM (Sokoban: held-out levels, "
+                                                  "solver gap)")
     evaluation.add_argument("run_dir", help="a run folder written by `creditgym train`, or one of its checkpoint "
                                             "files (such as a checkpoint-<env steps>.pt from --keep-checkpoints)")
     evaluation.add_argument("--env", help="env id to evaluate on (default: the run's)")
     evaluation.add_argument("--episodes", type=int, default=200, help="episodes (Sokoban: distinct levels in order)")
     evaluation.add_argument("--levels", help="Boxoban-format file or folder to evaluate on (Sokoban only)")
     evaluation.add_argument("--split", default="test", choices=["train", "test"], help="shipped bank split")
-    evaluation.add_argument("--sample", action="store_true", help="sample actions instead of taking the argmax")
+    evaluation.add_argument("--sample", action="store_true",
+                            help="sample actions (LLM runs: tokens at the run's temperature), not the likeliest")
     evaluation.add_argument("--seed", type=int, default=0, help="seed for sampling and non-Sokoban resets")
     evaluation.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    evaluation.add_argument("--batch-size", type=int, default=32, help="LLM runs: episodes played at once")
+    evaluation.add_argument("--no-progress", action="store_true", help="LLM runs: no progress bar")
     evaluation.set_defaults(run=cmd_eval)
 
     banks = commands.add_parser("make-banks", help="regenerate the shipped Sokoban level banks reproducibly")

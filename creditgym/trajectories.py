@@ -35,6 +35,8 @@ from creditgym.wrappers.potentials import RecordPotential, get_potential, potent
 FORMAT = "creditgym.trajectory/1"
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "gae", "reinforce_pp", "reward_to_go")
 _NDARRAY = "__ndarray__"
+#: The most memory the numpy string arrays of one record may take once read (see `_text_array_bytes`).
+MAX_TEXT_ARRAY_BYTES = 1 << 28
 
 
 class TrajectoryFormatError(ValueError):
@@ -117,6 +119,11 @@ class Episode:
         _require(data, "episode", {"env_id": str, "observation": object, "steps": list, "version": str})
         _optional(data, "episode", {"seed": int, "info": dict, "state": dict, "metadata": dict}, nullable={"seed",
                                                                                                         "state"})
+        text_bytes = _text_array_bytes(data)
+        if text_bytes > MAX_TEXT_ARRAY_BYTES:
+            raise ValueError(f"its numpy string arrays would take {text_bytes / 2**30:.3g} GiB once read (their "
+                             f"dtypes, such as <U100000000, set a fixed width per string); at most "
+                             f"{MAX_TEXT_ARRAY_BYTES // 2**20} MiB are read, so the record is damaged")
         steps = []
         known = {f.name for f in dataclasses.fields(Step)}
         for t, raw in enumerate(data["steps"]):
@@ -222,6 +229,38 @@ def _encode(value: Any, where: str) -> Any:
         return _encode(dataclasses.asdict(value), where)
     raise TypeError(f"cannot store {where} ({type(value).__name__}) in a trajectory record; convert it to "
                     "strings, numbers, lists, dicts or numpy arrays")
+
+
+def _text_array_bytes(value: Any) -> int:
+    """The memory the numpy string arrays stored in `value` take once decoded, counted before decoding them.
+
+    A string array is fixed-width: numpy gives every element the declared dtype's width (or the longest string's),
+    so a few bytes of JSON such as `{"__ndarray__": [""], "dtype": "<U100000000"}` would allocate 400 MB.
+    """
+    if isinstance(value, list):
+        return sum(_text_array_bytes(item) for item in value)
+    if not isinstance(value, dict):
+        return 0
+    if _NDARRAY not in value:
+        return sum(_text_array_bytes(item) for item in value.values())
+    try:
+        dtype = np.dtype(value.get("dtype"))
+    except (TypeError, ValueError):
+        return 0  # _decode refuses it
+    if dtype.kind != "U":
+        return _text_array_bytes(value[_NDARRAY]) if dtype.kind == "O" else 0
+    leaves = list(_leaves(value[_NDARRAY]))
+    # Numbers become strings too; 32 characters cover any float's repr.
+    width = dtype.itemsize or 4 * max((len(leaf) if isinstance(leaf, str) else 32 for leaf in leaves), default=0)
+    return len(leaves) * width
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
 
 
 def _decode(value: Any, where: str) -> Any:
@@ -369,6 +408,8 @@ def read_trajectories(path: str | Path) -> Iterator[Episode]:
                 episode = Episode.from_dict(data)
             except (ValueError, TypeError) as error:
                 raise TrajectoryFormatError(f"{path}:{number}: {error}") from None
+            except RecursionError:  # json's parser nests deeper than Python's recursion that reads the record
+                raise TrajectoryFormatError(f"{path}:{number}: the JSON is nested too deeply") from None
             yield episode
 
 

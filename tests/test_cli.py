@@ -9,7 +9,7 @@ import sys
 import gymnasium as gym
 import pytest
 
-from creditgym.cli import build_parser
+from creditgym.cli import build_parser, main
 from creditgym.envs import registered_ids
 from creditgym.envs.sokoban.solver import solve
 from creditgym.envs.sokoban.text import ACTION_NAMES
@@ -81,3 +81,67 @@ def test_train_ppo_with_ray_rollout_workers(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert '"rollout_backend": "ray"' in (tmp_path / "ray" / "config.json").read_text()
     assert (tmp_path / "ray" / "checkpoint.pt").exists() and "run written to" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # Each of these used to end in a traceback (TypeError, UnicodeDecodeError, torch's "Overflow when unpacking
+    # long long"), or in a run with the string "false" read as true.
+    (["--env-kwargs", '{"levels": null}'], "env_kwargs levels=None does not fit creditgym/Sokoban-6x6-1b-v0: "
+                                           "levels takes a string or a path or a LevelBank"),
+    (["--env-kwargs", '{"action_mask": "false"}'], "action_mask takes true or false"),
+    (["--env-kwargs", '{"rewards": 3}'], "rewards takes a SokobanRewards or a string or a mapping"),
+    (["--seed", str(2**64)], "PPOConfig.seed must be at most 2**63 - 1"),
+])
+def test_train_refuses_arguments_of_the_wrong_type_before_training(tmp_path, capsys, monkeypatch, args: list[str],
+                                                                    message: str) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["train", "--env", "creditgym/Sokoban-6x6-1b-v0", "--runs-dir", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_config_files_that_are_not_yaml_text_are_named(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    (tmp_path / "config.yaml").write_bytes(b"\x00\xff\xfe binary")
+    assert main(["train", "--config", str(tmp_path / "config.yaml")]) == 2
+    assert f"config file {tmp_path / 'config.yaml'} is not UTF-8 text" in capsys.readouterr().out
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    assert f"config file {tmp_path} is a folder; --config takes a YAML file" in capsys.readouterr().out
+
+
+def test_commands_name_the_flag_they_refuse_before_doing_any_work(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["play", "creditgym/Sokoban-6x6-1b-v0", "--seed", "-1"]) == 2
+    assert "--seed must be 0 or more" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path), "--seed", str(2**64)]) == 2
+    assert "seed must be between 0 and 2**63 - 1" in capsys.readouterr().out
+    # The demo used to train both runs and only then refuse --episodes 0.
+    assert main(["demo", "--episodes", "0", "--steps", "64", "--runs-dir", str(tmp_path / "demo")]) == 2
+    assert "--episodes must be at least 1" in capsys.readouterr().out and not (tmp_path / "demo").exists()
+    assert main(["make-banks", "--seed", "-1", "--out-dir", str(tmp_path / "banks"), "--quiet"]) == 2
+    assert "seed (--seed) must be an integer of 0 or more" in capsys.readouterr().out
+    (tmp_path / "file").write_text("")
+    assert main(["make-banks", "--out-dir", str(tmp_path / "file"), "--variants", "6x6-1b", "--quiet"]) == 2
+    assert "is a file; give a folder for the bank files" in capsys.readouterr().out
+    assert main(["rescore", str(tmp_path / "t.jsonl"), "--potential", "box_distance", "--channel", ""]) == 2
+    assert "--channel must name the new reward channel" in capsys.readouterr().out
+
+
+def test_eval_plays_an_llm_run_trained_from_the_command_line(tmp_path) -> None:
+    import json
+
+    from creditgym.llm import tiny_test_model
+
+    model, tokenizer = tiny_test_model(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    trained = _run("train", "--algo", "grpo", "--model", str(tmp_path / "tiny"), "--env",
+                   "creditgym/Sanity-WordBandit-v0", "--iterations", "1", "--num-groups", "1", "--group-size", "2",
+                   "--max-turns", "2", "--max-new-tokens", "4", "--no-progress", "--no-tensorboard", "--runs-dir",
+                   str(tmp_path / "runs"), "--run-name", "grpo")
+    assert trained.returncode == 0, trained.stderr
+    result = _run("eval", str(tmp_path / "runs" / "grpo"), "--episodes", "3", "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = json.loads((tmp_path / "runs" / "grpo" / "eval.json").read_text())
+    assert written["algo"] == "grpo" and written["episodes"] == 3 and written["iteration"] == 1
+    assert 0.0 <= written["success_rate"] <= 1.0 and written["mean_steps"] > 0

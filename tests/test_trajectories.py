@@ -376,6 +376,31 @@ def test_odd_but_valid_files_load(tmp_path: Path) -> None:
         load_trajectories(file)
     with pytest.raises(FileNotFoundError, match="is a folder, not a trajectory file"):
         load_trajectories(tmp_path)
+    # json parses nesting that Python's recursion cannot then walk; that raised a bare RecursionError.
+    deep = _edit(good, ("info",), json.loads('{"a": ' * 900 + "1" + "}" * 900))
+    _write_lines(file, [json.dumps(good), json.dumps(deep)])
+    with pytest.raises(TrajectoryFormatError, match=":2: the JSON is nested too deeply"):
+        load_trajectories(file)
+
+
+def test_string_arrays_wider_than_their_text_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stored dtype such as <U100000000 made 80 bytes of JSON into a 4 GB allocation (MemoryError or swap).
+    monkeypatch.setattr(trajectories, "MAX_TEXT_ARRAY_BYTES", 1 << 20)
+    good = _good_record()
+    file = tmp_path / "t.jsonl"
+    wide = _edit(good, ("steps", 0, "observation"), {"__ndarray__": ["a"] * 4, "dtype": "<U100000"})
+    _write_lines(file, [json.dumps(good), json.dumps(wide)])
+    with pytest.raises(TrajectoryFormatError, match=r"t\.jsonl:2: its numpy string arrays would take .* GiB"):
+        load_trajectories(file)
+    # Without a width numpy takes the longest string's for every element, which is the same trap.
+    long = _edit(good, ("info",), {"__ndarray__": ["x" * 1000] + [""] * 1000, "dtype": "<U"})
+    _write_lines(file, [json.dumps(long)])
+    with pytest.raises(TrajectoryFormatError, match=":1: its numpy string arrays"):
+        load_trajectories(file)
+    fine = _edit(good, ("info",), {"__ndarray__": [["ab", "c"]], "dtype": "<U7"})
+    _write_lines(file, [json.dumps(fine)])
+    (episode,) = load_trajectories(file)
+    assert episode.info.dtype == np.dtype("<U7") and episode.info.tolist() == [["ab", "c"]]
 
 
 def test_appending_after_a_crash_mid_write_keeps_every_complete_episode(tmp_path: Path) -> None:

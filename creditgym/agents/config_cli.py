@@ -11,19 +11,25 @@ import dataclasses
 import inspect
 import json
 import math
+import numbers
+import os
 import re
 import textwrap
 import types
 import typing
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import gymnasium as gym
+import numpy as np
 import torch
 import yaml
 from gymnasium.envs.registration import load_env_creator
 
 Config = TypeVar("Config")
+#: The largest seed every generator takes: torch seeds are 64-bit, and trainers seed some streams with seed + 1.
+MAX_SEED = 2**63 - 1
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -82,6 +88,11 @@ def load_yaml_config(path: str | Path, names: set[str]) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a folder; --config takes a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start}); --config takes "
+                         "a YAML file of field: value lines") from None
     except yaml.YAMLError as err:
         raise ValueError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -99,6 +110,8 @@ def check_run_config(config: Any) -> None:
     check_device(config.device)
     if config.seed < 0:
         raise ValueError(f"{name}.seed must be 0 or more (gymnasium's rule), got {config.seed}")
+    if config.seed > MAX_SEED:
+        raise ValueError(f"{name}.seed must be at most 2**63 - 1 (torch seeds are 64-bit), got {config.seed}")
     if config.checkpoint_every < 0:
         raise ValueError(f"{name}.checkpoint_every must be 0 (only at the end) or more, got {config.checkpoint_every}")
 
@@ -123,6 +136,74 @@ def check_env_arguments(env_id: str, env_kwargs: dict[str, Any], *, batched: boo
         known = sorted(name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
         raise ValueError(f"env_kwargs {unknown} are not arguments of {env_id} "
                          f"({getattr(creator, '__name__', creator)}); it takes {known}")
+    hints = _argument_hints(creator)
+    for name, value in env_kwargs.items():
+        if name in hints and not _fits(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise ValueError(f"env_kwargs {name}={shown} does not fit {env_id}: {name} takes "
+                             f"{_describe_hint(hints[name])}")
+
+
+def _argument_hints(creator: Any) -> dict[str, Any]:
+    """The type hints of a constructor's arguments, or none where they cannot be resolved (the env checks then)."""
+    try:
+        return typing.get_type_hints(creator.__init__ if isinstance(creator, type) else creator)
+    except Exception:  # hints naming what only type checkers import; nothing to check against
+        return {}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` can be passed where `hint` is declared; True for hints this cannot check (protocols, ...).
+
+    JSON gives booleans, numbers, strings, lists, objects and null, and a boolean is no number here (YAML's `yes`).
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(value == option and type(value) is type(option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    kind = origin or hint
+    if not isinstance(kind, type) or kind is object:
+        return True
+    if kind is bool:
+        return isinstance(value, bool | np.bool_)
+    if isinstance(value, bool | np.bool_):
+        return False
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    if issubclass(kind, PurePath):
+        return isinstance(value, str | os.PathLike)
+    if kind in (Sequence, list, tuple) and isinstance(value, str):
+        return False
+    try:
+        return isinstance(value, kind)
+    except TypeError:  # protocols that are not runtime-checkable
+        return True
+
+
+def _describe_hint(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe_hint(arg) for arg in typing.get_args(hint)))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if hint is type(None):
+        return "null (None)"
+    kind = origin or hint
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    if kind in names:
+        return names[kind]
+    if isinstance(kind, type) and issubclass(kind, PurePath):
+        return "a path"
+    if isinstance(kind, type) and issubclass(kind, Mapping):
+        return "a mapping (a JSON object)"
+    if isinstance(kind, type) and issubclass(kind, Sequence):
+        return "a list"
+    return f"a {getattr(kind, '__name__', kind)}"
 
 
 def check_device(device: str) -> None:

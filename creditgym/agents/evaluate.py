@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import numpy as np
 import torch
 
 import creditgym
-from creditgym.agents.config_cli import check_device
+from creditgym.agents.config_cli import MAX_SEED, check_device
 from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_actions
 from creditgym.agents.runs import load_weights, read_checkpoint
+from creditgym.envs.sokoban.bank import has_held_out_split
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 
 
@@ -45,6 +47,8 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     """Play `episodes` episodes with the run's policy; Sokoban plays distinct held-out levels in order."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and 2**63 - 1, got {seed}")
     check_device(device)
     if env_id is not None and env_id not in gym.registry:
         raise ValueError(f"env {env_id!r} is not registered; `creditgym list` shows the ids")
@@ -56,8 +60,16 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     if gym.spec(env_id).vector_entry_point is not None and env_id.startswith("creditgym/Sokoban"):
         train_grid = gym.spec(config.env_id).kwargs["levels"]
         train_grid = SokobanVectorEnv(1, levels=config.env_kwargs.get("levels", train_grid)).bank.shape
-        view = {k: v for k, v in config.env_kwargs.items() if k in ("action_mask", "obs_mode")}
-        result = _evaluate_sokoban(agent, env_id, episodes, levels, split, greedy, generator, dev, train_grid, view)
+        # The run's view and reward sizes, so that returns are on its scale.
+        view = {k: v for k, v in config.env_kwargs.items() if k in ("action_mask", "obs_mode", "rewards")}
+        # A run that trained on its own levels (such as Boxoban's) is evaluated on their held-out split.
+        own_levels = config.env_kwargs.get("levels") if env_id == config.env_id else None
+        if levels is None and own_levels is not None and split == "test" and not has_held_out_split(own_levels):
+            warnings.warn(f"the run trained on {own_levels}, which has no held-out split (no test/ or valid/ "
+                          "folder), so this evaluation plays its training levels; pass --levels to evaluate on "
+                          "others", stacklevel=2)
+        result = _evaluate_sokoban(agent, env_id, episodes, levels or own_levels, split, greedy, generator, dev,
+                                   train_grid, view, from_file=levels is not None)
     else:
         if levels is not None:
             raise ValueError("--levels applies to Sokoban ids only")
@@ -88,7 +100,7 @@ def _act(agent: ActorCritic, obs: torch.Tensor, greedy: bool, generator: torch.G
 @torch.no_grad()
 def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: str | None, split: str, greedy: bool,
                       generator: torch.Generator, dev: torch.device, train_grid: tuple[int, int],
-                      view: dict[str, Any]) -> dict[str, Any]:
+                      view: dict[str, Any], *, from_file: bool) -> dict[str, Any]:
     """Greedy or sampled play on bank levels in order, with the observation mode and masks it trained with."""
     from creditgym.envs.sokoban.solver import solve
 
@@ -129,7 +141,7 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
         "episodes": episodes,
         "distinct_levels": int(min(episodes, len(bank))),
         "levels": str(source),
-        "split": split if levels is None else "file",
+        "split": "file" if from_file else split,
         "success_rate": float(np.mean(success)),
         "mean_steps": float(np.mean(steps)),
         "mean_return": float(np.mean(returns)),

@@ -86,6 +86,10 @@ def read_checkpoint(path: str | Path, device: torch.device, *, kind: str = "cred
     if missing:
         raise ValueError(f"{path} is not a {kind} checkpoint: it holds no {', '.join(map(repr, missing))}; pass a "
                          f"checkpoint written by a {kind} run")
+    if not isinstance(state["config"], dict):
+        raise ValueError(f"checkpoint {path} is damaged: its 'config' is a {type(state['config']).__name__}, not a "
+                         "mapping of config fields; use another checkpoint of the run (such as a kept "
+                         "checkpoint-<step>.pt) or start the run again")
     # Checkpoints from before trainers saved their device: the device their tensors were on.
     state.setdefault("device", next((where for where in sorted(locations) if where != "cpu"), "cpu"))
     return path, state
@@ -119,7 +123,16 @@ def reseeded(device: torch.device, seed: int, step: int, stream: str) -> torch.G
 def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path, *, hint: str = "",
                  strict: bool = True) -> None:
     """`module.load_state_dict(weights)`, but a checkpoint of another network raises a ValueError that names the
-    file and the first parameter that does not fit, with both shapes, instead of torch's RuntimeError."""
+    file and the first parameter that does not fit, with both shapes, instead of torch's RuntimeError. Weights
+    that are not finite are refused too: the trainers never save them, so the file is damaged, and a policy with
+    NaN weights would otherwise play (and evaluate) as a constant policy without any error."""
+    damaged = (f"checkpoint {path} is damaged: {{}}; use another checkpoint of the run (such as a kept "
+               "checkpoint-<step>.pt) or start the run again")
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        raise ValueError(damaged.format("its weights are not a mapping of parameter names to tensors"))
+    for name, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(damaged.format(f"{name} holds NaN or infinite values"))
     own = module.state_dict()
     problems = [f"{name} is missing" for name in own if strict and name not in weights]
     problems += [f"{name} is not in this network" for name in weights if name not in own]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from gymnasium import spaces
 from minigrid.core.actions import Actions
 from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT, STATE_TO_IDX
 from minigrid.minigrid_env import MiniGridEnv
+
+from creditgym.envs.arguments import reward_sizes
 
 ACTION_NAMES: dict[Actions, str] = {
     Actions.left: "turn left",
@@ -179,7 +182,7 @@ class MiniGridTextEnv(gym.Env):
         env_id: str | None = None,
         env: MiniGridEnv | None = None,
         env_kwargs: dict[str, Any] | None = None,
-        rewards: MiniGridTextRewards | None = None,
+        rewards: MiniGridTextRewards | Mapping[str, float] | None = None,
         max_invalid_actions: int | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -200,7 +203,7 @@ class MiniGridTextEnv(gym.Env):
         if render_mode == "rgb_array" and env.render_mode != "rgb_array":
             raise ValueError("for render_mode='rgb_array', create the MiniGrid env with render_mode='rgb_array'")
         self.minigrid: MiniGridEnv = env
-        self.rewards = rewards or MiniGridTextRewards()
+        self.rewards = reward_sizes(MiniGridTextRewards, rewards)
         self.max_invalid_actions = max_invalid_actions
         self.render_mode = render_mode
         self.action_space = spaces.Text(max_length=MAX_OBSERVATION_LENGTH, charset=string.printable)

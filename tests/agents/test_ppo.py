@@ -323,6 +323,30 @@ def test_cli_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "success_rate" in capsys.readouterr().out
 
 
+def test_eval_plays_the_held_out_split_of_the_levels_the_run_trained_on(tmp_path: Path) -> None:
+    # It used to play the registered id's shipped bank, whatever levels the run trained on.
+    from creditgym.envs.sokoban.bank import load_bank
+    from creditgym.envs.sokoban.boxoban import write_boxoban
+
+    folder = tmp_path / "levels"
+    for split, shipped in (("train", "train"), ("test", "test")):
+        (folder / split).mkdir(parents=True)
+        write_boxoban(folder / split / "000.txt", [load_bank("6x6-2b", shipped)[i] for i in range(20)])
+    kwargs = {"levels": str(folder), "rewards": {"step": 0.0, "solved": 5.0}}
+    PPO(_config(tmp_path, env_kwargs=kwargs, total_steps=256, checkpoint_every=1)).learn()
+    result = evaluate(tmp_path / "run", episodes=5)
+    assert result["levels"] == str(folder) and result["split"] == "test" and result["distinct_levels"] == 5
+    # The run's reward sizes: no step penalty (the default's -0.1 a step would make unsolved returns negative).
+    assert result["mean_return"] > -1.0
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    write_boxoban(flat / "000.txt", [load_bank("6x6-2b", "train")[i] for i in range(20)])
+    PPO(_config(tmp_path, env_kwargs={"levels": str(flat)}, total_steps=256, checkpoint_every=1,
+                run_name="flat")).learn()
+    with pytest.warns(UserWarning, match="no held-out split"):
+        evaluate(tmp_path / "flat", episodes=3)
+
+
 def test_yaml_values_take_their_fields_types(tmp_path: Path) -> None:
     # PyYAML reads 1e-3 as a string and 1.0e+4 as a float; both failed deep inside training.
     (tmp_path / "c.yaml").write_text("learning_rate: 1e-3\ntotal_steps: 1.0e+4\nseed: '7'\n")

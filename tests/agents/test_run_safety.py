@@ -229,6 +229,47 @@ def test_damaged_checkpoints_give_an_error_naming_the_file(run_dir: Path, damage
         assert message in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize(("damage", "message"), [
+    # These loaded, then failed inside PPOConfig(**config) or load_state_dict with a TypeError or AttributeError.
+    (lambda state: state.update(config=["env_id"]), "its 'config' is a list, not a mapping"),
+    (lambda state: state.update(model=None), "its weights are not a mapping of parameter names to tensors"),
+    (lambda state: state.update(model=list(state["model"].values())), "its weights are not a mapping"),
+    # NaN weights used to evaluate without an error, as a policy that always takes its first action.
+    (lambda state: next(iter(state["model"].values())).fill_(float("nan")), "holds NaN or infinite values"),
+])
+def test_checkpoints_with_damaged_contents_say_so(run_dir: Path, damage: Any, message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = run_dir / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    damage(state)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"checkpoint {path} is damaged: .*{message}"):
+        evaluate(run_dir, episodes=2)
+    with pytest.raises(ValueError, match=message):
+        PPO(_config(run_dir.parent), resume=run_dir)
+    assert cli_main(["eval", str(run_dir), "--episodes", "2"]) == 2
+    assert message.split(",")[0] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    # A config.json edited by hand or by another version: these were a TypeError or AttributeError traceback.
+    (lambda record: record["config"].update(n_envs=8), "has config keys ['n_envs'] that PPOConfig does not take"),
+    (lambda record: record["config"].update(algo="a2c"), "names algo 'a2c', not one of ppo, grpo"),
+    (lambda record: record.update(device=0), "records the device 0, which is not a torch device"),
+    (lambda record: record.update(device="tpu"), "records the device 'tpu', which is not a torch device"),
+])
+def test_resuming_an_edited_config_json_says_what_is_wrong(run_dir: Path, edit: Any, message: str,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    record = json.loads((run_dir / "config.json").read_text())
+    edit(record)
+    (run_dir / "config.json").write_text(json.dumps(record))
+    assert cli_main(["train", "--resume", str(run_dir), "--total-steps", "512"]) == 2
+    out = capsys.readouterr().out
+    assert f"{run_dir / 'config.json'} " in out and message in out
+
+
 def test_files_that_are_not_ppo_checkpoints_say_so(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a PPO checkpoint: it holds no 'config'"):

@@ -148,3 +148,50 @@ def test_reset_options_that_are_not_a_dict_get_a_clear_error(env_id: str) -> Non
         gym.make(env_id).reset(options="level 3")  # this was an AttributeError on str.get
     with pytest.raises(TypeError, match="reset options must be a dict"):
         gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2).reset(options=[0, 1])
+
+
+@pytest.mark.parametrize(("env_id", "kwargs", "message"), [
+    # Each used to fail later with a TypeError or AttributeError ("'int' object has no attribute 'purchase'"), or
+    # was taken silently: the string "false" switched the action mask on, and 1.5 invalid actions were allowed.
+    ("creditgym/Sokoban-6x6-1b-v0", {"levels": None}, "levels must be a shipped bank name"),
+    ("creditgym/Sokoban-6x6-1b-v0", {"levels": ""}, "levels must be a shipped bank name"),
+    ("creditgym/Sokoban-6x6-1b-v0", {"action_mask": "false"}, "action_mask must be True or False"),
+    ("creditgym/Sokoban-6x6-1b-v0", {"max_invalid_actions": 1.5}, "max_invalid_actions must be a positive integer"),
+    ("creditgym/Sokoban-6x6-1b-v0", {"text_symbols": ["#"]}, "text_symbols must be one of"),
+    ("creditgym/Shop-v0", {"rewards": 1}, "rewards must be a ShopRewards, a mapping of its fields"),
+    ("creditgym/Shop-v0", {"num_products": "2000"}, "num_products must be a positive integer"),
+    ("creditgym/Shop-v0", {"max_invalid_actions": "3"}, "max_invalid_actions must be a positive integer"),
+    ("creditgym/ToolUse-v0", {"rewards": "sparse"}, "rewards must be a ToolUseRewards"),
+    ("creditgym/Dialogue-Gather-v0", {"rewards": {"bonus": 1.0}}, r"unknown GatherRewards fields \['bonus'\]"),
+    ("creditgym/Dialogue-Gather-v0", {"tight_patience": "yes"}, "tight_patience must be True or False"),
+    ("creditgym/Dialogue-Gather-v0", {"min_slots": None}, "min_slots must be a positive integer"),
+    ("creditgym/Dialogue-Gather-v0", {"domains": "trip"}, "domains must be a list of domain names"),
+    ("creditgym/Dialogue-Gather-v0", {"simulator": "rule-based"}, "simulator must be a UserSimulator"),
+    ("creditgym/MiniGridText-DoorKey-5x5-v0", {"rewards": 1.0}, "rewards must be a MiniGridTextRewards"),
+    ("creditgym/Sanity-WordBandit-v0", {"rewards": {"correct": float("nan")}},
+     "WordBanditRewards.correct must be a finite number"),
+    ("creditgym/Sanity-WordBandit-v0", {"num_rounds": "2"}, "num_rounds must be a positive integer"),
+    ("creditgym/Sanity-Bandit-v0", {"num_arms": None}, "num_arms must be a positive integer"),
+])
+def test_constructor_arguments_of_the_wrong_type_are_named(env_id: str, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        gym.make(env_id, **kwargs)
+
+
+def test_the_batched_sokoban_env_checks_its_arguments_too() -> None:
+    with pytest.raises(ValueError, match="action_mask must be True or False"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2, action_mask="no")
+    with pytest.raises(ValueError, match="max_episode_steps must be a positive integer"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2, max_episode_steps="100")
+    with pytest.raises(ValueError, match="levels must be a shipped bank name"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2, levels=None)
+
+
+@pytest.mark.parametrize("env_id", ["creditgym/Shop-v0", "creditgym/ToolUse-v0", "creditgym/Dialogue-Gather-v0",
+                                    "creditgym/MiniGridText-DoorKey-5x5-v0", "creditgym/Sanity-WordBandit-v0"])
+def test_reward_sizes_from_a_mapping_as_json_gives_them(env_id: str) -> None:
+    # `--env-kwargs '{"rewards": {...}}'` can only pass a mapping; it used to crash on the first step.
+    env = gym.make(env_id, rewards={"invalid_action": -0.5})
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(None)
+    assert info["invalid_action"] and reward == pytest.approx(-0.5)

@@ -13,8 +13,9 @@ from, with its assistant-mask bit and rollout logprob.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -89,15 +90,20 @@ class RolloutCollector:
         self.history_turns = history_turns
         self.max_prompt_tokens = max_prompt_tokens
 
-    def collect(self, seeds: Sequence[int], *, generator: torch.Generator | None = None,
-                greedy: bool = False) -> list[Episode]:
-        """One episode per env; group g (envs g*K .. g*K+K-1) resets with `seeds[g]`."""
+    def collect(self, seeds: Sequence[int], *, generator: torch.Generator | None = None, greedy: bool = False,
+                options: Sequence[Mapping[str, Any] | None] | None = None) -> list[Episode]:
+        """One episode per env; group g (envs g*K .. g*K+K-1) resets with `seeds[g]`, and with `options[g]` where
+        given (e.g. `{"level": level}` for Sokoban, so an evaluation plays chosen levels)."""
         if len(seeds) * self.group_size != len(self.envs):
             raise ValueError(f"need {len(self.envs) // self.group_size} seeds (one per group), got {len(seeds)}")
+        if options is not None and len(options) != len(seeds):
+            raise ValueError(f"need one reset options entry per group ({len(seeds)}), got {len(options)}")
         episodes, observations, stopped = [], [], []
         for i, env in enumerate(self.envs):
             seed = int(seeds[i // self.group_size])
-            obs, info = env.reset(seed=seed)
+            # Without options the call is as before, for envs (and pools) whose reset takes a seed only.
+            obs, info = (env.reset(seed=seed) if options is None
+                         else env.reset(seed=seed, options=options[i // self.group_size]))
             if not isinstance(obs, str):
                 raise ValueError(f"{env.spec.id if env.spec else env} returned a {type(obs).__name__} observation; LLM "
                                 "policies need text envs (pass obs_mode='text' to grid envs)")

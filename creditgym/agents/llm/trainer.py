@@ -87,7 +87,7 @@ class LLMTrainer:
         model = model.to(self.device)
         self.reference: LLMPolicy | None = None
         if cfg.lora_rank:
-            model = _add_lora(model, cfg)
+            model = add_lora(model, cfg)
         elif cfg.kl_coef > 0:
             frozen = copy.deepcopy(model).eval().requires_grad_(False)
             self.reference = LLMPolicy(frozen, tokenizer, temperature=cfg.temperature, bf16=cfg.bf16)
@@ -412,7 +412,8 @@ def episode_summary(episodes: list[Episode]) -> dict[str, float]:
     }
 
 
-def _add_lora(model: PreTrainedModel, cfg: LLMTrainConfig) -> PreTrainedModel:
+def add_lora(model: PreTrainedModel, cfg: LLMTrainConfig) -> PreTrainedModel:
+    """`model` with the LoRA adapters of `cfg` (peft), only they trainable: as training and evaluation build it."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
 
+from creditgym.envs.arguments import flag, positive_int, reward_sizes
 from creditgym.envs.dialogue.scenarios import DOMAINS, Scenario, generate_scenario
 from creditgym.envs.dialogue.simulator import LLMUser, RuleBasedUser, UserSimulator
 from creditgym.envs.dialogue.text import (
@@ -104,11 +105,22 @@ class DialogueGatherEnv(gym.Env):
         patience_bonus: int = 2,
         tight_patience: bool = False,
         simulator: UserSimulator | None = None,
-        rewards: GatherRewards | None = None,
+        rewards: GatherRewards | Mapping[str, float] | None = None,
         max_invalid_actions: int | None = None,
         render_mode: str | None = None,
         expose_ground_truth: bool = False,
     ) -> None:
+        if domains is not None and (isinstance(domains, str) or not isinstance(domains, Sequence)
+                                    or not all(isinstance(name, str) for name in domains)):
+            raise ValueError(f"domains must be a list of domain names from {sorted(DOMAINS)}, or None, got {domains!r}")
+        min_slots, max_slots = positive_int("min_slots", min_slots), positive_int("max_slots", max_slots)
+        patience_bonus = positive_int("patience_bonus", patience_bonus)
+        max_invalid_actions = positive_int("max_invalid_actions", max_invalid_actions, optional=True)
+        tight_patience, expose_ground_truth = flag("tight_patience", tight_patience), flag("expose_ground_truth",
+                                                                                             expose_ground_truth)
+        if simulator is not None and not callable(getattr(simulator, "reply", None)):
+            raise ValueError(f"simulator must be a UserSimulator (an object with a reply() method, such as "
+                             f"RuleBasedUser or LLMUser) or None, got {type(simulator).__name__}")
         self.domains = tuple(domains) if domains is not None else tuple(DOMAINS)
         unknown = set(self.domains) - set(DOMAINS)
         if unknown or not self.domains:
@@ -116,17 +128,13 @@ class DialogueGatherEnv(gym.Env):
         fewest = min(len(DOMAINS[name].slots) for name in self.domains)
         if not 1 <= min_slots <= max_slots <= fewest:
             raise ValueError(f"need 1 <= min_slots <= max_slots <= {fewest}, got {min_slots} and {max_slots}")
-        if patience_bonus < 1:
-            raise ValueError("patience_bonus must be at least 1, or the user leaves before the last answer")
-        if max_invalid_actions is not None and max_invalid_actions < 1:
-            raise ValueError("max_invalid_actions must be a positive integer or None")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         self.min_slots, self.max_slots = min_slots, max_slots
         self.patience_bonus = patience_bonus
         self.tight_patience = tight_patience
         self.simulator: UserSimulator = simulator if simulator is not None else RuleBasedUser()
-        self.rewards = rewards or GatherRewards()
+        self.rewards = reward_sizes(GatherRewards, rewards)
         self.max_invalid_actions = max_invalid_actions
         self.render_mode = render_mode
         self.expose_ground_truth = expose_ground_truth

@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from creditgym.envs.arguments import positive_int
+
 
 class ContextBanditEnv(gym.Env):
     """Pick the arm named by the observation.
@@ -42,7 +44,7 @@ class ContextBanditEnv(gym.Env):
     metadata = {"render_modes": ["ansi"]}
 
     def __init__(self, *, num_arms: int = 4, render_mode: str | None = None) -> None:
-        if num_arms < 2:
+        if positive_int("num_arms", num_arms) < 2:
             raise ValueError(f"num_arms must be at least 2, got {num_arms}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
+
+from creditgym.envs.arguments import positive_int, reward_sizes
 
 MAX_TEXT_LENGTH = 4000
 
@@ -77,15 +80,15 @@ class WordBanditEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, *, num_rounds: int = 1, prize_door: str = "B", rewards: WordBanditRewards | None = None,
+    def __init__(self, *, num_rounds: int = 1, prize_door: str = "B",
+                 rewards: WordBanditRewards | Mapping[str, float] | None = None,
                  render_mode: str | None = None) -> None:
-        if num_rounds < 1:
-            raise ValueError(f"num_rounds must be at least 1, got {num_rounds}")
+        num_rounds = positive_int("num_rounds", num_rounds)
         if prize_door not in ("A", "B"):
             raise ValueError(f"prize_door must be 'A' or 'B', got {prize_door!r}")
         self.num_rounds = num_rounds
         self.prize_door = Door(prize_door)
-        self.rewards = rewards or WordBanditRewards()
+        self.rewards = reward_sizes(WordBanditRewards, rewards)
         self.render_mode = render_mode
         self.action_space = spaces.Text(max_length=MAX_TEXT_LENGTH, charset=string.printable)
         self.observation_space = spaces.Text(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import numbers
+import os
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
 
+from creditgym.envs.arguments import positive_int, reward_sizes
 from creditgym.envs.options import reset_option
 from creditgym.envs.shop import pages
 from creditgym.envs.shop.catalog import Product
@@ -67,7 +71,7 @@ class ShopEnv(gym.Env):
     `num_products` (2000) and `catalog_seed` (0) for the generated catalog, cached on disk under
     `creditgym.envs.shop.index.cache_dir()`; or `webshop_dir` (a folder with WebShop's items_shuffle*.json and
     instruction files, see `creditgym.envs.shop.webshop`); or a ready `catalog`. `split` ("train"/"test"),
-    `rewards` (`ShopRewards`), `max_invalid_actions`, `render_mode` ("ansi").
+    `rewards` (`ShopRewards`, or a mapping of its fields), `max_invalid_actions`, `render_mode` ("ansi").
 
     ## Registered IDs
     `creditgym/Shop-v0` (2,000 products) and `creditgym/Shop-100k-v0` (100,000); 15 steps each.
@@ -86,7 +90,7 @@ class ShopEnv(gym.Env):
         webshop_dir: str | Path | None = None,
         catalog: ShopCatalog | None = None,
         split: str = "train",
-        rewards: ShopRewards | None = None,
+        rewards: ShopRewards | Mapping[str, float] | None = None,
         max_invalid_actions: int | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -94,16 +98,22 @@ class ShopEnv(gym.Env):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
-        if max_invalid_actions is not None and max_invalid_actions < 1:
-            raise ValueError("max_invalid_actions must be a positive integer or None")
+        max_invalid_actions = positive_int("max_invalid_actions", max_invalid_actions, optional=True)
+        if catalog is not None and not isinstance(catalog, ShopCatalog):
+            raise ValueError(f"catalog must be a ShopCatalog or None, got {type(catalog).__name__}")
         if catalog is None:
             if webshop_dir is not None:
+                if not isinstance(webshop_dir, str | os.PathLike):
+                    raise ValueError(f"webshop_dir must be the path of WebShop's data folder, got {webshop_dir!r}")
                 catalog = load_webshop(webshop_dir)
             else:
-                catalog = ShopCatalog.generated(catalog_seed, num_products)
+                num_products = positive_int("num_products", num_products)
+                if isinstance(catalog_seed, bool) or not isinstance(catalog_seed, numbers.Integral) or catalog_seed < 0:
+                    raise ValueError(f"catalog_seed must be an integer of 0 or more, got {catalog_seed!r}")
+                catalog = ShopCatalog.generated(int(catalog_seed), num_products)
         self.catalog = catalog
         self.split = split
-        self.rewards = rewards or ShopRewards()
+        self.rewards = reward_sizes(ShopRewards, rewards)
         self.max_invalid_actions = max_invalid_actions
         self.render_mode = render_mode
         self.instructions = instructions(self.rewards)

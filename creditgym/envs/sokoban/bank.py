@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from creditgym.envs.sokoban.boxoban import read_boxoban
+from creditgym.envs.sokoban.boxoban import BoxobanFormatError, read_boxoban_puzzles
 from creditgym.envs.sokoban.level import BOX_TILES, PLAYER_TILES, TARGET_TILES, Level, Tile
 
 BANK_DIR = Path(__file__).parent / "banks"
@@ -49,7 +50,15 @@ class LevelBank:
     @classmethod
     def from_path(cls, path: str | Path) -> LevelBank:
         """Any Boxoban-format file or directory."""
-        return cls.from_levels(read_boxoban(path), name=str(path))
+        puzzles = read_boxoban_puzzles(path)
+        first_place, first = puzzles[0]
+        for place, level in puzzles:
+            if level.shape != first.shape:
+                raise BoxobanFormatError(
+                    f"{place} is {level.shape[0]}x{level.shape[1]}, but {first_place} is "
+                    f"{first.shape[0]}x{first.shape[1]}: the levels of one bank must share a size; pad the rooms "
+                    "with walls to one size, or keep each size in its own file")
+        return cls.from_levels([level for _, level in puzzles], name=str(path))
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -107,6 +116,10 @@ def resolve_bank(levels: str | Path | LevelBank, split: str) -> LevelBank:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if isinstance(levels, LevelBank):
         return levels
+    if not isinstance(levels, str | os.PathLike) or not str(levels).strip():
+        # Path("") is the working directory, which would be searched for level files.
+        raise ValueError(f"levels must be a shipped bank name ({', '.join(bank_names())}), the path of a Boxoban "
+                         f"file or folder, or a LevelBank; got {levels!r}")
     if isinstance(levels, str) and (BANK_DIR / f"{levels}-{split}.txt").exists():
         return load_bank(levels, split)
     path = Path(levels).expanduser()
@@ -115,6 +128,17 @@ def resolve_bank(levels: str | Path | LevelBank, split: str) -> LevelBank:
             f"levels={levels!r} is neither a shipped bank ({bank_names()}) nor an existing Boxoban file/directory"
         )
     return _load_path_bank(str(_split_folder(path.resolve(), split)))
+
+
+def has_held_out_split(levels: str | Path | LevelBank) -> bool:
+    """Whether split "test" plays other levels than "train": true for the shipped banks and Boxoban folders with
+    split subfolders, false for a file, a folder without them, or a bank."""
+    if isinstance(levels, LevelBank):
+        return False
+    if isinstance(levels, str) and (BANK_DIR / f"{levels}-test.txt").exists():
+        return True
+    path = Path(levels).expanduser().resolve()
+    return _split_folder(path, "train") != path
 
 
 def _split_folder(path: Path, split: str) -> Path:

@@ -19,23 +19,30 @@ class BoxobanFormatError(ValueError):
 
 def read_boxoban(path: str | Path) -> list[Level]:
     """Read every level in a Boxoban file, or in every ``*.txt`` file of a directory."""
+    return [level for _, level in read_boxoban_puzzles(path)]
+
+
+def read_boxoban_puzzles(path: str | Path) -> list[tuple[str, Level]]:
+    """Like `read_boxoban`, with where each level is ("FILE: puzzle 'N' (line L)"), for errors about one level."""
     path = Path(path).expanduser()
     if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
+        # Only regular files: a folder named *.txt would raise IsADirectoryError, and reading a FIFO never returns.
+        files = sorted(file for file in path.rglob("*.txt") if file.is_file())
         if not files:
             raise BoxobanFormatError(f"{path}: directory holds no *.txt level files")
-        return [level for file in files for level in _read_file(file)]
+        return [puzzle for file in files for puzzle in _read_file(file)]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such Boxoban file or directory")
     return _read_file(path)
 
 
-def _read_file(path: Path) -> list[Level]:
+def _read_file(path: Path) -> list[tuple[str, Level]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: editors on Windows start UTF-8 files with a byte-order mark, which would hide the first header.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise BoxobanFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    levels: list[Level] = []
+    levels: list[tuple[str, Level]] = []
     header: str | None = None
     header_line = 0
     rows: list[str] = []
@@ -48,7 +55,7 @@ def _read_file(path: Path) -> list[Level]:
         if not rows:
             raise BoxobanFormatError(f"{path}: puzzle '{header}' (line {header_line}) has no rows")
         try:
-            levels.append(Level.from_rows(rows))
+            levels.append((f"{path}: puzzle '{header}' (line {header_line})", Level.from_rows(rows)))
         except LevelError as err:
             raise BoxobanFormatError(f"{path}: puzzle '{header}' (line {header_line}): {err}") from None
 

@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from creditgym.envs.arguments import flag, positive_int
 from creditgym.envs.options import reset_option
 from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
 from creditgym.envs.sokoban.level import (
@@ -119,12 +120,12 @@ class SokobanEnv(gym.Env):
     ) -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
-        if text_symbols not in TEXT_SYMBOLS:
+        if not isinstance(text_symbols, str) or text_symbols not in TEXT_SYMBOLS:
             raise ValueError(f"text_symbols must be one of {sorted(TEXT_SYMBOLS)}, got {text_symbols!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
-        if max_invalid_actions is not None and max_invalid_actions < 1:
-            raise ValueError("max_invalid_actions must be a positive integer or None")
+        max_invalid_actions = positive_int("max_invalid_actions", max_invalid_actions, optional=True)
+        action_mask = flag("action_mask", action_mask)
         self.bank = resolve_bank(levels, split)
         self.obs_mode = obs_mode
         self.rewards = resolve_rewards(rewards)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -96,7 +97,11 @@ def make_banks(
         progress: show a rich progress bar.
     """
     specs = _resolve(variants)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed (--seed) must be an integer of 0 or more, got {seed!r}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir (--out-dir) {out_dir} is a file; give a folder for the bank files")
     out_dir.mkdir(parents=True, exist_ok=True)
     stats: dict[str, BankStats] = {}
     with Progress() if progress else nullcontext() as bar:

@@ -12,6 +12,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from creditgym.envs.arguments import flag, positive_int
 from creditgym.envs.options import reset_option
 from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
 from creditgym.envs.sokoban.level import NUM_TILES, Tile
@@ -92,6 +93,11 @@ class SokobanVectorEnv(VectorEnv):
     the boards that end). To split one batch across processes, e.g. Ray workers, give each part `first_env` (the
     batch index of its first board) and `total_envs` (the whole batch's size): each part then draws as the whole
     batch does and keeps its own rows, so the parts together replay the whole batch exactly.
+
+    So `reset(seed=s)` does not give board i the level that `SokobanEnv.reset(seed=s + i)` gives (gymnasium's
+    convention for vector envs of single envs, as in `make_vec(..., vectorization_mode="sync")`): the batch is
+    reproducible from its seed, but plays other levels than a sync vector env of the same seed. Pass
+    `options={"level_index": ...}` to choose each board's level.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -115,10 +121,9 @@ class SokobanVectorEnv(VectorEnv):
                 f"SokobanVectorEnv produces array or egocentric observations (got obs_mode={obs_mode!r}); for text "
                 "or RGB use gymnasium.make_vec(..., vectorization_mode='sync')"
             )
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-        if max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
+        num_envs = positive_int("num_envs", num_envs)
+        max_episode_steps = positive_int("max_episode_steps", max_episode_steps)
+        action_mask = flag("action_mask", action_mask)
         total_envs = num_envs if total_envs is None else total_envs
         if not 0 <= first_env <= total_envs - num_envs:
             raise ValueError(f"boards first_env={first_env} .. first_env + num_envs={first_env + num_envs} must lie "

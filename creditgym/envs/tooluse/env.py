@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import string
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
 
+from creditgym.envs.arguments import reward_sizes
 from creditgym.envs.options import reset_option
 from creditgym.envs.tooluse.reward import (
     UNPARSEABLE,
@@ -74,9 +76,10 @@ class ToolUseEnv(gym.Env):
 
     ## Arguments
     `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16), `split` ("train"/"test": disjoint
-    worlds), `rewards` (`ToolUseRewards`), `max_invalid_actions`, `max_turns` (truncate and reveal the plan after
-    this many steps), `render_mode` ("ansi"), `expose_ground_truth` (False: put the correct final action in the
-    reset info for training-time reward models such as IGPO; the observations never show it).
+    worlds), `rewards` (`ToolUseRewards` or a mapping of its fields), `max_invalid_actions`, `max_turns`
+    (truncate and reveal the plan after this many steps), `render_mode` ("ansi"), `expose_ground_truth` (False:
+    put the correct final action in the reset info for training-time reward models such as IGPO; the observations
+    never show it).
 
     ## Registered IDs
     `creditgym/ToolUse-v0` (1-4 calls), `creditgym/ToolUse-Easy-v0` (1 call), `creditgym/ToolUse-Hard-v0`
@@ -95,7 +98,7 @@ class ToolUseEnv(gym.Env):
         max_calls: int = 4,
         num_worlds: int = 16,
         split: str = "train",
-        rewards: ToolUseRewards | None = None,
+        rewards: ToolUseRewards | Mapping[str, float] | None = None,
         max_invalid_actions: int | None = None,
         max_turns: int | None = None,
         render_mode: str | None = None,
@@ -120,7 +123,7 @@ class ToolUseEnv(gym.Env):
         self.min_calls, self.max_calls = min_calls, max_calls
         self.num_worlds = num_worlds
         self.split = split
-        self.rewards = rewards or ToolUseRewards()
+        self.rewards = reward_sizes(ToolUseRewards, rewards)
         self.max_invalid_actions = max_invalid_actions
         self.max_turns = max_turns
         self._turn_count = 0

@@ -170,3 +170,22 @@ def test_scoring_rows_with_a_shared_prefix_gives_the_same_logprobs_and_gradients
     with pytest.raises(ValueError, match="do not all start with those tokens"):
         policy.sequence_logprobs(batch.input_ids, batch.attention_mask, batch.action_mask,
                                  shared_prefix=batch.input_ids.shape[1] - 1)
+
+
+def test_reset_options_per_group_choose_each_groups_task() -> None:
+    from creditgym.envs.sokoban.bank import load_bank
+
+    model, tokenizer = tiny_test_model()
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=2)
+    envs = [gym.make("creditgym/Sokoban-6x6-1b-v0", obs_mode="text") for _ in range(4)]
+    collector = RolloutCollector(envs, policy, group_size=2, max_turns=1, history_turns=2, max_prompt_tokens=4096)
+    bank = load_bank("6x6-1b", "test")
+    expected = [envs[0].reset(options={"level": bank[i]})[0] for i in (3, 8)]
+    assert expected[0] != expected[1]
+    episodes = collector.collect([5, 6], greedy=True, options=[{"level": bank[3]}, {"level": bank[8]}])
+    assert [ep.turns[0].observation for ep in episodes] == [expected[0]] * 2 + [expected[1]] * 2
+    # Without options each env draws its level from its seed, as before options existed.
+    drawn = collector.collect([5, 6], greedy=True)
+    assert [ep.turns[0].observation for ep in drawn] == [envs[0].reset(seed=s)[0] for s in (5, 5, 6, 6)]
+    with pytest.raises(ValueError, match="one reset options entry per group"):
+        collector.collect([5, 6], options=[{"level": bank[3]}])

@@ -94,9 +94,29 @@ def test_binary_and_missing_files(tmp_path: Path) -> None:
         read_boxoban(tmp_path / "empty")
 
 
-def test_bank_from_mixed_sizes_is_refused() -> None:
+def test_a_byte_order_mark_and_folders_named_txt_are_read_past(tmp_path: Path) -> None:
+    # Windows editors start UTF-8 files with a BOM, which used to hide the first "; 0" header.
+    (tmp_path / "levels" / "000.txt").parent.mkdir()
+    (tmp_path / "levels" / "000.txt").write_text("\ufeff; 0\n" + "\n".join(ROOM) + "\n", encoding="utf-8")
+    (tmp_path / "levels" / "old.txt").mkdir()  # a folder named *.txt used to raise IsADirectoryError
+    assert [level.to_rows() for level in read_boxoban(tmp_path / "levels")] == [ROOM]
+
+
+def test_bank_from_mixed_sizes_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="share a size"):
         LevelBank.from_levels([Level.from_rows(ROOM), Level.from_rows(TWO)])
+    # From a file, the error names the file and the puzzle that differs, and says what to change.
+    write_boxoban(tmp_path / "mixed.txt", [Level.from_rows(ROOM), Level.from_rows(ROOM), Level.from_rows(TWO)])
+    with pytest.raises(BoxobanFormatError, match=r"mixed.txt: puzzle '2' \(line 11\) is 4x6, but .*mixed.txt: "
+                                                 r"puzzle '0' \(line 1\) is 3x5.*pad the rooms"):
+        resolve_bank(tmp_path / "mixed.txt", "train")
+
+
+@pytest.mark.parametrize("levels", [None, 3, "", "  "])
+def test_levels_that_name_no_bank_or_path_are_refused(levels: object) -> None:
+    # "" is the working directory to Path, which used to be searched for level files.
+    with pytest.raises(ValueError, match="levels must be a shipped bank name .*6x6-1b.*got"):
+        resolve_bank(levels, "train")  # type: ignore[arg-type]
 
 
 def test_resolve_bank_errors_list_shipped_banks() -> None:
