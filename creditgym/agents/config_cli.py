@@ -114,6 +114,11 @@ def check_run_config(config: Any) -> None:
         raise ValueError(f"{name}.seed must be at most 2**63 - 1 (torch seeds are 64-bit), got {config.seed}")
     if config.checkpoint_every < 0:
         raise ValueError(f"{name}.checkpoint_every must be 0 (only at the end) or more, got {config.checkpoint_every}")
+    run_name = config.run_name
+    if run_name is not None and (Path(run_name).name != run_name or run_name in ("", ".", "..")):
+        # Anything else would put the run in runs_dir itself or outside it, beside other runs' files.
+        raise ValueError(f"{name}.run_name must be a plain folder name such as 'sokoban-spa-s1', got {run_name!r}; "
+                         "choose where runs go with runs_dir (--runs-dir)")
 
 
 def check_env_arguments(env_id: str, env_kwargs: dict[str, Any], *, batched: bool) -> None:

@@ -100,6 +100,15 @@ def test_cli_refuses_a_reused_run_name_and_the_flag_replaces_it(tmp_path: Path,
     assert _rows(tmp_path / "x") == [128, 256]
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "../elsewhere", "/tmp/abs", "nested/run"])
+def test_a_run_name_cannot_leave_the_runs_folder(name: str) -> None:
+    from creditgym.agents.llm import LLMTrainConfig
+
+    for config in (PPOConfig, LLMTrainConfig):  # before, "" or "." wrote the run into runs_dir itself
+        with pytest.raises(ValueError, match="run_name must be a plain folder name"):
+            config(run_name=name)
+
+
 def test_llm_trainer_refuses_a_folder_that_holds_a_run(tmp_path: Path) -> None:
     make_trainer(tmp_path, iterations=1).learn()
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
