@@ -256,8 +256,9 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
                       "(PPO) or --iterations (LLM algos) above it to continue the run", highlight=False, soft_wrap=True)
         return 0
     key, unit = rate
-    console.print(f"run written to {trainer.run_dir}: success {metrics.get('charts/success_rate', float('nan')):.1%}, "
-                  f"{metrics.get(key, 0):,.0f} {unit}")
+    success = metrics.get("charts/success_rate", float("nan"))
+    success_text = f"success {success:.1%}" if math.isfinite(success) else "no episode finished yet"
+    console.print(f"run written to {trainer.run_dir}: {success_text}, {metrics.get(key, 0):,.0f} {unit}")
     return 0
 
 
