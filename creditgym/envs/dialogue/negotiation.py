@@ -84,7 +84,8 @@ class NegotiationEnv(ParallelEnv):
     included) without either. `info["success"]` (a deal was made) is set at the end.
 
     ## Info
-    Per agent: `reward_components`, `invalid_action`, `your_turn`, `counts`, `values` (its own),
+    Per agent: `instructions` (at reset: the rules and move format, a system prompt), `reward_components`,
+    `invalid_action`, `your_turn`, `counts`, `values` (its own),
     `partner_offer` (what the partner's standing proposal gives this agent, or None); at the end `success`
     and `deal` (this agent's share, or None).
 
@@ -217,8 +218,21 @@ class NegotiationEnv(ParallelEnv):
                 "(what you keep), <accept> or <nodeal>."
             )
             observations[agent] = self._observe(i, intro, False)
-            infos[agent] = self._info(i, 0.0, 0.0, False)
+            infos[agent] = {**self._info(i, 0.0, 0.0, False), "instructions": self._instructions()}
         return observations, infos
+
+    def _instructions(self) -> str:
+        """The rules and move format, the same for both players: a system prompt, as every creditgym env gives."""
+        scale = "" if self.rewards.deal == 1 else f" times {self.rewards.deal:g}"
+        return (
+            "You negotiate in Deal or No Deal. You and a partner split a pool of books, hats and balls. Each of "
+            "you values the items privately; the whole pool is worth 10 to each. Take turns. Each turn make one "
+            "move: a message to your partner; <propose>{\"books\": 1, \"hats\": 0, \"balls\": 2}</propose>, the "
+            "items you keep (your partner gets the rest); <accept> to take your partner's standing proposal; or "
+            f"<nodeal> to walk away. A deal pays each of you the value of your share{scale}; "
+            f"no deal pays {self.rewards.no_deal:g}. Without a deal after {self.max_turns} moves, time is up. "
+            f"A move that is none of these costs {self.rewards.invalid_action:g}."
+        )
 
     def render(self) -> str | None:
         """The pool and the moves so far: returned for `ansi`, printed for `human`."""

@@ -163,3 +163,12 @@ def test_scripted_negotiators_make_deals() -> None:
         total += sum(rewards.values())
     assert deals / episodes >= 0.8
     assert total / episodes >= 10.0  # together they do better than splitting a pool worth 10 to each evenly
+
+
+def test_reset_gives_each_player_the_rules_as_instructions() -> None:
+    env = negotiation_v0.parallel_env(max_turns=6)
+    _, infos = env.reset(seed=0)
+    texts = {infos[agent]["instructions"] for agent in env.agents}
+    assert len(texts) == 1  # the rules are public; the values stay in each player's own observation
+    (text,) = texts
+    assert all(move in text for move in ("<propose>", "<accept>", "<nodeal>")) and "after 6 moves" in text
