@@ -38,3 +38,13 @@ def test_render_without_a_render_mode_returns_none(env_id: str) -> None:
     env.reset(seed=0)
     assert env.render() is None
     assert isinstance(gym.make(env_id, render_mode="ansi").unwrapped.render(), str)
+
+
+def test_word_bandit_lists_its_doors_while_rounds_remain() -> None:
+    env = gym.make("creditgym/Sanity-WordBandit-v0", num_rounds=2)
+    _, info = env.reset(seed=0)
+    assert info["available_actions"] == ["A", "B"]
+    _, _, _, _, info = env.step("A")
+    assert info["available_actions"] == ["A", "B"]
+    _, _, terminated, _, info = env.step(info["available_actions"][1])
+    assert terminated and info["available_actions"] == [] and info["reward_components"]["task"] == 1.0

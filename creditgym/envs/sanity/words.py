@@ -63,6 +63,10 @@ class WordBanditEnv(gym.Env):
     ## Reward components
     `task` (doors) and `format` (invalid replies).
 
+    ## Info
+    `reward_components`, `invalid_action`, `success`, `available_actions` (["A", "B"]; [] once the rounds are
+    done), and at reset `instructions`.
+
     ## Episode End
     Terminated after `num_rounds` valid replies; `info["success"]` (every step) is True once every round opened
     the prize door. Truncated by the registered time limit (4 steps).
@@ -133,4 +137,6 @@ class WordBanditEnv(gym.Env):
     def _info(self, task: float, penalty: float, *, invalid: bool) -> dict[str, Any]:
         # success is always present so a time-limit truncation also reports it (as False)
         success = self._round >= self.num_rounds and self._correct == self.num_rounds
-        return {"reward_components": {"task": task, "format": penalty}, "invalid_action": invalid, "success": success}
+        doors = [door.value for door in Door] if self._round < self.num_rounds else []
+        return {"reward_components": {"task": task, "format": penalty}, "invalid_action": invalid, "success": success,
+                "available_actions": doors}
