@@ -41,8 +41,12 @@ def creditgym_sps(steps: int, device: str, policy: str, threads: int, env_kwargs
 
 
 def sb3_sps(steps: int, num_envs: int, threads: int, env_kwargs: dict) -> float:
-    from stable_baselines3 import PPO as SB3PPO
-    from stable_baselines3.common.env_util import make_vec_env
+    try:
+        from stable_baselines3 import PPO as SB3PPO
+        from stable_baselines3.common.env_util import make_vec_env
+    except ImportError:
+        raise SystemExit("the SB3 baseline needs stable-baselines3: pip install 'creditgym[bench]', or pass "
+                         "--skip-sb3 to measure creditgym only") from None
 
     torch.set_num_threads(threads)
     envs = make_vec_env(lambda: gym.make(ENV_ID, **env_kwargs), n_envs=num_envs, seed=0)
