@@ -33,6 +33,17 @@ def flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
+class FiniteRewards:
+    """Base of every env's reward-size dataclass: each field must be a finite number, however it was built (a NaN
+    reward would pass through returns and advantages into the loss)."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{type(self).__name__}.{field.name} must be a finite number, got {value!r}")
+
+
 def reward_sizes(cls: type[Rewards], rewards: Rewards | Mapping[str, Any] | None) -> Rewards:
     """An env's reward dataclass from an instance, a mapping of its fields (as JSON gives), or None (defaults)."""
     if rewards is None:

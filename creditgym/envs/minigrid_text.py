@@ -15,7 +15,7 @@ from minigrid.core.actions import Actions
 from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT, STATE_TO_IDX
 from minigrid.minigrid_env import MiniGridEnv
 
-from creditgym.envs.arguments import reward_sizes
+from creditgym.envs.arguments import FiniteRewards, reward_sizes
 
 ACTION_NAMES: dict[Actions, str] = {
     Actions.left: "turn left",
@@ -120,7 +120,7 @@ def _name(kind: str, color: int, state: int) -> str:
 
 
 @dataclass(frozen=True)
-class MiniGridTextRewards:
+class MiniGridTextRewards(FiniteRewards):
     """Reward sizes: `native` scales MiniGrid's own reward (1 - 0.9 * steps / max_steps on success)."""
 
     native: float = 1.0

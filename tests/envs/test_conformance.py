@@ -195,3 +195,25 @@ def test_reward_sizes_from_a_mapping_as_json_gives_them(env_id: str) -> None:
     env.reset(seed=0)
     _, reward, _, _, info = env.step(None)
     assert info["invalid_action"] and reward == pytest.approx(-0.5)
+
+
+def test_every_reward_dataclass_refuses_sizes_that_are_not_finite_numbers() -> None:
+    import dataclasses
+
+    from creditgym.envs.arguments import FiniteRewards
+    from creditgym.envs.dialogue.env import GatherRewards
+    from creditgym.envs.dialogue.negotiation import NegotiationRewards
+    from creditgym.envs.minigrid_text import MiniGridTextRewards
+    from creditgym.envs.sanity.words import WordBanditRewards
+    from creditgym.envs.shop.reward import ShopRewards
+    from creditgym.envs.sokoban.rules import SokobanRewards
+    from creditgym.envs.tooluse.reward import ToolUseRewards
+
+    classes = [GatherRewards, NegotiationRewards, MiniGridTextRewards, WordBanditRewards, ShopRewards, SokobanRewards,
+               ToolUseRewards]
+    assert {cls.__name__ for cls in FiniteRewards.__subclasses__()} == {cls.__name__ for cls in classes}
+    for cls in classes:
+        field = dataclasses.fields(cls)[0].name
+        for bad in (float("nan"), float("inf"), "1", True):
+            with pytest.raises(ValueError, match=f"{cls.__name__}.{field} must be a finite number"):
+                cls(**{field: bad})

@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from creditgym.envs.arguments import flag, positive_int, reward_sizes
+from creditgym.envs.arguments import FiniteRewards, flag, positive_int, reward_sizes
 from creditgym.envs.dialogue.scenarios import DOMAINS, Scenario, generate_scenario
 from creditgym.envs.dialogue.simulator import LLMUser, RuleBasedUser, UserSimulator
 from creditgym.envs.dialogue.text import (
@@ -29,7 +29,7 @@ GOODBYE = "Sorry, I've answered enough questions. Goodbye."
 
 
 @dataclass(frozen=True)
-class GatherRewards:
+class GatherRewards(FiniteRewards):
     """Reward sizes. `proposal` is paid times the fraction of hidden slots the proposal gets right."""
 
     proposal: float = 1.0

@@ -12,6 +12,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
+from creditgym.envs.arguments import FiniteRewards
 from creditgym.envs.dialogue.deal import (
     ITEMS,
     MAX_CHAT_CHARS,
@@ -43,7 +44,7 @@ class TextObservation(str):
 
 
 @dataclass(frozen=True)
-class NegotiationRewards:
+class NegotiationRewards(FiniteRewards):
     """Reward sizes: a deal pays `deal` times the value of the player's own share (0 to 10)."""
 
     deal: float = 1.0

@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from creditgym.envs.arguments import positive_int, reward_sizes
+from creditgym.envs.arguments import FiniteRewards, positive_int, reward_sizes
 
 MAX_TEXT_LENGTH = 4000
 
@@ -22,7 +22,7 @@ class Door(str, Enum):
 
 
 @dataclass(frozen=True)
-class WordBanditRewards:
+class WordBanditRewards(FiniteRewards):
     correct: float = 1.0
     """task reward for opening the prize door (each round)"""
     invalid_action: float = -0.1

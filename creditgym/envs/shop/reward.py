@@ -18,11 +18,11 @@ scores such pairs 100).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from creditgym.envs.arguments import FiniteRewards
 from creditgym.envs.shop.catalog import Product
 from creditgym.envs.shop.goals import Goal
 
@@ -30,7 +30,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
-class ShopRewards:
+class ShopRewards(FiniteRewards):
     """Reward sizes for `ShopEnv`."""
 
     purchase: float = 1.0
@@ -40,10 +40,6 @@ class ShopRewards:
     invalid_action: float = -0.1
     """Paid into `format` for text that is not an available action."""
 
-    def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if not math.isfinite(value):
-                raise ValueError(f"ShopRewards.{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from creditgym.envs.arguments import FiniteRewards
 from creditgym.envs.sokoban.level import Tile
 
 
@@ -84,7 +85,7 @@ def effective_moves(tiles: np.ndarray, player: tuple[int, int]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class SokobanRewards:
+class SokobanRewards(FiniteRewards):
     """Reward sizes; the defaults follow gym-sokoban (also used by RAGEN and GEM)."""
 
     step: float = -0.1
@@ -98,10 +99,6 @@ class SokobanRewards:
     invalid_action: float = -0.1
     """Text view only: unparseable text, paid into the `format` channel instead of the step penalty."""
 
-    def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if not np.isfinite(value):
-                raise ValueError(f"SokobanRewards.{name} must be a finite number, got {value!r}")
 
 
 #: Named reward schemes. "outcome" is the sparse reward that the credit-assignment methods start from: gym-sokoban's

@@ -14,13 +14,13 @@ Values are "equal" when numbers are equal (3 == 3.0) or strings match ignoring c
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from creditgym.envs.arguments import FiniteRewards
 from creditgym.envs.tooluse.tools import Call
 
 UNPARSEABLE = -3.0
@@ -32,7 +32,7 @@ _NON_WORD = re.compile(r"[^a-z0-9]+")
 
 
 @dataclass(frozen=True)
-class ToolUseRewards:
+class ToolUseRewards(FiniteRewards):
     """Reward sizes for `ToolUseEnv`."""
 
     correct: float = 1.0
@@ -44,10 +44,6 @@ class ToolUseRewards:
     invalid_action: float = -0.1
     """Text that is neither valid tool calls nor an answer, into `format`."""
 
-    def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if not math.isfinite(value):
-                raise ValueError(f"ToolUseRewards.{name} must be a finite number, got {value!r}")
 
 
 def jaccard(a: Iterable[Any], b: Iterable[Any]) -> float:
