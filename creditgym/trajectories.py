@@ -7,6 +7,9 @@ version.
 
     episodes = record_episodes(env, policy, n=8, seed=0, path="runs/traj.jsonl")
     episodes = [add_shaping(e, get_potential("box_distance").offline, gamma=0.99) for e in episodes]
+
+The LLM trainer's rollouts become records with `llm_episode_records` (`LLMTrainConfig.record_trajectories`
+writes them to the run folder's trajectories.jsonl).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -31,6 +34,9 @@ import torch
 import creditgym
 from creditgym import credit
 from creditgym.wrappers.potentials import RecordPotential, get_potential, potential_names
+
+if TYPE_CHECKING:  # the LLM package imports transformers, which reading or re-scoring records never needs
+    from creditgym.agents.llm.rollout import Episode as RolloutEpisode
 
 FORMAT = "creditgym.trajectory/1"
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "gae", "reinforce_pp", "reward_to_go")
@@ -422,6 +428,34 @@ def load_trajectories(path: str | Path) -> list[Episode]:
     return list(read_trajectories(path))
 
 
+def trim_trajectories(path: str | Path, last: float, *, key: str = "iteration") -> int:
+    """Cut `path` before its first record whose `metadata[key]` is past `last`; returns the lines dropped.
+
+    For a resumed run, which records the iterations after its checkpoint again: the records are in the order
+    they were written, so everything from the first later one on goes. A last line cut short (a write
+    interrupted after the checkpoint) goes too. Records without the key are kept. A missing file is left alone.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    cut, dropped, offset = None, 0, 0
+    with path.open("rb") as file:
+        for raw in file:
+            if cut is None:
+                value = None
+                if raw.endswith(b"\n"):
+                    with contextlib.suppress(ValueError, TypeError, AttributeError, RecursionError):
+                        value = json.loads(raw).get("metadata", {}).get(key)
+                if not raw.endswith(b"\n") or (_is(value, float) and value > last):
+                    cut = offset
+            if cut is not None:
+                dropped += bool(raw.strip())
+            offset += len(raw)
+    if cut is not None:
+        os.truncate(path, cut)
+    return dropped
+
+
 # -- recording --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PolicyOutput:
@@ -492,6 +526,57 @@ def _without_components(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k != "reward_components"}
 
 
+def llm_episode_record(episode: RolloutEpisode, env_id: str, *, metadata: dict[str, Any] | None = None
+                       ) -> Episode:
+    """The trajectory record of one LLM rollout (`creditgym.agents.llm.rollout.Episode`).
+
+    Step t holds turn t's reply as the action, the observation that followed it, the turn's reward components
+    (the env's; learned rewards the trainer adds later are not in them) and, for the tokens, the context the
+    reply was sampled from (`prompt_ids`: the whole segment before it, earlier turns included), the reply
+    (`response_ids`) and its rollout logprobs. Info and env state are those a recording collector
+    (`RolloutCollector(record=True)`) kept; without them a step's info holds `invalid_action` only, and the
+    reset's info the instructions. The last step carries how the episode ended (terminated, or truncated when
+    the env, max_turns or max_prompt_tokens cut it), and its info `success`, as an env's final step does. The
+    seed is the group's reset seed; `metadata` gets the group index.
+    """
+    generated = [(segment, end) for segment in episode.segments for end in segment.turn_ends]
+    if len(generated) != len(episode.turns):
+        raise ValueError(f"the episode (group {episode.group}, seed {episode.seed}) has {len(episode.turns)} turns "
+                         f"but its segments end {len(generated)} generations; it was not built by RolloutCollector")
+    steps = []
+    for t, (turn, (segment, end)) in enumerate(zip(episode.turns, generated, strict=True)):
+        start = end + 1 - turn.num_tokens
+        last = t == len(episode.turns) - 1
+        info = _without_components(turn.info) if turn.info is not None else {"invalid_action": turn.invalid}
+        if last:
+            info.setdefault("success", episode.success)
+        steps.append(Step(
+            action=turn.action,
+            observation=episode.final_observation if last else episode.turns[t + 1].observation,
+            reward_components=dict(turn.reward_components) or {"reward": turn.reward},
+            terminated=last and episode.terminated, truncated=last and episode.truncated, info=info,
+            state=turn.state, prompt_ids=[int(i) for i in segment.token_ids[:start]],
+            response_ids=[int(i) for i in segment.token_ids[start:end + 1]],
+            logprobs=[float(x) for x in segment.logprobs[start:end + 1]],
+        ))
+    if episode.reset_info is not None:
+        reset_info = _without_components(episode.reset_info)
+    else:
+        reset_info = {"instructions": episode.instructions}
+        if episode.ground_truth is not None:
+            reset_info["ground_truth"] = episode.ground_truth
+    return Episode(env_id=env_id, seed=episode.seed,
+                   observation=episode.turns[0].observation if episode.turns else episode.final_observation,
+                   steps=steps, info=reset_info, state=episode.reset_state,
+                   metadata={"group": episode.group, **(metadata or {})})
+
+
+def llm_episode_records(episodes: Sequence[RolloutEpisode], env_id: str, *,
+                        metadata: dict[str, Any] | None = None) -> list[Episode]:
+    """`llm_episode_record` of each episode, e.g. of one `RolloutCollector.collect` batch."""
+    return [llm_episode_record(episode, env_id, metadata=metadata) for episode in episodes]
+
+
 # -- offline re-scoring -----------------------------------------------------------------------------------------
 def add_shaping(episode: Episode, potential: RecordPotential, gamma: float, *, channel: str = "shaping",
                 replace: bool = False, scale: float = 1.0) -> Episode:
@@ -512,8 +597,10 @@ def add_shaping(episode: Episode, potential: RecordPotential, gamma: float, *, c
         try:
             value = float(potential(observation, state))
         except Exception as error:
+            missing = ("; the record holds no env state there (the env declares no state(), it was recorded with "
+                       "record_state=False, or its envs ran in Ray workers)" if state is None else "")
             raise ValueError(f"the potential failed on {where} of the episode with seed {episode.seed} "
-                             f"({type(error).__name__}: {error})") from error
+                             f"({type(error).__name__}: {error}){missing}") from error
         if not np.isfinite(value):
             raise ValueError(f"the potential is {value} on {where} of the episode with seed {episode.seed}")
         return scale * value

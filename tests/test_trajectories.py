@@ -28,6 +28,7 @@ from creditgym.trajectories import (
     read_trajectories,
     record_episodes,
     step_advantages,
+    trim_trajectories,
 )
 from creditgym.wrappers.potentials import get_potential
 from creditgym.wrappers.shaping import PotentialShaping
@@ -111,6 +112,22 @@ def test_round_trip_text_and_llm_fields(tmp_path: Path) -> None:
         "<answer>Left</answer>", [1, 2, 1], [1, 5], [-0.5, -0.25])
     assert loaded[0].steps[0].reward_components["format"] == -0.1
     assert loaded[0].steps[0].info["invalid_action"] is True
+
+
+def test_trim_trajectories_cuts_from_the_first_record_past_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    assert trim_trajectories(path, 1) == 0 and not path.exists()
+    iterations = [1, 1, None, 2, 3, 2]  # None: a record without the key, kept where it comes before the cut
+    with TrajectoryWriter(path) as writer:
+        for i, iteration in enumerate(iterations):
+            metadata = {} if iteration is None else {"iteration": iteration}
+            writer.write(Episode(env_id="e", seed=i, observation="o", steps=[], metadata=metadata))
+    with path.open("a") as file:
+        file.write('{"format": "creditgym.traj')  # a write cut short
+    assert trim_trajectories(path, 3) == 1 and len(load_trajectories(path)) == 6
+    assert trim_trajectories(path, 1) == 3
+    assert [e.seed for e in load_trajectories(path)] == [0, 1, 2]
+    assert trim_trajectories(path, 0) == 3 and path.read_bytes() == b""
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

@@ -49,6 +49,10 @@ class Turn:
     reward_components: dict[str, float]
     invalid: bool
     num_tokens: int
+    info: dict[str, Any] | None = None
+    """the env's step info, kept only by a recording collector (`record=True`)"""
+    state: dict[str, Any] | None = None
+    """`env.unwrapped.state()` after the action, kept only by a recording collector on envs that declare it"""
 
 
 @dataclass
@@ -66,6 +70,11 @@ class Episode:
     ground_truth: str | None = None
     """the correct final action, from `info["ground_truth"]` at reset (envs built with expose_ground_truth=True);
     for training-time reward models such as IGPO, never part of a prompt"""
+    final_observation: str | None = None
+    """the observation after the last turn (the reset observation when no turn was played)"""
+    reset_info: dict[str, Any] | None = None
+    reset_state: dict[str, Any] | None = None
+    """the reset's info and `env.unwrapped.state()`, kept only by a recording collector"""
 
     @property
     def total_reward(self) -> float:
@@ -77,10 +86,14 @@ class Episode:
 
 
 class RolloutCollector:
-    """Owns `num_groups * group_size` envs and collects one batch of episodes per `collect` call."""
+    """Owns `num_groups * group_size` envs and collects one batch of episodes per `collect` call.
+
+    `record=True` also keeps each turn's info and env `state()` (and the reset's), for trajectory records
+    (`creditgym.trajectories.llm_episode_records`).
+    """
 
     def __init__(self, envs: Sequence[gym.Env], policy: LLMPolicy, *, group_size: int, max_turns: int,
-                 history_turns: int | None, max_prompt_tokens: int) -> None:
+                 history_turns: int | None, max_prompt_tokens: int, record: bool = False) -> None:
         if len(envs) % group_size:
             raise ValueError(f"{len(envs)} envs do not split into groups of {group_size}")
         self.envs = list(envs)
@@ -89,6 +102,7 @@ class RolloutCollector:
         self.max_turns = max_turns
         self.history_turns = history_turns
         self.max_prompt_tokens = max_prompt_tokens
+        self.record = record
 
     def collect(self, seeds: Sequence[int], *, generator: torch.Generator | None = None, greedy: bool = False,
                 options: Sequence[Mapping[str, Any] | None] | None = None) -> list[Episode]:
@@ -109,6 +123,8 @@ class RolloutCollector:
                                 "policies need text envs (pass obs_mode='text' to grid envs)")
             episodes.append(Episode(group=i // self.group_size, seed=seed, instructions=info.get("instructions", ""),
                                     ground_truth=info.get("ground_truth")))
+            if self.record:
+                episodes[-1].reset_info, episodes[-1].reset_state = info, _env_state(env)
             observations.append(obs)
             stopped.append(False)
         live = list(range(len(self.envs)))
@@ -128,9 +144,12 @@ class RolloutCollector:
                 segment.extend(generation.token_ids, action=True, logprobs=generation.logprobs)
                 segment.turn_ends.append(len(segment.token_ids) - 1)
                 obs, reward, terminated, truncated, info = self.envs[i].step(generation.text)
-                episode.turns.append(Turn(observations[i], generation.text, float(reward),
-                                          {k: float(v) for k, v in info.get("reward_components", {}).items()},
-                                          bool(info.get("invalid_action", False)), len(generation.token_ids)))
+                turn = Turn(observations[i], generation.text, float(reward),
+                            {k: float(v) for k, v in info.get("reward_components", {}).items()},
+                            bool(info.get("invalid_action", False)), len(generation.token_ids))
+                if self.record:  # state() may copy the whole board or world: only when asked for
+                    turn.info, turn.state = info, _env_state(self.envs[i])
+                episode.turns.append(turn)
                 observations[i], stopped[i] = obs, generation.stopped
                 if terminated or truncated:
                     episode.terminated, episode.truncated = bool(terminated), bool(truncated and not terminated)
@@ -142,6 +161,8 @@ class RolloutCollector:
                 break
         for i in live:
             episodes[i].truncated = True  # out of turns (max_turns)
+        for episode, observation in zip(episodes, observations, strict=True):
+            episode.final_observation = observation
         return episodes
 
     def _prompt(self, episode: Episode, observation: str, turn: int, stopped: bool) -> list[int]:
@@ -161,3 +182,9 @@ class RolloutCollector:
         segment.extend(self.policy.chat_prompt(messages), action=False)
         episode.segments.append(segment)
         return segment.token_ids
+
+
+def _env_state(env: Any) -> dict[str, Any] | None:
+    """`env.unwrapped.state()` where the env declares it; None otherwise (also for Ray's remote envs)."""
+    state = getattr(getattr(env, "unwrapped", None), "state", None)
+    return state() if callable(state) else None

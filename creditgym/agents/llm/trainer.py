@@ -48,6 +48,7 @@ from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
 from creditgym.llm.models import load_policy_model
+from creditgym.trajectories import TrajectoryWriter, llm_episode_records, trim_trajectories
 
 from .batch import TokenBatch, advantages, pack_episodes
 from .config import LLMTrainConfig
@@ -56,6 +57,7 @@ from .policy import LLMPolicy
 from .rollout import Episode, RolloutCollector
 
 EnvFactory = Callable[[], gym.Env]
+TRAJECTORIES = "trajectories.jsonl"
 
 
 def make_text_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
@@ -117,7 +119,8 @@ class LLMTrainer:
             envs = [make_env() for _ in range(cfg.num_episodes)]
         self.collector = RolloutCollector(envs, self.generation or self.policy,
                                           group_size=cfg.group_size, max_turns=cfg.max_turns,
-                                          history_turns=cfg.history_turns, max_prompt_tokens=cfg.max_prompt_tokens)
+                                          history_turns=cfg.history_turns, max_prompt_tokens=cfg.max_prompt_tokens,
+                                          record=cfg.record_trajectories)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
         self.learned_reward = make_learned_reward(cfg, self)  # SPA / PRIME / OPRL / IGPO, or None
@@ -153,6 +156,7 @@ class LLMTrainer:
         cfg = self.config
         metrics: dict[str, float] = {}
         stop_at = min(cfg.iterations, until_iteration or cfg.iterations)
+        self._prepare_trajectories()
         while self.iteration < stop_at and not ctrl_c.requested:
             start = time.perf_counter()
             seeds = [cfg.seed * 1_000_003 + self.iteration * cfg.num_groups + g for g in range(cfg.num_groups)]
@@ -166,6 +170,9 @@ class LLMTrainer:
                     f"the weights of the last update overflow the logits: lower --learning-rate (now "
                     f"{cfg.learning_rate:g})") from None
             rollout_seconds = time.perf_counter() - start
+            # Converted before a learned reward adds its channel to the turns: the records keep the env's rewards.
+            records = (llm_episode_records(episodes, cfg.env_id, metadata={"iteration": self.iteration + 1})
+                       if cfg.record_trajectories else None)
             trained = kept_groups(episodes, *cfg.group_accuracy_range)
             learned, losses = {}, {}
             if trained:
@@ -190,12 +197,26 @@ class LLMTrainer:
                 **episode_summary(episodes),
             }
             logger.log(metrics)
+            if records is not None:
+                with TrajectoryWriter(self.run_dir / TRAJECTORIES) as writer:
+                    for record in records:
+                        writer.write(record)
             progress.advance(self.iteration, metrics)
             if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                 path = self.save_checkpoint()
                 if cfg.keep_checkpoints:
                     keep_checkpoint(path, self.iteration)
         return metrics
+
+    def _prepare_trajectories(self) -> None:
+        """A fresh run starts trajectories.jsonl anew, as metrics.jsonl; a resumed one drops the records past its
+        checkpoint, whose iterations it plays again (the same rollouts, so no episode is lost or doubled)."""
+        path = self.run_dir / TRAJECTORIES
+        if self.iteration > 0:
+            trim_trajectories(path, self.iteration)
+        elif self.config.record_trajectories or self.config.overwrite:  # not another run's records in this one
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".partial").unlink(missing_ok=True)
 
     # -- the update ---------------------------------------------------------------------------------------------
     def score(self, batch: TokenBatch, policy: LLMPolicy | None = None) -> tuple[Tensor, Tensor | None]:
