@@ -14,6 +14,7 @@ Bigger models on a GPU (the same trainer; bf16 autocast is on by default on CUDA
         --learning-rate 1e-6 --micro-batch-size 8 --num-minibatches 4 --kl-coef 0.001 --iterations 200
     # 7B on one 80 GB card: add --lora-rank 64 --learning-rate 1e-5 (the frozen base doubles as the KL reference)
     # Dialogue wants the whole conversation in the prompt: --history-turns none --max-turns 12
+    creditgym eval runs/<the run> --episodes 200 --device cuda   # held-out levels, greedy; --sample to sample
 """
 
 from __future__ import annotations
