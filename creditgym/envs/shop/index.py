@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from creditgym.cache import cache_root
 from creditgym.envs.shop.catalog import GENERATOR_VERSION, Product, generate_catalog, is_test_product
 
 #: Bump when the schema or the ranking changes.
@@ -42,10 +43,8 @@ _BUILD_BATCH = 5_000
 
 
 def cache_dir() -> Path:
-    """Where catalogs are cached: `$CREDITGYM_CACHE`, else `$XDG_CACHE_HOME/creditgym`, else ~/.cache/creditgym."""
-    if os.environ.get("CREDITGYM_CACHE"):
-        return Path(os.environ["CREDITGYM_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "creditgym"
+    """Where catalogs are cached: `creditgym.cache.cache_root()`."""
+    return cache_root()
 
 
 def query_terms(query: str) -> list[str]:

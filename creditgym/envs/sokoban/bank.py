@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import uuid
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from creditgym.envs.sokoban.boxoban import BoxobanFormatError, read_boxoban_puzzles
+from creditgym.cache import cache_root
+from creditgym.envs.sokoban.boxoban import (
+    BoxobanFormatError,
+    boxoban_files,
+    read_boxoban_file_tiles,
+    read_boxoban_puzzles,
+)
 from creditgym.envs.sokoban.level import BOX_TILES, PLAYER_TILES, TARGET_TILES, Level, Tile
 
 BANK_DIR = Path(__file__).parent / "banks"
@@ -28,11 +40,22 @@ class LevelBank:
     def __post_init__(self) -> None:
         if self.tiles.ndim != 3 or len(self.tiles) == 0:
             raise ValueError(f"a level bank needs an (N, H, W) array with N >= 1, got {self.tiles.shape}")
+        self._set_facts(level_facts(self.tiles))
+
+    def _set_facts(self, facts: dict[str, np.ndarray]) -> None:
         self.tiles.setflags(write=False)
-        facts = level_facts(self.tiles)
         for name, value in facts.items():
             value.setflags(write=False)
             object.__setattr__(self, name, value)
+
+    @classmethod
+    def _with_facts(cls, tiles: np.ndarray, name: str, facts: dict[str, np.ndarray]) -> LevelBank:
+        """A bank whose `level_facts` were computed before (the on-disk level cache keeps them with the tiles)."""
+        bank = object.__new__(cls)
+        object.__setattr__(bank, "tiles", tiles)
+        object.__setattr__(bank, "name", name)
+        bank._set_facts(facts)
+        return bank
 
     # Set in __post_init__ from level_facts().
     players: np.ndarray = field(init=False, repr=False)
@@ -50,15 +73,7 @@ class LevelBank:
     @classmethod
     def from_path(cls, path: str | Path) -> LevelBank:
         """Any Boxoban-format file or directory."""
-        puzzles = read_boxoban_puzzles(path)
-        first_place, first = puzzles[0]
-        for place, level in puzzles:
-            if level.shape != first.shape:
-                raise BoxobanFormatError(
-                    f"{place} is {level.shape[0]}x{level.shape[1]}, but {first_place} is "
-                    f"{first.shape[0]}x{first.shape[1]}: the levels of one bank must share a size; pad the rooms "
-                    "with walls to one size, or keep each size in its own file")
-        return cls.from_levels([level for _, level in puzzles], name=str(path))
+        return cls(_tiles_of(boxoban_files(path)), name=str(path))
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -76,16 +91,52 @@ def level_facts(tiles: np.ndarray) -> dict[str, np.ndarray]:
 
     A box in a non-target corner (walls on one vertical and one horizontal side) can never move again.
     """
-    flat_player = np.isin(tiles, PLAYER_TILES).reshape(len(tiles), -1).argmax(axis=1)
-    wall = np.pad(tiles == Tile.WALL, ((0, 0), (1, 1), (1, 1)), constant_values=True)
-    vertical = wall[:, :-2, 1:-1] | wall[:, 2:, 1:-1]
-    horizontal = wall[:, 1:-1, :-2] | wall[:, 1:-1, 2:]
-    return {
-        "players": np.stack(np.unravel_index(flat_player, tiles.shape[1:]), axis=1),
-        "num_boxes": np.isin(tiles, BOX_TILES).sum(axis=(1, 2)),
-        "boxes_on_target": (tiles == Tile.BOX_ON_TARGET).sum(axis=(1, 2)),
-        "dead_corners": vertical & horizontal & (tiles != Tile.WALL) & ~np.isin(tiles, TARGET_TILES),
+    facts = {
+        "players": np.empty((len(tiles), 2), dtype=np.intp),
+        "num_boxes": np.empty(len(tiles), dtype=np.intp),
+        "boxes_on_target": np.empty(len(tiles), dtype=np.intp),
+        "dead_corners": np.empty(tiles.shape, dtype=bool),
     }
+    # In slices, so a 900,000-level bank's temporaries take a few MB each rather than 90 MB, and stay in cache.
+    for start in range(0, len(tiles), _FACTS_CHUNK):
+        part = slice(start, start + _FACTS_CHUNK)
+        for name, value in _chunk_facts(np.asarray(tiles[part])).items():
+            facts[name][part] = value
+    return facts
+
+
+_FACTS_CHUNK = 16_384
+
+
+def _chunk_facts(tiles: np.ndarray) -> dict[str, np.ndarray]:
+    n, height, width = tiles.shape
+    flat = tiles.reshape(n, -1)
+    wall = flat == int(Tile.WALL)
+    # Neighbours by shifting the flattened boards; a cell beyond the grid counts as wall.
+    vertical = np.empty_like(wall)
+    vertical[:, :width] = True
+    vertical[:, width:] = wall[:, :-width]
+    vertical[:, :-width] |= wall[:, width:]
+    vertical[:, -width:] = True
+    horizontal = np.empty_like(wall)
+    horizontal[:, 1:] = wall[:, :-1]
+    horizontal[:, :-1] |= wall[:, 1:]
+    horizontal.reshape(n, height, width)[:, :, [0, -1]] = True
+    flat_player = _tile_mask(flat, PLAYER_TILES).argmax(axis=1)
+    return {
+        "players": np.stack(np.unravel_index(flat_player, (height, width)), axis=1),
+        "num_boxes": np.count_nonzero(_tile_mask(flat, BOX_TILES), axis=1),
+        "boxes_on_target": np.count_nonzero(flat == int(Tile.BOX_ON_TARGET), axis=1),
+        "dead_corners": (vertical & horizontal & ~wall & ~_tile_mask(flat, TARGET_TILES)).reshape(tiles.shape),
+    }
+
+
+def _tile_mask(tiles: np.ndarray, kinds: tuple[Tile, ...]) -> np.ndarray:
+    # Comparisons with plain ints: np.isin sorts, and an IntEnum operand makes numpy widen int8 boards to int64.
+    mask = tiles == int(kinds[0])
+    for kind in kinds[1:]:
+        mask |= tiles == int(kind)
+    return mask
 
 
 def bank_names() -> list[str]:
@@ -152,6 +203,167 @@ def _split_folder(path: Path, split: str) -> Path:
                      f"pass that split's folder or file as levels")
 
 
+def _tiles_of(files: list[Path]) -> np.ndarray:
+    """The levels of Boxoban files as one (N, H, W) array; raises naming the puzzles when sizes differ."""
+    read = [(file, read_boxoban_file_tiles(file)) for file in files]
+    first_file, first_runs = read[0]
+    shape = first_runs[0].shape[1:]
+    # Every file is read before sizes are compared, so a malformed file is reported as the per-level reader did.
+    for file, runs in read:
+        index = 0
+        for run in runs:
+            if run.shape[1:] != shape:
+                place, level = read_boxoban_puzzles(file)[index]
+                first_place, _ = read_boxoban_puzzles(first_file)[0]
+                raise BoxobanFormatError(
+                    f"{place} is {level.shape[0]}x{level.shape[1]}, but {first_place} is "
+                    f"{shape[0]}x{shape[1]}: the levels of one bank must share a size; pad the rooms "
+                    "with walls to one size, or keep each size in its own file")
+            index += len(run)
+    runs = [run for _, file_runs in read for run in file_runs]
+    return runs[0] if len(runs) == 1 else np.concatenate(runs)
+
+
+#: Level sets of fewer bytes than this are parsed each time: they take milliseconds, and would only fill the cache.
+CACHE_MIN_BYTES = 1 << 20
+#: Bump when the reader, `level_facts` or the cache files change, so older cached banks are never read.
+_CACHE_VERSION = 1
+#: What a cached bank holds, with the dtype each must have.
+_CACHED = {"tiles": np.int8, "players": np.intp, "num_boxes": np.intp, "boxes_on_target": np.intp,
+           "dead_corners": np.bool_}
+_ALIGN = 64
+
+
 @functools.lru_cache(maxsize=16)
 def _load_path_bank(path: str) -> LevelBank:
-    return LevelBank.from_path(path)
+    """A bank from a Boxoban file or folder, read once per process and, for large level sets, cached on disk.
+
+    The disk cache is keyed by each file's path, size, modification time and inode, so an edited, added or removed
+    file is read afresh by the next process. It holds the tiles and their `level_facts`, memory-mapped, so worker
+    processes neither parse nor compute anything, and share the pages.
+    """
+    files = boxoban_files(path)
+    sources = _sources(files)
+    if sum(source[1] for source in sources) < CACHE_MIN_BYTES:
+        return LevelBank(_tiles_of(files), name=path)
+    key = json.dumps({"version": _CACHE_VERSION, "path": path, "files": sources})
+    cached = cache_file(path, key)
+    arrays = _read_cached(cached, key)
+    if arrays is not None:
+        return LevelBank._with_facts(arrays.pop("tiles"), path, arrays)
+    bank = LevelBank(_tiles_of(files), name=path)
+    # A file changed while it was read would store its new levels under its old key; such a read isn't kept.
+    if _sources(files) == sources:
+        _write_cached(cached, key, {name: getattr(bank, name) for name in _CACHED})
+    return bank
+
+
+def _sources(files: list[Path]) -> tuple[tuple[str, int, int, int], ...]:
+    stats = [(file, file.stat()) for file in files]
+    return tuple((str(file), st.st_size, st.st_mtime_ns, st.st_ino) for file, st in stats)
+
+
+def cache_file(path: str, key: str) -> Path:
+    """Where the bank for a Boxoban path with this key is cached: this .bin, with a .json beside it."""
+    return cache_root() / "sokoban" / f"boxoban-{_digest(path)}-{_digest(key)}.bin"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_cached(cached: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when missing, for another key, or damaged (warned about; the caller rebuilds)."""
+    meta_path = cached.with_suffix(".json")
+    if not cached.exists() or not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            return None  # a digest collision, or a file of an older layout
+        # Memory-mapped, so worker processes reading one level set share its pages.
+        buffer = np.memmap(cached, dtype=np.uint8, mode="r")
+        if len(buffer) != meta["size"] or zlib.crc32(buffer) != meta["crc32"]:
+            raise ValueError(f"{len(buffer)} bytes with checksum {zlib.crc32(buffer)}, expected {meta['size']} "
+                             f"bytes with checksum {meta['crc32']}")
+        arrays = {name: _cached_array(buffer, meta["arrays"][name], dtype) for name, dtype in _CACHED.items()}
+        _check_cached(arrays)
+        return arrays
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as error:
+        problem = str(error) or type(error).__name__
+    warnings.warn(f"the Boxoban level cache {cached} is damaged or stale ({problem}); reading the level files again",
+                  stacklevel=4)
+    return None
+
+
+def _cached_array(buffer: np.ndarray, spec: dict[str, Any], dtype: type) -> np.ndarray:
+    shape = tuple(int(n) for n in spec["shape"])
+    offset = int(spec["offset"])
+    if spec["dtype"] != np.dtype(dtype).str or offset % _ALIGN or min(shape, default=1) < 0:
+        raise ValueError(f"array spec {spec} does not fit {np.dtype(dtype).str}")
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if offset + nbytes > len(buffer):
+        raise ValueError(f"array spec {spec} runs past the end of the file")
+    return np.asarray(buffer[offset:offset + nbytes]).view(dtype).reshape(shape)
+
+
+def _check_cached(arrays: dict[str, np.ndarray]) -> None:
+    """Raise ValueError unless the arrays fit together and the facts are what `level_facts` computes now."""
+    tiles = arrays["tiles"]
+    if tiles.ndim != 3 or len(tiles) == 0 or min(tiles.shape[1:]) < 3:
+        raise ValueError(f"tiles of shape {tiles.shape}")
+    expected = {"players": (len(tiles), 2), "num_boxes": (len(tiles),), "boxes_on_target": (len(tiles),),
+                "dead_corners": tiles.shape}
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise ValueError(f"{name} of shape {arrays[name].shape}, expected {shape}")
+    # The checksum rules out damage; this catches a changed level_facts whose _CACHE_VERSION was not bumped.
+    sample = np.unique(np.linspace(0, len(tiles) - 1, num=min(len(tiles), 2048)).astype(int))
+    for name, value in level_facts(tiles[sample]).items():
+        if not np.array_equal(value, arrays[name][sample]):
+            raise ValueError(f"cached {name} differ from level_facts")
+
+
+def _write_cached(cached: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """Store arrays under `key`, dropping this path's older entries; a cache that can't be written is skipped."""
+    layout: dict[str, dict[str, Any]] = {}
+    size = 0
+    for name, array in arrays.items():
+        size = -(-size // _ALIGN) * _ALIGN
+        layout[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": size}
+        size += array.nbytes
+    # Names unique to this writer, moved into place, so concurrent workers never read a half-written file; the
+    # .json goes last, as a reader needs both.
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp_bin, tmp_json = cached.with_name(f"{cached.name}.{tag}"), cached.with_name(f"{cached.stem}.json.{tag}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        crc, written = 0, 0
+        with open(tmp_bin, "wb") as out:
+            for name, array in arrays.items():
+                for chunk in (bytes(layout[name]["offset"] - written), np.ascontiguousarray(array).data):
+                    out.write(chunk)
+                    crc = zlib.crc32(chunk, crc)
+                written = layout[name]["offset"] + array.nbytes
+        tmp_json.write_text(json.dumps({"key": key, "size": size, "crc32": crc, "arrays": layout}), encoding="utf-8")
+        os.replace(tmp_bin, cached)
+        os.replace(tmp_json, cached.with_suffix(".json"))
+    except OSError as error:
+        warnings.warn(f"cannot write the Boxoban level cache {cached} ({error}); set $CREDITGYM_CACHE to a writable "
+                      "folder to load large level sets faster", stacklevel=4)
+        return
+    finally:
+        _remove(tmp_bin)
+        _remove(tmp_json)
+    # Entries for the files' earlier versions are never read again, and each is as large as the level set.
+    prefix = cached.name.rsplit("-", 1)[0]
+    for old in cached.parent.glob(f"{prefix}-*"):
+        if old.suffix in (".bin", ".json") and old.stem != cached.stem:
+            _remove(old)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # its folder is unusable, or the file is open where open files can't be removed
