@@ -1,9 +1,11 @@
 """Vector envs that are safe for text observations.
 
-Gymnasium's `AsyncVectorEnv` passes observations through shared memory by default, and its shared-memory
-codec for `Text` spaces returns garbage strings without any error. `make_vec` therefore picks
-`SyncVectorEnv`, or `AsyncVectorEnv(shared_memory=False)`, for any env whose observation space contains a
-`Text` space, and refuses the unsafe combination with an error that says what to use instead.
+Gymnasium's `AsyncVectorEnv` passes observations through shared memory by default, and reads that memory once
+at start: for `Text` spaces every later observation comes back as the first, all '0's, without any error
+(gymnasium issue #1164; creditgym's own text envs use `creditgym.envs.text_space.TextSpace`, which refuses).
+`make_vec` therefore picks `SyncVectorEnv`, or `AsyncVectorEnv(shared_memory=False)`, for any env whose
+observation space contains a `Text` space, and refuses the unsafe combination with an error that says what to use
+instead.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def make_vec(
             if vector_kwargs.get("shared_memory", False):
                 raise UnsafeVectorizationError(
                     f"{env_id} has Text observations, and gymnasium's AsyncVectorEnv with shared_memory=True "
-                    "silently corrupts them (the strings come back as garbage). Use "
+                    "returns them all as '0's (gymnasium issue #1164). Use "
                     "creditgym.make_vec(..., vectorization_mode='async', shared_memory=False) or "
                     "vectorization_mode='sync'."
                 )

@@ -48,14 +48,41 @@ def test_sync_and_async_without_shared_memory_return_the_exact_strings() -> None
     assert unshared == expected
 
 
+class _PlainText(gym.Wrapper):
+    """The env under gymnasium's own Text space, which has no shared-memory guard."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        text = env.observation_space
+        self.observation_space = gym.spaces.Text(max_length=text.max_length, min_length=text.min_length,
+                                                 charset=text.character_set)
+
+
 def test_gymnasium_shared_memory_corrupts_text() -> None:
-    """Why make_vec refuses: if gymnasium fixes this, this test fails and the refusal can be relaxed."""
-    envs = AsyncVectorEnv([lambda: gym.make(ENV_ID)] * 2, shared_memory=True)
+    """Why creditgym refuses: if gymnasium fixes this, this test fails and the refusals can be relaxed."""
+    envs = AsyncVectorEnv([lambda: _PlainText(gym.make(ENV_ID))] * 2, shared_memory=True)
     try:
         obs, _ = envs.reset(seed=[3, 4])
     finally:
         envs.close()
     assert list(obs) != [run[0] for run in _reference([3, 4])]
+
+
+@pytest.mark.parametrize("env_id", ["creditgym/ToolUse-v0", "creditgym/Shop-v0", "creditgym/Dialogue-Gather-v0",
+                                    "creditgym/MiniGridText-DoorKey-5x5-v0", "creditgym/Sanity-WordBandit-v0"])
+def test_plain_gymnasium_async_refuses_creditgym_text_envs_before_any_worker_starts(env_id: str) -> None:
+    # gymnasium.make_vec's "async" uses shared memory unless told otherwise; before, it returned all-'0' strings.
+    import multiprocessing
+
+    with pytest.raises(UnsafeVectorizationError, match="shared_memory': False"):
+        gym.make_vec(env_id, num_envs=2, vectorization_mode="async")
+    assert not multiprocessing.active_children()
+    envs = gym.make_vec(env_id, num_envs=2, vectorization_mode="async", vector_kwargs={"shared_memory": False})
+    try:
+        obs, _ = envs.reset(seed=0)
+    finally:
+        envs.close()
+    assert all(isinstance(o, str) and o.strip("0") for o in obs)
 
 
 def test_make_vec_picks_safe_modes() -> None:

@@ -10,12 +10,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 from minigrid.core.actions import Actions
 from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT, STATE_TO_IDX
 from minigrid.minigrid_env import MiniGridEnv
 
 from creditgym.envs.arguments import FiniteRewards, reward_sizes
+from creditgym.envs.text_space import TextSpace
 
 ACTION_NAMES: dict[Actions, str] = {
     Actions.left: "turn left",
@@ -206,8 +206,8 @@ class MiniGridTextEnv(gym.Env):
         self.rewards = reward_sizes(MiniGridTextRewards, rewards)
         self.max_invalid_actions = max_invalid_actions
         self.render_mode = render_mode
-        self.action_space = spaces.Text(max_length=MAX_OBSERVATION_LENGTH, charset=string.printable)
-        self.observation_space = spaces.Text(
+        self.action_space = TextSpace(max_length=MAX_OBSERVATION_LENGTH, charset=string.printable)
+        self.observation_space = TextSpace(
             max_length=MAX_OBSERVATION_LENGTH, min_length=1, charset=string.printable
         )
         self._text = ""

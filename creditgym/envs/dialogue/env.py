@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
-from gymnasium import spaces
 
 from creditgym.envs.arguments import FiniteRewards, flag, positive_int, reward_sizes
 from creditgym.envs.dialogue.scenarios import DOMAINS, Scenario, generate_scenario
@@ -23,6 +22,7 @@ from creditgym.envs.dialogue.text import (
     parse_action,
 )
 from creditgym.envs.options import reset_option
+from creditgym.envs.text_space import TextSpace
 
 MAX_OBSERVATION_LENGTH = 2048
 GOODBYE = "Sorry, I've answered enough questions. Goodbye."
@@ -138,8 +138,8 @@ class DialogueGatherEnv(gym.Env):
         self.max_invalid_actions = max_invalid_actions
         self.render_mode = render_mode
         self.expose_ground_truth = expose_ground_truth
-        self.action_space = spaces.Text(max_length=MAX_MESSAGE_CHARS, charset=string.printable)
-        self.observation_space = spaces.Text(
+        self.action_space = TextSpace(max_length=MAX_MESSAGE_CHARS, charset=string.printable)
+        self.observation_space = TextSpace(
             max_length=MAX_OBSERVATION_LENGTH, min_length=1, charset=string.printable
         )
 

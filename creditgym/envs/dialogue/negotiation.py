@@ -28,6 +28,7 @@ from creditgym.envs.dialogue.deal import (
     worth,
 )
 from creditgym.envs.dialogue.text import sanitize
+from creditgym.envs.text_space import TextSpace
 
 AGENTS = ("player_0", "player_1")
 MAX_OBSERVATION_LENGTH = 2048
@@ -114,9 +115,9 @@ class NegotiationEnv(ParallelEnv):
         self.possible_agents = list(AGENTS)
         self.agents: list[str] = []
         self._observation_spaces = {
-            a: spaces.Text(max_length=MAX_OBSERVATION_LENGTH, min_length=1, charset=string.printable) for a in AGENTS
+            a: TextSpace(max_length=MAX_OBSERVATION_LENGTH, min_length=1, charset=string.printable) for a in AGENTS
         }
-        self._action_spaces = {a: spaces.Text(max_length=MAX_CHAT_CHARS, charset=string.printable) for a in AGENTS}
+        self._action_spaces = {a: TextSpace(max_length=MAX_CHAT_CHARS, charset=string.printable) for a in AGENTS}
         self._np_random: np.random.Generator | None = None
         self._counts: tuple[int, ...] = (0,) * len(ITEMS)
         self._values: tuple[tuple[int, ...], ...] = ((0,) * len(ITEMS),) * 2

@@ -9,9 +9,9 @@ from enum import Enum
 from typing import Any
 
 import gymnasium as gym
-from gymnasium import spaces
 
 from creditgym.envs.arguments import FiniteRewards, positive_int, reward_sizes
+from creditgym.envs.text_space import TextSpace
 
 MAX_TEXT_LENGTH = 4000
 
@@ -94,8 +94,8 @@ class WordBanditEnv(gym.Env):
         self.prize_door = Door(prize_door)
         self.rewards = reward_sizes(WordBanditRewards, rewards)
         self.render_mode = render_mode
-        self.action_space = spaces.Text(max_length=MAX_TEXT_LENGTH, charset=string.printable)
-        self.observation_space = spaces.Text(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
+        self.action_space = TextSpace(max_length=MAX_TEXT_LENGTH, charset=string.printable)
+        self.observation_space = TextSpace(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
         self._round = 0
         self._correct = 0
 

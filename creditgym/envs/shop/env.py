@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-from gymnasium import spaces
 
 from creditgym.envs.arguments import positive_int, reward_sizes
 from creditgym.envs.options import reset_option
@@ -22,6 +21,7 @@ from creditgym.envs.shop.pages import PageKind
 from creditgym.envs.shop.reward import PurchaseScore, ShopRewards, score_purchase
 from creditgym.envs.shop.text import excerpt, instructions, parse_action
 from creditgym.envs.shop.webshop import load_webshop, webshop_goal
+from creditgym.envs.text_space import TextSpace
 
 MAX_TEXT_LENGTH = 8192
 _PRINTABLE = frozenset(string.printable)
@@ -117,8 +117,8 @@ class ShopEnv(gym.Env):
         self.max_invalid_actions = max_invalid_actions
         self.render_mode = render_mode
         self.instructions = instructions(self.rewards)
-        self.action_space = spaces.Text(max_length=MAX_TEXT_LENGTH, charset=string.printable)
-        self.observation_space = spaces.Text(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
+        self.action_space = TextSpace(max_length=MAX_TEXT_LENGTH, charset=string.printable)
+        self.observation_space = TextSpace(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
         self._goal: Goal | None = None
         self._page = PageKind.SEARCH
         self._query = ""

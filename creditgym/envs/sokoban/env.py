@@ -40,6 +40,7 @@ from creditgym.envs.sokoban.rules import (
     resolve_rewards,
 )
 from creditgym.envs.sokoban.text import ACTION_NAMES, describe_invalid, instructions, parse_action
+from creditgym.envs.text_space import TextSpace
 
 ObsMode = Literal["array", "egocentric", "rgb", "text"]
 OBS_MODES: tuple[str, ...] = ("array", "egocentric", "rgb", "text")
@@ -137,8 +138,8 @@ class SokobanEnv(gym.Env):
 
         height, width = self.bank.shape
         if obs_mode == "text":
-            self.action_space: spaces.Space = spaces.Text(max_length=MAX_TEXT_LENGTH, charset=string.printable)
-            self.observation_space: spaces.Space = spaces.Text(
+            self.action_space: spaces.Space = TextSpace(max_length=MAX_TEXT_LENGTH, charset=string.printable)
+            self.observation_space: spaces.Space = TextSpace(
                 max_length=MAX_TEXT_LENGTH, min_length=1, charset=TEXT_CHARSET
             )
         else:

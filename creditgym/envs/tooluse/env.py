@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
-from gymnasium import spaces
 
 from creditgym.envs.arguments import reward_sizes
 from creditgym.envs.options import reset_option
+from creditgym.envs.text_space import TextSpace
 from creditgym.envs.tooluse.reward import (
     UNPARSEABLE,
     ToolUseRewards,
@@ -130,8 +130,8 @@ class ToolUseEnv(gym.Env):
         self.render_mode = render_mode
         self.expose_ground_truth = expose_ground_truth
         self.instructions = instructions(self.rewards)
-        self.action_space = spaces.Text(max_length=MAX_TEXT_LENGTH, charset=string.printable)
-        self.observation_space = spaces.Text(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
+        self.action_space = TextSpace(max_length=MAX_TEXT_LENGTH, charset=string.printable)
+        self.observation_space = TextSpace(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
         self._task: Task | None = None
         self._used: list[int] = []
         self._turns: list[dict[str, Any]] = []
