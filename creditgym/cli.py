@@ -273,7 +273,12 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     except FileNotFoundError:  # the PPO path says what a run folder must hold
         llm_run = False
     if llm_run:
-        result = evaluate_llm(args.run_dir, **common, batch_size=args.batch_size, progress=not args.no_progress)
+        result = evaluate_llm(args.run_dir, **common, batch_size=args.batch_size, progress=not args.no_progress,
+                              record=args.record)
+    elif args.record:
+        raise ValueError("--record applies to LLM runs; a PPO run's evaluation plays the batched env, which "
+                         "records no trajectories (record single-env episodes with creditgym.trajectories."
+                         "record_episodes)")
     else:
         result = evaluate(args.run_dir, **common)
     table = Table(title=f"evaluation of {args.run_dir}")
@@ -500,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     evaluation.add_argument("--batch-size", type=int, default=32, help="LLM runs: episodes played at once")
     evaluation.add_argument("--no-progress", action="store_true", help="LLM runs: no progress bar")
+    evaluation.add_argument("--record", metavar="TRAJ.jsonl",
+                            help="LLM runs: also write the played episodes to this file as trajectory records "
+                                 "(replaced if it exists; creditgym rescore reads it)")
     evaluation.set_defaults(run=cmd_eval)
 
     banks = commands.add_parser("make-banks", help="regenerate the shipped Sokoban level banks reproducibly")

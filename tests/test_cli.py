@@ -142,8 +142,12 @@ def test_eval_plays_an_llm_run_trained_from_the_command_line(tmp_path) -> None:
                    "--max-turns", "2", "--max-new-tokens", "4", "--no-progress", "--no-tensorboard", "--runs-dir",
                    str(tmp_path / "runs"), "--run-name", "grpo")
     assert trained.returncode == 0, trained.stderr
-    result = _run("eval", str(tmp_path / "runs" / "grpo"), "--episodes", "3", "--no-progress")
+    result = _run("eval", str(tmp_path / "runs" / "grpo"), "--episodes", "3", "--no-progress", "--record",
+                  str(tmp_path / "played.jsonl"))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert len((tmp_path / "played.jsonl").read_text().splitlines()) == 3
+    rescored = _run("rescore", str(tmp_path / "played.jsonl"), "--estimator", "grpo")
+    assert rescored.returncode == 0, rescored.stdout + rescored.stderr
     written = json.loads((tmp_path / "runs" / "grpo" / "eval.json").read_text())
     assert written["algo"] == "grpo" and written["episodes"] == 3 and written["iteration"] == 1
     assert 0.0 <= written["success_rate"] <= 1.0 and written["mean_steps"] > 0

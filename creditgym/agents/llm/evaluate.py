@@ -31,6 +31,7 @@ from creditgym.agents.config_cli import MAX_SEED, check_device, check_env_argume
 from creditgym.agents.ppo import resolve_device
 from creditgym.agents.runs import load_weights, read_checkpoint
 from creditgym.llm.models import load_policy_model
+from creditgym.trajectories import TrajectoryWriter, llm_episode_records
 
 from .config import ALGOS, LLMTrainConfig
 from .policy import LLMPolicy
@@ -70,11 +71,13 @@ def load_llm_policy(run_dir: str | Path, device: str | torch.device, *, model: P
 def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 200, levels: str | None = None,
                  split: str = "test", greedy: bool = True, seed: int = 0, device: str = "cpu",
                  model: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None,
-                 batch_size: int = 32, progress: bool = False) -> dict[str, Any]:
+                 batch_size: int = 32, progress: bool = False, record: str | Path | None = None) -> dict[str, Any]:
     """Play `episodes` episodes with a run's trained LLM policy; see the module docstring for what is played.
 
     `greedy` decodes the most likely token; otherwise tokens are sampled at the run's temperature from a generator
-    seeded with `seed`. `batch_size` episodes are played at once. Returns the metrics and where they came from.
+    seeded with `seed`. `batch_size` episodes are played at once. `record` names a file that gets the episodes
+    as trajectory records (replaced if it exists; `creditgym rescore` reads it). Returns the metrics and where
+    they came from.
     """
     _check_inputs(env_id, episodes, split, seed, batch_size)
     check_device(device)
@@ -85,7 +88,7 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
     envs, bank, setting = _make_envs(config, env_id, levels, split, min(batch_size, episodes))
     try:
         policy = _build_policy(path, state, config, dev, model, tokenizer)
-        result = _play(policy, config, envs, bank, episodes, greedy, seed, progress)
+        result = _play(policy, config, envs, bank, episodes, greedy, seed, progress, record, env_id)
     finally:
         for env in envs:
             env.close()
@@ -98,12 +101,14 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
 
 def evaluate_policy(policy: LLMPolicy, config: LLMTrainConfig, *, env_id: str | None = None, episodes: int = 200,
                     levels: str | None = None, split: str = "test", greedy: bool = True, seed: int = 0,
-                    batch_size: int = 32, progress: bool = False) -> dict[str, Any]:
+                    batch_size: int = 32, progress: bool = False, record: str | Path | None = None
+                    ) -> dict[str, Any]:
     """`evaluate_llm`'s metrics for a policy in memory (such as a trainer's live `policy`) under a run's `config`."""
     _check_inputs(env_id, episodes, split, seed, batch_size)
-    envs, bank, setting = _make_envs(config, env_id or config.env_id, levels, split, min(batch_size, episodes))
+    env_id = env_id or config.env_id
+    envs, bank, setting = _make_envs(config, env_id, levels, split, min(batch_size, episodes))
     try:
-        return {**_play(policy, config, envs, bank, episodes, greedy, seed, progress), **setting}
+        return {**_play(policy, config, envs, bank, episodes, greedy, seed, progress, record, env_id), **setting}
     finally:
         for env in envs:
             env.close()
@@ -258,9 +263,11 @@ def _make_envs(config: LLMTrainConfig, env_id: str, levels: str | None, split: s
 
 @torch.no_grad()
 def _play(policy: LLMPolicy, config: LLMTrainConfig, envs: list[gym.Env], bank: Any, episodes: int, greedy: bool,
-          seed: int, progress: bool) -> dict[str, Any]:
+          seed: int, progress: bool, record: str | Path | None, env_id: str) -> dict[str, Any]:
     generator = torch.Generator(device=policy.device)
     generator.manual_seed(seed)
+    # Opened first, so an unwritable path fails before any episode is played.
+    writer = TrajectoryWriter(record, overwrite=True) if record is not None else None
     bar = _Progress(progress, "eval", total=episodes, start=0)
     played: list[Episode] = []
     start_time, tokens = time.perf_counter(), 0
@@ -269,7 +276,7 @@ def _play(policy: LLMPolicy, config: LLMTrainConfig, envs: list[gym.Env], bank: 
             count = min(len(envs), episodes - start)
             collector = RolloutCollector(envs[:count], policy, group_size=1, max_turns=config.max_turns,
                                          history_turns=config.history_turns,
-                                         max_prompt_tokens=config.max_prompt_tokens)
+                                         max_prompt_tokens=config.max_prompt_tokens, record=writer is not None)
             numbers = range(start, start + count)
             options: Sequence[dict[str, Any]] | None = None
             if bank is not None:  # the bank in order, wrapping only when asked for more episodes than it holds
@@ -277,12 +284,21 @@ def _play(policy: LLMPolicy, config: LLMTrainConfig, envs: list[gym.Env], bank: 
             batch = collector.collect([seed + number for number in numbers], generator=generator, greedy=greedy,
                                       options=options)
             played += batch
+            if writer is not None:
+                for number, record_ in zip(numbers, llm_episode_records(batch, env_id), strict=True):
+                    record_.metadata["episode"] = number
+                    writer.write(record_)
             tokens += sum(episode.num_generated_tokens for episode in batch)
             bar.advance(len(played), {"charts/success_rate": float(np.mean([ep.success for ep in played])),
                                       "charts/tokens_per_s": tokens / max(time.perf_counter() - start_time, 1e-9)})
     finally:
         bar.close()
-    return _summary(played, config, bank, episodes)
+        if writer is not None:
+            writer.close()
+    result = _summary(played, config, bank, episodes)
+    if record is not None:
+        result["recorded"] = str(record)
+    return result
 
 
 def _summary(played: list[Episode], config: LLMTrainConfig, bank: Any, episodes: int) -> dict[str, Any]:

@@ -81,6 +81,25 @@ def test_a_saved_run_plays_as_the_live_policy(full_run: LLMTrainer) -> None:
     assert kept["iteration"] == 1 and _metrics(kept) != _metrics(evaluate_llm(full_run.run_dir, **PLAY, **_tiny()))
 
 
+def test_record_writes_the_played_episodes_as_trajectory_records(full_run: LLMTrainer, tmp_path: Path) -> None:
+    from creditgym.trajectories import load_trajectories, summarize
+
+    path = tmp_path / "eval.jsonl"
+    path.write_text("an older evaluation's file is replaced\n")
+    recorded = evaluate_llm(full_run.run_dir, **PLAY, **_tiny(), record=path)
+    assert recorded["recorded"] == str(path)
+    assert _metrics({k: v for k, v in recorded.items() if k != "recorded"}) == _metrics(
+        evaluate_llm(full_run.run_dir, **PLAY, **_tiny()))  # recording changes nothing that is played
+    episodes = load_trajectories(path)
+    assert [e.metadata["episode"] for e in episodes] == list(range(PLAY["episodes"]))
+    assert [e.seed for e in episodes] == [PLAY["seed"] + i for i in range(PLAY["episodes"])]
+    assert all(e.env_id == LETTERS and len(e.steps) == 2 for e in episodes)
+    assert all(step.response_ids and len(step.logprobs) == len(step.response_ids) for e in episodes for step in e.steps)
+    summary = summarize(episodes)
+    assert abs(summary["return"] - recorded["mean_return"]) < 1e-9
+    assert summary["success"] == recorded["success_rate"] and summary["length"] == recorded["mean_steps"]
+
+
 def test_a_lora_run_loads_only_its_adapters_and_plays_as_the_live_policy(lora_run: LLMTrainer) -> None:
     saved = torch.load(lora_run.run_dir / "checkpoint.pt", weights_only=False)["trainable"]
     assert saved and all("lora_" in name for name in saved)
