@@ -575,7 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _replace_unencodable_output() -> None:
+    """Print '?' for characters the terminal's encoding lacks (the text boards' √ under LC_ALL=C or
+    PYTHONIOENCODING=ascii) instead of failing mid-episode with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _replace_unencodable_output()
     args = build_parser().parse_args(argv)
     console = Console()
     try:

@@ -15,9 +15,9 @@ from creditgym.envs.sokoban.solver import solve
 from creditgym.envs.sokoban.text import ACTION_NAMES
 
 
-def _run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def _run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "creditgym.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
 def test_every_command_and_flag_has_help() -> None:
@@ -47,6 +47,17 @@ def test_play_sokoban_to_a_win_from_the_terminal() -> None:
     assert result.returncode == 0, result.stderr
     assert "Invalid action 'jump'" in result.stdout
     assert "success" in result.stdout and "played 1 finished episode(s)" in result.stdout
+
+
+def test_play_on_an_ascii_terminal_shows_boxes_on_targets_as_question_marks() -> None:
+    # A box on a target is drawn '√', which an ASCII terminal (LC_ALL=C) cannot print.
+    env = gym.make("creditgym/Sokoban-6x6-1b-v0")
+    env.reset(seed=0)
+    moves = [ACTION_NAMES[a] for a in solve(env.unwrapped.level)]
+    result = _run("play", "creditgym/Sokoban-6x6-1b-v0", "--seed", "0", stdin="\n".join(moves) + "\nquit\n",
+                  env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0, result.stderr
+    assert "box on target '?'" in result.stdout and "played 1 finished episode(s)" in result.stdout
 
 
 @pytest.mark.parametrize("env_id", ["creditgym/Shop-v0", "creditgym/ToolUse-v0", "creditgym/Dialogue-Gather-v0",
