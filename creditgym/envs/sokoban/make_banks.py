@@ -21,7 +21,7 @@ from rich.progress import Progress
 from creditgym.envs.sokoban.bank import BANK_DIR
 from creditgym.envs.sokoban.boxoban import write_boxoban
 from creditgym.envs.sokoban.generator import generate_level
-from creditgym.envs.sokoban.level import Level, Tile
+from creditgym.envs.sokoban.level import Level, Tile, flood_fill
 from creditgym.envs.sokoban.solver import search
 
 #: Generated levels tried per level kept before a variant is declared impossible to fill.
@@ -41,7 +41,7 @@ class BankSpec:
     train_size: int
     """Levels in the train bank."""
     test_size: int
-    """Levels in the test bank, none of which is in the train bank."""
+    """Levels in the test bank: puzzles none of which is in the train bank, wherever it sits in the room."""
     seed: int
     """Per-variant seed, combined with the seed given to `make_banks`."""
     min_moves: int = 3
@@ -75,7 +75,8 @@ class BankStats:
     generated: int
     """Levels generated, kept or not."""
     duplicates: int
-    """Generated levels that repeat an earlier one (see `_puzzle_key`)."""
+    """Generated levels that repeat an earlier one (see `_room_key`), or, for the test bank, a kept puzzle (see
+    `_puzzle_key`)."""
     rejected: int
     """Levels unsolved within the budget or solved in fewer than `min_moves` moves."""
     seconds: float
@@ -136,10 +137,17 @@ def _resolve(variants: Mapping[str, BankSpec] | Sequence[str] | None) -> dict[st
 def _build(
     name: str, spec: BankSpec, seed: int, advance: Callable[[], None] | None
 ) -> tuple[list[Level], int, int, int]:
-    """Distinct verified levels, train first, and the generated/duplicate/rejected counts."""
+    """Distinct verified levels, train first, and the generated/duplicate/rejected counts.
+
+    Train levels are distinct rooms (`_room_key`); test levels are also distinct puzzles from every kept level
+    (`_puzzle_key`), so held-out play never meets a train puzzle moved elsewhere in the room. An egocentric view
+    cannot tell such a move apart. The train rule stays the looser one because the shipped train banks, and with
+    them every published training curve, were built with it.
+    """
     rng = np.random.default_rng([seed, spec.seed])
     wanted = spec.train_size + spec.test_size
-    seen: set[bytes] = set()
+    rooms: set[bytes] = set()
+    puzzles: set[bytes] = set()
     levels: list[Level] = []
     generated = duplicates = rejected = 0
     while len(levels) < wanted:
@@ -150,26 +158,24 @@ def _build(
             )
         level = generate_level(rng, height=spec.height, width=spec.width, num_boxes=spec.num_boxes)
         generated += 1
-        key = _puzzle_key(level)
-        if key in seen:
+        room, puzzle = _room_key(level), _puzzle_key(level)
+        if room in rooms or (len(levels) >= spec.train_size and puzzle in puzzles):
             duplicates += 1
             continue
-        seen.add(key)
+        rooms.add(room)
         result = search(level, max_nodes=spec.max_nodes)
         if result.actions is None or len(result.actions) < spec.min_moves:
             rejected += 1
             continue
+        puzzles.add(puzzle)
         levels.append(level)
         if advance is not None:
             advance()
     return levels, generated, duplicates, rejected
 
 
-def _puzzle_key(level: Level) -> bytes:
-    """Equal for the same puzzle up to rotation, reflection and where in its area the player stands.
-
-    So the test bank holds no mirrored or rotated copy of a train level.
-    """
+def _room_key(level: Level) -> bytes:
+    """Equal for the same room up to rotation, reflection and where in its area the player stands."""
     tiles = level.tiles.copy()
     player = level.player
     tiles[player] = Tile.TARGET if tiles[player] == Tile.PLAYER_ON_TARGET else Tile.FLOOR
@@ -182,6 +188,18 @@ def _puzzle_key(level: Level) -> bytes:
             oriented[first] = Tile.PLAYER_ON_TARGET if oriented[first] == Tile.TARGET else Tile.PLAYER
             keys.append(repr(oriented.shape).encode() + oriented.tobytes())
     return min(keys)
+
+
+def _puzzle_key(level: Level) -> bytes:
+    """`_room_key` of the puzzle alone: equal also when the same puzzle sits elsewhere in the room.
+
+    Floor the player can never reach plays no part (boxes only move where the player can walk), so it counts
+    as wall, and the room is cropped to the walls around the player's area.
+    """
+    area = flood_fill(level.tiles == Tile.WALL, level.player)
+    rows, cols = np.flatnonzero(area.any(axis=1)), np.flatnonzero(area.any(axis=0))
+    walled = np.where(area, level.tiles, Tile.WALL)
+    return _room_key(Level(walled[rows[0] - 1 : rows[-1] + 2, cols[0] - 1 : cols[-1] + 2]))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from creditgym.envs.sokoban.bank import load_bank
 from creditgym.envs.sokoban.boxoban import read_boxoban
 from creditgym.envs.sokoban.generator import GenerationError, generate_level
-from creditgym.envs.sokoban.level import BOX_TILES, Tile
-from creditgym.envs.sokoban.make_banks import VARIANTS, BankSpec, _puzzle_key, make_banks
+from creditgym.envs.sokoban.level import BOX_TILES, Level, Tile
+from creditgym.envs.sokoban.make_banks import VARIANTS, BankSpec, _puzzle_key, _room_key, make_banks
 from creditgym.envs.sokoban.rules import apply_move
 from creditgym.envs.sokoban.solver import search
 
@@ -102,6 +102,33 @@ def test_make_banks_is_reproducible(tmp_path: Path) -> None:
         assert result.actions is not None and len(result.actions) >= TINY["tiny"].min_moves
 
 
+# 6x6-2b's test level 12 before session 13: train level 2125 moved one column left.
+MOVED = Level.from_rows(["######", "#. .##", "#   ##", "#$$###", "# @ ##", "######"])
+ORIGINAL = Level.from_rows(["######", "##. .#", "##   #", "##$$##", "## @ #", "######"])
+
+
+def test_puzzle_key_sees_through_moves_turns_and_mirrors() -> None:
+    turned = Level(np.rot90(ORIGINAL.tiles).copy())
+    mirrored = Level(ORIGINAL.tiles[:, ::-1].copy())
+    assert _room_key(MOVED) != _room_key(ORIGINAL)
+    assert _puzzle_key(MOVED) == _puzzle_key(ORIGINAL) == _puzzle_key(turned) == _puzzle_key(mirrored)
+    # The player's spot within its area is not part of the puzzle, but a box's is.
+    walked = Level.from_rows(["######", "#. .##", "#   ##", "#$$###", "#@  ##", "######"])
+    assert _puzzle_key(walked) == _puzzle_key(MOVED)
+    pushed = Level.from_rows(["######", "#. .##", "#$$ ##", "#  ###", "# @ ##", "######"])
+    assert _puzzle_key(pushed) != _puzzle_key(MOVED)
+
+
+def test_test_banks_keep_out_moved_train_puzzles(tmp_path: Path) -> None:
+    # 6x6 one-box rooms repeat often enough that a few hundred levels meet moved copies.
+    spec = {"small": BankSpec(height=6, width=6, num_boxes=1, train_size=300, test_size=60, seed=1)}
+    stats = make_banks(tmp_path, spec, progress=False)
+    train, test = read_boxoban(stats["small"].train_path), read_boxoban(stats["small"].test_path)
+    train_puzzles = {_puzzle_key(level) for level in train}
+    assert len(train_puzzles) < len(train)  # moved copies exist, so the check below can fail
+    assert not train_puzzles & {_puzzle_key(level) for level in test}
+
+
 def test_make_banks_rejects_unknown_variants(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown variants"):
         make_banks(tmp_path, ["6x6-9b"], progress=False)
@@ -115,11 +142,11 @@ def test_shipped_banks_match_their_spec(variant: str) -> None:
     for bank in (train, test):
         assert bank.shape == (spec.height, spec.width)
         assert (np.isin(bank.tiles, BOX_TILES).sum(axis=(1, 2)) == spec.num_boxes).all()
-    # Exact copies only; make_banks also keeps out rotations and reflections (tested on a tiny bank above).
-    train_keys = {level.tobytes() for level in train.tiles}
-    test_keys = {level.tobytes() for level in test.tiles}
-    assert len(train_keys) == len(train) and len(test_keys) == len(test)
-    assert not train_keys & test_keys
+    train_rooms = {_room_key(train[i]) for i in range(len(train))}
+    test_puzzles = [_puzzle_key(test[i]) for i in range(len(test))]
+    assert len(train_rooms) == len(train) and len(set(test_puzzles)) == len(test)
+    # Held-out play must not meet a train puzzle anywhere in the room, rotated or mirrored.
+    assert not {_puzzle_key(train[i]) for i in range(len(train))} & set(test_puzzles)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
