@@ -19,10 +19,10 @@ from pathlib import Path
 import gymnasium as gym
 
 import creditgym
+from creditgym.agents.compare import steps_to
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.plots import plot_seed_bands, read_metrics
 from creditgym.agents.ppo import PPO, PPOConfig
-from creditgym.demo import steps_to
 
 
 def seed_config(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs: dict, runs_dir: str,

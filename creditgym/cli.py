@@ -293,6 +293,56 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    import os
+
+    from creditgym.agents.compare import compare_runs, plot_comparison
+
+    result = compare_runs(args.run_dirs, thresholds=args.thresholds, baseline=args.baseline,
+                          min_episodes=args.window)
+    table = Table(title=f"{result['runs']} runs; success over the last {args.window} training episodes")
+    table.add_column("group")
+    table.add_column("seeds", justify="right")
+    for t in args.thresholds:
+        table.add_column(f"steps to {t:.0%}: mean (per seed)", justify="right")
+        if args.baseline is not None:
+            table.add_column("baseline / group", justify="right")
+    table.add_column(f"success at {result['shared_env_steps']:,.0f} steps", justify="right")
+    table.add_column("env steps/s", justify="right")
+    for label, group in result["groups"].items():
+        cells = [label, str(len(group["seeds"]))]
+        for t in args.thresholds:
+            key = f"steps_to_{t * 100:g}"
+            per_seed = " / ".join(_count(seed[key]) for seed in group["seeds"].values())
+            cells.append(f"{_count(group[key])} ({per_seed})")
+            if args.baseline is not None:
+                ratio = group[f"speedup_{key}"]
+                cells.append("-" if ratio is None else f"{ratio:.2f}x")
+        success = group["success_at_shared_steps"]
+        rates = [seed["env_steps_per_s"] for seed in group["seeds"].values() if seed["env_steps_per_s"]]
+        cells += ["-" if success is None else f"{success:.1%}", f"{sum(rates) / len(rates):,.0f}" if rates else "-"]
+        table.add_row(*cells)
+    console.print(table)
+    if args.baseline is not None:
+        console.print(f"baseline: {result['baseline']} (its mean steps over each group's; - where a seed never got "
+                      "there)", highlight=False, soft_wrap=True)
+    for note in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {note}", highlight=False, soft_wrap=True)
+    runs_parent = os.path.commonpath([Path(path).resolve().parent for path in args.run_dirs])
+    out_dir = Path(args.out_dir) if args.out_dir else Path(runs_parent)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file; give a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    figure = plot_comparison(args.run_dirs, out_dir / "comparison.png", title=args.title)
+    console.print(f"written to {out_dir / 'comparison.json'} and {figure}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _count(steps: float | None) -> str:
+    return "not reached" if steps is None else f"{steps:,.0f}"
+
+
 def cmd_make_banks(args: argparse.Namespace, console: Console) -> int:
     from creditgym.envs.sokoban.make_banks import run
 
@@ -509,6 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
                             help="LLM runs: also write the played episodes to this file as trajectory records "
                                  "(replaced if it exists; creditgym rescore reads it)")
     evaluation.set_defaults(run=cmd_eval)
+
+    compare = commands.add_parser("compare", help="compare finished runs side by side: env steps to success "
+                                                  "thresholds per seed, the ratio to a baseline, seed-band plot")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="run folders written by `creditgym train`; runs are grouped by the config fields "
+                              "that differ between them, other than the seed and bookkeeping")
+    compare.add_argument("--baseline", help="the group to compare the others with (its label, or a part of exactly "
+                                            "one label), e.g. 'learned_reward=none'")
+    compare.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8],
+                         help="training success rates to report the env steps to (default: 0.5 0.8)")
+    compare.add_argument("--window", type=int, default=500,
+                         help="finished training episodes that each success rate is measured over (default: 500)")
+    compare.add_argument("--out-dir", help="where to write comparison.json and comparison.png (default: the runs' "
+                                           "common parent folder)")
+    compare.add_argument("--title", default="", help="title of the plot")
+    compare.set_defaults(run=cmd_compare)
 
     banks = commands.add_parser("make-banks", help="regenerate the shipped Sokoban level banks reproducibly")
     add_make_banks_arguments(banks)

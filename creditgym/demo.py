@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from creditgym.agents.compare import steps_to
 from creditgym.agents.evaluate import evaluate, write_result
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.ppo import PPO, PPOConfig
@@ -38,27 +39,6 @@ def demo_config(total_steps: int, seed: int, runs_dir: str) -> PPOConfig:
 def _train(config: PPOConfig) -> str:
     PPO(config).learn()
     return str(Path(config.runs_dir) / str(config.run_name))
-
-
-def steps_to(rows: list[dict[str, float]], threshold: float, *, skip_steps: int = 0,
-             min_episodes: int = 500) -> int | None:
-    """First env step at which training success, over the last `min_episodes` finished episodes, reaches `threshold`.
-
-    Updates before `skip_steps` are ignored: early on only short episodes have ended, and those are mostly
-    successes, so the first updates overstate success (use the time limit times the number of envs).
-    """
-    window: list[tuple[float, float]] = []  # (episodes, successes) per update, newest last
-    for row in rows:
-        if row["global_step"] <= skip_steps or "charts/success_rate" not in row:
-            continue
-        episodes = row.get("charts/episodes", 1.0)
-        window.append((episodes, episodes * row["charts/success_rate"]))
-        while len(window) > 1 and sum(e for e, _ in window[1:]) >= min_episodes:
-            window.pop(0)
-        total = sum(e for e, _ in window)
-        if total >= min_episodes and sum(s for _, s in window) / total >= threshold:
-            return int(row["global_step"])
-    return None
 
 
 def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "runs/demo",

@@ -35,10 +35,11 @@ import gymnasium as gym
 from rich.console import Console
 
 import creditgym
+from creditgym.agents.compare import steps_to
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.plots import plot_seed_bands, read_metrics
 from creditgym.agents.ppo import PPO, PPOConfig
-from creditgym.demo import steps_to, watch_runs
+from creditgym.demo import watch_runs
 from creditgym.envs.sokoban.rules import REWARD_PRESETS
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from creditgym.demo import run_demo, steps_to
+from creditgym.agents.compare import steps_to
+from creditgym.demo import run_demo
 
 
 def _row(step: int, rate: float, episodes: float) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 
@@ -76,13 +77,16 @@ def plot_seed_bands(runs: dict[str, list[list[dict[str, float]]]], path: str | P
             continue
         grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), points)
         stacked = np.stack([np.interp(grid, steps, values) for steps, values in curves])
-        line = axis.plot(grid, stacked.mean(0), label=f"{label} ({len(curves)} seeds)")[0]
+        label = textwrap.fill(f"{label} ({len(curves)} seeds)", 70)
+        line = axis.plot(grid, stacked.mean(0), label=label)[0]
         axis.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.2)
     axis.set(xlabel="env steps", ylabel="success rate (training episodes)", ylim=(-0.02, 1.02), title=title)
     axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    if any(len(label) > 40 for label in runs):  # long labels (config differences) would hide the curves
+        axis.legend(loc="upper left", bbox_to_anchor=(0, -0.15), fontsize="small")
+    else:
+        axis.legend()
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return Path(path)
 

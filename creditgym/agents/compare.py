@@ -1,0 +1,234 @@
+"""Compare finished runs side by side: env steps to success thresholds per seed, the ratio to a baseline, and
+success curves with seed bands.
+
+Runs are grouped by what they were trained with: the config fields that differ between the given runs, other
+than the seed and bookkeeping such as the run's folder, device or logging (`BOOKKEEPING`). So three seeds each of
+`--learned-reward spa` and plain PPO form two groups, labelled ``learned_reward=spa`` and ``learned_reward=None``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from creditgym.agents.plots import plot_seed_bands, read_metrics
+
+#: Config fields that do not change what a run learns, so they never split runs into groups.
+BOOKKEEPING = frozenset({
+    "seed", "run_name", "runs_dir", "device", "threads", "precision", "checkpoint_every", "keep_checkpoints",
+    "overwrite", "progress", "tensorboard", "record_envs", "record_trajectories", "rollout_backend", "num_workers",
+    "ray_address", "ray_wait_for_cpus", "generation_backend", "generation_url", "generation_model", "vllm_python",
+    "vllm_dtype", "vllm_kv_cache_gb", "micro_batch_size",
+})
+#: Budgets differ between runs that are otherwise alike; comparisons are made at equal env steps instead.
+BUDGETS = frozenset({"total_steps", "iterations"})
+
+
+def steps_to(rows: list[dict[str, float]], threshold: float, *, skip_steps: int = 0,
+             min_episodes: int = 500) -> int | None:
+    """First env step at which training success, over the last `min_episodes` finished episodes, reaches `threshold`.
+
+    Updates before `skip_steps` are ignored: early on only short episodes have ended, and those are mostly
+    successes, so the first updates overstate success (use the time limit times the number of envs).
+    """
+    window: list[tuple[float, float]] = []  # (episodes, successes) per update, newest last
+    for row in rows:
+        if row["global_step"] <= skip_steps or "charts/success_rate" not in row:
+            continue
+        episodes = row.get("charts/episodes", 1.0)
+        window.append((episodes, episodes * row["charts/success_rate"]))
+        while len(window) > 1 and sum(e for e, _ in window[1:]) >= min_episodes:
+            window.pop(0)
+        total = sum(e for e, _ in window)
+        if total >= min_episodes and sum(s for _, s in window) / total >= threshold:
+            return int(row["global_step"])
+    return None
+
+
+def success_at(rows: list[dict[str, float]], step: float, *, min_episodes: int = 500) -> float | None:
+    """Training success over the last `min_episodes` episodes finished by env step `step` (None: none finished)."""
+    episodes = successes = 0.0
+    for row in reversed([r for r in rows if r["global_step"] <= step and "charts/success_rate" in r]):
+        count = row.get("charts/episodes", 1.0)
+        episodes += count
+        successes += count * row["charts/success_rate"]
+        if episodes >= min_episodes:
+            break
+    return successes / episodes if episodes else None
+
+
+def warm_up_steps(config: dict[str, Any]) -> int:
+    """Env steps to skip before judging success: PPO's time limit times its envs (only short episodes have ended
+    before that); none for LLM runs, whose every iteration finishes all its episodes."""
+    if config.get("algo", "ppo") != "ppo" or "num_envs" not in config:
+        return 0
+    try:
+        limit = gym.spec(config["env_id"]).max_episode_steps or 0
+    except gym.error.Error:
+        limit = 0
+    return int(config["num_envs"]) * limit
+
+
+@dataclass
+class Run:
+    """One run folder's config and metrics."""
+
+    path: Path
+    config: dict[str, Any]
+    rows: list[dict[str, float]]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    @property
+    def last_step(self) -> float:
+        return self.rows[-1]["global_step"] if self.rows else 0
+
+
+def load_run(path: str | Path) -> Run:
+    """A run folder written by `creditgym train` (PPO or LLM), with errors that say what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a run folder; pass folders that `creditgym train` wrote")
+    for name in ("config.json", "metrics.jsonl"):
+        if not (path / name).is_file():
+            raise ValueError(f"{path} has no {name}, so it is not a run folder written by `creditgym train` "
+                             f"(or the run stopped before its first update)")
+    try:
+        record = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / 'config.json'} is not valid JSON ({err}); it is damaged") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError(f"{path / 'config.json'} has no 'config' object; it was not written by `creditgym train`")
+    rows = [row for row in read_metrics(path) if isinstance(row, dict) and isinstance(row.get("global_step"),
+                                                                                       (int, float))]
+    return Run(path, record["config"], rows)
+
+
+def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs by label: the config fields (outside `BOOKKEEPING` and `BUDGETS`) whose values differ between runs."""
+    def settings(run: Run) -> dict[str, str]:
+        return {key: json.dumps(value, sort_keys=True) for key, value in run.config.items()
+                if key not in BOOKKEEPING | BUDGETS}
+
+    every = [settings(run) for run in runs]
+    keys = sorted({key for s in every for key in s})
+    differing = [key for key in keys if len({s.get(key) for s in every}) > 1]
+    groups: dict[str, list[Run]] = {}
+    for run, s in zip(runs, every, strict=True):
+        label = ", ".join(f"{key}={_short(s.get(key))}" for key in differing) or _env_name(run.config)
+        groups.setdefault(label, []).append(run)
+    return groups
+
+
+def compare_runs(paths: Sequence[str | Path], *, thresholds: Sequence[float] = (0.5, 0.8),
+                 baseline: str | None = None, min_episodes: int = 500) -> dict[str, Any]:
+    """Per group: each seed's env steps to every threshold, their mean, success at the shared budget and
+    env-steps/s; with `baseline` (a label, or a unique part of one), the baseline's mean steps over each group's."""
+    if not paths:
+        raise ValueError("pass at least one run folder")
+    if any(not 0 < t <= 1 for t in thresholds):
+        raise ValueError(f"thresholds must be success rates in (0, 1], got {list(thresholds)}")
+    if min_episodes < 1:
+        raise ValueError(f"the window (--window) must be at least 1 episode, got {min_episodes}")
+    runs = [load_run(path) for path in dict.fromkeys(Path(p).resolve() for p in paths)]
+    groups = group_runs(runs)
+    shared_budget = min(run.last_step for run in runs)
+    warnings = _warnings(runs, groups)
+    result: dict[str, Any] = {"runs": len(runs), "shared_env_steps": shared_budget, "thresholds": list(thresholds),
+                              "window_episodes": min_episodes, "groups": {}, "warnings": warnings}
+    for label, members in groups.items():
+        seeds = {}
+        for run in members:
+            skip = warm_up_steps(run.config)
+            seeds[str(run.seed)] = {
+                "run_dir": str(run.path),
+                **{_key(t): steps_to(run.rows, t, skip_steps=skip, min_episodes=min_episodes) for t in thresholds},
+                "success_at_shared_steps": success_at(run.rows, shared_budget, min_episodes=min_episodes),
+                "env_steps_per_s": next((row["charts/sps"] for row in reversed(run.rows) if "charts/sps" in row),
+                                        None),
+            }
+        result["groups"][label] = {"seeds": seeds, **_means(seeds, thresholds)}
+    if baseline is not None:
+        base = _find_label(baseline, result["groups"])
+        result["baseline"] = base
+        for summary in result["groups"].values():
+            for t in thresholds:
+                key, mine, theirs = _key(t), summary[_key(t)], result["groups"][base][_key(t)]
+                complete = summary[f"{key}_reached"].split("/")
+                base_complete = result["groups"][base][f"{key}_reached"].split("/")
+                # A mean over only the seeds that got there would flatter a group, so ratios need every seed.
+                whole = complete[0] == complete[1] and base_complete[0] == base_complete[1]
+                summary[f"speedup_{key}"] = round(theirs / mine, 3) if whole and mine else None
+    return result
+
+
+def plot_comparison(paths: Sequence[str | Path], out: str | Path, *, title: str = "") -> Path:
+    """Training success against env steps, one seed band per group."""
+    runs = [load_run(path) for path in dict.fromkeys(Path(p).resolve() for p in paths)]
+    groups = group_runs(runs)
+    skip = max(warm_up_steps(run.config) for run in runs)
+    return plot_seed_bands({label: [run.rows for run in members] for label, members in groups.items()}, out,
+                           title=title, skip_steps=skip)
+
+
+def _key(threshold: float) -> str:
+    return f"steps_to_{threshold * 100:g}"
+
+
+def _means(seeds: dict[str, dict[str, Any]], thresholds: Sequence[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in thresholds:
+        reached = [seed[_key(t)] for seed in seeds.values() if seed[_key(t)] is not None]
+        out[_key(t)] = round(statistics.mean(reached)) if reached else None
+        out[f"{_key(t)}_reached"] = f"{len(reached)}/{len(seeds)}"
+    finals = [seed["success_at_shared_steps"] for seed in seeds.values() if seed["success_at_shared_steps"] is not None]
+    out["success_at_shared_steps"] = round(statistics.mean(finals), 4) if finals else None
+    return out
+
+
+def _find_label(wanted: str, groups: dict[str, Any]) -> str:
+    if wanted in groups:
+        return wanted
+    matches = [label for label in groups if wanted in label]
+    if len(matches) != 1:
+        raise ValueError(f"--baseline {wanted!r} matches {len(matches)} of the groups {sorted(groups)}; "
+                         f"give one label, or a part of exactly one")
+    return matches[0]
+
+
+def _warnings(runs: Sequence[Run], groups: dict[str, list[Run]]) -> list[str]:
+    notes = []
+    envs = sorted({str(run.config.get("env_id")) for run in runs})
+    if len(envs) > 1:
+        notes.append(f"the runs trained on different envs ({', '.join(envs)}); their steps are not comparable")
+    budgets = sorted({run.last_step for run in runs})
+    if len(budgets) > 1:
+        notes.append(f"the runs reached different env steps ({budgets[0]:,.0f} to {budgets[-1]:,.0f}); success is "
+                     f"compared at {budgets[0]:,.0f}, the fewest")
+    for label, members in groups.items():
+        seeds = [run.seed for run in members]
+        repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            notes.append(f"group {label!r} holds seed(s) {', '.join(repeated)} more than once; pass each run once")
+    return notes
+
+
+def _short(encoded: str | None) -> str:
+    if encoded is None:
+        return "unset"
+    value = json.loads(encoded)
+    if value is None:
+        return "none"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _env_name(config: dict[str, Any]) -> str:
+    return str(config.get("env_id", "runs")).split("/")[-1]
