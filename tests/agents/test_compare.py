@@ -67,7 +67,8 @@ def test_steps_to_thresholds_means_and_the_ratio_to_the_baseline(trained: dict[s
 
 def test_a_group_whose_seeds_did_not_all_get_there_has_no_ratio(trained: dict[str, Path], tmp_path: Path) -> None:
     base = trained["sparse-s1"]
-    runs = [_with_curve(base, tmp_path / "a", [0.5, 0.9], seed=1), _with_curve(base, tmp_path / "b", [0.5, 0.9], seed=2),
+    runs = [_with_curve(base, tmp_path / "a", [0.5, 0.9], seed=1),
+            _with_curve(base, tmp_path / "b", [0.5, 0.9], seed=2),
             _with_curve(base, tmp_path / "c", [0.5, 0.9], seed=1, gamma=0.9),
             _with_curve(base, tmp_path / "d", [0.5, 0.6], seed=2, gamma=0.9)]
     result = compare_runs(runs, thresholds=(0.8,), baseline="gamma=0.99", min_episodes=100)
