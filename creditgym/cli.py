@@ -137,8 +137,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         return _train_llm(args, console)
     llm_only = sorted(_flags_given(args, _LLM_ONLY_FIELDS))
     if llm_only:
+        hint = " (PPO records the episodes of its first N envs with --record-envs N)" if (
+            "--record-trajectories" in llm_only) else ""
         console.print(f"[red]{', '.join(llm_only)} only apply to LLM algos[/red] ({', '.join(LLM_ALGOS)}); "
-                      "drop them or pass e.g. --algo grpo --model smollm2-135m")
+                      f"drop them or pass e.g. --algo grpo --model smollm2-135m{hint}")
         return 2
     return _train_and_report(PPOConfig, PPO, args, console,
                              extendable=(*RESUMABLE_WHERE, "total_steps"),
@@ -275,12 +277,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     if llm_run:
         result = evaluate_llm(args.run_dir, **common, batch_size=args.batch_size, progress=not args.no_progress,
                               record=args.record)
-    elif args.record:
-        raise ValueError("--record applies to LLM runs; a PPO run's evaluation plays the batched env, which "
-                         "records no trajectories (record single-env episodes with creditgym.trajectories."
-                         "record_episodes)")
     else:
-        result = evaluate(args.run_dir, **common)
+        result = evaluate(args.run_dir, **common, record=args.record)
     table = Table(title=f"evaluation of {args.run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -556,8 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=32, help="LLM runs: episodes played at once")
     evaluation.add_argument("--no-progress", action="store_true", help="LLM runs: no progress bar")
     evaluation.add_argument("--record", metavar="TRAJ.jsonl",
-                            help="LLM runs: also write the played episodes to this file as trajectory records "
-                                 "(replaced if it exists; creditgym rescore reads it)")
+                            help="also write the played episodes to this file as trajectory records, PPO and LLM "
+                                 "runs alike (replaced if it exists; creditgym rescore reads it)")
     evaluation.set_defaults(run=cmd_eval)
 
     compare = commands.add_parser("compare", help="compare finished runs side by side: env steps to success "

@@ -9,7 +9,8 @@ version.
     episodes = [add_shaping(e, get_potential("box_distance").offline, gamma=0.99) for e in episodes]
 
 The LLM trainer's rollouts become records with `llm_episode_records` (`LLMTrainConfig.record_trajectories`
-writes them to the run folder's trajectories.jsonl).
+writes them to the run folder's trajectories.jsonl). PPO records the episodes of its first `PPOConfig.record_envs`
+envs with `VectorRecorder`, which builds records from the batched tensors of a vector env.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import codecs
 import contextlib
 import dataclasses
 import enum
+import gc
 import importlib
 import json
 import os
@@ -33,12 +35,15 @@ import torch
 
 import creditgym
 from creditgym import credit
+from creditgym.envs.sokoban.level import BOXOBAN_SYMBOLS, NUM_TILES, Tile
 from creditgym.wrappers.potentials import RecordPotential, get_potential, potential_names
 
 if TYPE_CHECKING:  # the LLM package imports transformers, which reading or re-scoring records never needs
     from creditgym.agents.llm.rollout import Episode as RolloutEpisode
 
 FORMAT = "creditgym.trajectory/1"
+#: The file in a run folder that a trainer's recorded episodes go to.
+RUN_TRAJECTORIES = "trajectories.jsonl"
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "gae", "reinforce_pp", "reward_to_go")
 _NDARRAY = "__ndarray__"
 #: The most memory the numpy string arrays of one record may take once read (see `_text_array_bytes`).
@@ -197,6 +202,11 @@ def _storable_dtype(dtype: np.dtype) -> bool:
     return dtype.kind in "biuU" or (dtype.kind == "f" and dtype.itemsize <= 8)
 
 
+# Stored as they are, without a call (and the path string for its error message) per item: records of thousands of
+# steps hold mostly these. Exact types, as subclasses such as enums and numpy scalars need converting.
+_PLAIN = frozenset((type(None), bool, int, float, str))
+
+
 def _encode(value: Any, where: str) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value.value if isinstance(value, enum.Enum) else value
@@ -226,9 +236,9 @@ def _encode(value: Any, where: str) -> Any:
                 raise TypeError(f"cannot store {where}: its key {key!r} is not a string")
         if _NDARRAY in value:
             raise TypeError(f"cannot store {where}: the key {_NDARRAY!r} is reserved for numpy arrays")
-        return {key: _encode(item, f"{where}.{key}") for key, item in value.items()}
+        return {key: item if type(item) in _PLAIN else _encode(item, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [item if type(item) in _PLAIN else _encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, enum.Enum):
         return _encode(value.value, where)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -351,7 +361,8 @@ class TrajectoryWriter:
     def write(self, episode: Episode) -> None:
         if self._fd is None:
             raise ValueError(f"the trajectory writer for {self.path} is closed")
-        data = memoryview((json.dumps(episode.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+        with _without_gc():
+            data = memoryview((json.dumps(episode.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
         size = os.fstat(self._fd).st_size
         written = 0
         try:
@@ -376,6 +387,20 @@ class TrajectoryWriter:
 
     def __del__(self) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _without_gc() -> Iterator[None]:
+    """Encoding a record makes thousands of small lists (an array observation's rows), and every 700 of them start
+    a garbage collection that scans the whole process: a trainer's many objects made writing PPO's records 1.6x
+    slower. The encoded record holds no reference cycles, so the collections found nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def read_trajectories(path: str | Path) -> Iterator[Episode]:
@@ -524,6 +549,146 @@ def record_episodes(env: gym.Env, policy: Policy, n: int, seed: int, *, group_si
 
 def _without_components(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k != "reward_components"}
+
+
+# -- recording vector envs (PPO) ---------------------------------------------------------------------------------
+def reached_observations(obs: torch.Tensor, info: dict[str, Any], count: int) -> torch.Tensor:
+    """The observation each of the first `count` envs of a same-step-autoreset vector env reached with this step.
+
+    Where an episode ended that is its last observation (`info["final_obs"]`, whose rows follow the True entries of
+    `info["_final_obs"]`), not the next episode's first, which `obs` holds there. Stays on the device, with no sync.
+    """
+    if "_final_obs" not in info:
+        return obs[:count]
+    ended = torch.as_tensor(info["_final_obs"], device=obs.device)
+    rows = (ended.long().cumsum(0) - 1)[:count].clamp_(min=0)  # envs that did not end read any row, then drop it
+    final = torch.as_tensor(info["final_obs"], device=obs.device).index_select(0, rows)
+    return torch.where(ended[:count].view(-1, *[1] * (obs.dim() - 1)), final, obs[:count])
+
+
+_BOXOBAN_TABLE = np.array([BOXOBAN_SYMBOLS[Tile(t)] for t in range(NUM_TILES)])
+
+
+def sokoban_states(obs: np.ndarray | torch.Tensor, *, walled: bool = False) -> list[dict[str, Any]]:
+    """The state of each board of a batch of Sokoban one-hot observations `(N, 7, H, W)`, as `SokobanEnv.state()`
+    gives it (without `deadlock`, which the board alone does not tell), read off the observation.
+
+    The batched Sokoban env has no per-board `state()`, and where an episode ends it has already loaded the next
+    level, so its recordings take the board from what the policy saw: the whole room with `obs_mode="array"`, the
+    window around the player with `"egocentric"`. A window's room can reach its edge, so pass `walled=True` for
+    those: every board gets a ring of wall, which makes it an enclosed level, and all of a run's boards one shape
+    (the solver potentials cache by shape and board). The Sokoban potentials give the same value on it as live.
+    """
+    boards = np.asarray(obs.detach().cpu() if isinstance(obs, torch.Tensor) else obs).argmax(1)
+    if walled:
+        boards = np.pad(boards, ((0, 0), (1, 1), (1, 1)), constant_values=Tile.WALL)
+    count, height, width = boards.shape
+    # One character per cell, then each row's characters read as one string.
+    text = np.ascontiguousarray(_BOXOBAN_TABLE[boards]).view(f"<U{width}").reshape(count, height).tolist()
+    player = ((boards == Tile.PLAYER) | (boards == Tile.PLAYER_ON_TARGET)).reshape(count, -1).argmax(1)
+    players = np.stack(np.divmod(player, width), axis=1).tolist()
+    is_box = (boards == Tile.BOX) | (boards == Tile.BOX_ON_TARGET)
+    num_boxes = is_box.sum((1, 2))
+    boxes = np.split(np.argwhere(is_box)[:, 1:], np.cumsum(num_boxes)[:-1])
+    on_target = (boards == Tile.BOX_ON_TARGET).sum((1, 2)).tolist()
+    return [{"board": text[i], "player": players[i], "boxes": boxes[i].tolist(), "boxes_on_target": on_target[i],
+             "num_boxes": int(num_boxes[i])} for i in range(count)]
+
+
+def _host(value: Any) -> np.ndarray:
+    """A numpy copy (never a view of a buffer its owner will overwrite)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True).numpy()
+    return np.array(value)
+
+
+class VectorRecorder:
+    """Trajectory records of the first envs of a vector env with same-step autoreset, built a block of steps at a time.
+
+    `start` takes what `reset` returned for the recorded envs; each `add` takes a block of T steps of theirs, as
+    (T, envs, ...) tensors or arrays, and returns the episodes that ended in it, in the order they ended (by step,
+    then env). An episode in progress stays here until it ends: `state_dict` carries it through a checkpoint.
+    `restart=False` records one episode per env (an evaluation), `True` every episode (training). `states` maps
+    a batch of observations to one state dict each, e.g. `sokoban_states`, for envs whose potentials read it.
+    The record's seed is `seed`; its metadata is its env's (by default its index, `env_index`) plus what `add`
+    gives when it ends.
+    """
+
+    def __init__(self, env_id: str, seed: int | None, *, states: Callable[[np.ndarray], list[dict[str, Any]]] | None
+                 = None, restart: bool = True) -> None:
+        self.env_id, self.seed, self.states, self.restart = env_id, seed, states, restart
+        self.episodes: list[Episode | None] = []
+        self._metadata: list[dict[str, Any]] = []
+
+    def start(self, obs: Any, *, masks: Any = None, metadata: Sequence[dict[str, Any]] | None = None) -> None:
+        """Begin an episode in each recorded env from its reset observation (and action mask)."""
+        obs = _host(obs)
+        masks = None if masks is None else _host(masks)
+        self._metadata = [dict(m) for m in metadata] if metadata is not None else [{"env_index": j}
+                                                                                    for j in range(len(obs))]
+        states = self.states(obs) if self.states else [None] * len(obs)
+        self.episodes = [self._new(j, obs[j], None if masks is None else masks[j], states[j]) for j in range(len(obs))]
+
+    def _new(self, env: int, obs: np.ndarray, mask: np.ndarray | None, state: dict[str, Any] | None) -> Episode:
+        return Episode(env_id=self.env_id, seed=self.seed, observation=obs, steps=[],
+                       info={} if mask is None else {"action_mask": mask}, state=state,
+                       metadata=dict(self._metadata[env]))
+
+    def add(self, *, actions: Any, reached: Any, next_obs: Any, terminated: Any, truncated: Any,
+            components: dict[str, Any], success: Any = None, masks: Any = None,
+            metadata: dict[str, Any] | None = None) -> list[Episode]:
+        """Append a block of steps; returns the episodes that ended in it, with `metadata` added to theirs.
+
+        Per step t and env: `reached` is the observation the action led to (`reached_observations`), `next_obs` the
+        one the env returned (where the episode ended, the next episode's first), `masks` the action mask returned
+        with it, `components` the reward channels (each (T, envs)), `success` the env's `info["success"]`.
+        """
+        actions, reached, next_obs = _host(actions), _host(reached), _host(next_obs)
+        terminated, truncated = _host(terminated).astype(bool), _host(truncated).astype(bool)
+        channels = {name: _host(value).astype(np.float64) for name, value in components.items()}
+        success = None if success is None else _host(success).astype(bool)
+        masks = None if masks is None else _host(masks)
+        steps, envs = actions.shape
+        done = terminated | truncated
+        states: list[dict[str, Any] | None] = [None] * (steps * envs)
+        if self.states:  # only for the envs recording an episode (after its one episode, an env of an evaluation stops)
+            rows = [t * envs + j for t in range(steps) for j in range(envs) if self.episodes[j] is not None]
+            if rows:
+                flat = reached.reshape(steps * envs, *reached.shape[2:])
+                for row, state in zip(rows, self.states(flat[rows]), strict=True):
+                    states[row] = state
+        finished = []
+        for t in range(steps):
+            for j in range(envs):
+                episode = self.episodes[j]
+                if episode is None:
+                    continue
+                info: dict[str, Any] = {}
+                if success is not None:
+                    info["success"] = bool(success[t, j])
+                if masks is not None and not done[t, j]:  # an ended episode's mask is the next episode's
+                    info["action_mask"] = masks[t, j]
+                episode.steps.append(Step(
+                    action=actions[t, j].item(), observation=reached[t, j],
+                    reward_components={name: float(value[t, j]) for name, value in channels.items()},
+                    terminated=bool(terminated[t, j]), truncated=bool(truncated[t, j]), info=info,
+                    state=states[t * envs + j]))
+                if done[t, j]:
+                    episode.metadata.update(metadata or {})
+                    finished.append(episode)
+                    self.episodes[j] = None
+                    if self.restart:
+                        state = self.states(next_obs[t, j][None])[0] if self.states else None
+                        self.episodes[j] = self._new(j, next_obs[t, j], None if masks is None else masks[t, j], state)
+        return finished
+
+    def state_dict(self) -> dict[str, Any]:
+        """The episodes in progress, as JSON-ready records (so a checkpoint holds no creditgym classes)."""
+        return {"episodes": [None if e is None else e.to_dict() for e in self.episodes], "metadata": self._metadata}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.episodes = [None if e is None else Episode.from_dict(e) for e in state["episodes"]]
+        self._metadata = [dict(m) for m in state["metadata"]]
 
 
 def llm_episode_record(episode: RolloutEpisode, env_id: str, *, metadata: dict[str, Any] | None = None

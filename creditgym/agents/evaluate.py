@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -17,6 +18,13 @@ from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_
 from creditgym.agents.runs import load_weights, read_checkpoint
 from creditgym.envs.sokoban.bank import has_held_out_split
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
+from creditgym.trajectories import (
+    TrajectoryWriter,
+    VectorRecorder,
+    reached_observations,
+    record_episodes,
+    sokoban_states,
+)
 
 
 def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, ActorCritic]:
@@ -43,8 +51,14 @@ def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, A
 
 
 def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 200, levels: str | None = None,
-             split: str = "test", greedy: bool = True, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
-    """Play `episodes` episodes with the run's policy; Sokoban plays distinct held-out levels in order."""
+             split: str = "test", greedy: bool = True, seed: int = 0, device: str = "cpu",
+             record: str | Path | None = None) -> dict[str, Any]:
+    """Play `episodes` episodes with the run's policy; Sokoban plays distinct held-out levels in order.
+
+    `record` names a file that gets the episodes as trajectory records, in episode order (replaced if it exists;
+    `creditgym rescore` reads it). Sokoban records hold each board's state and the level's bank row
+    (`metadata["level_index"]`), with `seed` as their seed; other envs' records hold their reset seed, seed + episode.
+    """
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if not 0 <= seed <= MAX_SEED:
@@ -57,6 +71,23 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     env_id = env_id or config.env_id
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed)
+    # Opened first, so an unwritable path fails before any episode is played.
+    writer = TrajectoryWriter(record, overwrite=True) if record is not None else None
+    try:
+        result = _evaluate(config, agent, env_id, episodes, levels, split, greedy, generator, seed, dev, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+    result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy, "seed": seed,
+                   "device": str(dev), "creditgym": creditgym.__version__})
+    if record is not None:
+        result["recorded"] = str(record)
+    return result
+
+
+def _evaluate(config: PPOConfig, agent: ActorCritic, env_id: str, episodes: int, levels: str | None, split: str,
+              greedy: bool, generator: torch.Generator, seed: int, dev: torch.device,
+              writer: TrajectoryWriter | None) -> dict[str, Any]:
     if gym.spec(env_id).vector_entry_point is not None and env_id.startswith("creditgym/Sokoban"):
         train_grid = gym.spec(config.env_id).kwargs["levels"]
         train_grid = SokobanVectorEnv(1, levels=config.env_kwargs.get("levels", train_grid)).bank.shape
@@ -68,16 +99,12 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
             warnings.warn(f"the run trained on {own_levels}, which has no held-out split (no test/ or valid/ "
                           "folder), so this evaluation plays its training levels; pass --levels to evaluate on "
                           "others", stacklevel=2)
-        result = _evaluate_sokoban(agent, env_id, episodes, levels or own_levels, split, greedy, generator, dev,
-                                   train_grid, view, from_file=levels is not None)
-    else:
-        if levels is not None:
-            raise ValueError("--levels applies to Sokoban ids only")
-        _check_same_spaces(config, env_id)
-        result = _evaluate_generic(agent, env_id, episodes, greedy, generator, seed, dev, config.env_kwargs)
-    result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy, "seed": seed,
-                   "device": str(dev), "creditgym": creditgym.__version__})
-    return result
+        return _evaluate_sokoban(agent, env_id, episodes, levels or own_levels, split, greedy, generator, dev,
+                                 train_grid, view, from_file=levels is not None, seed=seed, writer=writer)
+    if levels is not None:
+        raise ValueError("--levels applies to Sokoban ids only")
+    _check_same_spaces(config, env_id)
+    return _evaluate_generic(agent, env_id, episodes, greedy, generator, seed, dev, config.env_kwargs, writer)
 
 
 def _check_same_spaces(config: PPOConfig, env_id: str) -> None:
@@ -100,8 +127,10 @@ def _act(agent: ActorCritic, obs: torch.Tensor, greedy: bool, generator: torch.G
 @torch.no_grad()
 def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: str | None, split: str, greedy: bool,
                       generator: torch.Generator, dev: torch.device, train_grid: tuple[int, int],
-                      view: dict[str, Any], *, from_file: bool) -> dict[str, Any]:
-    """Greedy or sampled play on bank levels in order, with the observation mode and masks it trained with."""
+                      view: dict[str, Any], *, from_file: bool, seed: int = 0,
+                      writer: TrajectoryWriter | None = None) -> dict[str, Any]:
+    """Greedy or sampled play on bank levels in order, with the observation mode and masks it trained with; each
+    board's first episode is recorded to `writer` when given."""
     from creditgym.envs.sokoban.solver import solve
 
     spec = gym.spec(env_id)
@@ -117,17 +146,32 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
         env = SokobanVectorEnv(len(chunk), levels=bank, max_episode_steps=spec.max_episode_steps or 200, device=dev,
                                **view)
         obs, info = env.reset(options={"level_index": chunk})
+        recorder = None
+        if writer is not None:
+            states = functools.partial(sokoban_states, walled=view.get("obs_mode") == "egocentric")
+            recorder = VectorRecorder(env_id, seed, states=states, restart=False)
+            boards = [{"episode": start + j, "level_index": int(index)} for j, index in enumerate(chunk)]
+            recorder.start(obs, masks=info.get("action_mask"), metadata=boards)
+        played = []
         live = torch.ones(len(chunk), dtype=torch.bool, device=dev)
         total = torch.zeros(len(chunk), device=dev)
         length = torch.zeros(len(chunk), dtype=torch.int64, device=dev)
         solved = torch.zeros(len(chunk), dtype=torch.bool, device=dev)
         while live.any():
-            obs, reward, terminated, truncated, info = env.step(
-                _act(agent, obs, greedy, generator, info.get("action_mask")))
+            action = _act(agent, obs, greedy, generator, info.get("action_mask"))
+            obs, reward, terminated, truncated, info = env.step(action)
+            if recorder is not None:
+                played += recorder.add(actions=action[None], reached=reached_observations(obs, info, len(chunk))[None],
+                                       next_obs=obs[None], terminated=terminated[None], truncated=truncated[None],
+                                       components={k: v[None] for k, v in info["reward_components"].items()},
+                                       success=info["success"][None], masks=_first(info.get("action_mask")))
             total += reward * live
             length += live.long()
             solved |= terminated & live
             live &= ~(terminated | truncated)
+        if writer is not None:
+            for episode in sorted(played, key=lambda e: e.metadata["episode"]):
+                writer.write(episode)
         success += solved.tolist()
         steps += length.tolist()
         returns += total.tolist()
@@ -153,23 +197,31 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
     }
 
 
+def _first(value: torch.Tensor | None) -> torch.Tensor | None:
+    return None if value is None else value[None]
+
+
 @torch.no_grad()
 def _evaluate_generic(agent: ActorCritic, env_id: str, episodes: int, greedy: bool, generator: torch.Generator,
-                      seed: int, dev: torch.device, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+                      seed: int, dev: torch.device, env_kwargs: dict[str, Any],
+                      writer: TrajectoryWriter | None = None) -> dict[str, Any]:
+    """Episodes reset with seed + episode, played one at a time (and recorded to `writer` when given)."""
     env = gym.make(env_id, **env_kwargs)
-    success, steps, returns = [], [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, total, length, info = False, 0.0, 0, {}
-        while not done:
-            tensor = torch.as_tensor(np.asarray(obs)[None], device=dev)
-            obs, reward, terminated, truncated, info = env.step(int(_act(agent, tensor, greedy, generator)[0]))
-            total, length, done = total + float(reward), length + 1, terminated or truncated
-        success.append(bool(info.get("success", False)))
-        steps.append(length)
-        returns.append(total)
-    return {"episodes": episodes, "success_rate": float(np.mean(success)), "mean_steps": float(np.mean(steps)),
-            "mean_return": float(np.mean(returns))}
+
+    def policy(obs: Any, info: dict[str, Any]) -> int:
+        return int(_act(agent, torch.as_tensor(np.asarray(obs)[None], device=dev), greedy, generator)[0])
+
+    try:
+        played = record_episodes(env, policy, episodes, seed, record_state=writer is not None)
+    finally:
+        env.close()
+    if writer is not None:
+        for number, episode in enumerate(played):
+            episode.metadata["episode"] = number
+            writer.write(episode)
+    return {"episodes": episodes, "success_rate": float(np.mean([e.success for e in played])),
+            "mean_steps": float(np.mean([len(e.steps) for e in played])),
+            "mean_return": float(np.mean([e.total_reward for e in played]))}
 
 
 def write_result(result: dict[str, Any], run_dir: str | Path, variant: str = "") -> Path:

@@ -9,6 +9,7 @@ truncation and never on termination.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import defaultdict
@@ -17,9 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.envs.registration import load_env_creator
 from torch import nn
 
 import creditgym
@@ -39,6 +42,15 @@ from creditgym.agents.runs import (
 )
 from creditgym.agents.vec import NonFiniteError, TorchVecEnv, make_vec_env
 from creditgym.credit import gae
+from creditgym.envs.sokoban.vector import SokobanVectorEnv
+from creditgym.trajectories import (
+    RUN_TRAJECTORIES,
+    TrajectoryWriter,
+    VectorRecorder,
+    reached_observations,
+    sokoban_states,
+    trim_trajectories,
+)
 from creditgym.wrappers.implicit_prm import PRM_SCORES, GridImplicitPRM
 from creditgym.wrappers.learned import EpisodeAssembler, GridRewardModel
 from creditgym.wrappers.potentials import potential_names
@@ -158,6 +170,10 @@ class PPOConfig:
     """show a progress bar"""
     tensorboard: bool = True
     """write TensorBoard events"""
+    record_envs: int = 0
+    """record every episode of the first N envs as trajectory records in the run folder's trajectories.jsonl, each
+    appended once it ends (observations, actions, reward channels with shaping and learned rewards, success, action
+    masks and, on Sokoban, the board state that creditgym rescore --potential reads); 0 records nothing"""
     rollout_backend: str = "local"
     """where envs step: local (this process) or ray (Ray actors, the same trajectories as local)"""
     num_workers: int = 2
@@ -222,6 +238,9 @@ class PPOConfig:
             raise ValueError("ray_address is only used with rollout_backend='ray'; pass --rollout-backend ray")
         if self.ray_wait_for_cpus is not None and self.ray_wait_for_cpus < 0:
             raise ValueError(f"ray_wait_for_cpus must be seconds ≥ 0 (0: never wait), got {self.ray_wait_for_cpus}")
+        if not 0 <= self.record_envs <= self.num_envs:
+            raise ValueError(f"record_envs counts the envs whose episodes are recorded, from the first: use 0 (record "
+                             f"nothing) to num_envs ({self.num_envs}), got {self.record_envs}")
 
     @property
     def potential_gamma(self) -> float:
@@ -382,6 +401,11 @@ class PPO:
         self.next_obs, info = self.envs.reset(seed=config.seed)
         self.next_mask = info.get("action_mask")
         self.episode = _EpisodeTracker(config.num_envs, self.device)
+        self.recorder = None
+        if config.record_envs:
+            k = config.record_envs
+            self.recorder = VectorRecorder(config.env_id, config.seed, states=_board_states(config))
+            self.recorder.start(self.next_obs[:k], masks=None if self.next_mask is None else self.next_mask[:k])
         if resume is not None:
             self.load_checkpoint(resume)
 
@@ -415,9 +439,11 @@ class PPO:
         rewards, values, final_values = (torch.zeros((T, N), device=dev) for _ in range(3))
         logit_buf = torch.zeros((T, N, self.envs.single_action_space.n), device=dev)
         terminated, truncated, success = (torch.zeros((T, N), dtype=torch.bool, device=dev) for _ in range(3))
+        recording = None if self.recorder is None else _RecordedRollout(T, cfg.record_envs, self.next_obs)
         metrics: dict[str, float] = {}
         stop_at = min(cfg.total_steps, until_steps or cfg.total_steps)
         start_time, start_step = time.perf_counter(), self.global_step
+        self._prepare_trajectories()
 
         while self.update < cfg.num_updates and self.global_step < stop_at and not ctrl_c.requested:
             if cfg.anneal_lr:
@@ -426,6 +452,8 @@ class PPO:
             # 1. rollout
             with torch.no_grad():
                 final_values.zero_()  # stays 0 where episodes terminate: termination never bootstraps
+                if recording is not None:
+                    recording.begin()
                 for t in range(T):
                     obs_buf[t] = self.next_obs
                     if mask_buf is not None:
@@ -444,6 +472,8 @@ class PPO:
                             ended_rows = info["_final_obs"].nonzero().squeeze(1)[bootstrap]
                             final_values[t][ended_rows] = self.agent(info["final_obs"][bootstrap])[1]
                     self.episode.step(rewards[t], info, terminated[t] | truncated[t])
+                    if recording is not None:
+                        recording.step(t, self.next_obs, rewards[t], info)
                 last_value = self.agent(self.next_obs, self.next_mask)[1]
                 next_values = torch.where(terminated | truncated, final_values,
                                           torch.cat((values[1:], last_value[None])))
@@ -458,8 +488,8 @@ class PPO:
             checks.add("rollout_values", values, next_values)
 
             # 2. learned dense rewards, then advantages
-            learned_metrics = self._add_learned_rewards(obs_buf, mask_buf, actions, rewards, terminated, truncated,
-                                                        success)
+            learned_metrics, learned_rewards = self._add_learned_rewards(obs_buf, mask_buf, actions, rewards,
+                                                                         terminated, truncated, success)
             if self.learned_reward is not None:
                 checks.add("learned_rewards", rewards)
             advantages, returns = gae(rewards, values, next_values, terminated, truncated,
@@ -514,6 +544,8 @@ class PPO:
             if failed is not None:  # before the update counts, is logged or saved: the checkpoint stays the last good
                 raise self._non_finite_error(*failed, rewards=rewards, obs=obs_buf, returns=returns)
             self.update += 1
+            if recording is not None:
+                self._record(recording, obs_buf, mask_buf, actions, terminated, truncated, learned_rewards)
 
             # 4. log
             # Population variances: a batch of one has variance 0, not NaN; with constant returns the ratio is
@@ -544,11 +576,14 @@ class PPO:
 
     def _add_learned_rewards(self, obs: torch.Tensor, masks: torch.Tensor | None, actions: torch.Tensor,
                              rewards: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
-                             success: torch.Tensor) -> dict[str, float]:
-        """Train the learned reward model on the episodes that just finished, then add its rewards in place."""
+                             success: torch.Tensor) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Train the learned reward model on the episodes that just finished, then add its rewards in place.
+
+        Returns the metrics and the rewards added ((T, N), zeros before `learned_reward_start`; None without a model).
+        """
         model = self.learned_reward
         if model is None:
-            return {}
+            return {}, None
         # An action is valid and effective when the env's mask allowed it; without a mask every action counts.
         valid = (torch.ones_like(terminated) if masks is None
                  else masks.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
@@ -560,10 +595,41 @@ class PPO:
             episodes = self.episode_assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
             metrics = model.update(episodes)
         if rollout_start < self.config.learned_reward_start:
-            return {**metrics, f"reward/{model.channel}_per_step": 0.0}
+            return {**metrics, f"reward/{model.channel}_per_step": 0.0}, torch.zeros_like(rewards)
         dense = model.dense_rewards(obs, actions, valid)
         rewards += dense
-        return {**metrics, f"reward/{model.channel}_per_step": dense.mean().item()}
+        return {**metrics, f"reward/{model.channel}_per_step": dense.mean().item()}, dense
+
+    # -- trajectory records -------------------------------------------------------------------------------------
+    def _prepare_trajectories(self) -> None:
+        """A fresh run starts trajectories.jsonl anew, as metrics.jsonl; a resumed one drops the records past its
+        checkpoint, whose updates it plays again (the same rollouts, so no episode is lost or doubled)."""
+        path = self.run_dir / RUN_TRAJECTORIES
+        if self.update > 0:
+            trim_trajectories(path, self.update, key="update")
+        elif self.recorder is not None or self.config.overwrite:  # not another run's records in this one
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".partial").unlink(missing_ok=True)
+
+    def _record(self, rollout: _RecordedRollout, obs: torch.Tensor, masks: torch.Tensor | None, actions: torch.Tensor,
+                terminated: torch.Tensor, truncated: torch.Tensor, learned_rewards: torch.Tensor | None) -> None:
+        """Hand the recorded envs' rows of this update's rollout to the recorder; append the episodes that ended."""
+        assert self.recorder is not None
+        k = self.config.record_envs
+        channels = dict(rollout.channels)
+        if learned_rewards is not None:  # the env's channels plus this one sum to the reward PPO trained on
+            assert self.learned_reward is not None
+            channels[self.learned_reward.channel] = learned_rewards[:, :k]
+        finished = self.recorder.add(
+            actions=actions[:, :k], reached=rollout.reached, next_obs=torch.cat((obs[1:, :k], self.next_obs[None, :k])),
+            terminated=terminated[:, :k], truncated=truncated[:, :k], components=channels,
+            success=rollout.success if rollout.reports_success else None,
+            masks=None if masks is None else torch.cat((masks[1:, :k], self.next_mask[None, :k])),
+            metadata={"update": self.update})
+        if finished:
+            with TrajectoryWriter(self.run_dir / RUN_TRAJECTORIES) as writer:
+                for episode in finished:
+                    writer.write(episode)
 
     def _non_finite_error(self, stage: str, where: str, *, rewards: torch.Tensor, obs: torch.Tensor,
                           returns: torch.Tensor) -> NonFiniteError:
@@ -637,6 +703,7 @@ class PPO:
             "episode": self.episode.state_dict(),
             "learned_reward": None if self.learned_reward is None else self.learned_reward.state_dict(),
             "episode_assembler": self.episode_assembler.state_dict(),
+            "recorder": None if self.recorder is None else self.recorder.state_dict(),
             "global_step": self.global_step,
             "update": self.update,
         }
@@ -679,6 +746,8 @@ class PPO:
             self.learned_reward.load_state_dict(state["learned_reward"])
         if "episode_assembler" in state:  # checkpoints from before learned rewards have none
             self.episode_assembler.load_state_dict(state["episode_assembler"])
+        if self.recorder is not None and state.get("recorder") is not None:
+            self.recorder.load_state_dict(state["recorder"])
         self.global_step, self.update = state["global_step"], state["update"]
         self.run_dir = path.parent
         self.saved_update = self.update if path == self.run_dir / "checkpoint.pt" else None
@@ -697,6 +766,47 @@ def _with_env_generators(state: Any, change: Callable[[torch.Tensor, str], torch
         return state
     return {key: change(value, where) if key == "generator" else _with_env_generators(value, change, f"{where}/{key}")
             for key, value in state.items()}
+
+
+def _board_states(config: PPOConfig) -> Callable[[np.ndarray], list[dict[str, Any]]] | None:
+    """The recorded state of each step where PPO steps the batched Sokoban env (see `make_vec_env`): the board,
+    read off the observation; other vector envs' records hold no state."""
+    spec = gym.spec(config.env_id)
+    entry = spec.vector_entry_point
+    if entry is None or spec.namespace != "creditgym":
+        return None
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    if not (isinstance(creator, type) and issubclass(creator, SokobanVectorEnv)):
+        return None
+    return functools.partial(sokoban_states, walled=config.env_kwargs.get("obs_mode") == "egocentric")
+
+
+class _RecordedRollout:
+    """What a rollout's buffers lack for the recorded envs (the first `envs`): the observation each step reached
+    (an ended episode's last, not the next one's first), the reward channels and success. Filled on the device."""
+
+    def __init__(self, steps: int, envs: int, obs: torch.Tensor) -> None:
+        self.envs = envs
+        self.reached = torch.zeros((steps, envs, *obs.shape[1:]), dtype=obs.dtype, device=obs.device)
+        self.success = torch.zeros((steps, envs), dtype=torch.bool, device=obs.device)
+        self.channels: dict[str, torch.Tensor] = {}
+        self.reports_success = False
+
+    def begin(self) -> None:
+        for values in self.channels.values():  # a channel missing from a step records 0 there
+            values.zero_()
+        self.success.zero_()
+        self.reports_success = False
+
+    def step(self, t: int, obs: torch.Tensor, reward: torch.Tensor, info: dict[str, Any]) -> None:
+        self.reached[t] = reached_observations(obs, info, self.envs)
+        for name, value in (info.get("reward_components") or {"reward": reward}).items():
+            if name not in self.channels:
+                self.channels[name] = torch.zeros(self.success.shape, dtype=value.dtype, device=value.device)
+            self.channels[name][t] = value[:self.envs]
+        if "success" in info:
+            self.success[t] = info["success"][:self.envs]
+            self.reports_success = True
 
 
 _CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", "env", "next_obs", "next_mask", "episode",

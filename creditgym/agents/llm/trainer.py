@@ -48,7 +48,7 @@ from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
 from creditgym.llm.models import load_policy_model
-from creditgym.trajectories import TrajectoryWriter, llm_episode_records, trim_trajectories
+from creditgym.trajectories import RUN_TRAJECTORIES, TrajectoryWriter, llm_episode_records, trim_trajectories
 
 from .batch import TokenBatch, advantages, pack_episodes
 from .config import LLMTrainConfig
@@ -57,7 +57,6 @@ from .policy import LLMPolicy
 from .rollout import Episode, RolloutCollector
 
 EnvFactory = Callable[[], gym.Env]
-TRAJECTORIES = "trajectories.jsonl"
 
 
 def make_text_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
@@ -198,7 +197,7 @@ class LLMTrainer:
             }
             logger.log(metrics)
             if records is not None:
-                with TrajectoryWriter(self.run_dir / TRAJECTORIES) as writer:
+                with TrajectoryWriter(self.run_dir / RUN_TRAJECTORIES) as writer:
                     for record in records:
                         writer.write(record)
             progress.advance(self.iteration, metrics)
@@ -211,7 +210,7 @@ class LLMTrainer:
     def _prepare_trajectories(self) -> None:
         """A fresh run starts trajectories.jsonl anew, as metrics.jsonl; a resumed one drops the records past its
         checkpoint, whose iterations it plays again (the same rollouts, so no episode is lost or doubled)."""
-        path = self.run_dir / TRAJECTORIES
+        path = self.run_dir / RUN_TRAJECTORIES
         if self.iteration > 0:
             trim_trajectories(path, self.iteration)
         elif self.config.record_trajectories or self.config.overwrite:  # not another run's records in this one
