@@ -68,7 +68,9 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
         curves[label] = rows
         held_out = evaluate(run_dir, episodes=eval_episodes, greedy=False)
         greedy = evaluate(run_dir, episodes=eval_episodes)
-        write_result({"sampled": held_out, "greedy": greedy}, run_dir)
+        # The files `creditgym eval RUN` and `creditgym eval RUN --sample` write, so either can redo one.
+        write_result(greedy, run_dir)
+        write_result(held_out, run_dir, "sampled")
         last = [row["charts/success_rate"] for row in rows if "charts/success_rate" in row][-5:]
         record = {
             "run_dir": run_dir,

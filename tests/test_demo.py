@@ -26,7 +26,9 @@ def test_demo_runs_both_variants_and_writes_table_plot_and_summary(tmp_path: Pat
     assert set(summary["runs"]) == {"sparse", "PBRS box distance"}
     for record in summary["runs"].values():
         assert 0.0 <= record["held_out_success"] <= 1.0
-        assert (Path(record["run_dir"]) / "eval.json").exists()
+        run = Path(record["run_dir"])
+        assert json.loads((run / "eval.json").read_text())["greedy"] is True  # the layout `creditgym eval` writes
+        assert json.loads((run / "eval-sampled.json").read_text())["greedy"] is False
     shaped = [json.loads(line) for line in (tmp_path / "box_distance-s3" / "metrics.jsonl").read_text().splitlines()]
     assert any("reward/shaping" in row for row in shaped)
     assert (tmp_path / "sparse_vs_shaped.png").stat().st_size > 1000

@@ -270,7 +270,7 @@ def _coerce(value: Any, kind: type) -> Any:
 
 def _describe_kind(kind: type) -> str:
     return {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string",
-            dict: "a mapping such as {\"split\": \"test\"}"}.get(kind, kind.__name__)
+            dict: "a mapping such as {\"rewards\": \"outcome\"}"}.get(kind, kind.__name__)
 
 
 def _base_type(hint: Any) -> tuple[type, bool]:
@@ -296,7 +296,7 @@ def _json_dict(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}); example: '{{\"split\": \"test\"}}'") from None
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}); example: '{{\"rewards\": \"outcome\"}}'") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"split\": \"test\"}'")
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"rewards\": \"outcome\"}'")
     return value

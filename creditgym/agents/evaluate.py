@@ -29,11 +29,7 @@ from creditgym.trajectories import (
 
 def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, ActorCritic]:
     """The config and trained network of a run directory (its checkpoint.pt), or of one checkpoint file."""
-    path = Path(run_dir)
-    path = path if path.is_file() else path / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; pass the folder of a `creditgym train` run")
-    path, state = read_checkpoint(path, device, kind="PPO", keys=("model",))
+    path, state = read_checkpoint(run_dir, device, kind="PPO", keys=("model",))
     # Checkpoints from before these fields existed hold separate tanh networks.
     # The run's device is not this evaluation's: a run trained on a GPU evaluates on a machine without one.
     saved = {"activation": "tanh", "shared_torso": False, **state["config"], "device": "auto"}
@@ -99,6 +95,11 @@ def _evaluate(config: PPOConfig, agent: ActorCritic, env_id: str, episodes: int,
             warnings.warn(f"the run trained on {own_levels}, which has no held-out split (no test/ or valid/ "
                           "folder), so this evaluation plays its training levels; pass --levels to evaluate on "
                           "others", stacklevel=2)
+        trained_on = config.env_kwargs.get("split", "train")
+        if levels is None and env_id == config.env_id and trained_on == split == "test" and has_held_out_split(
+                own_levels or gym.spec(env_id).kwargs["levels"]):
+            warnings.warn("the run trained on split 'test', so this evaluation plays its training levels; pass "
+                          "--split train to evaluate on the others", stacklevel=2)
         return _evaluate_sokoban(agent, env_id, episodes, levels or own_levels, split, greedy, generator, dev,
                                  train_grid, view, from_file=levels is not None, seed=seed, writer=writer)
     if levels is not None:
@@ -135,7 +136,8 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
 
     spec = gym.spec(env_id)
     source = levels or spec.kwargs["levels"]
-    bank = SokobanVectorEnv(1, levels=source, split=split).bank
+    # A file or split-less folder is one level set; the caller has said so where it matters.
+    bank = SokobanVectorEnv(1, levels=source, split=split if has_held_out_split(source) else "train").bank
     if bank.shape != train_grid:
         raise ValueError(f"levels in {source} are {bank.shape[0]}x{bank.shape[1]} but the policy was trained on "
                          f"{train_grid[0]}x{train_grid[1]}; evaluate on levels of the training size")

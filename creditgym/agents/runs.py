@@ -54,17 +54,37 @@ def keep_checkpoint(path: Path, step: int) -> Path:
     return kept
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint a run folder or checkpoint path names, with an error that tells a missing path, a folder that
+    is not a run and a run without a checkpoint apart (and lists the checkpoints it kept)."""
+    path = Path(path)
+    if not path.exists():
+        kept = sorted(path.parent.glob("checkpoint*.pt")) if path.suffix == ".pt" and path.parent.is_dir() else []
+        hint = f"; the checkpoints there: {', '.join(p.name for p in kept)}" if kept else ""
+        raise FileNotFoundError(f"{path} does not exist; pass a run folder written by `creditgym train` or one of "
+                                f"its checkpoint files{hint}")
+    if not path.is_dir():
+        return path
+    if (path / "checkpoint.pt").exists():
+        return path / "checkpoint.pt"
+    kept = sorted(path.glob("checkpoint-*.pt"))
+    if kept:
+        raise FileNotFoundError(f"{path} has no checkpoint.pt, only the kept {', '.join(p.name for p in kept)}; "
+                                "pass one of those")
+    if (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is a run that saved no checkpoint: it stopped before its first one (see "
+                                "--checkpoint-every); train it again")
+    raise FileNotFoundError(f"{path} is not a run folder (it has no checkpoint.pt or config.json); pass a folder "
+                            "written by `creditgym train`")
+
+
 def read_checkpoint(path: str | Path, device: torch.device, *, kind: str = "creditgym",
                     keys: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
     """A run dir or a checkpoint.pt -> (the file, its contents on `device`).
 
     A file that torch cannot read, or that lacks "config" or any of `keys`, raises a ValueError naming the file.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}; pass a run dir or a checkpoint.pt from a run")
+    path = checkpoint_file(path)
     locations: set[str] = set()
 
     def restore(storage: Any, location: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -349,6 +350,15 @@ def test_eval_plays_the_held_out_split_of_the_levels_the_run_trained_on(tmp_path
         evaluate(tmp_path / "flat", episodes=3)
 
 
+def test_eval_warns_when_it_plays_the_split_the_run_trained_on(tmp_path: Path) -> None:
+    PPO(_config(tmp_path, env_kwargs={"split": "test"}, total_steps=256, checkpoint_every=1)).learn()
+    with pytest.warns(UserWarning, match="trained on split 'test'.*--split train"):
+        evaluate(tmp_path / "run", episodes=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(tmp_path / "run", episodes=3, split="train")
+
+
 def test_yaml_values_take_their_fields_types(tmp_path: Path) -> None:
     # PyYAML reads 1e-3 as a string and 1.0e+4 as a float; both failed deep inside training.
     (tmp_path / "c.yaml").write_text("learning_rate: 1e-3\ntotal_steps: 1.0e+4\nseed: '7'\n")
@@ -363,8 +373,19 @@ def test_bad_configs_and_paths_get_a_clear_error(tmp_path: Path, capsys: pytest.
     assert "unknown keys ['num_envz']" in capsys.readouterr().out
     assert cli_main(["train", "--num-envs", "0"]) == 2
     assert "num_envs must be at least 1" in capsys.readouterr().out
+    # A missing path, a folder that is no run, a run without a checkpoint and one with kept checkpoints only.
+    assert cli_main(["eval", str(tmp_path / "nope")]) == 2
+    assert "nope does not exist" in capsys.readouterr().out
     assert cli_main(["eval", str(tmp_path)]) == 2
-    assert "has no checkpoint.pt" in capsys.readouterr().out
+    assert "is not a run folder" in capsys.readouterr().out.replace("\n", "")
+    (tmp_path / "config.json").write_text("{}")
+    assert cli_main(["eval", str(tmp_path)]) == 2
+    assert "saved no checkpoint" in capsys.readouterr().out.replace("\n", "")
+    (tmp_path / "checkpoint-8192.pt").write_bytes(b"")
+    assert cli_main(["eval", str(tmp_path)]) == 2
+    assert "only the kept checkpoint-8192.pt" in capsys.readouterr().out.replace("\n", "")
+    assert cli_main(["eval", str(tmp_path / "checkpoint-100.pt")]) == 2
+    assert "the checkpoints there: checkpoint-8192.pt" in capsys.readouterr().out.replace("\n", "")
 
 
 def test_resume_and_eval_refuse_what_they_cannot_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

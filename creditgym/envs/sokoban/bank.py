@@ -178,7 +178,12 @@ def resolve_bank(levels: str | Path | LevelBank, split: str) -> LevelBank:
         raise ValueError(
             f"levels={levels!r} is neither a shipped bank ({bank_names()}) nor an existing Boxoban file/directory"
         )
-    return _load_path_bank(str(_split_folder(path.resolve(), split)))
+    folder = _split_folder(path.resolve(), split)
+    if split == "test" and folder == path.resolve():
+        warnings.warn(f"levels={str(levels)!r} has no held-out split (it is a file, or a folder without test/ or "
+                      "valid/), so split='test' plays the same levels as split='train'; pass a held-out file or "
+                      "folder as levels for held-out play", UserWarning, stacklevel=3)
+    return _load_path_bank(str(folder))
 
 
 def has_held_out_split(levels: str | Path | LevelBank) -> bool:

@@ -163,7 +163,7 @@ def test_is_llm_checkpoint_tells_the_trainers_apart(full_run: LLMTrainer, tmp_pa
     alone = tmp_path / "copied.pt"  # no config.json beside it: the checkpoint's own config decides
     shutil.copyfile(full_run.run_dir / "checkpoint.pt", alone)
     assert is_llm_checkpoint(alone)
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
         is_llm_checkpoint(tmp_path / "missing")
 
 
@@ -171,7 +171,7 @@ def test_bad_inputs_say_what_to_change(full_run: LLMTrainer, lora_run: LLMTraine
     run = full_run.run_dir
     with pytest.raises(ValueError, match=r"PPO checkpoint.*creditgym\.agents\.evaluate\.evaluate"):
         evaluate_llm(_ppo_run(tmp_path / "ppo"), **_tiny())
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
         evaluate_llm(tmp_path / "missing", **_tiny())
     for bad, message in (({"episodes": 0}, "episodes must be a whole number of at least 1"),
                          ({"batch_size": 0}, "batch_size must be"), ({"seed": -1}, "seed must be a whole number"),

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -149,8 +150,16 @@ def test_boxoban_split_folders_keep_training_and_held_out_levels_apart(tmp_path:
     write_boxoban(tmp_path / "medium" / "train" / "000.txt", [train])
     with pytest.raises(ValueError, match="no test/ or valid/ folder"):
         resolve_bank(tmp_path / "medium", "test")
-    # A single file, or a folder of level files, is one level set whatever the split.
-    assert list(resolve_bank(tmp_path / "medium" / "train" / "000.txt", "test")) == [train]
+    # A single file, or a folder of level files, is one level set whatever the split; asking it for held-out
+    # levels says so, as it would otherwise score a policy on its training levels unawares.
+    with pytest.warns(UserWarning, match="no held-out split.*same levels as split='train'"):
+        assert list(resolve_bank(tmp_path / "medium" / "train" / "000.txt", "test")) == [train]
+    with pytest.warns(UserWarning, match="no held-out split"):
+        gym.make("creditgym/Sokoban-6x6-1b-v0", levels=str(tmp_path / "medium" / "train"), split="test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_bank(tmp_path / "medium" / "train", "train")
+        resolve_bank(tmp_path / "unfiltered", "test")
     with pytest.raises(ValueError, match="split must be one of"):
         resolve_bank(tmp_path / "unfiltered", "validation")
 
