@@ -244,8 +244,29 @@ class LLMTrainConfig:
             raise ValueError(f"prime_granularity must be token or step, got {self.prime_granularity!r}")
         if name == "igpo":
             # IGPO scores the ground-truth answer; ToolUse and Dialogue hand it over only when asked to.
+            if not _takes_argument(self.env_id, "expose_ground_truth"):
+                raise ValueError("learned_reward igpo needs an env that can hand the trainer its ground-truth answer "
+                                 "(expose_ground_truth), such as creditgym/ToolUse-v0 or "
+                                 f"creditgym/Dialogue-Gather-v0; {self.env_id} has none: pick such an env or another "
+                                 "learned reward (spa, prime)")
             self.env_kwargs.setdefault("expose_ground_truth", True)
 
     @property
     def num_episodes(self) -> int:
         return self.num_groups * self.group_size
+
+
+def _takes_argument(env_id: str, name: str) -> bool:
+    """Whether the registered env's constructor has the keyword `name` (True for ids it cannot look up, whose own
+    errors come later and say more)."""
+    import inspect
+
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    try:
+        entry = gym.spec(env_id).entry_point
+        creator = load_env_creator(entry) if isinstance(entry, str) else entry
+        return name in inspect.signature(creator).parameters
+    except (gym.error.Error, ImportError, AttributeError, TypeError, ValueError):
+        return True

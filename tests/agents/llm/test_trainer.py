@@ -104,6 +104,9 @@ def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
     ({"history_turns": -1}, "history_turns"),
     ({"temperature": float("nan")}, "temperature must be a finite number"),
     ({"iterations": "ten"}, "iterations must be a whole number"),
+    # It used to fail later with "env_kwargs ['expose_ground_truth'] are not arguments of ...", never passed.
+    ({"env_id": "creditgym/Sokoban-6x6-1b-v0", "learned_reward": "igpo", "advantage": "turn"},
+     "igpo needs an env that can hand the trainer its ground-truth answer"),
 ])
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
