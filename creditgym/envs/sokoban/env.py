@@ -161,6 +161,18 @@ class SokobanEnv(gym.Env):
         self._invalid_count = 0
         self._feedback = ""
 
+    def _array_action(self, action: Any) -> Action:
+        """A grid view's action as a move; anything else is a caller's bug (a text env would answer in-band)."""
+        try:
+            if isinstance(action, str | bytes) or float(action) != int(action):
+                raise ValueError
+            return Action(int(action))
+        except (TypeError, ValueError):
+            hint = ("; for text actions such as '<answer>Left</answer>' make the env with obs_mode='text'"
+                    if isinstance(action, str) else "")
+            raise ValueError(f"obs_mode={self.obs_mode!r} takes the actions 0-3 (up, down, left, right), got "
+                             f"{action!r}{hint}") from None
+
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         if self._num_boxes and self._boxes_on_target == self._num_boxes:  # no boxes yet: reset() has not run
             # Without this, every step after the solving one would pay the solve bonus again.
@@ -172,7 +184,7 @@ class SokobanEnv(gym.Env):
             if move is None:
                 return self._invalid_step(action)
         else:
-            move = Action(int(action))
+            move = self._array_action(action)
         self._feedback = ""
         result = apply_move(self._tiles, self._player, move)
         self._player = result.player

@@ -157,6 +157,16 @@ def test_invalid_text_changes_nothing_pays_format_and_explains() -> None:
     assert env.step("??")[3] is True  # the second invalid action reaches the cap
 
 
+@pytest.mark.parametrize("action", ["<answer>Left</answer>", 4, -1, 1.5, None])
+def test_a_grid_view_refuses_non_moves_and_points_to_the_text_view(action: object) -> None:
+    env = _env(CORRIDOR)
+    with pytest.raises(ValueError, match=r"takes the actions 0-3 \(up, down, left, right\)") as raised:
+        env.step(action)
+    assert ("obs_mode='text'" in str(raised.value)) == isinstance(action, str)
+    env.step(np.int64(3))  # numpy ints, as a vector env hands them over, still play: two pushes solve it
+    assert env.step(np.int64(3))[2]
+
+
 def test_reset_instructions_and_seeding() -> None:
     env = gym.make("creditgym/Sokoban-6x6-2b-v0", obs_mode="text")
     first, info = env.reset(seed=3)
