@@ -18,7 +18,6 @@ server given `--base-url` (then `--model` is the name the server serves), e.g. v
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 import creditgym  # noqa: F401  (registers the envs)
 from creditgym.llm.chat import ChatModelError
-from creditgym.wrappers.llm_reward.designer import CRITIC_PROMPT, DesignerConfig, RewardDesigner
+from creditgym.wrappers.llm_reward.designer import CRITIC_PROMPT, DesignerConfig, RewardDesigner, strict_json
 
 # --- HAND-WRITTEN programs, not model output -------------------------------------------------------------------
 GOOD = '''```python
@@ -124,7 +123,7 @@ def design(args: argparse.Namespace) -> int:
         sparse = designer.sparse_fitness()
         summary.update(selected_success=result.best.fitness, sparse_success=sparse, env_steps=args.train_steps,
                        selected_beats_sparse=result.best.fitness > sparse)
-    print(json.dumps(summary, indent=2, default=str))
+    print(strict_json(summary))
     print(f"programs and report: {result.run_dir}", file=sys.stderr)
     return 0
 

@@ -59,7 +59,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         has_default = field.default is not dataclasses.MISSING
         default = field.default if has_default else field.default_factory()  # type: ignore[misc]
         # argparse %-formats help text: a literal "%" in a docstring ("80% success") must be escaped.
-        help_text = f"{docs.get(field.name, field.name)} (default: {default})".replace("%", "%%")
+        doc = docs.get(field.name, field.name)
+        help_text = (doc if "(default:" in doc else f"{doc} (default: {default})").replace("%", "%%")
         if kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)

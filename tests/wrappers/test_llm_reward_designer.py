@@ -142,7 +142,9 @@ def test_every_program_stored_with_prompt_model_iteration_fitness(two_iterations
         assert record["iteration"] in (0, 1) and record["prompt"][0]["role"] == "system"
         assert record["response"] and "fitness" in record and "errors" in record
         stored = next(c for c in result.candidates if c.id == record["id"])
-        assert record["fitness"] == stored.fitness and record["source"] == stored.source
+        # A disqualified candidate's -inf is stored as null, which strict JSON parsers read.
+        assert record["fitness"] == (stored.fitness if math.isfinite(stored.fitness) else None)
+        assert record["source"] == stored.source
     report = json.loads((result.run_dir / "report.json").read_text())
     assert report["stage_counts"] == result.stage_counts and report["best"]["id"] == result.best.id
 
@@ -180,9 +182,12 @@ def test_real_transformers_garbage_survives(tmp_path: Path) -> None:
     assert result.stage_counts["generated"] == 2
     assert set(result.stage_counts) == {"generated", "extract", "critic", "static", "dry_run", "train"}
     assert all(c.fitness == -math.inf and c.errors for c in result.candidates) and result.best is None
-    stored = [json.loads(p.read_text()) for p in (result.run_dir / "candidates").glob("*.json")]
-    assert len(stored) == 2 and all(r["model"].startswith("HFChatModel") for r in stored)
-    assert json.loads((result.run_dir / "report.json").read_text())["stage_counts"] == result.stage_counts
+    # Strict JSON (jq, JavaScript): a disqualified fitness is null, not -Infinity.
+    strict = {"parse_constant": lambda name: pytest.fail(f"non-standard JSON constant {name}")}
+    stored = [json.loads(p.read_text(), **strict) for p in (result.run_dir / "candidates").glob("*.json")]
+    assert len(stored) == 2 and all(r["model"].startswith("HFChatModel") and r["fitness"] is None for r in stored)
+    report = json.loads((result.run_dir / "report.json").read_text(), **strict)
+    assert report["stage_counts"] == result.stage_counts and set(report["fitness"].values()) == {None}
 
 
 @pytest.mark.parametrize(("reply", "expected"), [

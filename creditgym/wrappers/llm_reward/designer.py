@@ -171,8 +171,7 @@ class Candidate:
         self.fitness = -math.inf
 
     def to_json(self) -> str:
-        # Python's json writes and reads back -Infinity, so a disqualified fitness survives a round trip.
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        return strict_json(dataclasses.asdict(self))
 
 
 @dataclass
@@ -564,7 +563,21 @@ class RewardDesigner:
             "fitness": {c.id: c.fitness for c in candidates},
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
+        (self.run_dir / "report.json").write_text(strict_json(report))
+
+
+def strict_json(value: Any) -> str:
+    """JSON that strict parsers (jq, JavaScript) read: a disqualified candidate's fitness, -inf, is written null."""
+    def finite(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(v) for key, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [finite(v) for v in item]
+        return item
+
+    return json.dumps(finite(value), indent=2, allow_nan=False, default=str)
 
 
 def stage_counts(candidates: list[Candidate]) -> dict[str, int]:
