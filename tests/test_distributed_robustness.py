@@ -45,7 +45,8 @@ def test_an_unreachable_cluster_is_reported_at_once_without_starting_ray() -> No
         import gymnasium as gym, ray
         from creditgym.distributed import RayEnvPool, RayVecEnv
         makers = [lambda: RayVecEnv({BANDIT!r}, 2, 1, address="127.0.0.1:1"),
-                  lambda: RayEnvPool(functools.partial(gym.make, {BANDIT!r}), 2, 1, address="ray://127.0.0.1:1")]
+                  lambda: RayEnvPool(functools.partial(gym.make, {BANDIT!r}), 2, 1, address="ray://127.0.0.1:1"),
+                  lambda: RayVecEnv({BANDIT!r}, 2, 1, address="auto")]
         for make in makers:
             start = time.monotonic()
             try:
@@ -56,11 +57,13 @@ def test_an_unreachable_cluster_is_reported_at_once_without_starting_ray() -> No
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=90)
     lines = done.stdout.splitlines()
-    assert len(lines) == 3, done.stdout + done.stderr
+    assert len(lines) == 4, done.stdout + done.stderr
     for line, address in zip(lines, ["127.0.0.1:1", "ray://127.0.0.1:1"], strict=False):
         assert line.startswith("refused after 0 s: no Ray cluster answers at " + address), line
         assert "ray start --head --port 1" in line and "leave the address unset" in line
-    assert lines[2] == "ray initialized: False"
+    # "auto" with no `ray start` cluster on this machine: Ray's own advice named its --address flag, not ours.
+    assert "no running Ray cluster found for address 'auto'" in lines[2] and "no --ray-address" in lines[2]
+    assert lines[3] == "ray initialized: False"
 
 
 def test_more_workers_than_envs_is_refused_before_starting_ray() -> None:

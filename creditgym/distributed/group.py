@@ -39,7 +39,14 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address="local", include_dashboard=False)
     else:
         check_reachable(address)
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as err:  # Ray's own advice names its `--address` flag, not ours
+            if "Could not find any running Ray instance" not in str(err):
+                raise
+            raise ConnectionError(f"no running Ray cluster found for address {address!r}: start one with `ray start "
+                                  "--head` first, or leave the address unset (no --ray-address, no $RAY_ADDRESS) to "
+                                  "run a private local Ray") from None
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
