@@ -119,8 +119,10 @@ class RolloutCollector:
             obs, info = (env.reset(seed=seed) if options is None
                          else env.reset(seed=seed, options=options[i // self.group_size]))
             if not isinstance(obs, str):
+                hint = ("pass obs_mode='text' for its text view" if hasattr(env.unwrapped, "obs_mode") else
+                        "it has no text view, so train PPO on it instead (no --algo)")
                 raise ValueError(f"{env.spec.id if env.spec else env} returned a {type(obs).__name__} observation; LLM "
-                                "policies need text envs (pass obs_mode='text' to grid envs)")
+                                 f"policies need text envs ({hint})")
             episodes.append(Episode(group=i // self.group_size, seed=seed, instructions=info.get("instructions", ""),
                                     ground_truth=info.get("ground_truth")))
             if self.record:

@@ -189,3 +189,16 @@ def test_reset_options_per_group_choose_each_groups_task() -> None:
     assert [ep.turns[0].observation for ep in drawn] == [envs[0].reset(seed=s)[0] for s in (5, 5, 6, 6)]
     with pytest.raises(ValueError, match="one reset options entry per group"):
         collector.collect([5, 6], options=[{"level": bank[3]}])
+
+
+@pytest.mark.parametrize(("env_kwargs", "hint"), [
+    ({"id": "creditgym/Sokoban-6x6-1b-v0"}, "pass obs_mode='text' for its text view"),
+    ({"id": "creditgym/Sanity-Bandit-v0"}, "it has no text view, so train PPO on it instead"),
+])
+def test_an_array_env_is_refused_with_what_to_do(env_kwargs: dict, hint: str) -> None:
+    model, tokenizer = tiny_test_model()
+    envs = [gym.make(**env_kwargs) for _ in range(2)]
+    collector = RolloutCollector(envs, LLMPolicy(model, tokenizer, max_new_tokens=2), group_size=2, max_turns=1,
+                                 history_turns=2, max_prompt_tokens=4096)
+    with pytest.raises(ValueError, match=f"LLM policies need text envs \\({hint}"):
+        collector.collect([0], greedy=True)
