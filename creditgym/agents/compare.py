@@ -154,6 +154,7 @@ def compare_runs(paths: Sequence[str | Path], *, thresholds: Sequence[float] = (
                 "success_at_shared_steps": success_at(run.rows, shared_budget, min_episodes=min_episodes),
                 "env_steps_per_s": next((row["charts/sps"] for row in reversed(run.rows) if "charts/sps" in row),
                                         None),
+                **held_out_success(run.path),
             }
         result["groups"][label] = {"seeds": seeds, **_means(seeds, thresholds)}
     if baseline is not None:
@@ -189,9 +190,31 @@ def _means(seeds: dict[str, dict[str, Any]], thresholds: Sequence[float]) -> dic
         reached = [seed[_key(t)] for seed in seeds.values() if seed[_key(t)] is not None]
         out[_key(t)] = round(statistics.mean(reached)) if reached else None
         out[f"{_key(t)}_reached"] = f"{len(reached)}/{len(seeds)}"
-    finals = [seed["success_at_shared_steps"] for seed in seeds.values() if seed["success_at_shared_steps"] is not None]
-    out["success_at_shared_steps"] = round(statistics.mean(finals), 4) if finals else None
+    for key in ("success_at_shared_steps", "held_out_greedy", "held_out_sampled"):
+        values = [seed[key] for seed in seeds.values()]
+        # A mean over some seeds only would not be the group's, so a missing one leaves it unset.
+        out[key] = round(statistics.mean(values), 4) if values and None not in values else None
     return out
+
+
+def held_out_success(run_dir: Path) -> dict[str, float | None]:
+    """The success rates `creditgym eval RUN` (greedy, eval.json) and `--sample` (eval-sampled.json) wrote into
+    the run folder; None where that evaluation has not been run."""
+    found: dict[str, float | None] = {"held_out_greedy": None, "held_out_sampled": None}
+    for key, name, nested in (("held_out_greedy", "eval.json", "greedy"),
+                              ("held_out_sampled", "eval-sampled.json", "sampled")):
+        for path, part in ((run_dir / name, None), (run_dir / "eval.json", nested)):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if part is not None:  # the demo's layout before session 13: both results in eval.json
+                data = data.get(part) if isinstance(data, dict) else None
+            rate = data.get("success_rate") if isinstance(data, dict) else None
+            if isinstance(rate, int | float) and not isinstance(rate, bool):
+                found[key] = float(rate)
+                break
+    return found
 
 
 def _find_label(wanted: str, groups: dict[str, Any]) -> str:

@@ -88,6 +88,21 @@ def test_warnings_for_mixed_envs_budgets_and_repeated_seeds(trained: dict[str, P
     assert "seed(s) 1 more than once" in warnings
 
 
+def test_held_out_success_comes_from_the_runs_evaluations(trained: dict[str, Path], tmp_path: Path) -> None:
+    runs = [_with_curve(trained["sparse-s1"], tmp_path / name, [0.5], seed=seed) for name, seed in (("a", 1), ("b", 2))]
+    for run, greedy in zip(runs, (0.5, 0.7), strict=True):
+        (run / "eval.json").write_text(json.dumps({"success_rate": greedy, "greedy": True}))
+    (runs[0] / "eval-sampled.json").write_text(json.dumps({"success_rate": 0.9, "greedy": False}))
+    group = next(iter(compare_runs(runs, min_episodes=100)["groups"].values()))
+    assert [seed["held_out_greedy"] for seed in group["seeds"].values()] == [0.5, 0.7]
+    assert group["held_out_greedy"] == 0.6
+    assert group["held_out_sampled"] is None  # one seed was never evaluated sampled: no mean over the other alone
+    # The demo's layout before session 13 held both in eval.json.
+    (runs[1] / "eval.json").write_text(json.dumps({"greedy": {"success_rate": 0.7}, "sampled": {"success_rate": 0.8}}))
+    group = next(iter(compare_runs(runs, min_episodes=100)["groups"].values()))
+    assert (group["held_out_greedy"], group["held_out_sampled"]) == (0.6, 0.85)
+
+
 def test_success_at_and_steps_to_read_the_same_window() -> None:
     rows = [{"global_step": s, "charts/success_rate": r, "charts/episodes": 50.0}
             for s, r in ((100, 0.0), (200, 1.0), (300, 1.0))]
