@@ -26,7 +26,7 @@ from creditgym.agents.ppo import PPOConfig, resolve_device
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
 from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
 from creditgym.llm.chat import ChatModelError
-from creditgym.trajectories import ESTIMATORS, offline_potential_names
+from creditgym.trajectories import ESTIMATORS, is_gzipped, offline_potential_names
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 QUIT_WORDS = {"quit", "exit", "q", ":q"}
@@ -139,8 +139,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     if llm_only:
         hint = " (PPO records the episodes of its first N envs with --record-envs N)" if (
             "--record-trajectories" in llm_only) else ""
-        console.print(f"[red]{', '.join(llm_only)} only apply to LLM algos[/red] ({', '.join(LLM_ALGOS)}); "
-                      f"drop them or pass e.g. --algo grpo --model smollm2-135m{hint}")
+        fix = ("drop them: the run resumes as PPO (a PPO run's budget is --total-steps)" if args.resume else
+               f"drop them or pass e.g. --algo grpo --model smollm2-135m{hint}")
+        console.print(f"[red]error:[/red] {', '.join(llm_only)} only apply to LLM algos ({', '.join(LLM_ALGOS)}); "
+                      f"{fix}", highlight=False, soft_wrap=True)
         return 2
     return _train_and_report(PPOConfig, PPO, args, console,
                              extendable=(*RESUMABLE_WHERE, "total_steps"),
@@ -222,8 +224,10 @@ def _train_llm(args: argparse.Namespace, console: Console) -> int:
 
     ppo_only = sorted(_flags_given(args, _PPO_FIELDS - _LLM_FIELDS))
     if ppo_only:
-        console.print(f"[red]{', '.join(ppo_only)} only apply to --algo ppo[/red]; LLM trainers take the flags of "
-                      "LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)")
+        console.print(f"[red]error:[/red] {', '.join(ppo_only)} only apply to --algo ppo; LLM trainers take the "
+                      "flags of LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)"
+                      + (" and an LLM run's budget is --iterations" if args.resume else ""),
+                      highlight=False, soft_wrap=True)
         return 2
     return _train_and_report(LLMTrainConfig, LLMTrainer, args, console,
                              extendable=(*RESUMABLE_WHERE, "iterations"),
@@ -306,6 +310,11 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         if args.baseline is not None:
             table.add_column("baseline / group", justify="right")
     table.add_column(f"success at {result['shared_env_steps']:,.0f} steps", justify="right")
+    # Held-out success where the runs were evaluated (`creditgym eval RUN`, and with --sample).
+    seeds = [seed for group in result["groups"].values() for seed in group["seeds"].values()]
+    held_out = [key for key in ("held_out_greedy", "held_out_sampled") if any(seed[key] is not None for seed in seeds)]
+    for key in held_out:
+        table.add_column(f"held-out, {key.split('_')[-1]}", justify="right")
     table.add_column("env steps/s", justify="right")
     for label, group in result["groups"].items():
         cells = [label, str(len(group["seeds"]))]
@@ -318,7 +327,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
                 cells.append("-" if ratio is None else f"{ratio:.2f}x")
         success = group["success_at_shared_steps"]
         rates = [seed["env_steps_per_s"] for seed in group["seeds"].values() if seed["env_steps_per_s"]]
-        cells += ["-" if success is None else f"{success:.1%}", f"{sum(rates) / len(rates):,.0f}" if rates else "-"]
+        cells.append("-" if success is None else f"{success:.1%}")
+        cells += ["-" if group[key] is None else f"{group[key]:.1%}" for key in held_out]
+        cells.append(f"{sum(rates) / len(rates):,.0f}" if rates else "-")
         table.add_row(*cells)
     console.print(table)
     if args.baseline is not None:
@@ -406,8 +417,16 @@ def _side_by_side(boards: list[str]) -> str:
     return "\n".join("   ".join(parts) for parts in zip(*rows, strict=False))
 
 
+def _rescored_path(source: Path) -> Path:
+    """TRAJ.rescored.jsonl next to TRAJ.jsonl, and TRAJ.rescored.jsonl.gz next to TRAJ.jsonl.gz."""
+    gzipped = is_gzipped(source)
+    plain = source.with_name(source.name[:-len(".gz")]) if gzipped else source
+    return plain.with_suffix(".rescored.jsonl" + (".gz" if gzipped else ""))
+
+
 def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
-    """Recompute a recording's rewards (a new shaping channel) and/or advantages offline, into a new JSONL."""
+    """Recompute a recording's rewards (a new shaping channel) and/or advantages offline, into a new JSONL (plain or
+    gzip-compressed, each file as its name ends)."""
     from creditgym.trajectories import (
         TrajectoryFormatError,
         TrajectoryWriter,
@@ -431,7 +450,7 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
         console.print("--channel must name the new reward channel, e.g. --channel shaping", style="red")
         return 2
     source = Path(args.trajectories)
-    out = Path(args.out) if args.out else source.with_suffix(".rescored.jsonl")
+    out = Path(args.out) if args.out else _rescored_path(source)
     if out.resolve() == source.resolve():
         console.print(f"--out {out} is the input file; choose another path", style="red")
         return 2
@@ -519,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     play.set_defaults(run=cmd_play)
 
     bench = commands.add_parser("bench", help="run benchmarks from benchmarks/ (each prints JSON)")
-    bench.add_argument("names", nargs="*", help="benchmark names (default: the Sokoban throughput and generator)")
+    bench.add_argument("names", nargs="*", help="benchmark names (default: the Sokoban throughput and generator); "
+                       "each prints one JSON document, several one after another (`jq -s .` reads them as a list)")
     bench.add_argument("--list", action="store_true", help="list the available benchmarks and exit")
     bench.add_argument("--args", dest="bench_args", nargs=argparse.REMAINDER, default=[],
                        help="arguments passed on to each benchmark, e.g. --args --seconds 5")
@@ -544,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("run_dir", help="a run folder written by `creditgym train`, or one of its checkpoint "
                                             "files (such as a checkpoint-<env steps>.pt from --keep-checkpoints)")
     evaluation.add_argument("--env", help="env id to evaluate on (default: the run's)")
-    evaluation.add_argument("--episodes", type=int, default=200, help="episodes (Sokoban: distinct levels in order)")
+    evaluation.add_argument("--episodes", type=int, default=200,
+                            help="episodes (Sokoban: the split's levels in order, each once up to its size)")
     evaluation.add_argument("--levels", help="Boxoban-format file or folder to evaluate on (Sokoban only)")
     evaluation.add_argument("--split", default="test", choices=["train", "test"], help="shipped bank split")
     evaluation.add_argument("--sample", action="store_true",
@@ -555,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--no-progress", action="store_true", help="LLM runs: no progress bar")
     evaluation.add_argument("--record", metavar="TRAJ.jsonl",
                             help="also write the played episodes to this file as trajectory records, PPO and LLM "
-                                 "runs alike (replaced if it exists; creditgym rescore reads it)")
+                                 "runs alike, gzip-compressed where the name ends in .gz (replaced if it exists; "
+                                 "creditgym rescore reads it)")
     evaluation.set_defaults(run=cmd_eval)
 
     compare = commands.add_parser("compare", help="compare finished runs side by side: env steps to success "
@@ -594,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rescore = commands.add_parser("rescore", help="recompute rewards and advantages of a trajectory file offline")
     rescore.add_argument("trajectories", metavar="TRAJ.jsonl", help="episodes written by record_episodes or "
-                         "creditgym.trajectories.TrajectoryWriter")
+                         "creditgym.trajectories.TrajectoryWriter, such as a run's trajectories.jsonl.gz (a name "
+                         "ending in .gz is read as gzip-compressed)")
     rescore.add_argument("--potential", metavar="NAME", help="add a shaping channel from this potential, evaluated "
                          f"on the recorded states: {', '.join(offline_potential_names())}, or module:function "
                          "taking (observation, state)")
@@ -608,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--lam", type=float, default=1.0, help="GAE lambda, for --estimator gae (default: 1.0)")
     rescore.add_argument("--channel", default="shaping", help="name of the new reward channel (default: shaping)")
     rescore.add_argument("--replace", action="store_true", help="overwrite the channel if the recording has it")
-    rescore.add_argument("--out", metavar="PATH", help="output JSONL (default: TRAJ.rescored.jsonl next to the input)")
+    rescore.add_argument("--out", metavar="PATH", help="output JSONL, gzip-compressed where the name ends in .gz "
+                         "(default: TRAJ.rescored.jsonl next to the input, TRAJ.rescored.jsonl.gz for a .gz input)")
     rescore.set_defaults(run=cmd_rescore)
     design = commands.add_parser("design-reward", help="LLM-designed dense rewards: generate, critique, validate, "
                                  "dry-run and train reward programs, keep the best")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -462,20 +463,27 @@ def write(fd, data):
     return real_write(fd, data)
 
 trajectories.os.write = write
+trajectories.GZIP_MEMBER_BYTES = 1  # a .gz file gets each episode as a member of its own, written as it ends
 trajectories.record_episodes(env, lambda obs, info: env.action_space.sample(), 5, seed=0, path=sys.argv[1])
 """
 
 
-def test_a_killed_recording_keeps_the_finished_episodes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["killed.jsonl", "killed.jsonl.gz"])
+def test_a_killed_recording_keeps_the_finished_episodes(tmp_path: Path, name: str) -> None:
     import subprocess
     import sys
 
-    path = tmp_path / "killed.jsonl"
+    path = tmp_path / name
     result = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(path)], timeout=120,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
     assert result.returncode == -9, result.stderr.decode()[-2000:]
-    assert not path.read_bytes().endswith(b"\n")  # the cut-short third episode
-    with pytest.warns(TrajectoryWarning, match=r"killed\.jsonl:3: skipped the last line"):
+    if name.endswith(".gz"):  # two whole gzip members, then half of the third
+        with pytest.raises(EOFError):
+            gzip.decompress(path.read_bytes())
+    else:
+        assert not path.read_bytes().endswith(b"\n")  # the cut-short third episode
+    cut_short = r"killed\.jsonl:3: skipped the last line" if name.endswith(".jsonl") else r"\.gz.*cut short"
+    with pytest.warns(TrajectoryWarning, match=cut_short):
         assert [e.seed for e in load_trajectories(path)] == [0, 1]
     env = gym.make(SOKOBAN, max_episode_steps=3)
     with pytest.warns(TrajectoryWarning, match="cut short"):

@@ -16,7 +16,7 @@ import creditgym
 from creditgym.agents.config_cli import MAX_SEED, check_device
 from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_actions
 from creditgym.agents.runs import load_weights, read_checkpoint
-from creditgym.envs.sokoban.bank import has_held_out_split
+from creditgym.envs.sokoban.bank import has_held_out_split, warn_when_levels_repeat
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 from creditgym.trajectories import (
     TrajectoryWriter,
@@ -51,9 +51,10 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
              record: str | Path | None = None) -> dict[str, Any]:
     """Play `episodes` episodes with the run's policy; Sokoban plays distinct held-out levels in order.
 
-    `record` names a file that gets the episodes as trajectory records, in episode order (replaced if it exists;
-    `creditgym rescore` reads it). Sokoban records hold each board's state and the level's bank row
-    (`metadata["level_index"]`), with `seed` as their seed; other envs' records hold their reset seed, seed + episode.
+    `record` names a file that gets the episodes as trajectory records, in episode order, gzip-compressed where the
+    name ends in .gz (replaced if it exists; `creditgym rescore` reads it). Sokoban records hold each board's state
+    and the level's bank row (`metadata["level_index"]`), with `seed` as their seed; other envs' records hold their
+    reset seed, seed + episode.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
@@ -109,7 +110,14 @@ def _evaluate(config: PPOConfig, agent: ActorCritic, env_id: str, episodes: int,
 
 
 def _check_same_spaces(config: PPOConfig, env_id: str) -> None:
-    trained, target = gym.make(config.env_id, **config.env_kwargs), gym.make(env_id, **config.env_kwargs)
+    trained = gym.make(config.env_id, **config.env_kwargs)
+    try:
+        target = gym.make(env_id, **config.env_kwargs)
+    except TypeError as err:  # the run's env arguments are not the other env's: then neither are its spaces
+        trained.close()
+        raise ValueError(f"the policy was trained on {config.env_id} with env_kwargs {config.env_kwargs} and cannot "
+                         f"play {env_id}, which does not take them ({str(err).split(' was raised')[0]}); evaluate "
+                         f"on an env like the one it trained on") from None
     mine = (trained.observation_space, trained.action_space)
     theirs = (target.observation_space, target.action_space)
     trained.close()
@@ -141,6 +149,7 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
     if bank.shape != train_grid:
         raise ValueError(f"levels in {source} are {bank.shape[0]}x{bank.shape[1]} but the policy was trained on "
                          f"{train_grid[0]}x{train_grid[1]}; evaluate on levels of the training size")
+    warn_when_levels_repeat(bank, episodes)
     order = np.arange(episodes) % len(bank)
     success, steps, returns = [], [], []
     for start in range(0, episodes, 256):

@@ -44,10 +44,11 @@ from creditgym.agents.vec import NonFiniteError, TorchVecEnv, make_vec_env
 from creditgym.credit import gae
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 from creditgym.trajectories import (
-    RUN_TRAJECTORIES,
     TrajectoryWriter,
     VectorRecorder,
     reached_observations,
+    remove_run_trajectories,
+    run_trajectories,
     sokoban_states,
     trim_trajectories,
 )
@@ -69,7 +70,7 @@ class PPOConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """keyword arguments for the env, e.g. {"split": "train"}"""
     total_steps: int = 2_000_000
-    """env steps to train for, summed over all envs"""
+    """env steps to train for, summed over all envs (rounded down to whole rollouts of num_envs × num_steps)"""
     num_envs: int = 512
     """parallel envs (many envs and short rollouts keep a CPU busy with few, large batches)"""
     num_steps: int = 16
@@ -171,8 +172,8 @@ class PPOConfig:
     tensorboard: bool = True
     """write TensorBoard events"""
     record_envs: int = 0
-    """record every episode of the first N envs as trajectory records in the run folder's trajectories.jsonl, each
-    appended once it ends (observations, actions, reward channels with shaping and learned rewards, success, action
+    """record every episode of the first N envs as trajectory records in the run folder's trajectories.jsonl.gz,
+    each appended once it ends (observations, actions, reward channels with shaping and learned rewards, success, action
     masks and, on Sokoban, the board state that creditgym rescore --potential reads); 0 records nothing"""
     rollout_backend: str = "local"
     """where envs step: local (this process) or ray (Ray actors, the same trajectories as local)"""
@@ -379,8 +380,10 @@ class PPO:
                                             scale=config.shaping_scale)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         if not isinstance(act_space, spaces.Discrete) or not isinstance(obs_space, spaces.Box):
+            hint = ("it is a text env: train an LLM policy on it with --algo grpo --model smollm2-135m"
+                    if isinstance(obs_space, spaces.Text) else "use obs_mode='array' for grid envs")
             raise ValueError(f"PPO needs Box observations and Discrete actions; {config.env_id} has "
-                             f"{obs_space} and {act_space} (use obs_mode='array' for grid envs)")
+                             f"{type(obs_space).__name__} observations and {type(act_space).__name__} actions ({hint})")
         kind = config.policy if config.policy != "auto" else ("cnn" if len(obs_space.shape) == 3 else "mlp")
         self.agent = ActorCritic(obs_space.shape, int(act_space.n), kind=kind, hidden=config.hidden,
                                  channels=config.cnn_channels, activation=config.activation,
@@ -416,14 +419,23 @@ class PPO:
         """
         cfg = self.config
         progress = _Progress(cfg.progress, total=cfg.total_steps, start=self.global_step)
-        metrics = train_in_run_dir(
-            self.run_dir, fresh=self.update == 0, overwrite=cfg.overwrite, tensorboard=cfg.tensorboard,
-            record=self._run_record(), resumed_at=("global_step", self.global_step), global_step=self.global_step,
-            progress=progress, unit="update", save=self.save_checkpoint,
-            loop=lambda logger, ctrl_c: self._updates(until_steps, logger, progress, ctrl_c))
-        if self.global_step >= cfg.total_steps or self.update >= cfg.num_updates:
+
+        def plot() -> None:
             plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
                                  title=f"PPO on {cfg.env_id} (seed {cfg.seed})")
+
+        try:
+            metrics = train_in_run_dir(
+                self.run_dir, fresh=self.update == 0, overwrite=cfg.overwrite, tensorboard=cfg.tensorboard,
+                record=self._run_record(), resumed_at=("global_step", self.global_step), global_step=self.global_step,
+                progress=progress, unit="update", save=self.save_checkpoint,
+                loop=lambda logger, ctrl_c: self._updates(until_steps, logger, progress, ctrl_c))
+        except KeyboardInterrupt:  # stopped with Ctrl-C: the curve so far, as a finished run has
+            if (self.run_dir / "metrics.jsonl").exists():
+                plot()
+            raise
+        if self.global_step >= cfg.total_steps or self.update >= cfg.num_updates:
+            plot()
         return metrics
 
     def _updates(self, until_steps: int | None, logger: MetricsLogger, progress: _Progress,
@@ -602,14 +614,13 @@ class PPO:
 
     # -- trajectory records -------------------------------------------------------------------------------------
     def _prepare_trajectories(self) -> None:
-        """A fresh run starts trajectories.jsonl anew, as metrics.jsonl; a resumed one drops the records past its
+        """A fresh run starts its trajectory file anew, as metrics.jsonl; a resumed one drops the records past its
         checkpoint, whose updates it plays again (the same rollouts, so no episode is lost or doubled)."""
-        path = self.run_dir / RUN_TRAJECTORIES
+        self.trajectories_path = run_trajectories(self.run_dir, resumed=self.update > 0)
         if self.update > 0:
-            trim_trajectories(path, self.update, key="update")
+            trim_trajectories(self.trajectories_path, self.update, key="update")
         elif self.recorder is not None or self.config.overwrite:  # not another run's records in this one
-            path.unlink(missing_ok=True)
-            path.with_name(path.name + ".partial").unlink(missing_ok=True)
+            remove_run_trajectories(self.run_dir)
 
     def _record(self, rollout: _RecordedRollout, obs: torch.Tensor, masks: torch.Tensor | None, actions: torch.Tensor,
                 terminated: torch.Tensor, truncated: torch.Tensor, learned_rewards: torch.Tensor | None) -> None:
@@ -627,7 +638,7 @@ class PPO:
             masks=None if masks is None else torch.cat((masks[1:, :k], self.next_mask[None, :k])),
             metadata={"update": self.update})
         if finished:
-            with TrajectoryWriter(self.run_dir / RUN_TRAJECTORIES) as writer:
+            with TrajectoryWriter(self.trajectories_path) as writer:
                 for episode in finished:
                     writer.write(episode)
 

@@ -142,3 +142,18 @@ def test_the_command_prints_a_table_and_writes_json_and_a_plot(trained: dict[str
     assert set(result["groups"]) == {"shaping=none", "shaping=box_distance"}
     assert result["baseline"] == "shaping=none"
     assert (out / "comparison.png").stat().st_size > 1000
+
+
+def test_the_table_shows_held_out_success_where_runs_were_evaluated(trained: dict[str, Path], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    runs = [shutil.copytree(trained[name], tmp_path / name) for name in ("sparse-s1", "box_distance-s1")]
+    assert main(["compare", *map(str, runs), "--window", "20"]) == 0
+    assert "held-out" not in capsys.readouterr().out
+    for run, rate in zip(runs, (0.25, 0.75), strict=True):
+        (run / "eval.json").write_text(json.dumps({"success_rate": rate, "greedy": True}))
+    assert main(["compare", *map(str, runs), "--window", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out, greedy" in printed and "25.0%" in printed and "75.0%" in printed
+    assert "held-out, sampled" not in printed

@@ -341,6 +341,8 @@ def test_eval_plays_the_held_out_split_of_the_levels_the_run_trained_on(tmp_path
     assert result["levels"] == str(folder) and result["split"] == "test" and result["distinct_levels"] == 5
     # The run's reward sizes: no step penalty (the default's -0.1 a step would make unsolved returns negative).
     assert result["mean_return"] > -1.0
+    with pytest.warns(UserWarning, match="22 episodes but .* has 20 levels, so 2 repeat"):
+        assert evaluate(tmp_path / "run", episodes=22)["distinct_levels"] == 20
     flat = tmp_path / "flat"
     flat.mkdir()
     write_boxoban(flat / "000.txt", [load_bank("6x6-2b", "train")[i] for i in range(20)])
@@ -357,6 +359,18 @@ def test_eval_warns_when_it_plays_the_split_the_run_trained_on(tmp_path: Path) -
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate(tmp_path / "run", episodes=3, split="train")
+
+
+def test_eval_on_an_env_that_does_not_take_the_runs_env_kwargs_says_so(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    PPO(_config(tmp_path, env_kwargs={"obs_mode": "egocentric"}, total_steps=256, checkpoint_every=1)).learn()
+    assert cli_main(["eval", str(tmp_path / "run"), "--env", "creditgym/ToolUse-v0"]) == 2  # was a TypeError
+    assert "which does not take them" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_a_text_env_is_refused_with_a_pointer_to_the_llm_trainers(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="TextSpace observations and TextSpace actions .*--algo grpo"):
+        PPO(_config(tmp_path, env_id="creditgym/ToolUse-v0"))
 
 
 def test_yaml_values_take_their_fields_types(tmp_path: Path) -> None:
@@ -399,6 +413,9 @@ def test_resume_and_eval_refuse_what_they_cannot_do(tmp_path: Path, capsys: pyte
         (["train", "--resume", str(run), "--num-envs", "16"], "--num-envs cannot change when resuming"),
         (["train", "--resume", str(run / "checkpoint.pt")], "--resume takes a run folder"),
         (["train", "--resume", str(run), "--algo", "grpo"], "is a ppo run; resume it without --algo"),
+        (["train", "--resume", str(run), "--iterations", "5"],
+         "error: --iterations only apply to LLM algos (grpo, drgrpo, rloo, reinforce_pp, ppo_llm); drop them: the run "
+         "resumes as PPO (a PPO run's budget is --total-steps)"),
         (["train", "--resume", str(tmp_path / "broken")], "config.json is not valid JSON"),
         (["eval", str(run), "--episodes", "0"], "episodes must be at least 1"),
         (["eval", str(run), "--device", "bogus"], "device must be auto, cpu or cuda"),

@@ -3,7 +3,9 @@ shaping on it, a resume neither doubles nor loses records, and eval --record."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from creditgym.agents.ppo import PPO, PPOConfig
 from creditgym.cli import main
 from creditgym.envs.sokoban.boxoban import write_boxoban
 from creditgym.envs.sokoban.level import Level
-from creditgym.trajectories import Episode, load_trajectories
+from creditgym.trajectories import LEGACY_RUN_TRAJECTORIES, RUN_TRAJECTORIES, Episode, load_trajectories
 
 SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
 # One push from solved, so random play both solves it (terminated) and runs out of steps (truncated).
@@ -82,7 +84,7 @@ def shaped_run(tmp_path_factory: pytest.TempPathFactory, easy_levels: str) -> tu
                                  "action_mask": True})
     trainer = WatchedPPO(config)
     trainer.learn()
-    return trainer, runs / "run" / "trajectories.jsonl"
+    return trainer, runs / "run" / RUN_TRAJECTORIES
 
 
 def test_records_hold_each_recorded_envs_episodes_with_rewards_masks_and_boards(shaped_run) -> None:
@@ -128,7 +130,7 @@ def test_gymnasium_vector_envs_are_recorded_too(tmp_path: Path) -> None:
     trainer = WatchedPPO(_config(tmp_path, env_id="creditgym/Sanity-Bandit-v0", num_envs=4, num_steps=8,
                                  total_steps=64, record_envs=2))
     trainer.learn()
-    records = load_trajectories(tmp_path / "run" / "trajectories.jsonl")
+    records = load_trajectories(tmp_path / "run" / RUN_TRAJECTORIES)
     assert len(records) == 2 * 64 // 4
     assert [r.metadata for r in records[:4]] == [{"env_index": 0, "update": 1}, {"env_index": 1, "update": 1}] * 2
     for record in records:
@@ -145,30 +147,41 @@ def test_recording_changes_nothing_that_is_learned(tmp_path: Path, easy_levels: 
     plain.learn()
     recorded = PPO(_config(tmp_path, run_name="recorded", total_steps=256, env_kwargs=kwargs, record_envs=8))
     recorded.learn()
-    assert load_trajectories(tmp_path / "recorded" / "trajectories.jsonl")
-    assert not (tmp_path / "plain" / "trajectories.jsonl").exists()
+    assert load_trajectories(tmp_path / "recorded" / RUN_TRAJECTORIES)
+    assert not (tmp_path / "plain" / RUN_TRAJECTORIES).exists()
     for a, b in zip(plain.agent.parameters(), recorded.agent.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
-def test_a_resumed_run_neither_doubles_nor_loses_records(tmp_path: Path, easy_levels: str) -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["gz", "legacy-plain"])
+def test_a_resumed_run_neither_doubles_nor_loses_records(tmp_path: Path, easy_levels: str, legacy: bool) -> None:
     # Episodes still running at a checkpoint travel in it, so the resumed run finishes them as the first run would.
     settings = dict(record_envs=2, env_kwargs={"levels": easy_levels, "max_episode_steps": 40})
     PPO(_config(tmp_path / "a", **settings)).learn()
-    expected = [r.to_dict() for r in load_trajectories(tmp_path / "a" / "run" / "trajectories.jsonl")]
+    expected = [r.to_dict() for r in load_trajectories(tmp_path / "a" / "run" / RUN_TRAJECTORIES)]
     first = PPO(_config(tmp_path / "b", checkpoint_every=2, keep_checkpoints=True, **settings))
     first.learn(until_steps=256)
     first.learn()  # the same trainer continues: nothing is trimmed or repeated
-    path = tmp_path / "b" / "run" / "trajectories.jsonl"
+    run = tmp_path / "b" / "run"
+    path = run / RUN_TRAJECTORIES
     assert [r.to_dict() for r in load_trajectories(path)] == expected
     assert first.recorder.state_dict()["episodes"][0]["steps"]  # an episode was in progress at the end
-    with path.open("a") as file:  # a crash mid-write after the last checkpoint
-        file.write('{"format": "creditgym.trajec')
-    resumed = PPO(_config(tmp_path / "b", **settings), resume=tmp_path / "b" / "run" / "checkpoint-256.pt")
+    if legacy:  # a run recorded before recordings were compressed: the resume continues its plain file
+        path = run / LEGACY_RUN_TRAJECTORIES
+        path.write_bytes(gzip.decompress((run / RUN_TRAJECTORIES).read_bytes()))
+        (run / RUN_TRAJECTORIES).unlink()
+    line = (json.dumps(expected[-1]) + "\n").encode()
+    data = line if legacy else gzip.compress(line)
+    with path.open("ab") as file:  # a crash mid-write after the last checkpoint
+        file.write(data[:len(data) // 2])
+    resumed = PPO(_config(tmp_path / "b", **settings), resume=run / "checkpoint-256.pt")
     assert resumed.update == 2 and any(e.steps for e in resumed.recorder.episodes)
     resumed.learn()
-    assert [r.to_dict() for r in load_trajectories(path)] == expected and max(
-        r["metadata"]["update"] for r in expected) > 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the resume cut the damaged end away before appending
+        assert [r.to_dict() for r in load_trajectories(path)] == expected and max(
+            r["metadata"]["update"] for r in expected) > 2
+    assert (run / RUN_TRAJECTORIES).exists() != legacy
 
 
 def test_eval_records_the_played_episodes_from_the_command_line(tmp_path: Path,
@@ -176,7 +189,7 @@ def test_eval_records_the_played_episodes_from_the_command_line(tmp_path: Path,
     train = ["train", "--total-steps", "256", "--num-envs", "8", "--num-steps", "16", "--hidden", "16",
              "--no-progress", "--no-tensorboard", "--runs-dir", str(tmp_path), "--record-envs", "2"]
     assert main([*train, "--run-name", "sokoban", "--env-kwargs", '{"max_episode_steps": 10}']) == 0
-    assert all(r.metadata["env_index"] < 2 for r in load_trajectories(tmp_path / "sokoban" / "trajectories.jsonl"))
+    assert all(r.metadata["env_index"] < 2 for r in load_trajectories(tmp_path / "sokoban" / RUN_TRAJECTORIES))
     played = tmp_path / "played.jsonl"
     played.write_text("an earlier file, replaced\n")
     assert main(["eval", str(tmp_path / "sokoban"), "--episodes", "3", "--sample", "--record", str(played)]) == 0
@@ -189,9 +202,11 @@ def test_eval_records_the_played_episodes_from_the_command_line(tmp_path: Path,
     assert all(r.steps[-1].state["board"] and r.seed == 0 for r in records)
     assert main(["rescore", str(played), "--potential", "box_distance", "--estimator", "gae"]) == 0
 
-    # Envs without a batched env are played one at a time, each record with its reset seed.
+    # Envs without a batched env are played one at a time, each record with its reset seed; .gz compresses.
     assert main([*train, "--run-name", "bandit", "--env", "creditgym/Sanity-Bandit-v0"]) == 0
+    played = tmp_path / "played.jsonl.gz"
     assert main(["eval", str(tmp_path / "bandit"), "--episodes", "4", "--seed", "5", "--record", str(played)]) == 0
+    assert gzip.decompress(played.read_bytes()).count(b"\n") == 4
     records = load_trajectories(played)
     assert [(r.seed, r.metadata["episode"]) for r in records] == [(5 + i, i) for i in range(4)]
     success = json.loads((tmp_path / "bandit" / "eval.json").read_text())["success_rate"]

@@ -132,6 +132,7 @@ def test_ctrl_c_saves_the_update_it_stops_after_and_resumes_exactly(tmp_path: Pa
         PPO(_config(tmp_path)).learn()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["global_step"] == 3 * 128
+    assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000  # the curve so far
     monkeypatch.undo()
     resumed = PPO(_config(tmp_path), resume=tmp_path / "run")
     resumed.learn()
@@ -172,6 +173,7 @@ def test_llm_ctrl_c_saves_the_iteration_it_stops_after(tmp_path: Path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         make_trainer(tmp_path / "b", iterations=3).learn()
     assert torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=False)["iteration"] == 1
+    assert (tmp_path / "b" / "run" / "learning_curve.png").exists()
     monkeypatch.undo()
     resumed = make_trainer(tmp_path / "b", iterations=3, resume=tmp_path / "b" / "run")
     resumed.learn()

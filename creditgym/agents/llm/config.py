@@ -152,7 +152,7 @@ class LLMTrainConfig:
     """write TensorBoard events"""
     record_trajectories: bool = False
     """append each iteration's episodes (text, reward channels, env state, token ids and logprobs) to
-    trajectories.jsonl in the run folder, to re-score offline with creditgym rescore"""
+    trajectories.jsonl.gz in the run folder, to re-score offline with creditgym rescore"""
 
     def __post_init__(self) -> None:
         if self.gamma is None:  # resolved here, so the run's config.json records the discount it trained with

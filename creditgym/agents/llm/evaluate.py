@@ -30,6 +30,7 @@ import creditgym
 from creditgym.agents.config_cli import MAX_SEED, check_device, check_env_arguments
 from creditgym.agents.ppo import resolve_device
 from creditgym.agents.runs import load_weights, read_checkpoint
+from creditgym.envs.sokoban.bank import warn_when_levels_repeat
 from creditgym.llm.models import load_policy_model
 from creditgym.trajectories import TrajectoryWriter, llm_episode_records
 
@@ -76,8 +77,8 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
 
     `greedy` decodes the most likely token; otherwise tokens are sampled at the run's temperature from a generator
     seeded with `seed`. `batch_size` episodes are played at once. `record` names a file that gets the episodes
-    as trajectory records (replaced if it exists; `creditgym rescore` reads it). Returns the metrics and where
-    they came from.
+    as trajectory records, gzip-compressed where the name ends in .gz (replaced if it exists; `creditgym rescore`
+    reads it). Returns the metrics and where they came from.
     """
     _check_inputs(env_id, episodes, split, seed, batch_size)
     check_device(device)
@@ -264,6 +265,8 @@ def _make_envs(config: LLMTrainConfig, env_id: str, levels: str | None, split: s
 @torch.no_grad()
 def _play(policy: LLMPolicy, config: LLMTrainConfig, envs: list[gym.Env], bank: Any, episodes: int, greedy: bool,
           seed: int, progress: bool, record: str | Path | None, env_id: str) -> dict[str, Any]:
+    if bank is not None:
+        warn_when_levels_repeat(bank, episodes)
     generator = torch.Generator(device=policy.device)
     generator.manual_seed(seed)
     # Opened first, so an unwritable path fails before any episode is played.

@@ -48,7 +48,13 @@ from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
 from creditgym.llm.models import load_policy_model
-from creditgym.trajectories import RUN_TRAJECTORIES, TrajectoryWriter, llm_episode_records, trim_trajectories
+from creditgym.trajectories import (
+    TrajectoryWriter,
+    llm_episode_records,
+    remove_run_trajectories,
+    run_trajectories,
+    trim_trajectories,
+)
 
 from .batch import TokenBatch, advantages, pack_episodes
 from .config import LLMTrainConfig
@@ -139,14 +145,22 @@ class LLMTrainer:
         """
         cfg = self.config
         progress = _Progress(cfg.progress, cfg.algo, total=cfg.iterations, start=self.iteration)
-        metrics = train_in_run_dir(
-            self.run_dir, fresh=self.iteration == 0, overwrite=cfg.overwrite, tensorboard=cfg.tensorboard,
-            record=self._run_record(), resumed_at=("charts/iteration", self.iteration), global_step=self.global_step,
-            progress=progress, unit="iteration", save=self.save_checkpoint,
-            loop=lambda logger, ctrl_c: self._iterations(until_iteration, logger, progress, ctrl_c))
-        if self.iteration >= cfg.iterations:
+        def plot() -> None:
             plot_learning_curves({cfg.env_id: read_metrics(self.run_dir)}, self.run_dir / "learning_curve.png",
                                  title=f"{cfg.algo} on {cfg.env_id} ({cfg.model}, seed {cfg.seed})")
+
+        try:
+            metrics = train_in_run_dir(
+                self.run_dir, fresh=self.iteration == 0, overwrite=cfg.overwrite, tensorboard=cfg.tensorboard,
+                record=self._run_record(), resumed_at=("charts/iteration", self.iteration),
+                global_step=self.global_step, progress=progress, unit="iteration", save=self.save_checkpoint,
+                loop=lambda logger, ctrl_c: self._iterations(until_iteration, logger, progress, ctrl_c))
+        except KeyboardInterrupt:  # stopped with Ctrl-C: the curve so far, as a finished run has
+            if (self.run_dir / "metrics.jsonl").exists():
+                plot()
+            raise
+        if self.iteration >= cfg.iterations:
+            plot()
         return metrics
 
     def _iterations(self, until_iteration: int | None, logger: MetricsLogger, progress: _Progress,
@@ -197,7 +211,7 @@ class LLMTrainer:
             }
             logger.log(metrics)
             if records is not None:
-                with TrajectoryWriter(self.run_dir / RUN_TRAJECTORIES) as writer:
+                with TrajectoryWriter(self.trajectories_path) as writer:
                     for record in records:
                         writer.write(record)
             progress.advance(self.iteration, metrics)
@@ -208,14 +222,13 @@ class LLMTrainer:
         return metrics
 
     def _prepare_trajectories(self) -> None:
-        """A fresh run starts trajectories.jsonl anew, as metrics.jsonl; a resumed one drops the records past its
+        """A fresh run starts its trajectory file anew, as metrics.jsonl; a resumed one drops the records past its
         checkpoint, whose iterations it plays again (the same rollouts, so no episode is lost or doubled)."""
-        path = self.run_dir / RUN_TRAJECTORIES
+        self.trajectories_path = run_trajectories(self.run_dir, resumed=self.iteration > 0)
         if self.iteration > 0:
-            trim_trajectories(path, self.iteration)
+            trim_trajectories(self.trajectories_path, self.iteration)
         elif self.config.record_trajectories or self.config.overwrite:  # not another run's records in this one
-            path.unlink(missing_ok=True)
-            path.with_name(path.name + ".partial").unlink(missing_ok=True)
+            remove_run_trajectories(self.run_dir)
 
     # -- the update ---------------------------------------------------------------------------------------------
     def score(self, batch: TokenBatch, policy: LLMPolicy | None = None) -> tuple[Tensor, Tensor | None]:

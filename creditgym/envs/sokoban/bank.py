@@ -186,6 +186,15 @@ def resolve_bank(levels: str | Path | LevelBank, split: str) -> LevelBank:
     return _load_path_bank(str(folder))
 
 
+def warn_when_levels_repeat(bank: LevelBank, episodes: int) -> None:
+    """An evaluation of more episodes than `bank` has levels plays some twice: its success rate then weights those
+    levels double, so say so rather than let it pass as one over distinct levels."""
+    if episodes > len(bank):
+        warnings.warn(f"{episodes} episodes but {bank.name} has {len(bank)} levels, so {episodes - len(bank)} "
+                      f"repeat (distinct_levels {len(bank)}); pass --episodes {len(bank)} or fewer to play each "
+                      "level once", UserWarning, stacklevel=2)
+
+
 def has_held_out_split(levels: str | Path | LevelBank) -> bool:
     """Whether split "test" plays other levels than "train": true for the shipped banks and Boxoban folders with
     split subfolders, false for a file, a folder without them, or a bank."""

@@ -84,7 +84,7 @@ def test_a_saved_run_plays_as_the_live_policy(full_run: LLMTrainer) -> None:
 def test_record_writes_the_played_episodes_as_trajectory_records(full_run: LLMTrainer, tmp_path: Path) -> None:
     from creditgym.trajectories import load_trajectories, summarize
 
-    path = tmp_path / "eval.jsonl"
+    path = tmp_path / "eval.jsonl.gz"  # gzip-compressed, as the name ends in .gz
     path.write_text("an older evaluation's file is replaced\n")
     recorded = evaluate_llm(full_run.run_dir, **PLAY, **_tiny(), record=path)
     assert recorded["recorded"] == str(path)

@@ -1,8 +1,11 @@
-"""LLM rollouts as trajectory records: the converter, the trainer's trajectories.jsonl, resume, and rescore on it."""
+"""LLM rollouts as trajectory records: the converter, the trainer's trajectories.jsonl.gz, resume, and rescore on
+it."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,13 @@ from creditgym.agents.llm.rollout import RolloutCollector
 from creditgym.cli import main
 from creditgym.envs.sokoban.text import ACTION_NAMES
 from creditgym.llm import tiny_test_model
-from creditgym.trajectories import TrajectoryWriter, llm_episode_records, load_trajectories
+from creditgym.trajectories import (
+    LEGACY_RUN_TRAJECTORIES,
+    RUN_TRAJECTORIES,
+    TrajectoryWriter,
+    llm_episode_records,
+    load_trajectories,
+)
 from creditgym.wrappers.shaping import PotentialShaping
 
 from .helpers import LetterCountEnv, make_trainer
@@ -57,7 +66,7 @@ def sokoban_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             max_new_tokens=4, runs_dir=str(runs), run_name="pbrs", progress=False,
                             tensorboard=False, checkpoint_every=0, device="cpu", record_trajectories=True)
     LLMTrainer(config, model=model, tokenizer=tokenizer, make_env=_shaped_sokoban).learn()
-    return runs / "pbrs" / "trajectories.jsonl"
+    return runs / "pbrs" / RUN_TRAJECTORIES
 
 
 def test_records_round_trip_the_rollouts_tokens_text_and_rewards(tmp_path: Path) -> None:
@@ -109,7 +118,7 @@ def test_the_trainer_writes_one_record_per_episode_per_iteration(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     trainer = make_trainer(tmp_path, iterations=2, record_trajectories=True)
     trainer.learn()
-    path = tmp_path / "run" / "trajectories.jsonl"
+    path = tmp_path / "run" / RUN_TRAJECTORIES
     records = load_trajectories(path)
     cfg = trainer.config
     assert [r.metadata["iteration"] for r in records] == [1] * 8 + [2] * 8
@@ -117,9 +126,11 @@ def test_the_trainer_writes_one_record_per_episode_per_iteration(tmp_path: Path,
                                                                                                       1, 1, 1)]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["charts/episodic_return"] == pytest.approx(sum(r.total_reward for r in records[:8]) / 8)
-    # --overwrite starts the file again; a run that does not record leaves none behind.
+    # --overwrite starts the file again (and drops a plain one from before recordings were compressed); a run that
+    # does not record leaves none behind.
+    (tmp_path / "run" / LEGACY_RUN_TRAJECTORIES).write_text("an older run's records\n")
     make_trainer(tmp_path, iterations=1, record_trajectories=True, overwrite=True).learn()
-    assert len(load_trajectories(path)) == 8
+    assert len(load_trajectories(path)) == 8 and not (tmp_path / "run" / LEGACY_RUN_TRAJECTORIES).exists()
     make_trainer(tmp_path, iterations=1, overwrite=True).learn()
     assert not path.exists()
     with pytest.raises(SystemExit):
@@ -127,24 +138,35 @@ def test_the_trainer_writes_one_record_per_episode_per_iteration(tmp_path: Path,
     assert "--record-trajectories" in capsys.readouterr().out
 
 
-def test_a_resumed_run_neither_doubles_nor_loses_records(tmp_path: Path) -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["gz", "legacy-plain"])
+def test_a_resumed_run_neither_doubles_nor_loses_records(tmp_path: Path, legacy: bool) -> None:
     straight = make_trainer(tmp_path / "a", iterations=3, record_trajectories=True)
     straight.learn()
-    expected = [r.to_dict() for r in load_trajectories(tmp_path / "a" / "run" / "trajectories.jsonl")]
+    expected = [r.to_dict() for r in load_trajectories(tmp_path / "a" / "run" / RUN_TRAJECTORIES)]
     # A run that wrote iteration 3's records (and half a line) after its last checkpoint, at iteration 2.
     first = make_trainer(tmp_path / "b", iterations=3, record_trajectories=True, checkpoint_every=1,
                          keep_checkpoints=True)
     first.learn(until_iteration=1)
-    path = tmp_path / "b" / "run" / "trajectories.jsonl"
+    run = tmp_path / "b" / "run"
+    path = run / RUN_TRAJECTORIES
     assert len(load_trajectories(path)) == 8
     first.learn()  # the same trainer continues: nothing is trimmed or repeated
-    with path.open("a") as file:
-        file.write('{"format": "creditgym.trajec')
+    if legacy:  # a run recorded before recordings were compressed: the resume continues its plain file
+        path = run / LEGACY_RUN_TRAJECTORIES
+        path.write_bytes(gzip.decompress((run / RUN_TRAJECTORIES).read_bytes()))
+        (run / RUN_TRAJECTORIES).unlink()
+    line = (json.dumps(expected[-1]) + "\n").encode()
+    data = line if legacy else gzip.compress(line)
+    with path.open("ab") as file:
+        file.write(data[:len(data) // 2])
     resumed = make_trainer(tmp_path / "c", iterations=3, record_trajectories=True,
-                           resume=tmp_path / "b" / "run" / "checkpoint-2.pt")
+                           resume=run / "checkpoint-2.pt")
     assert resumed.iteration == 2
     resumed.learn()
-    assert [r.to_dict() for r in load_trajectories(path)] == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the resume cut the damaged end away before appending
+        assert [r.to_dict() for r in load_trajectories(path)] == expected
+    assert (run / RUN_TRAJECTORIES).exists() != legacy
 
 
 def test_rescore_reproduces_the_live_shaping_of_a_recorded_run(sokoban_run: Path) -> None:
@@ -164,12 +186,12 @@ def test_rescore_reproduces_the_live_shaping_of_a_recorded_run(sokoban_run: Path
 def test_rescore_says_when_the_state_is_missing_or_bad(sokoban_run: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     make_trainer(tmp_path, iterations=1, record_trajectories=True).learn()  # LetterCountEnv has no state()
-    letters = tmp_path / "run" / "trajectories.jsonl"
+    letters = tmp_path / "run" / RUN_TRAJECTORIES
     capsys.readouterr()
     assert main(["rescore", str(letters), "--potential", "box_distance"]) == 2
     message = capsys.readouterr().out
     assert "potential failed on the reset observation" in message and "holds no env state" in message
-    lines = sokoban_run.read_text().splitlines()
+    lines = gzip.decompress(sokoban_run.read_bytes()).decode().splitlines()
     record = json.loads(lines[0])
     record["steps"][0]["state"]["board"] = ["not a board"]
     bad = tmp_path / "bad.jsonl"
