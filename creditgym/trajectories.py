@@ -139,6 +139,9 @@ class Episode:
         """Inverse of `to_dict`; a ValueError says what is missing or malformed."""
         if not isinstance(data, dict):
             raise ValueError(f"a record must be a JSON object, got {type(data).__name__}")
+        if "format" not in data:
+            raise ValueError(f"it has no 'format' field, so it is not a trajectory record (a metrics.jsonl row, say); "
+                             f"trajectory files hold {FORMAT!r} records")
         if data.get("format") != FORMAT:
             raise ValueError(f"format is {data.get('format')!r}; this creditgym reads {FORMAT!r} records")
         _require(data, "episode", {"env_id": str, "observation": object, "steps": list, "version": str})
@@ -631,7 +634,9 @@ def read_trajectories(path: str | Path) -> Iterator[Episode]:
     if path.is_dir():
         raise FileNotFoundError(f"{path} is a folder, not a trajectory file; give the .jsonl or .jsonl.gz file in it")
     if not path.is_file():
-        raise FileNotFoundError(f"no trajectory file at {path}; write one with record_episodes(..., path=...)")
+        raise FileNotFoundError(f"no trajectory file at {path}; record one with `creditgym train ... --record-envs N` "
+                                "(PPO), `--record-trajectories` (LLM algos), `creditgym eval RUN --record FILE` or, "
+                                "in Python, creditgym.trajectories.record_episodes(..., path=...)")
     with path.open("rb") as file:
         lines = _Lines(path, file, gzipped=is_gzipped(path))
         for number, raw in enumerate(lines, start=1):

@@ -162,6 +162,11 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path) -> None:
     _write_lines(path, [json.dumps({**json.loads(good), "format": "other/9"})])
     with pytest.raises(TrajectoryFormatError, match=":1: format is 'other/9'"):
         load_trajectories(path)
+    _write_lines(path, ['{"global_step": 8192, "charts/success_rate": 0.5}'])  # a run's metrics.jsonl, say
+    with pytest.raises(TrajectoryFormatError, match=":1: it has no 'format' field, so it is not a trajectory record"):
+        load_trajectories(path)
+    with pytest.raises(FileNotFoundError, match="record one with `creditgym train ... --record-envs N`"):
+        load_trajectories(tmp_path / "missing.jsonl")
 
     path.write_bytes(good.encode() + b"\n\xff\xfe\n")
     with pytest.raises(TrajectoryFormatError, match=":2: not UTF-8"):

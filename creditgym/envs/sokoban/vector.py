@@ -131,6 +131,9 @@ class SokobanVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.first_env, self.total_envs = first_env, total_envs
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():  # torch's own error is a bare assertion
+            raise ValueError(f"device={str(device)!r} but torch sees no CUDA device (a CPU-only torch, or no GPU "
+                             "here); use device='cpu'")
         self.bank = resolve_bank(levels, split)
         self.rewards = resolve_rewards(rewards)
         self.max_episode_steps = max_episode_steps

@@ -146,3 +146,9 @@ def test_runs_on_cuda_and_keeps_tensors_there() -> None:
     obs, _ = vec.reset(seed=0)
     obs, reward, *_ = vec.step(torch.zeros(64, dtype=torch.int64, device="cuda"))
     assert obs.is_cuda and reward.is_cuda
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_cuda_device_says_so() -> None:
+    with pytest.raises(ValueError, match="torch sees no CUDA device .*use device='cpu'"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=2, device="cuda")
