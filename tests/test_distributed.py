@@ -21,6 +21,7 @@ from creditgym.agents.vec import make_vec_env
 from creditgym.distributed import LocalEnvPool, RayEnvPool, RayVecEnv, split_evenly
 from creditgym.distributed.vec import concat_infos
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
+from creditgym.trajectories import RUN_TRAJECTORIES, load_trajectories
 
 torch.set_num_threads(1)
 SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
@@ -195,7 +196,7 @@ def test_env_pool_steps_text_envs_like_local_envs_and_survives_a_kill(local_ray:
 def test_ppo_on_ray_trains_exactly_as_locally_through_a_kill_and_a_resume(local_ray: None, tmp_path: Path) -> None:
     common = dict(env_id=SOKOBAN, env_kwargs={"max_episode_steps": 10}, num_envs=6, num_steps=8, total_steps=192,
                   hidden=16, shaping="box_distance", progress=False, tensorboard=False, runs_dir=str(tmp_path),
-                  checkpoint_every=0)
+                  checkpoint_every=0, record_envs=4)
     local = PPO(PPOConfig(**common, run_name="local"))
     local.learn()
 
@@ -212,15 +213,20 @@ def test_ppo_on_ray_trains_exactly_as_locally_through_a_kill_and_a_resume(local_
     try:
         trainer.learn(until_steps=96)
         assert trainer.envs.restarts == 1
-        shutil.copy(tmp_path / "ray" / "checkpoint.pt", tmp_path / "at_96_steps.pt")
+        # In the run folder: a checkpoint loaded from elsewhere moves the run (and its recordings) there.
+        shutil.copy(tmp_path / "ray" / "checkpoint.pt", tmp_path / "ray" / "at_96_steps.pt")
         trainer.learn(until_steps=144)  # moves the workers' envs past the checkpoint, then back with set_state
-        trainer.load_checkpoint(tmp_path / "at_96_steps.pt")
+        trainer.load_checkpoint(tmp_path / "ray" / "at_96_steps.pt")
         trainer.learn()
     finally:
         trainer.envs.close()
     for name, value in local.agent.state_dict().items():
         assert torch.equal(value, trainer.agent.state_dict()[name]), name
     assert trainer.global_step == local.global_step == 192
+    # The recorded episodes too, with the board states read off the workers' observations.
+    recorded = [load_trajectories(tmp_path / name / RUN_TRAJECTORIES) for name in ("local", "ray")]
+    assert len(recorded[0]) > 4 and all(step.state for episode in recorded[0] for step in episode.steps)
+    assert [e.to_dict() for e in recorded[0]] == [e.to_dict() for e in recorded[1]]
 
 
 def test_split_evenly_gives_contiguous_uneven_slices() -> None:
