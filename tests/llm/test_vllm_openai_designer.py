@@ -138,7 +138,8 @@ def test_one_design_iteration_against_vllm(vllm_url: str, tmp_path: Path) -> Non
         assert record["model"] == SERVED_NAME and record["iteration"] == 0
         assert [m["role"] for m in record["prompt"]] == ["system", "user"]
         assert "compute_dense_reward" in record["prompt"][1]["content"]
-        assert record["response"] == stored.response and record["fitness"] == stored.fitness
+        assert record["response"] == stored.response
+        assert record["fitness"] == (stored.fitness if math.isfinite(stored.fitness) else None)  # strict JSON
         assert record["errors"] == stored.errors
 
     # Bad programs are data: a candidate either passed every stage with a success rate, or failed exactly one
