@@ -22,6 +22,7 @@ import codecs
 import contextlib
 import dataclasses
 import enum
+import errno
 import gc
 import gzip
 import importlib
@@ -428,7 +429,13 @@ class TrajectoryWriter:
                 f"write)")
         if complete:
             self._pending = complete
-            self.flush()
+            try:
+                self.flush()
+            except BaseException:  # the cut member is gone from the file: keep its records where a person finds them
+                with contextlib.suppress(OSError), open(f"{self.path}.partial", "ab") as aside:
+                    aside.write(b"".join(complete) + (tail + b"\n" if tail else b""))
+                self._pending, self._pending_bytes = [], 0
+                raise
             what += f"; wrote the complete records it held ({len(complete)}) again"
         if tail:
             self._set_aside(tail, f"{what}; moved its cut-short line")
@@ -464,11 +471,11 @@ class TrajectoryWriter:
 
     def flush(self) -> None:
         """Write the episodes a .gz writer gathered as one gzip member (plain writers have nothing to flush). If the
-        write fails they are dropped and the file is left as it was."""
+        write fails the file is left as it was and the episodes stay gathered, for the next flush or `close()`."""
         if not self._pending:
             return
-        lines, self._pending, self._pending_bytes = self._pending, [], 0
-        self._append(gzip.compress(b"".join(lines), compresslevel=GZIP_LEVEL, mtime=0))
+        self._append(gzip.compress(b"".join(self._pending), compresslevel=GZIP_LEVEL, mtime=0))
+        self._pending, self._pending_bytes = [], 0
 
     def _append(self, data: bytes) -> None:
         assert self._fd is not None
@@ -583,6 +590,9 @@ class _Lines:
             try:
                 out = decompressor.decompress(data)
             except zlib.error as error:
+                if self._only_zeros_from(member):  # a crash can leave a file's end zero-filled (ext4, XFS): cut short
+                    self.cut = member
+                    return
                 raise TrajectoryFormatError(self._damage(member, error)) from None
             if out:
                 yield out
@@ -593,6 +603,13 @@ class _Lines:
                 position, data = position + len(data), b""
         if decompressor is not None:
             self.cut = member
+
+    def _only_zeros_from(self, offset: int) -> bool:
+        self.file.seek(offset)
+        while chunk := self.file.read(_CHUNK):
+            if chunk.strip(b"\0"):
+                return False
+        return True
 
     def _damage(self, member: int, error: zlib.error) -> str:
         if member == 0:
@@ -607,6 +624,25 @@ class _Lines:
 def _not_gzip(path: Path, why: str) -> str:
     return (f"{path} is not gzip-compressed ({why}); a trajectory path ending in .gz holds gzip-compressed JSONL: "
             "rename a plain JSONL file so that its name does not end in .gz")
+
+
+@contextlib.contextmanager
+def replacing_writer(path: str | Path) -> Iterator[TrajectoryWriter]:
+    """A writer into a temporary file beside `path` that replaces `path` only when the block ends without an
+    error, so a failed run (bad arguments, a crash, Ctrl-C) leaves an earlier recording at `path` as it was."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"cannot write trajectories to {path}: it is a folder; give a file path "
+                                "in a writable folder")
+    temporary = path.with_name(f"{path.stem}.tmp{path.suffix}")  # keeps the .gz that says how to write it
+    writer = TrajectoryWriter(temporary, overwrite=True)
+    try:
+        yield writer
+        writer.close()
+        os.replace(temporary, path)
+    finally:
+        writer.close()
+        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

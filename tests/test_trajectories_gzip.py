@@ -225,3 +225,64 @@ def test_rescore_reads_and_writes_gz(tmp_path: Path) -> None:
     assert all("shaping" in s.reward_components and s.advantage is not None for e in rescored for s in e.steps)
     assert main(["rescore", str(default), "--estimator", "rloo", "--out", str(tmp_path / "o.jsonl")]) == 0
     assert len(load_trajectories(tmp_path / "o.jsonl")) == 3
+
+
+def _fail_writes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = trajectories.os.write
+    calls = []
+
+    def write(fd: int, data: bytes) -> int:
+        if not calls:
+            calls.append(1)
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(trajectories.os, "write", write)
+
+
+def test_a_failed_flush_keeps_the_gathered_episodes_for_the_next(tmp_path: Path, episodes: list[Episode],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.jsonl.gz"
+    writer = TrajectoryWriter(path)
+    for episode in episodes[:3]:
+        writer.write(episode)
+    _fail_writes_once(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        writer.flush()
+    assert path.stat().st_size == 0  # the file is as it was
+    writer.write(episodes[3])
+    writer.close()
+    assert _seeds(path) == [e.seed for e in episodes[:4]]
+
+
+def test_a_repair_that_cannot_write_sets_the_recovered_records_aside(tmp_path: Path, episodes: list[Episode],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.jsonl.gz"
+    with TrajectoryWriter(path) as writer:
+        writer.write(episodes[0])
+    whole = path.stat().st_size
+    with TrajectoryWriter(path) as writer:
+        for episode in episodes[1:4]:
+            writer.write(episode)
+    path.write_bytes(path.read_bytes()[:-4])  # the second member's trailer cut: its records are on disk
+    _fail_writes_once(monkeypatch)
+    with pytest.raises(OSError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        TrajectoryWriter(path)
+    assert path.stat().st_size == whole
+    aside = [json.loads(line)["seed"] for line in Path(f"{path}.partial").read_text().splitlines()]
+    assert aside == [e.seed for e in episodes[1:4]]
+
+
+def test_zeros_after_the_last_member_read_as_a_cut_short_end(tmp_path: Path, episodes: list[Episode]) -> None:
+    # A crash can leave a file's end zero-filled (ext4, XFS), as gzip(1) also reads past.
+    path = tmp_path / "t.jsonl.gz"
+    with TrajectoryWriter(path) as writer:
+        for episode in episodes[:2]:
+            writer.write(episode)
+    clean = path.stat().st_size
+    path.write_bytes(path.read_bytes() + bytes(100))
+    with pytest.warns(TrajectoryWarning):
+        assert [e.seed for e in load_trajectories(path)] == [e.seed for e in episodes[:2]]
+    assert trim_trajectories(path, 10**9) == 0 and path.stat().st_size == clean
+    assert _seeds(path) == [e.seed for e in episodes[:2]]

@@ -146,9 +146,12 @@ def compare_runs(paths: Sequence[str | Path], *, thresholds: Sequence[float] = (
                               "window_episodes": min_episodes, "groups": {}, "warnings": warnings}
     for label, members in groups.items():
         seeds = {}
+        names = [run.path.name for run in members]
         for run in members:
             skip = warm_up_steps(run.config)
-            seeds[str(run.seed)] = {
+            # By folder: runs of one group may share a seed (a cpu and a cuda run, say), and each must count.
+            seeds[run.path.name if names.count(run.path.name) == 1 else str(run.path)] = {
+                "seed": run.seed,
                 "run_dir": str(run.path),
                 **{_key(t): steps_to(run.rows, t, skip_steps=skip, min_episodes=min_episodes) for t in thresholds},
                 "success_at_shared_steps": success_at(run.rows, shared_budget, min_episodes=min_episodes),
@@ -238,9 +241,10 @@ def _warnings(runs: Sequence[Run], groups: dict[str, list[Run]]) -> list[str]:
                      f"compared at {budgets[0]:,.0f}, the fewest")
     for label, members in groups.items():
         seeds = [run.seed for run in members]
-        repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            notes.append(f"group {label!r} holds seed(s) {', '.join(repeated)} more than once; pass each run once")
+        for seed in sorted({s for s in seeds if seeds.count(s) > 1}, key=str):
+            folders = ", ".join(str(run.path) for run in members if run.seed == seed)
+            notes.append(f"group {label!r} holds seed {seed} more than once ({folders}); they differ only in "
+                         "bookkeeping such as the device, so both count: pass one of them if that was not meant")
     return notes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import warnings
@@ -23,6 +24,7 @@ from creditgym.trajectories import (
     VectorRecorder,
     reached_observations,
     record_episodes,
+    replacing_writer,
     sokoban_states,
 )
 
@@ -69,12 +71,8 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed)
     # Opened first, so an unwritable path fails before any episode is played.
-    writer = TrajectoryWriter(record, overwrite=True) if record is not None else None
-    try:
+    with replacing_writer(record) if record is not None else contextlib.nullcontext() as writer:
         result = _evaluate(config, agent, env_id, episodes, levels, split, greedy, generator, seed, dev, writer)
-    finally:
-        if writer is not None:
-            writer.close()
     result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy, "seed": seed,
                    "device": str(dev), "creditgym": creditgym.__version__})
     if record is not None:

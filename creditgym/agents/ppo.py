@@ -726,9 +726,10 @@ class PPO:
     def load_checkpoint(self, path: str | Path) -> None:
         path, state = read_checkpoint(path, self.device, kind="PPO", keys=_CHECKPOINT_KEYS)
         saved, now = state["config"], asdict(self.config)
-        # The env's state, the episode trackers and the reward model are restored as they were: they must fit.
-        for name in ("env_id", "num_envs", "learned_reward"):
-            if name in saved and saved[name] != now[name]:
+        # The env's state, the episode trackers, the reward model and the episodes being recorded are restored as
+        # they were: they must fit (a checkpoint from before recording existed recorded nothing).
+        for name in ("env_id", "num_envs", "learned_reward", "record_envs"):
+            if saved.get(name, 0 if name == "record_envs" else now[name]) != now[name]:
                 raise ValueError(f"checkpoint {path} was made with {name}={saved[name]!r}, this config has "
                                  f"{now[name]!r}; resume a run with its own config (creditgym train --resume DIR)")
         differences = [f"{name}={saved[name]!r} there, {now[name]!r} here" for name in _NETWORK_FIELDS

@@ -82,10 +82,13 @@ def test_warnings_for_mixed_envs_budgets_and_repeated_seeds(trained: dict[str, P
     runs = [_with_curve(base, tmp_path / "a", [0.5, 0.9, 0.9], seed=1),
             _with_curve(base, tmp_path / "b", [0.5, 0.9], seed=1),
             _with_curve(base, tmp_path / "c", [0.5, 0.9], seed=1, env_id="creditgym/Sokoban-6x6-2b-v0")]
-    warnings = " ".join(compare_runs(runs, min_episodes=100)["warnings"])
+    result = compare_runs(runs, min_episodes=100)
+    warnings = " ".join(result["warnings"])
     assert "different envs" in warnings
     assert "compared at 2,000" in warnings
-    assert "seed(s) 1 more than once" in warnings
+    assert "holds seed 1 more than once" in warnings and str(tmp_path / "a") in warnings
+    # Runs that share a seed (a cpu and a cuda run, say) both count, each under its folder's name.
+    assert [len(group["seeds"]) for group in result["groups"].values()] == [2, 1]
 
 
 def test_held_out_success_comes_from_the_runs_evaluations(trained: dict[str, Path], tmp_path: Path) -> None:

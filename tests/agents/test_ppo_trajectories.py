@@ -211,6 +211,16 @@ def test_eval_records_the_played_episodes_from_the_command_line(tmp_path: Path,
     assert [(r.seed, r.metadata["episode"]) for r in records] == [(5 + i, i) for i in range(4)]
     success = json.loads((tmp_path / "bandit" / "eval.json").read_text())["success_rate"]
     assert success == np.mean([r.success for r in records])
+    # An evaluation that fails (here on its arguments) leaves an earlier recording as it was.
+    before = played.read_bytes()
+    assert main(["eval", str(tmp_path / "bandit"), "--levels", "x.txt", "--record", str(played)]) == 2
+    assert played.read_bytes() == before and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_resume_must_record_the_envs_the_checkpoint_recorded(tmp_path: Path) -> None:
+    PPO(_config(tmp_path, total_steps=256, record_envs=2)).learn()
+    with pytest.raises(ValueError, match="made with record_envs=2, this config has 3"):
+        PPO(_config(tmp_path, total_steps=512, record_envs=3), resume=tmp_path / "run")
 
 
 @pytest.mark.parametrize("obs_mode", ["array", "egocentric"])

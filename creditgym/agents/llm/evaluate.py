@@ -11,6 +11,7 @@ evaluation does; other envs reset with seeds seed, seed + 1, ...
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
@@ -32,7 +33,7 @@ from creditgym.agents.ppo import resolve_device
 from creditgym.agents.runs import load_weights, read_checkpoint
 from creditgym.envs.sokoban.bank import warn_when_levels_repeat
 from creditgym.llm.models import load_policy_model
-from creditgym.trajectories import TrajectoryWriter, llm_episode_records
+from creditgym.trajectories import llm_episode_records, replacing_writer
 
 from .config import ALGOS, LLMTrainConfig
 from .policy import LLMPolicy
@@ -270,34 +271,32 @@ def _play(policy: LLMPolicy, config: LLMTrainConfig, envs: list[gym.Env], bank: 
     generator = torch.Generator(device=policy.device)
     generator.manual_seed(seed)
     # Opened first, so an unwritable path fails before any episode is played.
-    writer = TrajectoryWriter(record, overwrite=True) if record is not None else None
-    bar = _Progress(progress, "eval", total=episodes, start=0)
-    played: list[Episode] = []
-    start_time, tokens = time.perf_counter(), 0
-    try:
-        for start in range(0, episodes, len(envs)):
-            count = min(len(envs), episodes - start)
-            collector = RolloutCollector(envs[:count], policy, group_size=1, max_turns=config.max_turns,
-                                         history_turns=config.history_turns,
-                                         max_prompt_tokens=config.max_prompt_tokens, record=writer is not None)
-            numbers = range(start, start + count)
-            options: Sequence[dict[str, Any]] | None = None
-            if bank is not None:  # the bank in order, wrapping only when asked for more episodes than it holds
-                options = [{"level": bank[number % len(bank)]} for number in numbers]
-            batch = collector.collect([seed + number for number in numbers], generator=generator, greedy=greedy,
-                                      options=options)
-            played += batch
-            if writer is not None:
-                for number, record_ in zip(numbers, llm_episode_records(batch, env_id), strict=True):
-                    record_.metadata["episode"] = number
-                    writer.write(record_)
-            tokens += sum(episode.num_generated_tokens for episode in batch)
-            bar.advance(len(played), {"charts/success_rate": float(np.mean([ep.success for ep in played])),
-                                      "charts/tokens_per_s": tokens / max(time.perf_counter() - start_time, 1e-9)})
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+    with replacing_writer(record) if record is not None else contextlib.nullcontext() as writer:
+        bar = _Progress(progress, "eval", total=episodes, start=0)
+        played: list[Episode] = []
+        start_time, tokens = time.perf_counter(), 0
+        try:
+            for start in range(0, episodes, len(envs)):
+                count = min(len(envs), episodes - start)
+                collector = RolloutCollector(envs[:count], policy, group_size=1, max_turns=config.max_turns,
+                                             history_turns=config.history_turns,
+                                             max_prompt_tokens=config.max_prompt_tokens, record=writer is not None)
+                numbers = range(start, start + count)
+                options: Sequence[dict[str, Any]] | None = None
+                if bank is not None:  # the bank in order, wrapping only when asked for more episodes than it holds
+                    options = [{"level": bank[number % len(bank)]} for number in numbers]
+                batch = collector.collect([seed + number for number in numbers], generator=generator, greedy=greedy,
+                                          options=options)
+                played += batch
+                if writer is not None:
+                    for number, record_ in zip(numbers, llm_episode_records(batch, env_id), strict=True):
+                        record_.metadata["episode"] = number
+                        writer.write(record_)
+                tokens += sum(episode.num_generated_tokens for episode in batch)
+                bar.advance(len(played), {"charts/success_rate": float(np.mean([ep.success for ep in played])),
+                                          "charts/tokens_per_s": tokens / max(time.perf_counter() - start_time, 1e-9)})
+        finally:
+            bar.close()
     result = _summary(played, config, bank, episodes)
     if record is not None:
         result["recorded"] = str(record)
