@@ -267,6 +267,7 @@ def _takes_argument(env_id: str, name: str) -> bool:
     try:
         entry = gym.spec(env_id).entry_point
         creator = load_env_creator(entry) if isinstance(entry, str) else entry
-        return name in inspect.signature(creator).parameters
+        parameters = inspect.signature(creator).parameters
+        return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     except (gym.error.Error, ImportError, AttributeError, TypeError, ValueError):
         return True

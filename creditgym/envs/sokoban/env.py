@@ -167,7 +167,7 @@ class SokobanEnv(gym.Env):
             if isinstance(action, str | bytes) or float(action) != int(action):
                 raise ValueError
             return Action(int(action))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             hint = ("; for text actions such as '<answer>Left</answer>' make the env with obs_mode='text'"
                     if isinstance(action, str) else "")
             raise ValueError(f"obs_mode={self.obs_mode!r} takes the actions 0-3 (up, down, left, right), got "

@@ -157,7 +157,7 @@ def test_invalid_text_changes_nothing_pays_format_and_explains() -> None:
     assert env.step("??")[3] is True  # the second invalid action reaches the cap
 
 
-@pytest.mark.parametrize("action", ["<answer>Left</answer>", 4, -1, 1.5, None])
+@pytest.mark.parametrize("action", ["<answer>Left</answer>", 4, -1, 1.5, None, float("inf")])
 def test_a_grid_view_refuses_non_moves_and_points_to_the_text_view(action: object) -> None:
     env = _env(CORRIDOR)
     with pytest.raises(ValueError, match=r"takes the actions 0-3 \(up, down, left, right\)") as raised:
