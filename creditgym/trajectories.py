@@ -332,9 +332,10 @@ def run_trajectories(run_dir: str | Path, *, resumed: bool) -> Path:
 
 
 def remove_run_trajectories(run_dir: str | Path) -> None:
-    """Delete a run folder's trajectory files, the compressed and the legacy plain one, with their `.partial`."""
+    """Delete a run folder's trajectory files, the compressed and the legacy plain one, with their `.partial` and
+    `.damaged`."""
     for name in (RUN_TRAJECTORIES, LEGACY_RUN_TRAJECTORIES):
-        for suffix in ("", ".partial"):
+        for suffix in ("", ".partial", ".damaged"):
             (Path(run_dir) / (name + suffix)).unlink(missing_ok=True)
 
 
@@ -352,7 +353,8 @@ class TrajectoryWriter:
     `TrajectoryWarning`), so new episodes start on a line of their own. For a .gz file that check decompresses
     only the last member or two (at most `GZIP_MEMBER_BYTES` of JSON each where this class wrote them); a member
     cut short has its complete records written again as a member of their own, and its cut-short line (as text)
-    moved to `<path>.partial`, so nothing is ever appended after damaged data. One writer per file at a
+    moved to `<path>.partial`; one that fails its checks (a bad checksum) is moved as it was to `<path>.damaged`.
+    So nothing is ever appended after damaged data. One writer per file at a
     time. Use as a context manager, or call `close()`.
     """
 
@@ -418,15 +420,25 @@ class TrajectoryWriter:
             file.seek(end)
             lines = _Lines(self.path, file, gzipped=True)
             complete: list[bytes] = []
-            with contextlib.suppress(TrajectoryFormatError):  # data that does not decompress is dropped
+            damaged = False
+            try:
                 complete.extend(lines)
-        tail = complete.pop() if complete and not complete[-1].endswith(b"\n") else b""
+            except TrajectoryFormatError:  # damaged, not cut short (a bad checksum, say): trust none of it
+                damaged = True
+                file.seek(end)
+                with open(f"{self.path}.damaged", "ab") as kept:  # its bytes as they were, for a person to look at
+                    kept.write(file.read())
+        if damaged:
+            complete, tail = [], b""
+        else:
+            tail = complete.pop() if complete and not complete[-1].endswith(b"\n") else b""
         if tail and _is_record(tail):
             complete.append(tail + b"\n")
             tail = b""
         os.ftruncate(self._fd, end)
-        what = (f"ended in a gzip member cut short ({size - end} bytes from byte {end}, as after an interrupted "
-                f"write)")
+        what = (f"ended in a damaged gzip member ({size - end} bytes from byte {end}, which fail its checks; moved "
+                f"as they were to {self.path}.damaged)" if damaged else
+                f"ended in a gzip member cut short ({size - end} bytes from byte {end}, as after an interrupted write)")
         if complete:
             self._pending = complete
             try:

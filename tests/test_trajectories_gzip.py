@@ -286,3 +286,21 @@ def test_zeros_after_the_last_member_read_as_a_cut_short_end(tmp_path: Path, epi
         assert [e.seed for e in load_trajectories(path)] == [e.seed for e in episodes[:2]]
     assert trim_trajectories(path, 10**9) == 0 and path.stat().st_size == clean
     assert _seeds(path) == [e.seed for e in episodes[:2]]
+
+
+def test_a_last_member_that_fails_its_checksum_is_kept_aside_not_rewritten(tmp_path: Path,
+                                                                          episodes: list[Episode]) -> None:
+    path = tmp_path / "t.jsonl.gz"
+    with TrajectoryWriter(path) as writer:
+        writer.write(episodes[0])
+    whole = path.stat().st_size
+    with TrajectoryWriter(path) as writer:
+        for episode in episodes[1:3]:
+            writer.write(episode)
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 0xFF  # the last member's CRC-32: its text decompresses but cannot be trusted
+    path.write_bytes(bytes(data))
+    with pytest.warns(TrajectoryWarning, match="damaged gzip member"):
+        TrajectoryWriter(path).close()
+    assert path.stat().st_size == whole and _seeds(path) == [episodes[0].seed]
+    assert Path(f"{path}.damaged").read_bytes() == bytes(data[whole:])  # kept as it was, never written back as good
