@@ -385,15 +385,7 @@ class TrajectoryWriter:
         if size == 0:
             return
         with self.path.open("rb") as file:
-            start = size
-            while start > 0:  # find the last newline, reading backwards
-                step = min(start, 1 << 16)
-                file.seek(start - step)
-                chunk = file.read(step)
-                if b"\n" in chunk:
-                    start = start - step + chunk.rindex(b"\n") + 1
-                    break
-                start -= step
+            start = _rfind(file, b"\n", size) + 1  # after the last newline (0 where there is none)
             if start == size:
                 return
             file.seek(start)

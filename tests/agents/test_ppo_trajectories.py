@@ -18,7 +18,8 @@ from creditgym.agents.ppo import PPO, PPOConfig
 from creditgym.cli import main
 from creditgym.envs.sokoban.boxoban import write_boxoban
 from creditgym.envs.sokoban.level import Level
-from creditgym.trajectories import LEGACY_RUN_TRAJECTORIES, RUN_TRAJECTORIES, Episode, load_trajectories
+from creditgym.trajectories import RUN_TRAJECTORIES, Episode, load_trajectories
+from tests.recording import crash_mid_write
 
 SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
 # One push from solved, so random play both solves it (terminated) and runs out of steps (truncated).
@@ -166,14 +167,8 @@ def test_a_resumed_run_neither_doubles_nor_loses_records(tmp_path: Path, easy_le
     path = run / RUN_TRAJECTORIES
     assert [r.to_dict() for r in load_trajectories(path)] == expected
     assert first.recorder.state_dict()["episodes"][0]["steps"]  # an episode was in progress at the end
-    if legacy:  # a run recorded before recordings were compressed: the resume continues its plain file
-        path = run / LEGACY_RUN_TRAJECTORIES
-        path.write_bytes(gzip.decompress((run / RUN_TRAJECTORIES).read_bytes()))
-        (run / RUN_TRAJECTORIES).unlink()
-    line = (json.dumps(expected[-1]) + "\n").encode()
-    data = line if legacy else gzip.compress(line)
-    with path.open("ab") as file:  # a crash mid-write after the last checkpoint
-        file.write(data[:len(data) // 2])
+    # A crash mid-write after the last checkpoint; with `legacy`, in a run recorded before compression.
+    path = crash_mid_write(run, expected[-1], legacy=legacy)
     resumed = PPO(_config(tmp_path / "b", **settings), resume=run / "checkpoint-256.pt")
     assert resumed.update == 2 and any(e.steps for e in resumed.recorder.episodes)
     resumed.learn()

@@ -26,6 +26,7 @@ from creditgym.trajectories import (
     load_trajectories,
 )
 from creditgym.wrappers.shaping import PotentialShaping
+from tests.recording import crash_mid_write
 
 from .helpers import LetterCountEnv, make_trainer
 
@@ -151,14 +152,8 @@ def test_a_resumed_run_neither_doubles_nor_loses_records(tmp_path: Path, legacy:
     path = run / RUN_TRAJECTORIES
     assert len(load_trajectories(path)) == 8
     first.learn()  # the same trainer continues: nothing is trimmed or repeated
-    if legacy:  # a run recorded before recordings were compressed: the resume continues its plain file
-        path = run / LEGACY_RUN_TRAJECTORIES
-        path.write_bytes(gzip.decompress((run / RUN_TRAJECTORIES).read_bytes()))
-        (run / RUN_TRAJECTORIES).unlink()
-    line = (json.dumps(expected[-1]) + "\n").encode()
-    data = line if legacy else gzip.compress(line)
-    with path.open("ab") as file:
-        file.write(data[:len(data) // 2])
+    # A crash mid-write after the last checkpoint; with `legacy`, in a run recorded before compression.
+    path = crash_mid_write(run, expected[-1], legacy=legacy)
     resumed = make_trainer(tmp_path / "c", iterations=3, record_trajectories=True,
                            resume=run / "checkpoint-2.pt")
     assert resumed.iteration == 2
