@@ -298,10 +298,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     import os
 
-    from creditgym.agents.compare import compare_runs, plot_comparison
+    from creditgym.agents.compare import compare_runs, load_runs, plot_comparison
 
-    result = compare_runs(args.run_dirs, thresholds=args.thresholds, baseline=args.baseline,
-                          min_episodes=args.window)
+    runs = load_runs(args.run_dirs)
+    result = compare_runs(runs, thresholds=args.thresholds, baseline=args.baseline, min_episodes=args.window)
     table = Table(title=f"{result['runs']} runs; success over the last {args.window} training episodes")
     table.add_column("group")
     table.add_column("seeds", justify="right")
@@ -343,7 +343,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"--out-dir {out_dir} is a file; give a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
-    figure = plot_comparison(args.run_dirs, out_dir / "comparison.png", title=args.title)
+    figure = plot_comparison(runs, out_dir / "comparison.png", title=args.title)
     console.print(f"written to {out_dir / 'comparison.json'} and {figure}", highlight=False, soft_wrap=True)
     return 0
 

@@ -128,17 +128,24 @@ def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def compare_runs(paths: Sequence[str | Path], *, thresholds: Sequence[float] = (0.5, 0.8),
+def load_runs(paths: Sequence[str | Path | Run]) -> list[Run]:
+    """Each run folder once (loaded ones pass through), in the order given."""
+    if not paths:
+        raise ValueError("pass at least one run folder")
+    unique = dict.fromkeys(p.path if isinstance(p, Run) else Path(p).resolve() for p in paths)
+    loaded = {p.path: p for p in paths if isinstance(p, Run)}
+    return [loaded.get(path) or load_run(path) for path in unique]
+
+
+def compare_runs(paths: Sequence[str | Path | Run], *, thresholds: Sequence[float] = (0.5, 0.8),
                  baseline: str | None = None, min_episodes: int = 500) -> dict[str, Any]:
     """Per group: each seed's env steps to every threshold, their mean, success at the shared budget and
     env-steps/s; with `baseline` (a label, or a unique part of one), the baseline's mean steps over each group's."""
-    if not paths:
-        raise ValueError("pass at least one run folder")
     if any(not 0 < t <= 1 for t in thresholds):
         raise ValueError(f"thresholds must be success rates in (0, 1], got {list(thresholds)}")
     if min_episodes < 1:
         raise ValueError(f"the window (--window) must be at least 1 episode, got {min_episodes}")
-    runs = [load_run(path) for path in dict.fromkeys(Path(p).resolve() for p in paths)]
+    runs = load_runs(paths)
     groups = group_runs(runs)
     shared_budget = min(run.last_step for run in runs)
     warnings = _warnings(runs, groups)
@@ -165,18 +172,17 @@ def compare_runs(paths: Sequence[str | Path], *, thresholds: Sequence[float] = (
         result["baseline"] = base
         for summary in result["groups"].values():
             for t in thresholds:
-                key, mine, theirs = _key(t), summary[_key(t)], result["groups"][base][_key(t)]
-                complete = summary[f"{key}_reached"].split("/")
-                base_complete = result["groups"][base][f"{key}_reached"].split("/")
+                key = _key(t)
                 # A mean over only the seeds that got there would flatter a group, so ratios need every seed.
-                whole = complete[0] == complete[1] and base_complete[0] == base_complete[1]
-                summary[f"speedup_{key}"] = round(theirs / mine, 3) if whole and mine else None
+                whole = all(seed[key] is not None for group in (summary, result["groups"][base])
+                            for seed in group["seeds"].values())
+                summary[f"speedup_{key}"] = round(result["groups"][base][key] / summary[key], 3) if whole else None
     return result
 
 
-def plot_comparison(paths: Sequence[str | Path], out: str | Path, *, title: str = "") -> Path:
+def plot_comparison(paths: Sequence[str | Path | Run], out: str | Path, *, title: str = "") -> Path:
     """Training success against env steps, one seed band per group."""
-    runs = [load_run(path) for path in dict.fromkeys(Path(p).resolve() for p in paths)]
+    runs = load_runs(paths)
     groups = group_runs(runs)
     skip = max(warm_up_steps(run.config) for run in runs)
     return plot_seed_bands({label: [run.rows for run in members] for label, members in groups.items()}, out,
