@@ -183,9 +183,6 @@ class LLMTrainer:
                     f"the weights of the last update overflow the logits: lower --learning-rate (now "
                     f"{cfg.learning_rate:g})") from None
             rollout_seconds = time.perf_counter() - start
-            # Converted before a learned reward adds its channel to the turns: the records keep the env's rewards.
-            records = (llm_episode_records(episodes, cfg.env_id, metadata={"iteration": self.iteration + 1})
-                       if cfg.record_trajectories else None)
             trained = kept_groups(episodes, *cfg.group_accuracy_range)
             learned, losses = {}, {}
             if trained:
@@ -195,6 +192,10 @@ class LLMTrainer:
                 if self.generation is not None:  # the server samples the next rollouts from the updated weights
                     losses["charts/weight_push_s"] = self.generation.push_weights()
             losses["charts/trained_episodes"] = float(len(trained))
+            # After a learned reward added its channel to the trained episodes' turns, so that (as PPO's) each
+            # record's channels sum to what the trainer paid; episodes it did not train on hold the env's alone.
+            records = (llm_episode_records(episodes, cfg.env_id, metadata={"iteration": self.iteration + 1})
+                       if cfg.record_trajectories else None)
             self.iteration += 1
             self.global_step += sum(len(ep.turns) for ep in episodes)
             generated = sum(ep.num_generated_tokens for ep in episodes)

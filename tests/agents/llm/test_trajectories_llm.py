@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +138,20 @@ def test_the_trainer_writes_one_record_per_episode_per_iteration(tmp_path: Path,
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--record-trajectories" in capsys.readouterr().out
+
+
+def test_records_hold_the_learned_rewards_the_trainer_paid(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, iterations=1, record_trajectories=True, learned_reward="spa", advantage="turn")
+    metrics = trainer.learn()
+    records = load_trajectories(tmp_path / "run" / RUN_TRAJECTORIES)
+    trained = int(metrics["charts/trained_episodes"])
+    # SPA's channel on the episodes it paid, as in PPO's records (it was left out, so records disagreed with logs).
+    assert trained and sum(all("progress" in step.reward_components for step in record.steps)
+                           for record in records) == trained
+    # The records' returns are the ones the trainer logged, learned reward included.
+    assert metrics["charts/episodic_return"] == pytest.approx(np.mean([r.total_reward for r in records]))
+    assert metrics["reward/progress"] == pytest.approx(np.mean([r.channel_sums().get("progress", 0.0)
+                                                                for r in records]))
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["gz", "legacy-plain"])
