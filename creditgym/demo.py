@@ -104,11 +104,14 @@ def watch_runs(futures: dict, configs: dict[str, PPOConfig], total_steps: int, c
                TextColumn("success {task.fields[success]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         tasks = {label: progress.add_task(label, total=total_steps, success="-") for label in configs}
-        while not all(future.done() for future in futures.values()):
+        while True:
+            finished = all(future.done() for future in futures.values())
             for label, config in configs.items():
                 path = Path(config.runs_dir) / str(config.run_name) / "metrics.jsonl"
                 rows = read_metrics(path.parent) if path.exists() else []
                 rates = [row["charts/success_rate"] for row in rows[-5:] if "charts/success_rate" in row]
                 success = f"{sum(rates) / len(rates):.0%}" if rates else "-"
                 progress.update(tasks[label], completed=rows[-1]["global_step"] if rows else 0, success=success)
+            if finished:  # one pass after the last run ended, so every bar shows where its run stopped
+                break
             time.sleep(1.0)

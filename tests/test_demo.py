@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from creditgym.agents.compare import steps_to
@@ -33,3 +34,22 @@ def test_demo_runs_both_variants_and_writes_table_plot_and_summary(tmp_path: Pat
     assert any("reward/shaping" in row for row in shaped)
     assert (tmp_path / "sparse_vs_shaped.png").stat().st_size > 1000
     assert json.loads((tmp_path / "summary.json").read_text())["total_steps"] == 8192
+
+
+def test_the_progress_bars_end_where_their_runs_stopped(tmp_path: Path) -> None:
+    import io
+    from concurrent.futures import Future
+
+    from rich.console import Console
+
+    from creditgym.demo import demo_config, watch_runs
+
+    config = replace(demo_config(100_000, 1, str(tmp_path)), run_name="r")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text(json.dumps({"global_step": 98_304, "charts/success_rate": 0.5}))
+    done: Future = Future()
+    done.set_result(None)  # the run ended before the bars were first drawn
+    console = Console(file=io.StringIO(), record=True, width=120)
+    watch_runs({"sparse": done}, {"sparse": config}, 100_000, console)
+    shown = console.export_text()
+    assert "98,304" in shown and "success 50%" in shown
