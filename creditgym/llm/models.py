@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from creditgym.cache import cache_root
 from creditgym.seeding import seeded_torch
@@ -38,12 +39,14 @@ def cache_dir() -> Path:
 
 
 def load_policy_model(
-    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, from `smollm2-135m` or a local Hugging Face model folder or cached id.
 
     Hub ids only resolve when the files are already in the local Hugging Face cache: loading is always offline.
-    The tokenizer pads on the left, as batched generation needs.
+    The tokenizer pads on the left, as batched generation needs. `progress=False` hides transformers' "Loading
+    weights" bar, for logs (a trainer's or evaluation's --no-progress).
     """
     if str(name_or_path).lower() == SMOLLM2:
         path = _smollm2_cache()
@@ -56,12 +59,18 @@ def load_policy_model(
         if path.is_dir() and not (path / "config.json").exists():
             raise ValueError(f"{path} has no config.json, so it is not a Hugging Face model folder; pass the folder "
                              "that holds config.json, the weights and the tokenizer files")
+    shown = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     except OSError as err:
         raise ValueError(f"could not load {str(name_or_path)!r} offline ({err}); nothing is downloaded at run time, "
                          "so put the model files in a local folder and pass its path") from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval(), _prepare_tokenizer(tokenizer)
 
 

@@ -24,6 +24,21 @@ def test_tiny_model_is_offline_deterministic_and_chat_ready() -> None:
     assert tokenizer.padding_side == "left"
 
 
+def test_no_progress_hides_the_weight_loading_bar_for_that_load_only(tmp_path: Path,
+                                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    model, tokenizer = tiny_test_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    capfd.readouterr()
+    load_policy_model(tmp_path, progress=False)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # as it was, for other code
+    load_policy_model(tmp_path)
+    assert "Loading weights" in capfd.readouterr().err
+
+
 def test_local_folder_loads_and_chats(tmp_path: Path) -> None:
     model, tokenizer = tiny_test_model()
     model.save_pretrained(tmp_path)

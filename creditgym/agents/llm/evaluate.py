@@ -89,7 +89,7 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
     # The envs before the model, so that a wrong --levels or env argument fails before a large model loads.
     envs, bank, setting = _make_envs(config, env_id, levels, split, min(batch_size, episodes))
     try:
-        policy = _build_policy(path, state, config, dev, model, tokenizer)
+        policy = _build_policy(path, state, config, dev, model, tokenizer, progress=progress)
         result = _play(policy, config, envs, bank, episodes, greedy, seed, progress, record, env_id)
     finally:
         for env in envs:
@@ -164,11 +164,12 @@ def _read_llm_checkpoint(run_dir: str | Path, device: torch.device) -> tuple[Pat
 
 
 def _build_policy(path: Path, state: dict[str, Any], config: LLMTrainConfig, device: torch.device,
-                  model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase | None) -> LLMPolicy:
+                  model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase | None, *,
+                  progress: bool = True) -> LLMPolicy:
     """The model as `LLMTrainer` builds it, with the checkpoint's trainable weights loaded into it."""
     if model is None or tokenizer is None:
         try:
-            model, tokenizer = load_policy_model(config.model)
+            model, tokenizer = load_policy_model(config.model, progress=progress)
         except ValueError as err:
             raise ValueError(f"{path} was trained from model {config.model!r}, which does not load here: {err}") \
                 from None

@@ -90,7 +90,7 @@ class LLMTrainer:
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         if model is None or tokenizer is None:
-            model, tokenizer = load_policy_model(cfg.model)
+            model, tokenizer = load_policy_model(cfg.model, progress=cfg.progress)
         model = model.to(self.device)
         self.reference: LLMPolicy | None = None
         if cfg.lora_rank:
