@@ -212,6 +212,17 @@ def _describe_hint(hint: Any) -> str:
     return f"a {getattr(kind, '__name__', kind)}"
 
 
+def check_learning_rates(config: Any, *names: str) -> None:
+    """Each named learning rate (None allowed: a method's default) in (0, 1]: Adam moves each weight by about the
+    learning rate per step, so anything above 1 (a typo such as 1e6 for 1e-6) throws the weights away while staying
+    finite, where no non-finite check would stop it."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1] (Adam moves each weight by about this much a step), got "
+                             f"{value:g}; typical values are 1e-5 to 1e-2")
+
+
 def check_device(device: str) -> None:
     """auto, cpu or cuda[:N], and CUDA only where torch sees it."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):

@@ -26,7 +26,7 @@ from gymnasium.envs.registration import load_env_creator
 from torch import nn
 
 import creditgym
-from creditgym.agents.config_cli import check_env_arguments, check_run_config
+from creditgym.agents.config_cli import check_env_arguments, check_learning_rates, check_run_config
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.runs import (
     MetricsLogger,
@@ -203,8 +203,9 @@ class PPOConfig:
             raise ValueError(f"shaping_gamma must be in (0, 1] (the task's discount) or none, got {self.shaping_gamma}")
         if self.shaping_gamma is not None and self.shaping is None:
             raise ValueError("shaping_gamma only applies with a shaping potential; pass --shaping too")
-        if self.learning_rate <= 0 or self.clip_coef <= 0 or self.max_grad_norm <= 0:
-            raise ValueError("learning_rate, clip_coef and max_grad_norm must be positive")
+        check_learning_rates(self, "learning_rate", "learned_reward_lr")
+        if self.clip_coef <= 0 or self.max_grad_norm <= 0:
+            raise ValueError("clip_coef and max_grad_norm must be positive")
         if self.ent_coef < 0 or self.vf_coef < 0:
             raise ValueError("ent_coef and vf_coef must be 0 or more")
         if self.target_kl is not None and self.target_kl <= 0:
@@ -215,8 +216,8 @@ class PPOConfig:
             raise ValueError(f"shaping_scale must be a positive number, got {self.shaping_scale!r}")
         if self.learned_reward is not None and self.learned_reward not in LEARNED_REWARDS:
             raise ValueError(f"learned_reward must be one of {LEARNED_REWARDS} or none, got {self.learned_reward!r}")
-        if self.learned_reward_lr <= 0 or self.prm_beta <= 0 or self.learned_reward_replay < 1:
-            raise ValueError("learned_reward_lr and prm_beta must be positive and learned_reward_replay at least 1")
+        if self.prm_beta <= 0 or self.learned_reward_replay < 1:
+            raise ValueError("prm_beta must be positive and learned_reward_replay at least 1")
         if self.prm_score not in PRM_SCORES:
             raise ValueError(f"prm_score must be sum or mean, got {self.prm_score!r}")
         if self.learned_reward_epochs < 1:

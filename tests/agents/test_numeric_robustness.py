@@ -76,6 +76,14 @@ def _config(tmp_path: Path, **overrides: Any) -> PPOConfig:
     return PPOConfig(**values)
 
 
+def _diverging(config: Any, **learning_rates: float) -> Any:
+    """`config` with learning rates past its own check (which refuses any above 1), as an optimisation that diverges
+    at a rate it allows would be: the trainers' non-finite guards must still stop it cleanly."""
+    for name, value in learning_rates.items():
+        setattr(config, name, value)
+    return config
+
+
 def _rows(run_dir: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -111,7 +119,8 @@ def test_rewards_too_large_to_square_name_the_value_loss_and_the_scale(tmp_path:
 
 
 def test_a_diverging_learning_rate_stops_before_nan_weights_are_saved_or_logged(tmp_path: Path) -> None:
-    trainer = PPO(_config(tmp_path, env_id="creditgym/Sanity-Bandit-v0", learning_rate=1e9, anneal_lr=False))
+    config = _config(tmp_path, env_id="creditgym/Sanity-Bandit-v0", anneal_lr=False)
+    trainer = PPO(_diverging(config, learning_rate=1e9))
     with pytest.raises(NonFiniteError, match=r"PPO update \d+ .*the optimisation diverged: lower --learning-rate "
                                              r"\(now 1e\+09\)"):
         trainer.learn()
@@ -133,8 +142,8 @@ def test_a_nan_shaping_potential_names_the_shaping_channel(tmp_path: Path, monke
 
 
 def test_a_diverging_learned_reward_model_stops_ppo(tmp_path: Path) -> None:
-    config = _config(tmp_path, env_id="creditgym/Sokoban-6x6-1b-v0", learned_reward="spa", learned_reward_lr=1e6,
-                     num_envs=16, num_steps=16, total_steps=4096)
+    config = _diverging(_config(tmp_path, env_id="creditgym/Sokoban-6x6-1b-v0", learned_reward="spa", num_envs=16,
+                                num_steps=16, total_steps=4096), learned_reward_lr=1e6)
     with pytest.raises(NonFiniteError, match=r"SPA's progress estimator has a non-finite loss .* lower its learning "
                                              r"rate \(learning_rate 1e\+06; --learned-reward-lr"):
         PPO(config).learn()
@@ -206,14 +215,18 @@ class NanRewardEnv(LetterCountEnv):
         return obs, float("nan"), terminated, truncated, {**info, "reward_components": {"task": float("nan")}}
 
 
-def _llm_trainer(tmp_path: Path, make_env: Any = LetterCountEnv, **overrides: Any) -> LLMTrainer:
+def _llm_trainer(tmp_path: Path, make_env: Any = LetterCountEnv, *, diverging_lr: float | None = None,
+                 **overrides: Any) -> LLMTrainer:
     settings: dict[str, Any] = dict(
         model="tiny", env_id="creditgym/Sanity-WordBandit-v0", iterations=2, num_groups=2, group_size=4,
         max_turns=3, max_new_tokens=4, learning_rate=1e-3, runs_dir=str(tmp_path), run_name="run", progress=False,
         tensorboard=False, checkpoint_every=1, device="cpu", micro_batch_size=3)
     settings.update(overrides)
+    config = LLMTrainConfig(**settings)
+    if diverging_lr is not None:
+        _diverging(config, learning_rate=diverging_lr)
     model, tokenizer = tiny_test_model(seed=0)
-    return LLMTrainer(LLMTrainConfig(**settings), model=model, tokenizer=tokenizer, make_env=make_env)
+    return LLMTrainer(config, model=model, tokenizer=tokenizer, make_env=make_env)
 
 
 def test_a_nan_turn_reward_stops_the_llm_trainer_before_any_update(tmp_path: Path) -> None:
@@ -229,7 +242,7 @@ def test_a_nan_turn_reward_stops_the_llm_trainer_before_any_update(tmp_path: Pat
 @pytest.mark.parametrize("algo", ["grpo", "ppo_llm"])
 def test_a_diverging_llm_update_stops_before_the_step_and_keeps_the_checkpoint(tmp_path: Path, algo: str) -> None:
     extra = {"advantage": "turn"} if algo == "ppo_llm" else {}
-    trainer = _llm_trainer(tmp_path, algo=algo, learning_rate=1e30, iterations=3, **extra)
+    trainer = _llm_trainer(tmp_path, algo=algo, diverging_lr=1e30, iterations=3, **extra)
     with pytest.raises(NonFiniteError, match=rf"{algo} iteration 2 .* at epoch 1, minibatch 1; the optimisation "
                                              r"diverged: lower --learning-rate \(now 1e\+30\)") as error:
         trainer.learn()

@@ -41,6 +41,10 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"learned_reward": "eureka"}, "learned_reward must be one of"),
         ({"prm_beta": 0.0}, "prm_beta must be positive"),
+        # Finite, so no non-finite check would catch them: they throw the weights away.
+        ({"learning_rate": 2.0}, r"learning_rate must be in \(0, 1\]"),
+        ({"learned_reward": "prime", "learned_reward_lr": 1e6}, r"learned_reward_lr must be in \(0, 1\].*got 1e\+06"),
+        ({"learning_rate": 0.0}, r"learning_rate must be in \(0, 1\]"),
         ({"prm_score": "max"}, "prm_score must be sum or mean"),
         ({"activation": "gelu"}, "activation must be one of"),
         ({"precision": "float16"}, "precision must be auto, float32 or bfloat16"),

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from creditgym.agents.config_cli import check_run_config
+from creditgym.agents.config_cli import check_learning_rates, check_run_config
 
 ALGOS = ("grpo", "drgrpo", "rloo", "reinforce_pp", "ppo_llm")
 ADVANTAGES = ("episode", "turn", "gigpo")
@@ -183,8 +183,9 @@ class LLMTrainConfig:
             raise ValueError("history_turns must be 0 or more, or none for the whole conversation")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive (training samples from the policy)")
-        if self.learning_rate <= 0 or self.clip_coef <= 0 or self.max_grad_norm <= 0:
-            raise ValueError("learning_rate, clip_coef and max_grad_norm must be positive")
+        check_learning_rates(self, "learning_rate", "learned_reward_lr")
+        if self.clip_coef <= 0 or self.max_grad_norm <= 0:
+            raise ValueError("clip_coef and max_grad_norm must be positive")
         if self.kl_coef < 0 or self.vf_coef < 0 or self.weight_decay < 0:
             raise ValueError("kl_coef, vf_coef and weight_decay must be 0 or more")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -228,8 +229,6 @@ class LLMTrainConfig:
         if name in ("prime", "oprl") and self.algo not in ("grpo", "drgrpo", "rloo"):
             raise ValueError(f"learned_reward={name!r} computes its own advantages for the clipped loss of grpo, "
                              f"drgrpo or rloo; use one of those algos, not {self.algo!r}")
-        if self.learned_reward_lr is not None and self.learned_reward_lr <= 0:
-            raise ValueError("learned_reward_lr must be positive, or none for the method's default")
         if not math.isfinite(self.learned_reward_coef) or not math.isfinite(self.spa_grounding):
             raise ValueError("learned_reward_coef and spa_grounding must be finite numbers")
         if self.spa_epochs < 1:

@@ -129,7 +129,8 @@ def test_learned_advantages_replace_the_configured_ones(tmp_path: Path) -> None:
     ({"learned_reward": "oprl", "prm_reference": "sft"}, "prm_reference must be"),
     ({"learned_reward": "oprl", "prm_score": "max"}, "prm_score must be sum or mean"),
     ({"learned_reward": "prime", "prime_granularity": "word"}, "prime_granularity must be"),
-    ({"learned_reward": "prime", "learned_reward_lr": 0.0}, "learned_reward_lr must be positive"),
+    ({"learned_reward": "prime", "learned_reward_lr": 0.0}, r"learned_reward_lr must be in \(0, 1\]"),
+    ({"learned_reward": "prime", "learned_reward_lr": 1e6}, r"learned_reward_lr must be in \(0, 1\].*got 1e\+06"),
     ({"learned_reward": "oprl", "prm_beta": -1.0}, "prm_beta must be positive"),
     ({"learned_reward": "spa", "advantage": "turn", "spa_epochs": 0}, "spa_epochs must be at least 1"),
 ])

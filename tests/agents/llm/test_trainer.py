@@ -101,6 +101,7 @@ def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
     ({"algo": "rloo", "advantage": "gigpo"}, "use one of those algos"),
     ({"algo": "ppo_llm", "advantage": "episode"}, "set advantage='turn'"),
     ({"temperature": 0.0}, "temperature must be positive"),
+    ({"learning_rate": 10.0}, r"learning_rate must be in \(0, 1\]"),
     ({"history_turns": -1}, "history_turns"),
     ({"temperature": float("nan")}, "temperature must be a finite number"),
     ({"iterations": "ten"}, "iterations must be a whole number"),
