@@ -368,8 +368,9 @@ class TrajectoryWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_APPEND)
             self._fd = os.open(self.path, flags, 0o644)
-            if not overwrite:
-                self._repair_gzip_end() if self.gzipped else self._end_on_a_newline()
+            size = os.fstat(self._fd).st_size
+            if not overwrite and size:  # appending to what an earlier writer, perhaps killed, left
+                self._repair_gzip_end(size) if self.gzipped else self._end_on_a_newline(size)
         except BaseException as error:
             if self._fd is not None:
                 os.close(self._fd)
@@ -379,11 +380,8 @@ class TrajectoryWriter:
             raise type(error)(error.errno, f"cannot write trajectories to {self.path}: {error.strerror}; "
                               "give a file path in a writable folder") from None
 
-    def _end_on_a_newline(self) -> None:
+    def _end_on_a_newline(self, size: int) -> None:
         assert self._fd is not None
-        size = os.fstat(self._fd).st_size
-        if size == 0:
-            return
         with self.path.open("rb") as file:
             start = _rfind(file, b"\n", size) + 1  # after the last newline (0 where there is none)
             if start == size:
@@ -397,11 +395,8 @@ class TrajectoryWriter:
             self._set_aside(tail, f"ended in a record cut short ({len(tail)} bytes, as after an interrupted write); "
                             f"moved it")
 
-    def _repair_gzip_end(self) -> None:
+    def _repair_gzip_end(self, size: int) -> None:
         assert self._fd is not None
-        size = os.fstat(self._fd).st_size
-        if size == 0:
-            return
         with self.path.open("rb") as file:
             end = _end_of_last_gzip_member(file, size)
             if end == size:

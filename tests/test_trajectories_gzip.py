@@ -11,7 +11,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
-import torch
 
 import creditgym.trajectories as trajectories
 from creditgym.cli import main
@@ -26,11 +25,6 @@ from creditgym.trajectories import (
 )
 
 SOKOBAN = "creditgym/Sokoban-6x6-2b-v0"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +42,17 @@ def _members(data: bytes) -> list[bytes]:
         assert decompressor.eof
         data = decompressor.unused_data
     return members
+
+
+def _append_blocks(path: Path, *blocks: list[Episode]) -> list[int]:
+    """Each block through a writer of its own (so one gzip member each); returns where each block's member starts."""
+    starts = []
+    for block in blocks:
+        starts.append(path.stat().st_size if path.exists() else 0)
+        with TrajectoryWriter(path) as writer:
+            for episode in block:
+                writer.write(episode)
+    return starts
 
 
 def _seeds(path: Path) -> list[int | None]:
@@ -77,10 +82,7 @@ def test_gz_holds_the_same_jsonl_as_plain(tmp_path: Path, episodes: list[Episode
 def test_each_writer_block_appends_one_member(tmp_path: Path, episodes: list[Episode],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "t.jsonl.gz"
-    for block in (episodes[:3], episodes[3:4], episodes[4:]):
-        with TrajectoryWriter(path) as writer:
-            for episode in block:
-                writer.write(episode)
+    _append_blocks(path, episodes[:3], episodes[3:4], episodes[4:])
     assert [m.count(b"\n") for m in _members(path.read_bytes())] == [3, 1, 2]
     assert _seeds(path) == [0, 1, 2, 3, 4, 5]
     # A long-lived writer (eval --record) writes a member whenever GZIP_MEMBER_BYTES of JSON wait, and at close.
@@ -121,12 +123,8 @@ def _complete_records(data: bytes, starts: list[int], cut: int) -> int:
 
 def test_a_cut_short_member_keeps_every_complete_record_and_appends_after_them(tmp_path: Path,
                                                                                episodes: list[Episode]) -> None:
-    path, starts = tmp_path / "t.jsonl.gz", []
-    for block in (episodes[:2], episodes[2:3], episodes[3:5]):
-        starts.append(path.stat().st_size if path.exists() else 0)
-        with TrajectoryWriter(path) as writer:
-            for episode in block:
-                writer.write(episode)
+    path = tmp_path / "t.jsonl.gz"
+    starts = _append_blocks(path, episodes[:2], episodes[2:3], episodes[3:5])
     data = path.read_bytes()
     counts = set()
     for cut in _cut_points(data, starts):
@@ -258,12 +256,7 @@ def test_a_failed_flush_keeps_the_gathered_episodes_for_the_next(tmp_path: Path,
 def test_a_repair_that_cannot_write_sets_the_recovered_records_aside(tmp_path: Path, episodes: list[Episode],
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "t.jsonl.gz"
-    with TrajectoryWriter(path) as writer:
-        writer.write(episodes[0])
-    whole = path.stat().st_size
-    with TrajectoryWriter(path) as writer:
-        for episode in episodes[1:4]:
-            writer.write(episode)
+    whole = _append_blocks(path, episodes[:1], episodes[1:4])[1]
     path.write_bytes(path.read_bytes()[:-4])  # the second member's trailer cut: its records are on disk
     _fail_writes_once(monkeypatch)
     with pytest.raises(OSError), warnings.catch_warnings():
@@ -277,9 +270,7 @@ def test_a_repair_that_cannot_write_sets_the_recovered_records_aside(tmp_path: P
 def test_zeros_after_the_last_member_read_as_a_cut_short_end(tmp_path: Path, episodes: list[Episode]) -> None:
     # A crash can leave a file's end zero-filled (ext4, XFS), as gzip(1) also reads past.
     path = tmp_path / "t.jsonl.gz"
-    with TrajectoryWriter(path) as writer:
-        for episode in episodes[:2]:
-            writer.write(episode)
+    _append_blocks(path, episodes[:2])
     clean = path.stat().st_size
     path.write_bytes(path.read_bytes() + bytes(100))
     with pytest.warns(TrajectoryWarning):
@@ -291,12 +282,7 @@ def test_zeros_after_the_last_member_read_as_a_cut_short_end(tmp_path: Path, epi
 def test_a_last_member_that_fails_its_checksum_is_kept_aside_not_rewritten(tmp_path: Path,
                                                                           episodes: list[Episode]) -> None:
     path = tmp_path / "t.jsonl.gz"
-    with TrajectoryWriter(path) as writer:
-        writer.write(episodes[0])
-    whole = path.stat().st_size
-    with TrajectoryWriter(path) as writer:
-        for episode in episodes[1:3]:
-            writer.write(episode)
+    whole = _append_blocks(path, episodes[:1], episodes[1:3])[1]
     data = bytearray(path.read_bytes())
     data[-8] ^= 0xFF  # the last member's CRC-32: its text decompresses but cannot be trusted
     path.write_bytes(bytes(data))
