@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -108,13 +109,26 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     if unknown:
         console.print(f"[red]unknown benchmark(s) {unknown}[/red]; available: {', '.join(available)}")
         return 2
+    if len(names) == 1:
+        _load_benchmark(name=names[0], path=available[names[0]]).main(args.bench_args)
+        return 0
+    # Several benchmarks make one JSON document on stdout, {name: result}, so `json.load` and `jq` read it whole;
+    # each benchmark's own printout goes to stderr meanwhile, so a person watching still sees each result as it ends.
+    results = {}
     for name in names:
-        spec = importlib.util.spec_from_file_location(f"creditgym_bench_{name}", available[name])
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.main(args.bench_args)
+        module = _load_benchmark(name=name, path=available[name])
+        with contextlib.redirect_stdout(sys.stderr):
+            results[name] = module.main(args.bench_args)
+    print(json.dumps(results, indent=2))
     return 0
+
+
+def _load_benchmark(*, name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"creditgym_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # Where and how a run trains, not what it learns: a resume may change these, besides extending its budget.
@@ -539,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run benchmarks from benchmarks/ (each prints JSON)")
     bench.add_argument("names", nargs="*", help="benchmark names (default: the Sokoban throughput and generator); "
-                       "each prints one JSON document, several one after another (`jq -s .` reads them as a list)")
+                       "one prints its JSON document, several print one document keyed by name")
     bench.add_argument("--list", action="store_true", help="list the available benchmarks and exit")
     bench.add_argument("--args", dest="bench_args", nargs=argparse.REMAINDER, default=[],
                        help="arguments passed on to each benchmark, e.g. --args --seconds 5")

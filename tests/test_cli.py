@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -76,6 +77,16 @@ def test_play_unknown_id_says_what_to_do() -> None:
 def test_showcase_names_the_flag_it_refuses() -> None:
     result = _run("showcase", "--seed", "-1", "--skip-bench")
     assert result.returncode == 2 and "--seed must be 0 or more" in result.stdout
+
+
+def test_bench_with_several_names_prints_one_json_document_keyed_by_name() -> None:
+    result = _run("bench", "sokoban_generator", "sokoban_throughput",
+                  "--args", "--seconds", "0.05")
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    assert list(results) == ["sokoban_generator", "sokoban_throughput"]
+    assert results["sokoban_generator"]["benchmark"] == "sokoban_generator"
+    assert '"benchmark": "sokoban_generator"' in result.stderr, "each result should still show as it ends"
 
 
 def test_make_banks_takes_its_flags(tmp_path) -> None:
