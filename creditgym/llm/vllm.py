@@ -153,6 +153,11 @@ class CompletionsGenerator:
         """Nothing to do: an OpenAI server keeps its own weights (use VLLMGenerator to follow the policy)."""
         return 0.0
 
+    @property
+    def starting_server(self) -> bool:
+        """Whether the first `generate` (or `push_weights`) will start a server first: an OpenAI server runs already."""
+        return False
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
@@ -201,8 +206,13 @@ class VLLMGenerator(CompletionsGenerator):
         self._model = None
         self._synced = True
 
+    @property
+    def starting_server(self) -> bool:
+        return not self._external and not self._synced
+
     def push_weights(self) -> float:
-        """Send the policy's current weights (LoRA merged) to the server; returns the seconds it took."""
+        """Send the policy's current weights (LoRA merged) to the server, starting it first if it is not running;
+        returns the seconds it took."""
         start = time.perf_counter()
         if not self._synced and not self._external:
             self._start_or_push()  # the server starts on the current weights

@@ -136,6 +136,18 @@ def test_trainer_pushes_weights_after_each_update(server: tuple[LLMPolicy, VLLMG
         [g.token_ids for g in trainer.policy.generate(prompts, greedy=True)]
 
 
+@needs_vllm
+def test_only_a_managed_server_not_yet_started_says_it_will_start(server: tuple[LLMPolicy, VLLMGenerator]) -> None:
+    # the trainer starts such a server before its first iteration, under a status line, instead of inside it
+    policy, vllm = server
+    assert not vllm.starting_server
+    assert not VLLMGenerator(policy, url=vllm.base_url).starting_server
+    assert not CompletionsGenerator(policy, vllm.base_url).starting_server
+    fresh = VLLMGenerator(policy, python=VLLM_PYTHON)
+    assert fresh.starting_server
+    fresh.close()
+
+
 def test_lora_weights_are_pushed_merged_and_the_model_is_unchanged(tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file

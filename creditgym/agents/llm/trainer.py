@@ -170,6 +170,11 @@ class LLMTrainer:
         metrics: dict[str, float] = {}
         stop_at = min(cfg.iterations, until_iteration or cfg.iterations)
         self._prepare_trajectories()
+        if self.generation is not None and self.generation.starting_server and self.iteration < stop_at:
+            # vLLM takes 10-60 s to start, which a bar sitting at 0 would not explain
+            progress.show_stage("starting the vLLM server")
+            self.generation.push_weights()
+            progress.show_stage("")
         while self.iteration < stop_at and not ctrl_c.requested:
             start = time.perf_counter()
             seeds = [cfg.seed * 1_000_003 + self.iteration * cfg.num_groups + g for g in range(cfg.num_groups)]
@@ -472,9 +477,15 @@ class _Progress:
             # stderr, so that a script's stdout holds only what it prints (JSON results, say)
             self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                 TextColumn("success {task.fields[success]}"), TextColumn("{task.fields[tps]} tok/s"),
-                                TimeRemainingColumn(), console=Console(stderr=True))
+                                TimeRemainingColumn(), TextColumn("{task.fields[stage]}"),
+                                console=Console(stderr=True))
             self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, success="-", tps="-")
+            self.task = self.bar.add_task("train", total=total, completed=start, success="-", tps="-", stage="")
+
+    def show_stage(self, text: str) -> None:
+        """Text after the bar for a one-off wait before the first iteration ends ("" clears it)."""
+        if self.bar is not None:
+            self.bar.update(self.task, stage=text)
 
     def advance(self, iteration: int, metrics: dict[str, float]) -> None:
         if self.bar is not None:
