@@ -51,10 +51,13 @@ def steps_to(rows: list[dict[str, float]], threshold: float, *, skip_steps: int 
     return None
 
 
-def success_at(rows: list[dict[str, float]], step: float, *, min_episodes: int = 500) -> float | None:
-    """Training success over the last `min_episodes` episodes finished by env step `step` (None: none finished)."""
+def success_at(rows: list[dict[str, float]], step: float, *, skip_steps: int = 0,
+               min_episodes: int = 500) -> float | None:
+    """Training success over the last `min_episodes` episodes finished by env step `step`, leaving out updates
+    before `skip_steps` as `steps_to` does (None: no episode finished in between)."""
     episodes = successes = 0.0
-    for row in reversed([r for r in rows if r["global_step"] <= step and "charts/success_rate" in r]):
+    kept = [r for r in rows if skip_steps < r["global_step"] <= step and "charts/success_rate" in r]
+    for row in reversed(kept):
         count = row.get("charts/episodes", 1.0)
         episodes += count
         successes += count * row["charts/success_rate"]
@@ -161,7 +164,8 @@ def compare_runs(paths: Sequence[str | Path | Run], *, thresholds: Sequence[floa
                 "seed": run.seed,
                 "run_dir": str(run.path),
                 **{_key(t): steps_to(run.rows, t, skip_steps=skip, min_episodes=min_episodes) for t in thresholds},
-                "success_at_shared_steps": success_at(run.rows, shared_budget, min_episodes=min_episodes),
+                "success_at_shared_steps": success_at(run.rows, shared_budget, skip_steps=skip,
+                                                      min_episodes=min_episodes),
                 "env_steps_per_s": next((row["charts/sps"] for row in reversed(run.rows) if "charts/sps" in row),
                                         None),
                 **held_out_success(run.path),
@@ -245,6 +249,10 @@ def _warnings(runs: Sequence[Run], groups: dict[str, list[Run]]) -> list[str]:
     if len(budgets) > 1:
         notes.append(f"the runs reached different env steps ({budgets[0]:,.0f} to {budgets[-1]:,.0f}); success is "
                      f"compared at {budgets[0]:,.0f}, the fewest")
+    warm_up = max(warm_up_steps(run.config) for run in runs)
+    if budgets[0] <= warm_up:
+        notes.append(f"success at {budgets[0]:,.0f} env steps is not given: only short episodes, mostly successes, "
+                     f"have ended before {warm_up:,.0f} (the time limit times the envs); train longer")
     for label, members in groups.items():
         seeds = [run.seed for run in members]
         for seed in sorted({s for s in seeds if seeds.count(s) > 1}, key=str):

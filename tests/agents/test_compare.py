@@ -115,6 +115,20 @@ def test_success_at_and_steps_to_read_the_same_window() -> None:
     assert steps_to(rows, 0.5, min_episodes=100) == 200
 
 
+def test_success_at_the_shared_budget_leaves_out_the_warm_up(trained: dict[str, Path], tmp_path: Path) -> None:
+    # 16 envs x the 120-step limit = 1,920 warm-up steps: the 1.0 at 1,000 comes from short episodes only.
+    runs = [_with_curve(trained["sparse-s1"], tmp_path / name, [1.0, 0.2], seed=seed) for name, seed in (("a", 1),
+                                                                                                       ("b", 2))]
+    group = next(iter(compare_runs(runs)["groups"].values()))
+    assert [seed["success_at_shared_steps"] for seed in group["seeds"].values()] == [0.2, 0.2]
+    short = [_with_curve(trained["sparse-s1"], tmp_path / name, [1.0], seed=seed) for name, seed in (("c", 1),
+                                                                                                   ("d", 2))]
+    result = compare_runs(short)
+    assert all(seed["success_at_shared_steps"] is None
+               for seed in next(iter(result["groups"].values()))["seeds"].values())
+    assert any("only short episodes" in note and "1,920" in note for note in result["warnings"])
+
+
 def test_bad_inputs_say_what_to_change(trained: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a run folder"):
         compare_runs([tmp_path / "missing"])
