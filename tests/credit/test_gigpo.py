@@ -118,3 +118,10 @@ def test_similarity_grouping_uses_threshold():
     # Similar observations in different task groups stay apart.
     other = anchor_step_groups([0, 1, 0], obs, mask, similarity=text_similarity, similarity_threshold=0.85)
     assert other[0, 0] != other[1, 0]
+
+
+def test_identical_observations_group_at_similarity_threshold_1():
+    obs = [["abcdefghij"], ["abcdefghij"], ["abcdefghik"]]
+    ids = anchor_step_groups([0, 0, 0], obs, torch.ones(3, 1, dtype=torch.bool), similarity=text_similarity,
+                             similarity_threshold=1.0)
+    assert ids[0, 0] == ids[1, 0] != ids[2, 0]

@@ -79,6 +79,17 @@ def test_turn_count_mismatch_raises():
         place_turn_rewards(torch.tensor([[1.0, 2.0]]), ends)
     with pytest.raises(ValueError):
         place_turn_rewards(torch.tensor([[1.0, 2.0, 3.0]]), ends, torch.tensor([[True, True, False]]))
+    # fewer ends than valid turns would drop the last turns' rewards (often the outcome) without a word
+    with pytest.raises(ValueError, match="1 turn ends but 2 turn rewards"):
+        place_turn_rewards(torch.tensor([[1.0, 2.0]]), torch.tensor([[False, True, False]]),
+                           torch.tensor([[True, True]]))
+
+
+def test_action_tokens_after_the_last_turn_end_get_nothing():
+    # turn ends given apart from the action mask (turn-level mode): trailing action tokens belong to no turn
+    ends = torch.tensor([[False, True, False, False, False]])
+    act = torch.tensor([[True, True, False, True, True]])
+    assert broadcast_turn_values(torch.tensor([[1.0, 2.0]]), ends, act).tolist() == [[1.0, 1.0, 0.0, 0.0, 0.0]]
 
 
 def test_outcome_on_last_valid_token_and_broadcast():

@@ -152,6 +152,23 @@ def test_implicit_prm_token_rewards_respect_mask():
     torch.testing.assert_close(out, torch.where(mask, 0.05 * (lp - ref), torch.zeros_like(lp)))
 
 
+def test_pure_min_form_defaults_to_temperature_0_1_and_zeroes_masked_steps():
+    pr = torch.tensor([[0.3, -0.5, 0.2], [1.0, float("inf"), float("nan")]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    out = pure_min_form_rewards(pr, mask)
+    torch.testing.assert_close(out[0], pure_min_form_weights(pr, mask, temperature=0.1)[0] * pr[0])
+    assert out[1].tolist() == [1.0, 0.0, 0.0]  # an inf or NaN on a masked step comes back as 0, not NaN
+
+
+@pytest.mark.parametrize("reduction", ["min", "sum", "mean"])
+def test_implicit_prm_score_is_0_for_a_response_without_step_ends(reduction):
+    steps = torch.tensor([[0.5, -0.2], [0.3, 0.1]])
+    ends = torch.tensor([[False, False], [False, True]])
+    score = implicit_prm_score(steps, ends, reduction=reduction)
+    assert float(score[0]) == 0.0  # not +inf, which best-of-N would pick
+    assert float(score[1]) == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize("reduction", ["min", "sum", "mean"])
 def test_implicit_prm_score_reductions(reduction):
     lp, ref, ends = _random_logprobs(5)

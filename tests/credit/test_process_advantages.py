@@ -114,6 +114,16 @@ def test_prime_without_process_rewards_gives_each_episode_one_outcome_advantage(
     assert adv[0, 0] > 0 > adv[1, 0]
 
 
+def test_prime_ignores_process_rewards_on_padding_tokens():
+    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    rewards = torch.tensor([[0.1, -0.2, 0.3, 0.0], [0.0, 0.2, -0.1, 0.4]])
+    outcomes, groups = torch.tensor([1.0, 0.0]), [0, 0]
+    clean = prime_advantages(rewards, torch.ones(2, 4, dtype=torch.bool), outcomes, valid, groups)
+    rewards[0, 3] = 1e3  # under the reward mask, but a padding token: it must not move the means or baselines
+    padded = prime_advantages(rewards, torch.ones(2, 4, dtype=torch.bool), outcomes, valid, groups)
+    torch.testing.assert_close(padded, clean)
+
+
 @quick
 @given(grouped_steps(), st.data())
 def test_information_gain_telescopes_and_pays_the_outcome_last(data, draw):
