@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -91,6 +92,11 @@ def test_probability_is_the_mean_answer_logprob_before_the_turn(rollouts) -> Non
         assert abs(math.log(float(p[t])) - float(logprobs.mean())) < 1e-4
     later = policy.tokenizer.decode(gain.contexts(episode)[1])
     assert episode.turns[0].action in later and episode.turns[1].observation in later
+    # Twice the first turn alone: the two sequences are alike to their end, and the shared prefix must stop before
+    # the answer, which it scores, so p_0 is the same as scored beside the later turns.
+    alone = dataclasses.replace(episode, turns=episode.turns[:1])
+    twice = gain.answer_probabilities([alone, alone])
+    assert [float(q[0]) for q in twice] == pytest.approx([float(p[0])] * 2, rel=1e-4)
 
 
 def test_outcome_is_the_task_channel_clipped() -> None:

@@ -144,15 +144,16 @@ def test_prm_rewards_are_zero_and_losses_log2_before_training() -> None:
     assert float(prm(loss="ce").loss(episodes).detach()) == pytest.approx(math.log(2), abs=1e-6)
 
 
-def test_prm_step_rewards_sum_to_beta_times_the_trajectory_log_ratio() -> None:
-    model, episodes = prm(beta=0.1, coef=1.0), first_action_episodes(64)
+@pytest.mark.parametrize("coef", [1.0, 3.0])
+def test_prm_step_rewards_sum_to_coef_beta_times_the_trajectory_log_ratio(coef: float) -> None:
+    model, episodes = prm(beta=0.1, coef=coef), first_action_episodes(64)
     for _ in range(5):
         model.update(episodes)
     for episode, rewards in zip(episodes, model.step_rewards(episodes), strict=True):
         with torch.no_grad():
             log_pi = torch.log_softmax(model.network(episode.obs), -1).gather(1, episode.actions[:, None]).sum()
             log_ref = torch.log_softmax(model.reference(episode.obs), -1).gather(1, episode.actions[:, None]).sum()
-        assert float(rewards.sum()) == pytest.approx(0.1 * float(log_pi - log_ref), abs=1e-5)
+        assert float(rewards.sum()) == pytest.approx(coef * 0.1 * float(log_pi - log_ref), abs=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["ce", "dpo"])
@@ -223,6 +224,39 @@ def test_assembler_cuts_episodes_across_rollouts_and_copies_its_buffers() -> Non
     finished = assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
     assert [e.obs.squeeze(1).tolist() for e in finished] == [[1.0, 3.0, 5.0, 7.0, 101.0]]
     assert finished[0].outcome == 0.0 and not finished[0].success
+
+
+def _single_env_rollout(length: int) -> tuple[torch.Tensor, ...]:
+    """(obs, actions, valid, terminated, truncated, success) of one env over `length` steps, obs[t] = t."""
+    obs = torch.arange(length, dtype=torch.float32).reshape(length, 1, 1)
+    flags = [torch.zeros(length, 1, dtype=torch.bool) for _ in range(4)]
+    return obs, torch.zeros(length, 1, dtype=torch.long), torch.ones(length, 1, dtype=torch.bool), *flags[1:]
+
+
+def test_assembler_starts_each_episode_after_the_last_one_ended_and_labels_failures_0() -> None:
+    assembler = EpisodeAssembler(num_envs=1)
+    obs, actions, valid, terminated, truncated, success = _single_env_rollout(6)
+    terminated[1] = success[1] = True  # steps 0-1: a success
+    terminated[3] = True  # steps 2-3: ends (a dead end, say) without success
+    truncated[5] = True  # steps 4-5: the time limit
+    finished = assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
+    assert [e.obs.squeeze(1).tolist() for e in finished] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert [(e.success, e.outcome) for e in finished] == [(True, 1.0), (False, 0.0), (False, 0.0)]
+    # nothing was left pending: the next rollout's first episode starts at its own step 0
+    obs, actions, valid, terminated, truncated, success = _single_env_rollout(2)
+    terminated[1] = True
+    assert [e.obs.squeeze(1).tolist() for e in assembler.add_rollout(obs, actions, valid, terminated, truncated,
+                                                                      success)] == [[0.0, 1.0]]
+
+
+def test_assembler_without_truncated_episodes_still_keeps_truncated_successes() -> None:
+    assembler = EpisodeAssembler(num_envs=1, keep_truncated=False)
+    obs, actions, valid, terminated, truncated, success = _single_env_rollout(5)
+    truncated[1] = success[1] = True  # a success on the time limit's last step: a positive label to keep
+    truncated[3] = True  # a failure cut by the time limit: dropped
+    terminated[4] = True  # step 4 alone, after the dropped one
+    finished = assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
+    assert [(e.obs.squeeze(1).tolist(), e.outcome) for e in finished] == [([0.0, 1.0], 1.0), ([4.0], 0.0)]
 
 
 def test_replay_buffer_keeps_the_most_recent_and_trains_on_the_new_amount() -> None:

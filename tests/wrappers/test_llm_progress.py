@@ -76,6 +76,13 @@ def test_records_carry_validity_and_outcome(rollouts) -> None:  # noqa: ANN001
         assert record.outcome == float(episode.success)
 
 
+def test_a_fresh_head_predicts_0_for_every_turn(rollouts) -> None:  # noqa: ANN001
+    # so an untrained SPA pays nothing but the grounding term (and no turn's reward has a built-in bias)
+    records = _labelled(rollouts)
+    head = LLMProgressHead(records[0].features.shape[1])
+    assert torch.equal(head.contributions(records), torch.zeros(sum(len(r) for r in records)))
+
+
 def test_prediction_is_the_sum_of_contributions(rollouts) -> None:  # noqa: ANN001
     records = _labelled(rollouts)
     spa = _trained_spa(records)
