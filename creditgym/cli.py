@@ -285,9 +285,12 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from creditgym.agents.evaluate import evaluate, write_result
     from creditgym.agents.llm.evaluate import evaluate_llm, is_llm_checkpoint
+    from creditgym.trajectories import check_output_path
 
     common = {"env_id": args.env, "episodes": args.episodes, "levels": args.levels, "split": args.split,
               "greedy": not args.sample, "seed": args.seed, "device": args.device}
+    if args.record is not None:  # before loading a model
+        check_output_path(args.record, "--record")
     try:
         llm_run = is_llm_checkpoint(args.run_dir)
     except FileNotFoundError:  # the PPO path says what a run folder must hold
@@ -445,6 +448,7 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
         TrajectoryFormatError,
         TrajectoryWriter,
         add_shaping,
+        check_output_path,
         load_trajectories,
         offline_potential,
         summarize,
@@ -467,6 +471,11 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out) if args.out else _rescored_path(source)
     if out.resolve() == source.resolve():
         console.print(f"--out {out} is the input file; choose another path", style="red")
+        return 2
+    try:
+        check_output_path(out, "--out")
+    except ValueError as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     try:
         episodes = load_trajectories(source)

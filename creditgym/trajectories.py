@@ -625,11 +625,26 @@ def _not_gzip(path: Path, why: str) -> str:
             "rename a plain JSONL file so that its name does not end in .gz")
 
 
+def check_output_path(path: str | Path, flag: str) -> Path:
+    """`path` if a command may write a trajectory file there (replacing what is there): its name ends in .jsonl or
+    .jsonl.gz, and it is not one of a run folder's own logs, which a typo would otherwise wipe (a run's checkpoint
+    and config already fail the first rule). Raises ValueError naming `flag` otherwise."""
+    path = Path(path)
+    if not path.name.endswith((".jsonl", ".jsonl.gz")) or path.name.startswith("."):
+        raise ValueError(f"{flag} {path}: name a trajectory file ending in .jsonl (or .jsonl.gz to compress it)")
+    run_logs = {"metrics.jsonl", RUN_TRAJECTORIES, LEGACY_RUN_TRAJECTORIES}
+    if path.name in run_logs and (path.parent / "config.json").is_file():
+        raise ValueError(f"{flag} {path} is the run folder's own {path.name}, which this would replace; choose "
+                         "another file name")
+    return path
+
+
 @contextlib.contextmanager
 def replacing_writer(path: str | Path) -> Iterator[TrajectoryWriter]:
     """A writer into a temporary file beside `path` that replaces `path` only when the block ends without an
-    error, so a failed run (bad arguments, a crash, Ctrl-C) leaves an earlier recording at `path` as it was."""
-    path = Path(path)
+    error, so a failed run (bad arguments, a crash, Ctrl-C) leaves an earlier recording at `path` as it was.
+    `path` must pass `check_output_path`."""
+    path = check_output_path(path, "record")
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"cannot write trajectories to {path}: it is a folder; give a file path "
                                 "in a writable folder")

@@ -311,6 +311,11 @@ def test_rescore_cli_errors_say_what_to_change(tmp_path: Path, capsys: pytest.Ca
     assert "valid names" in capsys.readouterr().out
     assert main(["rescore", str(path), "--estimator", "gae", "--out", str(path)]) == 2
     assert "choose another path" in capsys.readouterr().out
+    (tmp_path / "config.json").write_text("{}")  # the folder is now a run's: its logs are not outputs
+    for out, says in (("config.json", "ending in .jsonl"), ("metrics.jsonl", "own metrics.jsonl")):
+        assert main(["rescore", str(path), "--estimator", "gae", "--out", str(tmp_path / out)]) == 2
+        assert says in capsys.readouterr().out
+    assert (tmp_path / "config.json").read_text() == "{}"
     assert main(["rescore", str(path), "--estimator", "gae", "--lam", "5"]) == 2
     assert "--gamma and --lam must be in [0, 1]" in capsys.readouterr().out
     path.write_text("{not json\n")

@@ -210,6 +210,13 @@ def test_eval_records_the_played_episodes_from_the_command_line(tmp_path: Path,
     before = played.read_bytes()
     assert main(["eval", str(tmp_path / "bandit"), "--levels", "x.txt", "--record", str(played)]) == 2
     assert played.read_bytes() == before and not list(tmp_path.glob("*.tmp*"))
+    # A path that is not a trajectory file, or is the run's own log, is refused before anything is played.
+    checkpoint = tmp_path / "bandit" / "checkpoint.pt"
+    kept = checkpoint.read_bytes()
+    for target, says in ((checkpoint, "ending in .jsonl"), (tmp_path / "bandit" / "metrics.jsonl", "own metrics")):
+        assert main(["eval", str(tmp_path / "bandit"), "--record", str(target)]) == 2
+        assert says in capsys.readouterr().out
+    assert checkpoint.read_bytes() == kept
 
 
 def test_a_resume_must_record_the_envs_the_checkpoint_recorded(tmp_path: Path) -> None:
