@@ -176,8 +176,8 @@ def _parse_piece(raw: np.ndarray) -> np.ndarray | None:
 
 
 def _valid_levels(tiles: np.ndarray) -> np.ndarray:
-    """For (N, H, W) int8 boards of `Tile` values, which pass `Level`'s checks: one player, as many boxes as
-    targets (at least one), and the player's area enclosed by walls."""
+    """For (N, H, W) int8 boards of `Tile` values, which pass `Level`'s checks (one player, as many boxes as
+    targets, at least one, and the player's area enclosed by walls) and are not solved already (a box off target)."""
     # How many cells of each tile value every level has, in one pass.
     offsets = np.arange(len(tiles))[:, None] * NUM_TILES
     counts = np.bincount((offsets + tiles.reshape(len(tiles), -1)).ravel(), minlength=len(tiles) * NUM_TILES)
@@ -185,7 +185,7 @@ def _valid_levels(tiles: np.ndarray) -> np.ndarray:
     players = counts[:, PLAYER_TILES].sum(axis=1)
     boxes = counts[:, BOX_TILES].sum(axis=1)
     targets = counts[:, TARGET_TILES].sum(axis=1)
-    valid = (players == 1) & (boxes > 0) & (boxes == targets)
+    valid = (players == 1) & (counts[:, Tile.BOX] > 0) & (boxes == targets)
     return valid & _enclosed(tiles, valid)
 
 
@@ -234,9 +234,13 @@ def _read_file(path: Path) -> list[tuple[str, Level]]:
         if not rows:
             raise BoxobanFormatError(f"{path}: puzzle '{header}' (line {header_line}) has no rows")
         try:
-            levels.append((f"{path}: puzzle '{header}' (line {header_line})", Level.from_rows(rows)))
+            level = Level.from_rows(rows)
         except LevelError as err:
             raise BoxobanFormatError(f"{path}: puzzle '{header}' (line {header_line}): {err}") from None
+        if not (level.tiles == Tile.BOX).any():
+            raise BoxobanFormatError(f"{path}: puzzle '{header}' (line {header_line}) is solved already: every box "
+                                     "is on a target ('*'), so each episode would be a success without a move")
+        levels.append((f"{path}: puzzle '{header}' (line {header_line})", level))
 
     for line_number, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r")

@@ -86,6 +86,8 @@ def test_reads_boxoban_layout_with_trailing_spaces(tmp_path: Path) -> None:
         ("; 0\n#####\n#@$.#\n#####\n; 7\n", "puzzle '7' (line 5) has no rows"),
         ("; 0\n#####\n#@$.#\n#####\n\n; 3\n#####\n#@$?#\n#####\n", "puzzle '3' (line 6): unknown symbol '?'"),
         ("; 0\n#####\n#@$$#\n#####\n", "puzzle '0' (line 1): a level needs as many boxes"),
+        # every box on a target: each episode would count as a success without a move
+        ("; 0\n######\n#@*  #\n######\n", "puzzle '0' (line 1) is solved already"),
         ("", "no puzzles found"),
     ],
 )
