@@ -207,7 +207,15 @@ def has_held_out_split(levels: str | Path | LevelBank) -> bool:
 
 
 def _split_folder(path: Path, split: str) -> Path:
-    if not path.is_dir() or not any((path / name).is_dir() for name in BOXOBAN_SPLIT_FOLDERS):
+    if not path.is_dir():
+        return path
+    if not any((path / name).is_dir() for name in BOXOBAN_SPLIT_FOLDERS):
+        nested = sorted(Path(root) for root, folders, _ in os.walk(path) for name in folders
+                        if name in BOXOBAN_SPLIT_FOLDERS[1:])
+        if nested:  # reading every *.txt below would put those held-out levels among the training levels
+            listed = ", ".join(str(folder) for folder in nested)
+            raise ValueError(f"{path} holds Boxoban folders with held-out splits further down ({listed}); pass the "
+                             f"Boxoban folder that holds train/, e.g. levels={str(nested[0])!r}")
         return path
     candidates = BOXOBAN_SPLIT_FOLDERS[:1] if split == "train" else BOXOBAN_SPLIT_FOLDERS[1:]
     for name in candidates:

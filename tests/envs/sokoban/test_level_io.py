@@ -164,6 +164,10 @@ def test_boxoban_split_folders_keep_training_and_held_out_levels_apart(tmp_path:
         resolve_bank(tmp_path / "unfiltered", "test")
     with pytest.raises(ValueError, match="split must be one of"):
         resolve_bank(tmp_path / "unfiltered", "validation")
+    # The folder above them would read unfiltered/valid/ and test/ among the training levels.
+    for split in ("train", "test"):
+        with pytest.raises(ValueError, match=r"held-out splits further down .*levels='.*unfiltered'"):
+            resolve_bank(tmp_path, split)
 
 
 @pytest.mark.skipif(not SHARED_BOXOBAN.exists(), reason="../shared/data/boxoban-levels is absent in this checkout")
