@@ -27,6 +27,7 @@ import gc
 import gzip
 import importlib
 import json
+import math
 import os
 import warnings
 import zlib
@@ -1116,8 +1117,11 @@ def step_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float
                     ) -> list[list[float]]:
     """Per-step advantages from the recorded rewards, with `creditgym.credit`.
 
-    Episodes sharing (env id, seed) form a group for grpo, dr_grpo and rloo, whose episode outcome is the
-    γ-discounted return, broadcast to every step. gae uses V ≡ 0 (no critic offline): A_t = Σ_l (γλ)^l r_{t+l}.
+    Episodes sharing their env id, seed and start (the reset's state, or its observation where the env has no
+    state) form a group for grpo, dr_grpo and rloo, whose episode outcome is the γ-discounted return, broadcast to
+    every step: an LLM trainer's groups, which play one task each. PPO and evaluation recordings play other levels
+    under one seed, so there each episode is a group of its own (a warning says so; advantages are 0).
+    gae uses V ≡ 0 (no critic offline): A_t = Σ_l (γλ)^l r_{t+l}.
     reinforce_pp is the reward-to-go whitened over the batch; reward_to_go is the discounted return from t.
     """
     if estimator not in ESTIMATORS:
@@ -1126,6 +1130,12 @@ def step_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float
         raise ValueError(f"gamma and lam must be in [0, 1], got {gamma} and {lam}")
     if not episodes:
         return []
+    for i, episode in enumerate(episodes):
+        for t, step in enumerate(episode.steps):
+            bad = {name: value for name, value in step.reward_components.items() if not math.isfinite(value)}
+            if bad:
+                raise ValueError(f"episode {i} (0-based), step {t}: reward channel(s) {bad} are not finite, and "
+                                 "advantages would all be NaN; re-score a recording of finite rewards")
     lengths = [len(e.steps) for e in episodes]
     rewards = torch.zeros((len(episodes), max(max(lengths), 1)), dtype=torch.float64)
     mask = torch.zeros_like(rewards, dtype=torch.bool)
@@ -1135,7 +1145,13 @@ def step_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float
         mask[i, : lengths[i]] = True
         terminated[i, : lengths[i]] = torch.tensor([s.terminated for s in episode.steps], dtype=torch.bool)
     if estimator in ("grpo", "dr_grpo", "rloo"):
-        groups = [(e.env_id, e.seed) if e.seed is not None else (e.env_id, None, i) for i, e in enumerate(episodes)]
+        groups = [(e.env_id, e.seed, _start_key(e)) if e.seed is not None else (e.env_id, None, i)
+                  for i, e in enumerate(episodes)]
+        if len(episodes) > 1 and len(set(groups)) == len(groups):
+            warnings.warn(f"no two of the {len(episodes)} episodes start alike (env, seed and first state), so each "
+                          f"is a group of its own and every {estimator} advantage is 0; group estimators need "
+                          "groups of one task (an LLM trainer's records), else use gae or reinforce_pp",
+                          stacklevel=2)
         outcome = credit.reward_to_go(rewards, mask, gamma=gamma)[:, 0]
         by_name = {"grpo": credit.grpo_advantages, "dr_grpo": credit.dr_grpo_advantages,
                    "rloo": credit.rloo_advantages}
@@ -1150,6 +1166,12 @@ def step_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float
     else:
         advantages = credit.reward_to_go(rewards, mask, gamma=gamma)
     return [advantages[i, : lengths[i]].tolist() for i in range(len(episodes))]
+
+
+def _start_key(episode: Episode) -> str:
+    """The reset's state (or observation), as canonical JSON: equal for episodes that start alike."""
+    start = episode.state if episode.state is not None else episode.observation
+    return json.dumps(start, sort_keys=True, default=lambda value: np.asarray(value).tolist())
 
 
 def with_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float = 1.0, lam: float = 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -252,6 +253,25 @@ def test_group_estimators_ignore_shaping_with_a_shared_start(tmp_path: Path) -> 
     for group in (returns[:3], returns[3:]):
         expected += [r - (sum(group) - r) / 2 for r in group]
     assert [a[0] for a in step_advantages(episodes, "rloo")] == pytest.approx(expected, abs=1e-9)
+
+
+def test_group_estimators_group_only_episodes_that_start_alike() -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=60)
+    episodes = record_episodes(env, _solver_after_detours(env, 5, np.random.default_rng(3)), 6, seed=1, group_size=3)
+    # PPO and evaluation recordings hold one seed for many levels: the same seed, other starts, are not a group.
+    relabelled = [dataclasses.replace(e, seed=0) for e in episodes]
+    assert step_advantages(relabelled, "rloo") == step_advantages(episodes, "rloo")
+    one_each = [dataclasses.replace(e, seed=0) for e in (episodes[0], episodes[3])]
+    with pytest.warns(UserWarning, match="no two of the 2 episodes start alike"):
+        assert all(a == 0 for row in step_advantages(one_each, "grpo") for a in row)
+
+
+def test_advantages_of_non_finite_rewards_are_refused() -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=3)
+    episode = record_episodes(env, _random(env), 1, seed=0)[0]
+    episode.steps[1].reward_components["task"] = float("nan")
+    with pytest.raises(ValueError, match=r"episode 0 \(0-based\), step 1: .*'task': nan.* not finite"):
+        step_advantages([episode], "gae")
 
 
 def test_group_estimators_and_reinforce_pp_offline_by_hand() -> None:
