@@ -17,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import creditgym
@@ -107,7 +108,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     names = args.names or ["sokoban_throughput", "sokoban_generator"]
     unknown = [name for name in names if name not in available]
     if unknown:
-        console.print(f"[red]unknown benchmark(s) {unknown}[/red]; available: {', '.join(available)}")
+        console.print(f"[red]unknown benchmark(s) {escape(str(unknown))}[/red]; available: {', '.join(available)}")
         return 2
     if len(names) == 1:
         _load_benchmark(name=names[0], path=available[names[0]]).main(args.bench_args)
@@ -704,7 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Bad configs, paths (a file where a folder belongs, or the other way round) and env arguments: say what to
     # change, without a traceback.
     except (ValueError, OSError, gym.error.Error, ChatModelError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets, such as a list of bad values, that rich would take for markup
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
 
 

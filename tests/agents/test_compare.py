@@ -146,6 +146,12 @@ def test_bad_inputs_say_what_to_change(trained: dict[str, Path], tmp_path: Path)
     assert main(["compare", str(tmp_path / "missing")]) == 2
 
 
+def test_an_error_shows_its_bracketed_values(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    # rich took "[nan]" for markup and printed "... got " with nothing after it
+    assert main(["compare", str(trained["sparse-s1"]), "--thresholds", "nan"]) == 2
+    assert "in (0, 1], got [nan]" in capsys.readouterr().out
+
+
 def test_the_command_prints_a_table_and_writes_json_and_a_plot(trained: dict[str, Path], tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
