@@ -278,7 +278,13 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
         return 0
     key, unit = rate
     success = metrics.get("charts/success_rate", float("nan"))
-    success_text = f"success {success:.1%}" if math.isfinite(success) else "no episode finished yet"
+    episodic_return = metrics.get("charts/episodic_return", float("nan"))
+    if math.isfinite(success):
+        success_text = f"success {success:.1%}"
+    elif math.isfinite(episodic_return):  # the env reports no success (CartPole, say)
+        success_text = f"mean return {episodic_return:.4g} over the last update's episodes"
+    else:
+        success_text = "no episode finished yet"
     console.print(f"run written to {trainer.run_dir}: {success_text}, {metrics.get(key, 0):,.0f} {unit}")
     return 0
 

@@ -89,6 +89,13 @@ def test_bench_with_several_names_prints_one_json_document_keyed_by_name() -> No
     assert '"benchmark": "sokoban_generator"' in result.stderr, "each result should still show as it ends"
 
 
+def test_train_on_an_env_without_success_reports_the_return(tmp_path) -> None:
+    result = _run("train", "--env", "CartPole-v1", "--num-envs", "8", "--num-steps", "16", "--total-steps", "512",
+                  "--runs-dir", str(tmp_path), "--no-progress", "--no-tensorboard", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "mean return" in result.stdout and "no episode finished" not in result.stdout
+
+
 def test_make_banks_takes_its_flags(tmp_path) -> None:
     # The flags used to be rejected as unrecognized, so only a bare run that overwrote the shipped banks worked.
     result = _run("make-banks", "--out-dir", str(tmp_path), "--variants", "no-such-variant", "--quiet")
