@@ -129,6 +129,29 @@ def test_spa_estimator_weights_come_from_its_seed() -> None:
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
 
 
+# -- trainers -------------------------------------------------------------------------------------------------
+def _trained_llm(tmp_path: Path, global_seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    from tests.agents.llm.helpers import make_trainer
+
+    torch.manual_seed(global_seed)
+    state = torch.random.get_rng_state()
+    trainer = make_trainer(tmp_path / str(global_seed), lora_rank=4)  # LoRA's initialiser draws at construction
+    metrics = trainer.learn(until_iteration=1)
+    trainer.save_checkpoint()
+    resumed = make_trainer(tmp_path / str(global_seed), lora_rank=4,
+                           resume=tmp_path / str(global_seed) / "run" / "checkpoint.pt")
+    metrics = resumed.learn()
+    assert torch.equal(torch.random.get_rng_state(), state), "the trainer moved the caller's torch generator"
+    weights = {name: p.detach().clone() for name, p in resumed.policy.model.named_parameters() if p.requires_grad}
+    return weights, {k: v for k, v in metrics.items() if not k.endswith("_s") and k != "charts/tokens_per_s"}
+
+
+def test_llm_trainer_leaves_the_callers_torch_generator_alone_and_ignores_it(tmp_path: Path) -> None:
+    (weights_a, metrics_a), (weights_b, metrics_b) = _trained_llm(tmp_path, 0), _trained_llm(tmp_path, 1)
+    assert metrics_a == metrics_b
+    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
 # -- run records ----------------------------------------------------------------------------------------------
 class _NoCode:
     model = "no-code"

@@ -48,6 +48,7 @@ from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
 from creditgym.llm.models import load_policy_model
+from creditgym.seeding import seeded_torch
 from creditgym.trajectories import (
     TrajectoryWriter,
     llm_episode_records,
@@ -88,47 +89,49 @@ class LLMTrainer:
             check_env_arguments(cfg.env_id, cfg.env_kwargs, batched=False)
         self.device = resolve_device(cfg.device)
         torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        if model is None or tokenizer is None:
-            model, tokenizer = load_policy_model(cfg.model, progress=cfg.progress)
-        model = model.to(self.device)
-        self.reference: LLMPolicy | None = None
-        if cfg.lora_rank:
-            model = add_lora(model, cfg)
-        elif cfg.kl_coef > 0:
-            frozen = copy.deepcopy(model).eval().requires_grad_(False)
-            self.reference = LLMPolicy(frozen, tokenizer, temperature=cfg.temperature, bf16=cfg.bf16)
-        model.eval()  # no dropout, so the first update's ratio is exactly 1
-        self.policy = LLMPolicy(model, tokenizer, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                bf16=cfg.bf16)
-        self.value_head: nn.Linear | None = None
-        if cfg.algo == "ppo_llm":
-            self.value_head = nn.Linear(model.config.hidden_size, 1).to(self.device)
-            nn.init.zeros_(self.value_head.weight)
-            nn.init.zeros_(self.value_head.bias)
-        params = [p for p in model.parameters() if p.requires_grad]
-        params += list(self.value_head.parameters()) if self.value_head is not None else []
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        make_env = make_env or (lambda: make_text_env(cfg.env_id, cfg.env_kwargs))
-        self.generation = None  # the HF policy generates; else a vLLM or OpenAI-compatible server (llm/vllm.py)
-        if cfg.generation_backend != "hf":
-            from creditgym.llm.vllm import make_generation_backend  # the HTTP client, only when asked for
+        # The initialisers (LoRA's, a learned reward's) draw from torch's global generators: seeded here, and the
+        # caller's generators are left as they were. Training itself draws only from self.generator.
+        with seeded_torch(cfg.seed, self.device):
+            if model is None or tokenizer is None:
+                model, tokenizer = load_policy_model(cfg.model, progress=cfg.progress)
+            model = model.to(self.device)
+            self.reference: LLMPolicy | None = None
+            if cfg.lora_rank:
+                model = add_lora(model, cfg)
+            elif cfg.kl_coef > 0:
+                frozen = copy.deepcopy(model).eval().requires_grad_(False)
+                self.reference = LLMPolicy(frozen, tokenizer, temperature=cfg.temperature, bf16=cfg.bf16)
+            model.eval()  # no dropout, so the first update's ratio is exactly 1
+            self.policy = LLMPolicy(model, tokenizer, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                    bf16=cfg.bf16)
+            self.value_head: nn.Linear | None = None
+            if cfg.algo == "ppo_llm":
+                self.value_head = nn.Linear(model.config.hidden_size, 1).to(self.device)
+                nn.init.zeros_(self.value_head.weight)
+                nn.init.zeros_(self.value_head.bias)
+            params = [p for p in model.parameters() if p.requires_grad]
+            params += list(self.value_head.parameters()) if self.value_head is not None else []
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+            make_env = make_env or (lambda: make_text_env(cfg.env_id, cfg.env_kwargs))
+            self.generation = None  # the HF policy generates; else a vLLM or OpenAI-compatible server (llm/vllm.py)
+            if cfg.generation_backend != "hf":
+                from creditgym.llm.vllm import make_generation_backend  # the HTTP client, only when asked for
 
-            self.generation = make_generation_backend(cfg, self.policy)
-        if cfg.rollout_backend == "ray":
-            from creditgym.distributed import RayEnvPool  # Ray starts only when asked for
+                self.generation = make_generation_backend(cfg, self.policy)
+            if cfg.rollout_backend == "ray":
+                from creditgym.distributed import RayEnvPool  # Ray starts only when asked for
 
-            envs: Any = RayEnvPool(make_env, cfg.num_episodes, cfg.num_workers, address=cfg.ray_address,
-                                   wait_for_cpus=cfg.ray_wait_for_cpus)
-        else:
-            envs = [make_env() for _ in range(cfg.num_episodes)]
-        self.collector = RolloutCollector(envs, self.generation or self.policy,
-                                          group_size=cfg.group_size, max_turns=cfg.max_turns,
-                                          history_turns=cfg.history_turns, max_prompt_tokens=cfg.max_prompt_tokens,
-                                          record=cfg.record_trajectories)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(cfg.seed)
-        self.learned_reward = make_learned_reward(cfg, self)  # SPA / PRIME / OPRL / IGPO, or None
+                envs: Any = RayEnvPool(make_env, cfg.num_episodes, cfg.num_workers, address=cfg.ray_address,
+                                       wait_for_cpus=cfg.ray_wait_for_cpus)
+            else:
+                envs = [make_env() for _ in range(cfg.num_episodes)]
+            self.collector = RolloutCollector(envs, self.generation or self.policy,
+                                              group_size=cfg.group_size, max_turns=cfg.max_turns,
+                                              history_turns=cfg.history_turns, max_prompt_tokens=cfg.max_prompt_tokens,
+                                              record=cfg.record_trajectories)
+            self.generator = torch.Generator(device=self.device)
+            self.generator.manual_seed(cfg.seed)
+            self.learned_reward = make_learned_reward(cfg, self)  # SPA / PRIME / OPRL / IGPO, or None
         self.iteration = 0
         self.global_step = 0
         self.saved_iteration: int | None = None  # the iteration run_dir/checkpoint.pt holds, once saved or loaded
@@ -370,7 +373,6 @@ class LLMTrainer:
             "learned_reward": None if self.learned_reward is None else self.learned_reward.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
             "iteration": self.iteration,
             "global_step": self.global_step,
         }
@@ -381,7 +383,7 @@ class LLMTrainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         path, state = read_checkpoint(path, self.device, kind="LLM trainer",
-                                      keys=("trainable", "optimizer", "generator", "torch_rng", "iteration"))
+                                      keys=("trainable", "optimizer", "generator", "iteration"))
         names = {name for name, p in self.policy.model.named_parameters() if p.requires_grad}
         if set(state["trainable"]) != names:
             raise ValueError(f"checkpoint {path} holds other trainable weights than this model (different model or "
@@ -404,7 +406,6 @@ class LLMTrainer:
             self.device_changes.append(moved)
             fresh = reseeded(self.device, self.config.seed, state["iteration"], "sampling")
             self.generator.set_state(fresh.get_state())
-        torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration, self.global_step = state["iteration"], state["global_step"]
         self.run_dir = path.parent
         self.saved_iteration = self.iteration if path == self.run_dir / "checkpoint.pt" else None
