@@ -25,6 +25,7 @@ from creditgym.agents.config_cli import add_config_arguments
 from creditgym.agents.llm.config import ALGOS as LLM_ALGOS
 from creditgym.agents.llm.config import LLMTrainConfig
 from creditgym.agents.ppo import PPOConfig, resolve_device
+from creditgym.agents.runs import outcome_text
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
 from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
 from creditgym.llm.chat import ChatModelError
@@ -277,14 +278,8 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
                       "(PPO) or --iterations (LLM algos) above it to continue the run", highlight=False, soft_wrap=True)
         return 0
     key, unit = rate
-    success = metrics.get("charts/success_rate", float("nan"))
-    episodic_return = metrics.get("charts/episodic_return", float("nan"))
-    if math.isfinite(success):
-        success_text = f"success {success:.1%}"
-    elif math.isfinite(episodic_return):  # the env reports no success (CartPole, say)
-        success_text = f"mean return {episodic_return:.4g} over the last update's episodes"
-    else:
-        success_text = "no episode finished yet"
+    finished = math.isfinite(metrics.get("charts/success_rate", 0.0))  # NaN: no episode finished in the update
+    success_text = (outcome_text(metrics) if finished else None) or "no episode finished yet"
     console.print(f"run written to {trainer.run_dir}: {success_text}, {metrics.get(key, 0):,.0f} {unit}")
     return 0
 
@@ -384,10 +379,15 @@ def cmd_make_banks(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    from creditgym.demo import run_demo
+    from creditgym.demo import demo_config, run_demo
 
     if args.episodes < 1:  # checked before the two training runs, not after them
         console.print(f"--episodes must be at least 1, got {args.episodes}", style="red")
+        return 2
+    rollout = demo_config(10**12, args.seed, args.runs_dir)  # a budget any rollout fits, to read its size
+    if args.steps < rollout.num_envs * rollout.num_steps:
+        console.print(f"--steps must cover one rollout of the demo's {rollout.num_envs} envs x {rollout.num_steps} "
+                      f"steps: at least {rollout.num_envs * rollout.num_steps:,}, got {args.steps:,}", style="red")
         return 2
     run_demo(total_steps=args.steps, seed=args.seed, runs_dir=args.runs_dir, eval_episodes=args.episodes,
              console=console)

@@ -38,7 +38,7 @@ import creditgym
 from creditgym.agents.compare import steps_to
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.plots import plot_seed_bands, read_metrics
-from creditgym.agents.ppo import PPO, PPOConfig
+from creditgym.agents.ppo import LEARNED_REWARD_OPTIONS, PPO, SHAPING_OPTIONS, PPOConfig
 from creditgym.demo import watch_runs
 from creditgym.envs.sokoban.rules import REWARD_PRESETS
 
@@ -53,6 +53,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "PBRS-solver-myopic": {"shaping": "solver_distance_tight", "shaping_scale": 0.1, "shaping_gamma": 1.0,
                            "gamma": 0.0},
 }
+
+
+def _applicable(settings: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """The --config settings that apply to a variant: learned-reward and shaping options only where it has one (a
+    config refuses them elsewhere, since they would do nothing there)."""
+    merged = {**settings, **variant}
+    skip = (set(LEARNED_REWARD_OPTIONS) if merged.get("learned_reward") is None else set()) | (
+        set(SHAPING_OPTIONS) if merged.get("shaping") is None else set())
+    return {name: value for name, value in settings.items() if name not in skip and name not in variant}
 
 
 def _train(config: PPOConfig) -> str:
@@ -74,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="the env reward every variant starts from: gym-sokoban (-0.1 a step, +-1 per box on or "
                              "off a target, +10 solved) or outcome (no per-box rewards: only the solve pays)")
     parser.add_argument("--config", type=json.loads, default={},
-                        help='PPOConfig fields to set for every variant, as JSON, e.g. \'{"update_epochs": 4}\'')
+                        help='PPOConfig fields to set for every variant, as JSON, e.g. \'{"update_epochs": 4}\'; '
+                        "learned-reward and shaping options apply to the variants that have one")
     parser.add_argument("--out", default="results/learned_rewards", help="folder for runs, results.json and the plot")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show each run's progress on stderr (--no-progress for logs)")
@@ -89,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # overwrite: the example owns out/runs, and a rerun with the same seeds reproduces the same runs.
         base = PPOConfig(env_id=args.env, env_kwargs=env_kwargs, total_steps=args.steps, runs_dir=str(out / "runs"),
                          progress=False, checkpoint_every=0, tensorboard=False, overwrite=True)
-        base = replace(base, **args.config)
-        configs = {(label, seed): replace(base, seed=seed, run_name=f"{label}-s{seed}", **VARIANTS[label])
+        configs = {(label, seed): replace(base, seed=seed, run_name=f"{label}-s{seed}",
+                                          **_applicable(args.config, VARIANTS[label]), **VARIANTS[label])
                    for label in args.variants for seed in args.seeds}
     except (TypeError, ValueError) as error:
         parser.error(str(error))

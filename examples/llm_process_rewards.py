@@ -159,8 +159,19 @@ def variant_config(name: str, seed: int, args: argparse.Namespace) -> LLMTrainCo
         learning_rate=args.lr, micro_batch_size=64, seed=seed, device="cpu", threads=1, progress=False,
         tensorboard=False, checkpoint_every=0, runs_dir=str(Path(args.out) / "runs"), run_name=f"{name}-s{seed}",
         overwrite=True,  # the example owns out/runs; a rerun with the same seed reproduces the same run
-        learned_reward_lr=args.prm_lr if name in ("prime", "oprl") else None, learned_reward_coef=args.coef,
-        spa_epochs=args.spa_epochs, **VARIANTS[name])
+        **learned_reward_settings(name, args), **VARIANTS[name])
+
+
+def learned_reward_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The learned reward's flags for the variants that have one (the config refuses them on the sparse one)."""
+    if "learned_reward" not in VARIANTS[name]:
+        return {}
+    settings: dict[str, Any] = {"learned_reward_coef": args.coef}
+    if name in ("prime", "oprl"):
+        settings["learned_reward_lr"] = args.prm_lr
+    if name == "spa":
+        settings["spa_epochs"] = args.spa_epochs
+    return settings
 
 
 def run_variant(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, seed: int,

@@ -74,6 +74,11 @@ def test_play_unknown_id_says_what_to_do() -> None:
     assert result.returncode == 2 and "creditgym list" in result.stdout
 
 
+def test_demo_names_its_own_flag_for_a_budget_below_one_rollout() -> None:
+    result = _run("demo", "--steps", "10")
+    assert result.returncode == 2 and "--steps must cover one rollout" in result.stdout
+
+
 def test_showcase_names_the_flag_it_refuses() -> None:
     result = _run("showcase", "--seed", "-1", "--skip-bench")
     assert result.returncode == 2 and "--seed must be 0 or more" in result.stdout

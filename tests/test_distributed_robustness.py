@@ -267,7 +267,7 @@ def test_a_step_that_raises_in_one_worker_is_replayed_as_it_ran(local_ray: None)
                 except ValueError:
                     pass
             if len(expected) < len(slices):
-                with pytest.raises(ValueError, match="actions must be moves"):
+                with pytest.raises(ValueError, match="actions must be the moves 0-3"):
                     envs.step(action)
                 continue
             got = envs.step(action)

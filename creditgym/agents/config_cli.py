@@ -223,6 +223,71 @@ def check_learning_rates(config: Any, *names: str) -> None:
                              f"{value:g}; typical values are 1e-5 to 1e-2")
 
 
+#: The largest weight of a loss term: far above any useful one (0.5 to 1 for the value loss, 0 to 0.1 for entropy and
+#: KL), and far below float32's range, past which the loss overflows.
+MAX_LOSS_WEIGHT = 100.0
+
+
+def check_coefficients(config: Any) -> None:
+    """The policy-loss settings every trainer shares: clip_coef in (0, 1], max_grad_norm positive, and each loss
+    weight it has (ent_coef, vf_coef, kl_coef) in [0, MAX_LOSS_WEIGHT]. Past float32's range (such as 1e300) they
+    would fail deep inside the update, and short of it a huge weight drowns the policy loss."""
+    if not 0 < config.clip_coef <= 1:
+        raise ValueError(f"clip_coef (--clip-coef) must be in (0, 1], got {config.clip_coef:g}: the policy ratio is "
+                         "clipped to [1 - clip_coef, 1 + clip_coef], and a ratio is never below 0; typical values are "
+                         "0.1 to 0.3")
+    if not config.max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm (--max-grad-norm) must be positive, got {config.max_grad_norm:g}; typical "
+                         "values are 0.5 to 1")
+    for name in ("ent_coef", "vf_coef", "kl_coef"):
+        value = getattr(config, name, None)
+        if value is not None and not 0 <= value <= MAX_LOSS_WEIGHT:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) is a loss weight: use 0 to {MAX_LOSS_WEIGHT:g}, "
+                             f"got {value:g}")
+
+
+def check_unused_options(config: Any, names: Sequence[str], *, applies: bool, needs: str, flag: str) -> None:
+    """Refuse the fields in `names` set away from their defaults where they would do nothing (`applies` False), as a
+    silently ignored setting looks like one that was tried; `needs` says what makes them apply, e.g. "a shaping
+    potential", and `flag` the flag that chooses it."""
+    if applies:
+        return
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    changed = [name for name in names if getattr(config, name) != defaults[name]]
+    if changed:
+        shown = ", ".join(f"{name} (--{name.replace('_', '-')})" for name in changed)
+        raise ValueError(f"{shown} only appl{'ies' if len(changed) == 1 else 'y'} with {needs} ({flag}); pass {flag} "
+                         f"too, or drop {'it' if len(changed) == 1 else 'them'}")
+
+
+def learned_reward_scale_hint(config: Any) -> str:
+    """What to lower when a learned reward overflowed: its own scale (beta of the implicit PRMs, SPA's grounding
+    reward), the learning rate of its model and the coefficient over it, with their current values."""
+    method = config.learned_reward
+    own = (f"--prm-beta (now {config.prm_beta:g}), " if method in ("prime", "oprl")
+           else f"--spa-grounding (now {config.spa_grounding:g}), " if method == "spa" and config.spa_grounding
+           else "")
+    return (f"lower {own}--learned-reward-lr (now {config.learned_reward_lr:g}) or --learned-reward-coef (now "
+            f"{config.learned_reward_coef:g})")
+
+
+def absolute_level_paths(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`env_kwargs` with a relative `levels` path that exists from here (a Boxoban file or folder) made absolute, so
+    that a later eval or resume started in another folder plays the same levels. A shipped bank name such as
+    "6x6-1b" (which the Sokoban envs look up before any path) and a path that does not exist stay as given."""
+    levels = env_kwargs.get("levels")
+    if not isinstance(levels, str | PurePath) or not str(levels).strip():
+        return env_kwargs
+    from creditgym.envs.sokoban.bank import bank_names
+
+    if isinstance(levels, str) and levels in bank_names():
+        return env_kwargs
+    path = Path(levels).expanduser()
+    if path.is_absolute() or not path.exists():
+        return env_kwargs
+    return {**env_kwargs, "levels": str(path.resolve())}
+
+
 def check_device(device: str) -> None:
     """auto, cpu or cuda[:N], and CUDA only where torch sees it."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):

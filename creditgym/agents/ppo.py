@@ -26,7 +26,15 @@ from gymnasium.envs.registration import load_env_creator
 from torch import nn
 
 import creditgym
-from creditgym.agents.config_cli import check_env_arguments, check_learning_rates, check_run_config
+from creditgym.agents.config_cli import (
+    absolute_level_paths,
+    check_coefficients,
+    check_env_arguments,
+    check_learning_rates,
+    check_run_config,
+    check_unused_options,
+    learned_reward_scale_hint,
+)
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.runs import (
     MetricsLogger,
@@ -34,6 +42,7 @@ from creditgym.agents.runs import (
     device_change,
     keep_checkpoint,
     load_weights,
+    outcome_text,
     read_checkpoint,
     reseeded,
     train_in_run_dir,
@@ -59,6 +68,12 @@ from creditgym.wrappers.progress import GridProgressEstimator, ProgressAttributi
 from creditgym.wrappers.shaping import make_shaped_vec_env
 
 LEARNED_REWARDS = ("spa", "prime", "oprl")
+# The settings of the learned reward model, which do nothing without one.
+LEARNED_REWARD_OPTIONS = ("learned_reward_coef", "spa_grounding", "prm_beta", "prm_score", "learned_reward_lr",
+                          "learned_reward_replay", "learned_reward_epochs", "learned_reward_start",
+                          "learned_reward_freeze")
+# The settings of potential-based shaping, which do nothing without a potential.
+SHAPING_OPTIONS = ("shaping_scale", "shaping_gamma")
 
 
 @dataclass
@@ -188,12 +203,21 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_run_config(self)
+        reserved = sorted(set(self.env_kwargs) & {"num_envs", "device"})
+        if reserved:
+            raise ValueError(f"env_kwargs {reserved} are PPO's own settings, passed to every env: drop them from "
+                             f"env_kwargs and use {' and '.join('--' + name.replace('_', '-') for name in reserved)}")
         check_env_arguments(self.env_id, self.env_kwargs, batched=True)
+        self.env_kwargs = absolute_level_paths(self.env_kwargs)
         positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden", "threads",
                     "cnn_channels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.total_steps < self.batch_size:
+            raise ValueError(f"total_steps ({self.total_steps}) is less than one rollout, num_envs * num_steps "
+                             f"({self.num_envs} * {self.num_steps} = {self.batch_size}): raise --total-steps to at "
+                             f"least {self.batch_size}, or lower --num-envs or --num-steps")
         if self.batch_size % self.num_minibatches:
             raise ValueError(f"num_envs * num_steps ({self.batch_size}) must be divisible by num_minibatches "
                              f"({self.num_minibatches}); change one of them")
@@ -201,13 +225,12 @@ class PPOConfig:
             raise ValueError("gamma and gae_lambda must be in [0, 1]")
         if self.shaping_gamma is not None and not 0 < self.shaping_gamma <= 1:
             raise ValueError(f"shaping_gamma must be in (0, 1] (the task's discount) or none, got {self.shaping_gamma}")
-        if self.shaping_gamma is not None and self.shaping is None:
-            raise ValueError("shaping_gamma only applies with a shaping potential; pass --shaping too")
+        check_unused_options(self, SHAPING_OPTIONS, applies=self.shaping is not None,
+                             needs="a shaping potential", flag="--shaping")
+        check_unused_options(self, LEARNED_REWARD_OPTIONS, applies=self.learned_reward is not None,
+                             needs="a learned reward", flag="--learned-reward")
         check_learning_rates(self, "learning_rate", "learned_reward_lr")
-        if self.clip_coef <= 0 or self.max_grad_norm <= 0:
-            raise ValueError("clip_coef and max_grad_norm must be positive")
-        if self.ent_coef < 0 or self.vf_coef < 0:
-            raise ValueError("ent_coef and vf_coef must be 0 or more")
+        check_coefficients(self)
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError(f"target_kl must be positive or none (no early stop), got {self.target_kl}")
         if self.shaping is not None and self.shaping not in potential_names():
@@ -225,6 +248,10 @@ class PPOConfig:
         if self.learned_reward_start < 0 or (self.learned_reward_freeze is not None and self.learned_reward_freeze < 0):
             raise ValueError("learned_reward_start and learned_reward_freeze are env steps: use 0 or more "
                              "(learned_reward_freeze none trains the model for the whole run)")
+        if self.learned_reward_freeze == 0:
+            raise ValueError("learned_reward_freeze 0 freezes the learned reward model before it trains on any "
+                             "episode, so it pays an untrained estimate all run: use the env steps it trains for, such "
+                             "as --learned-reward-freeze equal to --learned-reward-start (SPA-RL's pipeline), or none")
         if self.policy not in ("auto", "cnn", "mlp"):
             raise ValueError(f"policy must be auto, cnn or mlp, got {self.policy!r}")
         if self.activation not in ACTIVATIONS:
@@ -649,8 +676,7 @@ class PPO:
         cfg = self.config
         rollout = self.global_step - rewards.numel()
         lr = f"lower --learning-rate (now {cfg.learning_rate:g})"
-        learned = (f"lower --learned-reward-lr (now {cfg.learned_reward_lr:g}) or --learned-reward-coef (now "
-                   f"{cfg.learned_reward_coef:g})")
+        learned = learned_reward_scale_hint(cfg)
         scale = "scale the rewards down, e.g. in a reward wrapper"
         if cfg.learned_reward is not None:
             scale += f"; the learned reward ({cfg.learned_reward}) counts too: {learned}"
@@ -904,18 +930,18 @@ class _Progress:
 
             # stderr, so that a script's stdout holds only what it prints (JSON results, say)
             self.bar = Progress(TextColumn("[bold]PPO"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-                                TextColumn("success {task.fields[success]}"), TextColumn("{task.fields[sps]} sps"),
+                                TextColumn("{task.fields[outcome]}"), TextColumn("{task.fields[sps]} sps"),
                                 TimeRemainingColumn(), console=Console(stderr=True))
             self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, success="-", sps="-")
-            self.success = "-"
+            self.outcome = "no episode finished yet"
+            self.task = self.bar.add_task("train", total=total, completed=start, outcome=self.outcome, sps="-")
 
     def advance(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is None:
             return
-        if "charts/success_rate" in metrics:
-            self.success = f"{metrics['charts/success_rate']:.0%}"
-        self.bar.update(self.task, completed=step, success=self.success, sps=f"{metrics['charts/sps']:,.0f}")
+        # The last update's episodes (success, or episodes and return where the env reports no success).
+        self.outcome = outcome_text(metrics, digits=0) or self.outcome
+        self.bar.update(self.task, completed=step, outcome=self.outcome, sps=f"{metrics['charts/sps']:,.0f}")
 
     def close(self) -> None:
         if self.bar is not None:

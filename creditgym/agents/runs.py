@@ -21,8 +21,8 @@ from creditgym.agents.vec import NonFiniteError
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
 # What a run writes, so that an overwritten run leaves no stale checkpoints, curves or TensorBoard events behind.
-_RUN_OUTPUTS = (*RUN_FILES, "checkpoint-*.pt", "checkpoint.tmp", "events.out.tfevents.*", "learning_curve.png",
-                "eval*.json")
+_RUN_OUTPUTS = (*RUN_FILES, "metrics.jsonl.partial", "checkpoint-*.pt", "checkpoint.tmp", "events.out.tfevents.*",
+                "learning_curve.png", "eval*.json")
 
 
 def start_run_dir(run_dir: Path, *, overwrite: bool) -> None:
@@ -165,21 +165,45 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path
 
 
 def trim_metrics(run_dir: Path, key: str, last: float) -> None:
-    """Drop the metrics.jsonl rows whose `key` is past `last`: a resumed run logs those updates again."""
+    """Drop the metrics.jsonl rows whose `key` is past `last`: a resumed run logs those updates again.
+
+    A line that is not JSON (cut short by a crash mid-write) is moved to metrics.jsonl.partial with a warning, as
+    trajectory files do: the resumed run's rows would otherwise be appended after it, and the file stay broken.
+    """
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return
-    kept = []
+    kept, cut = [], []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get(key, last) > last:
-                continue
-        except (json.JSONDecodeError, AttributeError, TypeError):
-            pass  # not a row this knows how to read (e.g. cut by a crash): kept, read_metrics skips it
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if line.strip():
+                cut.append(line)
+            continue
+        if isinstance(row, dict) and isinstance(row.get(key), int | float) and row[key] > last:
+            continue
         kept.append(line)
+    if cut:
+        with open(f"{path}.partial", "a") as aside:
+            aside.write("".join(line + "\n" for line in cut))
+        lines = "a line" if len(cut) == 1 else f"{len(cut)} lines"
+        warnings.warn(f"{path} held {lines} cut short (a crash mid-write): moved to {path}.partial; the resumed run "
+                      "appends after the complete rows", stacklevel=3)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def outcome_text(metrics: dict[str, float], *, digits: int = 1) -> str | None:
+    """What the episodes that finished in an update achieved, for progress bars and summaries: the success rate, or
+    on an env without a success signal (CartPole) the episodes and their mean return; None when none finished."""
+    if "charts/success_rate" in metrics:
+        return f"success {metrics['charts/success_rate']:.{digits}%}"
+    if metrics.get("charts/episodes") and "charts/episodic_return" in metrics:
+        return (f"{metrics['charts/episodes']:,.0f} episodes, mean return "
+                f"{metrics['charts/episodic_return']:.3g}")
+    return None
 
 
 class StopAfterUpdate:

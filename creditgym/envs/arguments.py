@@ -17,12 +17,15 @@ import numpy as np
 Rewards = TypeVar("Rewards")
 
 
-def positive_int(name: str, value: Any, *, optional: bool = False) -> int | None:
-    """`value` as an int of at least 1 (or None where `optional`); booleans and floats such as 1.5 are refused."""
+def positive_int(name: str, value: Any, *, optional: bool = False, maximum: int | None = None) -> int | None:
+    """`value` as an int of at least 1 and at most `maximum` (or None where `optional`); booleans and floats such as
+    1.5 are refused. A `maximum` keeps a huge value (10**12 from a typo) from failing later as a MemoryError."""
     if value is None and optional:
         return None
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+    if (isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) or value < 1
+            or (maximum is not None and value > maximum)):
+        allowed = "a positive integer" if maximum is None else f"an integer from 1 to {maximum:,}"
+        raise ValueError(f"{name} must be {allowed}{' or None' if optional else ''}, got {value!r}")
     return int(value)
 
 

@@ -44,6 +44,10 @@ _BOXED = re.compile(r"\\boxed\{\s*([^{}]{0,200}?)\s*\}")
 #: Free text without <answer> or \boxed{} is read only when this short, so a ramble is not taken as a move.
 MAX_FREE_TEXT = 200
 MAX_OBSERVATION_LENGTH = 4096
+#: The largest grid side MiniGridText takes in env_kwargs: MiniGrid keeps a Python object per cell, so a side of
+#: 10**6 would exhaust memory instead of failing with a message.
+MAX_GRID_SIDE = 100
+GRID_SIDES = ("size", "width", "height", "room_size")
 _OPEN, _CLOSED, _LOCKED = STATE_TO_IDX["open"], STATE_TO_IDX["closed"], STATE_TO_IDX["locked"]
 _SKIPPED = {"unseen", "empty", "floor", "wall"}
 
@@ -163,8 +167,9 @@ class MiniGridTextEnv(gym.Env):
     reset adds `instructions`.
 
     ## Arguments
-    `env_id` (a MiniGrid/BabyAI id) or `env` (a `MiniGridEnv` instance), `env_kwargs`, `rewards`,
-    `max_invalid_actions`, `render_mode` ("ansi": the text; "rgb_array": MiniGrid's frame).
+    `env_id` (a MiniGrid/BabyAI id) or `env` (a `MiniGridEnv` instance), `env_kwargs` (grid sides `size`,
+    `width`, `height` and `room_size` at most `MAX_GRID_SIDE`, 100; the constructor lays out one grid to check
+    them), `rewards`, `max_invalid_actions`, `render_mode` ("ansi": the text; "rgb_array": MiniGrid's frame).
 
     ## Registered IDs
     `creditgym/MiniGridText-DoorKey-5x5-v0`, `creditgym/BabyAIText-GoToObj-v0`,
@@ -307,8 +312,19 @@ def _make_minigrid(env_id: Any, env_kwargs: Any, render_mode: str | None) -> gym
     kwargs = dict(env_kwargs or {})
     if "render_mode" in kwargs:
         raise ValueError("pass render_mode to MiniGridTextEnv, not in env_kwargs (it picks MiniGrid's own mode)")
+    for name in GRID_SIDES:
+        value = kwargs.get(name)
+        if isinstance(value, int | np.integer) and value > MAX_GRID_SIDE:
+            raise ValueError(f"env_kwargs {name}={value} is too large for {env_id}: grid sides go up to "
+                             f"{MAX_GRID_SIDE}")
     try:
-        return gym.make(env_id, render_mode=render_mode, **kwargs).unwrapped
+        env = gym.make(env_id, render_mode=render_mode, **kwargs).unwrapped
+        if kwargs:
+            # MiniGrid checks some sizes only when it lays out a grid (size 3 fails inside reset with "low >= high"):
+            # lay out one now, then unseed it, so that a first reset() without a seed stays random.
+            env.reset(seed=0)
+            env._np_random, env._np_random_seed = None, None
+        return env
     except gym.error.Error:
         raise  # gymnasium's own errors (unknown id, ...) already say what to change
     except (AssertionError, TypeError, ValueError, IndexError) as error:

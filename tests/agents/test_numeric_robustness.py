@@ -149,6 +149,15 @@ def test_a_diverging_learned_reward_model_stops_ppo(tmp_path: Path) -> None:
         PPO(config).learn()
 
 
+def test_an_overflowing_implicit_prm_reward_names_prm_beta(tmp_path: Path) -> None:
+    # beta * log-ratio overflows: the error named only --learned-reward-lr and --learned-reward-coef.
+    config = _config(tmp_path, env_id="creditgym/Sokoban-6x6-1b-v0", learned_reward="prime", prm_beta=1e300,
+                     num_envs=8, num_steps=16, total_steps=128)
+    with pytest.raises(NonFiniteError, match=r"learned reward model \(prime\).*lower --prm-beta \(now 1e\+300\), "
+                                             r"--learned-reward-lr"):
+        PPO(config).learn()
+
+
 def test_minibatches_of_one_sample_train_with_finite_metrics(tmp_path: Path) -> None:
     # The std of one advantage is NaN, and the variance of a batch of one returns too: neither may reach the loss
     # or the metrics.

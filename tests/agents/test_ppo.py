@@ -40,20 +40,22 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"policy": "transformer"}, "policy must be auto, cnn or mlp"),
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"learned_reward": "eureka"}, "learned_reward must be one of"),
-        ({"prm_beta": 0.0}, "prm_beta must be positive"),
+        ({"learned_reward": "prime", "prm_beta": 0.0}, "prm_beta must be positive"),
         # Finite, so no non-finite check would catch them: they throw the weights away.
         ({"learning_rate": 2.0}, r"learning_rate must be in \(0, 1\]"),
         ({"learned_reward": "prime", "learned_reward_lr": 1e6}, r"learned_reward_lr must be in \(0, 1\].*got 1e\+06"),
         ({"learning_rate": 0.0}, r"learning_rate must be in \(0, 1\]"),
-        ({"prm_score": "max"}, "prm_score must be sum or mean"),
+        ({"learned_reward": "oprl", "prm_score": "max"}, "prm_score must be sum or mean"),
         ({"activation": "gelu"}, "activation must be one of"),
         ({"precision": "float16"}, "precision must be auto, float32 or bfloat16"),
-        ({"shaping_scale": 0.0}, "shaping_scale must be a positive number"),
+        ({"shaping": "box_distance", "shaping_scale": 0.0}, "shaping_scale must be a positive number"),
         ({"shaping": "box_distance", "shaping_gamma": 0.0}, "shaping_gamma must be in"),
-        ({"shaping_gamma": 1.0}, "shaping_gamma only applies with a shaping potential"),
-        ({"learned_reward_start": -1}, "learned_reward_start and learned_reward_freeze are env steps"),
-        ({"learned_reward_freeze": -5}, "learned_reward_start and learned_reward_freeze are env steps"),
-        ({"learned_reward_epochs": 0}, "learned_reward_epochs must be at least 1"),
+        ({"shaping_gamma": 1.0}, r"shaping_gamma \(--shaping-gamma\) only applies with a shaping potential"),
+        ({"learned_reward": "spa", "learned_reward_start": -1},
+         "learned_reward_start and learned_reward_freeze are env steps"),
+        ({"learned_reward": "spa", "learned_reward_freeze": -5},
+         "learned_reward_start and learned_reward_freeze are env steps"),
+        ({"learned_reward": "spa", "learned_reward_epochs": 0}, "learned_reward_epochs must be at least 1"),
         ({"num_envs": "sixteen"}, "num_envs must be a whole number, got 'sixteen'"),
         ({"num_envs": 16.5}, "num_envs must be a whole number, got 16.5"),
         ({"anneal_lr": "no"}, "anneal_lr must be true or false"),
@@ -63,11 +65,31 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"seed": -1}, "seed must be 0 or more"),
         ({"device": "cudax"}, "device must be auto, cpu or cuda"),
         ({"env_id": "nope/Foo-v0"}, "is not registered; `creditgym list` shows the ids"),
-        ({"max_grad_norm": -1.0}, "max_grad_norm must be positive"),
+        ({"max_grad_norm": -1.0}, r"max_grad_norm \(--max-grad-norm\) must be positive"),
         ({"target_kl": -1.0}, "target_kl must be positive"),
         ({"checkpoint_every": -1}, "checkpoint_every must be 0"),
         ({"cnn_channels": 0}, "cnn_channels must be at least 1"),
         ({"env_kwargs": {"nokey": 1}}, "are not arguments of creditgym/Sokoban-6x6-1b-v0 .SokobanVectorEnv."),
+        # PPO passes these to every env itself: they used to end in make_vec's "got multiple values" TypeError.
+        ({"env_kwargs": {"device": "cpu"}}, r"env_kwargs \['device'\] are PPO's own settings.*use --device"),
+        ({"env_kwargs": {"num_envs": 4}}, r"env_kwargs \['num_envs'\] are PPO's own settings.*use --num-envs"),
+        # Settings that did nothing without the option they belong to.
+        ({"shaping_scale": 5.0}, r"shaping_scale \(--shaping-scale\) only applies with a shaping potential "
+                                 r"\(--shaping\); pass"),
+        ({"learned_reward_coef": 2.0, "spa_grounding": 0.5, "prm_beta": 0.1},
+         r"learned_reward_coef \(--learned-reward-coef\), spa_grounding \(--spa-grounding\), prm_beta "
+         r"\(--prm-beta\) only apply with a learned reward \(--learned-reward\)"),
+        ({"learned_reward_freeze": 1000}, r"learned_reward_freeze \(--learned-reward-freeze\) only applies"),
+        ({"learned_reward": "spa", "learned_reward_freeze": 0}, "learned_reward_freeze 0 freezes the learned reward "
+                                                                "model before it trains on any episode"),
+        # A budget below one rollout used to train a whole rollout.
+        ({"total_steps": 100}, r"total_steps \(100\) is less than one rollout.*at least 8192"),
+        # Past float32's range these failed inside the update ("cannot be converted to type float without overflow").
+        ({"clip_coef": 1e300}, r"clip_coef \(--clip-coef\) must be in \(0, 1\], got 1e\+300"),
+        ({"clip_coef": 1.5}, r"clip_coef \(--clip-coef\) must be in \(0, 1\]"),
+        ({"vf_coef": 1e300}, r"vf_coef \(--vf-coef\) is a loss weight: use 0 to 100, got 1e\+300"),
+        ({"ent_coef": 1e300}, r"ent_coef \(--ent-coef\) is a loss weight: use 0 to 100"),
+        ({"ent_coef": -0.1}, r"ent_coef \(--ent-coef\) is a loss weight: use 0 to 100"),
     ],
 )
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
@@ -123,7 +145,7 @@ def test_shaping_gamma_shapes_with_its_own_discount_and_a_myopic_agent_learns(tm
     metrics = trainer.learn()
     assert metrics["charts/success_rate"] >= 0.95
     assert metrics["charts/episodic_length"] <= len(solve(level)) + 2
-    sparse = PPO(replace(config, shaping=None, shaping_gamma=None, run_name="sparse")).learn()
+    sparse = PPO(replace(config, shaping=None, shaping_gamma=None, shaping_scale=1.0, run_name="sparse")).learn()
     assert sparse["charts/success_rate"] < 0.5
 
 
@@ -354,6 +376,54 @@ def test_eval_plays_the_held_out_split_of_the_levels_the_run_trained_on(tmp_path
                 run_name="flat")).learn()
     with pytest.warns(UserWarning, match="no held-out split"):
         evaluate(tmp_path / "flat", episodes=3)
+
+
+def test_a_relative_levels_path_is_saved_absolute_so_eval_from_elsewhere_plays_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was saved as given, so an eval started in another folder read another file (or none).
+    from creditgym.envs.sokoban.bank import load_bank
+    from creditgym.envs.sokoban.boxoban import write_boxoban
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "levels" / "test").mkdir(parents=True)
+    (work / "levels" / "train").mkdir()
+    elsewhere.mkdir()
+    for split in ("train", "test"):
+        write_boxoban(work / "levels" / split / "000.txt", [load_bank("6x6-2b", split)[i] for i in range(20)])
+    monkeypatch.chdir(work)
+    config = _config(tmp_path, env_kwargs={"levels": "levels"}, total_steps=256, checkpoint_every=1)
+    assert config.env_kwargs["levels"] == str((work / "levels").resolve())
+    assert _config(tmp_path, env_kwargs={"levels": "6x6-2b"}).env_kwargs["levels"] == "6x6-2b"  # a shipped bank
+    PPO(config).learn()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["env_kwargs"]["levels"] == str(
+        (work / "levels").resolve())
+    monkeypatch.chdir(elsewhere)
+    result = evaluate(tmp_path / "run", episodes=3)
+    assert result["levels"] == str((work / "levels").resolve()) and result["distinct_levels"] == 3
+    # A run saved before the fix (a relative path) resolves against the folder it is used from, as it did.
+    assert _config(tmp_path, env_kwargs={"levels": "levels"}).env_kwargs["levels"] == "levels"
+
+
+def test_progress_reports_episodes_and_return_on_an_env_without_success(tmp_path: Path) -> None:
+    # CartPole reports no success: the bar said "success -" and the summary "no episode finished yet".
+    from creditgym.agents.ppo import _Progress
+    from creditgym.agents.runs import outcome_text
+
+    metrics = PPO(_config(tmp_path, env_id="CartPole-v1", total_steps=128)).learn()
+    assert "charts/success_rate" not in metrics and metrics["charts/episodes"] > 0
+    assert outcome_text(metrics) == (f"{metrics['charts/episodes']:,.0f} episodes, mean return "
+                                     f"{metrics['charts/episodic_return']:.3g}")
+    assert outcome_text({"charts/success_rate": 0.25, "charts/episodes": 4.0}) == "success 25.0%"
+    assert outcome_text({"charts/sps": 10.0}) is None
+    progress = _Progress(True, total=256, start=0)
+    try:
+        assert progress.bar is not None and progress.bar.tasks[0].fields["outcome"] == "no episode finished yet"
+        progress.advance(128, {"charts/sps": 1.0, "charts/episodes": 12.0, "charts/episodic_return": 20.5})
+        assert progress.bar.tasks[0].fields["outcome"] == "12 episodes, mean return 20.5"
+        progress.advance(256, {"charts/sps": 1.0})  # an update where none finished keeps the last
+        assert progress.bar.tasks[0].fields["outcome"] == "12 episodes, mean return 20.5"
+    finally:
+        progress.close()
 
 
 def test_eval_warns_when_it_plays_the_split_the_run_trained_on(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def test_llm_trainer_refuses_a_folder_that_holds_a_run(tmp_path: Path) -> None:
 
 
 def test_the_demo_replaces_its_own_runs_on_purpose() -> None:
-    assert demo_config(1024, 1, "runs/demo").overwrite
+    assert demo_config(8192, 1, "runs/demo").overwrite
 
 
 # -- 2. Ctrl-C saves the last completed update ------------------------------------------------------------------------
@@ -204,6 +204,20 @@ def test_resume_after_a_hard_stop_drops_only_the_rows_past_the_checkpoint(tmp_pa
     assert resumed.global_step == 4 * 128
     resumed.learn()
     assert _rows(tmp_path / "run") == [128 * i for i in range(1, 9)]
+
+
+def test_resume_sets_aside_a_metrics_line_cut_short_by_a_crash(tmp_path: Path) -> None:
+    # The resumed run's rows used to be appended after the cut-short line, leaving metrics.jsonl broken for good.
+    PPO(_config(tmp_path, total_steps=256, checkpoint_every=1)).learn()
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    cut = '{"global_step": 384, "charts/sps": 12'
+    metrics.write_text(metrics.read_text() + cut)
+    with pytest.warns(UserWarning, match=r"metrics.jsonl held a line cut short .*: moved to .*metrics.jsonl.partial"):
+        PPO(_config(tmp_path, total_steps=512, checkpoint_every=1), resume=tmp_path / "run").learn()
+    assert _rows(tmp_path / "run") == [128, 256, 384, 512]  # every line parses again
+    assert (tmp_path / "run" / "metrics.jsonl.partial").read_text() == cut + "\n"
+    PPO(_config(tmp_path, total_steps=256, overwrite=True)).learn()  # an overwritten run drops it with the rest
+    assert not (tmp_path / "run" / "metrics.jsonl.partial").exists()
 
 
 def test_llm_resume_from_an_earlier_checkpoint_drops_the_later_iterations(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ def test_reset_options_that_are_not_a_dict_get_a_clear_error(env_id: str) -> Non
     ("creditgym/Sokoban-6x6-1b-v0", {"max_invalid_actions": 1.5}, "max_invalid_actions must be a positive integer"),
     ("creditgym/Sokoban-6x6-1b-v0", {"text_symbols": ["#"]}, "text_symbols must be one of"),
     ("creditgym/Shop-v0", {"rewards": 1}, "rewards must be a ShopRewards, a mapping of its fields"),
-    ("creditgym/Shop-v0", {"num_products": "2000"}, "num_products must be a positive integer"),
+    ("creditgym/Shop-v0", {"num_products": "2000"}, "num_products must be an integer from 1 to 1,000,000"),
     ("creditgym/Shop-v0", {"max_invalid_actions": "3"}, "max_invalid_actions must be a positive integer"),
     ("creditgym/ToolUse-v0", {"rewards": "sparse"}, "rewards must be a ToolUseRewards"),
     ("creditgym/Dialogue-Gather-v0", {"rewards": {"bonus": 1.0}}, r"unknown GatherRewards fields \['bonus'\]"),

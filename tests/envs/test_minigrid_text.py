@@ -260,11 +260,22 @@ def test_scripted_policy_solves_100_seeds(env_id: str) -> None:
         ({"env_id": "MiniGrid-Empty-5x5-v0", "render_mode": "human"}, ValueError, "render_mode must be one of"),
         ({"env_id": "MiniGrid-Empty-5x5-v0", "max_invalid_actions": "3"}, ValueError, "got '3'"),
         ({"env_id": "MiniGrid-Empty-5x5-v0", "max_invalid_actions": 2.5}, ValueError, "got 2.5"),
+        # MiniGrid checks these only when it lays out a grid: they failed at reset with "low >= high", or
+        # exhausted memory.
+        ({"env_id": "MiniGrid-DoorKey-5x5-v0", "env_kwargs": {"size": 3}}, ValueError,
+         r"cannot create MiniGrid-DoorKey-5x5-v0 with env_kwargs=\{'size': 3\}"),
+        ({"env_id": "MiniGrid-DoorKey-5x5-v0", "env_kwargs": {"size": 10**6}}, ValueError,
+         "env_kwargs size=1000000 is too large for MiniGrid-DoorKey-5x5-v0: grid sides go up to 100"),
     ],
 )
 def test_bad_arguments_are_explained(kwargs: dict, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         MiniGridTextEnv(**kwargs)
+
+
+def test_env_kwargs_checked_by_a_trial_layout_leave_the_first_reset_random() -> None:
+    layouts = {MiniGridTextEnv(env_id="MiniGrid-DoorKey-5x5-v0", env_kwargs={"size": 6}).reset()[0] for _ in range(8)}
+    assert len(layouts) > 1  # the trial layout's seed 0 did not stick
 
 
 class _Crowded(EmptyEnv):

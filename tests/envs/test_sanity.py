@@ -32,6 +32,15 @@ def test_bandit_refuses_actions_that_are_not_arms(action: object) -> None:
         env.step(action)
 
 
+@pytest.mark.parametrize("num_arms", [1, 10**12, 2.0])
+def test_bandit_refuses_arm_counts_out_of_range(num_arms: object) -> None:
+    # 10**12 arms used to end in a MemoryError building the one-hot observation space.
+    with pytest.raises(ValueError, match="num_arms must be"):
+        gym.make("creditgym/Sanity-Bandit-v0", num_arms=num_arms)
+    with pytest.raises(ValueError, match="from 2 to 10,000"):
+        gym.make("creditgym/Sanity-Bandit-v0", num_arms=10_001)
+
+
 @pytest.mark.parametrize("env_id", ["creditgym/Sanity-Bandit-v0", "creditgym/Sanity-WordBandit-v0"])
 def test_render_without_a_render_mode_returns_none(env_id: str) -> None:
     env = gym.make(env_id)

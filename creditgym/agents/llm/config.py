@@ -6,13 +6,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from creditgym.agents.config_cli import check_learning_rates, check_run_config
+from creditgym.agents.config_cli import (
+    absolute_level_paths,
+    check_coefficients,
+    check_learning_rates,
+    check_run_config,
+    check_unused_options,
+)
 
 ALGOS = ("grpo", "drgrpo", "rloo", "reinforce_pp", "ppo_llm")
 ADVANTAGES = ("episode", "turn", "gigpo")
 GIGPO_GAMMA = 0.95  # verl-agent's step-return discount (reward-methods.md)
 GENERATION_BACKENDS = ("hf", "vllm", "openai")
 LEARNED_REWARDS = ("spa", "prime", "oprl", "igpo")
+# The settings of the learned rewards, which do nothing without one.
+LEARNED_REWARD_OPTIONS = ("learned_reward_coef", "learned_reward_lr", "learned_reward_replay", "spa_epochs",
+                          "spa_grounding", "prm_beta", "prm_score", "prm_reference", "prm_lora_rank",
+                          "prm_update_first", "prime_granularity")
 
 
 @dataclass
@@ -158,6 +168,7 @@ class LLMTrainConfig:
         if self.gamma is None:  # resolved here, so the run's config.json records the discount it trained with
             self.gamma = GIGPO_GAMMA if self.advantage == "gigpo" else 1.0
         check_run_config(self)
+        self.env_kwargs = absolute_level_paths(self.env_kwargs)
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
         if self.advantage not in ADVANTAGES:
@@ -184,14 +195,18 @@ class LLMTrainConfig:
         if self.temperature <= 0:
             raise ValueError("temperature must be positive (training samples from the policy)")
         check_learning_rates(self, "learning_rate", "learned_reward_lr")
-        if self.clip_coef <= 0 or self.max_grad_norm <= 0:
-            raise ValueError("clip_coef and max_grad_norm must be positive")
-        if self.kl_coef < 0 or self.vf_coef < 0 or self.weight_decay < 0:
-            raise ValueError("kl_coef, vf_coef and weight_decay must be 0 or more")
+        check_coefficients(self)
+        if not 0 <= self.weight_decay <= 1:
+            raise ValueError(f"weight_decay (--weight-decay) must be in [0, 1] (AdamW shrinks each weight by "
+                             f"learning_rate * weight_decay a step), got {self.weight_decay:g}; typical values are 0 "
+                             "to 0.1")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
         if self.lora_rank < 0:
             raise ValueError("lora_rank must be 0 (full fine-tuning) or a positive rank such as 16")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha (--lora-alpha) must be positive (LoRA scales its update by lora_alpha / "
+                             f"lora_rank, so 0 trains nothing), got {self.lora_alpha}; typical values are 16 to 64")
         if self.rollout_backend not in ("local", "ray"):
             raise ValueError(f"rollout_backend must be local or ray, got {self.rollout_backend!r}")
         if self.ray_wait_for_cpus is not None and self.ray_wait_for_cpus < 0:
@@ -219,6 +234,8 @@ class LLMTrainConfig:
 
     def _check_learned_reward(self) -> None:
         name = self.learned_reward
+        check_unused_options(self, LEARNED_REWARD_OPTIONS, applies=name is not None,
+                             needs="a learned reward", flag="--learned-reward")
         if name is None:
             return
         if name not in LEARNED_REWARDS:

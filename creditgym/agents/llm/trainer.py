@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import creditgym
-from creditgym.agents.config_cli import check_env_arguments
+from creditgym.agents.config_cli import check_env_arguments, learned_reward_scale_hint
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.ppo import resolve_device
 from creditgym.agents.runs import (
@@ -277,8 +277,8 @@ class LLMTrainer:
         adv = batch.to_rows(adv_view)
         returns = None if returns_view is None else batch.to_rows(returns_view)
         if not all(torch.isfinite(x).all() for x in (adv, returns) if x is not None):
-            learned = (f"the learned reward ({cfg.learned_reward}) overflowed: lower --learned-reward-lr (now "
-                       f"{cfg.learned_reward_lr})" if cfg.learned_reward else "")
+            learned = (f"the learned reward ({cfg.learned_reward}) overflowed: {learned_reward_scale_hint(cfg)}"
+                       if cfg.learned_reward else "")
             raise self._non_finite_error(
                 f"the advantages or returns ({cfg.algo}, advantage={cfg.advantage})",
                 learned or f"the value head or the KL penalty overflowed: lower --learning-rate (now "

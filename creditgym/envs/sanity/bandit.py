@@ -10,6 +10,9 @@ from gymnasium import spaces
 
 from creditgym.envs.arguments import positive_int
 
+#: The most arms: each observation is a one-hot float32 vector over them.
+MAX_ARMS = 10_000
+
 
 class ContextBanditEnv(gym.Env):
     """Pick the arm named by the observation.
@@ -34,6 +37,9 @@ class ContextBanditEnv(gym.Env):
     Terminated after one step; `info["success"]` when the named arm was pulled. The final observation is all
     zeros; stepping again before `reset()` raises.
 
+    ## Arguments
+    `num_arms`: 2 to `MAX_ARMS` (10,000); `render_mode` ("ansi").
+
     ## Registered IDs
     `creditgym/Sanity-Bandit-v0` (4 arms).
 
@@ -44,8 +50,8 @@ class ContextBanditEnv(gym.Env):
     metadata = {"render_modes": ["ansi"]}
 
     def __init__(self, *, num_arms: int = 4, render_mode: str | None = None) -> None:
-        if positive_int("num_arms", num_arms) < 2:
-            raise ValueError(f"num_arms must be at least 2, got {num_arms}")
+        if not 2 <= positive_int("num_arms", num_arms) <= MAX_ARMS:
+            raise ValueError(f"num_arms must be from 2 to {MAX_ARMS:,}, got {num_arms}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         self.num_arms = num_arms

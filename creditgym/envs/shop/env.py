@@ -28,6 +28,10 @@ _PRINTABLE = frozenset(string.printable)
 _DETAIL_PAGES = {pages.DESCRIPTION.lower(): PageKind.DESCRIPTION, pages.FEATURES.lower(): PageKind.FEATURES}
 
 
+#: The most products a generated catalog holds: about WebShop's own 1.18M, built into an on-disk index on first use.
+MAX_PRODUCTS = 1_000_000
+
+
 class ShopEnv(gym.Env):
     """Find and buy the product an instruction asks for, in a WebShop-like store.
 
@@ -68,10 +72,11 @@ class ShopEnv(gym.Env):
     `instructions` and `goal` (privileged, for logging and experts: it names the target product).
 
     ## Arguments
-    `num_products` (2000) and `catalog_seed` (0) for the generated catalog, cached on disk under
-    `creditgym.envs.shop.index.cache_dir()`; or `webshop_dir` (a folder with WebShop's items_shuffle*.json and
-    instruction files, see `creditgym.envs.shop.webshop`); or a ready `catalog`. `split` ("train"/"test"),
-    `rewards` (`ShopRewards`, or a mapping of its fields), `max_invalid_actions`, `render_mode` ("ansi").
+    `num_products` (2000; at most `MAX_PRODUCTS`, 1,000,000) and `catalog_seed` (0) for the generated catalog,
+    cached on disk under `creditgym.envs.shop.index.cache_dir()`; or `webshop_dir` (a folder with WebShop's
+    items_shuffle*.json and instruction files, see `creditgym.envs.shop.webshop`); or a ready `catalog`. `split`
+    ("train"/"test"), `rewards` (`ShopRewards`, or a mapping of its fields), `max_invalid_actions`, `render_mode`
+    ("ansi").
 
     ## Registered IDs
     `creditgym/Shop-v0` (2,000 products) and `creditgym/Shop-100k-v0` (100,000); 15 steps each.
@@ -107,7 +112,7 @@ class ShopEnv(gym.Env):
                     raise ValueError(f"webshop_dir must be the path of WebShop's data folder, got {webshop_dir!r}")
                 catalog = load_webshop(webshop_dir)
             else:
-                num_products = positive_int("num_products", num_products)
+                num_products = positive_int("num_products", num_products, maximum=MAX_PRODUCTS)
                 if isinstance(catalog_seed, bool) or not isinstance(catalog_seed, numbers.Integral) or catalog_seed < 0:
                     raise ValueError(f"catalog_seed must be an integer of 0 or more, got {catalog_seed!r}")
                 catalog = ShopCatalog.generated(int(catalog_seed), num_products)

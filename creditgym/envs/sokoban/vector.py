@@ -19,6 +19,9 @@ from creditgym.envs.sokoban.level import NUM_TILES, Tile
 from creditgym.envs.sokoban.render import egocentric_radius
 from creditgym.envs.sokoban.rules import DELTAS, Action, SokobanRewards, resolve_rewards
 
+# Action dtypes that hold moves as they are; others (floats, booleans) have their values checked first.
+_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
 # Boards are stored as bit flags so a move is a few integer ops; `_TILE_OF_CODE` maps back to `Tile`.
 WALL_BIT, TARGET_BIT, BOX_BIT, PLAYER_BIT = 1, 2, 4, 8
 _CODE_OF_TILE = {
@@ -130,7 +133,11 @@ class SokobanVectorEnv(VectorEnv):
                              f"within the batch of total_envs={total_envs}")
         self.num_envs = num_envs
         self.first_env, self.total_envs = first_env, total_envs
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got "
+                             f"{device!r}") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():  # torch's own error is a bare assertion
             raise ValueError(f"device={str(device)!r} but torch sees no CUDA device (a CPU-only torch, or no GPU "
                              "here); use device='cpu'")
@@ -186,15 +193,43 @@ class SokobanVectorEnv(VectorEnv):
         self._elapsed = torch.zeros(num_envs, dtype=torch.int64, device=dev)
         self.level_index = torch.zeros(num_envs, dtype=torch.int64, device=dev)
 
+    def _integer_actions(self, actions: Any) -> torch.Tensor:
+        """`actions` that are not an integer tensor (a list, a numpy array, floats) as one, where each is a whole
+        number: casting would turn 1.7 into the move 1 and NaN into a huge negative index."""
+        if isinstance(actions, torch.Tensor):
+            values = actions
+        else:
+            try:
+                array = np.asarray(actions)
+            except (TypeError, ValueError):  # ragged lists
+                raise self._bad_actions(actions) from None
+            if array.dtype.kind not in "iuf":  # strings, None, booleans, objects
+                raise self._bad_actions(actions)
+            values = torch.as_tensor(array)
+        if values.dtype == torch.bool or values.is_complex():
+            raise self._bad_actions(actions)
+        if values.is_floating_point() and not bool((values.isfinite() & (values == values.round())).all()):
+            raise self._bad_actions(actions)
+        return values
+
+    def _bad_actions(self, actions: Any) -> ValueError:
+        text = any(isinstance(a, str | bytes) for a in (actions if isinstance(actions, list | tuple) else [actions]))
+        hint = ("; for text actions make the envs with gymnasium.make_vec(..., vectorization_mode='sync', "
+                "obs_mode='text')" if text else "")
+        return ValueError(f"actions must be the moves 0-{len(self._deltas) - 1} (up, down, left, right) as whole "
+                          f"numbers, one per board; got {actions!r}{hint}")
+
     def step(self, actions: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                torch.Tensor, dict[str, Any]]:
-        actions = torch.as_tensor(actions, device=self.device, dtype=torch.int64)
+        if not (isinstance(actions, torch.Tensor) and actions.dtype in _INTEGER_DTYPES):
+            actions = self._integer_actions(actions)  # the hot path (PPO's int64 samples) skips this look at values
+        actions = actions.to(device=self.device, dtype=torch.int64)
         if actions.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), a move per board; got {list(actions.shape)}")
         try:
             delta = self._deltas.index_select(0, actions)
         except IndexError:  # only the CPU checks indices; range-checking on a GPU would cost a sync every step
-            raise ValueError(f"actions must be moves in [0, {len(self._deltas)}), got {actions.tolist()}") from None
+            raise self._bad_actions(actions.tolist()) from None
         ahead = self._player + delta
         behind = ahead + delta
         key = self._flat.index_select(0, ahead) * _NUM_CODES

@@ -75,8 +75,8 @@ class ToolUseEnv(gym.Env):
     `ground_truth()`).
 
     ## Arguments
-    `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16), `split` ("train"/"test": disjoint
-    worlds), `rewards` (`ToolUseRewards` or a mapping of its fields), `max_invalid_actions`, `max_turns`
+    `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16; at most 10,000), `split` ("train"/"test":
+    disjoint worlds), `rewards` (`ToolUseRewards` or a mapping of its fields), `max_invalid_actions`, `max_turns`
     (truncate and reveal the plan after this many steps), `render_mode` ("ansi"), `expose_ground_truth` (False:
     put the correct final action in the reset info for training-time reward models such as IGPO; the observations
     never show it).
@@ -114,8 +114,9 @@ class ToolUseEnv(gym.Env):
             raise TypeError(f"expose_ground_truth must be True or False, got {expose_ground_truth!r}")
         if not 1 <= min_calls <= max_calls <= max(FAMILIES):
             raise ValueError(f"need 1 <= min_calls <= max_calls <= {max(FAMILIES)}, got {min_calls}, {max_calls}")
-        if num_worlds < 1:
-            raise ValueError(f"num_worlds must be positive, got {num_worlds}")
+        if not 1 <= num_worlds <= TEST_WORLD_OFFSET:
+            raise ValueError(f"num_worlds must be from 1 to {TEST_WORLD_OFFSET:,} (the test split's worlds start "
+                             f"there, so more would share worlds with it), got {num_worlds}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

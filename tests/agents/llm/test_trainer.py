@@ -108,10 +108,36 @@ def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
     # It used to fail later with "env_kwargs ['expose_ground_truth'] are not arguments of ...", never passed.
     ({"env_id": "creditgym/Sokoban-6x6-1b-v0", "learned_reward": "igpo", "advantage": "turn"},
      "igpo needs an env that can hand the trainer its ground-truth answer"),
+    # LoRA scales its update by alpha / rank: 0 trained nothing, and both were accepted.
+    ({"lora_rank": 8, "lora_alpha": 0}, r"lora_alpha \(--lora-alpha\) must be positive.*got 0"),
+    ({"lora_rank": 8, "lora_alpha": -16}, r"lora_alpha \(--lora-alpha\) must be positive.*got -16"),
+    # Learned-reward settings did nothing without a learned reward.
+    ({"prm_beta": 0.1}, r"prm_beta \(--prm-beta\) only applies with a learned reward \(--learned-reward\)"),
+    ({"learned_reward_coef": 2.0, "spa_grounding": 0.5},
+     r"learned_reward_coef \(--learned-reward-coef\), spa_grounding \(--spa-grounding\) only apply with a learned "
+     r"reward"),
+    # Past float32's range these failed inside the update.
+    ({"clip_coef": 1e300}, r"clip_coef \(--clip-coef\) must be in \(0, 1\]"),
+    ({"kl_coef": 1e300}, r"kl_coef \(--kl-coef\) is a loss weight: use 0 to 100"),
+    ({"vf_coef": -1.0}, r"vf_coef \(--vf-coef\) is a loss weight: use 0 to 100"),
+    ({"max_grad_norm": 0.0}, r"max_grad_norm \(--max-grad-norm\) must be positive"),
+    ({"weight_decay": 1e300}, r"weight_decay \(--weight-decay\) must be in \[0, 1\]"),
 ])
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LLMTrainConfig(**overrides)
+
+
+def test_a_relative_levels_path_is_saved_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Saved as given, a later eval or resume from another folder would read another file.
+    from creditgym.envs.sokoban.bank import BANK_DIR
+
+    (tmp_path / "mine.txt").write_text((BANK_DIR / "6x6-1b-train.txt").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert LLMTrainConfig(env_kwargs={"levels": "mine.txt"}).env_kwargs["levels"] == str((tmp_path / "mine.txt")
+                                                                                         .resolve())
+    assert LLMTrainConfig(env_kwargs={"levels": "6x6-1b"}).env_kwargs["levels"] == "6x6-1b"
+    assert LLMTrainConfig(env_kwargs={"levels": "missing.txt"}).env_kwargs["levels"] == "missing.txt"
 
 
 def test_the_discount_defaults_to_each_advantage_reference_value() -> None:

@@ -208,5 +208,7 @@ def test_render_and_arguments() -> None:
     assert env.render() == obs
     with pytest.raises(ValueError, match="split must be"):
         ShopEnv(split="valid")
+    with pytest.raises(ValueError, match="num_products must be an integer from 1 to 1,000,000, got 1000000000000"):
+        ShopEnv(num_products=10**12)  # used to run out of memory generating the catalog
     with pytest.raises(TypeError, match="options\\['goal'\\]"):
         env.reset(options={"goal": "a snack bar"})

@@ -135,7 +135,7 @@ def test_step_refuses_actions_of_the_wrong_shape_or_range() -> None:
     before = vec._flat.clone()
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         vec.step(np.array([0]))  # this used to broadcast one move to every board
-    with pytest.raises(ValueError, match=r"moves in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"the moves 0-3 .*got \[0, 4\]"):
         vec.step(np.array([0, 4]))
     assert torch.equal(vec._flat, before)
 
@@ -146,6 +146,34 @@ def test_runs_on_cuda_and_keeps_tensors_there() -> None:
     obs, _ = vec.reset(seed=0)
     obs, reward, *_ = vec.step(torch.zeros(64, dtype=torch.int64, device="cuda"))
     assert obs.is_cuda and reward.is_cuda
+
+
+@pytest.mark.parametrize("actions", [torch.tensor([0.5, 1.7]), None, "up", ["up", "down"],
+                                     torch.tensor([float("nan"), 0.0]), torch.tensor([True, False]),
+                                     torch.tensor([5, 0]), np.array([0.5, 1.0])])
+def test_actions_that_are_not_moves_say_what_step_takes(actions: object) -> None:
+    # Floats were truncated to moves, None and "up" gave bare TypeErrors, and NaN showed as -9223372036854775808.
+    vec = gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=2, vectorization_mode="vector_entry_point")
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=r"actions must be the moves 0-3 \(up, down, left, right\) as whole numbers, "
+                                         r"one per board; got"):
+        vec.step(actions)
+
+
+@pytest.mark.parametrize("actions", [[1, 2], np.array([1, 2]), torch.tensor([1.0, 2.0]),
+                                     torch.tensor([1, 2], dtype=torch.int32)])
+def test_whole_number_actions_of_any_type_move_like_int64(actions: object) -> None:
+    vec, reference = (SokobanVectorEnv(2) for _ in range(2))
+    vec.reset(seed=0)
+    reference.reset(seed=0)
+    obs, reward, *_ = vec.step(actions)
+    expected_obs, expected_reward, *_ = reference.step(torch.tensor([1, 2]))
+    assert torch.equal(obs, expected_obs) and torch.equal(reward, expected_reward)
+
+
+def test_a_device_torch_does_not_know_is_refused() -> None:
+    with pytest.raises(ValueError, match="device must be a torch device such as 'cpu'.*got 'bogus'"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=2, device="bogus")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")

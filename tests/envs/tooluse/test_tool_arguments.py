@@ -142,6 +142,10 @@ def test_ground_truth_only_when_asked_and_never_observed() -> None:
         ({"min_calls": "1"}, TypeError, "min_calls must be an integer"),
         ({"max_calls": 2.0}, TypeError, "max_calls must be an integer"),
         ({"num_worlds": None}, TypeError, "num_worlds must be an integer"),
+        # Used to fail at reset with numpy's "high is out of bounds for int64"; past 10,000 worlds the train worlds
+        # would reach the test split's.
+        ({"num_worlds": 2**70}, ValueError, "num_worlds must be from 1 to 10,000"),
+        ({"num_worlds": 10_001}, ValueError, "num_worlds must be from 1 to 10,000"),
         ({"max_turns": "5"}, ValueError, "max_turns must be a positive integer or None, got '5'"),
         ({"max_invalid_actions": 0}, ValueError, "max_invalid_actions must be a positive integer"),
         ({"max_invalid_actions": 1.5}, ValueError, "max_invalid_actions must be a positive integer"),
