@@ -130,6 +130,29 @@ def test_spa_estimator_weights_come_from_its_seed() -> None:
 
 
 # -- trainers -------------------------------------------------------------------------------------------------
+def _trained_ppo(tmp_path: Path, global_seed: int) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    from creditgym.agents.ppo import PPO, PPOConfig
+
+    torch.manual_seed(global_seed)
+    state = torch.random.get_rng_state()
+    config = PPOConfig(env_id="creditgym/Sokoban-6x6-1b-v0", num_envs=8, num_steps=16, total_steps=512, hidden=16,
+                       learned_reward="spa", seed=3, progress=False, tensorboard=False, checkpoint_every=2,
+                       runs_dir=str(tmp_path / str(global_seed)), run_name="run")
+    PPO(config).learn(until_steps=256)
+    PPO(config, resume=tmp_path / str(global_seed) / "run" / "checkpoint.pt").learn()
+    assert torch.equal(torch.random.get_rng_state(), state), "the trainer moved the caller's torch generator"
+    run = tmp_path / str(global_seed) / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    untimed = [{k: v for k, v in row.items() if "sps" not in k and not k.endswith("_s")} for row in rows]
+    return torch.load(run / "checkpoint.pt", weights_only=False)["model"], untimed
+
+
+def test_ppo_leaves_the_callers_torch_generator_alone_and_ignores_it(tmp_path: Path) -> None:
+    (weights_a, rows_a), (weights_b, rows_b) = _trained_ppo(tmp_path, 0), _trained_ppo(tmp_path, 1)
+    assert len(rows_a) == 4 and rows_a == rows_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
 def _trained_llm(tmp_path: Path, global_seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     from tests.agents.llm.helpers import make_trainer
 

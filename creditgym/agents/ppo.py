@@ -52,6 +52,7 @@ from creditgym.agents.runs import (
 from creditgym.agents.vec import NonFiniteError, TorchVecEnv, make_vec_env
 from creditgym.credit import gae
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
+from creditgym.seeding import seeded_torch
 from creditgym.trajectories import (
     TrajectoryWriter,
     VectorRecorder,
@@ -391,35 +392,40 @@ class PPO:
         self.config = config
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
-        if config.rollout_backend == "ray":
-            from creditgym.distributed import RayVecEnv
+        # The initialisers (the network's, a learned reward's) draw from torch's global generators: seeded here, and
+        # the caller's generators are left as they were. Training itself draws only from self.generator.
+        with seeded_torch(config.seed, self.device):
+            if config.rollout_backend == "ray":
+                from creditgym.distributed import RayVecEnv
 
-            # Snapshots once per rollout, so recovering from a dead worker replays at most one rollout.
-            self.envs: TorchVecEnv | RayVecEnv = RayVecEnv(
-                config.env_id, config.num_envs, config.num_workers, device=self.device, env_kwargs=config.env_kwargs,
-                shaping=config.shaping, gamma=config.potential_gamma, shaping_scale=config.shaping_scale,
-                address=config.ray_address, snapshot_every=config.num_steps, wait_for_cpus=config.ray_wait_for_cpus)
-        elif config.shaping is None:
-            self.envs = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
-        else:
-            self.envs = make_shaped_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs,
-                                            potential=config.shaping, gamma=config.potential_gamma,
-                                            scale=config.shaping_scale)
-        obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
-        if not isinstance(act_space, spaces.Discrete) or not isinstance(obs_space, spaces.Box):
-            hint = ("it is a text env: train an LLM policy on it with --algo grpo --model smollm2-135m"
-                    if isinstance(obs_space, spaces.Text) else "use obs_mode='array' for grid envs")
-            raise ValueError(f"PPO needs Box observations and Discrete actions; {config.env_id} has "
-                             f"{type(obs_space).__name__} observations and {type(act_space).__name__} actions ({hint})")
-        kind = config.policy if config.policy != "auto" else ("cnn" if len(obs_space.shape) == 3 else "mlp")
-        self.agent = ActorCritic(obs_space.shape, int(act_space.n), kind=kind, hidden=config.hidden,
-                                 channels=config.cnn_channels, activation=config.activation,
-                                 shared=config.shared_torso,
-                                 precision=resolve_precision(config.precision, self.device)).to(self.device)
-        # The fused kernel is 4-5x faster than the per-tensor loop on a CPU, where small networks are overhead-bound.
-        self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
-        self.learned_reward = make_learned_reward(config, obs_space.shape, int(act_space.n), self.device)
+                # Snapshots once per rollout, so recovering from a dead worker replays at most one rollout.
+                self.envs: TorchVecEnv | RayVecEnv = RayVecEnv(
+                    config.env_id, config.num_envs, config.num_workers, device=self.device,
+                    env_kwargs=config.env_kwargs, shaping=config.shaping, gamma=config.potential_gamma,
+                    shaping_scale=config.shaping_scale, address=config.ray_address, snapshot_every=config.num_steps,
+                    wait_for_cpus=config.ray_wait_for_cpus)
+            elif config.shaping is None:
+                self.envs = make_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs)
+            else:
+                self.envs = make_shaped_vec_env(config.env_id, config.num_envs, self.device, config.env_kwargs,
+                                                potential=config.shaping, gamma=config.potential_gamma,
+                                                scale=config.shaping_scale)
+            obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
+            if not isinstance(act_space, spaces.Discrete) or not isinstance(obs_space, spaces.Box):
+                hint = ("it is a text env: train an LLM policy on it with --algo grpo --model smollm2-135m"
+                        if isinstance(obs_space, spaces.Text) else "use obs_mode='array' for grid envs")
+                raise ValueError(f"PPO needs Box observations and Discrete actions; {config.env_id} has "
+                                 f"{type(obs_space).__name__} observations and {type(act_space).__name__} actions "
+                                 f"({hint})")
+            kind = config.policy if config.policy != "auto" else ("cnn" if len(obs_space.shape) == 3 else "mlp")
+            self.agent = ActorCritic(obs_space.shape, int(act_space.n), kind=kind, hidden=config.hidden,
+                                     channels=config.cnn_channels, activation=config.activation,
+                                     shared=config.shared_torso,
+                                     precision=resolve_precision(config.precision, self.device)).to(self.device)
+            # The fused kernel is 4-5x faster than the per-tensor loop on a CPU, where small networks are
+            # overhead-bound.
+            self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
+            self.learned_reward = make_learned_reward(config, obs_space.shape, int(act_space.n), self.device)
         self.episode_assembler = EpisodeAssembler(config.num_envs)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
@@ -734,7 +740,6 @@ class PPO:
             "model": self.agent.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
             "env": self.envs.get_state(),
             "next_obs": self.next_obs,
             "next_mask": self.next_mask,
@@ -777,7 +782,6 @@ class PPO:
             if self.config.rollout_backend == "local":  # Ray's envs live on the workers' CPUs and restore exactly
                 env_state = _with_env_generators(
                     env_state, lambda _, where: reseeded(self.device, seed, update, where).get_state())
-        torch.set_rng_state(state["torch_rng"].cpu())
         self.envs.set_state(env_state)
         self.next_obs, self.next_mask = state["next_obs"], state["next_mask"]
         self.episode.load_state_dict(state["episode"])
@@ -848,7 +852,7 @@ class _RecordedRollout:
             self.reports_success = True
 
 
-_CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", "env", "next_obs", "next_mask", "episode",
+_CHECKPOINT_KEYS = ("model", "optimizer", "generator", "env", "next_obs", "next_mask", "episode",
                     "global_step", "update")
 # The settings that shape the network: named in the error when a checkpoint's weights do not fit.
 _NETWORK_FIELDS = ("env_kwargs", "policy", "hidden", "cnn_channels", "shared_torso")
