@@ -115,11 +115,17 @@ def check_run_config(config: Any) -> None:
         raise ValueError(f"{name}.seed must be at most 2**63 - 1 (torch seeds are 64-bit), got {config.seed}")
     if config.checkpoint_every < 0:
         raise ValueError(f"{name}.checkpoint_every must be 0 (only at the end) or more, got {config.checkpoint_every}")
-    run_name = config.run_name
+    check_run_folder(name, config.runs_dir, config.run_name)
+
+
+def check_run_folder(owner: str, runs_dir: str, run_name: str | None) -> None:
+    """run_name a plain folder name (anything else would put the run in runs_dir itself or outside it, beside other
+    runs' files), and runs_dir not a file (found before a model loads, not when the first result is written)."""
     if run_name is not None and (Path(run_name).name != run_name or run_name in ("", ".", "..")):
-        # Anything else would put the run in runs_dir itself or outside it, beside other runs' files.
-        raise ValueError(f"{name}.run_name must be a plain folder name such as 'sokoban-spa-s1', got {run_name!r}; "
+        raise ValueError(f"{owner}.run_name must be a plain folder name such as 'sokoban-spa-s1', got {run_name!r}; "
                          "choose where runs go with runs_dir (--runs-dir)")
+    if Path(runs_dir).expanduser().is_file():
+        raise ValueError(f"{owner}.runs_dir {runs_dir!r} is a file; runs_dir (--runs-dir) is the folder runs go in")
 
 
 def check_env_arguments(env_id: str, env_kwargs: dict[str, Any], *, batched: bool) -> None:

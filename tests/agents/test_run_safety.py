@@ -103,10 +103,22 @@ def test_cli_refuses_a_reused_run_name_and_the_flag_replaces_it(tmp_path: Path,
 @pytest.mark.parametrize("name", ["", ".", "..", "../elsewhere", "/tmp/abs", "nested/run"])
 def test_a_run_name_cannot_leave_the_runs_folder(name: str) -> None:
     from creditgym.agents.llm import LLMTrainConfig
+    from creditgym.wrappers.llm_reward.designer import DesignerConfig
 
-    for config in (PPOConfig, LLMTrainConfig):  # before, "" or "." wrote the run into runs_dir itself
+    # before, "" or "." wrote the run into runs_dir itself; the reward designer wrote "../x" beside runs_dir
+    for config in (PPOConfig, LLMTrainConfig, DesignerConfig):
         with pytest.raises(ValueError, match="run_name must be a plain folder name"):
             config(run_name=name)
+
+
+def test_a_runs_dir_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    from creditgym.agents.llm import LLMTrainConfig
+    from creditgym.wrappers.llm_reward.designer import DesignerConfig
+
+    (tmp_path / "afile").write_text("")
+    for config in (PPOConfig, LLMTrainConfig, DesignerConfig):  # the designer found it after loading its model
+        with pytest.raises(ValueError, match="runs_dir .* is a file"):
+            config(runs_dir=str(tmp_path / "afile"))
 
 
 def test_llm_trainer_refuses_a_folder_that_holds_a_run(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 
 import creditgym
-from creditgym.agents.config_cli import check_device
+from creditgym.agents.config_cli import check_device, check_run_folder
 from creditgym.agents.ppo import PPO, PPOConfig
 from creditgym.agents.vec import TorchVecEnv
 from creditgym.llm.chat import ChatModel, ChatModelError
@@ -129,6 +129,7 @@ class DesignerConfig:
         if not self.temperature >= 0:  # also refuses nan
             raise ValueError(f"temperature must be ≥ 0 (0 decodes greedily), got {self.temperature}")
         check_device(self.ppo_kwargs.get("device", "auto"))  # now, not after every program has been generated
+        check_run_folder("DesignerConfig", self.runs_dir, self.run_name)
         if self.train_steps < self.num_envs * self.num_steps:
             raise ValueError(f"train_steps ({self.train_steps}) must cover one rollout, num_envs * num_steps = "
                              f"{self.num_envs * self.num_steps}; raise train_steps or lower num_envs/num_steps")
