@@ -153,6 +153,25 @@ def test_ppo_leaves_the_callers_torch_generator_alone_and_ignores_it(tmp_path: P
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
+def test_a_resume_keeps_the_precision_auto_chose_where_the_run_started(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from creditgym.agents.ppo import PPO, PPOConfig
+
+    config = PPOConfig(env_id="creditgym/Sokoban-6x6-1b-v0", num_envs=8, num_steps=16, total_steps=512, hidden=16,
+                       progress=False, tensorboard=False, runs_dir=str(tmp_path), run_name="run")
+    first = PPO(config)
+    first.learn(until_steps=256)
+    started = json.loads((tmp_path / "run" / "config.json").read_text())["precision"]
+    # A machine where auto resolves the other way (bfloat16 there needs AMX tiles on a CPU).
+    has_amx = started == "float32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": has_amx})
+    resumed = PPO(config, resume=tmp_path / "run")
+    assert resumed.precision == started and resumed.agent.bfloat16 == (started == "bfloat16")
+    resumed.learn()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == started
+    assert PPO(config).precision != started  # a fresh run on this "machine" would have chosen otherwise
+
+
 def _trained_llm(tmp_path: Path, global_seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     from tests.agents.llm.helpers import make_trainer
 

@@ -10,6 +10,7 @@ truncation and never on termination.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from collections import defaultdict
@@ -39,6 +40,7 @@ from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.runs import (
     MetricsLogger,
     StopAfterUpdate,
+    checkpoint_file,
     device_change,
     keep_checkpoint,
     load_weights,
@@ -380,6 +382,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bfloat16" if torch.cpu.get_capabilities().get("amx_bf16", False) else "float32"
 
 
+def _recorded_precision(resume: str | Path) -> str | None:
+    """The precision a run's config.json says it trained with (None where there is none to read)."""
+    try:
+        record = json.loads((checkpoint_file(resume).parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = record.get("precision") if isinstance(record, dict) else None
+    return value if value in ("float32", "bfloat16") else None
+
+
 def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
@@ -394,6 +406,10 @@ class PPO:
         torch.set_num_threads(config.threads)
         # The initialisers (the network's, a learned reward's) draw from torch's global generators: seeded here, and
         # the caller's generators are left as they were. Training itself draws only from self.generator.
+        self.precision = resolve_precision(config.precision, self.device)
+        if resume is not None and config.precision == "auto":
+            # auto depends on the machine: a run resumed elsewhere keeps the arithmetic it started with
+            self.precision = _recorded_precision(resume) or self.precision
         with seeded_torch(config.seed, self.device):
             if config.rollout_backend == "ray":
                 from creditgym.distributed import RayVecEnv
@@ -421,7 +437,7 @@ class PPO:
             self.agent = ActorCritic(obs_space.shape, int(act_space.n), kind=kind, hidden=config.hidden,
                                      channels=config.cnn_channels, activation=config.activation,
                                      shared=config.shared_torso,
-                                     precision=resolve_precision(config.precision, self.device)).to(self.device)
+                                     precision=self.precision).to(self.device)
             # The fused kernel is 4-5x faster than the per-tensor loop on a CPU, where small networks are
             # overhead-bound.
             self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
@@ -798,7 +814,7 @@ class PPO:
     def _run_record(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
                 "torch": torch.__version__, "device": str(self.device),
-                "precision": resolve_precision(self.config.precision, self.device),
+                "precision": self.precision,
                 "device_changes": self.device_changes}
 
 
