@@ -655,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "use the agent's (default: 1.0)")
     rescore.add_argument("--estimator", choices=ESTIMATORS,
                          help="recompute per-step advantages with creditgym.credit (grpo/dr_grpo/rloo group "
-                         "episodes by env id and seed; gae uses V = 0)")
+                         "episodes by env id, seed and start state, as an LLM trainer's groups; gae uses V = 0)")
     rescore.add_argument("--scale", type=float, default=1.0, help="multiplies the potential, as --shaping-scale "
                          "and PotentialShaping(scale=...) do live (default: 1.0)")
     rescore.add_argument("--lam", type=float, default=1.0, help="GAE lambda, for --estimator gae (default: 1.0)")
