@@ -65,11 +65,19 @@ def values_equal(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _same_calls(predicted: Sequence[Call], ground_truth: Sequence[Call]) -> bool:
+    """The same calls in the same order, each value equal as `values_equal` says (not ==, where True == 1)."""
+    return len(predicted) == len(ground_truth) and all(
+        p.name == t.name and p.arguments.keys() == t.arguments.keys()
+        and all(values_equal(p.arguments[k], t.arguments[k]) for k in t.arguments)
+        for p, t in zip(predicted, ground_truth, strict=True))
+
+
 def toolrl_correctness(predicted: Sequence[Call], ground_truth: Sequence[Call]) -> float:
     """R_correct in [-3, 3]."""
     if not ground_truth:
         return 0.0 if not predicted else -3.0
-    if list(predicted) == list(ground_truth):  # the common case for a good policy; same result, much cheaper
+    if _same_calls(predicted, ground_truth):  # the common case for a good policy; same result, much cheaper
         return 3.0
     score = jaccard([c.name for c in predicted], [c.name for c in ground_truth])
     best_possible = 1.0
@@ -100,8 +108,9 @@ def toolrl_reward(predicted: Sequence[Call] | None, ground_truth: Sequence[Call]
 
 
 def answer_matches(answer: str, expected: str | float) -> bool:
-    """Numbers: the last number in the answer (commas dropped), within 0.5% or 0.01. Dates: an ISO date equal
-    to the expected one. Text: equal after lower-casing and dropping punctuation and a leading "the"."""
+    """Numbers: the last number in the answer (commas dropped), within 0.5% or 0.01. Dates: the last ISO date in
+    the answer, equal to the expected one (the answer's final value counts, as for numbers). Text: equal after
+    lower-casing and dropping punctuation and a leading "the"."""
     if isinstance(expected, int | float):
         numbers = _NUMBER.findall(answer.replace(",", ""))
         if not numbers:

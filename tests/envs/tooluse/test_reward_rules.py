@@ -1,0 +1,49 @@
+"""ToolUse reward rules: booleans are not numbers, and a date answer is not judged by its first date."""
+
+from __future__ import annotations
+
+import pytest
+
+from creditgym.envs.tooluse.reward import answer_matches, toolrl_correctness, values_equal
+from creditgym.envs.tooluse.tools import Call
+
+
+@pytest.mark.parametrize(("a", "b"), [(True, 1), (1, True), (False, 0), (0.0, False), (True, 1.0)])
+def test_a_bool_never_equals_a_number(a: object, b: object) -> None:
+    # bool subclasses int in Python, but JSON true and 1 are different argument values.
+    assert values_equal(a, b) is False
+
+
+@pytest.mark.parametrize(("a", "b"), [(True, True), (False, False), (3, 3.0), (" Oslo ", "oslo")])
+def test_equal_values(a: object, b: object) -> None:
+    assert values_equal(a, b) is True
+
+
+def test_a_bool_argument_for_a_number_loses_the_value_point() -> None:
+    truth = [Call("query_inventory", {"store": "Oslo", "limit": 1}), Call("calculator", {"expression": "2*3"})]
+    # Call order differs from the truth's, so the scorer goes through values_equal rather than its shortcut.
+    # J(names) 1 + query: J(keys) 1 + store 1 + calculator: 1 + 1, of S_max = 1 + (1 + 2) + (1 + 1) = 6.
+    predicted = [Call("calculator", {"expression": "2*3"}), Call("query_inventory", {"store": "Oslo", "limit": True})]
+    assert toolrl_correctness(predicted, truth) == pytest.approx(6 * 5 / 6 - 3)
+
+
+def test_the_exact_match_shortcut_agrees_with_values_equal() -> None:
+    # One call in the truth's order takes the exact-match shortcut, which returned 3 when it compared with ==,
+    # where {"limit": True} == {"limit": 1}; scored value by value it is 6 * 3 / 4 - 3 = 1.5.
+    truth = Call("query_inventory", {"store": "Oslo", "limit": 1})
+    predicted = Call("query_inventory", {"store": "Oslo", "limit": True})
+    assert toolrl_correctness([predicted], [truth]) == pytest.approx(6 * 3 / 4 - 3)
+
+
+@pytest.mark.parametrize(
+    ("answer", "correct"),
+    [
+        # The last ISO date is the answer's, as the last number is: an answer may state a start date first.
+        ("Started 2024-01-01; due 2024-02-03", True),
+        ("From 2024-01-01 to 2024-02-03.", True),
+        ("Due 2024-02-03, started 2024-01-01", False),  # its final date is another one
+        ("Started 2024-01-01; due 2024-02-30", False),  # 2024-02-30 is no date, and 2024-01-01 is the wrong one
+    ],
+)
+def test_the_answers_last_date_is_compared(answer: str, correct: bool) -> None:
+    assert answer_matches(answer, "2024-02-03") is correct
