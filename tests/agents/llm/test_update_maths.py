@@ -1,0 +1,303 @@
+"""The LLM trainer's update maths on numbers small enough to check by hand.
+
+`test_trainer.py` only checks that a step changes the weights with a finite loss, which a flipped clip, a KL
+with the wrong sign, a broken gradient accumulation or a sampler that ignores the temperature all still do.
+Here the clipped objective and the k3 KL go through the real `LLMTrainer._loss` with logprobs the test chooses,
+the denominator, the KL reward, gradient clipping and accumulation through the real `update`, the temperature
+through `LLMPolicy`, and turn ends and `terminated` through the real `pack_episodes`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from creditgym.agents.llm import LLMPolicy, RolloutCollector, pack_episodes
+from creditgym.agents.llm import trainer as trainer_module
+from creditgym.agents.llm.batch import TokenBatch
+from creditgym.agents.llm.rollout import Episode, Segment, Turn
+from creditgym.agents.llm.trainer import LLMTrainer
+from creditgym.llm import tiny_test_model
+
+from .helpers import LetterCountEnv, make_trainer
+
+TEMPERATURE = 0.7
+
+
+# -- hand-built inputs ------------------------------------------------------------------------------------------
+class _ChosenLogprobs:
+    """Stands in for `LLMPolicy` inside `_loss`: returns the "new" logprobs the test picked (with grad), so the
+    objective can be checked against numbers worked out by hand. `_loss` is always called on every row."""
+
+    def __init__(self, logprobs: Tensor) -> None:
+        self.logprobs = logprobs.clone().requires_grad_(True)
+
+    def sequence_logprobs(self, input_ids: Tensor, attention_mask: Tensor, action_mask: Tensor, *,
+                          with_hidden: bool = False, shared_prefix: int = 0) -> tuple[Tensor, None]:
+        assert input_ids.shape == self.logprobs.shape, "the tests call _loss on all rows"
+        return self.logprobs * action_mask, None
+
+
+def _row_batch(action_mask: list[list[float]]) -> TokenBatch:
+    """A TokenBatch with only the row layout `_loss` reads; the episode view is empty."""
+    mask = torch.tensor(action_mask)
+    r, width = mask.shape
+    return TokenBatch(
+        input_ids=torch.zeros((r, width), dtype=torch.long), attention_mask=torch.ones((r, width), dtype=torch.long),
+        action_mask=mask, rollout_logprobs=torch.zeros((r, width)), rows=torch.zeros(0, dtype=torch.long),
+        positions=torch.zeros(0, dtype=torch.long), view_mask=torch.zeros((r, 0), dtype=torch.bool),
+        turn_ends=torch.zeros((r, 0), dtype=torch.bool), turn_rewards=torch.zeros((r, 0)),
+        turn_mask=torch.zeros((r, 0), dtype=torch.bool), returns=torch.zeros(r),
+        group_ids=torch.zeros(r, dtype=torch.long), terminated=torch.zeros(r, dtype=torch.bool),
+        observations=[[] for _ in range(r)])
+
+
+def _loss(trainer: LLMTrainer, batch: TokenBatch, new: Tensor, old: Tensor, adv: Tensor,
+          ref: Tensor | None = None) -> tuple[Tensor, dict[str, list[float]], _ChosenLogprobs]:
+    """`trainer._loss` on every row, with the denominator `update` uses for the grpo family (the token count)."""
+    chosen = _ChosenLogprobs(new)
+    trainer.policy = chosen  # type: ignore[assignment]
+    stats: dict[str, list[float]] = defaultdict(list)
+    rows = torch.arange(batch.input_ids.shape[0])
+    denominator = batch.action_mask.sum().clamp_min(1.0)
+    loss = trainer._loss(batch, rows, old, ref, adv, None, denominator, stats)
+    return loss, stats, chosen
+
+
+def _segment(turn_tokens: list[int], *, first: int = 0) -> Segment:
+    """A segment of 3 prompt tokens, then each turn's generated tokens with 2 observation tokens between turns.
+
+    Token ids are printable bytes of the tiny model's vocabulary; rollout logprobs are -0.5 on generated tokens.
+    """
+    segment = Segment()
+    segment.extend([60, 61, 62], action=False)
+    for t, n in enumerate(turn_tokens):
+        if t:
+            segment.extend([63, 64], action=False)
+        segment.extend([70 + first + t + i for i in range(n)], action=True, logprobs=[-0.5] * n)
+        segment.turn_ends.append(len(segment.token_ids) - 1)
+    return segment
+
+
+def _episode(segments: list[list[int]], rewards: list[float], *, group: int = 0,
+             terminated: bool = True) -> Episode:
+    """An episode whose segments hold the given turns' token counts (several segments: bounded history)."""
+    episode = Episode(group=group, seed=0, instructions="", terminated=terminated, truncated=not terminated)
+    done = 0
+    for turns in segments:
+        episode.segments.append(_segment(turns, first=done))
+        done += len(turns)
+    sizes = [n for turns in segments for n in turns]
+    episode.turns = [Turn(f"obs {t}", "a" * n, reward, {"task": reward}, False, n)
+                     for t, (n, reward) in enumerate(zip(sizes, rewards, strict=True))]
+    return episode
+
+
+def _episodes() -> list[Episode]:
+    """Two task groups of two episodes with varied returns, turn counts and segments, so advantages are non-zero."""
+    return [
+        _episode([[2, 1]], [0.5, 1.0]),
+        _episode([[3], [1, 2]], [0.0, 0.0, 0.25], terminated=False),
+        _episode([[1]], [1.0], group=1),
+        _episode([[2], [2]], [0.0, -0.5], group=1, terminated=False),
+    ]
+
+
+def _grads(trainer: LLMTrainer) -> list[list[Tensor]]:
+    """The gradients the optimiser steps with, one list per step (read in a step pre-hook, after clipping)."""
+    seen: list[list[Tensor]] = []
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        seen.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                     for group in optimizer.param_groups for p in group["params"]])
+
+    trainer.optimizer.register_step_pre_hook(hook)
+    return seen
+
+
+# -- the clipped objective and the k3 KL (`_loss`) ---------------------------------------------------------------
+@pytest.mark.parametrize(("ratio", "a", "expected", "gradient"), [
+    (1.5, 1.0, -1.2, 0.0),    # a gain past 1 + clip is capped, and the capped branch passes no gradient
+    (1.1, 1.0, -1.1, -1.1),   # inside the clip range: -A * ratio, d/d logprob = -A * ratio
+    (0.5, 1.0, -0.5, -0.5),   # a ratio below 1 - clip with A > 0 is not clipped (the pessimistic bound)
+    (0.5, -1.0, 0.8, 0.0),    # A < 0: the ratio is capped at 1 - clip from below
+    (1.5, -1.0, 1.5, 1.5),    # A < 0 and a ratio above 1 + clip: not clipped (the pessimistic bound)
+])
+def test_clipped_objective_per_token(tmp_path: Path, ratio: float, a: float, expected: float,
+                                     gradient: float) -> None:
+    trainer = make_trainer(tmp_path, clip_coef=0.2)
+    batch = _row_batch([[0.0, 1.0, 0.0]])  # one generated token between a prompt token and padding
+    old = torch.tensor([[0.0, -2.0, 0.0]])
+    new = old + torch.tensor([[0.3, math.log(ratio), 0.7]])  # off-mask changes must not count
+    adv = torch.tensor([[5.0, a, 5.0]])
+    loss, stats, chosen = _loss(trainer, batch, new, old, adv)
+    # The loss to minimise is -min(r A, clip(r) A) = max(-r A, -clip(r) A), divided by the token count (1).
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["losses/policy_loss"] == [pytest.approx(expected, abs=1e-6)]
+    loss.backward()
+    assert chosen.logprobs.grad is not None
+    torch.testing.assert_close(chosen.logprobs.grad, torch.tensor([[0.0, gradient, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_k3_kl_is_added_with_its_coefficient(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, kl_coef=0.5)
+    batch = _row_batch([[1.0, 1.0, 0.0]])
+    new = torch.tensor([[-1.0, -2.0, -3.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0]])  # the padding column differs too: it must not count
+    loss, stats, _ = _loss(trainer, batch, new, new.clone(), torch.ones(1, 3), ref)
+    # k3 estimator of KL(pi || pi_ref) per token: exp(d) - d - 1 with d = log pi_ref - log pi, averaged over tokens
+    deltas = [-1.5 - -1.0, -1.0 - -2.0]
+    kl = sum(math.exp(d) - d - 1 for d in deltas) / 2
+    assert stats["losses/kl_ref"] == [pytest.approx(kl, rel=1e-5)]
+    assert stats["losses/policy_loss"] == [pytest.approx(-1.0, abs=1e-6)]  # ratio 1, A = 1 on both tokens
+    assert loss.item() - stats["losses/policy_loss"][0] == pytest.approx(0.5 * kl, rel=1e-5)
+
+
+# -- through `update`: denominator, KL reward, gradient clipping and accumulation --------------------------------
+@pytest.mark.parametrize("micro_batch_size", [1, 64])
+@pytest.mark.parametrize(("algo", "expected"), [("grpo", -1 / 4), ("drgrpo", -1 / (2 * 4))])
+def test_policy_loss_divides_by_the_minibatch_token_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          algo: str, expected: float, micro_batch_size: int) -> None:
+    # A row of 1 token with A = 1 and a row of 3 tokens with A = 0, at ratio 1: every token weighs the same, so
+    # the loss is -1 / 4 (a mean over sequences would give -1 / 2). Dr.GRPO divides by rows * max_new_tokens (4).
+    trainer = make_trainer(tmp_path, algo=algo, micro_batch_size=micro_batch_size, max_new_tokens=4)
+    batch = pack_episodes([_episode([[1]], [1.0]), _episode([[3]], [0.0])], trainer.policy.pad_id,
+                          trainer.device)
+    adv = torch.zeros(batch.view_mask.shape)
+    adv[0, 0] = 1.0
+    monkeypatch.setattr(trainer_module, "advantages", lambda *args, **kwargs: (adv, None))
+    metrics = trainer.update(batch)
+    assert metrics["losses/policy_loss"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize(("algo", "advantage"), [("reinforce_pp", "turn"), ("reinforce_pp", "episode"),
+                                                 ("ppo_llm", "turn")])
+def test_kl_reward_is_old_minus_reference_logprobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algo: str,
+                                                   advantage: str) -> None:
+    trainer = make_trainer(tmp_path, algo=algo, advantage=advantage, kl_coef=0.1)
+    assert trainer.reference is not None
+    with torch.no_grad():  # the policy starts as a copy of the reference: move it, so the KL is not 0
+        generator = torch.Generator().manual_seed(0)
+        for p in trainer.policy.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    batch = pack_episodes(_episodes(), trainer.policy.pad_id, trainer.device)
+    old = trainer.score(batch)[0]
+    ref = trainer.score(batch, trainer.reference)[0]
+    expected = batch.to_view(old - ref)
+    assert expected.abs().max() > 1e-3
+    seen: list[Tensor | None] = []
+    real = trainer_module.advantages
+
+    def spy(*args: Any, kl: Tensor | None = None, **kwargs: Any) -> Any:
+        seen.append(kl)
+        return real(*args, kl=kl, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "advantages", spy)
+    trainer.update(batch)
+    assert len(seen) == 1 and seen[0] is not None, "the KL penalty never reached the advantages"
+    torch.testing.assert_close(seen[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_are_clipped_to_max_grad_norm(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, max_grad_norm=1e-3, update_epochs=2)
+    steps = _grads(trainer)
+    metrics = trainer.update(pack_episodes(_episodes(), trainer.policy.pad_id, trainer.device))
+    assert metrics["losses/grad_norm"] > 1e-2  # well above the cap, so the clip had work to do
+    assert len(steps) == 2
+    for grads in steps:
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        assert float(total) <= 1e-3 * (1 + 1e-4)
+
+
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tmp_path: Path) -> None:
+    # The same seed gives the same rollouts; one pass over all rows and eight one-row micro-batches must then
+    # step with the same gradient (Adam's first step hides its scale, so the gradients are compared, not only
+    # the weights).
+    results = []
+    for size in (1, 64):
+        trainer = make_trainer(tmp_path / str(size), micro_batch_size=size, iterations=1, max_grad_norm=100.0)
+        steps = _grads(trainer)
+        trainer.learn()
+        weights = [p.detach().clone() for p in trainer.policy.model.parameters()]
+        results.append((steps, weights))
+    (one_row, weights_one), (all_rows, weights_all) = results
+    assert len(one_row) == len(all_rows) == 1
+    assert max(float(g.abs().max()) for g in all_rows[0]) > 1e-4
+    for a, b in zip(one_row[0], all_rows[0], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    for a, b in zip(weights_one, weights_all, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+# -- the temperature (`LLMPolicy`) -------------------------------------------------------------------------------
+def _tempered_logprobs(model: Any, token_ids: list[int], start: int) -> list[float]:
+    """log softmax(logits / T) of each token from `start` on, from one plain forward pass."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([token_ids])).logits[0].float()
+    log_probs = torch.log_softmax(logits / TEMPERATURE, dim=-1)
+    return [float(log_probs[p - 1, token_ids[p]]) for p in range(start, len(token_ids))]
+
+
+def test_sampling_and_scoring_use_the_temperature() -> None:
+    model, tokenizer = tiny_test_model(seed=0)
+    policy = LLMPolicy(model, tokenizer, temperature=TEMPERATURE, max_new_tokens=6)
+    prompts = [policy.chat_prompt([{"role": "user", "content": "hi"}]),
+               policy.chat_prompt([{"role": "user", "content": "hello there"}])]
+    generations = policy.generate(prompts, generator=torch.Generator().manual_seed(0))
+    for prompt, generation in zip(prompts, generations, strict=True):
+        sequence = prompt + generation.token_ids
+        expected = _tempered_logprobs(model, sequence, len(prompt))
+        # The recorded rollout logprobs are those of the tempered distribution the tokens were drawn from ...
+        assert generation.logprobs == pytest.approx(expected, abs=1e-4)
+        # ... and scoring the sequence later gives the same numbers, so the first update's ratio is 1.
+        mask = torch.tensor([[0.0] * len(prompt) + [1.0] * len(generation.token_ids)])
+        scored, _ = policy.sequence_logprobs(torch.tensor([sequence]), torch.ones_like(mask, dtype=torch.long),
+                                             mask)
+        assert scored[0, len(prompt):].tolist() == pytest.approx(expected, abs=1e-4)
+
+
+def test_rollout_and_update_logprobs_agree_at_a_temperature_below_one(tmp_path: Path) -> None:
+    metrics = make_trainer(tmp_path, temperature=TEMPERATURE, iterations=1).learn()
+    assert metrics["charts/logprob_diff_max"] < 1e-4
+
+
+# -- packing (`pack_episodes`) -----------------------------------------------------------------------------------
+def test_view_turn_ends_are_the_segments_own_turn_ends() -> None:
+    episodes = _episodes()
+    batch = pack_episodes(episodes, pad_id=0, device=torch.device("cpu"))
+    # The episode view's tokens in order, as (row, position); row r is the r-th segment that holds actions.
+    segments = [seg for ep in episodes for seg in ep.segments]
+    flat = list(zip(batch.rows.tolist(), batch.positions.tolist(), strict=True))
+    index = 0
+    for e, episode in enumerate(episodes):
+        width = int(batch.view_mask[e].sum())
+        view = flat[index:index + width]
+        index += width
+        got = [view[a] for a in range(width) if batch.turn_ends[e, a]]
+        expected = [(segments.index(seg), p) for seg in episode.segments for p in seg.turn_ends]
+        assert got == expected, f"episode {e}"
+        assert batch.turn_mask[e].sum() == len(episode.turns)
+        # The turn rewards sit on those ends in turn order.
+        assert batch.turn_rewards[e, :len(episode.turns)].tolist() == [t.reward for t in episode.turns]
+    assert not batch.turn_ends[~batch.view_mask].any()
+
+
+def test_terminated_is_each_episodes_own() -> None:
+    episodes = _episodes()
+    batch = pack_episodes(episodes, pad_id=0, device=torch.device("cpu"))
+    assert batch.terminated.tolist() == [True, False, True, False]
+    # From real rollouts: one turn ends a 1-turn env (terminated) and only cuts a 2-turn one (max_turns).
+    model, tokenizer = tiny_test_model(seed=0)
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=3)
+    collector = RolloutCollector([LetterCountEnv(turns=1), LetterCountEnv(turns=2)], policy, group_size=2,
+                                 max_turns=1, history_turns=None, max_prompt_tokens=4096)
+    episodes = collector.collect([0], generator=torch.Generator().manual_seed(0))
+    assert [ep.terminated for ep in episodes] == [True, False]
+    batch = pack_episodes(episodes, policy.pad_id, torch.device("cpu"))
+    assert batch.terminated.tolist() == [ep.terminated for ep in episodes]
