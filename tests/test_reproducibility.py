@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -192,6 +193,27 @@ def test_llm_trainer_leaves_the_callers_torch_generator_alone_and_ignores_it(tmp
     (weights_a, metrics_a), (weights_b, metrics_b) = _trained_llm(tmp_path, 0), _trained_llm(tmp_path, 1)
     assert metrics_a == metrics_b
     assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_an_llm_run_records_its_model_and_warns_when_a_resume_loads_another(tmp_path: Path) -> None:
+    from creditgym.agents.llm import LLMTrainConfig, LLMTrainer
+    from creditgym.llm.models import weights_fingerprint
+    from tests.agents.llm.helpers import LetterCountEnv, make_trainer
+
+    trainer = make_trainer(tmp_path, iterations=2)
+    trainer.learn(until_iteration=1)
+    trainer.save_checkpoint()
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["model_weights"] == weights_fingerprint(tiny_test_model(seed=0)[0])
+    assert record["transformers"] and record["torch"] == torch.__version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same model: no warning
+        make_trainer(tmp_path, iterations=2, resume=tmp_path / "run")
+    other, tokenizer = tiny_test_model(seed=1)  # the same shapes, other weights: it would load without a word
+    assert weights_fingerprint(other) != record["model_weights"]
+    config = LLMTrainConfig(**{**record["config"], "progress": False})
+    with pytest.warns(UserWarning, match="not the one .* started from"):
+        LLMTrainer(config, model=other, tokenizer=tokenizer, make_env=LetterCountEnv, resume=tmp_path / "run")
 
 
 # -- run records ----------------------------------------------------------------------------------------------

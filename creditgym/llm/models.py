@@ -8,6 +8,7 @@ tiny random model for tests. Nothing here downloads from a hub.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import time
@@ -36,6 +37,17 @@ CHATML_TEMPLATE = (
 def cache_dir() -> Path:
     """Where converted models live: `models/` in `creditgym.cache.cache_root()`."""
     return cache_root() / "models"
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A BLAKE2b digest of a model's parameters and buffers (names, shapes, dtypes and values): what a run records
+    of the model it started from, since a model folder's path alone does not say whether its files changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_policy_model(

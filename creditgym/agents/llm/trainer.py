@@ -14,8 +14,10 @@ Each iteration reads top to bottom:
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,6 +27,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import transformers
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -47,7 +50,7 @@ from creditgym.agents.runs import (
 from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import masked_mean
 from creditgym.envs import obs_modes
-from creditgym.llm.models import load_policy_model
+from creditgym.llm.models import load_policy_model, weights_fingerprint
 from creditgym.seeding import seeded_torch
 from creditgym.trajectories import (
     TrajectoryWriter,
@@ -94,6 +97,7 @@ class LLMTrainer:
         with seeded_torch(cfg.seed, self.device):
             if model is None or tokenizer is None:
                 model, tokenizer = load_policy_model(cfg.model, progress=cfg.progress)
+            self.model_weights = weights_fingerprint(model)  # of the model the run starts from, for its record
             model = model.to(self.device)
             self.reference: LLMPolicy | None = None
             if cfg.lora_rank:
@@ -408,11 +412,26 @@ class LLMTrainer:
             self.generator.set_state(fresh.get_state())
         self.iteration, self.global_step = state["iteration"], state["global_step"]
         self.run_dir = path.parent
+        self._check_model_unchanged()
         self.saved_iteration = self.iteration if path == self.run_dir / "checkpoint.pt" else None
+
+    def _check_model_unchanged(self) -> None:
+        """Warn when the model loaded now is not the one the run started from (its files changed, or another model
+        of the same shapes was passed): the checkpoint's trained weights then sit on other frozen ones."""
+        try:
+            recorded = json.loads((self.run_dir / "config.json").read_text()).get("model_weights")
+        except (OSError, ValueError, AttributeError):
+            return
+        if recorded is not None and recorded != self.model_weights:
+            warnings.warn(f"the model {self.config.model!r} is not the one {self.run_dir} started from (its weights "
+                          f"differ from the fingerprint in config.json): the resumed run trains on other weights "
+                          f"than it began with", stacklevel=3)
 
     def _run_record(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
-                "torch": torch.__version__, "device": str(self.device), "device_changes": self.device_changes}
+                "torch": torch.__version__, "transformers": transformers.__version__,
+                "model_weights": self.model_weights, "device": str(self.device),
+                "device_changes": self.device_changes}
 
 
 _SUMMED = frozenset({"losses/policy_loss", "losses/value_loss"})
