@@ -38,7 +38,7 @@ import creditgym
 from creditgym.agents.compare import steps_to
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.plots import plot_seed_bands, read_metrics
-from creditgym.agents.ppo import LEARNED_REWARD_OPTIONS, PPO, SHAPING_OPTIONS, PPOConfig
+from creditgym.agents.ppo import LEARNED_REWARD_OPTIONS, METHOD_OPTIONS, PPO, SHAPING_OPTIONS, PPOConfig
 from creditgym.demo import watch_runs
 from creditgym.envs.sokoban.rules import REWARD_PRESETS
 
@@ -59,8 +59,10 @@ def _applicable(settings: dict[str, Any], variant: dict[str, Any]) -> dict[str, 
     """The --config settings that apply to a variant: learned-reward and shaping options only where it has one (a
     config refuses them elsewhere, since they would do nothing there)."""
     merged = {**settings, **variant}
-    skip = (set(LEARNED_REWARD_OPTIONS) if merged.get("learned_reward") is None else set()) | (
-        set(SHAPING_OPTIONS) if merged.get("shaping") is None else set())
+    method = merged.get("learned_reward")
+    skip = (set(LEARNED_REWARD_OPTIONS) if method is None else set()) | (
+        set(SHAPING_OPTIONS) if merged.get("shaping") is None else set()) | {
+        name for name, methods in METHOD_OPTIONS.items() if method not in methods}
     return {name: value for name, value in settings.items() if name not in skip and name not in variant}
 
 
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              "off a target, +10 solved) or outcome (no per-box rewards: only the solve pays)")
     parser.add_argument("--config", type=json.loads, default={},
                         help='PPOConfig fields to set for every variant, as JSON, e.g. \'{"update_epochs": 4}\'; '
-                        "learned-reward and shaping options apply to the variants that have one")
+                        "learned-reward and shaping options apply to the variants whose method reads them")
     parser.add_argument("--out", default="results/learned_rewards", help="folder for runs, results.json and the plot")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show each run's progress on stderr (--no-progress for logs)")

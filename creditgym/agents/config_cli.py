@@ -277,6 +277,19 @@ def learned_reward_scale_hint(config: Any) -> str:
             f"{config.learned_reward_coef:g})")
 
 
+def check_method_options(config: Any, owners: dict[str, tuple[str, ...]]) -> None:
+    """Refuse a learned-reward setting changed from its default where `config.learned_reward` is a method that does
+    not read it (`owners`: field -> the methods that do), such as SPA's grounding reward on an implicit PRM."""
+    method = config.learned_reward
+    if method is None:
+        return
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    for name, methods in owners.items():
+        if method not in methods and getattr(config, name) != defaults[name]:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) only applies to learned_reward "
+                             f"{' or '.join(methods)}, and this run's is {method}, which does not read it; drop it")
+
+
 def absolute_level_paths(env_kwargs: dict[str, Any]) -> dict[str, Any]:
     """`env_kwargs` with a relative `levels` path that exists from here (a Boxoban file or folder) made absolute, so
     that a later eval or resume started in another folder plays the same levels. A shipped bank name such as

@@ -32,6 +32,7 @@ from creditgym.agents.config_cli import (
     check_coefficients,
     check_env_arguments,
     check_learning_rates,
+    check_method_options,
     check_run_config,
     check_unused_options,
     learned_reward_scale_hint,
@@ -75,6 +76,8 @@ LEARNED_REWARDS = ("spa", "prime", "oprl")
 LEARNED_REWARD_OPTIONS = ("learned_reward_coef", "spa_grounding", "prm_beta", "prm_score", "learned_reward_lr",
                           "learned_reward_replay", "learned_reward_epochs", "learned_reward_start",
                           "learned_reward_freeze")
+# The learned-reward settings that only some methods read (the others ignore them).
+METHOD_OPTIONS = {"spa_grounding": ("spa",), "prm_beta": ("prime", "oprl"), "prm_score": ("oprl",)}
 # The settings of potential-based shaping, which do nothing without a potential.
 SHAPING_OPTIONS = ("shaping_scale", "shaping_gamma")
 
@@ -232,6 +235,7 @@ class PPOConfig:
                              needs="a shaping potential", flag="--shaping")
         check_unused_options(self, LEARNED_REWARD_OPTIONS, applies=self.learned_reward is not None,
                              needs="a learned reward", flag="--learned-reward")
+        check_method_options(self, METHOD_OPTIONS)
         check_learning_rates(self, "learning_rate", "learned_reward_lr")
         check_coefficients(self)
         if self.target_kl is not None and self.target_kl <= 0:

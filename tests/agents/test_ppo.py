@@ -80,6 +80,11 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
          r"learned_reward_coef \(--learned-reward-coef\), spa_grounding \(--spa-grounding\), prm_beta "
          r"\(--prm-beta\) only apply with a learned reward \(--learned-reward\)"),
         ({"learned_reward_freeze": 1000}, r"learned_reward_freeze \(--learned-reward-freeze\) only applies"),
+        # ... and settings that the chosen method does not read.
+        ({"learned_reward": "prime", "spa_grounding": 0.5},
+         r"spa_grounding \(--spa-grounding\) only applies to learned_reward spa, and this run's is prime"),
+        ({"learned_reward": "prime", "prm_score": "mean"}, r"prm_score \(--prm-score\) only applies to learned_reward "
+                                                           r"oprl"),
         ({"learned_reward": "spa", "learned_reward_freeze": 0}, "learned_reward_freeze 0 freezes the learned reward "
                                                                 "model before it trains on any episode"),
         # A budget below one rollout used to train a whole rollout.
@@ -170,7 +175,8 @@ def test_resume_continues_exactly(tmp_path: Path, env_id: str) -> None:
 @pytest.mark.parametrize("learned_reward", ["spa", "prime", "oprl"])
 def test_resume_with_a_learned_reward_continues_exactly(tmp_path: Path, learned_reward: str) -> None:
     # The reward model's weights, optimiser, replay buffer and half-finished episodes all travel in the checkpoint.
-    config = {"learned_reward": learned_reward, "total_steps": 4096, "spa_grounding": 0.1,
+    config = {"learned_reward": learned_reward, "total_steps": 4096,
+              **({"spa_grounding": 0.1} if learned_reward == "spa" else {}),  # only SPA reads it
               "env_kwargs": {"obs_mode": "egocentric", "action_mask": True}}
     straight = PPO(_config(tmp_path, run_name="straight", **config))
     straight.learn()

@@ -10,6 +10,7 @@ from creditgym.agents.config_cli import (
     absolute_level_paths,
     check_coefficients,
     check_learning_rates,
+    check_method_options,
     check_run_config,
     check_unused_options,
 )
@@ -23,6 +24,13 @@ LEARNED_REWARDS = ("spa", "prime", "oprl", "igpo")
 LEARNED_REWARD_OPTIONS = ("learned_reward_coef", "learned_reward_lr", "learned_reward_replay", "spa_epochs",
                           "spa_grounding", "prm_beta", "prm_score", "prm_reference", "prm_lora_rank",
                           "prm_update_first", "prime_granularity")
+# The learned-reward settings that only some methods read (the others ignore them; IGPO reads only the coefficient).
+METHOD_OPTIONS = {
+    "learned_reward_lr": ("spa", "prime", "oprl"), "learned_reward_replay": ("spa",), "spa_epochs": ("spa",),
+    "spa_grounding": ("spa",), "prm_beta": ("prime", "oprl"), "prm_score": ("oprl",),
+    "prm_reference": ("prime", "oprl"), "prm_lora_rank": ("prime", "oprl"), "prm_update_first": ("prime", "oprl"),
+    "prime_granularity": ("prime",),
+}
 
 
 @dataclass
@@ -240,6 +248,7 @@ class LLMTrainConfig:
             return
         if name not in LEARNED_REWARDS:
             raise ValueError(f"learned_reward must be one of {LEARNED_REWARDS} or none, got {name!r}")
+        check_method_options(self, METHOD_OPTIONS)
         if name in ("spa", "igpo") and self.advantage == "episode":
             raise ValueError(f"learned_reward={name!r} pays a reward per turn, which advantage='episode' sums away: "
                              "set advantage='turn' (or gigpo)")
