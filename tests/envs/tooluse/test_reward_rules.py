@@ -47,3 +47,22 @@ def test_the_exact_match_shortcut_agrees_with_values_equal() -> None:
 )
 def test_the_answers_last_date_is_compared(answer: str, correct: bool) -> None:
     assert answer_matches(answer, "2024-02-03") is correct
+
+
+def test_greedy_matching_gives_a_tie_to_the_earliest_predicted_call() -> None:
+    """ToolRL's reference code takes a strictly better score only, so of two equally good calls the first is
+    matched. Here that leaves the worse call for the second ground-truth call; `>=` would score 3.0 + 1/3."""
+    truth = [Call("f", {"a": 1}), Call("f", {"a": 1, "b": 5})]
+    predicted = [Call("f", {"a": 1, "b": 5}), Call("f", {"a": 1, "c": 3})]
+    # J(names) = 1; truth 1 ties at 0.5 + 1 and takes predicted 0; truth 2 gets predicted 1: J = 1/3, one value.
+    score = 1 + 1.5 + (1 / 3 + 1)
+    best_possible = 1 + 2 + 3
+    assert toolrl_correctness(predicted, truth) == pytest.approx(6 * score / best_possible - 3)
+
+
+def test_a_call_that_scores_nothing_stays_free_for_a_later_ground_truth_call() -> None:
+    truth = [Call("f", {"a": 1}), Call("f", {"b": 2})]
+    predicted = [Call("f", {"b": 2})]
+    # truth 1 scores 0 against it (no shared key), so truth 2 still matches it fully: J = 1, one value.
+    score = 0.5 + 0 + 2
+    assert toolrl_correctness(predicted, truth) == pytest.approx(6 * score / 5 - 3)
