@@ -122,7 +122,8 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     """gradient clipping norm"""
     target_kl: float | None = None
-    """stop an update early once the approximate KL passes this"""
+    """stop an update early once the approximate KL passes this (checked after each epoch on its last minibatch's
+    KL to the rollout policy, as CleanRL; `losses/approx_kl` logs that minibatch's value)"""
     shaping: str | None = None
     """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance,
     solver_distance_tight); none = sparse"""

@@ -318,13 +318,13 @@ def _make_minigrid(env_id: Any, env_kwargs: Any, render_mode: str | None) -> gym
             raise ValueError(f"env_kwargs {name}={value} is too large for {env_id}: grid sides go up to "
                              f"{MAX_GRID_SIDE}")
     try:
-        env = gym.make(env_id, render_mode=render_mode, **kwargs).unwrapped
         if kwargs:
             # MiniGrid checks some sizes only when it lays out a grid (size 3 fails inside reset with "low >= high"):
-            # lay out one now, then unseed it, so that a first reset() without a seed stays random.
-            env.reset(seed=0)
-            env._np_random, env._np_random_seed = None, None
-        return env
+            # lay one out in a throwaway copy, so that the env's own first reset() without a seed stays random.
+            trial = gym.make(env_id, **kwargs).unwrapped
+            trial.reset(seed=0)
+            trial.close()
+        return gym.make(env_id, render_mode=render_mode, **kwargs).unwrapped
     except gym.error.Error:
         raise  # gymnasium's own errors (unknown id, ...) already say what to change
     except (AssertionError, TypeError, ValueError, IndexError) as error:
