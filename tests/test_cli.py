@@ -185,3 +185,11 @@ def test_eval_plays_an_llm_run_trained_from_the_command_line(tmp_path) -> None:
     written = json.loads((tmp_path / "runs" / "grpo" / "eval.json").read_text())
     assert written["algo"] == "grpo" and written["episodes"] == 3 and written["iteration"] == 1
     assert 0.0 <= written["success_rate"] <= 1.0 and written["mean_steps"] > 0
+
+
+def test_python_dash_m_creditgym_runs_the_cli_and_passes_its_exit_status() -> None:
+    ok = subprocess.run([sys.executable, "-m", "creditgym", "--version"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "creditgym" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "creditgym", "eval", "/nonexistent/run"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "error" in bad.stdout + bad.stderr
