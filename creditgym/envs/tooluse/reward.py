@@ -7,8 +7,9 @@ ToolRL (Qian et al. 2025), per turn: R = R_format in {0, 1} + R_correct in [-3, 
     R_correct = 6 S / S_max - 3.
 Each ground-truth call, in order, is matched greedily to the unused predicted call with the same name that
 scores most. As in ToolRL's reference code, a tie goes to the earliest such call, and a call that scores 0 is
-not matched (it stays free for a later ground-truth call). Unparseable output scores -3. With no ground-truth call, a turn that makes no call scores 0 (nothing
-to judge); a turn that makes calls has J(names) = 0 and so R_correct = -3, as the formula gives.
+not matched (it stays free for a later ground-truth call). Unparseable output scores -3. With no ground-truth
+call, a turn that makes no call scores 0 (nothing to judge); a turn that makes calls has J(names) = 0 and so
+R_correct = -3, as the formula gives.
 Values are "equal" when numbers are equal (3 == 3.0) or strings match ignoring case and outer spaces.
 """
 
