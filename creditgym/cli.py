@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import creditgym
-from creditgym.agents.config_cli import add_config_arguments
+from creditgym.agents.config_cli import add_config_arguments, saved_run_config
 from creditgym.agents.llm.config import ALGOS as LLM_ALGOS
 from creditgym.agents.llm.config import LLMTrainConfig
 from creditgym.agents.ppo import PPOConfig, resolve_device
@@ -204,7 +204,8 @@ def _resumed_config(cls: type, args: argparse.Namespace, *, extendable: tuple[st
     overrides = {name: value for name, value in vars(args).items() if name in extendable}
     if "device" not in overrides:
         overrides["device"] = _resume_device(run_dir, record)
-    return cls(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent), **overrides})
+    with saved_run_config(run_dir / "config.json"):
+        return cls(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent), **overrides})
 
 
 def _resume_device(run_dir: Path, record: dict[str, Any]) -> str:

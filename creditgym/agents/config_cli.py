@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import contextvars
 import dataclasses
 import inspect
 import json
@@ -17,7 +19,8 @@ import re
 import textwrap
 import types
 import typing
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
@@ -252,18 +255,42 @@ def check_coefficients(config: Any) -> None:
                              f"got {value:g}")
 
 
+_SAVED_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("saved_run", default=None)
+
+
+@contextlib.contextmanager
+def saved_run_config(source: str | PurePath) -> Iterator[None]:
+    """Build configs from a finished run's record (`source`, for messages): settings that do nothing where they are
+    set (`check_unused_options`, `check_method_options`) warn instead of being refused. They did nothing when the
+    run trained either, and runs from before these checks existed hold them (the examples passed every option to
+    every variant), so refusing them would lock those runs out of eval and resume."""
+    token = _SAVED_RUN.set(str(source))
+    try:
+        yield
+    finally:
+        _SAVED_RUN.reset(token)
+
+
+def _refuse_unused(message: str) -> None:
+    source = _SAVED_RUN.get()
+    if source is None:
+        raise ValueError(message)
+    warnings.warn(f"{source}: {message.split('; ')[0]}. It did nothing when the run trained and is ignored now too",
+                  stacklevel=4)
+
+
 def check_unused_options(config: Any, names: Sequence[str], *, applies: bool, needs: str, flag: str) -> None:
     """Refuse the fields in `names` set away from their defaults where they would do nothing (`applies` False), as a
     silently ignored setting looks like one that was tried; `needs` says what makes them apply, e.g. "a shaping
-    potential", and `flag` the flag that chooses it."""
+    potential", and `flag` the flag that chooses it. Inside `saved_run_config` this warns instead."""
     if applies:
         return
     defaults = {field.name: field.default for field in dataclasses.fields(config)}
     changed = [name for name in names if getattr(config, name) != defaults[name]]
     if changed:
         shown = ", ".join(f"{name} (--{name.replace('_', '-')})" for name in changed)
-        raise ValueError(f"{shown} only appl{'ies' if len(changed) == 1 else 'y'} with {needs} ({flag}); pass {flag} "
-                         f"too, or drop {'it' if len(changed) == 1 else 'them'}")
+        _refuse_unused(f"{shown} only appl{'ies' if len(changed) == 1 else 'y'} with {needs} ({flag}); pass {flag} "
+                       f"too, or drop {'it' if len(changed) == 1 else 'them'}")
 
 
 def learned_reward_scale_hint(config: Any) -> str:
@@ -279,15 +306,16 @@ def learned_reward_scale_hint(config: Any) -> str:
 
 def check_method_options(config: Any, owners: dict[str, tuple[str, ...]]) -> None:
     """Refuse a learned-reward setting changed from its default where `config.learned_reward` is a method that does
-    not read it (`owners`: field -> the methods that do), such as SPA's grounding reward on an implicit PRM."""
+    not read it (`owners`: field -> the methods that do), such as SPA's grounding reward on an implicit PRM. Inside
+    `saved_run_config` this warns instead."""
     method = config.learned_reward
     if method is None:
         return
     defaults = {field.name: field.default for field in dataclasses.fields(config)}
     for name, methods in owners.items():
         if method not in methods and getattr(config, name) != defaults[name]:
-            raise ValueError(f"{name} (--{name.replace('_', '-')}) only applies to learned_reward "
-                             f"{' or '.join(methods)}, and this run's is {method}, which does not read it; drop it")
+            _refuse_unused(f"{name} (--{name.replace('_', '-')}) only applies to learned_reward "
+                           f"{' or '.join(methods)}, and this run's is {method}, which does not read it; drop it")
 
 
 def absolute_level_paths(env_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import creditgym
-from creditgym.agents.config_cli import MAX_SEED, check_device
+from creditgym.agents.config_cli import MAX_SEED, check_device, saved_run_config
 from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_actions
 from creditgym.agents.runs import load_weights, read_checkpoint
 from creditgym.envs.sokoban.bank import has_held_out_split, warn_when_levels_repeat
@@ -35,7 +35,8 @@ def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, A
     # Checkpoints from before these fields existed hold separate tanh networks.
     # The run's device is not this evaluation's: a run trained on a GPU evaluates on a machine without one.
     saved = {"activation": "tanh", "shared_torso": False, **state["config"], "device": "auto"}
-    config = PPOConfig(**{k: v for k, v in saved.items() if k in PPOConfig.__dataclass_fields__})
+    with saved_run_config(path):
+        config = PPOConfig(**{k: v for k, v in saved.items() if k in PPOConfig.__dataclass_fields__})
     env = gym.make(config.env_id, **config.env_kwargs)
     shape, actions = env.observation_space.shape, int(env.action_space.n)
     env.close()

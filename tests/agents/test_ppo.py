@@ -536,3 +536,25 @@ def test_cli_resume_continues_a_run_to_a_longer_budget(tmp_path: Path, capsys: p
     assert cli_main(["train", "--resume", str(tmp_path / "r"), "--no-progress"]) == 0  # already at its budget
     assert "nothing was trained; raise --total-steps" in capsys.readouterr().out.replace("\n", "")
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 8
+
+
+def test_a_saved_run_with_options_that_did_nothing_still_evaluates_and_resumes(tmp_path: Path) -> None:
+    """Runs from before unused options were refused hold them (the examples gave every variant every option).
+    They did nothing when the run trained, so eval and resume warn and go on, where a new run is refused."""
+    common = ["--no-progress", "--no-tensorboard", "--num-envs", "8", "--num-steps", "16"]
+    assert cli_main(["train", "--total-steps", "256", "--runs-dir", str(tmp_path), "--run-name", "old", *common]) == 0
+    run = tmp_path / "old"
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["learned_reward_lr"] = 0.01  # no learned reward: an option of an older example's --config
+    (run / "config.json").write_text(json.dumps(record))
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["config"]["learned_reward_lr"] = 0.01
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match="only applies with a learned reward"):
+        PPOConfig(**{**record["config"], "device": "cpu"})
+    with pytest.warns(UserWarning, match=r"checkpoint.pt: learned_reward_lr \(--learned-reward-lr\) only applies with "
+                      r"a learned reward \(--learned-reward\)\. It did nothing when the run trained"):
+        assert evaluate(run, episodes=2)["episodes"] == 2
+    with pytest.warns(UserWarning, match="config.json: learned_reward_lr"):
+        assert cli_main(["train", "--resume", str(run), "--total-steps", "512", "--no-progress"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4

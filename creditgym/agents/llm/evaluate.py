@@ -28,7 +28,7 @@ from gymnasium.envs.registration import load_env_creator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import creditgym
-from creditgym.agents.config_cli import MAX_SEED, check_device, check_env_arguments
+from creditgym.agents.config_cli import MAX_SEED, check_device, check_env_arguments, saved_run_config
 from creditgym.agents.ppo import resolve_device
 from creditgym.agents.runs import load_weights, read_checkpoint
 from creditgym.envs.sokoban.bank import warn_when_levels_repeat
@@ -156,7 +156,8 @@ def _read_llm_checkpoint(run_dir: str | Path, device: torch.device) -> tuple[Pat
     # The run's device is not the evaluation's: a run trained on a GPU evaluates on a machine without one.
     known = {item.name for item in fields(LLMTrainConfig)}
     try:
-        config = LLMTrainConfig(**{**{k: v for k, v in saved.items() if k in known}, "device": "auto"})
+        with saved_run_config(path):
+            config = LLMTrainConfig(**{**{k: v for k, v in saved.items() if k in known}, "device": "auto"})
     except (TypeError, ValueError) as err:
         raise ValueError(f"the config saved in {path} is not one this creditgym accepts ({err}); evaluate it with "
                          "the creditgym version that trained it") from None

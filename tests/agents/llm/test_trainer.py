@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from creditgym.agents.config_cli import saved_run_config
 from creditgym.agents.llm import LLMTrainConfig, LLMTrainer
 
 from .helpers import make_trainer
@@ -125,6 +126,17 @@ def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
 ])
 def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
+        LLMTrainConfig(**overrides)
+
+
+@pytest.mark.parametrize("overrides", [{"prm_beta": 0.1}, {"learned_reward": "prime", "spa_grounding": 0.5}])
+def test_a_saved_runs_options_that_did_nothing_warn_instead(overrides: dict) -> None:
+    """Eval and resume build a finished run's config inside `saved_run_config`: what did nothing is named, not
+    refused."""
+    with saved_run_config("runs/x/config.json"), pytest.warns(UserWarning, match=r"runs/x/config.json: .*only appl"):
+        config = LLMTrainConfig(**overrides)
+    assert all(getattr(config, name) == value for name, value in overrides.items())
+    with pytest.raises(ValueError, match="only appl"):  # outside it, refused as ever
         LLMTrainConfig(**overrides)
 
 
