@@ -4,7 +4,9 @@ p_t is the policy's teacher-forced probability of the ground-truth final action 
 turn t: exp of the mean log π_θ over the answer's tokens. A turn that makes the right answer likelier earns the
 gain, r_t = p_{t+1} − p_t, for every turn but the last; the last turn earns the outcome r_T ∈ [0, 1] (the env's
 `task` channel, clipped: a correct ToolUse answer, or Dialogue's fraction of requirements met). The gains of an
-episode telescope to p_{T−1} − p_0.
+episode telescope to p_{T−1} − p_0. An episode cut before it answered (max_turns) earns its outcome, 0, on its last
+turn too, not that turn's gain: IGPO's last turn is the answer. The trainer normalises these turn rewards across
+the group before summing them to go, as IGPO does (`LLMTrainConfig.turn_normalization`).
 
 The ground truth comes from the env at training time only: ToolUse and Dialogue put it in the reset
 `info["ground_truth"]` when built with `expose_ground_truth=True`, the rollout keeps it on the `Episode`, and it

@@ -10,7 +10,7 @@ Per-turn rewards sit on the last generated token of each turn (``turn_ends``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -69,6 +69,8 @@ class TokenBatch:
     """(E, A) advantages a learned reward model set (PRIME, OPRL); they replace `config.advantage`'s"""
     shared_prefix: int = 0
     """leading tokens every row has alike (the instructions): scoring runs them once for all rows"""
+    next_prompts: list[list[int] | None] = field(default_factory=list)
+    """per episode, the prompt after its last turn where it was cut and the collector kept it (PPO's bootstrap)"""
 
     def to_view(self, row_values: Tensor) -> Tensor:
         out = torch.zeros(self.view_mask.shape, dtype=row_values.dtype, device=row_values.device)
@@ -141,6 +143,7 @@ def pack_episodes(episodes: list[Episode], pad_id: int, device: torch.device) ->
         group_ids=torch.tensor([ep.group for ep in episodes], device=device),
         terminated=torch.tensor([ep.terminated for ep in episodes], device=device),
         observations=[[turn.observation for turn in ep.turns] for ep in episodes],
+        next_prompts=[ep.next_prompt if not ep.terminated else None for ep in episodes],
         shared_prefix=shared_row_prefix(input_ids, attention, action),
     )
 
@@ -149,19 +152,22 @@ _GROUP_ESTIMATORS = {"grpo": grpo_advantages, "drgrpo": dr_grpo_advantages, "rlo
 
 
 def advantages(config: LLMTrainConfig, batch: TokenBatch, *, kl: Tensor | None = None,
-               values: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               values: Tensor | None = None, bootstrap_values: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Episode-view advantages ``(E, A)`` for `config.algo` / `config.advantage`, plus value targets (ppo_llm).
 
     `kl` ``(E, A)`` is log π_old − log π_ref per token (the reward penalty of reinforce_pp and ppo_llm);
-    `values` ``(E, A)`` the value head's estimates (ppo_llm).
+    `values` ``(E, A)`` the value head's estimates and `bootstrap_values` ``(E,)`` its estimate of the state after
+    each cut episode's last turn, V(s_T) (ppo_llm).
 
     - GRPO family, `episode`: the group-relative advantage of the episode return on every token.
-    - GRPO family, `turn`: each turn's reward-to-go (γ over turns), normalised against every turn of the same
-      task group, on that turn's tokens.
+    - GRPO family, `turn`: with `turn_normalization` returns, each turn's reward-to-go (γ over turns),
+      normalised against every turn of the same task group; with rewards (IGPO's order), each turn's reward
+      normalised against every turn reward of the group, then summed to go. On that turn's tokens.
     - `gigpo`: GiGPO's episode plus anchor-state step advantage, on each turn's tokens.
     - reinforce_pp: `turn` gives token-level REINFORCE++ (turn rewards on end-of-turn tokens, KL penalty,
       reward-to-go, global whitening); `episode` gives REINFORCE++-baseline (group-centred outcome).
-    - ppo_llm: GAE over generated tokens; an episode that was cut bootstraps from its last token's value.
+    - ppo_llm: GAE over generated tokens; an episode that was cut bootstraps from V(s_T) (`bootstrap_values`;
+      without them, from its last token's value, which counts that turn's reward twice).
     - `batch.learned_advantages`, when a learned reward model (PRIME, OPRL) set them, replace all of the above.
     """
     mask, algo = batch.view_mask, config.algo
@@ -170,11 +176,16 @@ def advantages(config: LLMTrainConfig, batch: TokenBatch, *, kl: Tensor | None =
     if algo in _GROUP_ESTIMATORS and config.advantage == "episode":
         return broadcast_to_tokens(_GROUP_ESTIMATORS[algo](batch.returns, batch.group_ids), mask), None
     if algo in _GROUP_ESTIMATORS and config.advantage == "turn":
-        turn_returns = reward_to_go(batch.turn_rewards, batch.turn_mask, gamma=config.gamma)
-        groups = batch.group_ids[:, None].expand_as(turn_returns)
-        flat = _GROUP_ESTIMATORS[algo](turn_returns[batch.turn_mask], groups[batch.turn_mask])
-        per_turn = torch.zeros_like(turn_returns)
-        per_turn[batch.turn_mask] = flat
+        def normalised(per_turn: Tensor) -> Tensor:  # against every valid turn of the same task group
+            groups = batch.group_ids[:, None].expand_as(per_turn)
+            out = torch.zeros_like(per_turn)
+            out[batch.turn_mask] = _GROUP_ESTIMATORS[algo](per_turn[batch.turn_mask], groups[batch.turn_mask])
+            return out
+
+        if config.turn_normalization == "rewards":
+            per_turn = reward_to_go(normalised(batch.turn_rewards), batch.turn_mask, gamma=config.gamma)
+        else:
+            per_turn = normalised(reward_to_go(batch.turn_rewards, batch.turn_mask, gamma=config.gamma))
         return broadcast_turn_values(per_turn, batch.turn_ends, mask), None
     if config.advantage == "gigpo":
         per_turn = gigpo_advantages(batch.turn_rewards, batch.turn_mask, batch.group_ids, batch.observations,
@@ -196,7 +207,8 @@ def advantages(config: LLMTrainConfig, batch: TokenBatch, *, kl: Tensor | None =
     truncated = last & ~batch.terminated[:, None]
     next_values = torch.zeros_like(values)
     next_values[:, :-1] = values[:, 1:]
-    next_values = torch.where(truncated, values, next_values)
+    bootstrap = values if bootstrap_values is None else bootstrap_values[:, None].expand_as(values)
+    next_values = torch.where(truncated, bootstrap, next_values)
     # gae runs time-major; the view's padding sits after each episode's done flag, so it never leaks back.
     adv, returns = gae(token_rewards.T, values.T, next_values.T, terminated.T, truncated.T, gamma=config.gamma,
                        lam=config.gae_lambda)

@@ -38,7 +38,9 @@ class LLMTrainConfig:
     """GRPO, Dr.GRPO, RLOO, REINFORCE++ and PPO (value head) for chat LMs on text envs."""
 
     algo: str = "grpo"
-    """grpo, drgrpo, rloo, reinforce_pp or ppo_llm (PPO with a value head and token-level GAE)"""
+    """grpo, drgrpo, rloo, reinforce_pp or ppo_llm (PPO with a value head and token-level GAE). The clipped loss
+    is a mean over every generated token of a minibatch (DAPO's and verl's token-mean, which has no length bias;
+    GRPO's paper averages per sequence first); drgrpo divides by each generation's token budget instead"""
     model: str = "smollm2-135m"
     """smollm2-135m (embedded) or a local Hugging Face model folder; nothing is downloaded"""
     env_id: str = "creditgym/Sokoban-6x6-1b-v0"
@@ -63,6 +65,9 @@ class LLMTrainConfig:
     """sampling temperature; logprobs are those of the tempered distribution"""
     advantage: str = "episode"
     """episode (one outcome advantage per episode), turn (per-turn reward-to-go) or gigpo (GRPO family only)"""
+    turn_normalization: str | None = None
+    """advantage turn (grpo, drgrpo, rloo): normalise each turn's reward-to-go across the group (returns) or each
+    turn's reward first and then sum it to go (rewards, IGPO's order); none = rewards with igpo, else returns"""
     gamma: float | None = None
     """discount over turns (turn, gigpo) or tokens (reinforce_pp, ppo_llm); none: 0.95 with advantage gigpo
     (verl-agent's), else 1"""
@@ -111,9 +116,11 @@ class LLMTrainConfig:
     clip_coef: float = 0.2
     """policy ratio clip"""
     kl_coef: float = 0.0
-    """KL to the initial policy: a k3 loss term (GRPO family) or a per-token reward penalty (reinforce_pp, ppo_llm)"""
+    """KL to the initial policy: a k3 loss term (GRPO family; RLOO's paper and TRL subtract a sequence KL from the
+    reward instead) or a k1 per-token reward penalty (reinforce_pp, ppo_llm, REINFORCE++-baseline included)"""
     vf_coef: float = 0.5
-    """value loss weight (ppo_llm)"""
+    """value loss weight (ppo_llm: a linear value head on the policy's last hidden state, so the value loss also
+    trains the LM; the value loss is not clipped)"""
     gae_lambda: float = 0.95
     """GAE lambda over tokens (ppo_llm)"""
     max_grad_norm: float = 1.0
@@ -175,6 +182,7 @@ class LLMTrainConfig:
     def __post_init__(self) -> None:
         if self.gamma is None:  # resolved here, so the run's config.json records the discount it trained with
             self.gamma = GIGPO_GAMMA if self.advantage == "gigpo" else 1.0
+        self._resolve_turn_normalization()
         check_run_config(self)
         self.env_kwargs = absolute_level_paths(self.env_kwargs)
         if self.algo not in ALGOS:
@@ -193,6 +201,10 @@ class LLMTrainConfig:
                              f"those algos, not {self.algo!r}")
         if self.algo == "ppo_llm" and self.advantage != "turn":
             raise ValueError("ppo_llm computes token-level GAE from turn rewards: set advantage='turn'")
+        if self.algo == "reinforce_pp" and self.advantage == "episode" and self.group_size < 2:
+            raise ValueError("reinforce_pp with advantage='episode' (REINFORCE++-baseline) subtracts the group's "
+                             "mean return, which leaves nothing of a group of one: set group_size to 2 or more, or "
+                             "advantage='turn' (token-level REINFORCE++)")
         self._check_learned_reward()
         low, high = self.group_accuracy_range
         if not 0 <= low <= high <= 1:
@@ -231,6 +243,19 @@ class LLMTrainConfig:
             raise ValueError(f"generation_url must start with http:// or https://, got {self.generation_url!r}")
         if self.vllm_kv_cache_gb <= 0:
             raise ValueError("vllm_kv_cache_gb must be positive, e.g. 2")
+
+    def _resolve_turn_normalization(self) -> None:
+        applies = self.advantage == "turn" and self.algo in ("grpo", "drgrpo", "rloo")
+        if self.turn_normalization is None:
+            if applies:  # resolved here, so config.json records it
+                self.turn_normalization = "rewards" if self.learned_reward == "igpo" else "returns"
+            return
+        if not applies:
+            raise ValueError(f"turn_normalization (--turn-normalization) only applies with advantage='turn' and algo "
+                             f"grpo, drgrpo or rloo (this run: advantage={self.advantage!r}, algo={self.algo!r}); "
+                             "drop it")
+        if self.turn_normalization not in ("returns", "rewards"):
+            raise ValueError(f"turn_normalization must be returns or rewards, got {self.turn_normalization!r}")
 
     @property
     def group_accuracy_range(self) -> tuple[float, float]:

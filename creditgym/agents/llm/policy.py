@@ -165,9 +165,12 @@ class LLMPolicy:
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def sequence_logprobs(self, input_ids: Tensor, attention_mask: Tensor, action_mask: Tensor, *,
-                          with_hidden: bool = False, shared_prefix: int = 0) -> tuple[Tensor, Tensor | None]:
+                          with_hidden: bool = False, shared_prefix: int = 0,
+                          entropy_out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Logprobs ``(B, L)`` of the action tokens (0 elsewhere) and, with `with_hidden`, the last hidden state
         ``(B, L, H)`` at the position that predicts each token (the state a value head reads), 0 elsewhere.
+        `entropy_out`, a ``(B, L)`` tensor, receives the entropy of the (tempered) distribution each action token
+        was drawn from, without grad, where the vocabulary-sized logits are at hand anyway.
 
         Only positions that predict an action token go through the LM head, which keeps the vocabulary-sized
         logits small for long multi-turn sequences. The first `shared_prefix` tokens, which every row must have
@@ -193,12 +196,36 @@ class LLMPolicy:
         result = torch.zeros(input_ids.shape, dtype=token_lp.dtype, device=input_ids.device)
         result[:, keep + 1] = token_lp
         result = result * action_mask
+        if entropy_out is not None:
+            with torch.no_grad():
+                entropy = torch.logsumexp(logits, dim=-1) - (logits.softmax(-1) * logits).sum(-1)
+                entropy_out.zero_()
+                entropy_out[:, keep + 1] = entropy.to(entropy_out.dtype)
+                entropy_out.mul_(action_mask)
         if not with_hidden:
             return result, None
         last = out.hidden_states[-1].float()
         hidden = torch.zeros((*input_ids.shape, last.shape[-1]), dtype=last.dtype, device=last.device)
         hidden[:, keep + 1] = last[:, keep - shared]
         return result, hidden * action_mask[..., None]
+
+    def prompt_end_hidden(self, prompts: list[list[int]], *, batch_size: int) -> Tensor:
+        """The last hidden state ``(B, H)`` at each prompt's final token, which predicts the first token of the reply
+        to it: the state a value head reads for the prompt (as `sequence_logprobs(..., with_hidden=True)` reads it
+        for each generated token). Prompts run right-padded, `batch_size` at a time."""
+        ends = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            ids = torch.full((len(chunk), max(map(len, chunk))), self.pad_id, dtype=torch.long, device=self.device)
+            attention = torch.zeros_like(ids)
+            for row, prompt in enumerate(chunk):
+                ids[row, :len(prompt)] = torch.tensor(prompt, device=self.device)
+                attention[row, :len(prompt)] = 1
+            with self.autocast():  # the decoder alone: no logits are needed
+                hidden = self.model.get_decoder()(input_ids=ids, attention_mask=attention,
+                                                  use_cache=False).last_hidden_state
+            ends.append(hidden[torch.arange(len(chunk), device=self.device), attention.sum(-1) - 1].float())
+        return torch.cat(ends)
 
     def shared_prefix_inputs(self, input_ids: Tensor, attention_mask: Tensor, shared: int) -> dict[str, Any]:
         """Keyword arguments under which the LM, or its decoder, given ``input_ids[:, shared:]`` reads the first

@@ -72,6 +72,9 @@ class Episode:
     for training-time reward models such as IGPO, never part of a prompt"""
     final_observation: str | None = None
     """the observation after the last turn (the reset observation when no turn was played)"""
+    next_prompt: list[int] | None = None
+    """for an episode that was cut (truncated), the prompt its next turn would have had: the state a value head
+    bootstraps from. Kept only by a collector built with `keep_next_prompts=True`"""
     reset_info: dict[str, Any] | None = None
     reset_state: dict[str, Any] | None = None
     """the reset's info and `env.unwrapped.state()`, kept only by a recording collector"""
@@ -89,11 +92,13 @@ class RolloutCollector:
     """Owns `num_groups * group_size` envs and collects one batch of episodes per `collect` call.
 
     `record=True` also keeps each turn's info and env `state()` (and the reset's), for trajectory records
-    (`creditgym.trajectories.llm_episode_records`).
+    (`creditgym.trajectories.llm_episode_records`); `keep_next_prompts=True` keeps the prompt after the last turn
+    of each cut episode (`Episode.next_prompt`), for PPO's value bootstrap.
     """
 
     def __init__(self, envs: Sequence[gym.Env], policy: LLMPolicy, *, group_size: int, max_turns: int,
-                 history_turns: int | None, max_prompt_tokens: int, record: bool = False) -> None:
+                 history_turns: int | None, max_prompt_tokens: int, record: bool = False,
+                 keep_next_prompts: bool = False) -> None:
         if len(envs) % group_size:
             raise ValueError(f"{len(envs)} envs do not split into groups of {group_size}")
         self.envs = list(envs)
@@ -103,6 +108,7 @@ class RolloutCollector:
         self.history_turns = history_turns
         self.max_prompt_tokens = max_prompt_tokens
         self.record = record
+        self.keep_next_prompts = keep_next_prompts
 
     def collect(self, seeds: Sequence[int], *, generator: torch.Generator | None = None, greedy: bool = False,
                 options: Sequence[Mapping[str, Any] | None] | None = None) -> list[Episode]:
@@ -133,8 +139,10 @@ class RolloutCollector:
         for turn in range(self.max_turns):
             prompts = [self._prompt(episodes[i], observations[i], turn, stopped[i]) for i in live]
             too_long = [i for i, prompt in zip(live, prompts, strict=True) if len(prompt) > self.max_prompt_tokens]
-            for i in too_long:
-                episodes[i].truncated = True
+            for i, prompt in zip(live, prompts, strict=True):
+                if i in too_long:
+                    episodes[i].truncated = True
+                    episodes[i].next_prompt = list(prompt) if self.keep_next_prompts else None
             if too_long:
                 prompts = [p for i, p in zip(live, prompts, strict=True) if i not in too_long]
                 live = [i for i in live if i not in too_long]
@@ -163,27 +171,33 @@ class RolloutCollector:
                 break
         for i in live:
             episodes[i].truncated = True  # out of turns (max_turns)
-        for episode, observation in zip(episodes, observations, strict=True):
+        for i, (episode, observation) in enumerate(zip(episodes, observations, strict=True)):
             episode.final_observation = observation
+            if self.keep_next_prompts and episode.truncated and episode.next_prompt is None and episode.turns:
+                extends, tokens = self._prompt_tokens(episode, observation, len(episode.turns), stopped[i])
+                episode.next_prompt = episode.segments[-1].token_ids + tokens if extends else tokens
         return episodes
 
     def _prompt(self, episode: Episode, observation: str, turn: int, stopped: bool) -> list[int]:
         """The prompt for this turn, appended to the episode's token sequence or as a new segment."""
-        extend = turn > 0 and self.policy.incremental and (self.history_turns is None or turn <= self.history_turns)
-        if extend:
-            segment = episode.segments[-1]
-            segment.extend(self.policy.continuation(observation, stopped=stopped), action=False)
-            return segment.token_ids
+        extends, tokens = self._prompt_tokens(episode, observation, turn, stopped)
+        if extends:
+            episode.segments[-1].extend(tokens, action=False)
+        else:
+            episode.segments.append(Segment())
+            episode.segments[-1].extend(tokens, action=False)
+        return episode.segments[-1].token_ids
+
+    def _prompt_tokens(self, episode: Episode, observation: str, turn: int, stopped: bool) -> tuple[bool, list[int]]:
+        """Whether this turn's prompt extends the episode's last segment, and the tokens it adds (or starts with)."""
+        if turn > 0 and self.policy.incremental and (self.history_turns is None or turn <= self.history_turns):
+            return True, self.policy.continuation(observation, stopped=stopped)
         start = 0 if self.history_turns is None else max(0, len(episode.turns) - self.history_turns)
-        window = episode.turns[start:]
         messages = [{"role": "system", "content": episode.instructions}]
-        for past in window:
+        for past in episode.turns[start:]:
             messages += [{"role": "user", "content": past.observation}, {"role": "assistant", "content": past.action}]
         messages.append({"role": "user", "content": observation})
-        segment = Segment()
-        segment.extend(self.policy.chat_prompt(messages), action=False)
-        episode.segments.append(segment)
-        return segment.token_ids
+        return False, self.policy.chat_prompt(messages)
 
 
 def _env_state(env: Any) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -132,7 +132,8 @@ class LLMTrainer:
             self.collector = RolloutCollector(envs, self.generation or self.policy,
                                               group_size=cfg.group_size, max_turns=cfg.max_turns,
                                               history_turns=cfg.history_turns, max_prompt_tokens=cfg.max_prompt_tokens,
-                                              record=cfg.record_trajectories)
+                                              record=cfg.record_trajectories,
+                                              keep_next_prompts=self.value_head is not None)
             self.generator = torch.Generator(device=self.device)
             self.generator.manual_seed(cfg.seed)
             self.learned_reward = make_learned_reward(cfg, self)  # SPA / PRIME / OPRL / IGPO, or None
@@ -195,7 +196,14 @@ class LLMTrainer:
                     f"the weights of the last update overflow the logits: lower --learning-rate (now "
                     f"{cfg.learning_rate:g})") from None
             rollout_seconds = time.perf_counter() - start
-            trained = kept_groups(episodes, *cfg.group_accuracy_range)
+            # An episode whose first prompt was too long played no turn: it has no tokens to train, and as a
+            # member of its group it would move the others' baselines (and PRIME's accuracy filter) like a failure.
+            played = [ep for ep in episodes if ep.turns]
+            if not played:
+                raise ValueError("no episode generated a single token: every first prompt (instructions and "
+                                 "observation) was longer than max_prompt_tokens; raise --max-prompt-tokens or "
+                                 "shorten the prompt")
+            trained = kept_groups(played, *cfg.group_accuracy_range)
             learned, losses = {}, {}
             if trained:
                 batch = pack_episodes(trained, self.policy.pad_id, self.device)
@@ -204,6 +212,8 @@ class LLMTrainer:
                 if self.generation is not None:  # the server samples the next rollouts from the updated weights
                     losses["charts/weight_push_s"] = self.generation.push_weights()
             losses["charts/trained_episodes"] = float(len(trained))
+            if len(played) < len(episodes):
+                losses["charts/unplayed_episodes"] = float(len(episodes) - len(played))
             # After a learned reward added its channel to the trained episodes' turns, so that (as PPO's) each
             # record's channels sum to what the trainer paid; episodes it did not train on hold the env's alone.
             records = (llm_episode_records(episodes, cfg.env_id, metadata={"iteration": self.iteration + 1})
@@ -244,21 +254,35 @@ class LLMTrainer:
             remove_run_trajectories(self.run_dir)
 
     # -- the update ---------------------------------------------------------------------------------------------
-    def score(self, batch: TokenBatch, policy: LLMPolicy | None = None) -> tuple[Tensor, Tensor | None]:
-        """Logprobs ``(R, L)`` of the batch's generated tokens (and value estimates for ppo_llm), without grad."""
+    def score(self, batch: TokenBatch, policy: LLMPolicy | None = None, *, details: bool | None = None) -> Scores:
+        """Logprobs ``(R, L)`` of the batch's generated tokens without grad. With `details` (by default, for the
+        policy itself) also their entropies, and with ppo_llm the value head's estimates and its V(s_T) of each cut
+        episode."""
         policy = policy or self.policy
-        logprobs, values = torch.zeros_like(batch.rollout_logprobs), None
-        if self.value_head is not None and policy is self.policy:
-            values = torch.zeros_like(batch.rollout_logprobs)
+        own = policy is self.policy if details is None else details
+        logprobs = torch.zeros_like(batch.rollout_logprobs)
+        entropy = torch.zeros_like(batch.rollout_logprobs) if own else None
+        with_values = self.value_head is not None and own
+        values = torch.zeros_like(batch.rollout_logprobs) if with_values else None
         with torch.no_grad():
             for rows in torch.arange(batch.input_ids.shape[0], device=self.device).split(self.config.micro_batch_size):
+                part = None if entropy is None else torch.zeros_like(batch.rollout_logprobs[rows])
                 lp, hidden = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
-                                                      batch.action_mask[rows], with_hidden=values is not None,
-                                                      shared_prefix=batch.shared_prefix)
+                                                      batch.action_mask[rows], with_hidden=with_values,
+                                                      shared_prefix=batch.shared_prefix, entropy_out=part)
                 logprobs[rows] = lp
+                if entropy is not None and part is not None:
+                    entropy[rows] = part
                 if values is not None and hidden is not None and self.value_head is not None:
                     values[rows] = self.value_head(hidden).squeeze(-1) * batch.action_mask[rows]
-        return logprobs, values
+            bootstrap = None
+            if with_values and self.value_head is not None and any(p is not None for p in batch.next_prompts):
+                bootstrap = torch.zeros(len(batch.next_prompts), device=self.device)
+                cut = [e for e, prompt in enumerate(batch.next_prompts) if prompt is not None]
+                hidden = policy.prompt_end_hidden([batch.next_prompts[e] for e in cut],  # type: ignore[misc]
+                                                  batch_size=self.config.micro_batch_size)
+                bootstrap[cut] = self.value_head(hidden).squeeze(-1)
+        return Scores(logprobs, values, entropy, bootstrap)
 
     def reference_logprobs(self, batch: TokenBatch) -> Tensor | None:
         if self.config.kl_coef == 0:
@@ -266,18 +290,20 @@ class LLMTrainer:
         if self.reference is not None:
             return self.score(batch, self.reference)[0]
         with self.policy.model.disable_adapter():  # LoRA: the base model is the reference
-            return self.score(batch, self.policy)[0]
+            return self.score(batch, self.policy, details=False).logprobs
 
     def update(self, batch: TokenBatch) -> dict[str, float]:
         """Advantages for the batch, then `update_epochs` passes of clipped-ratio updates; returns loss metrics."""
         cfg, mask = self.config, batch.action_mask
-        old_logprobs, old_values = self.score(batch)
+        scores = self.score(batch)
+        old_logprobs, old_values = scores.logprobs, scores.values
         ref_logprobs = self.reference_logprobs(batch)
         kl_reward = None
         if ref_logprobs is not None and cfg.algo in ("reinforce_pp", "ppo_llm"):
             kl_reward = batch.to_view(old_logprobs - ref_logprobs)
         adv_view, returns_view = advantages(cfg, batch, kl=kl_reward,
-                                            values=None if old_values is None else batch.to_view(old_values))
+                                            values=None if old_values is None else batch.to_view(old_values),
+                                            bootstrap_values=scores.bootstrap)
         adv = batch.to_rows(adv_view)
         returns = None if returns_view is None else batch.to_rows(returns_view)
         if not all(torch.isfinite(x).all() for x in (adv, returns) if x is not None):
@@ -289,12 +315,15 @@ class LLMTrainer:
                            f"{cfg.learning_rate:g}) or --kl-coef (now {cfg.kl_coef:g})")
         stats: dict[str, list[float]] = defaultdict(list)
         num_rows = batch.input_ids.shape[0]
+        # Dr.GRPO's constant normaliser: the token budget of each generation (turn) a row holds, so that it does not
+        # depend on how the history setting splits an episode into rows.
+        row_budgets = batch.to_rows(batch.turn_ends.float()).sum(-1) * cfg.max_new_tokens
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         for epoch in range(cfg.update_epochs):
             order = torch.randperm(num_rows, generator=self.generator, device=self.device)
             for number, minibatch in enumerate(order.tensor_split(min(cfg.num_minibatches, num_rows))):
                 # Every micro-batch divides by the minibatch's token count, so accumulation equals one big batch.
-                denominator = (len(minibatch) * cfg.max_new_tokens if cfg.algo == "drgrpo"
+                denominator = (row_budgets[minibatch].sum() if cfg.algo == "drgrpo"
                                else mask[minibatch].sum().clamp_min(1.0))
                 self.optimizer.zero_grad()
                 marks = {name: len(stats.get(name, ())) for name in _LOSSES}
@@ -316,10 +345,17 @@ class LLMTrainer:
         if not torch.stack([p.isfinite().all() for p in params]).all():
             raise self._non_finite_error("the weights after the optimiser steps",
                                          f"lower --learning-rate (now {cfg.learning_rate:g})")
-        out = {name: float(np.sum(values) if name in _SUMMED else np.mean(values)) for name, values in stats.items()}
-        out["losses/policy_loss"] /= cfg.update_epochs * min(cfg.num_minibatches, num_rows)
-        if "losses/value_loss" in out:
-            out["losses/value_loss"] /= cfg.update_epochs * min(cfg.num_minibatches, num_rows)
+        out = {name: float(np.mean(values)) for name, values in stats.items() if name not in _SUMMED}
+        # Each micro-batch added its part of a minibatch mean: summed, then averaged over the minibatches.
+        steps = cfg.update_epochs * min(cfg.num_minibatches, num_rows)
+        out.update({name: float(np.sum(stats[name])) / steps for name in _SUMMED & set(stats)})
+        # Sums over tokens, over every pass: a mean per token, not per micro-batch
+        tokens = float(cfg.update_epochs * mask.sum())
+        out.update({name: float(np.sum(stats[name])) / tokens for name in _TOKEN_SUMS & set(stats)})
+        if scores.entropy is not None:
+            out["losses/entropy"] = float((scores.entropy * mask).sum() / mask.sum())
+        if kl_reward is not None:  # the k1 estimate of KL(π_old || π_ref) the reward was charged
+            out["losses/kl_ref"] = float((kl_reward * batch.view_mask).sum() / batch.view_mask.sum())
         diff = ((old_logprobs - batch.rollout_logprobs).abs() * mask).max()
         out["charts/logprob_diff_max"] = float(diff)
         out["charts/advantage_abs_mean"] = float(masked_mean(adv.abs(), mask.bool()))
@@ -349,8 +385,8 @@ class LLMTrainer:
         stats["losses/policy_loss"].append(policy_loss.item())
         with torch.no_grad():
             valid = mask.bool()
-            stats["losses/approx_kl"].append(float(((ratio - 1) - log_ratio)[valid].mean()))
-            stats["losses/clipfrac"].append(float(((ratio - 1).abs() > cfg.clip_coef)[valid].float().mean()))
+            stats["losses/approx_kl"].append(float(((ratio - 1) - log_ratio)[valid].sum()))
+            stats["losses/clipfrac"].append(float(((ratio - 1).abs() > cfg.clip_coef)[valid].float().sum()))
         if ref_logprobs is not None and cfg.algo in ("grpo", "drgrpo", "rloo"):
             # k3 estimator of KL(π || π_ref), always ≥ 0 (as in GRPO)
             delta = (ref_logprobs[rows] - logprobs) * mask
@@ -434,7 +470,17 @@ class LLMTrainer:
                 "device_changes": self.device_changes}
 
 
-_SUMMED = frozenset({"losses/policy_loss", "losses/value_loss"})
+class Scores(NamedTuple):
+    """`LLMTrainer.score`'s results, each ``(R, L)`` but `bootstrap` ``(E,)``; None where not computed."""
+
+    logprobs: Tensor
+    values: Tensor | None
+    entropy: Tensor | None
+    bootstrap: Tensor | None
+
+
+_SUMMED = frozenset({"losses/policy_loss", "losses/value_loss", "losses/kl_ref"})
+_TOKEN_SUMS = frozenset({"losses/approx_kl", "losses/clipfrac"})
 _LOSSES = ("losses/policy_loss", "losses/kl_ref", "losses/value_loss")
 
 

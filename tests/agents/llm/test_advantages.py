@@ -143,15 +143,17 @@ def _reinforce_reference(kl: list[list[float]], outcome_only: bool) -> list[list
     return _whiten(out)
 
 
-def _ppo_reference(kl: list[list[float]], values: list[list[float]]) -> tuple[list[list[float]], list[list[float]]]:
-    """GAE per episode; the last token bootstraps from its own value when the episode was cut, never when ended."""
+def _ppo_reference(kl: list[list[float]], values: list[list[float]],
+                   bootstrap: list[float] | None = None) -> tuple[list[list[float]], list[list[float]]]:
+    """GAE per episode; the last token bootstraps from V(s_T) (`bootstrap`; without it, its own value) when the
+    episode was cut, never when it ended."""
     adv, ret = [], []
     for i, row in enumerate(_token_rewards(kl, outcome_only=False)):
         v = values[i][:len(row)]
         a, running = [0.0] * len(row), 0.0
         for t in reversed(range(len(row))):
             if t == len(row) - 1:
-                nxt = 0.0 if TERMINATED[i] else v[t]
+                nxt = 0.0 if TERMINATED[i] else (v[t] if bootstrap is None else bootstrap[i])
             else:
                 nxt = v[t + 1]
             running = row[t] + GAMMA * nxt - v[t] + (GAMMA * LAM * running if t < len(row) - 1 else 0.0)
@@ -159,6 +161,26 @@ def _ppo_reference(kl: list[list[float]], values: list[list[float]]) -> tuple[li
         adv.append(a)
         ret.append([x + y for x, y in zip(a, v, strict=True)])
     return _whiten(adv), ret
+
+
+def _turn_reference_rewards_first(algo: str) -> list[list[float]]:
+    """IGPO's order: each turn reward normalised against every turn reward of its task group, then summed to go."""
+    normalised = {}
+    for i in range(4):
+        for t, x in enumerate(TURN_REWARDS[i]):
+            members = [y for j in range(4) if GROUPS[j] == GROUPS[i] for y in TURN_REWARDS[j]]
+            others = [y for j in range(4) if GROUPS[j] == GROUPS[i] for u, y in enumerate(TURN_REWARDS[j])
+                      if (j, u) != (i, t)]
+            normalised[i, t] = _normalise(algo, x, members, others)
+    out = []
+    for i in range(4):
+        to_go, g = [], 0.0
+        for t in reversed(range(len(TURN_REWARDS[i]))):
+            g = normalised[i, t] + GAMMA * g
+            to_go.append(g)
+        per_turn = to_go[::-1]
+        out.append([per_turn[t] for t in _turn_of_token(i)])
+    return out
 
 
 def _view(rows: list[list[float]], width: int) -> torch.Tensor:
@@ -207,3 +229,42 @@ def test_ppo_llm_gae_bootstraps_only_cut_episodes() -> None:
     torch.testing.assert_close(targets, _view(expected_targets, width), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="value head"):
         advantages(_config("ppo_llm", "turn"), batch, kl=kl)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "drgrpo", "rloo"])
+def test_turn_rewards_normalised_before_summing_as_igpo(algo: str) -> None:
+    batch = _batch()
+    config = LLMTrainConfig(model="tiny", algo=algo, advantage="turn", gamma=GAMMA, turn_normalization="rewards")
+    adv, _ = advantages(config, batch)
+    expected = _view(_turn_reference_rewards_first(algo), batch.view_mask.shape[1])
+    torch.testing.assert_close(adv, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(adv, _view(_turn_reference(algo), batch.view_mask.shape[1]), atol=1e-3)
+
+
+def test_turn_normalization_defaults_to_igpos_order_with_igpo_and_is_refused_where_it_does_nothing() -> None:
+    assert LLMTrainConfig(model="tiny", advantage="turn").turn_normalization == "returns"
+    igpo = LLMTrainConfig(model="tiny", env_id="creditgym/ToolUse-v0", advantage="turn", learned_reward="igpo")
+    assert igpo.turn_normalization == "rewards"
+    assert LLMTrainConfig(model="tiny").turn_normalization is None  # advantage episode: nothing to normalise per turn
+    with pytest.raises(ValueError, match=r"turn_normalization \(--turn-normalization\) only applies with "
+                                         r"advantage='turn'"):
+        LLMTrainConfig(model="tiny", turn_normalization="rewards")
+    with pytest.raises(ValueError, match="turn_normalization must be returns or rewards"):
+        LLMTrainConfig(model="tiny", advantage="turn", turn_normalization="tokens")
+
+
+def test_ppo_llm_cut_episodes_bootstrap_from_the_value_of_the_next_prompt() -> None:
+    """V(s_T) is the value of the state after the last turn. Bootstrapping from the last generated token's own value
+    instead counts that turn's reward twice: values [1, 2, 3] and no reward gave returns [3, 3, 3]."""
+    batch = _batch()
+    width = batch.view_mask.shape[1]
+    kl = torch.linspace(0.4, -0.2, batch.view_mask.numel()).view(4, width)
+    values = torch.linspace(-1.0, 2.0, batch.view_mask.numel()).view(4, width)
+    bootstrap = [7.0, -3.0, 11.0, 0.5]  # the ended episodes' (0 and 2) must not count
+    adv, targets = advantages(_config("ppo_llm", "turn"), batch, kl=kl, values=values,
+                              bootstrap_values=torch.tensor(bootstrap))
+    expected_adv, expected_targets = _ppo_reference(kl.tolist(), values.tolist(), bootstrap)
+    torch.testing.assert_close(adv, _view(expected_adv, width), atol=1e-5, rtol=1e-5)
+    assert targets is not None
+    torch.testing.assert_close(targets, _view(expected_targets, width), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(targets, _view(_ppo_reference(kl.tolist(), values.tolist())[1], width))

@@ -202,3 +202,43 @@ def test_an_array_env_is_refused_with_what_to_do(env_kwargs: dict, hint: str) ->
                                  history_turns=2, max_prompt_tokens=4096)
     with pytest.raises(ValueError, match=f"LLM policies need text envs \\({hint}"):
         collector.collect([0], greedy=True)
+
+
+@pytest.mark.parametrize("history_turns", [None, 0])
+def test_a_cut_episode_keeps_the_prompt_its_next_turn_would_have_had(history_turns: int | None) -> None:
+    """PPO bootstraps a cut episode from the value of the state after its last turn: the next turn's prompt."""
+    runs = []
+    for max_turns in (1, 2):
+        model, tokenizer = tiny_test_model(seed=0)
+        policy = LLMPolicy(model, tokenizer, max_new_tokens=5)
+        envs = [gym.make("creditgym/Sanity-WordBandit-v0", num_rounds=3) for _ in range(4)]
+        collector = RolloutCollector(envs, policy, group_size=2, max_turns=max_turns, history_turns=history_turns,
+                                     max_prompt_tokens=4096, keep_next_prompts=True)
+        runs.append(collector.collect([11, 12], generator=torch.Generator().manual_seed(0)))
+    cut, longer = runs
+    compared = 0
+    for one, two in zip(cut, longer, strict=True):
+        assert one.truncated and one.next_prompt is not None
+        assert one.turns[0].action == two.turns[0].action  # the same first turn
+        if len(two.turns) < 2:
+            continue
+        segment, n = two.segments[-1], two.turns[1].num_tokens
+        assert one.next_prompt == segment.token_ids[:segment.turn_ends[-1] - n + 1]
+        compared += 1
+    assert compared >= 2
+    assert all(ep.next_prompt is None for ep in longer if ep.terminated)
+
+
+def test_the_value_heads_state_of_a_prompt_is_the_one_that_predicts_its_reply() -> None:
+    model, tokenizer = tiny_test_model(seed=0)
+    policy = LLMPolicy(model, tokenizer)
+    prompts = [[60, 61, 62, 63, 64], [65, 66, 67]]
+    ends = policy.prompt_end_hidden(prompts, batch_size=1)
+    for prompt, end in zip(prompts, ends, strict=True):
+        ids = torch.tensor([prompt + [70]])
+        mask = torch.zeros(ids.shape)
+        mask[0, -1] = 1.0
+        _, hidden = policy.sequence_logprobs(ids, torch.ones_like(ids), mask, with_hidden=True)
+        assert hidden is not None
+        torch.testing.assert_close(end, hidden[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(policy.prompt_end_hidden(prompts, batch_size=8), ends, atol=1e-5, rtol=1e-5)

@@ -12,6 +12,8 @@ import torch
 
 from creditgym.agents.config_cli import saved_run_config
 from creditgym.agents.llm import LLMTrainConfig, LLMTrainer
+from creditgym.agents.llm import trainer as trainer_module
+from creditgym.agents.llm.rollout import Episode
 
 from .helpers import make_trainer
 
@@ -102,6 +104,8 @@ def test_kl_to_a_frozen_reference_without_lora(tmp_path: Path) -> None:
     ({"algo": "rloo", "advantage": "gigpo"}, "use one of those algos"),
     ({"algo": "ppo_llm", "advantage": "episode"}, "set advantage='turn'"),
     ({"temperature": 0.0}, "temperature must be positive"),
+    # REINFORCE++-baseline subtracts the group mean: a group of one trained on the KL penalty alone.
+    ({"algo": "reinforce_pp", "advantage": "episode", "group_size": 1}, "leaves nothing of a group of one"),
     ({"learning_rate": 10.0}, r"learning_rate must be in \(0, 1\]"),
     ({"history_turns": -1}, "history_turns"),
     ({"temperature": float("nan")}, "temperature must be a finite number"),
@@ -194,3 +198,50 @@ def test_an_unknown_env_fails_before_the_model_loads(tmp_path: Path) -> None:
         LLMTrainer(config)
     with pytest.raises(ValueError, match=r"env_kwargs \['nokey'\] are not arguments"):
         LLMTrainer(replace(config, env_id="creditgym/Sanity-WordBandit-v0", env_kwargs={"nokey": 1}))
+
+
+def test_an_episode_that_never_played_leaves_its_groups_baseline_alone(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An episode whose first prompt was too long has no tokens; packed as a group member with return 0 it moved
+    every other member's GRPO advantage (and PRIME's accuracy filter) as a failure would."""
+    trainer = make_trainer(tmp_path, iterations=1)
+    real_collect, packed = trainer.collector.collect, []
+
+    def collect(*args, **kwargs):
+        episodes = real_collect(*args, **kwargs)
+        return [*episodes, Episode(group=0, seed=episodes[0].seed, instructions="", truncated=True,
+                                   final_observation="turn 0")]
+
+    def pack(episodes, *args, **kwargs):
+        packed.append(list(episodes))
+        return real_pack(episodes, *args, **kwargs)
+
+    real_pack = trainer_module.pack_episodes
+    monkeypatch.setattr(trainer.collector, "collect", collect)
+    monkeypatch.setattr(trainer_module, "pack_episodes", pack)
+    metrics = trainer.learn()
+    assert len(packed) == 1 and len(packed[0]) == 8 and all(ep.turns for ep in packed[0])
+    assert metrics["charts/unplayed_episodes"] == 1 and metrics["charts/trained_episodes"] == 8
+
+
+def test_ppo_llm_bootstraps_cut_episodes_from_the_value_of_their_next_prompt(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = make_trainer(tmp_path, algo="ppo_llm", advantage="turn", max_turns=1, iterations=1)
+    assert trainer.value_head is not None
+    with torch.no_grad():  # a zero head would give 0 whatever it read
+        trainer.value_head.weight.normal_(generator=torch.Generator().manual_seed(0))
+    seen = []
+    real = trainer_module.advantages
+
+    def spy(config, batch, **kwargs):
+        assert all(prompt is not None for prompt in batch.next_prompts)  # 2-turn episodes cut after 1 turn
+        with torch.no_grad():  # the weights the update starts from
+            hidden = trainer.policy.prompt_end_hidden(batch.next_prompts, batch_size=8)
+            seen.append((kwargs["bootstrap_values"], trainer.value_head(hidden).squeeze(-1)))
+        return real(config, batch, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "advantages", spy)
+    trainer.learn()
+    (bootstrap, expected), = seen
+    assert bootstrap is not None and bootstrap.abs().max() > 1e-3
+    torch.testing.assert_close(bootstrap, expected, atol=1e-5, rtol=1e-4)

@@ -301,3 +301,73 @@ def test_terminated_is_each_episodes_own() -> None:
     assert [ep.terminated for ep in episodes] == [True, False]
     batch = pack_episodes(episodes, policy.pad_id, torch.device("cpu"))
     assert batch.terminated.tolist() == [ep.terminated for ep in episodes]
+
+
+# -- logged metrics and Dr.GRPO's budget (an audit against TRL and verl) -----------------------------------------
+@pytest.mark.parametrize("micro_batch_size", [1, 2, 64])
+def test_the_logged_kl_does_not_depend_on_micro_batching(tmp_path: Path, micro_batch_size: int) -> None:
+    """Every micro-batch adds its share of the minibatch's token mean; the logged k3 KL was their mean, so it
+    shrank by the number of micro-batches."""
+    trainer = make_trainer(tmp_path, kl_coef=0.5, micro_batch_size=micro_batch_size)
+    with torch.no_grad():  # a policy away from its reference and from the rollout logprobs
+        generator = torch.Generator().manual_seed(0)
+        for p in trainer.policy.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    batch = pack_episodes(_episodes(), trainer.policy.pad_id, trainer.device)
+    mask = batch.action_mask
+    new = trainer.score(batch).logprobs
+    ref = trainer.score(batch, trainer.reference).logprobs
+    delta = (ref - new) * mask
+    kl = float(((delta.exp() - delta - 1) * mask).sum() / mask.sum())
+    metrics = trainer.update(batch)
+    assert metrics["losses/kl_ref"] == pytest.approx(kl, rel=1e-4)  # one epoch: every row scored before the step
+
+
+def test_approx_kl_and_clipfrac_weigh_every_token_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A row of 1 token whose ratio is clipped and a row of 3 at ratio 1: clipfrac 1/4 per token (a mean over the
+    # two micro-batches would give 1/2).
+    trainer = make_trainer(tmp_path, micro_batch_size=1, clip_coef=0.2)
+    batch = pack_episodes([_episode([[1]], [1.0]), _episode([[3]], [0.0])], trainer.policy.pad_id, trainer.device)
+    shift = torch.zeros_like(batch.rollout_logprobs)
+    shift[0][batch.action_mask[0].bool()] = math.log(2.0)  # ratio 2 on row 0's token
+    real_score = trainer.score
+
+    def score(batch: TokenBatch, policy: Any = None, **kwargs: Any) -> Any:
+        scores = real_score(batch, policy, **kwargs)
+        return scores._replace(logprobs=scores.logprobs - shift)  # old logprobs lower by log 2 on row 0
+
+    monkeypatch.setattr(trainer, "score", score)
+    metrics = trainer.update(batch)
+    assert metrics["losses/clipfrac"] == pytest.approx(1 / 4)
+    assert metrics["losses/approx_kl"] == pytest.approx((2 - 1 - math.log(2)) / 4, rel=1e-4)
+
+
+def test_drgrpo_divides_by_each_generations_budget_whatever_the_history_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dr.GRPO's normaliser is a constant token budget per generation. It was rows x max_new_tokens, and an episode
+    packs into one row while its turns extend the context but into a row per turn once the history window slides,
+    so the same turns gave a loss 3 times as large in one row."""
+    losses = []
+    for name, segments in (("one row", [[4, 4, 4]]), ("a row per turn", [[4], [4], [4]])):
+        trainer = make_trainer(tmp_path / name, algo="drgrpo", max_new_tokens=4)
+        batch = pack_episodes([_episode(segments, [0.0, 0.0, 1.0])], trainer.policy.pad_id, trainer.device)
+        ones = torch.ones(batch.view_mask.shape)
+        monkeypatch.setattr(trainer_module, "advantages", lambda *args, ones=ones, **kwargs: (ones, None))
+        losses.append(trainer.update(batch)["losses/policy_loss"])
+    # 12 tokens with A = 1 at ratio 1 over a budget of 3 generations x 4 tokens
+    assert losses == [pytest.approx(-1.0, abs=1e-5), pytest.approx(-1.0, abs=1e-5)]
+
+
+def test_entropy_is_logged_over_the_generated_tokens_of_the_tempered_policy(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, temperature=TEMPERATURE)
+    batch = pack_episodes(_episodes(), trainer.policy.pad_id, trainer.device)
+    expected, count = 0.0, 0
+    with torch.no_grad():
+        for r in range(batch.input_ids.shape[0]):
+            logits = trainer.policy.model(input_ids=batch.input_ids[r:r + 1]).logits[0].float() / TEMPERATURE
+            log_p = torch.log_softmax(logits, -1)
+            for position in batch.action_mask[r].nonzero().squeeze(1).tolist():
+                expected -= float((log_p[position - 1].exp() * log_p[position - 1]).sum())
+                count += 1
+    metrics = trainer.update(batch)
+    assert metrics["losses/entropy"] == pytest.approx(expected / count, rel=1e-4)
