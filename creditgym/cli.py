@@ -23,7 +23,7 @@ from rich.table import Table
 import creditgym
 from creditgym.agents.config_cli import add_config_arguments, saved_run_config
 from creditgym.agents.llm.config import ALGOS as LLM_ALGOS
-from creditgym.agents.llm.config import LLMTrainConfig
+from creditgym.agents.llm.config import LLMTrainConfig, saved_before_fields
 from creditgym.agents.ppo import PPOConfig, resolve_device
 from creditgym.agents.runs import outcome_text
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
@@ -204,8 +204,9 @@ def _resumed_config(cls: type, args: argparse.Namespace, *, extendable: tuple[st
     overrides = {name: value for name, value in vars(args).items() if name in extendable}
     if "device" not in overrides:
         overrides["device"] = _resume_device(run_dir, record)
+    saved = saved_before_fields(record["config"]) if cls is LLMTrainConfig else record["config"]
     with saved_run_config(run_dir / "config.json"):
-        return cls(**{**record["config"], "run_name": run_dir.name, "runs_dir": str(run_dir.parent), **overrides})
+        return cls(**{**saved, "run_name": run_dir.name, "runs_dir": str(run_dir.parent), **overrides})
 
 
 def _resume_device(run_dir: Path, record: dict[str, Any]) -> str:

@@ -306,6 +306,16 @@ class LLMTrainConfig:
         return self.num_groups * self.group_size
 
 
+def saved_before_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config with the fields added since it was written set to how it trained, so that a resume
+    continues it as it was (their new defaults may differ: turn_normalization resolves to IGPO's order with igpo)."""
+    saved = dict(saved)
+    if ("turn_normalization" not in saved and saved.get("advantage") == "turn"
+            and saved.get("algo", "grpo") in ("grpo", "drgrpo", "rloo")):
+        saved["turn_normalization"] = "returns"
+    return saved
+
+
 def _takes_argument(env_id: str, name: str) -> bool:
     """Whether the registered env's constructor has the keyword `name` (True for ids it cannot look up, whose own
     errors come later and say more)."""

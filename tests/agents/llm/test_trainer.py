@@ -245,3 +245,16 @@ def test_ppo_llm_bootstraps_cut_episodes_from_the_value_of_their_next_prompt(tmp
     (bootstrap, expected), = seen
     assert bootstrap is not None and bootstrap.abs().max() > 1e-3
     torch.testing.assert_close(bootstrap, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_run_saved_before_turn_normalization_resumes_as_it_trained() -> None:
+    from creditgym.agents.llm.config import saved_before_fields
+
+    old = {"algo": "grpo", "advantage": "turn", "learned_reward": "igpo", "env_id": "creditgym/ToolUse-v0",
+           "model": "tiny"}
+    assert LLMTrainConfig(**old).turn_normalization == "rewards"  # the new default with igpo
+    assert LLMTrainConfig(**saved_before_fields(old)).turn_normalization == "returns"  # what it trained with
+    new = {**old, "turn_normalization": "rewards"}
+    assert saved_before_fields(new) == new
+    episode = {"algo": "grpo", "advantage": "episode", "model": "tiny"}
+    assert saved_before_fields(episode) == episode  # nothing to normalise per turn: left alone
