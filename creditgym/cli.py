@@ -9,7 +9,9 @@ import importlib.util
 import json
 import math
 import shlex
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from creditgym.agents.config_cli import add_config_arguments, saved_run_config
 from creditgym.agents.llm.config import ALGOS as LLM_ALGOS
 from creditgym.agents.llm.config import LLMTrainConfig, saved_before_fields
 from creditgym.agents.ppo import PPOConfig, resolve_device
-from creditgym.agents.runs import outcome_text
+from creditgym.agents.runs import outcome_text, read_checkpoint, write_text_atomically
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
 from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
 from creditgym.llm.chat import ChatModelError
@@ -177,10 +179,17 @@ def _run_record(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.json"
     try:
         record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{run_dir} has no config.json; --resume takes a folder written by creditgym train") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it cannot be resumed") from None
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        if not (run_dir / "checkpoint.pt").is_file():
+            if isinstance(err, FileNotFoundError):
+                raise ValueError(f"{run_dir} has no config.json; --resume takes a folder written by creditgym "
+                                 "train") from None
+            raise ValueError(f"{path} is not valid JSON ({err}); it cannot be resumed") from None
+        # The checkpoint holds the config too: a run whose config.json was lost or damaged still resumes.
+        state = read_checkpoint(run_dir, torch.device("cpu"))[1]
+        warnings.warn(f"{path} is missing or damaged ({err}); the run's config is read from its checkpoint, and "
+                      "config.json is written anew as the run resumes", stacklevel=2)
+        record = {"config": state["config"], "device": state["device"]}
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise ValueError(f"{path} holds no 'config' mapping; it was not written by creditgym train")
     return record
@@ -264,7 +273,7 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
         else:
             trainer = trainer_cls(config_from_args(config_cls, args, args.config))
         metrics = trainer.learn()
-    except KeyboardInterrupt:  # the trainer saved its last completed update, unless Ctrl-C came twice
+    except KeyboardInterrupt as stop:  # the trainer saved its last completed update, unless the signal came twice
         if trainer is None:
             console.print("interrupted before training started; nothing was written")
         elif (trainer.run_dir / "checkpoint.pt").exists():
@@ -274,7 +283,7 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
         else:
             console.print(f"interrupted before {trainer.run_dir} had a checkpoint; start the run again (with "
                           "--overwrite to reuse its folder)", highlight=False, soft_wrap=True)
-        return 130
+        return 128 + getattr(stop, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell expects
     if args.resume and not metrics:
         console.print(f"{trainer.run_dir} had already reached its budget, so nothing was trained; raise --total-steps "
                       "(PPO) or --iterations (LLM algos) above it to continue the run", highlight=False, soft_wrap=True)
@@ -363,7 +372,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out-dir {out_dir} is a file; give a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomically(out_dir / "comparison.json", json.dumps(result, indent=2) + "\n", what="comparison")
     figure = plot_comparison(runs, out_dir / "comparison.png", title=args.title)
     console.print(f"written to {out_dir / 'comparison.json'} and {figure}", highlight=False, soft_wrap=True)
     return 0

@@ -24,6 +24,7 @@ from creditgym.agents.compare import steps_to
 from creditgym.agents.evaluate import evaluate, write_result
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.ppo import PPO, PPOConfig
+from creditgym.agents.runs import write_text_atomically
 
 VARIANTS = {"sparse": None, "PBRS box distance": "box_distance"}
 
@@ -88,7 +89,7 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
     console.print(table)
     figure = plot_learning_curves(curves, Path(runs_dir) / "sparse_vs_shaped.png", skip_steps=warm_up,
                                   title=f"PPO on {base.env_id}: sparse vs PBRS (seed {seed})")
-    (Path(runs_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomically(Path(runs_dir) / "summary.json", json.dumps(summary, indent=2), what="summary")
     console.print(f"Learning curves: {figure}\nRuns and evaluations: {runs_dir}/")
     return summary
 

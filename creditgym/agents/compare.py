@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +220,12 @@ def held_out_success(run_dir: Path) -> dict[str, float | None]:
         for path, part in ((run_dir / name, None), (run_dir / "eval.json", nested)):
             try:
                 data = json.loads(path.read_text())
-            except (OSError, ValueError):
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as err:
+                if part is None:  # said once per file
+                    warnings.warn(f"{path} cannot be read ({err}), so its held-out success is left out; run "
+                                  f"creditgym eval {run_dir} again", stacklevel=2)
                 continue
             if part is not None:  # the demo's layout before session 13: both results in eval.json
                 data = data.get(part) if isinstance(data, dict) else None

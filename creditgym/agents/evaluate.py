@@ -16,7 +16,7 @@ import torch
 import creditgym
 from creditgym.agents.config_cli import MAX_SEED, check_device, saved_run_config
 from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_actions
-from creditgym.agents.runs import load_weights, read_checkpoint
+from creditgym.agents.runs import load_weights, read_checkpoint, write_text_atomically
 from creditgym.envs.sokoban.bank import has_held_out_split, warn_when_levels_repeat
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 from creditgym.trajectories import (
@@ -240,5 +240,4 @@ def write_result(result: dict[str, Any], run_dir: str | Path, variant: str = "")
     run = Path(run_dir)
     stem = "-".join(part for part in ("eval", run.stem if run.is_file() else "", variant) if part)
     path = (run.parent if run.is_file() else run) / f"{stem}.json"
-    path.write_text(json.dumps(result, indent=2))
-    return path
+    return write_text_atomically(path, json.dumps(result, indent=2), what="evaluation result")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,9 +10,14 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -21,8 +27,43 @@ from creditgym.agents.vec import NonFiniteError
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
 # What a run writes, so that an overwritten run leaves no stale checkpoints, curves or TensorBoard events behind.
-_RUN_OUTPUTS = (*RUN_FILES, "metrics.jsonl.partial", "checkpoint-*.pt", "checkpoint.tmp", "events.out.tfevents.*",
+_RUN_OUTPUTS = (*RUN_FILES, "metrics.jsonl.partial", "checkpoint-*.pt", "*.tmp", "events.out.tfevents.*",
                 "learning_curve.png", "eval*.json")
+LOCK_FILE = ".lock"
+
+
+def _temporary(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this process, so that two writers never rename each other's file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, what: str) -> Iterator[Path]:
+    """Yields a temporary file to write `path`'s new contents into; on success it is synced and renamed over `path`
+    (a crash leaves the old file whole), on failure removed, and a write error names `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        yield tmp
+        with tmp.open("rb") as file:  # a rename is only as durable as the data behind it
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError | RuntimeError) and not isinstance(err, NotImplementedError):
+            # torch.save reports a full disk as a RuntimeError, and an OSError from write() names no file
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).split("\n")[0]
+            raise OSError(getattr(err, "errno", None) or 0,
+                          f"cannot write {what} {path} ({reason}); the previous {path.name}, if any, is intact: "
+                          "free space or fix the folder's permissions, then try again") from err
+        raise
+
+
+def write_text_atomically(path: Path, text: str, *, what: str = "file") -> Path:
+    """`path.write_text(text)` that a crash or a concurrent reader never sees half-written."""
+    with _replacing(path, what) as tmp:
+        tmp.write_text(text)
+    return path
 
 
 def start_run_dir(run_dir: Path, *, overwrite: bool) -> None:
@@ -39,18 +80,24 @@ def start_run_dir(run_dir: Path, *, overwrite: bool) -> None:
 
 
 def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """torch.save through a temporary file, so a crash mid-write never leaves a truncated checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save through a temporary file, so a crash mid-write never leaves a truncated checkpoint, and a full
+    disk raises an OSError that names the file and says the previous checkpoint is intact."""
+    with _replacing(path, "checkpoint") as tmp:
+        torch.save(state, tmp)
     return path
 
 
 def keep_checkpoint(path: Path, step: int) -> Path:
-    """A copy of the checkpoint at `path` beside it, named by `step`, that later checkpoints do not overwrite."""
+    """A copy of the checkpoint at `path` beside it, named by `step`, that later checkpoints do not overwrite.
+
+    A hard link where the filesystem has them: free, and the next checkpoint replaces `path`'s name, not its data.
+    Either way it appears under its name only once complete."""
     kept = path.with_name(f"{path.stem}-{step}{path.suffix}")
-    shutil.copyfile(path, kept)
+    with _replacing(kept, "kept checkpoint") as tmp:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
     return kept
 
 
@@ -73,7 +120,7 @@ def checkpoint_file(path: str | Path) -> Path:
                                 "pass one of those")
     if (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is a run that saved no checkpoint: it stopped before its first one (see "
-                                "--checkpoint-every); train it again")
+                                "--checkpoint-every); train it again, with --overwrite to reuse its folder")
     raise FileNotFoundError(f"{path} is not a run folder (it has no checkpoint.pt or config.json); pass a folder "
                             "written by `creditgym train`")
 
@@ -190,9 +237,7 @@ def trim_metrics(run_dir: Path, key: str, last: float) -> None:
         lines = "a line" if len(cut) == 1 else f"{len(cut)} lines"
         warnings.warn(f"{path} held {lines} cut short (a crash mid-write): moved to {path}.partial; the resumed run "
                       "appends after the complete rows", stacklevel=3)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomically(path, "".join(line + "\n" for line in kept), what="metrics file")
 
 
 def outcome_text(metrics: dict[str, float], *, digits: int = 1) -> str | None:
@@ -206,34 +251,90 @@ def outcome_text(metrics: dict[str, float], *, digits: int = 1) -> str | None:
     return None
 
 
-class StopAfterUpdate:
-    """Ctrl-C inside this block asks the training loop to stop after its current update, where the state is
-    consistent and a checkpoint resumes exactly; a second Ctrl-C stops at once, without saving.
+class StopRequested(KeyboardInterrupt):
+    """A training run stopped by a signal after saving its last completed update; `signum` is the signal, so that
+    the process can exit with 128 + signum (130 for Ctrl-C, 143 for SIGTERM), as a shell expects."""
 
-    Only Python's default SIGINT handler is replaced, and only in the main thread (where signals arrive).
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# The signals that stop a run after its current update: Ctrl-C, and what cluster schedulers (SLURM and Kubernetes
+# preemption), `timeout`, `docker stop` and a closed terminal send. Each only while it has its default handler.
+_STOP_SIGNALS = {signal.SIGINT: signal.default_int_handler,
+                 **{getattr(signal, name): signal.SIG_DFL for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)}}
+
+
+class StopAfterUpdate:
+    """Ctrl-C, SIGTERM or SIGHUP inside this block asks the training loop to stop after its current update, where
+    the state is consistent and a checkpoint resumes exactly; a second signal stops at once, without saving.
+
+    Only default handlers are replaced, and only in the main thread (where signals arrive).
     """
 
     def __init__(self, unit: str = "update") -> None:
         self.unit = unit
         self.requested = False
-        self.previous: Any = None
+        self.signum: int = signal.SIGINT
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopAfterUpdate:
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self.previous = signal.signal(signal.SIGINT, self.request)
+        if threading.current_thread() is threading.main_thread():
+            for signum, default in _STOP_SIGNALS.items():
+                if signal.getsignal(signum) is default:
+                    self.previous[signum] = signal.signal(signum, self.request)
         return self
 
     def request(self, signum: int = signal.SIGINT, frame: Any = None) -> None:
-        self.requested = True
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        print(f"\nCtrl-C: stopping after this {self.unit} to save a checkpoint (Ctrl-C again stops at once, "
+        self.requested, self.signum = True, signum
+        self._restore()
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this {self.unit} to save a checkpoint ({name} again stops at once, "
               "without saving it)", file=sys.stderr, flush=True)
 
+    def _restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        self._restore()
+
+
+class RunLock:
+    """Holds `run_dir/.lock` for one training process: a second `train` or `--resume` of the same run would rewrite
+    metrics.jsonl under the first (whose later rows were lost) and rename checkpoints over its. The OS drops the
+    lock when the process dies, so a killed run never stays locked. No lock where fcntl is missing (not POSIX)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.file: IO[str] | None = None
+
+    def __enter__(self) -> RunLock:
+        if fcntl is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = self.path.open("a+")
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise ValueError(f"{self.path.parent} is being trained by {holder} now; wait for it to finish or stop it "
+                             "(Ctrl-C saves it), then resume, or give this run another --run-name") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()}")
+        file.flush()
+        self.file = file
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
+            self.file = None
 
 
 def training_stopped(step: str, run_dir: Path, saved: str | None, what: str, fix: str) -> NonFiniteError:
@@ -249,28 +350,30 @@ def train_in_run_dir(run_dir: Path, *, fresh: bool, overwrite: bool, tensorboard
                      resumed_at: tuple[str, float], global_step: int, progress: Any, unit: str,
                      loop: Callable[[MetricsLogger, StopAfterUpdate], dict[str, float]],
                      save: Callable[[], Any]) -> dict[str, float]:
-    """What both trainers' `learn()` do around their loop: claim (fresh) or reopen (resumed) the run folder, write
-    config.json, run `loop(logger, ctrl_c)`, save a checkpoint, and raise KeyboardInterrupt after a Ctrl-C stop.
+    """What both trainers' `learn()` do around their loop: lock the run folder against a second trainer, claim
+    (fresh) or reopen (resumed) it, write config.json, run `loop(logger, ctrl_c)`, save a checkpoint, and raise
+    `StopRequested` after a Ctrl-C (or SIGTERM, SIGHUP) stop.
 
     `resumed_at` is the metrics key and the checkpoint's value of it: a resumed run logs the rows past it again.
     """
-    if fresh:
-        start_run_dir(run_dir, overwrite=overwrite)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        trim_metrics(run_dir, *resumed_at)
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2))
-    logger = MetricsLogger(run_dir, tensorboard, fresh=fresh, global_step=global_step)
-    with StopAfterUpdate(unit) as ctrl_c:
-        try:
-            metrics = loop(logger, ctrl_c)
-        finally:  # also on errors and a second Ctrl-C, where nothing is saved: the state is mid-update
-            progress.close()
-            logger.close()
-        interrupted = ctrl_c.requested
-        save()
+    with RunLock(run_dir):
+        if fresh:
+            start_run_dir(run_dir, overwrite=overwrite)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            trim_metrics(run_dir, *resumed_at)
+        write_text_atomically(run_dir / "config.json", json.dumps(record, indent=2), what="run record")
+        logger = MetricsLogger(run_dir, tensorboard, fresh=fresh, global_step=global_step)
+        with StopAfterUpdate(unit) as ctrl_c:
+            try:
+                metrics = loop(logger, ctrl_c)
+            finally:  # also on errors and a second signal, where nothing is saved: the state is mid-update
+                progress.close()
+                logger.close()
+            interrupted, signum = ctrl_c.requested, ctrl_c.signum
+            save()
     if interrupted:
-        raise KeyboardInterrupt
+        raise StopRequested(signum)
     return metrics
 
 
@@ -290,8 +393,12 @@ class MetricsLogger:
             self.writer = SummaryWriter(str(run_dir), purge_step=None if fresh else global_step + 1)
 
     def log(self, metrics: dict[str, float]) -> None:
-        self.file.write(json.dumps(metrics) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(metrics) + "\n")
+            self.file.flush()
+        except OSError as err:  # write() names no file; the checkpoint is what a resume needs
+            raise OSError(err.errno, f"cannot append to {self.file.name} ({err.strerror}); the run's last "
+                          "checkpoint is intact: free space, then resume it") from err
         if self.writer is not None:
             for name, value in metrics.items():
                 if name != "global_step":

@@ -328,3 +328,131 @@ def test_a_checkpoint_of_another_network_names_the_shapes(run_dir: Path) -> None
     torch.save(state, path)
     with pytest.raises(ValueError, match=rf"{path}.*different network or env.*\[16, .*\] there but \[32"):
         evaluate(run_dir, episodes=2)
+
+
+# -- 4. a crash-safety audit: signals, concurrent trainers, atomic files, a full disk ------------------------------
+def test_sigterm_saves_the_last_update_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM is what SLURM and Kubernetes preemption, `timeout` and `docker stop` send; it ended the process at
+    once, losing every update since the last periodic checkpoint, without a word."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "x"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "creditgym", "train", *CLI_FLAGS, "--runs-dir", str(tmp_path), "--run-name", "x",
+         "--total-steps", "10000000", "--checkpoint-every", "100000", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ((run / "metrics.jsonl").exists()
+                                                   and len(_rows(run)) >= 2):
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert "SIGTERM: stopping after this update" in err and "continue it with: creditgym train --resume" in out
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)["global_step"]
+    assert saved == _rows(run)[-1] >= 256
+
+
+def test_stop_after_update_takes_sigterm_and_sighup_only_while_they_have_their_default_handlers() -> None:
+    import os
+
+    from creditgym.agents.runs import StopAfterUpdate
+
+    with StopAfterUpdate() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop.request  # else the kill below would end the tests
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM stops at once
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is \
+        signal.default_int_handler
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # someone else's handler is left alone
+    try:
+        with StopAfterUpdate():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_run_being_trained_refuses_a_second_trainer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two resumes of one run: the second rewrote metrics.jsonl under the first, whose later rows were lost, and
+    renamed checkpoints over its."""
+    from creditgym.agents.runs import RunLock
+
+    args = ["train", *CLI_FLAGS, "--runs-dir", str(tmp_path), "--run-name", "x", "--total-steps", "256"]
+    assert cli_main(args) == 0
+    run = tmp_path / "x"
+    before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl", "checkpoint.pt")}
+    with RunLock(run):  # as the other process holds it
+        capsys.readouterr()
+        assert cli_main(["train", "--resume", str(run), "--total-steps", "512", "--no-progress"]) == 2
+        assert f"{run} is being trained by process" in capsys.readouterr().out.replace("\n", "")
+        assert cli_main([*args, "--overwrite"]) == 2
+        assert {name: (run / name).read_bytes() for name in before} == before
+    assert cli_main(["train", "--resume", str(run), "--total-steps", "512", "--no-progress"]) == 0  # released
+    assert _rows(run) == [128, 256, 384, 512]
+
+
+def test_a_failed_write_leaves_the_previous_file_whole_and_names_the_file(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from creditgym.agents import runs
+    from creditgym.agents.evaluate import write_result
+
+    PPO(_config(tmp_path, total_steps=256)).learn()
+    run = tmp_path / "run"
+    write_result({"success_rate": 0.5}, run)
+    before = {name: (run / name).read_bytes() for name in ("eval.json", "checkpoint.pt")}
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:  # torch.save reports a full disk as a RuntimeError
+        Path(args[1]).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(runs.torch, "save", disk_full)
+    with pytest.raises(OSError, match=rf"cannot write checkpoint {run / 'checkpoint.pt'} .*previous checkpoint.pt, "
+                                      r"if any, is intact"):
+        runs.write_checkpoint({"x": 1}, run / "checkpoint.pt")
+    real_write_text = Path.write_text
+
+    def half_then_full(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        real_write_text(self, text[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError, match=rf"cannot write evaluation result {run / 'eval.json'} \(No space left"):
+        write_result({"success_rate": 0.9}, run)
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not list(run.glob("*.tmp"))
+
+
+def test_a_kept_checkpoint_stays_as_it_was_when_later_checkpoints_replace_the_runs_own(tmp_path: Path) -> None:
+    PPO(_config(tmp_path, total_steps=512, checkpoint_every=2, keep_checkpoints=True)).learn()
+    run = tmp_path / "run"
+    kept = sorted(run.glob("checkpoint-*.pt"))
+    assert [p.name for p in kept] == ["checkpoint-256.pt", "checkpoint-512.pt"]
+    assert torch.load(kept[0], weights_only=False)["global_step"] == 256
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["global_step"] == 512
+
+
+def test_a_run_whose_config_json_was_lost_resumes_from_its_checkpoints_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", *CLI_FLAGS, "--runs-dir", str(tmp_path), "--run-name", "x", "--total-steps", "256"]
+    assert cli_main(args) == 0
+    run = tmp_path / "x"
+    (run / "config.json").write_text("")  # as a kill mid-write of the old non-atomic write left it
+    with pytest.warns(UserWarning, match="config.json is missing or damaged .* read from its checkpoint"):
+        assert cli_main(["train", "--resume", str(run), "--total-steps", "512", "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["total_steps"] == 512
+    assert _rows(run) == [128, 256, 384, 512]
+
+
+def test_compare_says_when_an_evaluation_file_cannot_be_read(tmp_path: Path) -> None:
+    from creditgym.agents.compare import held_out_success
+
+    (tmp_path / "eval.json").write_text("")
+    with pytest.warns(UserWarning, match="eval.json cannot be read .* run creditgym eval"):
+        assert held_out_success(tmp_path)["held_out_greedy"] is None
