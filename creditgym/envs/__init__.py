@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gymnasium.envs.registration import register
+from gymnasium.envs.registration import WrapperSpec, register
 
 #: One line per registered id, shown by `creditgym list`.
 DESCRIPTIONS: dict[str, str] = {}
@@ -86,14 +86,17 @@ for _name, _num_products in (("Shop", 2000), ("Shop-100k", 100_000)):
     )
     DESCRIPTIONS[_id] = f"WebShop-like shopping over {_num_products:,} products with bm25 search; text"
 
-# -- ToolUse: variant -> (fewest, most calls in the reference plan)
+# -- ToolUse: variant -> (fewest, most calls in the reference plan). The env leaves the time limit to TimeLimit, and
+# RevealAtTimeLimit, applied over it, reveals the plan on its last step, so `max_episode_steps=N` works as documented.
+_REVEAL_AT_TIME_LIMIT = WrapperSpec("RevealAtTimeLimit", "creditgym.envs.tooluse.env:RevealAtTimeLimit", {})
 for _name, (_min_calls, _max_calls) in {"ToolUse": (1, 4), "ToolUse-Easy": (1, 1), "ToolUse-Hard": (3, 4)}.items():
     _id = f"creditgym/{_name}-v0"
     register(
         id=_id,
         entry_point="creditgym.envs.tooluse.env:ToolUseEnv",
         max_episode_steps=10,
-        kwargs={"min_calls": _min_calls, "max_calls": _max_calls, "max_turns": 10},
+        kwargs={"min_calls": _min_calls, "max_calls": _max_calls},
+        additional_wrappers=(_REVEAL_AT_TIME_LIMIT,),
     )
     DESCRIPTIONS[_id] = (
         f"tool use: {_min_calls}-{_max_calls} dependent calls (calculator, units, currency, inventory SQL, dates), "

@@ -14,7 +14,9 @@ from minigrid.core.actions import Actions
 from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT, STATE_TO_IDX
 from minigrid.minigrid_env import MiniGridEnv
 
-from creditgym.envs.arguments import FiniteRewards, reward_sizes
+from creditgym.envs.arguments import FiniteRewards, positive_int, reward_sizes
+from creditgym.envs.lifecycle import require_reset
+from creditgym.envs.options import reset_options
 from creditgym.envs.text_space import TextSpace
 
 ACTION_NAMES: dict[Actions, str] = {
@@ -160,7 +162,9 @@ class MiniGridTextEnv(gym.Env):
     ## Episode End
     Terminated when MiniGrid terminates (mission done, lava, or a failed BabyAI instruction); `success` is
     True when the terminating reward is positive. Truncated by MiniGrid's `max_steps`, by the registered
-    time limit (which also counts invalid actions), or after `max_invalid_actions` invalid actions.
+    time limit (which also counts invalid actions), or after `max_invalid_actions` invalid actions. The registered
+    limits equal MiniGrid's `max_steps`, which also sets the reward's step discount, so a longer
+    `gym.make(id, max_episode_steps=N)` needs `env_kwargs={"max_steps": N}` as well; a shorter one works alone.
 
     ## Info
     `reward_components`, `success`, `invalid_action`, `available_actions` (the seven names), `mission`;
@@ -195,10 +199,7 @@ class MiniGridTextEnv(gym.Env):
             raise ValueError("pass exactly one of env_id (a MiniGrid/BabyAI id) or env (a MiniGridEnv instance)")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
-        if max_invalid_actions is not None and (
-            isinstance(max_invalid_actions, bool) or not isinstance(max_invalid_actions, int) or max_invalid_actions < 1
-        ):
-            raise ValueError(f"max_invalid_actions must be a positive integer or None, got {max_invalid_actions!r}")
+        max_invalid_actions = positive_int("max_invalid_actions", max_invalid_actions, optional=True)
         if env is None:
             env = _make_minigrid(env_id, env_kwargs, "rgb_array" if render_mode == "rgb_array" else None)
         elif env_kwargs:
@@ -219,8 +220,10 @@ class MiniGridTextEnv(gym.Env):
         self._feedback = ""
         self._invalid_count = 0
         self._success = False
+        self._has_reset = False
 
     def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        require_reset(self._has_reset, "step")
         move = parse_action(action)
         if move is None:
             return self._invalid_step(action)
@@ -234,7 +237,8 @@ class MiniGridTextEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
-        obs, _ = self.minigrid.reset(seed=int(self.np_random.integers(2**31 - 1)), options=options)
+        obs, _ = self.minigrid.reset(seed=int(self.np_random.integers(2**31 - 1)), options=reset_options(options))
+        self._has_reset = True
         self._feedback = ""
         self._invalid_count = 0
         self._success = False
@@ -247,6 +251,7 @@ class MiniGridTextEnv(gym.Env):
         if self.render_mode == "ansi":
             return self._observation()
         if self.render_mode == "rgb_array":
+            require_reset(self._has_reset, "render")  # minigrid has no grid to draw until then
             return self.minigrid.render()
         return None
 

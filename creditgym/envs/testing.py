@@ -6,6 +6,7 @@ Run it on any env of yours::
     check_conformance("creditgym/Sokoban-6x6-1b-v0", obs_mode="text")
 
 It raises `ConformanceError` naming the first contract the env breaks (see DESIGN.md, "Environments").
+`check_step_before_reset` checks one more, which every creditgym env meets: a step before the first reset raises.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def check_conformance(env: str | EnvFactory, *, seed: int = 0, num_steps: int = 
     8. text envs: invalid text never raises, leaves `state()` unchanged, sets `info["invalid_action"]` and
        explains itself in the next observation;
     9. a step after an episode terminated (checked where a random rollout of `num_steps` terminates one) either
-       raises or is an invalid action that pays no task reward: the outcome is never paid twice.
+       raises or is an invalid action that pays no task reward: the outcome is never paid twice;
+    10. each info key keeps one type over the rollout's resets and steps (several episodes, each with its own
+        seed), and a short rollout of gymnasium's `SyncVectorEnv` over three copies runs: gymnasium's vector envs
+        type each info key by its first value, and cast or refuse later values of another type.
     """
     make = _factory(env, kwargs)
     with warnings.catch_warnings():
@@ -59,6 +63,7 @@ def check_conformance(env: str | EnvFactory, *, seed: int = 0, num_steps: int = 
     before = _global_rng_states()
     first = _rollout(make, seed, num_steps)
     after = _global_rng_states()
+    _check_info_types(first)
     if after[:3] != before[:3] or before[3] not in (None, after[3]):
         raise ConformanceError("building or playing the env used a global RNG (random, numpy.random or torch); draw "
                                "from self.np_random or a generator seeded from it instead")
@@ -69,6 +74,7 @@ def check_conformance(env: str | EnvFactory, *, seed: int = 0, num_steps: int = 
     _check_copies(make, seed)
     _check_render_modes(make, seed)
     _check_step_after_end(make, seed, num_steps)
+    _check_sync_vector_env(make, seed)
     if isinstance(make().action_space, spaces.Text):
         _check_invalid_text(make, seed)
 
@@ -200,6 +206,67 @@ def _check_step_after_end(make: EnvFactory, seed: int, num_steps: int) -> None:
     if not info.get("invalid_action") or task != 0.0:
         raise ConformanceError(f"step({action!r}) after the episode terminated returned reward {reward} "
                                f"({info.get('reward_components')}); raise, or treat it as an invalid action")
+
+
+def _info_kinds(info: dict[str, Any], path: str = "") -> list[tuple[str, str]]:
+    """(key path, kind) for every value in `info`, looking into dicts as gymnasium's vector envs do when batching."""
+    kinds = []
+    for key, value in info.items():
+        where = f"{path}[{key!r}]"
+        if isinstance(value, dict):
+            kinds += [(where, "dict")] + _info_kinds(value, where)
+        elif isinstance(value, np.ndarray):
+            kinds.append((where, f"ndarray of {value.dtype} {value.shape}"))
+        else:
+            kinds.append((where, type(value).__name__))
+    return kinds
+
+
+def _check_info_types(record: list[tuple]) -> None:
+    first_kind: dict[str, str] = {}
+    for entry in record:  # a reset's (obs, info) or a step's (..., info)
+        for where, kind in _info_kinds(entry[-1]):
+            if first_kind.setdefault(where, kind) != kind:
+                raise ConformanceError(
+                    f"info{where} is a {first_kind[where]} in one step and a {kind} in another; give each info key "
+                    "one type (e.g. always str): gymnasium's vector envs type a key by its first value, then "
+                    "silently cast the others (86.058 -> 86) or fail"
+                )
+
+
+def _check_sync_vector_env(make: EnvFactory, seed: int, num_steps: int = 15) -> None:
+    envs = gym.vector.SyncVectorEnv([make] * 3)
+    try:
+        envs.action_space.seed(seed)
+        envs.reset(seed=seed)
+        for _ in range(num_steps):
+            envs.step(envs.action_space.sample())
+    except Exception as error:  # noqa: BLE001 - any failure here is the finding
+        raise ConformanceError(f"gymnasium's SyncVectorEnv over three copies failed: {error!r}") from error
+    finally:
+        envs.close()
+
+
+def check_step_before_reset(env: str | EnvFactory, **kwargs: Any) -> None:
+    """Check that a step on the unwrapped env before any reset raises a RuntimeError that says to call reset().
+
+    `gym.make`'s OrderEnforcing hides the mistake, but `env.unwrapped` and direct construction do not have it;
+    there a step that plays an empty episode can pay a reward (Sokoban paid its solve bonus). Not yet part of
+    `check_conformance`, so that envs checked with it before keep passing.
+    """
+    make = _factory(env, kwargs)
+    env = make().unwrapped  # without gym.make's OrderEnforcing, which would answer first
+    try:
+        _, reward, _, _, _ = env.step(env.action_space.sample())
+    except RuntimeError as error:  # creditgym.envs.lifecycle.ResetNeeded is one
+        if "reset()" not in str(error):
+            raise ConformanceError(f"step() before reset() raised {error!r}; say to call reset() first") from error
+        return
+    except Exception as error:  # noqa: BLE001 - reported below
+        raise ConformanceError(f"step() before reset() raised {error!r}; raise a RuntimeError that says to call "
+                               "reset() first (creditgym.envs.lifecycle.require_reset)") from error
+    raise ConformanceError(f"step() before reset() returned reward {reward}; raise a RuntimeError that says to "
+                           "call reset() first (creditgym.envs.lifecycle.require_reset)")
 
 
 def _check_render_modes(make: EnvFactory, seed: int) -> None:

@@ -9,7 +9,8 @@ from gymnasium import spaces
 
 import creditgym  # noqa: F401  (registers the ids)
 from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
-from creditgym.envs.testing import ConformanceError, check_conformance
+from creditgym.envs.lifecycle import ResetNeeded
+from creditgym.envs.testing import ConformanceError, check_conformance, check_step_before_reset
 
 # Every env the package registers. A new env adds its id here, so none is silently dropped.
 EXPECTED_IDS = {
@@ -61,9 +62,11 @@ class _Counter(gym.Env):
         self.observation_space = spaces.Box(0, 10, (1,), np.int64)
         self.action_space = spaces.Discrete(2)
         self.render_mode = render_mode
-        self.count = 0
+        self.count: int | None = None  # None until reset
 
     def step(self, action):
+        if self.count is None:
+            raise RuntimeError("call reset() first")
         if self.count >= 10:
             raise RuntimeError("the count is done; call reset()")
         return self._count(action)
@@ -118,6 +121,18 @@ class _PaysTwice(_Counter):
         return self._count(action)  # the bug under test: stepping on after the end pays the outcome again
 
 
+class _AnswerTypeVaries(_Counter):
+    def _info(self, reward: float, done: bool) -> dict:
+        seed = self.np_random_seed  # the bug under test: an int in some episodes, a str in others (as ToolUse's answer)
+        return {**super()._info(reward, done), "answer": seed if seed % 2 == 0 else f"seed {seed}"}
+
+
+class _PlaysBeforeReset(_Counter):
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(render_mode)
+        self.count = 0  # the bug under test: a step before reset plays (Sokoban paid its solve bonus)
+
+
 def test_suite_accepts_a_correct_env() -> None:
     check_conformance(_Counter)
 
@@ -128,6 +143,7 @@ def test_suite_accepts_a_correct_env() -> None:
     (_GlobalRandom, (ConformanceError, AssertionError), "used a global RNG|not equivalent for the same seed"),
     (_NoInstructions, ConformanceError, r"info\['instructions'\]"),
     (_BadRender, ConformanceError, "must return str, got int"),
+    (_AnswerTypeVaries, ConformanceError, r"info\['answer'\] is a int in one step and a str in another"),
 ])
 def test_suite_catches_broken_envs(broken: type[gym.Env], error: type[Exception] | tuple, message: str) -> None:
     # Each for its own bug: a bare raises((ConformanceError, AssertionError)) also passed if the suite tripped over
@@ -136,18 +152,34 @@ def test_suite_catches_broken_envs(broken: type[gym.Env], error: type[Exception]
         check_conformance(broken)
 
 
+@pytest.mark.parametrize(("env_id", "kwargs"), _cases(), ids=lambda v: v if isinstance(v, str) else str(v))
+def test_a_step_before_reset_raises(env_id: str, kwargs: dict) -> None:
+    check_step_before_reset(env_id, **kwargs)
+
+
+def test_the_step_before_reset_check_catches_an_env_that_plays() -> None:
+    check_step_before_reset(_Counter)
+    with pytest.raises(ConformanceError, match=r"step\(\) before reset\(\) returned reward"):
+        check_step_before_reset(_PlaysBeforeReset)
+
+
+def test_suite_runs_the_env_in_a_gymnasium_vector_env() -> None:
+    # Too few steps to end an episode, so one env's infos keep one type; three copies with seeds 0, 1, 2 do not
+    # (ToolUse's reference_answer broke gymnasium's vector envs so).
+    with pytest.raises(ConformanceError, match="SyncVectorEnv over three copies failed"):
+        check_conformance(_AnswerTypeVaries, num_steps=3)
+
+
 def test_suite_catches_an_outcome_paid_after_the_end() -> None:
     with pytest.raises(ConformanceError, match="after the episode terminated"):
         check_conformance(_PaysTwice)
 
 
-@pytest.mark.parametrize("env_id", ["creditgym/Sokoban-6x6-1b-v0", "creditgym/Shop-v0", "creditgym/ToolUse-v0",
-                                    "creditgym/Dialogue-Gather-v0"])
+@pytest.mark.parametrize("env_id", sorted(EXPECTED_IDS))
 def test_reset_options_that_are_not_a_dict_get_a_clear_error(env_id: str) -> None:
+    # Bandit, WordBandit and MiniGridText used to take them silently.
     with pytest.raises(TypeError, match="reset options must be a dict"):
         gym.make(env_id).reset(options="level 3")  # this was an AttributeError on str.get
-    with pytest.raises(TypeError, match="reset options must be a dict"):
-        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2).reset(options=[0, 1])
 
 
 @pytest.mark.parametrize(("env_id", "kwargs", "message"), [
@@ -178,7 +210,52 @@ def test_constructor_arguments_of_the_wrong_type_are_named(env_id: str, kwargs: 
         gym.make(env_id, **kwargs)
 
 
+@pytest.mark.parametrize(("env_id", "kwargs"), [
+    # MiniGridText and ToolUse used to refuse NumPy integers (e.g. from a config array) that every other env takes.
+    ("creditgym/MiniGridText-DoorKey-5x5-v0", {"max_invalid_actions": np.int64(3)}),
+    ("creditgym/ToolUse-v0", {"max_invalid_actions": np.int64(3), "num_worlds": np.int64(4),
+                              "min_calls": np.int32(2), "max_calls": np.int32(3), "max_turns": np.uint8(5)}),
+])
+def test_numpy_integers_are_taken_as_python_ints(env_id: str, kwargs: dict) -> None:
+    env = gym.make(env_id, **kwargs).unwrapped
+    for name, value in kwargs.items():
+        assert getattr(env, name) == value and type(getattr(env, name)) is int
+
+
+@pytest.mark.filterwarnings("ignore:.*not in the possible render_modes")  # gymnasium's, before the env refuses
+@pytest.mark.parametrize("env_id", sorted(EXPECTED_IDS))
+def test_every_env_declares_render_fps_and_refuses_unknown_render_modes(env_id: str) -> None:
+    # The sanity envs lacked render_fps (check_env warns), and WordBandit took any render_mode, then failed in render
+    env_class = type(gym.make(env_id).unwrapped)
+    assert isinstance(env_class.metadata.get("render_fps"), int | float)
+    with pytest.raises(ValueError, match="render_mode must be one of"):
+        gym.make(env_id, render_mode="bogus")
+
+
+@pytest.mark.parametrize(("env_id", "kwargs", "call"), [
+    # what each did before: Sokoban paid the solve bonus and reported success, Dialogue divided by zero or ended the
+    # talk (patience 0), MiniGrid failed inside minigrid, Shop searched, WordBandit played
+    pytest.param("creditgym/Sokoban-6x6-1b-v0", {}, lambda env: env.step(1), id="sokoban-array"),
+    pytest.param("creditgym/Sokoban-6x6-1b-v0", {"obs_mode": "text"}, lambda env: env.step("up"), id="sokoban-text"),
+    pytest.param("creditgym/Dialogue-Gather-v0", {}, lambda env: env.step('<propose>{"budget": "low"}</propose>'),
+                 id="dialogue-propose"),
+    pytest.param("creditgym/Dialogue-Gather-v0", {}, lambda env: env.step("What budget?"), id="dialogue-ask"),
+    pytest.param("creditgym/MiniGridText-DoorKey-5x5-v0", {}, lambda env: env.step("go forward"), id="minigrid-step"),
+    pytest.param("creditgym/BabyAIText-GoToObj-v0", {"render_mode": "rgb_array"}, lambda env: env.render(),
+                 id="babyai-render"),
+    pytest.param("creditgym/Shop-v0", {}, lambda env: env.step("search[red shoes]"), id="shop"),
+    pytest.param("creditgym/Sanity-WordBandit-v0", {}, lambda env: env.step("B"), id="word-bandit"),
+    pytest.param("creditgym/ToolUse-v0", {}, lambda env: env.step("<answer>1</answer>"), id="tooluse"),
+])
+def test_a_step_or_render_before_reset_says_to_call_reset(env_id: str, kwargs: dict, call) -> None:
+    env = gym.make(env_id, **kwargs).unwrapped  # without gym.make's OrderEnforcing, which would answer first
+    with pytest.raises(ResetNeeded, match=r"call reset\(\) first"):
+        call(env)
+
+
 def test_the_batched_sokoban_env_checks_its_arguments_too() -> None:
+    with pytest.raises(TypeError, match="reset options must be a dict"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2).reset(options=[0, 1])
     with pytest.raises(ValueError, match="action_mask must be True or False"):
         gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2, action_mask="no")
     with pytest.raises(ValueError, match="max_episode_steps must be a positive integer"):

@@ -21,6 +21,7 @@ from creditgym.envs.dialogue.text import (
     normalize_value,
     parse_action,
 )
+from creditgym.envs.lifecycle import require_reset
 from creditgym.envs.options import reset_option
 from creditgym.envs.text_space import TextSpace
 
@@ -150,8 +151,10 @@ class DialogueGatherEnv(gym.Env):
         self._proposal: dict[str, Any] | None = None
         self._finished = False
         self._invalid_count = 0
+        self._has_reset = False
 
     def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        require_reset(self._has_reset, "step")
         if self._finished:
             return self._invalid_step("the conversation is over; call reset()")
         parsed = parse_action(action, self._slot_names)
@@ -198,6 +201,7 @@ class DialogueGatherEnv(gym.Env):
         self._proposal = None
         self._finished = False
         self._invalid_count = 0
+        self._has_reset = True
         domain = DOMAINS[scenario.domain]
         info = self._info(task=0.0, format=0.0, success=False)
         info["instructions"] = instructions(scenario.domain, self.rewards)

@@ -91,6 +91,13 @@ class NegotiationEnv(ParallelEnv):
     `partner_offer` (what the partner's standing proposal gives this agent, or None); at the end `success`
     and `deal` (this agent's share, or None).
 
+    ## State
+    `state()` is creditgym's state for reward design, as in the single-agent envs: the whole game as plain data
+    (a dict with the pool, both players' values, the turn, the standing offer, the deal and the transcript).
+    It is not PettingZoo's optional global-state API, which returns an array described by `state_space` for
+    centralised critics (QMIX, MAPPO): there is no `state_space`, and `pettingzoo.test.state_test` does not apply.
+    A critic that needs a global state can encode `state()` itself.
+
     ## Registered IDs
     Not in gymnasium's registry (it is multi-agent): use `creditgym.envs.dialogue.negotiation_v0.parallel_env()`
     or `.env()` (AEC, through PettingZoo's `parallel_to_aec`).
@@ -250,7 +257,8 @@ class NegotiationEnv(ParallelEnv):
         pass
 
     def state(self) -> dict[str, Any]:
-        """The whole game as plain data (both players' values included)."""
+        """The whole game as plain data (both players' values included); not PettingZoo's state array (see the
+        class docstring, "State")."""
         return {
             "counts": list(self._counts),
             "values": [list(v) for v in self._values],

@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from creditgym.envs.arguments import positive_int
+from creditgym.envs.options import reset_options
 
 #: The most arms: each observation is a one-hot float32 vector over them.
 MAX_ARMS = 10_000
@@ -47,7 +48,7 @@ class ContextBanditEnv(gym.Env):
     - v0: initial release.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, *, num_arms: int = 4, render_mode: str | None = None) -> None:
         if not 2 <= positive_int("num_arms", num_arms) <= MAX_ARMS:
@@ -73,6 +74,7 @@ class ContextBanditEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
+        reset_options(options)
         self._arm = int(self.np_random.integers(self.num_arms))
         instructions = f"Pull the arm whose index is set in the observation (one of {self.num_arms})."
         info = {"reward_components": {"task": 0.0}, "instructions": instructions}

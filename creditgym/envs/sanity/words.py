@@ -11,6 +11,8 @@ from typing import Any
 import gymnasium as gym
 
 from creditgym.envs.arguments import FiniteRewards, positive_int, reward_sizes
+from creditgym.envs.lifecycle import require_reset
+from creditgym.envs.options import reset_options
 from creditgym.envs.text_space import TextSpace
 
 MAX_TEXT_LENGTH = 4000
@@ -54,7 +56,8 @@ class WordBanditEnv(gym.Env):
     `Text`: the round, the outcome of the last reply, and after an invalid reply an explanation.
 
     ## Starting State
-    Always round 1 with no doors opened; the env draws nothing at random.
+    Always round 1 with no doors opened; the env draws nothing at random. Like every env, it still needs a
+    `reset()` before the first step.
 
     ## Reward
     `rewards.correct` (1) for opening the prize door, 0 for the other; `rewards.invalid_action` (-0.1) for a
@@ -82,7 +85,7 @@ class WordBanditEnv(gym.Env):
     - v0: initial release.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, *, num_rounds: int = 1, prize_door: str = "B",
                  rewards: WordBanditRewards | Mapping[str, float] | None = None,
@@ -90,6 +93,8 @@ class WordBanditEnv(gym.Env):
         num_rounds = positive_int("num_rounds", num_rounds)
         if prize_door not in ("A", "B"):
             raise ValueError(f"prize_door must be 'A' or 'B', got {prize_door!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         self.num_rounds = num_rounds
         self.prize_door = Door(prize_door)
         self.rewards = reward_sizes(WordBanditRewards, rewards)
@@ -98,8 +103,12 @@ class WordBanditEnv(gym.Env):
         self.observation_space = TextSpace(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
         self._round = 0
         self._correct = 0
+        self._has_reset = False
 
     def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        # It draws nothing at random and could play without a reset, but refuses like every other env, so that code
+        # that forgets the reset fails here as it would on any other env.
+        require_reset(self._has_reset, "step")
         door = parse_action(action)
         if door is None or self._round >= self.num_rounds:
             why = "the episode is over" if self._round >= self.num_rounds else "reply with the letter A or B"
@@ -116,7 +125,9 @@ class WordBanditEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
+        reset_options(options)
         self._round = self._correct = 0
+        self._has_reset = True
         info = self._info(0.0, 0.0, invalid=False)
         # Terse on purpose: the learning test trains a tiny byte-level model, and every character is a token.
         info["instructions"] = "One of two doors, A or B, hides a prize. Reply A or B."

@@ -12,6 +12,7 @@ from typing import Any
 import gymnasium as gym
 
 from creditgym.envs.arguments import positive_int, reward_sizes
+from creditgym.envs.lifecycle import require_reset
 from creditgym.envs.options import reset_option
 from creditgym.envs.shop import pages
 from creditgym.envs.shop.catalog import Product
@@ -137,6 +138,7 @@ class ShopEnv(gym.Env):
         self._invalid_count = 0
 
     def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        require_reset(self._goal is not None, "step")
         parsed = parse_action(action)
         if parsed is None:
             return self._invalid(

@@ -13,6 +13,7 @@ import numpy as np
 from gymnasium import spaces
 
 from creditgym.envs.arguments import flag, positive_int
+from creditgym.envs.lifecycle import require_reset
 from creditgym.envs.options import reset_option
 from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
 from creditgym.envs.sokoban.level import (
@@ -174,7 +175,9 @@ class SokobanEnv(gym.Env):
                              f"{action!r}{hint}") from None
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        if self._num_boxes and self._boxes_on_target == self._num_boxes:  # no boxes yet: reset() has not run
+        # Every level has a box, so none means reset() has not run; the empty board would count as solved.
+        require_reset(self._num_boxes > 0, "step")
+        if self._boxes_on_target == self._num_boxes:
             # Without this, every step after the solving one would pay the solve bonus again.
             if self.obs_mode == "text":
                 return self._invalid_step(action, feedback="The level is already solved; call reset().")

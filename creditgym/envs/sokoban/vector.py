@@ -13,6 +13,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from creditgym.envs.arguments import flag, positive_int
+from creditgym.envs.lifecycle import require_reset
 from creditgym.envs.options import reset_option
 from creditgym.envs.sokoban.bank import LevelBank, resolve_bank
 from creditgym.envs.sokoban.level import NUM_TILES, Tile
@@ -92,6 +93,16 @@ class SokobanVectorEnv(VectorEnv):
     bank row each board plays), `final_obs`/`_final_obs`, and with `action_mask=True` the (N, 4) mask of moves
     that change the board.
 
+    It is built for speed (PPO on a GPU), not as a drop-in gymnasium vector env, and differs from gymnasium's own
+    in three ways: observations, rewards, flags and info values are torch tensors; autoreset is SAME_STEP; and
+    `final_obs` is compacted to the ended boards' rows (gymnasium's SyncVectorEnv gives an object array with one
+    entry per env, indexed by env, plus `final_info`). Info keys carry no `_key` masks, and there is no `deadlock`.
+    So gymnasium's NumPy vector wrappers do not apply: `RecordEpisodeStatistics`, `NormalizeReward` and
+    `DictInfoToList` fail on the tensors, and `FlattenObservation`, `TransformObservation`,
+    `NormalizeObservation` and `DtypeObservation` refuse SAME_STEP autoreset. For those, and for rendering
+    (`render_mode` is refused here), `gymnasium.make_vec(id, n, vectorization_mode="sync")` gives a standard
+    gymnasium vector env of `SokobanEnv`s (NumPy, NEXT_STEP autoreset), much slower.
+
     Levels come from one seeded generator that draws a level for every board of the batch at each step (used by
     the boards that end). To split one batch across processes, e.g. Ray workers, give each part `first_env` (the
     batch index of its first board) and `total_envs` (the whole batch's size): each part then draws as the whole
@@ -118,7 +129,13 @@ class SokobanVectorEnv(VectorEnv):
         action_mask: bool = False,
         first_env: int = 0,
         total_envs: int | None = None,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode is not None:  # taken only to refuse it clearly: gymnasium.make_vec passes it on as given
+            raise ValueError(
+                f"SokobanVectorEnv does not render (got render_mode={render_mode!r}); for rendering use "
+                "gymnasium.make_vec(..., vectorization_mode='sync'), or creditgym.make_vec, which switches to it"
+            )
         if obs_mode not in ("array", "egocentric"):
             raise ValueError(
                 f"SokobanVectorEnv produces array or egocentric observations (got obs_mode={obs_mode!r}); for text "
@@ -192,6 +209,7 @@ class SokobanVectorEnv(VectorEnv):
         self._num_boxes = torch.ones(num_envs, dtype=torch.int64, device=dev)
         self._elapsed = torch.zeros(num_envs, dtype=torch.int64, device=dev)
         self.level_index = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        self._has_reset = False
 
     def _integer_actions(self, actions: Any) -> torch.Tensor:
         """`actions` that are not an integer tensor (a list, a numpy array, floats) as one, where each is a whole
@@ -221,6 +239,7 @@ class SokobanVectorEnv(VectorEnv):
 
     def step(self, actions: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                torch.Tensor, dict[str, Any]]:
+        require_reset(self._has_reset, "step")
         if not (isinstance(actions, torch.Tensor) and actions.dtype in _INTEGER_DTYPES):
             actions = self._integer_actions(actions)  # the hot path (PPO's int64 samples) skips this look at values
         actions = actions.to(device=self.device, dtype=torch.int64)
@@ -264,18 +283,29 @@ class SokobanVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Load a level into every board. `options={"level_index": tensor}` picks bank rows explicitly."""
-        if seed is not None:
-            self._generator.manual_seed(seed)
-        if seed is not None or self._np_random is None:  # reset() without a seed continues the seeded stream
-            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+        """Load a level into every board, or, with `options={"reset_mask": mask}` (a bool array with an entry per
+        board, as gymnasium's vector envs take it), only into the boards where `mask` is True; the others play on.
+        `options={"level_index": indices}` picks each board's bank row instead of drawing one.
+
+        The seed is checked as gymnasium's single envs check theirs (a NumPy integer gets the same
+        `gymnasium.error.Error`), and it and the options are checked before anything changes, so a refused reset
+        leaves the env as it was.
+        """
+        # reset() without a seed continues the seeded stream
+        np_random = gym.utils.seeding.np_random(seed) if seed is not None or self._np_random is None else None
+        rows = self._rows_to_reset(reset_option(options, "reset_mask"))
         chosen = reset_option(options, "level_index")
-        rows = torch.arange(self.num_envs, device=self.device)
         if chosen is not None:
             chosen = torch.as_tensor(chosen, dtype=torch.int64, device=self.device).reshape(self.num_envs)
             if chosen.min() < 0 or chosen.max() >= len(self.bank):
                 raise ValueError(f"options['level_index'] must be in [0, {len(self.bank)})")
-        self._load_levels(rows, self._draw_levels() if chosen is None else chosen)
+        if np_random is not None:
+            self._np_random, self._np_random_seed = np_random
+        if seed is not None:
+            self._generator.manual_seed(int(seed) % 2**64)  # torch takes 64 bits; gymnasium allows larger seeds
+        levels = self._draw_levels() if chosen is None else chosen
+        self._load_levels(rows, levels.index_select(0, rows))
+        self._has_reset = True
         info = {
             "reward_components": {"task": self._zeros(), "format": self._zeros()},
             "success": torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
@@ -285,6 +315,19 @@ class SokobanVectorEnv(VectorEnv):
         if self.action_mask:
             info["action_mask"] = self._effective_moves()
         return self._observe(self._pack(self._codes), self._player), info
+
+    def _rows_to_reset(self, mask: Any) -> torch.Tensor:
+        """The boards that `options["reset_mask"]` (None: all) selects, as indices."""
+        if mask is None:
+            return torch.arange(self.num_envs, device=self.device)
+        is_bool = (isinstance(mask, np.ndarray) and mask.dtype == np.bool_) or (
+            isinstance(mask, torch.Tensor) and mask.dtype == torch.bool)
+        if not is_bool or tuple(mask.shape) != (self.num_envs,) or not mask.any():
+            raise ValueError(f"options['reset_mask'] must be a bool numpy array or tensor of shape ({self.num_envs},) "
+                             f"with at least one True, got {mask!r}")
+        if not self._has_reset and not mask.all():
+            raise ValueError("the first reset() must load every board; leave out options['reset_mask']")
+        return torch.as_tensor(mask, device=self.device).nonzero().squeeze(1)
 
     def _effective_moves(self) -> torch.Tensor:
         """(N, 4) bool: the moves that would change each board, as `SokobanEnv(action_mask=True)` reports."""
@@ -351,3 +394,4 @@ class SokobanVectorEnv(VectorEnv):
             getattr(self, f"_{name}").copy_(state[name])
         self.level_index.copy_(state["level_index"])
         self._generator.set_state(state["generator"])
+        self._has_reset = True

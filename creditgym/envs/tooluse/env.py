@@ -9,7 +9,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from creditgym.envs.arguments import reward_sizes
+from creditgym.envs.arguments import flag, positive_int, reward_sizes
+from creditgym.envs.lifecycle import require_reset
 from creditgym.envs.options import reset_option
 from creditgym.envs.text_space import TextSpace
 from creditgym.envs.tooluse.reward import (
@@ -65,9 +66,10 @@ class ToolUseEnv(gym.Env):
     ## Episode End
     Terminated by the answer; `info["success"]` when it is correct. Truncated by the registered time limit or
     after `max_invalid_actions` invalid actions when that is set. The reference plan and answer appear in
-    `info["reference_plan"]` and `info["reference_answer"]` only on the step that ends the episode: the answer,
-    the invalid-action cap, or the last of `max_turns` steps (the registered ids set it to their time limit,
-    since the TimeLimit wrapper is invisible from inside the env).
+    `info["reference_plan"]` and `info["reference_answer"]` (the answer as text) only on the step that ends the
+    episode: the answer, the invalid-action cap, the last of `max_turns` steps, or the last step of the time limit.
+    The env cannot see gymnasium's TimeLimit from inside, so the registered ids add `RevealAtTimeLimit` over it:
+    `gym.make(id, max_episode_steps=N)` gives N steps and reveals on the N-th.
 
     ## Info
     `reward_components`, `success`, `invalid_action`, `tool_errors` (how many calls of this turn failed); reset
@@ -77,7 +79,8 @@ class ToolUseEnv(gym.Env):
     ## Arguments
     `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16; at most 10,000), `split` ("train"/"test":
     disjoint worlds), `rewards` (`ToolUseRewards` or a mapping of its fields), `max_invalid_actions`, `max_turns`
-    (truncate and reveal the plan after this many steps), `render_mode` ("ansi"), `expose_ground_truth` (False:
+    (truncate and reveal the plan after this many steps; None, the default and what the registered ids use,
+    leaves the time limit to `max_episode_steps`), `render_mode` ("ansi"), `expose_ground_truth` (False:
     put the correct final action in the reset info for training-time reward models such as IGPO; the observations
     never show it).
 
@@ -104,14 +107,12 @@ class ToolUseEnv(gym.Env):
         render_mode: str | None = None,
         expose_ground_truth: bool = False,
     ) -> None:
-        for name, value in (("min_calls", min_calls), ("max_calls", max_calls), ("num_worlds", num_worlds)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-        for name, value in (("max_invalid_actions", max_invalid_actions), ("max_turns", max_turns)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        if not isinstance(expose_ground_truth, bool):
-            raise TypeError(f"expose_ground_truth must be True or False, got {expose_ground_truth!r}")
+        min_calls = positive_int("min_calls", min_calls)
+        max_calls = positive_int("max_calls", max_calls)
+        num_worlds = positive_int("num_worlds", num_worlds)
+        max_invalid_actions = positive_int("max_invalid_actions", max_invalid_actions, optional=True)
+        max_turns = positive_int("max_turns", max_turns, optional=True)
+        expose_ground_truth = flag("expose_ground_truth", expose_ground_truth)
         if not 1 <= min_calls <= max_calls <= max(FAMILIES):
             raise ValueError(f"need 1 <= min_calls <= max_calls <= {max(FAMILIES)}, got {min_calls}, {max_calls}")
         if not 1 <= num_worlds <= TEST_WORLD_OFFSET:
@@ -142,6 +143,7 @@ class ToolUseEnv(gym.Env):
         self._text = ""
 
     def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        require_reset(self._task is not None, "step")
         self._turn_count += 1
         parsed = parse_or_explain(action)
         if isinstance(parsed, str):
@@ -221,6 +223,15 @@ class ToolUseEnv(gym.Env):
         """
         return f"<answer>{self.task.answer_text()}</answer>"
 
+    def reference(self) -> dict[str, Any]:
+        """The info keys that reveal the task at the end of an episode: `reference_plan` (a list of turns, each a
+        list of call dicts) and `reference_answer` (always the answer as text, so that the key keeps one type and
+        gymnasium's vector envs can batch it)."""
+        return {
+            "reference_plan": [[call.to_dict() for call in turn] for turn in self.task.plan],
+            "reference_answer": self.task.answer_text(),
+        }
+
     @property
     def task(self) -> Task:
         """The current task, reference plan and answer included (for experts, tests and analysis)."""
@@ -257,12 +268,10 @@ class ToolUseEnv(gym.Env):
         }
 
     def _out_of_turns(self) -> bool:
-        # The registered time limit, seen from inside, so the plan can be revealed on the last step too.
         return self.max_turns is not None and self._turn_count >= self.max_turns
 
     def _reveal(self, info: dict[str, Any]) -> dict[str, Any]:
-        info["reference_plan"] = [[call.to_dict() for call in turn] for turn in self.task.plan]
-        info["reference_answer"] = self.task.answer
+        info.update(self.reference())
         return info
 
     def _show(self, text: str) -> str:
@@ -273,3 +282,22 @@ class ToolUseEnv(gym.Env):
 
     def _world(self) -> World:
         return World.get(self.task.world)
+
+
+class RevealAtTimeLimit(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Adds the reference plan and answer (`ToolUseEnv.reference()`) to the info of a step that a time limit outside
+    the env truncated, as the env does itself on the steps it ends.
+
+    The registered ToolUse ids apply it over gymnasium's TimeLimit (`additional_wrappers`), so that
+    `gym.make(id, max_episode_steps=N)` changes the limit without losing the reveal.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        if truncated and "reference_plan" not in info:
+            info = {**info, **self.env.unwrapped.reference()}
+        return observation, reward, terminated, truncated, info

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import creditgym  # noqa: F401
+from creditgym.envs.lifecycle import ResetNeeded
 from creditgym.envs.sokoban.bank import load_bank
 from creditgym.envs.sokoban.env import SokobanEnv
 from creditgym.envs.sokoban.solver import solve
@@ -180,3 +181,45 @@ def test_a_device_torch_does_not_know_is_refused() -> None:
 def test_cuda_without_a_cuda_device_says_so() -> None:
     with pytest.raises(ValueError, match="torch sees no CUDA device .*use device='cpu'"):
         gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=2, device="cuda")
+
+
+def test_step_before_reset_says_to_call_reset() -> None:
+    vec = gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=3)  # no OrderEnforcing in front of the batched env
+    with pytest.raises(ResetNeeded, match=r"call reset\(\) first"):  # was torch's "IndexError: index out of range"
+        vec.step(np.array([0, 1, 2]))
+
+
+def test_a_refused_reset_leaves_the_level_stream_unchanged() -> None:
+    kept, refused = SokobanVectorEnv(3), SokobanVectorEnv(3)
+    kept.reset(seed=1)
+    refused.reset(seed=1)
+    # A NumPy seed was a raw torch TypeError; -1 reseeded the level generator before gymnasium refused it.
+    for bad_seed in (np.int64(3), -1):
+        with pytest.raises(gym.error.Error, match="Seed must be"):
+            refused.reset(seed=bad_seed)
+    with pytest.raises(ValueError, match="level_index"):
+        refused.reset(seed=5, options={"level_index": [0, 1, 10**9]})
+    assert refused.reset()[1]["level_index"].tolist() == kept.reset()[1]["level_index"].tolist()
+    refused.reset(seed=2**64)  # seeds past torch's 64 bits, which gymnasium's single envs take too
+
+
+def test_reset_mask_resets_only_the_chosen_boards() -> None:
+    vec = SokobanVectorEnv(3)
+    vec.reset(seed=0)
+    played, *_ = vec.step(torch.tensor([1, 2, 3]))
+    levels = vec.level_index.clone()
+    obs, info = vec.reset(options={"reset_mask": np.array([False, True, False])})  # all three were reset before
+    assert torch.equal(obs[[0, 2]], played[[0, 2]]) and torch.equal(info["level_index"][[0, 2]], levels[[0, 2]])
+    fresh, _ = SokobanVectorEnv(3).reset(options={"level_index": info["level_index"]})
+    assert torch.equal(obs[1], fresh[1])
+    for bad in ([False, True, False], np.array([0, 1, 0]), np.zeros(3, bool), np.ones(4, bool)):
+        with pytest.raises(ValueError, match=r"options\['reset_mask'\] must be a bool"):
+            vec.reset(options={"reset_mask": bad})
+    with pytest.raises(ValueError, match="the first reset"):
+        SokobanVectorEnv(3).reset(options={"reset_mask": np.array([True, False, True])})
+
+
+def test_render_mode_is_refused_with_the_way_to_render() -> None:
+    # Was "TypeError: __init__() got an unexpected keyword argument 'render_mode'".
+    with pytest.raises(ValueError, match="does not render.*vectorization_mode='sync'"):
+        gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=2, render_mode="rgb_array")

@@ -115,7 +115,7 @@ def test_reference_plan_is_revealed_only_at_the_end() -> None:
         *_, info = env.step(expert(env))
         assert "reference_plan" not in info
     obs, reward, terminated, _, info = env.step("<answer>-1</answer>")
-    assert terminated and not info["success"] and info["reference_answer"] == env.unwrapped.task.answer
+    assert terminated and not info["success"] and info["reference_answer"] == env.unwrapped.task.answer_text()
     assert "incorrect; the expected answer was" in obs and info["reward_components"]["task"] == 0.0
     capped = ToolUseEnv(max_invalid_actions=3)
     capped.reset(seed=3)
@@ -189,15 +189,29 @@ def test_custom_task_and_arguments() -> None:
     assert Call("calculator", {"expression": "1"}).to_dict() == {"name": "calculator", "arguments": {"expression": "1"}}
 
 
-def test_reference_plan_is_revealed_when_the_time_limit_ends_the_episode() -> None:
-    import gymnasium as gym
-
-    env = gym.make("creditgym/ToolUse-v0")
+@pytest.mark.parametrize("max_episode_steps", [None, 3, 15])
+def test_reference_plan_is_revealed_when_the_time_limit_ends_the_episode(max_episode_steps: int | None) -> None:
+    # gym.make's max_episode_steps used to be ignored above the env's own 10 turns, and below them the reveal was lost
+    env = gym.make("creditgym/ToolUse-v0", max_episode_steps=max_episode_steps)
+    limit = max_episode_steps or 10
     env.reset(seed=0)
-    for step in range(10):
+    for step in range(limit):
         _, _, terminated, truncated, info = env.step('<tool_call>{"name": "calculator", "arguments": '
                                                      '{"expression": "1 + 1"}}</tool_call>')
         assert not terminated
-        assert truncated == (step == 9)
+        assert truncated == (step == limit - 1)
         assert ("reference_plan" in info) == truncated
-    assert info["reference_answer"] == env.unwrapped.task.answer
+    assert info["reference_answer"] == env.unwrapped.task.answer_text()
+    assert gym.make(env.spec).spec == env.spec  # the reveal survives a rebuild from the spec
+
+
+def test_reference_answer_is_always_text_so_vector_envs_can_batch_it() -> None:
+    # Numbers, names and dates used to go out as int, float or str; gymnasium's vector envs type each info key by
+    # its first value, so the batch raised "could not convert string to float" or cut 86.058 to 86.
+    envs = gym.make_vec("creditgym/ToolUse-v0", num_envs=4, vectorization_mode="sync")
+    envs.reset(seed=0)
+    info = envs.step(["<answer>1</answer>"] * 4)[4]
+    answers = [task.answer for task in envs.get_attr("task")]
+    assert {type(answer) for answer in answers} == {int, float, str}  # seed 0 draws all three kinds
+    assert list(info["reference_answer"]) == [task.answer_text() for task in envs.get_attr("task")]
+    envs.close()

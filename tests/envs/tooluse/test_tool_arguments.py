@@ -132,16 +132,16 @@ def test_ground_truth_only_when_asked_and_never_observed() -> None:
             assert ("reference_answer" in info) == (terminated or truncated)
         assert terminated and info["success"]
     for bad in ("no", 1, None):
-        with pytest.raises(TypeError, match="expose_ground_truth must be True or False"):
+        with pytest.raises(ValueError, match="expose_ground_truth must be True or False"):
             ToolUseEnv(expose_ground_truth=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"min_calls": "1"}, TypeError, "min_calls must be an integer"),
-        ({"max_calls": 2.0}, TypeError, "max_calls must be an integer"),
-        ({"num_worlds": None}, TypeError, "num_worlds must be an integer"),
+        ({"min_calls": "1"}, ValueError, "min_calls must be a positive integer"),
+        ({"max_calls": 2.0}, ValueError, "max_calls must be a positive integer"),
+        ({"num_worlds": None}, ValueError, "num_worlds must be a positive integer"),
         # Used to fail at reset with numpy's "high is out of bounds for int64"; past 10,000 worlds the train worlds
         # would reach the test split's.
         ({"num_worlds": 2**70}, ValueError, "num_worlds must be from 1 to 10,000"),
