@@ -12,13 +12,14 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from creditgym.wrappers.llm_reward import RewardSandbox, validate_program
+from creditgym.wrappers.llm_reward import RewardSandbox, SandboxLimits, validate_program
 
 from .sandbox_programs import CPU_BOUND, FAST, GADGET, HEAD
 
@@ -65,6 +66,29 @@ def test_component_names_must_be_printable(name: str) -> None:
         assert error is not None and "printable characters" in error, error
 
 
+def test_control_characters_in_log_and_error_come_back_escaped() -> None:
+    # Raw, a program's text could forge lines in the designer's output and in the feedback prompt, which lists each
+    # error on one line, or send terminal escape sequences (ESC) to whoever reads the output.
+    printed, message = "\x1b[2Jfake\r\nline\tend", "bad\n- forged error\x1b[31m\r\u202e"
+    program = HEAD + f"    print({printed!r})\n    raise ValueError({message!r})\n"
+    assert validate_program(program) == []
+    with RewardSandbox(limits=FAST) as box:
+        assert box.load(program) is None
+        result = box.evaluate(BATCH)
+    assert result.log == "\\x1b[2Jfake\\r\nline\tend\n"
+    assert result.error == r"transition 0: line 3: ValueError: bad\n- forged error\x1b[31m\r\u202e"
+
+
+def test_an_error_of_many_lines_stays_one_bounded_line() -> None:
+    program = HEAD + "    raise ValueError('a\\n' * 10**6)\n"
+    with RewardSandbox(limits=FAST) as box:
+        assert box.load(program) is None
+        error = box.evaluate(BATCH).error
+    assert error.startswith(r"transition 0: line 2: ValueError: a\na\n") and error.isprintable(), error[:100]
+    assert len(error) <= FAST.max_error_chars + 200 + len("... [truncated]")
+    assert error.endswith("... [truncated]")
+
+
 def test_lone_surrogates_in_log_and_error_come_back_encodable() -> None:
     program = HEAD + "    print(chr(0xd800) + 'log')\n    raise ValueError(chr(0xdfff) + 'err')\n"
     with RewardSandbox(limits=FAST) as box:
@@ -104,6 +128,35 @@ def test_a_reply_nested_too_deep_is_a_malformed_reply(unvalidated: RewardSandbox
     error = escape(unvalidated, f"    os['write'](4, ({body}).to_bytes(4, 'big') + b'[' * {body})\n"
                                 "    os['read'](3, 1)\n")
     assert error == "batch of 1 transitions: the worker sent a malformed reply"
+
+
+def test_wall_time_limit_covers_sending_a_request_the_worker_does_not_read() -> None:
+    # A forged reply frame makes the parent send the next batch to a worker that blocks without CPU and never reads;
+    # a request larger than the pipe buffer (64 KiB) then blocked the parent's write for ever.
+    limits = SandboxLimits(cpu_seconds=1, wall_seconds=1.5, memory_bytes=256 << 20)
+    forge = ("    body = b'{\"rewards\":[7.0],\"components\":{},\"log\":\"\"}'\n"
+             "    os['write'](4, len(body).to_bytes(4, 'big') + body)\n"
+             "    os['sys'].modules['select'].select([], [], [], 10**6)\n")
+    with RewardSandbox(limits=limits, validate=False) as box:
+        assert box.load(GADGET + forge) is None
+        assert box.evaluate(BATCH[:1]).rewards == [7.0]
+        worker_group = box._process.pid
+        # Without the limit, end the hung write after 10 s so the test fails instead of hanging.
+        rescue = threading.Timer(10, os.killpg, (worker_group, signal.SIGKILL))
+        rescue.start()
+        start = time.monotonic()
+        try:
+            result = box.evaluate([({"board": "#" * (1 << 20)}, 0, {})])
+        finally:
+            rescue.cancel()
+        assert time.monotonic() - start < limits.wall_seconds + 2
+        assert result.error == "batch of 1 transitions: wall time limit exceeded (1.5 s); worker killed"
+        deadline = time.monotonic() + 5
+        while live_processes_in_group(worker_group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live_processes_in_group(worker_group) == []
+        # The parent stays healthy: the next program runs.
+        assert box.load(GOOD) is None and box.evaluate(BATCH).rewards == [1.0, 1.0]
 
 
 def test_escaped_code_cannot_read_host_files(unvalidated: RewardSandbox) -> None:
@@ -244,3 +297,27 @@ os._exit(0)
     finally:
         os.killpg(parent.pid, signal.SIGKILL)  # the sleeping child
         parent.stdout.close()
+
+
+@pytest.mark.parametrize("unprivileged", [False, True], ids=["as the caller", "unprivileged"])
+def test_temp_dir_is_removed_when_the_parent_is_killed(unprivileged: bool, public_dir: Path) -> None:
+    # SIGKILL gives the parent no chance to delete the temp dir, so the watchdog does; the dir is in a public,
+    # sticky dir so that an unprivileged parent can make it.
+    script = f"""
+import os, signal
+from creditgym.wrappers.llm_reward import RewardSandbox
+{BECOME_UNPRIVILEGED if unprivileged else ""}
+box = RewardSandbox()
+assert box.load({GOOD!r}) is None
+print(box._directory, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/",
+                            env={"HOME": "/tmp", "PATH": os.defpath, "TMPDIR": str(public_dir)})
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+    directory = Path(result.stdout.strip())
+    assert directory.parent == public_dir
+    deadline = time.monotonic() + 10
+    while directory.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not directory.exists()

@@ -6,7 +6,8 @@ dropped privileges), then answers length-prefixed JSON frames on its original st
 
 Three processes, where the kernel gives a PID namespace (else the first and the last):
 - the watchdog, the one `sandbox.py` started: it stays outside the new PID namespace, runs no untrusted code,
-  and kills the rest as soon as the parent dies (whichever of the parent's threads started it);
+  and kills the rest as soon as the parent dies (whichever of the parent's threads started it), then deletes
+  the temp dir the parent can no longer delete;
 - pid 1 of the new namespace, as confined as the worker: it only reaps the worker. The kernel does not deliver
   default-action signals such as RLIMIT_CPU's SIGXCPU to a namespace's init, so the worker must not be pid 1;
 - the worker, pid 2, which runs the program. It cannot see, signal or ptrace any process outside the namespace,
@@ -179,8 +180,9 @@ def _end_like(status: int, child_is_init: bool) -> None:
     os._exit(128 - code if code < 0 else code)
 
 
-def _watch(child: int, parent_pid: int, child_is_init: bool) -> None:
-    """The watchdog: waits for its child, and kills it if the parent dies first (then no one else would)."""
+def _watch(child: int, parent_pid: int, child_is_init: bool, directory: str, started_in: os.stat_result) -> None:
+    """The watchdog: waits for its child, and if the parent dies first (then no one else would) kills it and deletes
+    the sandbox's temp dir."""
     watched = []
     for pid in (child, parent_pid):
         try:
@@ -197,8 +199,22 @@ def _watch(child: int, parent_pid: int, child_is_init: bool) -> None:
         if os.getppid() != parent_pid:
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
+            _remove_directory(directory, started_in)
             os._exit(1)
         poller.poll(None if len(watched) == 2 else 250)
+
+
+def _remove_directory(directory: str, started_in: os.stat_result) -> None:
+    """Deletes the temp dir the parent made for this sandbox, but only if `directory` still names the dir this
+    process started in: the worker, now dead, may have renamed it and left a link or another dir in its place."""
+    import shutil  # here, so that no worker start pays for it
+
+    try:
+        now = os.lstat(directory)
+    except OSError:
+        return
+    if (now.st_dev, now.st_ino) == (started_in.st_dev, started_in.st_ino):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _reap(worker: int) -> None:
@@ -319,11 +335,12 @@ def main() -> None:
     protocol_fds = (read_fd, write_fd)
     libc = _libc()
     watchdog_pid = os.getpid()
+    started_in = os.stat(".")  # the parent starts the worker in its temp dir
     network, pid_namespace = _unshare(libc)
     child = os.fork()
     if child:
         _close(protocol_fds)  # so the parent reads end-of-file as soon as the worker dies
-        _watch(child, config["parent_pid"], child_is_init=pid_namespace)
+        _watch(child, config["parent_pid"], pid_namespace, config["directory"], started_in)
     layers = _harden(config, protocol_fds, network, libc, watchdog_pid)
     _die_with_parent(libc)
     if pid_namespace:

@@ -15,15 +15,16 @@ its processes):
    (unprivileged, where the kernel allows it). Where neither works, only layers 1, 3 (no new sockets) and 5
    keep the program off the network. With them comes a fresh PID namespace, where the program runs as pid 2
    and sees no process outside: it cannot signal or ptrace the parent even when it shares the parent's uid.
-   A watchdog process outside that namespace kills the worker when the parent dies.
+   A watchdog process outside that namespace kills the worker when the parent dies, and deletes its temp dir.
 5. Files: the worker chroots into its empty temp dir (as root, or inside its user namespace, where it then
    drops every capability), so no host file, dir or /tmp is reachable. When started as root it then drops to
    uid = gid = 0x70000000 + its pid, unique per worker, so it owns no file and cannot signal or ptrace another
    worker or any host process. PR_SET_NO_NEW_PRIVS stops set-user-ID binaries from regaining privileges.
 6. A restricted namespace: `__builtins__` holds only pure builtins, `__import__` returns `math` and nothing
    else, and `print` writes to a capped buffer returned with the result.
-7. The parent enforces the wall-time limit (kills the process group), caps the reply size and re-checks
-   every returned number.
+7. The parent enforces the wall-time limit on sending each request and on its reply (kills the process
+   group), caps the reply size, re-checks every returned number and escapes control characters in the text
+   that comes back.
 
 Failures are data: a program that is rejected, raises, returns the wrong thing, exceeds a limit or kills its
 worker is disqualified, and every later `evaluate` returns the recorded error. Loading the next program
@@ -98,7 +99,9 @@ class SandboxLimits:
 class SandboxResult:
     """Rewards for a batch, or the error that disqualified the program (then `rewards` is empty).
 
-    `components[name][i]` is the value transition i returned for `name`, and 0.0 where it returned none.
+    `components[name][i]` is the value transition i returned for `name`, and 0.0 where it returned none. The
+    program's text comes back with control characters escaped (ESC as `\\x1b`): all of them in `error`, which is
+    one line, and all but newlines and tabs in `log`.
     """
 
     rewards: list[float]
@@ -180,7 +183,8 @@ class RewardSandbox:
         max_bytes = (1 << 20) + n * _BYTES_PER_NUMBER * (1 + self.limits.max_components)
         try:
             reply = self._request({"op": "eval", "transitions": transitions}, max_bytes=max_bytes)
-            log = _text(reply.get("log", ""))[: self.limits.max_log_chars + 32]
+            # Printed output is made of lines, unlike an error, which the designer shows and lists on one line.
+            log = _text(reply.get("log", ""), keep="\n\t")[: self.limits.max_log_chars + 32]
             if "error" in reply:
                 return SandboxResult(rewards=[], error=self._disqualify(_text(reply["error"])), log=log)
             rewards, components = self._check_reply(reply, n)
@@ -204,13 +208,15 @@ class RewardSandbox:
     # -- internals ----------------------------------------------------------------------------------------
     def _disqualify(self, error: str) -> str:
         self._stop()
-        self.error = _text(error)[: self.limits.max_error_chars + 200]
+        error = _text(error)
+        limit = self.limits.max_error_chars + 200  # room for the context around the program's message
+        self.error = error if len(error) <= limit else error[:limit] + "... [truncated]"
         return self.error
 
     def _start(self) -> None:
         self._directory = tempfile.mkdtemp(prefix="creditgym-sandbox-")
         config = {key: value for key, value in asdict(self.limits).items() if key != "wall_seconds"}
-        config["parent_pid"] = os.getpid()
+        config.update(parent_pid=os.getpid(), directory=self._directory)
         self._process = subprocess.Popen(
             [sys.executable, *_ISOLATED, str(_WORKER), json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self._directory,
@@ -218,6 +224,8 @@ class RewardSandbox:
                  "PYTHONHASHSEED": "0"},
             close_fds=True, start_new_session=True,
         )
+        assert self._process.stdin is not None
+        os.set_blocking(self._process.stdin.fileno(), False)  # so that _write can keep to the wall-time limit
         try:
             handshake = self._receive(time.monotonic() + _STARTUP_SECONDS, max_bytes=1 << 16)
         except _WorkerFailed as failure:
@@ -246,13 +254,27 @@ class RewardSandbox:
             body = json.dumps(message, allow_nan=True, separators=(",", ":"), default=_plain).encode()
         except (TypeError, ValueError) as error:
             raise TypeError(f"transitions must be plain JSON data (dicts, lists, str, numbers): {error}") from None
+        deadline = time.monotonic() + self.limits.wall_seconds
+        self._write(_HEADER.pack(len(body)) + body, deadline)
+        return self._receive(deadline, max_bytes=max_bytes)
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        # The request pipe is non-blocking (see _start): a worker that stops reading while a request larger than the
+        # pipe buffer is still going in must run into the wall-time limit, not block the parent for ever.
         assert self._process is not None and self._process.stdin is not None
-        try:
-            self._process.stdin.write(_HEADER.pack(len(body)) + body)
-            self._process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise _WorkerFailed(self._death()) from None
-        return self._receive(time.monotonic() + self.limits.wall_seconds, max_bytes=max_bytes)
+        fd = self._process.stdin.fileno()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:  # the pipe is full: wait for the worker to read, up to the deadline
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                timeout = deadline - time.monotonic()
+                if timeout <= 0 or not poller.poll(math.ceil(timeout * 1000)):
+                    raise self._wall_time_exceeded() from None
+            except OSError:  # BrokenPipeError: the worker is gone
+                raise _WorkerFailed(self._death()) from None
 
     def _receive(self, deadline: float, *, max_bytes: int) -> dict[str, Any]:
         header = self._read(_HEADER.size, deadline)
@@ -277,13 +299,17 @@ class RewardSandbox:
         while remaining:
             timeout = deadline - time.monotonic()
             if timeout <= 0 or not poller.poll(math.ceil(timeout * 1000)):
-                raise _WorkerFailed(f"wall time limit exceeded ({self.limits.wall_seconds:g} s); worker killed")
+                raise self._wall_time_exceeded()
             chunk = os.read(fd, min(remaining, 1 << 20))
             if not chunk:
                 raise _WorkerFailed(self._death())
             chunks.append(chunk)
             remaining -= len(chunk)
         return b"".join(chunks)
+
+    def _wall_time_exceeded(self) -> _WorkerFailed:
+        # Every caller stops the worker's process group on _WorkerFailed (_disqualify, or _start's own _stop).
+        return _WorkerFailed(f"wall time limit exceeded ({self.limits.wall_seconds:g} s); worker killed")
 
     def _death(self) -> str:
         assert self._process is not None
@@ -320,10 +346,16 @@ def _finite_floats(values: object, n: int) -> bool:
             and all(type(x) is float and math.isfinite(x) for x in values))
 
 
-def _text(value: object) -> str:
-    """The worker's text as a str that encodes to UTF-8: lone surrogates (from chr(0xD800)) become '?'."""
-    text = value if type(value) is str else str(value)
-    return text.encode("utf-8", "replace").decode("utf-8")
+def _text(value: object, *, keep: str = "") -> str:
+    """The worker's text, safe to print and to put in a prompt: it encodes to UTF-8 (lone surrogates, from
+    chr(0xD800), become '?'), and every other unprintable character not in `keep` is written as its escape
+    (\\x1b, \\r, \\n, \\u202e), so that a program cannot send terminal escape sequences or forge lines in the
+    designer's output and in the feedback prompt, which lists each error on one line."""
+    text = (value if type(value) is str else str(value)).encode("utf-8", "replace").decode("utf-8")
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char in keep else char.encode("unicode_escape").decode("ascii")
+                   for char in text)
 
 
 def _plain(value: Any) -> Any:
