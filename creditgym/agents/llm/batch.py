@@ -83,6 +83,17 @@ class TokenBatch:
         return out
 
 
+def played_episodes(episodes: list[Episode]) -> list[Episode]:
+    """The episodes that played at least one turn. One whose first prompt was longer than max_prompt_tokens played
+    none: it has no tokens to train, and counted in its group it would move the others' baselines like a failure.
+    None played at all raises a ValueError that says what to change."""
+    played = [episode for episode in episodes if episode.turns]
+    if not played:
+        raise ValueError("no episode generated a single token: every first prompt (instructions and observation) "
+                         "was longer than max_prompt_tokens; raise --max-prompt-tokens or shorten the prompt")
+    return played
+
+
 def pack_episodes(episodes: list[Episode], pad_id: int, device: torch.device) -> TokenBatch:
     """Rows from every segment that holds generated tokens, and the episode view that maps onto them.
 
@@ -98,10 +109,8 @@ def pack_episodes(episodes: list[Episode], pad_id: int, device: torch.device) ->
                     f"episode {e} (group {episode.group}, seed {episode.seed}) got reward {turn.reward} at turn {t}"
                     f"{named}; fix the env's reward, or wrap the env to replace NaN and inf rewards. Nothing was "
                     "trained on it")
+    played_episodes(episodes)
     segments = [(e, seg) for e, episode in enumerate(episodes) for seg in episode.segments if any(seg.action_mask)]
-    if not segments:
-        raise ValueError("no episode generated a single token: every first prompt (instructions and observation) "
-                         "was longer than max_prompt_tokens; raise --max-prompt-tokens or shorten the prompt")
     width = max(len(seg.token_ids) for _, seg in segments)
     input_ids = torch.full((len(segments), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(segments), width), dtype=torch.long)

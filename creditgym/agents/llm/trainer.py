@@ -60,7 +60,7 @@ from creditgym.trajectories import (
     trim_trajectories,
 )
 
-from .batch import TokenBatch, advantages, pack_episodes
+from .batch import TokenBatch, advantages, pack_episodes, played_episodes
 from .config import LLMTrainConfig
 from .learned_rewards import make_learned_reward
 from .policy import LLMPolicy
@@ -196,13 +196,7 @@ class LLMTrainer:
                     f"the weights of the last update overflow the logits: lower --learning-rate (now "
                     f"{cfg.learning_rate:g})") from None
             rollout_seconds = time.perf_counter() - start
-            # An episode whose first prompt was too long played no turn: it has no tokens to train, and as a
-            # member of its group it would move the others' baselines (and PRIME's accuracy filter) like a failure.
-            played = [ep for ep in episodes if ep.turns]
-            if not played:
-                raise ValueError("no episode generated a single token: every first prompt (instructions and "
-                                 "observation) was longer than max_prompt_tokens; raise --max-prompt-tokens or "
-                                 "shorten the prompt")
+            played = played_episodes(episodes)  # and leave the others out of PRIME's accuracy filter too
             trained = kept_groups(played, *cfg.group_accuracy_range)
             learned, losses = {}, {}
             if trained:
