@@ -126,7 +126,8 @@ class PPOConfig:
     KL to the rollout policy, as CleanRL; `losses/approx_kl` logs that minibatch's value)"""
     shaping: str | None = None
     """potential for potential-based shaping (box_distance, boxes_on_target, solver_distance,
-    solver_distance_tight); none = sparse"""
+    solver_distance_tight); none = sparse. charts/episodic_return then includes the shaping (with gamma < 1 and a
+    negative potential it grows with episode length); reward/task is the task's return alone"""
     shaping_scale: float = 1.0
     """multiplies the potential, e.g. 0.1 puts solver_distance (in moves) on the scale of Sokoban's -0.1 per move"""
     shaping_gamma: float | None = None
@@ -232,6 +233,9 @@ class PPOConfig:
             raise ValueError("gamma and gae_lambda must be in [0, 1]")
         if self.shaping_gamma is not None and not 0 < self.shaping_gamma <= 1:
             raise ValueError(f"shaping_gamma must be in (0, 1] (the task's discount) or none, got {self.shaping_gamma}")
+        if self.shaping is not None and self.shaping_gamma is None and self.gamma == 0:
+            raise ValueError("gamma 0 with --shaping needs --shaping-gamma (e.g. 1, the task's discount): shaping at "
+                             "the agent's discount 0 pays -Φ(s), the same for every action, so it would teach nothing")
         check_unused_options(self, SHAPING_OPTIONS, applies=self.shaping is not None,
                              needs="a shaping potential", flag="--shaping")
         check_unused_options(self, LEARNED_REWARD_OPTIONS, applies=self.learned_reward is not None,

@@ -75,10 +75,14 @@ class TorchVecEnv:
         ended = np.asarray(info.get("_final_info", np.zeros(self.num_envs, bool)), dtype=bool)
         final = info.get("final_info", {})
         out: dict[str, Any] = {}
-        names = [n for n in info.get("reward_components", {}) if not n.startswith("_")]
+        # The channels of both sides: when every env ended, the top level holds only reset infos, which may lack a
+        # channel that the steps paid.
+        names = [n for n in {**info.get("reward_components", {}), **final.get("reward_components", {})}
+                 if not n.startswith("_")]
         if names:
             out["reward_components"] = {
-                name: self._tensor(_merge(info["reward_components"], final.get("reward_components", {}), name, ended))
+                name: self._tensor(_merge(info.get("reward_components", {}), final.get("reward_components", {}), name,
+                                          ended))
                 for name in names
             }
         if "success" in info or "success" in final:

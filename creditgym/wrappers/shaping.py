@@ -16,6 +16,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
 from creditgym.agents.vec import NonFiniteError, TorchVecEnv
+from creditgym.wrappers.channels import with_channel
 from creditgym.wrappers.potentials import EnvPotential, ObsPotential, get_potential, potential_names
 
 
@@ -26,14 +27,6 @@ def _check(gamma: float, channel: str, scale: float) -> None:
         raise ValueError(f"scale must be a positive number, got {scale!r}; it multiplies the potential")
     if not channel:
         raise ValueError("channel must be a non-empty name, e.g. 'shaping'")
-
-
-def _with_channel(info: dict[str, Any], channel: str, value: Any) -> dict[str, Any]:
-    components = info["reward_components"]
-    if channel in components:
-        raise ValueError(f"reward channel {channel!r} is already set by an inner wrapper; pass channel='...' "
-                         "with another name to stack a second shaping wrapper")
-    return {**info, "reward_components": {**components, channel: value}}
 
 
 def _named(name: str, env: gym.Env) -> EnvPotential:
@@ -84,18 +77,23 @@ class PotentialShaping(gym.Wrapper):
         self.channel = channel
         self.scale = scale
         self._last_potential = 0.0
+        self._ended = False
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._ended:  # creditgym text envs take steps after the end as invalid actions: no more shaping
+            return obs, float(reward), terminated, truncated, with_channel(info, self.channel, 0.0)
         potential = 0.0 if terminated else self._potential()
         shaping = self.gamma * potential - self._last_potential
         self._last_potential = potential
-        return obs, float(reward) + shaping, terminated, truncated, _with_channel(info, self.channel, shaping)
+        self._ended = bool(terminated or truncated)
+        return obs, float(reward) + shaping, terminated, truncated, with_channel(info, self.channel, shaping)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._last_potential = self._potential()
-        return obs, _with_channel(info, self.channel, 0.0)
+        self._ended = False
+        return obs, with_channel(info, self.channel, 0.0)
 
     def _potential(self) -> float:
         """scale · Φ of the env's current state; NaN or inf raises, as it would make every later return NaN."""
@@ -123,9 +121,12 @@ class VectorPotentialShaping(VectorWrapper):
                  scale: float = 1.0) -> None:
         super().__init__(env)
         _check(gamma, channel, scale)
-        if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
-            raise ValueError("VectorPotentialShaping needs same-step autoreset (AutoresetMode.SAME_STEP), so that "
-                             "info['final_obs'] holds the last observation of each ended episode")
+        if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP or not isinstance(
+                getattr(env.unwrapped, "device", None), torch.device):
+            raise ValueError("VectorPotentialShaping takes creditgym's batched torch envs (same-step autoreset, torch "
+                             "tensors, info['final_obs'] holding the rows of the ended episodes); for gymnasium's "
+                             "vector envs wrap each env in PotentialShaping instead, e.g. gymnasium.make_vec(id, n, "
+                             "wrappers=[lambda env: PotentialShaping(env, name, gamma)])")
         self.potential: ObsPotential = _batched(potential) if isinstance(potential, str) else potential
         self.gamma = gamma
         self.channel = channel
@@ -142,12 +143,12 @@ class VectorPotentialShaping(VectorWrapper):
         end_potential[torch.as_tensor(terminated, device=potential.device)] = 0.0
         shaping = (self.gamma * end_potential - self._last_potential).to(reward.dtype)
         self._last_potential = potential
-        return obs, reward + shaping, terminated, truncated, _with_channel(info, self.channel, shaping)
+        return obs, reward + shaping, terminated, truncated, with_channel(info, self.channel, shaping)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._last_potential = self._potential(obs)
-        return obs, _with_channel(info, self.channel, torch.zeros_like(self._last_potential, dtype=torch.float32))
+        return obs, with_channel(info, self.channel, torch.zeros_like(self._last_potential, dtype=torch.float32))
 
     def get_state(self) -> dict[str, Any]:
         """The wrapped env's state plus the last Φ of every env."""
@@ -158,7 +159,14 @@ class VectorPotentialShaping(VectorWrapper):
         self._last_potential = state["last_potential"].to(self._last_potential.device)
 
     def _potential(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.scale * torch.as_tensor(self.potential(obs)).to(torch.float64)
+        """scale · Φ of each observation; NaN or inf raises, as in `PotentialShaping`."""
+        value = self.scale * torch.as_tensor(self.potential(obs)).to(torch.float64)
+        if not bool(torch.isfinite(value).all()):
+            bad = (~torch.isfinite(value)).nonzero().flatten()[:5].tolist()
+            raise NonFiniteError(f"shaping potential {getattr(self.potential, '__name__', repr(self.potential))!r} "
+                                 f"(scale {self.scale:g}) is not finite for envs {bad}; make it return a finite "
+                                 "number for every state (e.g. a bound for unsolvable ones)")
+        return value
 
 
 def make_shaped_vec_env(env_id: str, num_envs: int, device: torch.device | str,

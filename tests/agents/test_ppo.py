@@ -50,6 +50,8 @@ def _config(tmp_path: Path, **overrides) -> PPOConfig:
         ({"precision": "float16"}, "precision must be auto, float32 or bfloat16"),
         ({"shaping": "box_distance", "shaping_scale": 0.0}, "shaping_scale must be a positive number"),
         ({"shaping": "box_distance", "shaping_gamma": 0.0}, "shaping_gamma must be in"),
+        # the shaping wrappers refused the agent's discount 0 only once PPO had started
+        ({"shaping": "box_distance", "gamma": 0.0}, r"gamma 0 with --shaping needs --shaping-gamma \(e.g. 1"),
         ({"shaping_gamma": 1.0}, r"shaping_gamma \(--shaping-gamma\) only applies with a shaping potential"),
         ({"learned_reward": "spa", "learned_reward_start": -1},
          "learned_reward_start and learned_reward_freeze are env steps"),

@@ -181,8 +181,10 @@ def _end_like(status: int, child_is_init: bool) -> None:
 
 
 def _watch(child: int, parent_pid: int, child_is_init: bool, directory: str, started_in: os.stat_result) -> None:
-    """The watchdog: waits for its child, and if the parent dies first (then no one else would) kills it and deletes
-    the sandbox's temp dir."""
+    """The watchdog: waits for its child, and if the parent dies first (then no one else would) kills it. Either way
+    it deletes the sandbox's temp dir, which serves one worker only: a parent that dies closes the worker's pipe
+    before the kernel reparents this process, so the worker can end (at end-of-file) before the parent's death shows
+    here, and a living parent deletes the dir too, ignoring what is gone."""
     watched = []
     for pid in (child, parent_pid):
         try:
@@ -195,6 +197,7 @@ def _watch(child: int, parent_pid: int, child_is_init: bool, directory: str, sta
     while True:
         pid, status = os.waitpid(child, os.WNOHANG)
         if pid:
+            _remove_directory(directory, started_in)
             _end_like(status, child_is_init)
         if os.getppid() != parent_pid:
             os.kill(child, signal.SIGKILL)

@@ -12,6 +12,7 @@ import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
+from creditgym.wrappers.channels import with_channel
 from creditgym.wrappers.llm_reward.describe import SokobanBatchStates
 from creditgym.wrappers.llm_reward.sandbox import RewardSandbox, SandboxLimits
 
@@ -23,7 +24,9 @@ class LLMCodeReward(gym.Wrapper):
     runs in a `RewardSandbox`, one transition per step. It augments the task reward and never replaces it. A
     program that fails static validation raises ValueError here; one that fails at run time is disqualified:
     from then on the channel is 0.0, `self.error` holds the reason and `info["llm_reward_error"]` repeats it,
-    so training goes on.
+    so training goes on. The episode under way then mixes two rewards (the program's before, 0 after). In a
+    gymnasium vector env every copy has its own sandbox and is disqualified on its own, so a program that fails on
+    some envs' states keeps paying in the others; `VectorLLMCodeReward` (batched Sokoban) disqualifies the batch.
 
     >>> import gymnasium as gym
     >>> import creditgym
@@ -46,6 +49,10 @@ class LLMCodeReward(gym.Wrapper):
         super().__init__(env)
         if not channel:
             raise ValueError("channel must be a non-empty name, e.g. 'llm_reward'")
+        if not callable(getattr(env.unwrapped, "state", None)):
+            raise ValueError(f"{type(env.unwrapped).__name__} declares no state(), the plain-data state a reward "
+                             "program reads; LLMCodeReward needs an env that does (every creditgym env but the "
+                             "Sanity bandits)")
         self.channel = channel
         self.sandbox = RewardSandbox(limits=limits)
         error = self.sandbox.load(program)
@@ -65,11 +72,7 @@ class LLMCodeReward(gym.Wrapper):
         result = self.sandbox.evaluate([(self._state, action, next_state)])
         self._state = next_state
         value = result.rewards[0] if result.ok else 0.0
-        components = info["reward_components"]
-        if self.channel in components:
-            raise ValueError(f"reward channel {self.channel!r} is already set by an inner wrapper; pass "
-                             "channel='...' with another name")
-        info = {**info, "reward_components": {**components, self.channel: value}}
+        info = with_channel(info, self.channel, value)
         if not result.ok:
             info["llm_reward_error"] = result.error
         return obs, float(reward) + value, terminated, truncated, info
@@ -77,7 +80,7 @@ class LLMCodeReward(gym.Wrapper):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._state = self.env.unwrapped.state()
-        return obs, info
+        return obs, with_channel(info, self.channel, 0.0)
 
     def close(self) -> None:
         self.sandbox.close()
@@ -158,20 +161,18 @@ class VectorLLMCodeReward(VectorWrapper):
                 self.stats.add(name, np.asarray(column))
         else:
             value = torch.zeros_like(reward)
-        components = {**info["reward_components"], self.channel: value}
+        info = with_channel(info, self.channel, value)
         if self.replace_task_reward:
-            components["task_removed"] = -components["task"]
-            reward = reward - components["task"]
-        return obs, reward + value, terminated, truncated, {**info, "reward_components": components}
+            info = with_channel(info, "task_removed", -info["reward_components"]["task"])
+            reward = reward - info["reward_components"]["task"]
+        return obs, reward + value, terminated, truncated, info
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._current = self.states.observe()
         zeros = torch.zeros_like(info["reward_components"]["task"])
-        components = {**info["reward_components"], self.channel: zeros}
-        if self.replace_task_reward:
-            components["task_removed"] = zeros
-        return obs, {**info, "reward_components": components}
+        info = with_channel(info, self.channel, zeros)
+        return obs, with_channel(info, "task_removed", zeros) if self.replace_task_reward else info
 
     def get_state(self) -> dict[str, Any]:
         """The wrapped env's state (PPO's final checkpoint asks; the sandbox itself is not checkpointed)."""
@@ -179,6 +180,7 @@ class VectorLLMCodeReward(VectorWrapper):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.env.set_state(state)
+        self._current = self.states.observe()  # the boards' states before the next step, as after a reset
 
     def close_extras(self, **kwargs: Any) -> None:
         self.sandbox.close()
