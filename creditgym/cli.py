@@ -527,10 +527,12 @@ def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
 
     config = DesignerConfig(
         env_id=args.env, iterations=args.iterations, samples=args.samples, temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens, critic_rejects=args.critic_rejects, train_steps=args.train_steps,
-        num_envs=args.num_envs, seeds=tuple(args.seeds), replace_task_reward=args.replace_task_reward,
-        seed=args.seed, runs_dir=args.runs_dir, run_name=args.run_name, ppo_kwargs={"device": args.device},
-        progress=args.progress,
+        max_new_tokens=args.max_new_tokens, critic=args.critic, critic_rejects=args.critic_rejects,
+        train_steps=args.train_steps, num_envs=args.num_envs, num_steps=args.num_steps, seeds=tuple(args.seeds),
+        fitness_window=args.fitness_window, max_abs_reward=args.max_abs_reward,
+        replace_task_reward=args.replace_task_reward, compare_sparse=args.compare_sparse,
+        final_seeds=tuple(args.final_seeds), seed=args.seed, runs_dir=args.runs_dir, run_name=args.run_name,
+        overwrite=args.overwrite, ppo_kwargs={"device": args.device}, progress=args.progress,
     )
     if args.model.startswith(("http://", "https://")):
         from creditgym.llm import OpenAIChatModel
@@ -558,10 +560,17 @@ def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
     if result.best is None:
         console.print("no program passed every stage; see the errors in the candidate files")
     else:
-        console.print(f"best: {result.best.id}, success rate {result.best.fitness:.3f}")
+        console.print(f"best: {result.best.id}, success rate {result.best.fitness:.3f} on the selection seeds "
+                      "(optimistic: the maximum over every candidate)")
         console.print(result.best.source or "", markup=False, highlight=False)
-        if args.compare_sparse:
-            console.print(f"sparse task reward alone, same PPO budget: {designer.sparse_fitness():.3f}")
+    for label, record in (("sparse task reward alone, selection seeds", result.sparse),
+                          ("best program re-trained on --final-seeds", (result.final or {}).get("best")),
+                          ("sparse task reward alone, --final-seeds", (result.final or {}).get("sparse"))):
+        if record is not None:
+            outcome = f"{record['fitness']:.3f}" if record["fitness"] is not None else f"failed: {record['error']}"
+            console.print(f"{label}, same PPO budget: {outcome}", markup=False, highlight=False)
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
     console.print(f"every program and report.json are in {result.run_dir}")
     return 0
 
@@ -685,19 +694,29 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--samples", type=int, default=4, help="candidate programs per iteration (K)")
     design.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the programs")
     design.add_argument("--max-new-tokens", type=int, default=512, help="longest model reply")
+    design.add_argument("--critic", action=argparse.BooleanOptionalAction, default=True,
+                        help="ask the model to review every program before it is checked (--no-critic skips it)")
     design.add_argument("--critic-rejects", action="store_true", help="disqualify programs the critic fails "
                         "(default: only record its verdict)")
     design.add_argument("--train-steps", type=int, default=20_000, help="env steps of each fitness PPO run")
     design.add_argument("--num-envs", type=int, default=32, help="parallel envs of each fitness run")
+    design.add_argument("--num-steps", type=int, default=32, help="steps per env per PPO rollout of each fitness run")
     design.add_argument("--seeds", type=int, nargs="+", default=[1], help="PPO seeds per candidate (mean success)")
+    design.add_argument("--fitness-window", type=float, default=0.5, help="fraction of training, at the end, whose "
+                        "finished episodes count towards a candidate's success rate")
+    design.add_argument("--max-abs-reward", type=float, default=1e6, help="disqualify programs whose reward or "
+                        "component exceeds this magnitude")
+    design.add_argument("--final-seeds", type=int, nargs="+", default=[], help="fresh PPO seeds on which the best "
+                        "program and the sparse reward are re-trained after selection (unbiased; saved in report.json)")
     design.add_argument("--replace-task-reward", action="store_true", help="train on the candidate reward alone "
                         "instead of adding it to the task reward")
     design.add_argument("--compare-sparse", action="store_true", help="also train on the task reward alone, with "
-                        "the same budget, and print its success rate")
+                        "the same budget and seeds; its success rate is printed and saved in report.json")
     design.add_argument("--seed", type=int, default=0, help="seed of program sampling and dry-run transitions")
     design.add_argument("--device", default="cpu", help="device of the fitness PPO runs: cpu, cuda or auto")
     design.add_argument("--runs-dir", default="runs/design-reward", help="where design runs are written")
-    design.add_argument("--run-name", help="run folder name (default: env-time)")
+    design.add_argument("--run-name", help="run folder name (default: env-time, made unique)")
+    design.add_argument("--overwrite", action="store_true", help="replace the design run the folder already holds")
     design.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar over the candidates on stderr (--no-progress for logs)")
     design.set_defaults(run=cmd_design_reward)

@@ -3,12 +3,14 @@
 Default: the candidates come from `HandWrittenCandidates`, a stand-in chat model that returns HAND-WRITTEN
 programs (one good distance-and-placement reward, one that farms a bonus for moving, one that crashes, one that is
 not code); the designer critiques, validates, dry-runs and trains each, keeps the argmax of fitness, then trains
-PPO on the sparse task reward with the same budget and seeds. It prints whether the selected reward beat sparse.
+PPO on the sparse task reward with the same budget and seeds. It prints whether the selected reward beat sparse:
+with `--final-seeds`, on fresh seeds after re-training (selection fitness is the maximum over the candidates, so
+it is optimistic and beats sparse on its own seeds more often than it should).
 
-    python examples/llm_reward_design.py --train-steps 60000 --seeds 1 2
+    python examples/llm_reward_design.py --train-steps 60000 --seeds 1 2 --final-seeds 3 4
 
-With `--model`, a real model writes the candidates and the example reports how many passed each stage (no sparse
-comparison unless one passes them all). The model runs locally with transformers, or on any OpenAI-compatible
+With `--model`, a real model writes the candidates and the example reports how many passed each stage, and the
+sparse comparison when one passes them all. The model runs locally with transformers, or on any OpenAI-compatible
 server given `--base-url` (then `--model` is the name the server serves), e.g. vLLM (docs/scaling.md):
 
     python examples/llm_reward_design.py --model smollm2-135m --samples 4 --train-steps 8192
@@ -75,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=60_000, help="env steps of every PPO run")
     parser.add_argument("--num-envs", type=int, default=32, help="parallel envs of every PPO run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="PPO seeds (fitness is the mean)")
+    parser.add_argument("--final-seeds", type=int, nargs="+", default=[], help="fresh PPO seeds on which the best "
+                        "program and sparse are re-trained for the comparison")
     parser.add_argument("--runs-dir", default="runs/llm_reward_design", help="where programs and reports go")
     parser.add_argument("--seed", type=int, default=0, help="seeds program sampling and the dry-run transitions")
     args = parser.parse_args(argv)
@@ -93,9 +97,10 @@ def design(args: argparse.Namespace) -> int:
         env_id="creditgym/Sokoban-6x6-2b-v0", env_kwargs={"obs_mode": "egocentric", "action_mask": True},
         iterations=args.iterations if real else 1, samples=args.samples if real else len(HAND_WRITTEN),
         max_new_tokens=args.max_new_tokens, train_steps=args.train_steps,
-        num_envs=args.num_envs, seeds=tuple(args.seeds), runs_dir=args.runs_dir,
+        num_envs=args.num_envs, seeds=tuple(args.seeds), final_seeds=tuple(args.final_seeds), runs_dir=args.runs_dir,
+        # a rerun of the example replaces its last run of the same kind
         run_name=f"{Path(args.model).name}-{'server' if args.base_url else 'local'}" if real else "hand-written",
-        ppo_kwargs={"device": "cpu"}, seed=args.seed,
+        overwrite=True, compare_sparse=True, ppo_kwargs={"device": "cpu"}, seed=args.seed,
     )
     if args.base_url:
         from creditgym.llm import OpenAIChatModel
@@ -119,10 +124,15 @@ def design(args: argparse.Namespace) -> int:
         "errors": {c.id: c.errors[0][:200] for c in result.candidates if c.errors},
         "best": None if result.best is None else result.best.id,
     }
-    if result.best is not None:
-        sparse = designer.sparse_fitness()
+    if result.best is not None and result.sparse is not None and result.sparse["fitness"] is not None:
+        sparse = result.sparse["fitness"]
         summary.update(selected_success=result.best.fitness, sparse_success=sparse, env_steps=args.train_steps,
                        selected_beats_sparse=result.best.fitness > sparse)
+    if result.final is not None:
+        best, sparse = result.final["best"]["fitness"], result.final["sparse"]["fitness"]
+        summary.update(final_seeds=args.final_seeds, final_selected_success=best, final_sparse_success=sparse,
+                       final_selected_beats_sparse=None if best is None or sparse is None else best > sparse)
+    summary["warnings"] = result.warnings
     print(strict_json(summary))
     print(f"programs and report: {result.run_dir}", file=sys.stderr)
     return 0
