@@ -36,9 +36,14 @@ def resets_per_second(env_id: str, seconds: float, *, batch: int = 256) -> float
 
 
 def target_report(figures: dict[str, Any], targets: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """`{name: {"target", "measured", "met"}}` for each figure that has a target (higher is better)."""
-    return {name: {"target": target, "measured": figures[name], "met": figures[name] >= target}
-            for name, target in targets.items()}
+    """`{name: {"target", "measured", "met"}}` for each figure that has a target (higher is better); a figure left
+    unmeasured (None or missing) reports None for both, not a missed target."""
+    report = {}
+    for name, target in targets.items():
+        measured = figures.get(name)
+        report[name] = {"target": target, "measured": measured,
+                        "met": None if measured is None else measured >= target}
+    return report
 
 
 def add_llm_arguments(parser: argparse.ArgumentParser, *, episodes: int, max_turns: int) -> None:

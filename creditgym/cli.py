@@ -159,7 +159,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
             "--record-trajectories" in llm_only) else ""
         fix = ("drop them: the run resumes as PPO (a PPO run's budget is --total-steps)" if args.resume else
                f"drop them or pass e.g. --algo grpo --model smollm2-135m{hint}")
-        console.print(f"[red]error:[/red] {', '.join(llm_only)} only apply to LLM algos ({', '.join(LLM_ALGOS)}); "
+        console.print(f"[red]error:[/red] {', '.join(llm_only)} only {_apply(llm_only)} to LLM algos "
+                      f"({', '.join(LLM_ALGOS)}); "
                       f"{fix}", highlight=False, soft_wrap=True)
         return 2
     return _train_and_report(PPOConfig, PPO, args, console,
@@ -170,6 +171,20 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 _PPO_FIELDS = {field.name for field in dataclasses.fields(PPOConfig)}
 _LLM_FIELDS = {field.name for field in dataclasses.fields(LLMTrainConfig)}
 _LLM_ONLY_FIELDS = _LLM_FIELDS - _PPO_FIELDS - {"algo"}
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help names its default or it has none worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _apply(flags: Sequence[str]) -> str:
+    return "applies" if len(flags) == 1 else "apply"
 
 
 def _run_record(run_dir: Path) -> dict[str, Any]:
@@ -251,7 +266,8 @@ def _train_llm(args: argparse.Namespace, console: Console) -> int:
 
     ppo_only = sorted(_flags_given(args, _PPO_FIELDS - _LLM_FIELDS))
     if ppo_only:
-        console.print(f"[red]error:[/red] {', '.join(ppo_only)} only apply to --algo ppo; LLM trainers take the "
+        console.print(f"[red]error:[/red] {', '.join(ppo_only)} only {_apply(ppo_only)} to --algo ppo; LLM trainers "
+                      "take the "
                       "flags of LLMTrainConfig (e.g. --iterations, --num-groups, --group-size)"
                       + (" and an LLM run's budget is --iterations" if args.resume else ""),
                       highlight=False, soft_wrap=True)
@@ -346,6 +362,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     for key in held_out:
         table.add_column(f"held-out, {key.split('_')[-1]}", justify="right")
     table.add_column("env steps/s", justify="right")
+    for column in table.columns:  # wrap, never cut, numbers on a narrow or piped terminal (rich then uses 80 columns)
+        column.overflow = "fold"
     for label, group in result["groups"].items():
         cells = [label, str(len(group["seeds"]))]
         for t in args.thresholds:
@@ -604,13 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ppo (the default; a resumed run keeps its own) for small policies (PPOConfig flags); "
                             "the others train an LLM given by --model "
                             "(LLMTrainConfig flags; shared flags such as --learning-rate keep LLMTrainConfig's "
-                            "defaults there)")
-    add_config_arguments(train, PPOConfig, aliases={"env_id": "--env"})
+                            "defaults there, which their help gives after 'LLM algos:')")
+    add_config_arguments(train, PPOConfig, aliases={"env_id": "--env"}, also=("LLM algos", LLMTrainConfig))
     add_config_arguments(train, LLMTrainConfig, skip=tuple(_PPO_FIELDS | {"algo"}))
     train.set_defaults(run=cmd_train)
 
-    evaluation = commands.add_parser("eval", help="evaluate a trained run, PPO or LLM (Sokoban: held-out levels, "
-                                                  "solver gap)")
+    evaluation = commands.add_parser(
+        "eval", formatter_class=_ShowDefaults,
+        help="evaluate a trained run, PPO or LLM (Sokoban: held-out levels, solver gap)")
     evaluation.add_argument("run_dir", help="a run folder written by `creditgym train`, or one of its checkpoint "
                                             "files (such as a checkpoint-<env steps>.pt from --keep-checkpoints)")
     evaluation.add_argument("--env", help="env id to evaluate on (default: the run's)")
@@ -650,7 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_make_banks_arguments(banks)
     banks.set_defaults(run=cmd_make_banks)
 
-    demo = commands.add_parser("demo", help="the main job: PPO on 6x6 Sokoban, sparse vs shaped, then evaluation")
+    demo = commands.add_parser(
+        "demo", formatter_class=_ShowDefaults,
+        help="the main job: PPO on 6x6 Sokoban, sparse vs shaped, then evaluation")
     demo.add_argument("--steps", type=int, default=3_000_000, help="env steps per run")
     demo.add_argument("--seed", type=int, default=1, help="seed shared by both runs")
     demo.add_argument("--runs-dir", default="runs/demo", help="where the runs, summary and plot are written; running "
@@ -658,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--episodes", type=int, default=200, help="held-out levels to evaluate each run on")
     demo.set_defaults(run=cmd_demo)
 
-    showcase = commands.add_parser("showcase", help="generate, solve and play Sokoban levels, then measure speed")
+    showcase = commands.add_parser(
+        "showcase", formatter_class=_ShowDefaults, help="generate, solve and play Sokoban levels, then measure speed")
     showcase.add_argument("--seed", type=int, default=0, help="seed of the level generator")
     showcase.add_argument("--levels", type=int, default=3, help="how many levels to generate and solve")
     showcase.add_argument("--skip-bench", action="store_true", help="do not run the throughput benchmark")
@@ -684,8 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--out", metavar="PATH", help="output JSONL, gzip-compressed where the name ends in .gz "
                          "(default: TRAJ.rescored.jsonl next to the input, TRAJ.rescored.jsonl.gz for a .gz input)")
     rescore.set_defaults(run=cmd_rescore)
-    design = commands.add_parser("design-reward", help="LLM-designed dense rewards: generate, critique, validate, "
-                                 "dry-run and train reward programs, keep the best")
+    design = commands.add_parser(
+        "design-reward", formatter_class=_ShowDefaults,
+        help="LLM-designed dense rewards: generate, critique, validate, dry-run and train reward programs, keep the "
+             "best")
     design.add_argument("--env", default="creditgym/Sokoban-6x6-2b-v0", help="env id with a batched env (Sokoban)")
     design.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local Hugging Face model folder, or "
                         "an OpenAI-compatible server URL ending in /v1")

@@ -85,3 +85,11 @@ def test_bad_input_is_one_line(script: str, argv: list[str], capsys: pytest.Capt
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error:" in error, error
+
+
+def test_a_figure_left_unmeasured_is_no_missed_target() -> None:
+    from creditgym.benchmarking import target_report
+
+    report = target_report({"fast": 5.0, "skipped": None}, {"fast": 4.0, "skipped": 4.0, "absent": 1.0})
+    assert report["fast"] == {"target": 4.0, "measured": 5.0, "met": True}
+    assert report["skipped"]["met"] is None and report["absent"] == {"target": 1.0, "measured": None, "met": None}

@@ -48,10 +48,13 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
-                         aliases: dict[str, str] | None = None) -> None:
-    """One `--field-name` flag per dataclass field (plus `aliases`); unset flags stay out of the namespace."""
+                         aliases: dict[str, str] | None = None, also: tuple[str, type] | None = None) -> None:
+    """One `--field-name` flag per dataclass field (plus `aliases`); unset flags stay out of the namespace. `also`
+    (label, another config class) adds that class's default to the help where it shares the flag with another
+    default, e.g. ("LLM algos", LLMTrainConfig) for PPO's flags."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
+    others = {} if also is None else {field.name: _default(field) for field in dataclasses.fields(also[1])}
     for field in dataclasses.fields(cls):
         if field.name in skip or not field.init:
             continue
@@ -59,11 +62,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         if aliases and field.name in aliases:
             flags.append(aliases[field.name])
         kind, optional = _base_type(hints[field.name])
-        has_default = field.default is not dataclasses.MISSING
-        default = field.default if has_default else field.default_factory()  # type: ignore[misc]
+        default = _default(field)
+        other = (f"; {also[0]}: {others[field.name]}" if also is not None and field.name in others
+                 and others[field.name] != default else "")
         # argparse %-formats help text: a literal "%" in a docstring ("80% success") must be escaped.
         doc = docs.get(field.name, field.name)
-        help_text = (doc if "(default:" in doc else f"{doc} (default: {default})").replace("%", "%%")
+        help_text = (doc if "(default:" in doc else f"{doc} (default: {default}{other})").replace("%", "%%")
         if kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
@@ -74,6 +78,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
             help_text += "; 'none' to unset" if optional else ""
             parser.add_argument(*flags, type=_optional(kind) if optional else kind, default=argparse.SUPPRESS,
                                 metavar=kind.__name__.upper(), help=help_text)
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
 
 
 def config_from_args(cls: type[Config], args: argparse.Namespace, yaml_path: str | None = None) -> Config:

@@ -87,7 +87,7 @@ class PPOConfig:
     """Every PPO setting; `creditgym train` turns each field into a flag."""
 
     env_id: str = "creditgym/Sokoban-6x6-1b-v0"
-    """registered env id with array observations"""
+    """registered env id with array observations (LLM algos: a text env, or a grid env, which plays its text view)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """keyword arguments for the env, e.g. {"split": "train"}"""
     total_steps: int = 2_000_000

@@ -1,6 +1,6 @@
 """Batch-level credit assignment: pure, batched torch functions over rewards, masks and group ids.
 
-Nothing here knows about environments (see DESIGN.md). Formulas and defaults follow
+Nothing here knows about environments: trainers pass rewards, masks and group ids in. Formulas and defaults follow
 ``shared/reference/reward-methods.md``; anything not confirmed there is marked "(unverified)" and sits behind a
 flag that is off by default.
 """

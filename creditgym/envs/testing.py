@@ -5,7 +5,7 @@ Run it on any env of yours::
     from creditgym.envs.testing import check_conformance
     check_conformance("creditgym/Sokoban-6x6-1b-v0", obs_mode="text")
 
-It raises `ConformanceError` naming the first contract the env breaks (see DESIGN.md, "Environments").
+It raises `ConformanceError` naming the first contract the env breaks (the list is in `check_conformance`).
 `check_step_before_reset` checks one more, which every creditgym env meets: a step before the first reset raises.
 """
 

@@ -1,4 +1,4 @@
-"""Chat-model back ends and model loading (see DESIGN.md, "LLM back ends").
+"""Chat-model back ends (the `ChatModel` protocol in `chat.py`) and model loading.
 
 The back ends import lazily: envs that only need the `ChatModel` protocol do not pay for importing transformers.
 """

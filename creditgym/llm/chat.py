@@ -1,4 +1,4 @@
-"""The chat-model protocol every LLM back end implements (see DESIGN.md, "LLM back ends")."""
+"""The chat-model protocol every LLM back end implements: local transformers, vLLM and OpenAI-compatible servers."""
 
 from __future__ import annotations
 

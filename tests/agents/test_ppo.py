@@ -496,8 +496,8 @@ def test_resume_and_eval_refuse_what_they_cannot_do(tmp_path: Path, capsys: pyte
         (["train", "--resume", str(run / "checkpoint.pt")], "--resume takes a run folder"),
         (["train", "--resume", str(run), "--algo", "grpo"], "is a ppo run; resume it without --algo"),
         (["train", "--resume", str(run), "--iterations", "5"],
-         "error: --iterations only apply to LLM algos (grpo, drgrpo, rloo, reinforce_pp, ppo_llm); drop them: the run "
-         "resumes as PPO (a PPO run's budget is --total-steps)"),
+         "error: --iterations only applies to LLM algos (grpo, drgrpo, rloo, reinforce_pp, ppo_llm); drop them: the "
+         "run resumes as PPO (a PPO run's budget is --total-steps)"),
         (["train", "--resume", str(tmp_path / "broken")], "config.json is not valid JSON"),
         (["eval", str(run), "--episodes", "0"], "episodes must be at least 1"),
         (["eval", str(run), "--device", "bogus"], "device must be auto, cpu or cuda"),

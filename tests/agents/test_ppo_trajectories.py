@@ -273,5 +273,5 @@ def test_the_flags_say_which_trainer_records_how(tmp_path: Path, capsys: pytest.
     assert "PPO records the episodes of its first N envs with --record-envs N" in capsys.readouterr().out.replace(
         "\n", "")
     assert main(["train", "--algo", "grpo", "--record-envs", "2", "--runs-dir", str(tmp_path)]) == 2
-    assert "--record-envs only apply to --algo ppo" in capsys.readouterr().out
+    assert "--record-envs only applies to --algo ppo" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())

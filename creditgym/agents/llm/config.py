@@ -63,8 +63,9 @@ class LLMTrainConfig:
     """an episode whose next prompt is longer is cut (truncated)"""
     temperature: float = 1.0
     """sampling temperature; logprobs are those of the tempered distribution"""
-    advantage: str = "episode"
-    """episode (one outcome advantage per episode), turn (per-turn reward-to-go) or gigpo (GRPO family only)"""
+    advantage: str | None = None
+    """episode (one outcome advantage per episode), turn (per-turn reward-to-go) or gigpo (GRPO family only); none =
+    turn for ppo_llm and for the per-turn learned rewards spa and igpo, else episode"""
     turn_normalization: str | None = None
     """advantage turn (grpo, drgrpo, rloo): normalise each turn's reward-to-go across the group (returns) or each
     turn's reward first and then sum it to go (rewards, IGPO's order); none = rewards with igpo, else returns"""
@@ -180,6 +181,8 @@ class LLMTrainConfig:
     trajectories.jsonl.gz in the run folder, to re-score offline with creditgym rescore"""
 
     def __post_init__(self) -> None:
+        if self.advantage is None:  # resolved here, as gamma below, so the run's config.json records it
+            self.advantage = "turn" if self.algo == "ppo_llm" or self.learned_reward in ("spa", "igpo") else "episode"
         if self.gamma is None:  # resolved here, so the run's config.json records the discount it trained with
             self.gamma = GIGPO_GAMMA if self.advantage == "gigpo" else 1.0
         self._resolve_turn_normalization()

@@ -258,3 +258,14 @@ def test_a_run_saved_before_turn_normalization_resumes_as_it_trained() -> None:
     assert saved_before_fields(new) == new
     episode = {"algo": "grpo", "advantage": "episode", "model": "tiny"}
     assert saved_before_fields(episode) == episode  # nothing to normalise per turn: left alone
+
+
+def test_the_advantage_defaults_to_turn_where_episode_would_be_refused() -> None:
+    """ppo_llm and the per-turn learned rewards (spa, igpo) need turn advantages: the default used to be episode,
+    which refused `--algo ppo_llm` and `--learned-reward igpo` as the README wrote them."""
+    assert LLMTrainConfig(model="tiny").advantage == "episode"
+    assert LLMTrainConfig(model="tiny", algo="ppo_llm").advantage == "turn"
+    assert LLMTrainConfig(model="tiny", learned_reward="spa").advantage == "turn"
+    igpo = LLMTrainConfig(model="tiny", env_id="creditgym/ToolUse-v0", learned_reward="igpo")
+    assert (igpo.advantage, igpo.turn_normalization) == ("turn", "rewards")
+    assert LLMTrainConfig(model="tiny", learned_reward="prime").advantage == "episode"  # sets its own advantages
