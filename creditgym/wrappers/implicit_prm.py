@@ -151,6 +151,8 @@ class GridImplicitPRM:
         return value
 
     def state_dict(self) -> dict[str, Any]:
+        """For checkpoints (saved at once); as torch's own, its tensors are the live weights and optimiser moments,
+        so a snapshot kept in memory while training goes on needs `copy.deepcopy`."""
         return {"network": self.network.state_dict(), "reference": self.reference.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "replay": list(self.replay.episodes),
                 "generator": self.generator.get_state()}

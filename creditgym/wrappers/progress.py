@@ -202,6 +202,8 @@ class ProgressAttribution:
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """For checkpoints (saved at once); as torch's own, its tensors are the live weights and optimiser moments,
+        so a snapshot kept in memory while training goes on needs `copy.deepcopy`."""
         return {"estimator": self.estimator.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "replay": list(self.replay.episodes), "generator": self.generator.get_state()}
 
