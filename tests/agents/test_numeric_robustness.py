@@ -130,14 +130,16 @@ def test_a_diverging_learning_rate_stops_before_nan_weights_are_saved_or_logged(
     assert _all_finite(_rows(trainer.run_dir))
 
 
-def test_a_nan_shaping_potential_names_the_shaping_channel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_nan_shaping_potential_is_named_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def nan_potential(obs: torch.Tensor) -> torch.Tensor:
         return torch.full((obs.shape[0],), float("nan"))
 
     monkeypatch.setattr(shaping, "_batched", lambda name: nan_potential)
     config = _config(tmp_path, env_id="creditgym/Sokoban-6x6-1b-v0", shaping="box_distance", num_envs=2)
-    with pytest.raises(NonFiniteError, match=r"env's reward: nan at rollout step 0 of env 0 \(reward channel "
-                                             r"'shaping'\); fix the reward of .* or the shaping potential"):
+    # The batched shaping wrapper finds it at the first reset, before PPO's rollout checks would (as the single-env
+    # wrapper does), and names the potential.
+    with pytest.raises(NonFiniteError, match=r"shaping potential 'nan_potential' \(scale 1\) is not finite for envs "
+                                             r"\[0, 1\]; make it return a finite number for every state"):
         PPO(config).learn()
 
 
