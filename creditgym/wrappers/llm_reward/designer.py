@@ -602,9 +602,7 @@ class RewardDesigner:
         if reward is not None and reward.error is not None:
             return {"error": f"disqualified during training: {reward.error}", **failure}
         if reward is not None:
-            # ComponentStats columns hold [count, sum, sum of squares, min, max, non-zero]
-            too_large = _too_large({name: (column[3], column[4]) for name, column in reward.stats.columns.items()},
-                                   cfg.max_abs_reward)
+            too_large = _too_large(reward.stats.extremes(), cfg.max_abs_reward)
             if too_large is not None:
                 return {"error": f"disqualified during training: {too_large}", **failure}
         window_start = (1 - cfg.fitness_window) * recorder.steps

@@ -102,6 +102,10 @@ class ComponentStats:
         column[4] = max(column[4], float(values.max()))
         column[5] += float((values != 0).sum())
 
+    def extremes(self) -> dict[str, tuple[float, float]]:
+        """(min, max) of each component: cheap, and safe where the summary's squares would overflow."""
+        return {name: (column[3], column[4]) for name, column in self.columns.items()}
+
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
         for name, (n, total, squares, low, high, nonzero) in self.columns.items():
