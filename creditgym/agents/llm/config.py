@@ -117,8 +117,9 @@ class LLMTrainConfig:
     clip_coef: float = 0.2
     """policy ratio clip"""
     kl_coef: float = 0.0
-    """KL to the initial policy: a k3 loss term (GRPO family; RLOO's paper and TRL subtract a sequence KL from the
-    reward instead) or a k1 per-token reward penalty (reinforce_pp, ppo_llm, REINFORCE++-baseline included)"""
+    """KL to the initial policy: a k3 loss term, clamped as verl's (GRPO family; RLOO's paper and TRL subtract a
+    sequence KL from the reward instead) or a k1 per-token reward penalty (reinforce_pp, ppo_llm,
+    REINFORCE++-baseline included)"""
     vf_coef: float = 0.5
     """value loss weight (ppo_llm: a linear value head on the policy's last hidden state, so the value loss also
     trains the LM; the value loss is not clipped)"""

@@ -382,9 +382,10 @@ class LLMTrainer:
             stats["losses/approx_kl"].append(float(((ratio - 1) - log_ratio)[valid].sum()))
             stats["losses/clipfrac"].append(float(((ratio - 1).abs() > cfg.clip_coef)[valid].float().sum()))
         if ref_logprobs is not None and cfg.algo in ("grpo", "drgrpo", "rloo"):
-            # k3 estimator of KL(π || π_ref), always ≥ 0 (as in GRPO)
-            delta = (ref_logprobs[rows] - logprobs) * mask
-            kl = ((delta.exp() - delta - 1) * mask).sum() / denominator
+            # k3 estimator of KL(π || π_ref), always ≥ 0 (as in GRPO). Clamped as verl's low_var_kl: a token the
+            # policy has made far less likely than the reference would give exp(Δ) = inf and stop the run.
+            delta = ((ref_logprobs[rows] - logprobs) * mask).clamp(-K3_LOG_RATIO_BOUND, K3_LOG_RATIO_BOUND)
+            kl = ((delta.exp() - delta - 1).clamp(max=K3_TOKEN_BOUND) * mask).sum() / denominator
             loss = loss + cfg.kl_coef * kl
             stats["losses/kl_ref"].append(kl.item())
         if self.value_head is not None and hidden is not None and returns is not None:
@@ -473,6 +474,9 @@ class Scores(NamedTuple):
     bootstrap: Tensor | None
 
 
+# verl's bounds on the k3 KL term: the per-token log-ratio and the per-token KL
+K3_LOG_RATIO_BOUND = 20.0
+K3_TOKEN_BOUND = 10.0
 _SUMMED = frozenset({"losses/policy_loss", "losses/value_loss", "losses/kl_ref"})
 _TOKEN_SUMS = frozenset({"losses/approx_kl", "losses/clipfrac"})
 _LOSSES = ("losses/policy_loss", "losses/kl_ref", "losses/value_loss")

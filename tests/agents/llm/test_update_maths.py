@@ -159,6 +159,18 @@ def test_k3_kl_is_added_with_its_coefficient(tmp_path: Path) -> None:
     assert loss.item() - stats["losses/policy_loss"][0] == pytest.approx(0.5 * kl, rel=1e-5)
 
 
+def test_k3_kl_is_clamped_like_verl(tmp_path: Path) -> None:
+    # A token the policy made e^-200 as likely as the reference: exp(200) is inf in float32, and the run would stop
+    trainer = make_trainer(tmp_path, kl_coef=0.5)
+    batch = _row_batch([[1.0, 1.0, 0.0]])
+    new = torch.tensor([[-201.0, -1.0, 0.0]], requires_grad=True)
+    ref = torch.tensor([[-1.0, -1.5, 0.0]])
+    loss, stats, _ = _loss(trainer, batch, new, new.detach().clone(), torch.ones(1, 3), ref)
+    kl = (trainer_module.K3_TOKEN_BOUND + (math.exp(-0.5) + 0.5 - 1)) / 2  # the far token counts at the bound
+    assert math.isfinite(loss.item())
+    assert stats["losses/kl_ref"] == [pytest.approx(kl, rel=1e-5)]
+
+
 # -- through `update`: denominator, KL reward, gradient clipping and accumulation --------------------------------
 @pytest.mark.parametrize("micro_batch_size", [1, 64])
 @pytest.mark.parametrize(("algo", "expected"), [("grpo", -1 / 4), ("drgrpo", -1 / (2 * 4))])
