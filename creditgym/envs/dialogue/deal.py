@@ -86,7 +86,7 @@ def worth(items: tuple[int, ...], values: tuple[int, ...]) -> int:
 def parse_action(text: object, counts: tuple[int, ...]) -> Move:
     """Read one negotiation move; `Invalid(reason)` for anything malformed."""
     if not isinstance(text, str):
-        return Invalid(f"a move must be a string, got {type(text).__name__}")
+        return Invalid(f"a move must be a string, got {ascii(type(text).__name__)}")
     if len(text) > MAX_CHAT_CHARS:
         return Invalid(f"the message has {len(text)} characters; the limit is {MAX_CHAT_CHARS}")
     stripped = text.strip()

@@ -84,8 +84,8 @@ class DialogueGatherEnv(gym.Env):
     ## Arguments
     `domains` (subset of "laptop", "trip", "restaurant", "apartment"), `min_slots`, `max_slots`,
     `patience_bonus`, `tight_patience` (see `generate_scenario`), `simulator`, `rewards`,
-    `max_invalid_actions`, `render_mode` ("ansi": the transcript), `expose_ground_truth` (False: put the correct
-    proposal in the reset info for training-time reward models such as IGPO; the observations never show it).
+    `max_invalid_actions`, `render_mode` ("ansi": the transcript), `expose_ground_truth` (default False; True puts the
+    correct proposal in the reset info for training-time reward models such as IGPO; the observations never show it).
 
     ## Registered IDs
     `creditgym/Dialogue-Gather-v0` (3-6 hidden slots, patience = 7 + 2) and `creditgym/Dialogue-Gather-Hard-v0`
@@ -194,6 +194,8 @@ class DialogueGatherEnv(gym.Env):
             )
         elif not isinstance(scenario, Scenario) or scenario.domain not in DOMAINS:
             raise TypeError("options['scenario'] must be a creditgym.envs.dialogue.scenarios.Scenario")
+        else:
+            _check_scenario(scenario)
         self._scenario = scenario
         self._revealed = {}
         self._history = []
@@ -287,6 +289,27 @@ class DialogueGatherEnv(gym.Env):
             "revealed_slots": dict(self._revealed),
             "num_hidden_slots": len(self._scenario.hidden),
         }
+
+
+def _check_scenario(scenario: Scenario) -> None:
+    """Refuse a hand-made scenario the env cannot play, naming what to change."""
+    domain = DOMAINS[scenario.domain]
+    if not isinstance(scenario.hidden, dict) or not scenario.hidden:
+        raise ValueError("options['scenario'].hidden must name at least one slot of the domain and its value")
+    slots = [slot.name for slot in domain.slots]
+    for name, value in scenario.hidden.items():
+        if name not in slots:
+            raise ValueError(f"options['scenario'].hidden has slot {name!r}, not one of {slots}")
+        if value not in domain.slot(name).values:
+            raise ValueError(f"options['scenario'].hidden[{name!r}] = {value!r} is not one of "
+                             f"{domain.slot(name).values}")
+    opening = scenario.opening
+    if not isinstance(opening, str) or not opening.strip() or len(opening) > MAX_OBSERVATION_LENGTH or any(
+            ch not in string.printable for ch in opening):
+        raise ValueError("options['scenario'].opening must be non-empty printable ASCII of at most "
+                         f"{MAX_OBSERVATION_LENGTH} characters (it is the reset observation)")
+    if isinstance(scenario.patience, bool) or not isinstance(scenario.patience, int) or scenario.patience < 1:
+        raise ValueError(f"options['scenario'].patience must be a positive integer, got {scenario.patience!r}")
 
 
 def instructions(domain_name: str, rewards: GatherRewards) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
-from pettingzoo import ParallelEnv
+from pettingzoo import AECEnv, ParallelEnv
 
-from creditgym.envs.arguments import FiniteRewards
+from creditgym.envs.arguments import FiniteRewards, reward_sizes
 from creditgym.envs.dialogue.deal import (
     ITEMS,
     MAX_CHAT_CHARS,
@@ -28,6 +28,8 @@ from creditgym.envs.dialogue.deal import (
     worth,
 )
 from creditgym.envs.dialogue.text import sanitize
+from creditgym.envs.lifecycle import require_reset
+from creditgym.envs.options import reset_options
 from creditgym.envs.text_space import TextSpace
 
 AGENTS = ("player_0", "player_1")
@@ -59,7 +61,8 @@ class NegotiationEnv(ParallelEnv):
     ## Description
     A pool of books, hats and balls is to be split. Each player has private values (the whole pool is worth
     10 to each, see `creditgym.envs.dialogue.deal`). Players take turns; who starts is drawn with the
-    env's RNG. A deal pays each player the value of its share; no deal pays 0.
+    env's RNG. A deal pays each player the value of its share; no deal (walking away or running out of
+    moves) pays `no_deal` (0 by default).
 
     ## Action Space
     `Text` per agent. Only the player whose turn it is acts (`info["your_turn"]`); the other player's action
@@ -100,7 +103,7 @@ class NegotiationEnv(ParallelEnv):
 
     ## Registered IDs
     Not in gymnasium's registry (it is multi-agent): use `creditgym.envs.dialogue.negotiation_v0.parallel_env()`
-    or `.env()` (AEC, through PettingZoo's `parallel_to_aec`).
+    or `.env()` (`NegotiationAECEnv`, turn-based: `agent_selection` is always the player to move).
 
     ## Version History
     - v0: initial release.
@@ -109,7 +112,8 @@ class NegotiationEnv(ParallelEnv):
     metadata = {"name": "negotiation_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
 
     def __init__(
-        self, *, max_turns: int = 20, rewards: NegotiationRewards | None = None, render_mode: str | None = None
+        self, *, max_turns: int = 20, rewards: NegotiationRewards | Mapping[str, float] | None = None,
+        render_mode: str | None = None,
     ) -> None:
         if isinstance(max_turns, bool) or not isinstance(max_turns, int | np.integer) or max_turns < 2:
             raise ValueError(f"max_turns must be a whole number of at least 2, so that both players can move; "
@@ -117,7 +121,7 @@ class NegotiationEnv(ParallelEnv):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         self.max_turns = int(max_turns)
-        self.rewards = rewards or NegotiationRewards()
+        self.rewards = reward_sizes(NegotiationRewards, rewards)
         self.render_mode = render_mode
         self.possible_agents = list(AGENTS)
         self.agents: list[str] = []
@@ -133,6 +137,7 @@ class NegotiationEnv(ParallelEnv):
         self._offer: tuple[int, tuple[int, ...]] | None = None
         self._deal: tuple[int, ...] | None = None
         self._transcript: list[str] = []
+        self._has_reset = False
 
     def observation_space(self, agent: str) -> spaces.Space:
         return self._observation_spaces[agent]
@@ -145,6 +150,7 @@ class NegotiationEnv(ParallelEnv):
     ) -> tuple[dict[str, str], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict]]:
         if not isinstance(actions, Mapping):
             raise TypeError(f"actions must be a dict from agent name to text, got {type(actions).__name__}")
+        require_reset(self._has_reset, "step")
         if not self.agents:
             return {}, {}, {}, {}, {}
         me, other = self._turn, 1 - self._turn
@@ -157,9 +163,10 @@ class NegotiationEnv(ParallelEnv):
         invalid = isinstance(move, Invalid)
         ended = isinstance(move, Accept | NoDeal)
         notes = ["", ""]
+        truncated = not ended and self._turn_count >= self.max_turns
         if isinstance(move, Invalid):
             format_[me] = self.rewards.invalid_action
-            notes[me] = f"Invalid move: {move.reason}. It is still your turn."
+            notes[me] = f"Invalid move: {move.reason}." + ("" if truncated else " It is still your turn.")
         elif isinstance(move, Chat):
             # One line: a message cannot fake the env's own lines ("It is your turn.", "Partner proposes: ...").
             said = sanitize(" ".join(move.text.split()), MAX_CHAT_CHARS)
@@ -172,9 +179,10 @@ class NegotiationEnv(ParallelEnv):
             self._transcript.append(f"{AGENTS[me]} proposes to keep {describe_items(move.keep)}")
             notes[other] = (
                 f"Partner proposes: you get {describe_items(given)} (worth {worth(given, self._values[other])} "
-                f"to you), partner keeps {describe_items(move.keep)}. Reply with <accept>, a counter "
-                "<propose>...</propose>, a message, or <nodeal>."
+                f"to you), partner keeps {describe_items(move.keep)}."
             )
+            if not truncated:
+                notes[other] += " Reply with <accept>, a counter <propose>...</propose>, a message, or <nodeal>."
             self._turn = other
         elif isinstance(move, Accept):
             assert self._offer is not None
@@ -191,8 +199,8 @@ class NegotiationEnv(ParallelEnv):
             task = [self.rewards.no_deal, self.rewards.no_deal]
             notes = ["No deal. Nobody gets anything."] * 2
             self._transcript.append(f"{AGENTS[me]} walks away")
-        truncated = not ended and self._turn_count >= self.max_turns
-        if truncated:
+        if truncated:  # running out of time is no deal, as in Lewis et al. (2017): stalling must not beat <nodeal>
+            task = [self.rewards.no_deal, self.rewards.no_deal]
             notes = [f"{n} Time is up: no deal.".strip() for n in notes]
         observations, rewards, terminations, truncations, infos = {}, {}, {}, {}, {}
         for i, agent in enumerate(AGENTS):
@@ -209,6 +217,8 @@ class NegotiationEnv(ParallelEnv):
         return observations, rewards, terminations, truncations, infos
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+        reset_options(options)
+        self._has_reset = True
         if seed is not None or self._np_random is None:
             self._np_random, _ = seeding.np_random(seed)
         self._counts, self._values = generate_game(self._np_random)
@@ -239,7 +249,8 @@ class NegotiationEnv(ParallelEnv):
             "move: a message to your partner; <propose>{\"books\": 1, \"hats\": 0, \"balls\": 2}</propose>, the "
             "items you keep (your partner gets the rest); <accept> to take your partner's standing proposal; or "
             f"<nodeal> to walk away. A deal pays each of you the value of your share{scale}; "
-            f"no deal pays {self.rewards.no_deal:g}. Without a deal after {self.max_turns} moves, time is up. "
+            f"no deal pays {self.rewards.no_deal:g}. Without a deal after {self.max_turns} moves (invalid moves "
+            "count), time is up and there is no deal. "
             f"A move that is none of these costs {self.rewards.invalid_action:g}."
         )
 
@@ -255,6 +266,11 @@ class NegotiationEnv(ParallelEnv):
 
     def close(self) -> None:
         pass
+
+    @property
+    def agent_to_move(self) -> str:
+        """The player whose move the next step reads."""
+        return AGENTS[self._turn]
 
     def state(self) -> dict[str, Any]:
         """The whole game as plain data (both players' values included); not PettingZoo's state array (see the
@@ -294,3 +310,64 @@ class NegotiationEnv(ParallelEnv):
             "values": list(self._values[player]),
             "partner_offer": offer,
         }
+
+
+class NegotiationAECEnv(AECEnv):
+    """The same game as `NegotiationEnv`, turn-based: only the player to move is selected, as in PettingZoo's
+    classic board games. (`parallel_to_aec` would select both players every turn and throw away the waiting
+    player's move: twice the generations for an LLM policy.) One step is one move; `max_turns` counts moves.
+    """
+
+    metadata = {**NegotiationEnv.metadata, "is_parallelizable": False}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.game = NegotiationEnv(**kwargs)
+        self.possible_agents = list(AGENTS)
+        self.render_mode = self.game.render_mode
+        self.agents = []
+        self._observations: dict[str, str] = {}
+        self._has_reset = False
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self.game.observation_space(agent)
+
+    def action_space(self, agent: str) -> spaces.Space:
+        return self.game.action_space(agent)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> None:
+        self._observations, self.infos = self.game.reset(seed=seed, options=options)
+        self._has_reset = True
+        self.agents = list(AGENTS)
+        self.rewards = dict.fromkeys(AGENTS, 0.0)
+        self._cumulative_rewards = dict.fromkeys(AGENTS, 0.0)
+        self.terminations = dict.fromkeys(AGENTS, False)
+        self.truncations = dict.fromkeys(AGENTS, False)
+        self.agent_selection = self.game.agent_to_move
+
+    def observe(self, agent: str) -> str:
+        return self._observations[agent]
+
+    def step(self, action: Any) -> None:
+        require_reset(self._has_reset, "step")
+        if not self.agents:
+            return
+        agent = self.agent_selection
+        if self.terminations[agent] or self.truncations[agent]:
+            self._was_dead_step(action)
+            return
+        self._cumulative_rewards[agent] = 0.0
+        observations, self.rewards, self.terminations, self.truncations, self.infos = self.game.step({agent: action})
+        self._observations = observations
+        self._accumulate_rewards()
+        # At the end both players are done: the one who moved is stepped with None first, then the other.
+        self.agent_selection = agent if not self.game.agents else self.game.agent_to_move
+
+    def render(self) -> str | None:
+        return self.game.render()
+
+    def state(self) -> dict[str, Any]:
+        return self.game.state()
+
+    def close(self) -> None:
+        self.game.close()

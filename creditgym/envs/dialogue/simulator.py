@@ -93,6 +93,11 @@ class RuleBasedUser:
         return UserReply(" ".join(sentences), tuple(told))
 
 
+# The most a reply may hold: with the env's goodbye line it stays inside DialogueGatherEnv's 2048-character
+# observation space
+MAX_REPLY_CHARS = 1500
+
+
 class LLMUser:
     """A user played by a chat model. The hidden profile goes in the system prompt; the conversation so far
     is replayed with the agent as `user` and the simulated user as `assistant`.
@@ -108,6 +113,10 @@ class LLMUser:
     ) -> None:
         if not hasattr(model, "generate"):
             raise TypeError("model must implement creditgym.llm.chat.ChatModel (a generate(batch, **sampling))")
+        if (isinstance(max_reply_chars, bool) or not isinstance(max_reply_chars, int)
+                or not 1 <= max_reply_chars <= MAX_REPLY_CHARS):
+            raise ValueError(f"max_reply_chars must be an integer from 1 to {MAX_REPLY_CHARS} (a reply must fit the "
+                             f"env's 2048-character observation with the goodbye line), got {max_reply_chars!r}")
         self.model = model
         self.sampling = dict(sampling or {})
         self.max_reply_chars = max_reply_chars

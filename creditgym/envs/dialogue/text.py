@@ -49,7 +49,7 @@ class Invalid:
 def parse_action(text: object, slot_names: Collection[str] | None = None) -> Question | Proposal | Invalid:
     """Read one agent message. `slot_names`, when given, are the keys a proposal may use."""
     if not isinstance(text, str):
-        return Invalid(f"a message must be a string, got {type(text).__name__}")
+        return Invalid(f"a message must be a string, got {_excerpt(type(text).__name__)}")
     if len(text) > MAX_MESSAGE_CHARS:
         return Invalid(f"the message has {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}")
     stripped = text.strip()

@@ -80,9 +80,9 @@ class ToolUseEnv(gym.Env):
     `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16; at most 10,000), `split` ("train"/"test":
     disjoint worlds), `rewards` (`ToolUseRewards` or a mapping of its fields), `max_invalid_actions`, `max_turns`
     (truncate and reveal the plan after this many steps; None, the default and what the registered ids use,
-    leaves the time limit to `max_episode_steps`), `render_mode` ("ansi"), `expose_ground_truth` (False:
-    put the correct final action in the reset info for training-time reward models such as IGPO; the observations
-    never show it).
+    leaves the time limit to `max_episode_steps`), `render_mode` ("ansi"), `expose_ground_truth` (default
+    False; True puts the correct final action in the reset info for training-time reward models such as IGPO;
+    the observations never show it).
 
     ## Registered IDs
     `creditgym/ToolUse-v0` (1-4 calls), `creditgym/ToolUse-Easy-v0` (1 call), `creditgym/ToolUse-Hard-v0`

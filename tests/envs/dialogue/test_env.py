@@ -8,6 +8,7 @@ import json
 import gymnasium as gym
 import pytest
 
+from creditgym.envs.dialogue import negotiation_v0
 from creditgym.envs.dialogue.env import GOODBYE, DialogueGatherEnv, GatherRewards
 from creditgym.envs.dialogue.questioner import RuleBasedQuestioner
 from creditgym.envs.dialogue.scenarios import Scenario
@@ -168,3 +169,28 @@ def test_llm_simulator_drives_the_env() -> None:
 
 def test_llm_simulator_env_meets_the_contracts() -> None:
     check_conformance(lambda **kw: DialogueGatherEnv(simulator=LLMUser(ScriptedChatModel()), **kw), num_steps=60)
+
+
+@pytest.mark.parametrize(("scenario", "field"), [
+    (Scenario("trip", "Hi", {}, 3), "hidden"),                    # divided by zero at the proposal
+    (Scenario("trip", "Hi", {"bogus": "x"}, 3), "hidden"),        # KeyError at an open question
+    (Scenario("trip", "Hi", {"month": "Juin"}, 3), "hidden"),     # a value the user could never say
+    (Scenario("trip", "", {"month": "June"}, 3), "opening"),      # the reset observation outside the space
+    (Scenario("trip", "Hi \u00e9", {"month": "June"}, 3), "opening"),
+    (Scenario("trip", "Hi", {"month": "June"}, 0), "patience"),   # the user left after the first question
+])
+def test_hand_made_scenarios_are_checked_at_reset(scenario: Scenario, field: str) -> None:
+    with pytest.raises(ValueError, match=rf"options\['scenario'\]\.{field}"):
+        DialogueGatherEnv().reset(seed=0, options={"scenario": scenario})
+
+
+def test_non_string_actions_of_any_type_get_ascii_feedback() -> None:
+    strange = type("\u65e5\u672c", (), {})()  # a class whose name is not ASCII
+    env = make()
+    observation, *_ = env.step(strange)
+    assert env.observation_space.contains(observation)
+    negotiation = negotiation_v0.parallel_env()
+    _, infos = negotiation.reset(seed=0)
+    me = next(a for a in negotiation.agents if infos[a]["your_turn"])
+    observations, *_ = negotiation.step({me: strange})
+    assert negotiation.observation_space(me).contains(observations[me])

@@ -24,6 +24,7 @@ from creditgym.envs.dialogue.deal import (
 )
 from creditgym.envs.dialogue.negotiation import NegotiationRewards
 from creditgym.envs.dialogue.negotiator import ScriptedNegotiator
+from creditgym.envs.lifecycle import ResetNeeded
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +41,62 @@ def test_parallel_api() -> None:
 
 def test_aec_api() -> None:
     api_test(negotiation_v0.env(), num_cycles=200)
+
+
+def test_aec_selects_only_the_player_to_move_and_plays_the_parallel_game() -> None:
+    for seed in range(5):
+        parallel, aec = negotiation_v0.parallel_env(), negotiation_v0.env()
+        _, parallel_infos = parallel.reset(seed=seed)
+        aec.reset(seed=seed)
+        bots = {agent: ScriptedNegotiator() for agent in aec.possible_agents}
+        parallel_returns = dict.fromkeys(aec.possible_agents, 0.0)
+        aec_returns = dict.fromkeys(aec.possible_agents, 0.0)
+        for agent in aec.agent_iter(100):
+            _, reward, terminated, truncated, info = aec.last()
+            aec_returns[agent] += reward
+            if terminated or truncated:
+                aec.step(None)
+                continue
+            assert info["your_turn"] and parallel_infos[agent]["your_turn"]
+            move = bots[agent].act(info)
+            _, rewards, _, _, parallel_infos = parallel.step({agent: move})
+            for name, value in rewards.items():
+                parallel_returns[name] += value
+            aec.step(move)
+        assert not parallel.agents and aec.agents == []
+        assert aec_returns == parallel_returns and any(aec_returns.values())
+
+
+def test_rewards_can_be_a_mapping() -> None:
+    # --env-kwargs and config files can only pass a mapping; it failed at the first step
+    env = negotiation_v0.parallel_env(rewards={"invalid_action": -0.5})
+    _, infos = env.reset(seed=0)
+    me, other = sorted(env.agents, key=lambda a: not infos[a]["your_turn"])
+    assert env.step({me: "<propose>bad</propose>"})[1] == {me: -0.5, other: 0.0}
+    with pytest.raises(ValueError, match="unknown NegotiationRewards fields"):
+        negotiation_v0.parallel_env(rewards={"bonus": 1.0})
+
+
+def test_running_out_of_moves_pays_no_deal() -> None:
+    # Paying 0 at the time limit with no_deal=-1 made stalling better than walking away
+    env = negotiation_v0.parallel_env(max_turns=2, rewards=NegotiationRewards(no_deal=-1.0))
+    _, infos = env.reset(seed=0)
+    me, other = sorted(env.agents, key=lambda a: not infos[a]["your_turn"])
+    env.step({me: '<propose>{"books": 0, "hats": 0, "balls": 1}</propose>'})
+    observations, rewards, _, truncations, infos = env.step({other: "<propose>nope</propose>"})
+    assert all(truncations.values()) and rewards == {me: -1.0, other: -1.0 - 0.1}
+    assert infos[me]["reward_components"]["task"] == -1.0
+    # The last move's note does not also ask for another move
+    assert "still your turn" not in observations[other] and "Time is up: no deal." in observations[other]
+    assert "(invalid moves count)" in negotiation_v0.parallel_env().reset(seed=0)[1][me]["instructions"]
+
+
+@pytest.mark.parametrize("make", [negotiation_v0.parallel_env, negotiation_v0.env])
+def test_step_before_reset_and_bad_reset_options_are_refused(make) -> None:
+    with pytest.raises(ResetNeeded):
+        make().step({"player_0": "<nodeal>"} if make is negotiation_v0.parallel_env else "<nodeal>")
+    with pytest.raises(TypeError, match="reset options must be a dict"):
+        make().reset(seed=0, options=[1])
 
 
 def test_seeding() -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import random
-import types
 import warnings
 
 import numpy as np
 import pytest
-from pettingzoo.test import max_cycles_test, render_test
+from pettingzoo.test import render_test
 
 from creditgym.envs.dialogue import negotiation_v0
 from creditgym.envs.dialogue.deal import Invalid, Offer, parse_action
@@ -32,8 +31,25 @@ def test_pettingzoo_render_test(capsys: pytest.CaptureFixture[str]) -> None:
     assert env.render().startswith("Pool: ")
 
 
-def test_pettingzoo_max_cycles_test() -> None:
-    max_cycles_test(types.SimpleNamespace(env=negotiation_v0.env, parallel_env=negotiation_v0.parallel_env))
+def test_max_cycles_counts_moves_in_both_views() -> None:
+    # PettingZoo's max_cycles_test expects every agent to act each cycle; in this turn-based game only the player
+    # to move acts, so one limit of moves ends both views after the same number of moves.
+    parallel = negotiation_v0.parallel_env(max_cycles=4)
+    _, infos = parallel.reset(seed=0)
+    steps = 0
+    while parallel.agents:
+        mover = next(a for a in parallel.agents if infos[a]["your_turn"])
+        _, _, _, truncations, infos = parallel.step({mover: "hello there"})
+        steps += 1
+    assert steps == 4 and all(truncations.values())
+    aec = negotiation_v0.env(max_cycles=4)
+    aec.reset(seed=0)
+    moves = 0
+    for _agent in aec.agent_iter(100):
+        _, _, terminated, truncated, _ = aec.last()
+        moves += not (terminated or truncated)
+        aec.step(None if terminated or truncated else "hello there")
+    assert moves == 4 and aec.agents == []
     assert negotiation_v0.parallel_env(max_cycles=6).max_turns == 6
     with pytest.raises(ValueError, match="disagree"):
         negotiation_v0.parallel_env(max_turns=5, max_cycles=6)

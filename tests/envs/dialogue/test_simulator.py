@@ -120,6 +120,13 @@ def test_llm_user_reply_is_bounded_and_never_empty() -> None:
     assert user.reply(USER, (), [], "Budget?").text == "..."
 
 
+@pytest.mark.parametrize("limit", [0, -5, 5000, 2.5, True])
+def test_llm_user_reply_limit_must_fit_the_observation(limit) -> None:
+    # 5000 put observations past the env's 2048-character space
+    with pytest.raises(ValueError, match="max_reply_chars"):
+        LLMUser(FakeChatModel([]), max_reply_chars=limit)
+
+
 def test_llm_user_rejects_non_models() -> None:
     with pytest.raises(TypeError, match="ChatModel"):
         LLMUser(object())  # type: ignore[arg-type]
