@@ -97,7 +97,7 @@ def search_latency(catalog: ShopCatalog, env: gym.Env, queries: int) -> dict[str
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-products", type=int, default=2000, help="catalog size (2000 is Shop-v0's default)")
+    parser.add_argument("--num-products", type=int, default=2000, help="catalog size (2000 is Shop-v1's default)")
     parser.add_argument("--catalog-seed", type=int, default=0, help="seed of the procedural catalog")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per steps/s figure")
     parser.add_argument("--queries", type=int, default=200, help="goal queries timed for the search latency")
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "num_products": args.num_products,
         **build_times(args.num_products, args.catalog_seed),
     }
-    env = gym.make("creditgym/Shop-v0", num_products=args.num_products, catalog_seed=args.catalog_seed)
+    env = gym.make("creditgym/Shop-v1", num_products=args.num_products, catalog_seed=args.catalog_seed)
     result.update(search_latency(env.unwrapped.catalog, env, args.queries))
     rate, cpu_rate, success, searches = expert(env, args.seconds)
     result.update(

@@ -28,7 +28,7 @@ from creditgym.agents.llm.config import ALGOS
 # env -> (id, settings that differ between envs for the CPU smoke run)
 PRESETS = {
     "sokoban": ("creditgym/Sokoban-6x6-1b-v0", {"history_turns": 1, "max_new_tokens": 24}),
-    "shop": ("creditgym/Shop-v0", {"history_turns": 1, "max_new_tokens": 32}),
+    "shop": ("creditgym/Shop-v1", {"history_turns": 1, "max_new_tokens": 32}),
     "dialogue": ("creditgym/Dialogue-Gather-v0", {"history_turns": None, "max_new_tokens": 32}),
 }
 

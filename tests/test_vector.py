@@ -68,7 +68,7 @@ def test_gymnasium_shared_memory_corrupts_text() -> None:
     assert list(obs) != [run[0] for run in _reference([3, 4])]
 
 
-@pytest.mark.parametrize("env_id", ["creditgym/ToolUse-v0", "creditgym/Shop-v0", "creditgym/Dialogue-Gather-v0",
+@pytest.mark.parametrize("env_id", ["creditgym/ToolUse-v0", "creditgym/Shop-v1", "creditgym/Dialogue-Gather-v0",
                                     "creditgym/MiniGridText-DoorKey-5x5-v0", "creditgym/Sanity-WordBandit-v0"])
 def test_plain_gymnasium_async_refuses_creditgym_text_envs_before_any_worker_starts(env_id: str) -> None:
     # gymnasium.make_vec's "async" uses shared memory unless told otherwise; before, it returned all-'0' strings.

@@ -76,8 +76,9 @@ for _name, (_minigrid_id, _max_steps, _description) in _MINIGRID_TEXT.items():
     DESCRIPTIONS[_id] = f"{_description}; partial view as sentences, text actions"
 
 # -- Shop (WebShop-like); the catalog is built once per (seed, size) and cached on disk
+# v1: v0's clothing and bed sizes matched each other under WebShop's word-subset rule (see ShopEnv's history).
 for _name, _num_products in (("Shop", 2000), ("Shop-100k", 100_000)):
-    _id = f"creditgym/{_name}-v0"
+    _id = f"creditgym/{_name}-v1"
     register(
         id=_id,
         entry_point="creditgym.envs.shop.env:ShopEnv",

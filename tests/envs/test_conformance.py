@@ -25,8 +25,8 @@ EXPECTED_IDS = {
     "creditgym/MiniGridText-DoorKey-5x5-v0",
     "creditgym/BabyAIText-GoToObj-v0",
     "creditgym/BabyAIText-GoToLocal-v0",
-    "creditgym/Shop-v0",
-    "creditgym/Shop-100k-v0",
+    "creditgym/Shop-v1",
+    "creditgym/Shop-100k-v1",
     "creditgym/ToolUse-v0",
     "creditgym/ToolUse-Easy-v0",
     "creditgym/ToolUse-Hard-v0",
@@ -190,9 +190,9 @@ def test_reset_options_that_are_not_a_dict_get_a_clear_error(env_id: str) -> Non
     ("creditgym/Sokoban-6x6-1b-v0", {"action_mask": "false"}, "action_mask must be True or False"),
     ("creditgym/Sokoban-6x6-1b-v0", {"max_invalid_actions": 1.5}, "max_invalid_actions must be a positive integer"),
     ("creditgym/Sokoban-6x6-1b-v0", {"text_symbols": ["#"]}, "text_symbols must be one of"),
-    ("creditgym/Shop-v0", {"rewards": 1}, "rewards must be a ShopRewards, a mapping of its fields"),
-    ("creditgym/Shop-v0", {"num_products": "2000"}, "num_products must be an integer from 1 to 1,000,000"),
-    ("creditgym/Shop-v0", {"max_invalid_actions": "3"}, "max_invalid_actions must be a positive integer"),
+    ("creditgym/Shop-v1", {"rewards": 1}, "rewards must be a ShopRewards, a mapping of its fields"),
+    ("creditgym/Shop-v1", {"num_products": "2000"}, "num_products must be an integer from 1 to 1,000,000"),
+    ("creditgym/Shop-v1", {"max_invalid_actions": "3"}, "max_invalid_actions must be a positive integer"),
     ("creditgym/ToolUse-v0", {"rewards": "sparse"}, "rewards must be a ToolUseRewards"),
     ("creditgym/Dialogue-Gather-v0", {"rewards": {"bonus": 1.0}}, r"unknown GatherRewards fields \['bonus'\]"),
     ("creditgym/Dialogue-Gather-v0", {"tight_patience": "yes"}, "tight_patience must be True or False"),
@@ -243,7 +243,7 @@ def test_every_env_declares_render_fps_and_refuses_unknown_render_modes(env_id: 
     pytest.param("creditgym/MiniGridText-DoorKey-5x5-v0", {}, lambda env: env.step("go forward"), id="minigrid-step"),
     pytest.param("creditgym/BabyAIText-GoToObj-v0", {"render_mode": "rgb_array"}, lambda env: env.render(),
                  id="babyai-render"),
-    pytest.param("creditgym/Shop-v0", {}, lambda env: env.step("search[red shoes]"), id="shop"),
+    pytest.param("creditgym/Shop-v1", {}, lambda env: env.step("search[red shoes]"), id="shop"),
     pytest.param("creditgym/Sanity-WordBandit-v0", {}, lambda env: env.step("B"), id="word-bandit"),
     pytest.param("creditgym/ToolUse-v0", {}, lambda env: env.step("<answer>1</answer>"), id="tooluse"),
 ])
@@ -264,7 +264,7 @@ def test_the_batched_sokoban_env_checks_its_arguments_too() -> None:
         gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2, levels=None)
 
 
-@pytest.mark.parametrize("env_id", ["creditgym/Shop-v0", "creditgym/ToolUse-v0", "creditgym/Dialogue-Gather-v0",
+@pytest.mark.parametrize("env_id", ["creditgym/Shop-v1", "creditgym/ToolUse-v0", "creditgym/Dialogue-Gather-v0",
                                     "creditgym/MiniGridText-DoorKey-5x5-v0", "creditgym/Sanity-WordBandit-v0"])
 def test_reward_sizes_from_a_mapping_as_json_gives_them(env_id: str) -> None:
     # `--env-kwargs '{"rewards": {...}}'` can only pass a mapping; it used to crash on the first step.

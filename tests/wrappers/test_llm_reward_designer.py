@@ -213,7 +213,7 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="train_steps"):
         DesignerConfig(train_steps=10)
     with pytest.raises(ValueError, match="batched env"):
-        DesignerConfig(env_id="creditgym/Shop-v0")
+        DesignerConfig(env_id="creditgym/Shop-v1")
     with pytest.raises(ValueError, match="seed"):
         DesignerConfig(ppo_kwargs={"seed": 3})
     with pytest.raises(ValueError, match="temperature must be"):
@@ -231,7 +231,7 @@ def test_sokoban_description_matches_state() -> None:
     assert set(env.unwrapped.state()) == set(SOKOBAN_FIELDS)
     text = describe_env(ENV)
     assert all(f"    {name}: " in text for name in SOKOBAN_FIELDS) and "Task:" in text
-    generic = describe_env("creditgym/Shop-v0")
+    generic = describe_env("creditgym/Shop-v1")
     assert "    page: str" in generic and "Task:" in generic
 
 

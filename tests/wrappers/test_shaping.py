@@ -196,7 +196,7 @@ def test_bad_potential_names_list_valid_ones() -> None:
 
 @pytest.mark.parametrize(("env_id", "name", "expert"), [
     ("creditgym/ToolUse-Hard-v0", "plan_progress", ToolUseExpert()),
-    ("creditgym/Shop-v0", "shop_progress", ShopExpert()),
+    ("creditgym/Shop-v1", "shop_progress", ShopExpert()),
 ])
 def test_env_hook_potentials(env_id: str, name: str, expert) -> None:
     env = PotentialShaping(gym.make(env_id), name, gamma=1.0)
@@ -296,7 +296,7 @@ def test_vector_needs_same_step_autoreset() -> None:
 @pytest.mark.parametrize(("env_id", "name", "kwargs"), [
     ("creditgym/Sokoban-6x6-1b-v0", "box_distance", {}),
     ("creditgym/Sokoban-6x6-1b-v0", "solver_distance", {"obs_mode": "text"}),
-    ("creditgym/Shop-v0", "shop_progress", {}),
+    ("creditgym/Shop-v1", "shop_progress", {}),
 ])
 def test_shaped_envs_pass_the_conformance_suite(env_id: str, name: str, kwargs: dict) -> None:
     """Its copy check pickles the env mid-episode: built-in potentials are closures, so they pickle by name."""

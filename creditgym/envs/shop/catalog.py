@@ -16,7 +16,7 @@ import numpy as np
 from creditgym.envs.shop.taxonomy import CATEGORIES, OPTION_DISPLAY, OPTION_VALUES, PRODUCT_LINES, ProductType
 
 #: Bump when the generator's output changes, so cached indexes are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: One product in this many is a test-split goal target (chosen by a hash of its id, so it is stable).
 TEST_FRACTION = 10
 _ID_ALPHABET = np.array(list("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"))

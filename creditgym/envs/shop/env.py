@@ -15,12 +15,19 @@ from creditgym.envs.arguments import positive_int, reward_sizes
 from creditgym.envs.lifecycle import require_reset
 from creditgym.envs.options import reset_option
 from creditgym.envs.shop import pages
-from creditgym.envs.shop.catalog import Product
+from creditgym.envs.shop.catalog import TEST_FRACTION, Product
 from creditgym.envs.shop.goals import Goal, generate_goal
 from creditgym.envs.shop.index import ShopCatalog, query_terms
 from creditgym.envs.shop.pages import PageKind
 from creditgym.envs.shop.reward import PurchaseScore, ShopRewards, score_purchase
-from creditgym.envs.shop.text import excerpt, instructions, parse_action
+from creditgym.envs.shop.text import (
+    MAX_ACTION_LENGTH,
+    action_body,
+    excerpt,
+    instructions,
+    normalize_label,
+    parse_action,
+)
 from creditgym.envs.shop.webshop import load_webshop, webshop_goal
 from creditgym.envs.text_space import TextSpace
 
@@ -80,9 +87,14 @@ class ShopEnv(gym.Env):
     ("ansi").
 
     ## Registered IDs
-    `creditgym/Shop-v0` (2,000 products) and `creditgym/Shop-100k-v0` (100,000); 15 steps each.
+    `creditgym/Shop-v1` (2,000 products) and `creditgym/Shop-100k-v1` (100,000); 15 steps each.
 
     ## Version History
+    - v1: the generated catalog's sizes are xs/small/medium/large/xl/xxl and its bed sizes twin/full/queen/eastern
+      king/california king. In v0, x-small and small, x-large and large, king and california king matched each
+      other under WebShop's word-subset rule for options, so the wrong size earned the full reward (and success)
+      on about 5% of goals. WebShop data: option values holding " / " can be clicked, and an instruction that
+      asks for two values of one option keeps both, scored as WebShop does.
     - v0: initial release.
     """
 
@@ -141,6 +153,9 @@ class ShopEnv(gym.Env):
         require_reset(self._goal is not None, "step")
         parsed = parse_action(action)
         if parsed is None:
+            if isinstance(action, str) and len(body := action_body(action)) > MAX_ACTION_LENGTH:
+                return self._invalid(f"Invalid action: it has {len(body)} characters; the limit is "
+                                     f"{MAX_ACTION_LENGTH}. Write one short search[your query] or click[label].")
             return self._invalid(
                 f"Invalid action {excerpt(action)}: write search[your query] or click[label], with a label "
                 "shown in square brackets."
@@ -243,7 +258,10 @@ class ShopEnv(gym.Env):
         fixed = self.catalog.has_instructions
         rows = self.catalog.instruction_rows(self.split) if fixed else self.catalog.goal_targets(self.split)
         if not len(rows):
-            raise ValueError(f"the catalog {self.catalog.path} has no {self.split} goals")
+            hint = ("; its instruction files hold none for this split" if fixed else
+                    f"; one product in {TEST_FRACTION} is a test target, so use a larger num_products (now "
+                    f"{len(self.catalog)})" if self.split == "test" else "")
+            raise ValueError(f"the catalog {self.catalog.path} has no {self.split} goals{hint}")
         row = int(rows[self.np_random.integers(len(rows))])
         if fixed:
             instruction = self.catalog.instruction(row)
@@ -308,7 +326,7 @@ class ShopEnv(gym.Env):
             text, labels = pages.detail_page(instruction, self._product(self._item), self._page)
         self._labels = {}
         for label in labels:
-            self._labels.setdefault(label.lower(), label)
+            self._labels.setdefault(normalize_label(label), label)
         text = f"{feedback}\n{text}" if feedback else text
         if not _PRINTABLE.issuperset(text):
             text = "".join(ch if ch in _PRINTABLE else "?" for ch in text)

@@ -44,7 +44,9 @@ class ShopExpert:
             product = shop.catalog.product(shop.catalog.row_of(target))
             labels = {option: label for label, option in option_labels(product).items()}
             for name, value in goal.options.items():
-                if state["chosen_options"].get(name) != value:
+                # A WebShop instruction may ask for two values of one option (black and white): the second is
+                # kept under its own name, the product has no such option, and no click can satisfy it.
+                if (name, value) in labels and state["chosen_options"].get(name) != value:
                     return f"click[{labels.get((name, value), value)}]"
             return f"click[{BUY}]"
         return f"click[{PREV}]"

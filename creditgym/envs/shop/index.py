@@ -14,6 +14,7 @@ import sqlite3
 import unicodedata
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from creditgym.cache import cache_root
 from creditgym.envs.shop.catalog import GENERATOR_VERSION, Product, generate_catalog, is_test_product
 
 #: Bump when the schema or the ranking changes.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 #: Search returns at most this many results, as WebShop's engine does.
 MAX_RESULTS = 50
 MAX_QUERY_TERMS = 32
@@ -155,18 +156,21 @@ class ShopCatalog:
             uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._pid = os.getpid()
+            # Close it when the last env using this catalog lets go of it.
+            weakref.finalize(self, self._conn.close)
         return self._conn
 
 
-_OPEN: dict[Path, ShopCatalog] = {}
+_OPEN: weakref.WeakValueDictionary[Path, ShopCatalog] = weakref.WeakValueDictionary()
 
 
 def shared(path: Path, recipe: tuple[Callable[..., ShopCatalog], tuple[Any, ...]]) -> ShopCatalog:
     """One catalog object per file and process, so envs (and their copies) share its product cache."""
     key = path.resolve()
-    if key not in _OPEN:
-        _OPEN[key] = ShopCatalog(key, recipe)
-    return _OPEN[key]
+    catalog = _OPEN.get(key)
+    if catalog is None:
+        catalog = _OPEN[key] = ShopCatalog(key, recipe)
+    return catalog
 
 
 def build_index(path: Path, products: Iterable[Product], instructions: Iterable[dict[str, Any]] = ()) -> None:

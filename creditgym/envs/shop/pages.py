@@ -36,7 +36,8 @@ class PageKind(str, Enum):
 
 
 def search_page(instruction: str) -> Page:
-    return f"Instruction: {instruction}\n[Search]\nType search[your query] to search the store.", []
+    # No "[Search]" button: every bracketed label can be clicked, and searching is search[...], not a click
+    return f"Instruction: {instruction}\nType search[your query] to search the store.", []
 
 
 def results_page(instruction: str, query: str, page: int, total: int, products: list[Product]) -> Page:

@@ -41,9 +41,9 @@ OPTION_VALUES: dict[str, tuple[str, ...]] = {
     "color": (
         "black", "white", "navy", "grey", "red", "olive", "blue", "beige", "pink", "green", "brown", "yellow",
     ),
-    "clothing size": ("x-small", "small", "medium", "large", "x-large", "xx-large"),
+    "clothing size": ("xs", "small", "medium", "large", "xl", "xxl"),
     "shoe size": ("size 6", "size 7", "size 8", "size 9", "size 10", "size 11", "size 12"),
-    "bed size": ("twin", "full", "queen", "king", "california king"),
+    "bed size": ("twin", "full", "queen", "eastern king", "california king"),
     "dimensions": ("12 x 12 inch", "18 x 18 inch", "20 x 20 inch", "24 x 24 inch"),
     "rug size": ("2 x 3 ft", "3 x 5 ft", "5 x 7 ft", "8 x 10 ft"),
     "cable length": ("1 ft", "3 ft", "6 ft", "10 ft"),

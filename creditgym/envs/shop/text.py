@@ -29,21 +29,31 @@ def parse_action(text: object) -> ShopAction | None:
     """
     if not isinstance(text, str):
         return None
-    text = text.lower()
-    text = text[text.rfind("</think>") + 8 :] if "</think>" in text else text
-    for tag in ("action", "answer"):
-        inner = _last_tagged(text, tag)
-        if inner is not None:
-            text = inner
-            break
-    text = text.strip()
+    text = action_body(text)
     if len(text) > MAX_ACTION_LENGTH:
         return None
     match = _COMMAND.fullmatch(text)
     if match is None:
         return None
-    argument = _SPACES.sub(" ", match.group(2)).strip()
+    argument = normalize_label(match.group(2))
     return ShopAction(match.group(1), argument) if argument else None
+
+
+def action_body(text: str) -> str:
+    """The part of a reply that must be the action: lower case, after any <think> block, inside the last
+    <action> or <answer> tag when there is one, stripped."""
+    text = text.lower()
+    text = text[text.rfind("</think>") + 8 :] if "</think>" in text else text
+    for tag in ("action", "answer"):
+        inner = _last_tagged(text, tag)
+        if inner is not None:
+            return inner.strip()
+    return text.strip()
+
+
+def normalize_label(text: str) -> str:
+    """A label or query as clicks are matched: lower case, runs of whitespace collapsed, ends stripped."""
+    return _SPACES.sub(" ", text.lower()).strip()
 
 
 def _last_tagged(text: str, tag: str) -> str | None:

@@ -180,7 +180,8 @@ def webshop_goal(record: dict[str, Any], product: Product, rng: np.random.Genera
         options = {}
         for i, value in enumerate(record["options"]):
             name = next((n for n, values in product.options.items() if value in values), f"option {i + 1}")
-            options.setdefault(name, value)
+            # Keep every instruction option: WebShop's denominator counts each one.
+            options[name if name not in options else f"option {i + 1}"] = value
     above = [step for step in _PRICE_STEPS if step > product.price][:4]
     price_upper = math.inf
     if len(above) >= 2:
@@ -336,7 +337,7 @@ def _product(item: dict[str, Any], asin: str, attributes: list[str], where: str)
 
 def _option_value(value: str) -> str:
     # WebShop shows "/" in option values as " | "; brackets would break click[...] labels.
-    return _ascii(value).replace("/", " | ").replace("[", "(").replace("]", ")").lower()
+    return _SPACES.sub(" ", _ascii(value).replace("/", " | ").replace("[", "(").replace("]", ")")).lower()
 
 
 def _ascii(text: str) -> str:

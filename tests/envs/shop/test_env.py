@@ -156,7 +156,7 @@ def test_potential_rises_along_the_expert_path(env: ShopEnv) -> None:
 
 
 def test_time_limit_truncates_without_reward() -> None:
-    env = gym.make("creditgym/Shop-v0")
+    env = gym.make("creditgym/Shop-v1")
     env.reset(seed=0)
     env.step("search[coffee]")
     env.step(f"click[{env.unwrapped.state()['results_on_page'][0]}]")

@@ -150,3 +150,48 @@ def test_option_values_that_read_like_other_labels_can_be_chosen(webshop_dir: Pa
         _, reward, terminated, _, info = env.step(expert(env))
         steps += 1
     assert info["success"] and info["reward_details"]["options_matched"] == ["description", "black"], info
+
+
+def test_option_values_with_spaced_slashes_are_clickable(webshop_dir: Path) -> None:
+    # "Lavender / Mint" was shown as "lavender  |  mint" (two spaces) and no typed or copied click matched it
+    spray = {"asin": "B07SPRAY05", "name": "Room Spray", "category": "beauty", "query": "room spray",
+             "pricing": "$8.00", "customization_options": {"Scent": [{"value": "Lavender / Mint"}, {"value": "Rose"}]}}
+    (webshop_dir / "items_shuffle_1000.json").write_text(json.dumps([*PRODUCTS, spray]))
+    env = ShopEnv(webshop_dir=webshop_dir)
+    env.reset(seed=0)
+    env.step("search[room spray]")
+    _, _, _, _, info = env.step("click[B07SPRAY05]")
+    option = next(action for action in info["available_actions"] if "mint" in action)
+    assert option == "click[lavender | mint]"
+    _, _, _, _, info = env.step(option)
+    assert not info["invalid_action"] and env.state()["chosen_options"] == {"scent": "lavender | mint"}
+
+
+def test_human_goals_keep_every_requested_option(webshop_dir: Path) -> None:
+    # WebShop divides by every instruction option: black and white socks bought in black score 4/5, not 1
+    socks = {"asin": "B0SOCKS001", "name": "Athletic Socks", "category": "fashion", "query": "socks",
+             "full_description": "cotton socks", "pricing": "$10.99", "customization_options": {
+                 "Color": [{"value": "Black"}, {"value": "White"}], "Size": [{"value": "Large"}]}}
+    human = {"B0SOCKS001": [{"instruction": "cotton socks in black and white, large",
+                             "instruction_attributes": ["cotton"], "instruction_options": ["black", "white", "large"]}]}
+    (webshop_dir / "items_shuffle_1000.json").write_text(json.dumps([socks]))
+    (webshop_dir / "items_human_ins.json").write_text(json.dumps(human))
+    env, expert = ShopEnv(webshop_dir=webshop_dir), ShopExpert()
+    _, info = env.reset(seed=0)
+    assert sorted(info["goal"]["options"].values()) == ["black", "large", "white"]
+    terminated = truncated = False
+    while not (terminated or truncated):  # the expert buys what can be bought instead of clicking until time is up
+        _, reward, terminated, truncated, info = env.step(expert(env))
+    assert terminated and reward == pytest.approx(4 / 5) and not info["success"]
+
+
+def test_search_page_explains_itself_and_long_actions_are_named(webshop_dir: Path) -> None:
+    env = ShopEnv(webshop_dir=webshop_dir)
+    observation, _ = env.reset(seed=0)
+    assert "[" not in observation.split("Type search[your query]")[0]  # no label that cannot be clicked
+    observation, *_ = env.step("<think>" + "x" * 1000 + "</think>search[" + "deodorant " * 50 + "]")
+    assert "characters; the limit is 400" in observation
+    observation, *_ = env.step("<think>" + "x" * 1000 + "</think>look around")
+    assert "write search[your query] or click[label]" in observation
+    with pytest.raises(ValueError, match="instruction files hold none"):
+        ShopEnv(webshop_dir=webshop_dir, split="test").reset(seed=0)
