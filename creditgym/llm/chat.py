@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -44,6 +45,26 @@ def check_sampling(sampling: Mapping[str, Any]) -> None:
         valid, expected = checks[key]
         if not valid(value):
             raise ValueError(f"sampling parameter {key} must be {expected}, got {value!r}")
+
+
+def check_batch(batch: Any) -> None:
+    """Raise TypeError unless `batch` is a list of conversations, each a list of message dicts."""
+    if not isinstance(batch, (list, tuple)):
+        raise TypeError(f"batch must be a list of conversations, got {type(batch).__name__}")
+    for index, messages in enumerate(batch):
+        if isinstance(messages, dict):
+            raise TypeError(f"batch[{index}] is a message, not a conversation: pass [[message, ...]] (a list of "
+                            "conversations), e.g. [[{'role': 'user', 'content': 'hi'}]]")
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise TypeError(f"batch[{index}] must be a non-empty list of messages, got {messages!r:.80}")
+        for message in messages:
+            if not isinstance(message, dict) or "role" not in message:
+                raise TypeError(f"batch[{index}] holds {message!r:.80}; each message is a dict with 'role' and "
+                                "'content'")
+        try:
+            json.dumps(messages)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"batch[{index}] cannot be sent as JSON ({err})") from None
 
 
 def _is_int(value: Any) -> bool:

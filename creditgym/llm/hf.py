@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from creditgym.seeding import seeded_torch
 
-from .chat import check_sampling
+from .chat import check_batch, check_sampling
 from .models import load_policy_model
 
 
@@ -46,6 +46,7 @@ class HFChatModel:
 
     def generate(self, batch: list[list[dict]], **sampling: Any) -> list[str]:
         check_sampling(sampling)
+        check_batch(batch)
         if not batch:
             return []
         params = {**self.defaults, **sampling}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -116,16 +117,24 @@ def _smollm2_cache() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # Write into a temporary folder and rename, so an interrupted conversion never looks like a finished cache.
+    save_model_folder(model, tokenizer, target)
+    return target
+
+
+def save_model_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """`save_pretrained` both into `target` through a temporary folder and a rename, so an interrupted save never
+    looks like a finished one; when another process got there first, its copy is kept."""
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{time.monotonic_ns()}")
-    model.save_pretrained(str(partial))
-    tokenizer.save_pretrained(str(partial))
     try:
+        model.save_pretrained(str(partial))
+        tokenizer.save_pretrained(str(partial))
         partial.rename(target)
     except OSError:
         if not (target / "config.json").exists():  # another process finished first: its copy is as good
             raise
-    return target
+    finally:
+        # An interruption, or a rename that lost the race, would leave half a gigabyte in the cache
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

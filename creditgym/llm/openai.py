@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import random
 import threading
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from numbers import Integral, Real
 from typing import Any
 
-from .chat import ChatModelError, check_sampling
+from .chat import ChatModelError, check_batch, check_sampling
 
 #: HTTP statuses worth retrying: rate limits and server-side failures. Other 4xx errors are the caller's to fix.
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -26,6 +27,8 @@ RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 64 * 2**20
 #: The longest wait between two attempts, whatever the backoff or the server's Retry-After says.
 MAX_RETRY_WAIT = 60.0
+# Retry timing only: results never depend on it, so it need not follow any seed (and must not use the global RNG)
+_JITTER = random.Random()
 _MAX_ERROR_BYTES = 64 * 2**10
 
 
@@ -94,7 +97,7 @@ class OpenAIChatModel:
         except BaseException as err:
             # The batch has failed: requests not sent yet are dropped, those in flight give up instead of retrying.
             # After Ctrl-C, do not even wait for those in flight (up to `timeout`); their threads end on their own.
-            stop.set()
+            stop.set()  # in-flight reads see it within 0.25 s, so their threads do not hold up the exit
             pool.shutdown(wait=isinstance(err, Exception), cancel_futures=True)
             raise
         pool.shutdown()
@@ -168,24 +171,12 @@ def check_api_key(api_key: Any) -> str | None:
     return api_key.strip()
 
 
-def check_batch(batch: Any) -> None:
-    """Raise TypeError unless `batch` is a list of conversations, each a list of message dicts."""
-    if not isinstance(batch, (list, tuple)):
-        raise TypeError(f"batch must be a list of conversations, got {type(batch).__name__}")
-    for index, messages in enumerate(batch):
-        if isinstance(messages, dict):
-            raise TypeError(f"batch[{index}] is a message, not a conversation: pass [[message, ...]] (a list of "
-                            "conversations), e.g. [[{'role': 'user', 'content': 'hi'}]]")
-        if not isinstance(messages, (list, tuple)) or not messages:
-            raise TypeError(f"batch[{index}] must be a non-empty list of messages, got {messages!r:.80}")
-        for message in messages:
-            if not isinstance(message, dict) or "role" not in message:
-                raise TypeError(f"batch[{index}] holds {message!r:.80}; each message is a dict with 'role' and "
-                                "'content'")
-        try:
-            json.dumps(messages)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"batch[{index}] cannot be sent as JSON ({err})") from None
+def retry_wait(attempt: int, backoff: float, retry_after: float | None) -> float:
+    """Seconds before retry `attempt` (1, 2, ...): the server's Retry-After, else exponential backoff; both with up
+    to 25% of jitter, so the requests of a batch that failed together do not all come back at the same instant, and
+    capped at MAX_RETRY_WAIT."""
+    base = retry_after if retry_after is not None else backoff * 2 ** (attempt - 1)
+    return min(base * (1 + 0.25 * _JITTER.random()), MAX_RETRY_WAIT)
 
 
 def post(url: str, body: dict[str, Any] | None, *, api_key: str | None, timeout: float, max_retries: int,
@@ -204,13 +195,14 @@ def post(url: str, body: dict[str, Any] | None, *, api_key: str | None, timeout:
             if stop is not None and stop.is_set():
                 raise ChatModelError(f"{url}: gave up after {attempt} attempt(s), as another request of the batch "
                                      f"failed (last problem: {problem})")
-            wait_s = retry_after if retry_after is not None else backoff * 2 ** (attempt - 1)
+            wait_s = retry_wait(attempt, backoff, retry_after)
             if stop is None:
-                time.sleep(min(wait_s, MAX_RETRY_WAIT))
-            elif stop.wait(min(wait_s, MAX_RETRY_WAIT)):
+                time.sleep(wait_s)
+            elif stop.wait(wait_s):
                 continue  # caught at the top of the next attempt (or after the last one, below)
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         request.deadline = time.monotonic() + timeout  # type: ignore[attr-defined]  (read by _HTTPHandler)
+        request.stop = stop  # type: ignore[attr-defined]  (a read gives up once it is set)
         try:
             with _OPENER.open(request, timeout=timeout) as response:
                 return _read(response, url)
@@ -316,19 +308,26 @@ def _first_failure(futures: list[Future]) -> BaseException | None:
 # urllib's timeout bounds each socket operation, so a server that trickles its answer a byte at a time could hold a
 # request for ever. These handlers give every read of an attempt only the time left until the request's deadline.
 class _DeadlineReader(io.RawIOBase):
-    def __init__(self, sock: Any, deadline: float) -> None:
+    def __init__(self, sock: Any, deadline: float, stop: threading.Event | None = None) -> None:
         super().__init__()
-        self._sock, self._raw, self._deadline = sock, sock.makefile("rb", buffering=0), deadline
+        self._sock, self._deadline, self._stop = sock, deadline, stop
+        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open (its io ref) while the answer is read
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the answer did not arrive in time")
-        self._sock.settimeout(remaining)
-        return self._raw.readinto(buffer)
+        while True:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the answer did not arrive in time")
+            if self._stop is not None and self._stop.is_set():
+                raise ConnectionAbortedError("the batch was abandoned")
+            self._sock.settimeout(min(remaining, 0.25))
+            try:
+                return self._sock.recv_into(buffer)
+            except TimeoutError:
+                continue
 
     def close(self) -> None:
         self._raw.close()
@@ -338,23 +337,24 @@ class _DeadlineReader(io.RawIOBase):
 class _DeadlineSocket:
     """What `HTTPResponse` reads from: the socket, with a file whose reads stop at the deadline."""
 
-    def __init__(self, sock: Any, deadline: float) -> None:
-        self._sock, self._deadline = sock, deadline
+    def __init__(self, sock: Any, deadline: float, stop: threading.Event | None) -> None:
+        self._sock, self._deadline, self._stop = sock, deadline, stop
 
     def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline, self._stop))
 
 
 class _DeadlineResponse(http.client.HTTPResponse):
-    def __init__(self, sock: Any, *args: Any, deadline: float, **kwargs: Any) -> None:
-        super().__init__(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, sock: Any, *args: Any, deadline: float, stop: threading.Event | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(_DeadlineSocket(sock, deadline, stop), *args, **kwargs)  # type: ignore[arg-type]
 
 
-def _with_deadline(http_class: Any, deadline: float | None) -> Any:
+def _with_deadline(http_class: Any, deadline: float | None, stop: threading.Event | None = None) -> Any:
     def connect(host: str, **kwargs: Any) -> http.client.HTTPConnection:
         connection = http_class(host, **kwargs)
         if deadline is not None:
-            connection.response_class = functools.partial(_DeadlineResponse, deadline=deadline)
+            connection.response_class = functools.partial(_DeadlineResponse, deadline=deadline, stop=stop)
         return connection
 
     return connect
@@ -362,12 +362,14 @@ def _with_deadline(http_class: Any, deadline: float | None) -> Any:
 
 class _HTTPHandler(urllib.request.HTTPHandler):
     def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        return super().do_open(_with_deadline(http_class, getattr(req, "deadline", None)), req, **kwargs)
+        connect = _with_deadline(http_class, getattr(req, "deadline", None), getattr(req, "stop", None))
+        return super().do_open(connect, req, **kwargs)
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
     def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        return super().do_open(_with_deadline(http_class, getattr(req, "deadline", None)), req, **kwargs)
+        connect = _with_deadline(http_class, getattr(req, "deadline", None), getattr(req, "stop", None))
+        return super().do_open(connect, req, **kwargs)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

@@ -234,6 +234,16 @@ class VLLMGenerator(CompletionsGenerator):
                           "embeddings: on the CPU, vLLM 0.32's reload_weights leaves such an lm_head computing with "
                           "the old weights; there, start creditgym/llm/vllm_server.py instead", stacklevel=4)
 
+    def _request(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            return super()._request(method, url, body)
+        except ChatModelError:
+            # A refused connection says nothing about why: a managed server that died tells its exit code and log
+            if self.server is not None and self.server.process.poll() is not None:
+                raise ChatModelError(f"the vLLM server exited with code {self.server.process.returncode}; its log "
+                                     f"ends with:\n{self.server.log_tail()}") from None
+            raise
+
     @property
     def server_root(self) -> str:
         """The server's address without /v1, where vLLM keeps its weight and cache routes."""
@@ -266,7 +276,8 @@ class VLLMServer:
                    str(port_file), "--dtype", dtype, "--kv-cache-gb", str(kv_cache_gb), "--threads", str(threads),
                    "--max-model-len", str(max_model_len), "--exit-with-parent"]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)  # a terminal Ctrl-C is the trainer's to handle
         # also when this object is collected, or at exit
         self._stop = weakref.finalize(self, _stop_process, self.process)
         deadline = time.monotonic() + timeout

@@ -158,8 +158,19 @@ def _external_id(request_id: str) -> str:
     return request_id.split("-", 1)[0]
 
 
+#: The completions fields this server reads; a request with any other is answered 400.
+COMPLETION_FIELDS = frozenset({"model", "prompt", "temperature", "top_p", "top_k", "max_tokens", "seed", "logprobs",
+                               "stop_token_ids", "ignore_eos", "return_token_ids", "return_tokens_as_token_ids",
+                               "n", "stream"})
+
+
 def completion_request(body: dict[str, Any], sampling_params: Any) -> tuple[list[Any], Any]:
     """The prompts and SamplingParams of an OpenAI completions body (token-id lists or text)."""
+    unsupported = sorted(set(body) - COMPLETION_FIELDS)
+    if unsupported:  # ignoring them would answer something other than what was asked (n, stop, best_of, ...)
+        raise ValueError(f"this server does not implement {unsupported}; it reads {sorted(COMPLETION_FIELDS)}")
+    if body.get("n", 1) != 1 or body.get("stream"):
+        raise ValueError("this server answers one choice per prompt without streaming: send n=1, stream=false")
     prompt = body.get("prompt")
     if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)):
         prompt = [prompt]

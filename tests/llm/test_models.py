@@ -95,3 +95,25 @@ def test_unknown_model_names_say_what_to_pass(tmp_path: Path) -> None:
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CREDITGYM_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path / "models"
+
+
+def test_a_model_folder_is_saved_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from creditgym.llm.models import save_model_folder
+
+    model, tokenizer = tiny_test_model(seed=0)
+    target = tmp_path / "model"
+    save_model_folder(model, tokenizer, target)
+    assert (target / "config.json").exists()
+    save_model_folder(model, tokenizer, target)  # another process finished first: its copy is kept
+    # An interrupted save left a half-written folder (517 MiB for SmolLM2) in the cache for ever
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", lambda *args, **kwargs: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        save_model_folder(model, tokenizer, tmp_path / "other")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+
+
+def test_hf_chat_model_checks_the_batch_like_the_servers() -> None:
+    chat = HFChatModel(*tiny_test_model(seed=0))
+    with pytest.raises(TypeError, match=r"batch\[0\] is a message, not a conversation"):
+        chat.generate([{"role": "user", "content": "hi"}])  # type: ignore[list-item]

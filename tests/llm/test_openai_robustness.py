@@ -286,6 +286,32 @@ def test_one_failed_conversation_stops_the_batch_quickly(server: _Server) -> Non
     assert len(server.requests) < 10 and _live_threads() == 0  # the rest were never sent
 
 
+def test_requests_in_flight_give_up_when_their_batch_fails(server: _Server) -> None:
+    # A failed batch (or Ctrl-C) waited for every answer still on its way, up to `timeout` (600 s in the designer)
+    def scenario(handler: _Handler, body: dict) -> None:
+        if body["messages"][-1]["content"] == "bad":
+            time.sleep(0.2)  # the others are in flight by now
+            return handler.reply(400, {"error": {"message": "prompt is too long"}})
+        time.sleep(10)
+        handler.reply(200, _completion("late"))
+
+    server.scenario = scenario
+    chat = _chat(server, max_concurrency=4, timeout=20.0)
+    start = time.monotonic()
+    with pytest.raises(ChatModelError, match="HTTP 400: prompt is too long"):
+        chat.generate([[{"role": "user", "content": text}] for text in ("q0", "bad", "q2", "q3")])
+    assert time.monotonic() - start < 3 and _live_threads() == 0
+
+
+def test_retries_wait_with_jitter_within_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Requests that failed together came back within 20 ms of each other on every wave
+    waits = [openai_module.retry_wait(2, 1.0, None) for _ in range(50)]
+    assert all(2.0 <= wait <= 2.5 for wait in waits) and len(set(waits)) > 40
+    assert all(3.0 <= openai_module.retry_wait(1, 1.0, 3.0) <= 3.75 for _ in range(20))  # Retry-After, too
+    monkeypatch.setattr(openai_module, "MAX_RETRY_WAIT", 0.5)
+    assert openai_module.retry_wait(9, 1.0, None) == 0.5
+
+
 # -- bad input, refused before any request --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("base_url", "message"),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 from creditgym.agents.llm import LLMPolicy, LLMTrainConfig, LLMTrainer
+from creditgym.llm import ChatModelError
 from creditgym.llm.models import tiny_test_model
 from creditgym.llm.vllm import (
     CompletionsGenerator,
@@ -220,3 +223,31 @@ def test_a_server_without_token_ids_is_retokenised_with_seeds_from_the_generator
     eos = tokenizer.eos_token_id
     assert replies[0].token_ids == tokenizer("up", add_special_tokens=False)["input_ids"] + [eos]
     assert replies[0].stopped and replies[0].text == "up"
+
+
+def test_the_server_refuses_completion_fields_it_does_not_implement() -> None:
+    from creditgym.llm.vllm_server import completion_request
+
+    prompts, params = completion_request({"prompt": [1, 2], "max_tokens": 3, "return_token_ids": True}, dict)
+    assert prompts == [{"prompt_token_ids": [1, 2]}] and params["max_tokens"] == 3
+    # Ignoring them answered one choice to n=3 and never stopped at `stop`
+    for body, message in [({"prompt": [1], "stop": ["\n"]}, r"does not implement \['stop'\]"),
+                          ({"prompt": [1], "n": 3}, "n=1"), ({"prompt": [1], "stream": True}, "stream=false")]:
+        with pytest.raises(ValueError, match=message):
+            completion_request(body, dict)
+
+
+# Last in this file: it kills the module's server.
+@needs_vllm
+def test_a_terminal_ctrl_c_spares_the_server_and_a_dead_server_is_named(
+        server: tuple[LLMPolicy, VLLMGenerator]) -> None:
+    policy, vllm = server
+    assert vllm.server is not None
+    pid = vllm.server.process.pid
+    # Its own session: the SIGINT a terminal sends its foreground group (the trainer's Ctrl-C, which finishes the
+    # iteration and saves) does not reach the server, which refused every request after it before
+    assert os.getsid(pid) == pid != os.getsid(0)
+    os.kill(pid, signal.SIGKILL)
+    vllm.server.process.wait(timeout=30)
+    with pytest.raises(ChatModelError, match=r"the vLLM server exited with code -9; its log ends with"):
+        vllm.generate(_prompts(policy)[:1], greedy=True)
