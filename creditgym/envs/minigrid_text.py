@@ -14,6 +14,7 @@ from minigrid.core.actions import Actions
 from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT, STATE_TO_IDX
 from minigrid.minigrid_env import MiniGridEnv
 
+from creditgym.envs.answers import last_answer
 from creditgym.envs.arguments import FiniteRewards, positive_int, reward_sizes
 from creditgym.envs.lifecycle import require_reset
 from creditgym.envs.options import reset_options
@@ -40,9 +41,6 @@ _SYNONYMS: dict[str, Actions] = {
     "done": Actions.done,
 }
 _PHRASE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _SYNONYMS), key=len, reverse=True)) + r")\b")
-# Inner spans are bounded so a hostile megabyte between tags is never scanned twice.
-_ANSWER = re.compile(r"<answer>\s*([^<]{0,200}?)\s*</answer>", re.IGNORECASE)
-_BOXED = re.compile(r"\\boxed\{\s*([^{}]{0,200}?)\s*\}")
 #: Free text without <answer> or \boxed{} is read only when this short, so a ramble is not taken as a move.
 MAX_FREE_TEXT = 200
 MAX_OBSERVATION_LENGTH = 4096
@@ -62,12 +60,7 @@ def parse_action(text: object) -> Actions | None:
     """
     if not isinstance(text, str):
         return None
-    span = None
-    for pattern in (_ANSWER, _BOXED):
-        for match in pattern.finditer(text):
-            span = match.group(1)
-        if span is not None:
-            break
+    span = last_answer(text)
     if span is None:
         if len(text) > MAX_FREE_TEXT:
             return None
@@ -221,13 +214,17 @@ class MiniGridTextEnv(gym.Env):
         self._invalid_count = 0
         self._success = False
         self._has_reset = False
+        self._terminated = False
 
     def step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
         require_reset(self._has_reset, "step")
+        if self._terminated:  # MiniGrid would play on and pay the mission's reward again
+            return self._invalid_step(action, feedback="The episode is over; call reset().")
         move = parse_action(action)
         if move is None:
             return self._invalid_step(action)
         obs, native, terminated, truncated, _ = self.minigrid.step(move)
+        self._terminated = bool(terminated)
         task = float(native) * self.rewards.native
         self._success = bool(terminated and native > 0)
         self._feedback = ""
@@ -239,6 +236,7 @@ class MiniGridTextEnv(gym.Env):
         super().reset(seed=seed)
         obs, _ = self.minigrid.reset(seed=int(self.np_random.integers(2**31 - 1)), options=reset_options(options))
         self._has_reset = True
+        self._terminated = False
         self._feedback = ""
         self._invalid_count = 0
         self._success = False
@@ -286,7 +284,7 @@ class MiniGridTextEnv(gym.Env):
         text = f"{self._feedback}\n{self._text}" if self._feedback else self._text
         return text[:MAX_OBSERVATION_LENGTH]
 
-    def _invalid_step(self, action: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    def _invalid_step(self, action: Any, feedback: str | None = None) -> tuple[str, float, bool, bool, dict[str, Any]]:
         self._invalid_count += 1
         shown = action if isinstance(action, str) else repr(action)
         safe = "".join(ch if ch in string.printable and ch not in "\r\n\t\x0b\x0c" else "?" for ch in shown[:40])
@@ -294,6 +292,8 @@ class MiniGridTextEnv(gym.Env):
             f"Invalid action {safe + ('...' if len(shown) > 40 else '')!r}: nothing happened. Answer with exactly "
             f"one of: {', '.join(ACTION_NAMES.values())}, for example <answer>go forward</answer>."
         )
+        if feedback is not None:
+            self._feedback = feedback
         penalty = self.rewards.invalid_action
         truncated = self.max_invalid_actions is not None and self._invalid_count >= self.max_invalid_actions
         return self._observation(), penalty, False, truncated, self._info(task=0.0, format=penalty, invalid=True)

@@ -57,10 +57,10 @@ def check_conformance(env: str | EnvFactory, *, seed: int = 0, num_steps: int = 
         type each info key by its first value, and cast or refuse later values of another type.
     """
     make = _factory(env, kwargs)
+    before = _global_rng_states()  # before the first construction: a cache filled once per process counts too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check_env(make().unwrapped, skip_render_check=True)
-    before = _global_rng_states()
     first = _rollout(make, seed, num_steps)
     after = _global_rng_states()
     _check_info_types(first)
@@ -197,15 +197,22 @@ def _check_step_after_end(make: EnvFactory, seed: int, num_steps: int) -> None:
             _, info = env.reset()
     else:
         return
-    action = _actions(env, info, rng)
-    try:
-        _, reward, _, _, info = env.step(action)
-    except Exception:  # noqa: BLE001 - refusing to step is one of the two allowed answers
-        return
-    task = info.get("reward_components", {}).get("task", 0.0)
-    if not info.get("invalid_action") or task != 0.0:
-        raise ConformanceError(f"step({action!r}) after the episode terminated returned reward {reward} "
-                               f"({info.get('reward_components')}); raise, or treat it as an invalid action")
+    if isinstance(env.action_space, spaces.Text):
+        candidates = list(info.get("available_actions") or []) or [_actions(env, info, rng)]
+    elif isinstance(env.action_space, spaces.Discrete):
+        candidates = [int(env.action_space.start) + i for i in range(int(env.action_space.n))]
+    else:
+        candidates = [env.action_space.sample()]
+    for action in candidates:  # every valid action, each on its own copy: one random action usually pays nothing
+        clone = copy.deepcopy(env)
+        try:
+            _, reward, _, _, after = clone.step(action)
+        except Exception:  # noqa: BLE001 - refusing to step is one of the two allowed answers
+            continue
+        task = after.get("reward_components", {}).get("task", 0.0)
+        if not after.get("invalid_action") or task != 0.0:
+            raise ConformanceError(f"step({action!r}) after the episode terminated returned reward {reward} "
+                                   f"({after.get('reward_components')}); raise, or treat it as an invalid action")
 
 
 def _info_kinds(info: dict[str, Any], path: str = "") -> list[tuple[str, str]]:

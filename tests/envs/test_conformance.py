@@ -127,6 +127,27 @@ class _AnswerTypeVaries(_Counter):
         return {**super()._info(reward, done), "answer": seed if seed % 2 == 0 else f"seed {seed}"}
 
 
+class _GlobalRandomOnce(_Counter):
+    start: int | None = None
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(render_mode)
+        if _GlobalRandomOnce.start is None:  # the bug under test: a layout drawn from the global RNG once a process
+            _GlobalRandomOnce.start = int(np.random.randint(0, 3))
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.count = self.start
+        return np.array([self.count]), info
+
+
+class _PaysTwiceForOneAction(_Counter):
+    def step(self, action):
+        if self.count is not None and self.count >= 10 and action == 1:
+            raise RuntimeError("the count is done; call reset()")
+        return self._count(action)  # the bug under test: action 0 after the end pays the outcome again
+
+
 class _PlaysBeforeReset(_Counter):
     def __init__(self, render_mode: str | None = None) -> None:
         super().__init__(render_mode)
@@ -173,6 +194,16 @@ def test_suite_runs_the_env_in_a_gymnasium_vector_env() -> None:
 def test_suite_catches_an_outcome_paid_after_the_end() -> None:
     with pytest.raises(ConformanceError, match="after the episode terminated"):
         check_conformance(_PaysTwice)
+    # Every action is tried after the end, each on a copy: one random action found this only half the time
+    for seed in range(4):
+        with pytest.raises(ConformanceError, match=r"step\(0\) after the episode terminated"):
+            check_conformance(_PaysTwiceForOneAction, seed=seed)
+
+
+def test_suite_catches_the_global_rng_used_at_the_first_construction() -> None:
+    _GlobalRandomOnce.start = None
+    with pytest.raises(ConformanceError, match="used a global RNG"):
+        check_conformance(_GlobalRandomOnce)
 
 
 @pytest.mark.parametrize("env_id", sorted(EXPECTED_IDS))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -129,6 +130,23 @@ def test_scripted_policy_succeeds(env_id: str) -> None:
         successes += info["success"]
         assert info["success"] == (reward > 0)
     assert successes / episodes >= 0.9
+
+
+@pytest.mark.parametrize("env_id", TEXT_IDS)
+def test_the_mission_is_paid_once(env_id: str) -> None:
+    # MiniGrid plays on after success: GoToObj paid 0.944, 0.93, ... again for every later step
+    env = gym.make(env_id, max_episode_steps=10_000)
+    policy = ScriptedMiniGridPolicy(env.unwrapped)
+    env.reset(seed=0)
+    policy.reset()
+    terminated = False
+    while not terminated:
+        _, reward, terminated, _, info = env.step(policy.act())
+    assert info["success"] and reward > 0
+    for name in ACTION_NAMES.values():
+        observation, reward, _, _, info = env.step(name)
+        assert info["invalid_action"] and info["reward_components"]["task"] == 0.0
+        assert "The episode is over; call reset()." in observation
 
 
 def test_invalid_text_spends_no_minigrid_step() -> None:
@@ -298,3 +316,12 @@ def test_huge_views_fit_the_observation_space() -> None:
     assert env.observation_space.contains(obs) and obs.startswith("Invalid action 'jump'")
     obs, *_ = env.step("turn left")
     assert env.observation_space.contains(obs)
+
+
+@pytest.mark.parametrize("tail", ["\n", " "])
+@pytest.mark.parametrize("opening", ["<answer>", "\\boxed{"])
+def test_a_reply_that_degenerates_into_whitespace_is_read_at_once(opening: str, tail: str) -> None:
+    start = time.perf_counter()  # a hang guard (8,000 newlines took seconds), not a timing of the parser
+    assert parse_action(opening + tail * 20_000) is None
+    assert time.perf_counter() - start < 5
+    assert parse_action("thinking " * 40 + "\\boxed{\\text{turn left}}") == Actions.left

@@ -21,8 +21,9 @@ from creditgym.envs.sokoban.boxoban import (
     boxoban_files,
     read_boxoban_file_tiles,
     read_boxoban_puzzles,
+    valid_levels,
 )
-from creditgym.envs.sokoban.level import BOX_TILES, PLAYER_TILES, TARGET_TILES, Level, Tile
+from creditgym.envs.sokoban.level import BOX_TILES, NUM_TILES, PLAYER_TILES, TARGET_TILES, Level, LevelError, Tile
 
 BANK_DIR = Path(__file__).parent / "banks"
 SPLITS = ("train", "test")
@@ -40,6 +41,24 @@ class LevelBank:
     def __post_init__(self) -> None:
         if self.tiles.ndim != 3 or len(self.tiles) == 0:
             raise ValueError(f"a level bank needs an (N, H, W) array with N >= 1, got {self.tiles.shape}")
+        # Unchecked arrays let a player walk off an open board into the next one of the batched env, wrap round
+        # through numpy's negative indices, or never win (gym-sokoban writes a player on a target as a player).
+        tiles = self.tiles
+        if not np.issubdtype(tiles.dtype, np.integer) or tiles.min() < 0 or tiles.max() >= NUM_TILES:
+            raise LevelError(f"a level bank holds integer Tile values 0..{NUM_TILES - 1}, got {tiles.dtype} "
+                             f"values {tiles.min()}..{tiles.max()}")
+        if min(tiles.shape[1:]) < 3:
+            raise LevelError(f"levels must be at least 3x3, got {tiles.shape[1:]}")
+        tiles = np.ascontiguousarray(tiles, dtype=np.int8)
+        bad = np.flatnonzero(~valid_levels(tiles))
+        if len(bad):
+            try:
+                Level(tiles[bad[0]])
+                reason = "every box is already on a target"
+            except LevelError as error:
+                reason = str(error)
+            raise LevelError(f"level {bad[0]} of the bank ({len(bad)} of {len(tiles)} cannot be played): {reason}")
+        object.__setattr__(self, "tiles", tiles)
         self._set_facts(level_facts(self.tiles))
 
     def _set_facts(self, facts: dict[str, np.ndarray]) -> None:

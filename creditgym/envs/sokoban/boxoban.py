@@ -170,12 +170,12 @@ def _parse_piece(raw: np.ndarray) -> np.ndarray | None:
     else:
         chars = np.where(columns < row_lengths[..., None], raw[np.minimum(positions, len(raw) - 1)], _SPACE)
     tiles = np.take(_TILE_OF_BYTE, chars)
-    if (tiles < 0).any() or not _valid_levels(tiles).all():
+    if (tiles < 0).any() or not valid_levels(tiles).all():
         return None
     return tiles
 
 
-def _valid_levels(tiles: np.ndarray) -> np.ndarray:
+def valid_levels(tiles: np.ndarray) -> np.ndarray:
     """For (N, H, W) int8 boards of `Tile` values, which pass `Level`'s checks (one player, as many boxes as
     targets, at least one, and the player's area enclosed by walls) and are not solved already (a box off target)."""
     # How many cells of each tile value every level has, in one pass.

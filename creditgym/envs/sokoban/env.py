@@ -140,8 +140,10 @@ class SokobanEnv(gym.Env):
         height, width = self.bank.shape
         if obs_mode == "text":
             self.action_space: spaces.Space = TextSpace(max_length=MAX_TEXT_LENGTH, charset=string.printable)
+            # A board of H rows of W symbols and a newline, with room for the feedback line: a 64x64 level's
+            # observation did not fit 4096
             self.observation_space: spaces.Space = TextSpace(
-                max_length=MAX_TEXT_LENGTH, min_length=1, charset=TEXT_CHARSET
+                max_length=max(MAX_TEXT_LENGTH, height * (width + 1) + 512), min_length=1, charset=TEXT_CHARSET
             )
         else:
             self.action_space = spaces.Discrete(len(Action))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 
+from creditgym.envs.answers import last_answer
 from creditgym.envs.sokoban.level import Tile
 from creditgym.envs.sokoban.rules import Action, SokobanRewards
 
@@ -13,9 +14,6 @@ ACTION_NAMES: dict[Action, str] = {Action.UP: "Up", Action.DOWN: "Down", Action.
 _WORDS = {"up": Action.UP, "down": Action.DOWN, "left": Action.LEFT, "right": Action.RIGHT}
 _LETTERS = {"u": Action.UP, "d": Action.DOWN, "l": Action.LEFT, "r": Action.RIGHT}
 _DIRECTION = re.compile(r"\b(up|down|left|right)\b", re.IGNORECASE)
-# The inner span is bounded so a hostile megabyte between tags is never scanned twice.
-_ANSWER = re.compile(r"<answer>\s*([^<]{0,200}?)\s*</answer>", re.IGNORECASE)
-_BOXED = re.compile(r"\\boxed\{\s*([^{}]{0,200}?)\s*\}")
 #: Free text without an <answer> or \boxed{} is read only when short, so a long ramble that happens to
 #: mention one direction is not taken as a move.
 MAX_FREE_TEXT = 200
@@ -29,7 +27,7 @@ def parse_action(text: object) -> Action | None:
     """
     if not isinstance(text, str):
         return None
-    span = _last_match(_ANSWER, text) or _last_match(_BOXED, text)
+    span = last_answer(text)
     if span is None:
         if len(text) > MAX_FREE_TEXT:
             return None
@@ -39,13 +37,6 @@ def parse_action(text: object) -> Action | None:
         return _LETTERS[span.lower()]
     found = {_WORDS[word.lower()] for word in _DIRECTION.findall(span)}
     return found.pop() if len(found) == 1 else None
-
-
-def _last_match(pattern: re.Pattern[str], text: str) -> str | None:
-    last = None
-    for match in pattern.finditer(text):
-        last = match.group(1)
-    return last
 
 
 def describe_invalid(text: object) -> str:

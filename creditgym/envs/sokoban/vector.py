@@ -376,6 +376,13 @@ class SokobanVectorEnv(VectorEnv):
         window = packed.gather(1, index.view(len(packed), -1))
         return torch.where(inside.view(len(packed), -1), window, self._packed_one_hot[WALL_BIT])
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # pickle (cloudpickle, Ray, multiprocessing) gives each tensor storage of its own: the boards would no
+        # longer be a view of the flat buffer the rules update, and the copy's observations drift, then crash
+        self.__dict__.update(state)
+        self._codes = self._flat[self._margin:self._margin + self.num_envs * self._cells].view(self.num_envs,
+                                                                                              self._cells)
+
     # -- checkpointing of the level cursor ----------------------------------------------------------------
     def get_state(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue exactly: boards, counters and the level-sampling RNG."""

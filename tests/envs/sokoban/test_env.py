@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -131,6 +133,7 @@ def test_render_modes() -> None:
         ("<answer>Left</answer>", Action.LEFT), ("\\boxed{down}", Action.DOWN), ("move left", Action.LEFT),
         ("I will go right.", Action.RIGHT), ("Let me think: up is blocked. <answer>Down</answer>", Action.DOWN),
         ("<answer>up</answer> no wait <answer>left</answer>", Action.LEFT),
+        ("<answer>\n  Right.\n</answer>", Action.RIGHT), ("reasoning " * 40 + "\\boxed{\\text{Left}}", Action.LEFT),
     ],
 )
 def test_parse_action_accepts_reasonable_forms(text: str, action: Action) -> None:
@@ -230,3 +233,26 @@ def test_action_mask_lists_the_moves_that_change_the_board() -> None:
     _, _, _, _, info = env.step(Action.RIGHT)
     assert info["action_mask"].tolist() == [False, False, True, True]
     assert "action_mask" not in _env(CORRIDOR).step(Action.RIGHT)[4]
+
+
+@pytest.mark.parametrize("tail", ["\n", " ", "\t"])
+@pytest.mark.parametrize("opening", ["<answer>", "\\boxed{"])
+def test_a_reply_that_degenerates_into_whitespace_is_read_at_once(opening: str, tail: str) -> None:
+    # `\s*` around a lazy span backtracked quadratically: 8,000 newlines after <answer> took 30 s, and 20,000 would
+    # take minutes. A generous bound, to catch a hang rather than to time the parser.
+    start = time.perf_counter()
+    assert parse_action("Let me think. " + opening + tail * 20_000) is None
+    assert time.perf_counter() - start < 5
+
+
+def test_a_text_observation_of_a_large_level_fits_its_space(tmp_path) -> None:
+    side = 64
+    rows = ["#" * side] + ["#" + " " * (side - 2) + "#" for _ in range(side - 2)] + ["#" * side]
+    rows[1] = "#@$." + " " * (side - 5) + "#"
+    path = tmp_path / "big.txt"
+    path.write_text("; 0\n" + "\n".join(rows) + "\n")
+    env = SokobanEnv(levels=str(path), obs_mode="text")
+    observation, _ = env.reset(seed=0)
+    assert len(observation) > 4096 and env.observation_space.contains(observation)
+    observation, *_ = env.step("nonsense")
+    assert env.observation_space.contains(observation)

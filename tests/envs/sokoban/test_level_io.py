@@ -443,3 +443,23 @@ def test_small_level_sets_are_not_cached(tmp_path: Path, level_cache: Path, monk
     _levels_file(tmp_path / "levels" / "000.txt")
     assert len(_load(tmp_path / "levels")) == 3
     assert not level_cache.exists()
+
+
+_TILE_OF = {"#": Tile.WALL, " ": Tile.FLOOR, ".": Tile.TARGET, "*": Tile.BOX_ON_TARGET, "$": Tile.BOX, "@": Tile.PLAYER}
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    (["     ", " @$. ", "     "], "enclosed"),         # open: the player walked into the next board of a batch
+    (["#####", "#@$ #", "#####"], "targets"),          # gym-sokoban's player on a target, read as a plain player
+    (["#####", "#@* #", "#####"], "already on a target"),  # solved: the batched env paid +9.9 every episode
+])
+def test_a_bank_from_an_array_is_checked_like_a_level(rows: list[str], message: str) -> None:
+    tiles = np.array([[_TILE_OF[ch] for ch in row] for row in rows], dtype=np.int8)
+    with pytest.raises(LevelError, match=message):
+        LevelBank(tiles[None])
+
+
+@pytest.mark.parametrize("tiles", [np.full((1, 5, 5), 1.5), np.full((1, 5, 5), 99), np.zeros((1, 2, 2), np.int8)])
+def test_a_bank_of_values_that_are_no_tiles_is_refused(tiles: np.ndarray) -> None:
+    with pytest.raises(LevelError, match="Tile values|at least 3x3"):
+        LevelBank(tiles)

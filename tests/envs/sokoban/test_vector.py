@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -223,3 +225,17 @@ def test_render_mode_is_refused_with_the_way_to_render() -> None:
     # Was "TypeError: __init__() got an unexpected keyword argument 'render_mode'".
     with pytest.raises(ValueError, match="does not render.*vectorization_mode='sync'"):
         gym.make_vec("creditgym/Sokoban-6x6-1b-v0", num_envs=2, render_mode="rgb_array")
+
+
+def test_a_pickled_batched_env_plays_on_like_the_original() -> None:
+    # pickle (Ray, multiprocessing) gave the copy boards apart from the buffer its rules update: its observations
+    # drifted from the first step, and an autoreset crashed
+    vec = SokobanVectorEnv(8, levels="6x6-1b", max_episode_steps=10)
+    vec.reset(seed=3)
+    copy = pickle.loads(pickle.dumps(vec))
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        actions = torch.as_tensor(rng.integers(4, size=8))
+        first, second = vec.step(actions), copy.step(actions.clone())
+        for a, b in zip(first[:4], second[:4], strict=True):
+            assert torch.equal(a, b)
