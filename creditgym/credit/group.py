@@ -41,5 +41,5 @@ def rloo_advantages(rewards: Tensor, group_ids: GroupIds, mask: Tensor | None = 
     """
     mean, _, counts, valid = _group_stats(rewards, group_ids, mask, unbiased=False)
     scale = counts / (counts - 1).clamp_min(1)
-    out = (rewards - mean) * scale
+    out = (rewards.to(mean.dtype) - mean) * scale
     return torch.where(valid & (counts > 1), out, torch.zeros_like(out))

@@ -35,13 +35,23 @@ def _valid(values: Tensor, mask: Tensor | None) -> Tensor:
     return mask.to(device=values.device, dtype=torch.bool)
 
 
+def _floating(values: Tensor) -> Tensor:
+    return values if values.is_floating_point() else values.to(torch.get_default_dtype())
+
+
 def masked_mean(values: Tensor, mask: Tensor | None = None, dim: int | None = None) -> Tensor:
-    """Mean of ``values`` over entries where ``mask`` is true (all entries, or along ``dim``); 0 when none are."""
+    """Mean of ``values`` over entries where ``mask`` is true (all entries, or along ``dim``); 0 when none are.
+
+    A second pass adds the mean residual back, so equal values have exactly their value as mean (a one-pass float32
+    mean of k copies of 0.97 is off by an ulp, which whitening then blows up to ±1)."""
+    values = _floating(values)
     valid = _valid(values, mask)
     x = torch.where(valid, values, torch.zeros_like(values))
-    if dim is None:
-        return x.sum() / valid.sum().clamp_min(1)
-    return x.sum(dim) / valid.sum(dim).clamp_min(1)
+    n = valid.sum() if dim is None else valid.sum(dim)
+    n = n.clamp_min(1)
+    mean = (x.sum() if dim is None else x.sum(dim)) / n
+    residual = torch.where(valid, values - (mean if dim is None else mean.unsqueeze(dim)), torch.zeros_like(values))
+    return mean + (residual.sum() if dim is None else residual.sum(dim)) / n
 
 
 def masked_var(values: Tensor, mask: Tensor | None = None, *, unbiased: bool = False) -> Tensor:
@@ -65,10 +75,12 @@ def masked_whiten(
     Used for REINFORCE++'s global advantage normalisation and PRIME's whitening; ``shift_mean=False`` only
     rescales (adds μ back). Masked-out entries are 0.
     """
+    values = _floating(values)
     valid = _valid(values, mask)
     mean = masked_mean(values, valid)
     denom = masked_var(values, valid, unbiased=unbiased).sqrt() + eps
-    out = torch.where(denom > 0, (values - mean) / denom, torch.zeros_like(values))
+    # Only an exact 0 is zeroed: NaN or inf statistics stay non-finite so callers' finite checks see them.
+    out = torch.where(denom == 0, torch.zeros_like(values), (values - mean) / denom)
     if not shift_mean:
         out = out + mean
     return torch.where(valid, out, torch.zeros_like(out))
@@ -80,15 +92,19 @@ def _group_stats(
     """Per-element group mean, std and count (as float) broadcast back to ``values``, plus the validity mask."""
     if values.dim() != 1:
         raise ValueError(f"values must be 1-D (one per group member), got shape {tuple(values.shape)}")
+    values = _floating(values)
     valid = _valid(values, mask)
     index, num_groups = group_index(group_ids, device=values.device)
     if index.numel() != values.numel():
         raise ValueError(f"{index.numel()} group ids for {values.numel()} values")
     w = valid.to(values.dtype)
     counts = values.new_zeros(num_groups).index_add_(0, index, w)
-    sums = values.new_zeros(num_groups).index_add_(0, index, values * w)
-    mean = (sums / counts.clamp_min(1))[index]
-    sq = values.new_zeros(num_groups).index_add_(0, index, (values - mean) ** 2 * w)
+    x = torch.where(valid, values, torch.zeros_like(values))  # masked NaN/inf must not reach the sums
+    sums = values.new_zeros(num_groups).index_add_(0, index, x)
+    mean = sums / counts.clamp_min(1)
+    # Second pass: equal members get exactly their value as mean, so zero-variance groups centre to exactly 0.
+    mean = (mean + values.new_zeros(num_groups).index_add_(0, index, x - mean[index] * w) / counts.clamp_min(1))[index]
+    sq = values.new_zeros(num_groups).index_add_(0, index, torch.where(valid, (values - mean) ** 2, 0.0))
     std = (sq / (counts - int(unbiased)).clamp_min(1)).sqrt()[index]
     return mean, std, counts[index], valid
 
@@ -115,9 +131,9 @@ def group_normalize(
     ``unbiased=False`` gives the population std.
     """
     mean, std, _, valid = _group_stats(values, group_ids, mask, unbiased=unbiased)
-    out = values - mean
+    out = _floating(values) - mean
     if scale_by_std:
         denom = std + eps
-        # Zero-variance groups with eps = 0 give 0 rather than 0/0.
-        out = torch.where(denom > 0, out / denom, torch.zeros_like(out))
+        # Zero-variance groups with eps = 0 give 0 rather than 0/0; NaN stays NaN.
+        out = torch.where(denom == 0, torch.zeros_like(out), out / denom)
     return torch.where(valid, out, torch.zeros_like(out))

@@ -12,6 +12,8 @@ def reward_to_go(rewards: Tensor, mask: Tensor | None = None, *, gamma: float = 
     Masked-out positions (e.g. observation tokens between turns) carry no reward and do not advance the discount:
     the return runs over the valid positions only. Each row is one episode. Masked positions come back as 0.
     """
+    if not rewards.is_floating_point():  # integer rewards: a discounted return is not an integer
+        rewards = rewards.to(torch.get_default_dtype())
     valid = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.to(torch.bool)
     if valid.shape != rewards.shape:
         raise ValueError(f"mask shape {tuple(valid.shape)} != rewards shape {tuple(rewards.shape)}")
