@@ -300,6 +300,9 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
             console.print(f"interrupted before {trainer.run_dir} had a checkpoint; start the run again (with "
                           "--overwrite to reuse its folder)", highlight=False, soft_wrap=True)
         return 128 + getattr(stop, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell expects
+    finally:
+        if trainer is not None:
+            trainer.close()
     if args.resume and not metrics:
         console.print(f"{trainer.run_dir} had already reached its budget, so nothing was trained; raise --total-steps "
                       "(PPO) or --iterations (LLM algos) above it to continue the run", highlight=False, soft_wrap=True)

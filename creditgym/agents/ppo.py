@@ -471,6 +471,11 @@ class PPO:
         if resume is not None:
             self.load_checkpoint(resume)
 
+    def close(self) -> None:
+        """Close the envs: Ray's workers give their CPUs back now rather than when the trainer is collected (it is
+        in reference cycles, so only Python's cycle collector frees it)."""
+        self.envs.close()
+
     def learn(self, until_steps: int | None = None) -> dict[str, float]:
         """Train to `total_steps` (or stop early at `until_steps`, e.g. to test resuming); returns last metrics.
 

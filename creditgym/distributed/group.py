@@ -7,6 +7,7 @@ import os
 import socket
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -139,7 +140,9 @@ class WorkerGroup:
         if wait_for_cpus is not None and wait_for_cpus < 0:
             raise ValueError(f"wait_for_cpus must be a number of seconds (0: never wait), got {wait_for_cpus}")
         self._args = list(worker_args)
-        self._restore = restore
+        # Weakly: a bound method of the pool would make a cycle pool -> group -> pool, which keeps the actors (and
+        # their CPUs) alive after the pool is dropped, until Python's cyclic GC happens to run.
+        self._restore = weakref.WeakMethod(restore) if hasattr(restore, "__self__") else (lambda: restore)
         self.cpus_per_worker = cpus_per_worker
         self.wait_for_cpus = wait_for_cpus
         self.max_restarts = max_restarts
@@ -299,7 +302,11 @@ class WorkerGroup:
                                     f"({self.cpus_per_worker:g} CPU(s))", timeout, they="the workers")
             self.close()
             raise TimeoutError(f"{why}. {gave_up}") from None
-        self._restore(index, actor)
+        except RayTaskError as err:  # its envs could not be built again: it can never catch up with the others
+            self.close()
+            raise RuntimeError(f"Ray worker {index} died during {method}() and its replacement could not build its "
+                               f"envs ({err.cause!r}). {gave_up}") from err
+        self._restore()(index, actor)
         return actor
 
 

@@ -48,8 +48,8 @@ class LocalEnvPool:
 class EnvPoolWorker:
     """`num_envs` envs made by `make_env` inside one Ray actor, addressed by their index in this slice."""
 
-    def __init__(self, make_env: Callable[[], gym.Env], num_envs: int) -> None:
-        self.make_env, self.num_envs = make_env, num_envs
+    def __init__(self, make_env: Callable[[], gym.Env], num_envs: int, first_env: int = 0) -> None:
+        self.make_env, self.num_envs, self.first_env = make_env, num_envs, first_env
         self.envs: list[gym.Env] = []
 
     def start(self) -> gym.envs.registration.EnvSpec | None:
@@ -62,20 +62,23 @@ class EnvPoolWorker:
         return self.envs[0].spec
 
     def reset(self, requests: Sequence[tuple[int, int | None]]) -> list[ResetResult]:
-        return run_each([functools.partial(self.envs[i].reset, seed=seed) for i, seed in requests])
+        return run_each([functools.partial(self.envs[i].reset, seed=seed) for i, seed in requests],
+                        [self.first_env + i for i, _ in requests])
 
     def step(self, requests: Sequence[tuple[int, Any]]) -> list[StepResult]:
-        return run_each([functools.partial(self.envs[i].step, action) for i, action in requests])
+        return run_each([functools.partial(self.envs[i].step, action) for i, action in requests],
+                        [self.first_env + i for i, _ in requests])
 
 
-def run_each(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+def run_each(calls: Sequence[Callable[[], Any]], envs: Sequence[int]) -> list[Any]:
     """Every call's result; when some raise, the first error, raised after the other calls have run. The driver
     then knows that every env of the batch ran its call, as it records them for replay."""
     results, errors = [], []
-    for call in calls:
+    for call, env in zip(calls, envs, strict=True):
         try:
             results.append(call())
         except Exception as err:  # noqa: BLE001 (raised below)
+            err.add_note(f"raised by env {env} of the pool")
             errors.append(err)
     if errors:
         raise errors[0]
@@ -107,8 +110,9 @@ class RayEnvPool:
         self._worker_of = [w for w, size in enumerate(self.sizes) for _ in range(size)]
         self._calls: list[list[tuple[str, Any]]] = [[] for _ in range(num_envs)]
         init_ray(address)
-        self.workers = WorkerGroup(EnvPoolWorker, [(make_env, size) for size in self.sizes], restore=self._restore,
-                                   cpus_per_worker=cpus_per_worker, wait_for_cpus=wait_for_cpus)
+        args = [(make_env, size, start) for size, start in zip(self.sizes, self._starts, strict=True)]
+        self.workers = WorkerGroup(EnvPoolWorker, args, restore=self._restore, cpus_per_worker=cpus_per_worker,
+                                   wait_for_cpus=wait_for_cpus)
         self.spec = self.workers.started[0]
 
     def __len__(self) -> int:

@@ -33,8 +33,12 @@ def check_env_id(env_id: str) -> None:
 class VecEnvWorker:
     """Envs `first_env` .. `first_env + num_envs - 1` of a batch of `total_envs`, built on this worker's CPU."""
 
-    def __init__(self, env_id: str, num_envs: int, first_env: int, total_envs: int, env_kwargs: dict[str, Any],
-                 shaping: str | None, gamma: float, shaping_scale: float = 1.0) -> None:
+    def __init__(self, spec: gym.envs.registration.EnvSpec, num_envs: int, first_env: int, total_envs: int,
+                 env_kwargs: dict[str, Any], shaping: str | None, gamma: float, shaping_scale: float = 1.0) -> None:
+        import creditgym  # noqa: F401  (registers creditgym's ids first)
+
+        gym.registry.setdefault(spec.id, spec)
+        env_id = spec.id
         self.env_id, self.num_envs, self.first_env, self.total_envs = env_id, num_envs, first_env, total_envs
         self.env_kwargs, self.shaping, self.gamma, self.shaping_scale = env_kwargs, shaping, gamma, shaping_scale
         self.envs = None
@@ -114,7 +118,8 @@ class RayVecEnv:
         self.sizes = split_evenly(num_envs, num_workers)
         self.snapshot_every = snapshot_every
         init_ray(address)
-        args = [(env_id, size, first, num_envs, dict(env_kwargs or {}), shaping, gamma, shaping_scale)
+        spec = gym.spec(env_id)  # shipped along: an id registered only in this process is unknown to the workers
+        args = [(spec, size, first, num_envs, dict(env_kwargs or {}), shaping, gamma, shaping_scale)
                 for size, first in zip(self.sizes, slice_starts(self.sizes), strict=True)]
         self._snapshots: list[dict[str, Any] | None] = [None] * num_workers
         self._calls: list[list[tuple[str, Any]]] = [[] for _ in range(num_workers)]

@@ -235,6 +235,10 @@ class LLMTrainConfig:
             raise ValueError(f"rollout_backend must be local or ray, got {self.rollout_backend!r}")
         if self.ray_wait_for_cpus is not None and self.ray_wait_for_cpus < 0:
             raise ValueError(f"ray_wait_for_cpus must be seconds ≥ 0 (0: never wait), got {self.ray_wait_for_cpus}")
+        if self.ray_address is not None and self.rollout_backend != "ray":
+            raise ValueError("ray_address is only used with rollout_backend='ray'; pass --rollout-backend ray")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
         if self.rollout_backend == "ray" and not 1 <= self.num_workers <= self.num_episodes:
             raise ValueError(f"num_workers must be between 1 and num_groups * group_size ({self.num_episodes}): "
                              "each Ray worker holds at least one env")

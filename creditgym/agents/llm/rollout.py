@@ -20,6 +20,8 @@ from typing import Any
 import gymnasium as gym
 import torch
 
+from creditgym.envs import obs_modes
+
 from .policy import LLMPolicy
 
 
@@ -102,6 +104,8 @@ class RolloutCollector:
         if len(envs) % group_size:
             raise ValueError(f"{len(envs)} envs do not split into groups of {group_size}")
         self.envs = list(envs)
+        # A pool (RayEnvPool) steps a whole turn as one call per worker, in parallel; a list is stepped in turn.
+        self.pool = envs if hasattr(envs, "step_many") else None
         self.policy = policy
         self.group_size = group_size
         self.max_turns = max_turns
@@ -109,6 +113,14 @@ class RolloutCollector:
         self.max_prompt_tokens = max_prompt_tokens
         self.record = record
         self.keep_next_prompts = keep_next_prompts
+
+    def close(self) -> None:
+        """Close the envs, or the pool that holds them."""
+        if self.pool is not None:
+            self.pool.close()
+        else:
+            for env in self.envs:
+                env.close()
 
     def collect(self, seeds: Sequence[int], *, generator: torch.Generator | None = None, greedy: bool = False,
                 options: Sequence[Mapping[str, Any] | None] | None = None) -> list[Episode]:
@@ -119,13 +131,18 @@ class RolloutCollector:
         if options is not None and len(options) != len(seeds):
             raise ValueError(f"need one reset options entry per group ({len(seeds)}), got {len(options)}")
         episodes, observations, stopped = [], [], []
-        for i, env in enumerate(self.envs):
-            seed = int(seeds[i // self.group_size])
-            # Without options the call is as before, for envs (and pools) whose reset takes a seed only.
-            obs, info = (env.reset(seed=seed) if options is None
-                         else env.reset(seed=seed, options=options[i // self.group_size]))
+        env_seeds = [int(seeds[i // self.group_size]) for i in range(len(self.envs))]
+        if self.pool is not None and options is None:
+            resets = self.pool.reset_many(range(len(self.envs)), env_seeds)
+        else:  # without options the call is as before, for envs (and pools) whose reset takes a seed only
+            resets = [env.reset(seed=seed) if options is None
+                      else env.reset(seed=seed, options=options[i // self.group_size])
+                      for i, (env, seed) in enumerate(zip(self.envs, env_seeds, strict=True))]
+        for i, (env, (obs, info)) in enumerate(zip(self.envs, resets, strict=True)):
+            seed = env_seeds[i]
             if not isinstance(obs, str):
-                hint = ("pass obs_mode='text' for its text view" if hasattr(env.unwrapped, "obs_mode") else
+                has_text = "text" in obs_modes(env.spec.id) if env.spec else hasattr(env.unwrapped, "obs_mode")
+                hint = ("pass obs_mode='text' for its text view" if has_text else
                         "it has no text view, so train PPO on it instead (no --algo)")
                 raise ValueError(f"{env.spec.id if env.spec else env} returned a {type(obs).__name__} observation; LLM "
                                  f"policies need text envs ({hint})")
@@ -148,12 +165,15 @@ class RolloutCollector:
                 live = [i for i in live if i not in too_long]
             generations = self.policy.generate(prompts, generator=generator, greedy=greedy)
             still_live = []
-            for i, generation in zip(live, generations, strict=True):
+            texts = [generation.text for generation in generations]
+            steps = (self.pool.step_many(live, texts) if self.pool is not None else
+                     [self.envs[i].step(text) for i, text in zip(live, texts, strict=True)])
+            for i, generation, step in zip(live, generations, steps, strict=True):
                 episode = episodes[i]
                 segment = episode.segments[-1]
                 segment.extend(generation.token_ids, action=True, logprobs=generation.logprobs)
                 segment.turn_ends.append(len(segment.token_ids) - 1)
-                obs, reward, terminated, truncated, info = self.envs[i].step(generation.text)
+                obs, reward, terminated, truncated, info = step
                 turn = Turn(observations[i], generation.text, float(reward),
                             {k: float(v) for k, v in info.get("reward_components", {}).items()},
                             bool(info.get("invalid_action", False)), len(generation.token_ids))

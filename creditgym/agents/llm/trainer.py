@@ -146,6 +146,12 @@ class LLMTrainer:
         if resume is not None:
             self.load_checkpoint(resume)
 
+    def close(self) -> None:
+        """Close the envs (a Ray pool gives its CPUs back) and the generation server this trainer started."""
+        self.collector.close()
+        if self.generation is not None:
+            self.generation.close()
+
     def learn(self, until_iteration: int | None = None) -> dict[str, float]:
         """Train to `iterations` (or stop at `until_iteration`); returns the last iteration's metrics.
 

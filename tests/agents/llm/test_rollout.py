@@ -159,8 +159,11 @@ def test_scoring_rows_with_a_shared_prefix_gives_the_same_logprobs_and_gradients
     if with_hidden:
         assert torch.allclose(h_a, h_b, atol=1e-5, rtol=0)
     assert len(g_a) == len(g_b) > 0
-    for a, b in zip(g_a, g_b, strict=True):  # equal up to float summation order, relative to each tensor's scale
-        assert (a - b).abs().max() <= 1e-5 * b.abs().max() + 1e-7
+    # Equal up to float32 summation order, relative to each tensor's scale: the kernels' order depends on the CPU
+    # (worst 1.7e-5 with the hidden states' loss on an AMD EPYC, under 1e-5 on an Intel one); a prefix scored
+    # wrongly differs by far more.
+    for a, b in zip(g_a, g_b, strict=True):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-7
     # A row scores the same whichever rows it is scored with, a single row included, given the batch's prefix.
     for size in (1, 3):
         chunks = torch.arange(len(lp_a)).split(size)
