@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import gather_turn_values, implicit_prm_step_rewards, implicit_prm_token_rewards
 from creditgym.seeding import seeded_torch
 
-from .learned import ReplayBuffer, StepEpisode, sum_per_episode
+from .learned import ReplayBuffer, StepEpisode, refuse_non_finite_step, sum_per_episode
 
 if TYPE_CHECKING:
     from creditgym.agents.llm.batch import TokenBatch
@@ -51,6 +50,22 @@ def success_failure_pairs(success: Tensor, group_ids: Tensor) -> tuple[Tensor, T
 def trajectory_dpo_loss(chosen_log_ratios: Tensor, rejected_log_ratios: Tensor, *, beta: float) -> Tensor:
     """−log σ(β (log π_φ/π_ref(τ+) − log π_φ/π_ref(τ−))), averaged over pairs; log 2 when π_φ ≡ π_ref."""
     return -nn.functional.logsigmoid(beta * (chosen_log_ratios - rejected_log_ratios)).mean()
+
+
+def outcome_loss(kind: str, log_ratio_sums: Tensor, outcome: Tensor, group_ids: Tensor, lengths: Tensor, *,
+                 score: str, beta: float) -> Tensor:
+    """PRIME's cross-entropy (`kind` "ce") or OPRL's trajectory DPO ("dpo") from each episode's Σ log π_φ/π_ref.
+
+    DPO pairs each success (`outcome` > 0.5) with each failure of its group and scores an episode by its sum, or by
+    its mean over `lengths` steps (`score` "mean"); a batch without such a pair gives 0, with no gradient.
+    """
+    if kind == "ce":
+        return outcome_ce_loss(log_ratio_sums, outcome.float(), beta=beta)
+    scores = log_ratio_sums / lengths.clamp_min(1) if score == "mean" else log_ratio_sums
+    chosen, rejected = success_failure_pairs(outcome > 0.5, group_ids)
+    if not len(chosen):
+        return log_ratio_sums.detach().sum() * 0.0
+    return trajectory_dpo_loss(scores[chosen], scores[rejected], beta=beta)
 
 
 class GridImplicitPRM:
@@ -120,14 +135,10 @@ class GridImplicitPRM:
         ratios = self.log_ratios(torch.cat([e.obs for e in episodes]).to(device),
                                  torch.cat([e.actions for e in episodes]).to(device))
         sums = sum_per_episode(ratios, lengths)
-        success = torch.tensor([float(e.outcome) for e in episodes], device=device)
-        if self.loss_kind == "ce":
-            return outcome_ce_loss(sums, success, beta=self.beta)
-        scores = sums / torch.tensor(lengths, device=device) if self.score == "mean" else sums
-        chosen, rejected = success_failure_pairs(success > 0.5, torch.zeros(len(episodes), device=device))
-        if not len(chosen):
-            return sums.detach().sum() * 0.0  # a minibatch of only successes or only failures has no pair
-        return trajectory_dpo_loss(scores[chosen], scores[rejected], beta=self.beta)
+        outcome = torch.tensor([float(e.outcome) for e in episodes], device=device)
+        # One group: any success pairs with any failure of the minibatch
+        return outcome_loss(self.loss_kind, sums, outcome, torch.zeros(len(episodes), device=device),
+                            torch.tensor(lengths, device=device), score=self.score, beta=self.beta)
 
     def update(self, episodes: list[StepEpisode]) -> dict[str, float]:
         """Add `episodes` to the replay buffer, then train on as many replayed episodes (times `epochs`)."""
@@ -146,7 +157,7 @@ class GridImplicitPRM:
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), self.max_grad_norm)
         value, norm = torch.stack([loss.detach(), grad_norm.to(loss.device)]).tolist()  # one sync, as .item() was
-        _check_prm_step(value, norm, self.learning_rate)
+        refuse_non_finite_step("the implicit PRM", value, norm, self.learning_rate)
         self.optimizer.step()
         return value
 
@@ -248,13 +259,8 @@ class LLMImplicitPRM:
     # -- training -----------------------------------------------------------------------------------------------
     def loss(self, log_ratio_sums: Tensor, success: Tensor, group_ids: Tensor, num_turns: Tensor) -> Tensor:
         """PRIME's cross-entropy or OPRL's trajectory DPO from each episode's Σ log π_φ/π_ref ``(E,)``."""
-        if self.loss_kind == "ce":
-            return outcome_ce_loss(log_ratio_sums, success.float(), beta=self.beta)
-        scores = log_ratio_sums / num_turns.clamp_min(1) if self.score == "mean" else log_ratio_sums
-        chosen, rejected = success_failure_pairs(success, group_ids)
-        if not len(chosen):
-            return log_ratio_sums.detach().sum() * 0.0  # no group has both a success and a failure
-        return trajectory_dpo_loss(scores[chosen], scores[rejected], beta=self.beta)
+        return outcome_loss(self.loss_kind, log_ratio_sums, success.float(), group_ids, num_turns, score=self.score,
+                            beta=self.beta)
 
     def update(self, batch: TokenBatch, success: Tensor, group_ids: Tensor, ref_logprobs: Tensor,
                logprobs: Tensor | None = None) -> dict[str, float]:
@@ -282,7 +288,8 @@ class LLMImplicitPRM:
                                                             mask[rows], shared_prefix=batch.shared_prefix)
             (episode_grad[row_episode[rows]] * (row_logprobs * mask[rows]).sum(-1)).sum().backward()
         grad_norm = float(nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
-        _check_prm_step(metrics[f"{self.channel}/loss"], grad_norm, self.optimizer.param_groups[0]["lr"])
+        refuse_non_finite_step("the implicit PRM", metrics[f"{self.channel}/loss"], grad_norm,
+                               self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         return metrics
 
@@ -304,15 +311,6 @@ class LLMImplicitPRM:
                 out[rows] = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
                                                      batch.action_mask[rows], shared_prefix=batch.shared_prefix)[0]
         return out
-
-
-def _check_prm_step(loss: float, grad_norm: float, learning_rate: float) -> None:
-    """Raise `NonFiniteError` before an optimiser step on a non-finite loss or gradient (the PRM keeps its weights)."""
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        raise NonFiniteError(
-            f"the implicit PRM has a non-finite loss ({loss}, gradient norm {grad_norm}): its training diverged; "
-            f"lower its learning rate (learning_rate {learning_rate:g}; --learned-reward-lr in creditgym train). "
-            "It was not updated with it")
 
 
 def _is_peft(model: nn.Module) -> bool:

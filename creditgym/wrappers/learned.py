@@ -11,11 +11,14 @@ the same `outcome` and `valid` meaning.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from creditgym.agents.vec import NonFiniteError
 
 
 @dataclass
@@ -140,3 +143,13 @@ def sum_per_episode(step_values: Tensor, lengths: list[int]) -> Tensor:
     index = episode_index(lengths, step_values.device)
     return torch.zeros(len(lengths), dtype=step_values.dtype, device=step_values.device).index_add(0, index,
                                                                                                   step_values)
+
+
+def refuse_non_finite_step(model: str, loss: float, grad_norm: float, learning_rate: float, *,
+                           cause: str = "its training diverged") -> None:
+    """Raise `NonFiniteError` before an optimiser step on a non-finite loss or gradient, so the learned reward model
+    (`model`, e.g. "the implicit PRM") keeps its weights."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise NonFiniteError(
+            f"{model} has a non-finite loss ({loss}, gradient norm {grad_norm}): {cause}; lower its learning rate "
+            f"(learning_rate {learning_rate:g}; --learned-reward-lr in creditgym train). It was not updated with it")

@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from creditgym.agents.vec import NonFiniteError
 from creditgym.credit import rloo_advantages
 from creditgym.seeding import seeded_torch
 
-from .learned import ReplayBuffer, StepEpisode, sum_per_episode
+from .learned import ReplayBuffer, StepEpisode, refuse_non_finite_step, sum_per_episode
 
 
 class ProgressEstimator(Protocol):
@@ -192,11 +191,8 @@ class ProgressAttribution:
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         value, norm = torch.stack([loss.detach(), grad_norm.to(loss.device)]).tolist()  # one sync, as .item() was
-        if not (math.isfinite(value) and math.isfinite(norm)):
-            raise NonFiniteError(
-                f"SPA's progress estimator has a non-finite loss ({value}, gradient norm {norm}): its training "
-                f"diverged or its outcomes are not finite; lower its learning rate (learning_rate "
-                f"{self.learning_rate:g}; --learned-reward-lr in creditgym train). It was not updated with it")
+        refuse_non_finite_step("SPA's progress estimator", value, norm, self.learning_rate,
+                               cause="its training diverged or its outcomes are not finite")
         self.optimizer.step()
         return value
 

@@ -79,6 +79,18 @@ def test_step_rewards_sum_to_beta_times_the_log_ratio(rollouts) -> None:  # noqa
     assert log_ratio.abs().max() > 1e-3
     assert torch.allclose(steps.sum(-1), 0.05 * log_ratio, atol=1e-5)
     assert torch.allclose(tokens.sum(-1), 0.05 * log_ratio, atol=1e-5)
+    # Each turn gets its own tokens' log-ratio (OPRL's step advantage depends on the split, not only the sum)
+    per_token = batch.to_view((logprobs - ref) * batch.action_mask)
+    expected = torch.zeros_like(steps)
+    for e in range(per_token.shape[0]):
+        turn, total = 0, 0.0
+        for v in range(per_token.shape[1]):
+            if batch.view_mask[e, v]:
+                total += float(per_token[e, v])
+                if batch.turn_ends[e, v]:
+                    expected[e, turn], turn, total = 0.05 * total, turn + 1, 0.0
+    assert (expected[:, :-1].abs() > 1e-4).any()  # earlier turns carry reward too
+    assert torch.allclose(steps, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["ce", "dpo"])
