@@ -27,7 +27,8 @@ def group_index(group_ids: GroupIds, *, device: torch.device | str | None = None
     return torch.tensor(index, dtype=torch.long, device=device), len(mapping)
 
 
-def _valid(values: Tensor, mask: Tensor | None) -> Tensor:
+def valid_mask(values: Tensor, mask: Tensor | None) -> Tensor:
+    """`mask` as booleans on `values`' device (all true for None); a mask of another shape is refused."""
     if mask is None:
         return torch.ones_like(values, dtype=torch.bool)
     if mask.shape != values.shape:
@@ -45,7 +46,7 @@ def masked_mean(values: Tensor, mask: Tensor | None = None, dim: int | None = No
     A second pass adds the mean residual back, so equal values have exactly their value as mean (a one-pass float32
     mean of k copies of 0.97 is off by an ulp, which whitening then blows up to ±1)."""
     values = _floating(values)
-    valid = _valid(values, mask)
+    valid = valid_mask(values, mask)
     x = torch.where(valid, values, torch.zeros_like(values))
     n = valid.sum() if dim is None else valid.sum(dim)
     n = n.clamp_min(1)
@@ -56,7 +57,7 @@ def masked_mean(values: Tensor, mask: Tensor | None = None, dim: int | None = No
 
 def masked_var(values: Tensor, mask: Tensor | None = None, *, unbiased: bool = False) -> Tensor:
     """Variance over the masked entries: Σ m(x − μ)² / (n − ddof), ddof = 1 if ``unbiased`` else 0."""
-    valid = _valid(values, mask)
+    valid = valid_mask(values, mask)
     mean = masked_mean(values, valid)
     sq = torch.where(valid, (values - mean) ** 2, torch.zeros_like(values))
     return sq.sum() / (valid.sum() - int(unbiased)).clamp_min(1)
@@ -76,7 +77,7 @@ def masked_whiten(
     rescales (adds μ back). Masked-out entries are 0.
     """
     values = _floating(values)
-    valid = _valid(values, mask)
+    valid = valid_mask(values, mask)
     mean = masked_mean(values, valid)
     denom = masked_var(values, valid, unbiased=unbiased).sqrt() + eps
     # Only an exact 0 is zeroed: NaN or inf statistics stay non-finite so callers' finite checks see them.
@@ -93,7 +94,7 @@ def _group_stats(
     if values.dim() != 1:
         raise ValueError(f"values must be 1-D (one per group member), got shape {tuple(values.shape)}")
     values = _floating(values)
-    valid = _valid(values, mask)
+    valid = valid_mask(values, mask)
     index, num_groups = group_index(group_ids, device=values.device)
     if index.numel() != values.numel():
         raise ValueError(f"{index.numel()} group ids for {values.numel()} values")

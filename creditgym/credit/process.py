@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .group import rloo_advantages
-from .normalize import GroupIds
+from .normalize import GroupIds, valid_mask
 from .placement import gather_turn_values, place_outcome_reward, place_turn_rewards
 
 __all__ = [
@@ -26,20 +26,12 @@ __all__ = [
 ]
 
 
-def _valid(x: Tensor, mask: Tensor | None) -> Tensor:
-    if mask is None:
-        return torch.ones_like(x, dtype=torch.bool)
-    if mask.shape != x.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} != rewards shape {tuple(x.shape)}")
-    return mask.to(device=x.device, dtype=torch.bool)
-
-
 def pure_min_form_weights(process_rewards: Tensor, mask: Tensor | None = None, *, temperature: float = 0.1) -> Tensor:
     """PURE (Cheng et al. 2025, "Stop summation", arXiv 2504.15275): w_t = softmax_t(−PR_t / T) over valid steps.
 
     Σ_t w_t = 1 in every row with a valid step (rows without one are all 0); Σ_t w_t·PR_t → min_t PR_t as T → 0.
     """
-    valid = _valid(process_rewards, mask)
+    valid = valid_mask(process_rewards, mask)
     logits = torch.where(valid, -process_rewards / temperature, torch.full_like(process_rewards, float("-inf")))
     weights = torch.softmax(logits, dim=-1)
     return torch.where(valid, weights, torch.zeros_like(weights))
@@ -59,7 +51,7 @@ def pure_min_form_rewards(
     leave-one-out centred within ``group_ids`` (RLOO) when groups are given. Turn the result into returns with
     ``reward_to_go`` (γ = 1).
     """
-    valid = _valid(process_rewards, mask)
+    valid = valid_mask(process_rewards, mask)
     out = pure_min_form_weights(process_rewards, valid, temperature=temperature) * process_rewards
     out = torch.where(valid, out, torch.zeros_like(out))
     if verifiable_rewards is not None:
@@ -76,7 +68,7 @@ def clip_rewards(rewards: Tensor, mask: Tensor | None = None, *, eta: float = 0.
     Every r̃ ≤ 0, so repeating steps cannot earn reward. The paper tunes η per setting; the default η = 0 is
     ours (unverified).
     """
-    valid = _valid(rewards, mask)
+    valid = valid_mask(rewards, mask)
     out = torch.clamp_max(rewards - eta, 0.0)
     return torch.where(valid, out, torch.zeros_like(out))
 
@@ -86,7 +78,7 @@ def delta_rewards(rewards: Tensor, mask: Tensor | None = None) -> Tensor:
 
     The undiscounted return from any valid step k telescopes to r_k: Σ_{t≥k} r̃_t = r_k.
     """
-    valid = _valid(rewards, mask)
+    valid = valid_mask(rewards, mask)
     out = torch.zeros_like(rewards)
     following = torch.zeros_like(rewards[..., 0])
     for t in range(rewards.shape[-1] - 1, -1, -1):
@@ -114,7 +106,7 @@ def implicit_prm_token_rewards(
 
     r_t = β (log π_φ(y_t) − log π_ref(y_t)); 0 on masked tokens and everywhere when π_φ ≡ π_ref.
     """
-    valid = _valid(logprobs, mask)
+    valid = valid_mask(logprobs, mask)
     out = beta * (logprobs - ref_logprobs)
     return torch.where(valid, out, torch.zeros_like(out))
 
