@@ -242,7 +242,7 @@ class MiniGridTextEnv(gym.Env):
         self._success = False
         self._text = self._render_text(obs)
         info = self._info(task=0.0, format=0.0, invalid=False)
-        info["instructions"] = instructions(self.rewards)
+        info["instructions"] = instructions(self.rewards, self.minigrid.agent_view_size)
         return self._observation(), info
 
     def render(self) -> str | np.ndarray | None:
@@ -342,10 +342,11 @@ def _make_minigrid(env_id: Any, env_kwargs: Any, render_mode: str | None) -> gym
         ) from error
 
 
-def instructions(rewards: MiniGridTextRewards) -> str:
-    """Rules and action format, ready to use as a system prompt."""
+def instructions(rewards: MiniGridTextRewards, view_size: int = 7) -> str:
+    """Rules and action format, ready to use as a system prompt (`view_size`: the agent's view's side)."""
     return (
-        "You are an agent in a 2D grid world and see it from your own point of view: a 7x7 square ahead of "
+        "You are an agent in a 2D grid world and see it from your own point of view: a "
+        f"{view_size}x{view_size} square ahead of "
         "and around you, blocked by walls and closed doors. Each observation gives your mission and what you "
         "see, as steps forward and steps left or right of you. You can carry one object. Doors open with "
         "toggle; a locked door needs a key of its colour.\n"

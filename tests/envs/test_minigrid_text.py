@@ -325,3 +325,8 @@ def test_a_reply_that_degenerates_into_whitespace_is_read_at_once(opening: str, 
     assert parse_action(opening + tail * 20_000) is None
     assert time.perf_counter() - start < 5
     assert parse_action("thinking " * 40 + "\\boxed{\\text{turn left}}") == Actions.left
+
+
+def test_instructions_give_the_agents_view_size() -> None:
+    _, info = gym.make("creditgym/MiniGridText-DoorKey-5x5-v0", env_kwargs={"agent_view_size": 5}).reset(seed=0)
+    assert "a 5x5 square ahead" in info["instructions"]

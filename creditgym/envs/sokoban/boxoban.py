@@ -220,7 +220,8 @@ def _read_file(path: Path) -> list[tuple[str, Level]]:
         # utf-8-sig: editors on Windows start UTF-8 files with a byte-order mark, which would hide the first header.
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise BoxobanFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        packed = " (it is gzip-compressed: gunzip it first)" if path.read_bytes()[:2] == b"\x1f\x8b" else ""
+        raise BoxobanFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}){packed}") from None
     levels: list[tuple[str, Level]] = []
     header: str | None = None
     header_line = 0

@@ -87,7 +87,8 @@ class SokobanVectorEnv(VectorEnv):
     is replaced by a new level in the same step (`AutoresetMode.SAME_STEP`); the last observation of the
     ended episodes is in `info["final_obs"]`, one row per True entry of the mask `info["_final_obs"]` in env
     order (so `values[info["_final_obs"]] = critic(info["final_obs"])`), which PPO needs to bootstrap on
-    truncation.
+    truncation. A level solved on the last allowed step is terminated and not truncated (gymnasium's `TimeLimit`
+    over the single env sets both flags then); either way no value is bootstrapped from a terminated board.
 
     Info keys: `reward_components` ({"task", "format"}), `success`, `boxes_on_target`, `level_index` (the
     bank row each board plays), `final_obs`/`_final_obs`, and with `action_mask=True` the (N, 4) mask of moves

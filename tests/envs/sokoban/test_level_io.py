@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import os
 import warnings
@@ -106,6 +108,10 @@ def test_binary_and_missing_files(tmp_path: Path) -> None:
         read_boxoban(tmp_path / "bin.txt")
     with pytest.raises(FileNotFoundError, match="no such Boxoban file"):
         read_boxoban(tmp_path / "missing.txt")
+    (tmp_path / "packed.txt").write_bytes(gzip.compress(b"; 0\n#####\n#@$.#\n#####\n"))
+    for read in (read_boxoban, functools.partial(resolve_bank, split="train")):
+        with pytest.raises(BoxobanFormatError, match="gzip-compressed: gunzip it first"):
+            read(str(tmp_path / "packed.txt"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(BoxobanFormatError, match="no \\*.txt"):
         read_boxoban(tmp_path / "empty")
