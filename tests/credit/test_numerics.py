@@ -9,6 +9,7 @@ import torch
 from creditgym.credit import (
     dr_grpo_advantages,
     grpo_advantages,
+    implicit_prm_step_rewards,
     masked_whiten,
     place_outcome_reward,
     prime_advantages,
@@ -55,3 +56,26 @@ def test_integer_rewards_work_like_float_rewards():
     for fn in (grpo_advantages, dr_grpo_advantages, rloo_advantages):
         torch.testing.assert_close(fn(r, [0] * 4), fn(r.float(), [0] * 4))
     torch.testing.assert_close(reward_to_go(torch.tensor([[1, 0, 1]]), gamma=0.5), torch.tensor([[1.25, 0.5, 1.0]]))
+
+
+def test_implicit_prm_step_rewards_keep_their_precision_over_long_responses():
+    # Differences of a running float32 sum lost 0.7% of a step's reward 32k tokens into a response
+    generator = torch.Generator().manual_seed(0)
+    length = 32_768
+    logprobs = -torch.rand(1, length, generator=generator) * 3
+    ref = logprobs - 1 + torch.randn(1, length, generator=generator) * 0.1  # a PRM that drifted from its reference
+    ends = torch.zeros(1, length, dtype=torch.bool)
+    ends[0, 1::2] = True  # short steps: their rewards are small next to the running sum
+    steps = implicit_prm_step_rewards(logprobs, ref, ends, beta=0.05)[ends]
+    exact = (0.05 * (logprobs.double() - ref.double())).view(-1, 2).sum(-1)
+    torch.testing.assert_close(steps.double(), exact, rtol=1e-4, atol=1e-6)
+
+
+def test_implicit_prm_step_rewards_honour_the_mask_and_empty_responses():
+    logprobs, ref = torch.tensor([[-1.0, -2.0, -3.0, -4.0]]), torch.zeros(1, 4)
+    ends = torch.tensor([[False, True, False, True]])
+    mask = torch.tensor([[True, False, True, True]])  # an observation token inside the first step pays nothing
+    torch.testing.assert_close(implicit_prm_step_rewards(logprobs, ref, ends, mask, beta=1.0),
+                               torch.tensor([[0.0, -1.0, 0.0, -7.0]]))
+    assert implicit_prm_step_rewards(torch.zeros(2, 0), torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.bool)
+                                     ).shape == (2, 0)
