@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,6 +72,8 @@ class TokenBatch:
     """leading tokens every row has alike (the instructions): scoring runs them once for all rows"""
     next_prompts: list[list[int] | None] = field(default_factory=list)
     """per episode, the prompt after its last turn where it was cut and the collector kept it (PPO's bootstrap)"""
+    old_scores: Any = None
+    """`LLMTrainer.score` of the batch under the rollout policy, where a learned reward computed it already"""
 
     def to_view(self, row_values: Tensor) -> Tensor:
         out = torch.zeros(self.view_mask.shape, dtype=row_values.dtype, device=row_values.device)

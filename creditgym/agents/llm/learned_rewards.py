@@ -146,7 +146,8 @@ class ImplicitPRMAdvantages:
         cfg = self.config
         outcomes = batch.returns.clone()  # the env's return, before the learned reward is logged into the turns
         if self.prm.reference == "old":
-            ref = self.trainer.score(batch)[0]
+            batch.old_scores = self.trainer.score(batch)  # the update's π_old as well: scored once
+            ref = batch.old_scores.logprobs
         else:
             ref = self.prm.reference_logprobs(batch)
         success = torch.tensor([ep.success for ep in episodes], device=outcomes.device)

@@ -295,7 +295,20 @@ class LLMTrainer:
     def update(self, batch: TokenBatch) -> dict[str, float]:
         """Advantages for the batch, then `update_epochs` passes of clipped-ratio updates; returns loss metrics."""
         cfg, mask = self.config, batch.action_mask
-        scores = self.score(batch)
+        num_rows = batch.input_ids.shape[0]
+        # One optimiser step on the batch with nothing that reads π_old before it (values, a KL reward): π_old is
+        # the policy the loss pass runs, so that pass's own logprobs (detached) are π_old, bit for bit, and the
+        # separate no-grad scoring pass is skipped (TRL's GRPO does the same).
+        one_step = (cfg.update_epochs == 1 and min(cfg.num_minibatches, num_rows) == 1 and self.value_head is None
+                    and not (cfg.kl_coef > 0 and cfg.algo in ("reinforce_pp", "ppo_llm")))
+        if batch.old_scores is not None:
+            scores = batch.old_scores
+        elif one_step:
+            scores = Scores(torch.zeros_like(batch.rollout_logprobs), None, torch.zeros_like(batch.rollout_logprobs),
+                            None)
+        else:
+            scores = self.score(batch)
+        fill_old = one_step and batch.old_scores is None
         old_logprobs, old_values = scores.logprobs, scores.values
         ref_logprobs = self.reference_logprobs(batch)
         kl_reward = None
@@ -314,11 +327,12 @@ class LLMTrainer:
                 learned or f"the value head or the KL penalty overflowed: lower --learning-rate (now "
                            f"{cfg.learning_rate:g}) or --kl-coef (now {cfg.kl_coef:g})")
         stats: dict[str, list[float]] = defaultdict(list)
-        num_rows = batch.input_ids.shape[0]
         # Dr.GRPO's constant normaliser: the token budget of each generation (turn) a row holds, so that it does not
         # depend on how the history setting splits an episode into rows.
         row_budgets = batch.to_rows(batch.turn_ends.float()).sum(-1) * cfg.max_new_tokens
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        other_loss_terms = self.value_head is not None or (ref_logprobs is not None
+                                                           and cfg.algo in ("grpo", "drgrpo", "rloo"))
         for epoch in range(cfg.update_epochs):
             order = torch.randperm(num_rows, generator=self.generator, device=self.device)
             for number, minibatch in enumerate(order.tensor_split(min(cfg.num_minibatches, num_rows))):
@@ -328,8 +342,18 @@ class LLMTrainer:
                 self.optimizer.zero_grad()
                 marks = {name: len(stats.get(name, ())) for name in _LOSSES}
                 for rows in minibatch.split(cfg.micro_batch_size):
-                    loss = self._loss(batch, rows, old_logprobs, ref_logprobs, adv, returns, denominator, stats)
-                    loss.backward()
+                    # Rows whose every advantage is 0 (a group whose returns were all alike) add exactly 0 to the
+                    # gradient when the loss has no other term: their pass runs without grad, for the metrics.
+                    idle = not other_loss_terms and not bool(adv[rows].any())
+                    with torch.set_grad_enabled(not idle):
+                        loss = self._loss(batch, rows, old_logprobs, ref_logprobs, adv, returns, denominator, stats,
+                                          fill_old=scores.entropy if fill_old else None)
+                    if idle:
+                        for p in params:  # as the backward pass of a zero loss leaves them: 0, not None
+                            if p.grad is None:
+                                p.grad = torch.zeros_like(p)
+                    else:
+                        loss.backward()
                 stats["losses/grad_norm"].append(float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
                 # The losses were read already (.item()), so checking them costs nothing; a bad one stops the
                 # update before the step, leaving the weights as they were.
@@ -370,12 +394,20 @@ class LLMTrainer:
         return training_stopped(f"{self.config.algo} iteration {self.iteration + 1}", self.run_dir, saved, what, fix)
 
     def _loss(self, batch: TokenBatch, rows: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor | None,
-              adv: Tensor, returns: Tensor | None, denominator: Tensor | int, stats: dict[str, list[float]]) -> Tensor:
+              adv: Tensor, returns: Tensor | None, denominator: Tensor | int, stats: dict[str, list[float]], *,
+              fill_old: Tensor | None = None) -> Tensor:
+        """`fill_old` (the entropy tensor of a one-step update): this pass is π_old's scoring pass as well, so its
+        detached logprobs are written into `old_logprobs` and its entropies into `fill_old` first."""
         cfg = self.config
         mask = batch.action_mask[rows]
+        entropy = None if fill_old is None else torch.zeros_like(batch.rollout_logprobs[rows])
         logprobs, hidden = self.policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows], mask,
                                                          with_hidden=self.value_head is not None,
-                                                         shared_prefix=batch.shared_prefix)
+                                                         shared_prefix=batch.shared_prefix,
+                                                         **({} if entropy is None else {"entropy_out": entropy}))
+        if fill_old is not None:
+            old_logprobs[rows] = logprobs.detach()
+            fill_old[rows] = entropy
         log_ratio = (logprobs - old_logprobs[rows]) * mask
         ratio = log_ratio.exp()
         a = adv[rows]

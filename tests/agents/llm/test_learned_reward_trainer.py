@@ -103,6 +103,16 @@ def test_prm_score_reaches_the_llm_prm(tmp_path: Path, score: str) -> None:
     assert (prm.loss_kind, prm.score, prm.reference) == ("dpo", score, "old")
 
 
+def test_an_old_policy_reference_is_scored_once_an_iteration(tmp_path: Path) -> None:
+    # OPRL's reference is π_old, which an update of two epochs reads too: it was scored twice on the same weights
+    trainer = make_trainer(tmp_path, learned_reward="oprl", iterations=1, update_epochs=2)
+    calls = []
+    real = trainer.score
+    trainer.score = lambda *args, **kwargs: (calls.append(1), real(*args, **kwargs))[1]  # type: ignore[method-assign]
+    trainer.learn()
+    assert len(calls) == 1
+
+
 def test_learned_advantages_replace_the_configured_ones(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, learned_reward="oprl", iterations=1)
     episodes = trainer.collector.collect([0, 1], generator=trainer.generator)

@@ -342,13 +342,8 @@ def test_approx_kl_and_clipfrac_weigh_every_token_alike(tmp_path: Path, monkeypa
     batch = pack_episodes([_episode([[1]], [1.0]), _episode([[3]], [0.0])], trainer.policy.pad_id, trainer.device)
     shift = torch.zeros_like(batch.rollout_logprobs)
     shift[0][batch.action_mask[0].bool()] = math.log(2.0)  # ratio 2 on row 0's token
-    real_score = trainer.score
-
-    def score(batch: TokenBatch, policy: Any = None, **kwargs: Any) -> Any:
-        scores = real_score(batch, policy, **kwargs)
-        return scores._replace(logprobs=scores.logprobs - shift)  # old logprobs lower by log 2 on row 0
-
-    monkeypatch.setattr(trainer, "score", score)
+    scores = trainer.score(batch)
+    batch.old_scores = scores._replace(logprobs=scores.logprobs - shift)  # old logprobs lower by log 2 on row 0
     metrics = trainer.update(batch)
     assert metrics["losses/clipfrac"] == pytest.approx(1 / 4)
     assert metrics["losses/approx_kl"] == pytest.approx((2 - 1 - math.log(2)) / 4, rel=1e-4)
@@ -383,3 +378,51 @@ def test_entropy_is_logged_over_the_generated_tokens_of_the_tempered_policy(tmp_
                 count += 1
     metrics = trainer.update(batch)
     assert metrics["losses/entropy"] == pytest.approx(expected / count, rel=1e-4)
+
+
+# -- passes the update can skip without changing a bit (a performance audit) -----------------------------------
+def _count_scoring(trainer: LLMTrainer) -> list[bool]:
+    """Records each `sequence_logprobs` call of the policy: whether it ran with gradients."""
+    calls: list[bool] = []
+    real = trainer.policy.sequence_logprobs
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(torch.is_grad_enabled())
+        return real(*args, **kwargs)
+
+    trainer.policy.sequence_logprobs = counted  # type: ignore[method-assign]
+    return calls
+
+
+def _weights(trainer: LLMTrainer) -> list[Tensor]:
+    return [p.detach().clone() for p in trainer.policy.model.parameters()]
+
+
+def test_a_one_step_update_scores_the_batch_once(tmp_path: Path) -> None:
+    # One epoch of one minibatch: the loss pass runs π_old itself, so a separate scoring pass (a third of the
+    # update's time) gave the same numbers. A twin scored apart first must end bit for bit the same.
+    one, two = make_trainer(tmp_path / "one"), make_trainer(tmp_path / "two")
+    batch_one = pack_episodes(_episodes(), one.policy.pad_id, one.device)
+    batch_two = pack_episodes(_episodes(), two.policy.pad_id, two.device)
+    batch_two.old_scores = two.score(batch_two)
+    calls = _count_scoring(one)
+    metrics_one, metrics_two = one.update(batch_one), two.update(batch_two)
+    assert calls == [True] * math.ceil(len(batch_one.input_ids) / 3)  # the loss passes only
+    assert metrics_one == metrics_two and metrics_one["losses/entropy"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(_weights(one), _weights(two), strict=True))
+
+
+def test_micro_batches_without_advantage_run_without_gradients(tmp_path: Path) -> None:
+    # Every group tied (all its episodes returned alike): every advantage is 0 and the gradient is exactly 0, so
+    # the passes run without grad; the optimiser still steps on zero gradients, as after a backward pass of 0.
+    tied = [_episode([[1]], [1.0]), _episode([[2]], [1.0]), _episode([[1]], [0.5], group=1),
+            _episode([[3]], [0.5], group=1)]
+    trainer, twin = make_trainer(tmp_path / "a", weight_decay=0.1), make_trainer(tmp_path / "b", weight_decay=0.1)
+    calls = _count_scoring(trainer)
+    metrics = trainer.update(pack_episodes(tied, trainer.policy.pad_id, trainer.device))
+    assert calls and not any(calls) and metrics["losses/grad_norm"] == 0.0
+    twin.optimizer.zero_grad()
+    for p in twin.policy.model.parameters():
+        p.grad = torch.zeros_like(p)
+    twin.optimizer.step()  # weight decay only
+    assert all(torch.equal(a, b) for a, b in zip(_weights(trainer), _weights(twin), strict=True))
