@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -179,7 +180,8 @@ class PPOConfig:
     """torch CPU threads; more than the free cores collapses throughput"""
     precision: str = "auto"
     """float32; bfloat16 (matrix products under bfloat16 autocast; weights, optimiser, losses and log-probabilities
-    stay float32), 2-3x faster on GPUs and CPUs with AMX, slower on other CPUs; or auto: bfloat16 where it is fast"""
+    stay float32), about 2x faster on GPUs from Ampere on and on CPUs with AMX or AVX512-BF16 (measured on an
+    AMD EPYC too), slower on other CPUs; or auto: bfloat16 where it is native"""
     run_name: str | None = None
     """run folder name under runs_dir (default: env-seed-time)"""
     runs_dir: str = "runs"
@@ -387,8 +389,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if torch.cpu.get_capabilities().get("amx_bf16", False) else "float32"
+        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
+    capabilities = torch.cpu.get_capabilities()
+    return "bfloat16" if capabilities.get("amx_bf16") or capabilities.get("avx512_bf16") else "float32"
 
 
 def _recorded_precision(resume: str | Path) -> str | None:
@@ -412,7 +415,9 @@ class PPO:
     def __init__(self, config: PPOConfig, *, resume: str | Path | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        torch.set_num_threads(config.threads)
+        # The initialisers' QR decompositions (orthogonal_) round differently with more threads: build on one, so
+        # that a seed gives the same network whatever --threads is.
+        torch.set_num_threads(1)
         # The initialisers (the network's, a learned reward's) draw from torch's global generators: seeded here, and
         # the caller's generators are left as they were. Training itself draws only from self.generator.
         self.precision = resolve_precision(config.precision, self.device)
@@ -451,6 +456,7 @@ class PPO:
             # overhead-bound.
             self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
             self.learned_reward = make_learned_reward(config, obs_space.shape, int(act_space.n), self.device)
+        torch.set_num_threads(config.threads)
         self.episode_assembler = EpisodeAssembler(config.num_envs)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
@@ -458,6 +464,7 @@ class PPO:
         self.update = 0
         self.saved_update: int | None = None  # the update run_dir/checkpoint.pt holds, once this trainer saved it
         self.device_changes: list[dict[str, Any]] = []  # resumes on another device, after which it is not bit-exact
+        self.budget_changes: list[dict[str, Any]] = []  # resumes to another total_steps, which re-times anneal_lr
         self.run_dir = Path(config.runs_dir) / (config.run_name or
                                                f"{config.env_id.split('/')[-1]}-s{config.seed}-{int(time.time())}")
         self.next_obs, info = self.envs.reset(seed=config.seed)
@@ -528,6 +535,7 @@ class PPO:
             # 1. rollout
             with torch.no_grad():
                 final_values.zero_()  # stays 0 where episodes terminate: termination never bootstraps
+                final_obs_finite = torch.ones((), dtype=torch.bool, device=dev)
                 if recording is not None:
                     recording.begin()
                 for t in range(T):
@@ -542,6 +550,8 @@ class PPO:
                     if "success" in info:
                         success[t] = info["success"]
                     if "_final_obs" in info:
+                        if info["final_obs"].is_floating_point():
+                            final_obs_finite &= info["final_obs"].isfinite().all()
                         # Truncated episodes bootstrap from their own last observation, not the next episode's first.
                         bootstrap = truncated[t][info["_final_obs"]]
                         if bootstrap.any():
@@ -560,6 +570,7 @@ class PPO:
             checks.add("env_rewards", rewards)
             if obs_buf.is_floating_point():
                 checks.add("env_observations", obs_buf)
+            checks.add_flag("env_final_observations", final_obs_finite)
             checks.add("rollout_logits", logit_buf)
             checks.add("rollout_values", values, next_values)
 
@@ -738,6 +749,9 @@ class PPO:
         elif stage == "env_observations":
             what = f"the env's observation the policy saw: {first_bad(obs)}"
             fix = f"fix the observations of {cfg.env_id}, or wrap the env to replace NaN and inf in them"
+        elif stage == "env_final_observations":
+            what = "the last observation of an episode that ended (info['final_obs'], which truncation bootstraps from)"
+            fix = f"fix the observations of {cfg.env_id}, or wrap the env to replace NaN and inf in them"
         elif stage in ("rollout_logits", "rollout_values"):
             what = f"the policy's {'logits' if stage == 'rollout_logits' else 'value estimates'} in the rollout"
             fix = (f"the network's outputs overflowed: {lr}, or scale the observations down (the largest "
@@ -767,6 +781,7 @@ class PPO:
             "config": asdict(self.config),
             "device": str(self.device),
             "device_changes": self.device_changes,
+            "budget_changes": self.budget_changes,
             "model": self.agent.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
@@ -799,6 +814,17 @@ class PPO:
         load_weights(self.agent, state["model"], path, hint=f" ({'; '.join(differences)})" if differences else "")
         self.optimizer.load_state_dict(state["optimizer"])
         self.device_changes = list(state.get("device_changes", []))
+        self.budget_changes = list(state.get("budget_changes", []))
+        if saved.get("total_steps", now["total_steps"]) != now["total_steps"] and self.config.anneal_lr:
+            self.budget_changes.append({"update": state["update"], "from": saved["total_steps"],
+                                        "to": now["total_steps"]})
+            done = state["update"] * self.config.batch_size
+            was = self.config.learning_rate * (1 - done / saved["total_steps"])
+            now_lr = self.config.learning_rate * (1 - state["update"] / self.config.num_updates)
+            warnings.warn(f"resuming {path} with total_steps {now['total_steps']} (it trained with "
+                          f"{saved['total_steps']}): anneal_lr now decays to 0 over the new budget, so the learning "
+                          f"rate moves from {was:.3g} to {now_lr:.3g}, and the run is not the one a single run to "
+                          f"{now['total_steps']} gives; config.json records this under budget_changes", stacklevel=2)
         moved = device_change(path, state, self.device, update=state["update"], global_step=state["global_step"])
         env_state = state["env"]
         if moved is None:
@@ -829,7 +855,7 @@ class PPO:
         return {"config": asdict(self.config), "seed": self.config.seed, "creditgym": creditgym.__version__,
                 "torch": torch.__version__, "device": str(self.device),
                 "precision": self.precision,
-                "device_changes": self.device_changes}
+                "device_changes": self.device_changes, "budget_changes": self.budget_changes}
 
 
 def _with_env_generators(state: Any, change: Callable[[torch.Tensor, str], torch.Tensor], where: str = "env") -> Any:
@@ -899,6 +925,11 @@ class _FiniteChecks:
         """One flag: every element of `tensors` is finite."""
         self.names.append((stage, ""))
         self.flags.append(torch.stack([t.isfinite().all() for t in tensors]).all()[None])
+
+    def add_flag(self, stage: str, flag: torch.Tensor) -> None:
+        """One flag computed elsewhere (a 0-d bool tensor): True where that stage stayed finite."""
+        self.names.append((stage, ""))
+        self.flags.append(flag.reshape(1))
 
     def add_scalars(self, where: str, **scalars: torch.Tensor) -> None:
         """One flag per named scalar (e.g. the losses of a minibatch)."""

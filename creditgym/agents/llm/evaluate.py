@@ -16,6 +16,7 @@ import inspect
 import json
 import re
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -38,7 +39,7 @@ from creditgym.trajectories import llm_episode_records, replacing_writer
 from .config import ALGOS, LLMTrainConfig
 from .policy import LLMPolicy
 from .rollout import Episode, RolloutCollector
-from .trainer import _Progress, add_lora, make_text_env
+from .trainer import _Progress, add_lora, make_text_env, training_seeds
 
 SPLITS = ("train", "test")
 _KEPT_CHECKPOINT = re.compile(r"checkpoint(-\d+)?\.pt")
@@ -95,6 +96,7 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
         for env in envs:
             env.close()
     result.update(setting)
+    result.update(_overlap_with_training(config, env_id, seed, episodes, setting))
     result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy, "seed": seed, "device": str(dev),
                    "creditgym": creditgym.__version__, "algo": config.algo, "model": config.model,
                    "iteration": state.get("iteration"), "max_turns": config.max_turns})
@@ -110,7 +112,8 @@ def evaluate_policy(policy: LLMPolicy, config: LLMTrainConfig, *, env_id: str | 
     env_id = env_id or config.env_id
     envs, bank, setting = _make_envs(config, env_id, levels, split, min(batch_size, episodes))
     try:
-        return {**_play(policy, config, envs, bank, episodes, greedy, seed, progress, record, env_id), **setting}
+        return {**_play(policy, config, envs, bank, episodes, greedy, seed, progress, record, env_id), **setting,
+                **_overlap_with_training(config, env_id, seed, episodes, setting)}
     finally:
         for env in envs:
             env.close()
@@ -263,6 +266,23 @@ def _make_envs(config: LLMTrainConfig, env_id: str, levels: str | None, split: s
     if bank is not None:
         setting["levels"] = str(kwargs.get("levels", gym.spec(env_id).kwargs.get("levels")))
     return envs, bank, setting
+
+
+def _overlap_with_training(config: LLMTrainConfig, env_id: str, seed: int, episodes: int,
+                           setting: dict[str, Any]) -> dict[str, Any]:
+    """For an env without a held-out split, how many evaluation episodes reset with a seed the run trained on
+    (a run trained with --seed 0 met the tasks of evaluation seeds 0, 1, ...), with a warning that says what to
+    pass instead."""
+    if "split" in setting or env_id != config.env_id:
+        return {}
+    trained = training_seeds(config)
+    overlap = len(range(max(seed, trained.start), min(seed + episodes, trained.stop)))
+    if overlap:
+        warnings.warn(f"{overlap} of the {episodes} evaluation episodes reset {env_id} with seeds the run trained on "
+                      f"({trained.start} to {trained.stop - 1}), and {env_id} has no held-out split: pass "
+                      f"--seed {trained.stop} (or any seed outside that range) to evaluate on tasks it never saw",
+                      stacklevel=3)
+    return {"episodes_with_training_seeds": overlap}
 
 
 @torch.no_grad()

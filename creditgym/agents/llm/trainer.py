@@ -69,6 +69,14 @@ from .rollout import Episode, RolloutCollector
 EnvFactory = Callable[[], gym.Env]
 
 
+def training_seeds(config: LLMTrainConfig, iteration: int | None = None) -> range:
+    """The reset seeds of an iteration's groups, or of every iteration of the run's budget (`iteration` None)."""
+    first = config.seed * 1_000_003
+    if iteration is None:
+        return range(first, first + config.iterations * config.num_groups)
+    return range(first + iteration * config.num_groups, first + (iteration + 1) * config.num_groups)
+
+
 def make_text_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """`gym.make` with `obs_mode="text"` for grid envs that offer a text view (unless `env_kwargs` sets one)."""
     kwargs = dict(env_kwargs or {})
@@ -191,7 +199,7 @@ class LLMTrainer:
             progress.show_stage("")
         while self.iteration < stop_at and not ctrl_c.requested:
             start = time.perf_counter()
-            seeds = [cfg.seed * 1_000_003 + self.iteration * cfg.num_groups + g for g in range(cfg.num_groups)]
+            seeds = list(training_seeds(cfg, self.iteration))
             try:
                 episodes = self.collector.collect(seeds, generator=self.generator)
             except RuntimeError as err:  # torch.multinomial's complaint about NaN or inf logits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,16 @@ def test_bad_inputs_say_what_to_change(full_run: LLMTrainer, lora_run: LLMTraine
         load_llm_policy(run, "cpu", model=model, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="trained from model 'tiny', which does not load here"):
         load_llm_policy(run, "cpu")
+
+
+def test_evaluation_seeds_the_run_trained_on_are_counted_and_warned_about(full_run: LLMTrainer) -> None:
+    # An env without a held-out split: a run trained with --seed S reset its groups with seeds from S * 1,000,003
+    # on, so evaluating it from there replayed its training tasks as if they were new
+    first = full_run.config.seed * 1_000_003
+    with pytest.warns(UserWarning, match=r"evaluation episodes reset .* with seeds the run trained on .* pass --seed"):
+        replayed = evaluate_llm(full_run.run_dir, **{**PLAY, "seed": first}, **_tiny())
+    assert replayed["episodes_with_training_seeds"] == 2 * full_run.config.num_groups  # 2 iterations' groups
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh = evaluate_llm(full_run.run_dir, **{**PLAY, "seed": first + 100}, **_tiny())
+    assert fresh["episodes_with_training_seeds"] == 0
