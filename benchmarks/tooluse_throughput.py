@@ -52,7 +52,7 @@ def invalid(env_id: str, seconds: float) -> float:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per figure")
-    parser.add_argument("--env-id", default="creditgym/ToolUse-v0", help="the ToolUse variant to measure")
+    parser.add_argument("--env-id", default="creditgym/ToolUse-v1", help="the ToolUse variant to measure")
     args = parser.parse_args(argv)
     if not args.seconds > 0:
         parser.error(f"--seconds must be positive, got {args.seconds}")

@@ -61,7 +61,7 @@ def test_play_on_an_ascii_terminal_shows_boxes_on_targets_as_question_marks() ->
     assert "box on target '?'" in result.stdout and "played 1 finished episode(s)" in result.stdout
 
 
-@pytest.mark.parametrize("env_id", ["creditgym/Shop-v1", "creditgym/ToolUse-v0", "creditgym/Dialogue-Gather-v0",
+@pytest.mark.parametrize("env_id", ["creditgym/Shop-v1", "creditgym/ToolUse-v1", "creditgym/Dialogue-Gather-v0",
                                     "creditgym/MiniGridText-DoorKey-5x5-v0"])
 def test_play_text_envs_survives_any_input(env_id: str) -> None:
     result = _run("play", env_id, stdin="\n\x00\nsearch[\nclick[nothing]\nhello?\nturn left\nquit\n")

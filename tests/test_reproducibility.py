@@ -245,7 +245,7 @@ from creditgym.llm import tiny_test_model
 from creditgym.trajectories import add_shaping, offline_potential, record_episodes, with_advantages
 
 out = {}
-for env_id in ("creditgym/Dialogue-Gather-v0", "creditgym/ToolUse-v0", "creditgym/Shop-v1",
+for env_id in ("creditgym/Dialogue-Gather-v0", "creditgym/ToolUse-v1", "creditgym/Shop-v1",
                "creditgym/BabyAIText-GoToLocal-v0"):
     env = gym.make(env_id)
     rng = np.random.default_rng(0)

@@ -68,7 +68,7 @@ def test_gymnasium_shared_memory_corrupts_text() -> None:
     assert list(obs) != [run[0] for run in _reference([3, 4])]
 
 
-@pytest.mark.parametrize("env_id", ["creditgym/ToolUse-v0", "creditgym/Shop-v1", "creditgym/Dialogue-Gather-v0",
+@pytest.mark.parametrize("env_id", ["creditgym/ToolUse-v1", "creditgym/Shop-v1", "creditgym/Dialogue-Gather-v0",
                                     "creditgym/MiniGridText-DoorKey-5x5-v0", "creditgym/Sanity-WordBandit-v0"])
 def test_plain_gymnasium_async_refuses_creditgym_text_envs_before_any_worker_starts(env_id: str) -> None:
     # gymnasium.make_vec's "async" uses shared memory unless told otherwise; before, it returned all-'0' strings.
@@ -148,12 +148,12 @@ def test_module_prefixed_ids_build_in_spawned_workers() -> None:
     # id names the module (README, "Use"). A `python -c` parent, as there the workers cannot import __main__.
     script = """
 import gymnasium as gym
-envs = gym.vector.AsyncVectorEnv([lambda: gym.make("creditgym:creditgym/ToolUse-v0")] * 2, context="spawn",
+envs = gym.vector.AsyncVectorEnv([lambda: gym.make("creditgym:creditgym/ToolUse-v1")] * 2, context="spawn",
                                  shared_memory=False)
 print(repr(list(envs.reset(seed=3)[0])))
 envs.close()
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    local = [gym.make("creditgym/ToolUse-v0").reset(seed=seed)[0] for seed in (3, 4)]
+    local = [gym.make("creditgym/ToolUse-v1").reset(seed=seed)[0] for seed in (3, 4)]
     assert result.stdout.strip() == repr(local)

@@ -91,7 +91,7 @@ for _name, _num_products in (("Shop", 2000), ("Shop-100k", 100_000)):
 # RevealAtTimeLimit, applied over it, reveals the plan on its last step, so `max_episode_steps=N` works as documented.
 _REVEAL_AT_TIME_LIMIT = WrapperSpec("RevealAtTimeLimit", "creditgym.envs.tooluse.env:RevealAtTimeLimit", {})
 for _name, (_min_calls, _max_calls) in {"ToolUse": (1, 4), "ToolUse-Easy": (1, 1), "ToolUse-Hard": (3, 4)}.items():
-    _id = f"creditgym/{_name}-v0"
+    _id = f"creditgym/{_name}-v1"
     register(
         id=_id,
         entry_point="creditgym.envs.tooluse.env:ToolUseEnv",

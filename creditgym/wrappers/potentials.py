@@ -280,8 +280,8 @@ def _built_in() -> dict[str, NamedPotential]:
         _solver_distance("solver_distance_tight", "Sokoban: solver_distance with each dead-lock one move below the "
                          "farthest solvable board of its level", unsolvable="below_farthest"),
         _hook("shop_progress", "Shop: progress stage in [0, 3] (ShopEnv.potential)", "ShopEnv"),
-        _hook("plan_progress", "ToolUse: share of the reference plan's steps done (ToolUseEnv.potential)",
-              "ToolUseEnv"),
+        _hook("plan_progress", "ToolUse: mean best ToolRL score per reference-plan turn, in [0, 1] "
+              "(ToolUseEnv.potential)", "ToolUseEnv"),
         _hook("slots_revealed", "Dialogue: share of hidden slots revealed (DialogueGatherEnv.potential)",
               "DialogueGatherEnv"),
         NamedPotential("goal_distance", "MiniGrid text: minus the walk to the goal tile, where there is one",

@@ -446,13 +446,13 @@ def test_eval_warns_when_it_plays_the_split_the_run_trained_on(tmp_path: Path) -
 def test_eval_on_an_env_that_does_not_take_the_runs_env_kwargs_says_so(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     PPO(_config(tmp_path, env_kwargs={"obs_mode": "egocentric"}, total_steps=256, checkpoint_every=1)).learn()
-    assert cli_main(["eval", str(tmp_path / "run"), "--env", "creditgym/ToolUse-v0"]) == 2  # was a TypeError
+    assert cli_main(["eval", str(tmp_path / "run"), "--env", "creditgym/ToolUse-v1"]) == 2  # was a TypeError
     assert "which does not take them" in capsys.readouterr().out.replace("\n", "")
 
 
 def test_a_text_env_is_refused_with_a_pointer_to_the_llm_trainers(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="TextSpace observations and TextSpace actions .*--algo grpo"):
-        PPO(_config(tmp_path, env_id="creditgym/ToolUse-v0"))
+        PPO(_config(tmp_path, env_id="creditgym/ToolUse-v1"))
 
 
 def test_yaml_values_take_their_fields_types(tmp_path: Path) -> None:

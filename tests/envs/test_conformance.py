@@ -27,9 +27,9 @@ EXPECTED_IDS = {
     "creditgym/BabyAIText-GoToLocal-v0",
     "creditgym/Shop-v1",
     "creditgym/Shop-100k-v1",
-    "creditgym/ToolUse-v0",
-    "creditgym/ToolUse-Easy-v0",
-    "creditgym/ToolUse-Hard-v0",
+    "creditgym/ToolUse-v1",
+    "creditgym/ToolUse-Easy-v1",
+    "creditgym/ToolUse-Hard-v1",
 }
 
 
@@ -224,7 +224,7 @@ def test_reset_options_that_are_not_a_dict_get_a_clear_error(env_id: str) -> Non
     ("creditgym/Shop-v1", {"rewards": 1}, "rewards must be a ShopRewards, a mapping of its fields"),
     ("creditgym/Shop-v1", {"num_products": "2000"}, "num_products must be an integer from 1 to 1,000,000"),
     ("creditgym/Shop-v1", {"max_invalid_actions": "3"}, "max_invalid_actions must be a positive integer"),
-    ("creditgym/ToolUse-v0", {"rewards": "sparse"}, "rewards must be a ToolUseRewards"),
+    ("creditgym/ToolUse-v1", {"rewards": "sparse"}, "rewards must be a ToolUseRewards"),
     ("creditgym/Dialogue-Gather-v0", {"rewards": {"bonus": 1.0}}, r"unknown GatherRewards fields \['bonus'\]"),
     ("creditgym/Dialogue-Gather-v0", {"tight_patience": "yes"}, "tight_patience must be True or False"),
     ("creditgym/Dialogue-Gather-v0", {"min_slots": None}, "min_slots must be a positive integer"),
@@ -244,7 +244,7 @@ def test_constructor_arguments_of_the_wrong_type_are_named(env_id: str, kwargs: 
 @pytest.mark.parametrize(("env_id", "kwargs"), [
     # MiniGridText and ToolUse used to refuse NumPy integers (e.g. from a config array) that every other env takes.
     ("creditgym/MiniGridText-DoorKey-5x5-v0", {"max_invalid_actions": np.int64(3)}),
-    ("creditgym/ToolUse-v0", {"max_invalid_actions": np.int64(3), "num_worlds": np.int64(4),
+    ("creditgym/ToolUse-v1", {"max_invalid_actions": np.int64(3), "num_worlds": np.int64(4),
                               "min_calls": np.int32(2), "max_calls": np.int32(3), "max_turns": np.uint8(5)}),
 ])
 def test_numpy_integers_are_taken_as_python_ints(env_id: str, kwargs: dict) -> None:
@@ -276,7 +276,7 @@ def test_every_env_declares_render_fps_and_refuses_unknown_render_modes(env_id: 
                  id="babyai-render"),
     pytest.param("creditgym/Shop-v1", {}, lambda env: env.step("search[red shoes]"), id="shop"),
     pytest.param("creditgym/Sanity-WordBandit-v0", {}, lambda env: env.step("B"), id="word-bandit"),
-    pytest.param("creditgym/ToolUse-v0", {}, lambda env: env.step("<answer>1</answer>"), id="tooluse"),
+    pytest.param("creditgym/ToolUse-v1", {}, lambda env: env.step("<answer>1</answer>"), id="tooluse"),
 ])
 def test_a_step_or_render_before_reset_says_to_call_reset(env_id: str, kwargs: dict, call) -> None:
     env = gym.make(env_id, **kwargs).unwrapped  # without gym.make's OrderEnforcing, which would answer first
@@ -295,7 +295,7 @@ def test_the_batched_sokoban_env_checks_its_arguments_too() -> None:
         gym.make_vec("creditgym/Sokoban-6x6-1b-v0", 2, levels=None)
 
 
-@pytest.mark.parametrize("env_id", ["creditgym/Shop-v1", "creditgym/ToolUse-v0", "creditgym/Dialogue-Gather-v0",
+@pytest.mark.parametrize("env_id", ["creditgym/Shop-v1", "creditgym/ToolUse-v1", "creditgym/Dialogue-Gather-v0",
                                     "creditgym/MiniGridText-DoorKey-5x5-v0", "creditgym/Sanity-WordBandit-v0"])
 def test_reward_sizes_from_a_mapping_as_json_gives_them(env_id: str) -> None:
     # `--env-kwargs '{"rewards": {...}}'` can only pass a mapping; it used to crash on the first step.

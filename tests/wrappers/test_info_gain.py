@@ -17,7 +17,7 @@ from creditgym.wrappers.info_gain import InformationGain, episode_outcome
 
 from .llm_episodes import collect
 
-ENV_IDS = ["creditgym/ToolUse-Easy-v0", "creditgym/Dialogue-Gather-v0"]
+ENV_IDS = ["creditgym/ToolUse-Easy-v1", "creditgym/Dialogue-Gather-v0"]
 
 
 @pytest.fixture(scope="module")

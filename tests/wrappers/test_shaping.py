@@ -195,7 +195,7 @@ def test_bad_potential_names_list_valid_ones() -> None:
 
 
 @pytest.mark.parametrize(("env_id", "name", "expert"), [
-    ("creditgym/ToolUse-Hard-v0", "plan_progress", ToolUseExpert()),
+    ("creditgym/ToolUse-Hard-v1", "plan_progress", ToolUseExpert()),
     ("creditgym/Shop-v1", "shop_progress", ShopExpert()),
 ])
 def test_env_hook_potentials(env_id: str, name: str, expert) -> None:

@@ -304,7 +304,7 @@ class LLMTrainConfig:
             # IGPO scores the ground-truth answer; ToolUse and Dialogue hand it over only when asked to.
             if not _takes_argument(self.env_id, "expose_ground_truth"):
                 raise ValueError("learned_reward igpo needs an env that can hand the trainer its ground-truth answer "
-                                 "(expose_ground_truth), such as creditgym/ToolUse-v0 or "
+                                 "(expose_ground_truth), such as creditgym/ToolUse-v1 or "
                                  f"creditgym/Dialogue-Gather-v0; {self.env_id} has none: pick such an env or another "
                                  "learned reward (spa, prime)")
             self.env_kwargs.setdefault("expose_ground_truth", True)

@@ -245,8 +245,8 @@ def _make_envs(config: LLMTrainConfig, env_id: str, levels: str | None, split: s
         raise ValueError(f"levels applies to Sokoban ids only, not {env_id}; leave --levels out")
     kwargs = dict(config.env_kwargs)
     setting: dict[str, Any] = {}
-    # Envs with a held-out split (Sokoban levels, ToolUse worlds, Shop goals) play the one asked for, whatever
-    # the run trained on.
+    # Envs with a held-out split (Sokoban levels, ToolUse worlds and questions, Shop goals) play the one asked for,
+    # whatever the run trained on.
     if _takes_split(env_id):
         kwargs["split"] = split
         setting["split"] = split

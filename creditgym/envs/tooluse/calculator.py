@@ -29,7 +29,9 @@ def _round(value: float, ndigits: float | None = None) -> float:
 
 
 FUNCTIONS: dict[str, Callable[..., float]] = {
-    "abs": abs, "round": _round, "min": min, "max": max, "sqrt": math.sqrt, "floor": math.floor, "ceil": math.ceil,
+    # min and max take their numbers one by one, so min(5) is 5 rather than Python's "'int' object is not iterable".
+    "abs": abs, "round": _round, "min": lambda *values: min(values), "max": lambda *values: max(values),
+    "sqrt": math.sqrt, "floor": math.floor, "ceil": math.ceil,
 }
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
 _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
@@ -72,29 +74,36 @@ def _evaluate(node: ast.AST) -> float:
         return _checked(_UNARY[type(node.op)](_evaluate(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and (abs(right) > MAX_EXPONENT or (left == 0 and right < 0)):
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
             raise CalculatorError(f"exponent {right:g} is not allowed (at most {MAX_EXPONENT} in size)")
+        if isinstance(node.op, ast.Pow) and left == 0 and right < 0:
+            raise CalculatorError("division by zero (0 to a negative power)")
         if isinstance(node.op, ast.Div | ast.FloorDiv | ast.Mod) and right == 0:
             raise CalculatorError("division by zero")
         try:
-            return _checked(_BINARY[type(node.op)](left, right))
+            value = _BINARY[type(node.op)](left, right)
         except (OverflowError, ValueError) as error:
             raise CalculatorError(f"cannot compute: {error}") from error
+        return _checked(value)
     if isinstance(node, ast.Call):
         name = node.func.id if isinstance(node.func, ast.Name) else None
         if name not in FUNCTIONS:
             raise CalculatorError(f"unknown function {_describe(node.func)}; allowed: {', '.join(FUNCTIONS)}")
         if node.keywords or not node.args or len(node.args) > 10:
             raise CalculatorError(f"{name}() takes 1 to 10 positional numbers")
+        arguments = [_evaluate(arg) for arg in node.args]
         try:
-            return _checked(FUNCTIONS[name](*(_evaluate(arg) for arg in node.args)))
+            value = FUNCTIONS[name](*arguments)
         except (TypeError, ValueError, OverflowError) as error:
             raise CalculatorError(f"{name}(): {error}") from error
+        return _checked(value)
     raise CalculatorError(f"{type(node).__name__} is not allowed; use numbers, + - * / // % ** and parentheses")
 
 
 def _checked(value: float) -> float:
-    if isinstance(value, complex) or not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+    if isinstance(value, complex):  # Python's ** gives a complex number for a negative base and a fractional exponent
+        raise CalculatorError("the result is not a real number (a negative number to a fractional power)")
+    if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
         raise CalculatorError(f"the result is out of range (more than {MAX_MAGNITUDE:g} in size)")
     return value
 

@@ -13,13 +13,7 @@ from creditgym.envs.arguments import flag, positive_int, reward_sizes
 from creditgym.envs.lifecycle import require_reset
 from creditgym.envs.options import reset_option
 from creditgym.envs.text_space import TextSpace
-from creditgym.envs.tooluse.reward import (
-    UNPARSEABLE,
-    ToolUseRewards,
-    answer_matches,
-    toolrl_correctness,
-    toolrl_reward,
-)
+from creditgym.envs.tooluse.reward import UNPARSEABLE, ToolUseRewards, answer_matches, toolrl_reward
 from creditgym.envs.tooluse.tasks import FAMILIES, Task, generate_task
 from creditgym.envs.tooluse.text import excerpt, instructions, parse_or_explain, render_results
 from creditgym.envs.tooluse.tools import TOOL_SCHEMAS, Call, ToolError, check_arguments, run_tool
@@ -28,6 +22,8 @@ from creditgym.envs.tooluse.world import World
 MAX_TEXT_LENGTH = 32768
 #: Test-split worlds start here, far from the train worlds [0, num_worlds).
 TEST_WORLD_OFFSET = 10_000
+#: ToolRL's best score for a turn (R_format 1 + R_correct 3) and its worst (-3).
+_TOOLRL_MAX, _TOOLRL_MIN = 4.0, -3.0
 _PRINTABLE = frozenset(string.printable)
 
 
@@ -46,19 +42,26 @@ class ToolUseEnv(gym.Env):
     optionally after `<think>...</think>`; read by `creditgym.envs.tooluse.text.parse_action`.
 
     ## Observation Space
-    `Text` (printable ASCII, at most 32,768 characters): the question at reset; then each call's result or
-    error in a `<tool_response>` block; an explanation after an invalid action.
+    `Text` (printable ASCII, at most 32,768 characters): the question at reset; after a turn of tool calls, each
+    call's result or error in a `<tool_response>` block, then the question again (so that a prompt keeping only the
+    last few turns still holds it); after an invalid action, an explanation and the question.
 
     ## Starting State
     A task from `generate_task` with `self.np_random` in one of `num_worlds` worlds (stores and inventories)
     of the split, or `options={"task": Task}`.
 
     ## Reward
-    `rewards.correct` (1) for a correct answer (numbers within 0.5% or 0.01, ISO dates, names ignoring case
-    and punctuation), `rewards.wrong` (0) otherwise. Each turn of tool calls pays `rewards.tool_weight` (0.05)
-    times its ToolRL score in [-3, 4] against the unused reference-plan turn it matches best (against "no
-    call", i.e. -3 + format, once the plan is used up). `rewards.invalid_action` (-0.1) for text that is not
-    runnable tool calls or an answer; a rejected turn that contained a <tool_call> also scores ToolRL's -3.
+    `rewards.correct` (1) for a correct answer, `rewards.wrong` (0) otherwise. Counts (days, weeks, items in
+    stock: `Task.exact`) must be exact; other numbers (money, conversions, percentages) within 0.5% or 0.01,
+    whichever is larger; dates as ISO dates; names ignoring case and punctuation.
+    Each turn of tool calls pays `rewards.tool_weight` (0.05) times ToolRL points. The turn gets a ToolRL score
+    in [-3, 4] against each reference-plan turn that shares a tool with it, and is credited to the plan turn it
+    gains most on: a plan turn's first score counts in full, later ones only by what they add to its best score so
+    far. A repeat or a worse retry therefore pays 0, a fix pays what it adds, and the points of a plan turn add up
+    to its best score over the episode. A turn sharing no tool with the plan scores -3 + format (ToolRL's formula
+    against calls it has nothing in common with) and changes nothing. `rewards.invalid_action` (-0.1) for text
+    that is not runnable tool calls or an answer; a rejected turn that contained a <tool_call> also scores
+    ToolRL's -3.
 
     ## Reward components
     `task` (the answer), `tool` (ToolRL per turn) and `format` (invalid actions).
@@ -72,24 +75,33 @@ class ToolUseEnv(gym.Env):
     `gym.make(id, max_episode_steps=N)` gives N steps and reveals on the N-th.
 
     ## Info
-    `reward_components`, `success`, `invalid_action`, `tool_errors` (how many calls of this turn failed); reset
-    adds `instructions`, `tools` and `question`, and with `expose_ground_truth=True` also `ground_truth` (see
-    `ground_truth()`).
+    `reward_components`, `success`, `invalid_action`; on turns of tool calls only, `tool_errors` (how many of the
+    turn's calls failed). Reset adds `instructions`, `tools` and `question`, and with `expose_ground_truth=True`
+    also `ground_truth` (see `ground_truth()`).
 
     ## Arguments
-    `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16; at most 10,000), `split` ("train"/"test":
-    disjoint worlds), `rewards` (`ToolUseRewards` or a mapping of its fields), `max_invalid_actions`, `max_turns`
-    (truncate and reveal the plan after this many steps; None, the default and what the registered ids use,
-    leaves the time limit to `max_episode_steps`), `render_mode` ("ansi"), `expose_ground_truth` (default
-    False; True puts the correct final action in the reset info for training-time reward models such as IGPO;
-    the observations never show it).
+    `min_calls`, `max_calls` (plan length, 1 to 4), `num_worlds` (16; at most 10,000; a process keeps the 256
+    most recently used, about 80 KB each), `split` ("train"/"test": held-out tasks; the inventory families use
+    disjoint worlds, and the families that read no world (arithmetic, conversions, dates) disjoint questions, of
+    which a stable hash assigns about one in 8 to test), `rewards` (`ToolUseRewards` or a mapping of its fields),
+    `max_invalid_actions`, `max_turns` (truncate and reveal the plan after this many steps; None, the default and
+    what the registered ids use, leaves the time limit to `max_episode_steps`), `render_mode` ("ansi"),
+    `expose_ground_truth` (default False; True puts the correct final action in the reset info for training-time
+    reward models such as IGPO; the observations never show it).
 
     ## Registered IDs
-    `creditgym/ToolUse-v0` (1-4 calls), `creditgym/ToolUse-Easy-v0` (1 call), `creditgym/ToolUse-Hard-v0`
+    `creditgym/ToolUse-v1` (1-4 calls), `creditgym/ToolUse-Easy-v1` (1 call), `creditgym/ToolUse-Hard-v1`
     (3-4 calls); 10 steps each.
 
     ## Version History
     - v0: initial release.
+    - v1: tool results restate the question (with the LLM trainer's default 2-turn history, the question was gone
+      from the prompt by the third turn); each plan turn keeps its best ToolRL score, a tool turn pays only its
+      improvement and `potential()` is the mean best score (every call turn used to use up a plan turn, so shaping
+      paid junk calls as much as the expert's and one stray call turned later correct turns negative); the test
+      split holds out the world-free families' questions too (with the same seed, 30% of test tasks were train
+      tasks); counts must be exact (0.5% accepted off-by-one day counts); calculator expressions compare by value
+      ("64.97*2" got half the credit of "64.97 * 2").
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -135,7 +147,8 @@ class ToolUseEnv(gym.Env):
         self.action_space = TextSpace(max_length=MAX_TEXT_LENGTH, charset=string.printable)
         self.observation_space = TextSpace(max_length=MAX_TEXT_LENGTH, min_length=1, charset=string.printable)
         self._task: Task | None = None
-        self._used: list[int] = []
+        self._best: list[float | None] = []
+        """Per reference-plan turn, the best ToolRL score a tool turn got against it; None before any."""
         self._turns: list[dict[str, Any]] = []
         self._answer: str | None = None
         self._correct = False
@@ -157,7 +170,7 @@ class ToolUseEnv(gym.Env):
                 return self._invalid(f"Invalid action: tool call {i}: {problem}. Nothing was run.", True)
         if parsed.answer is not None:
             self._answer = parsed.answer
-            self._correct = answer_matches(parsed.answer, self.task.answer)
+            self._correct = answer_matches(parsed.answer, self.task.answer, exact=self.task.exact)
             task = self.rewards.correct if self._correct else self.rewards.wrong
             verdict = "correct" if self._correct else f"incorrect; the expected answer was {self.task.answer_text()}"
             observation = self._show(f"Your answer: {parsed.answer} -- {verdict}.")
@@ -169,13 +182,12 @@ class ToolUseEnv(gym.Env):
                 results.append({"content": run_tool(call, self._world())})
             except ToolError as error:
                 results.append({"error": str(error)})
-        tool = self.rewards.tool_weight * toolrl_reward(
-            parsed.calls, self._match_plan_turn(parsed.calls), format_ok=parsed.well_formatted
-        )
+        tool = self.rewards.tool_weight * self._score_turn(parsed.calls, parsed.well_formatted)
         self._turns.append({"calls": [call.to_dict() for call in parsed.calls], "results": results})
         info = self._info(task=0.0, tool=tool, format=0.0, invalid=False)
         info["tool_errors"] = sum("error" in result for result in results)
-        observation = self._show(render_results(parsed.calls, results) + "\nCall more tools or give your <answer>.")
+        observation = self._show(f"{render_results(parsed.calls, results)}\nQuestion: {self.task.question}\n"
+                                 "Call more tools or give your <answer>.")
         truncated = self._out_of_turns()
         return observation, tool, False, truncated, self._reveal(info) if truncated else info
 
@@ -185,11 +197,12 @@ class ToolUseEnv(gym.Env):
         if task is None:
             world = int(self.np_random.integers(self.num_worlds))
             world += TEST_WORLD_OFFSET if self.split == "test" else 0
-            task = generate_task(self.np_random, world, min_calls=self.min_calls, max_calls=self.max_calls)
+            task = generate_task(self.np_random, world, min_calls=self.min_calls, max_calls=self.max_calls,
+                                 split=self.split)
         elif not isinstance(task, Task):
             raise TypeError(f"options['task'] must be a creditgym ToolUse Task, got {type(task).__name__}")
         self._task = task
-        self._used, self._turns, self._answer, self._correct = [], [], None, False
+        self._best, self._turns, self._answer, self._correct = [None] * len(task.plan), [], None, False
         self._invalid_count = self._turn_count = 0
         info = self._info(task=0.0, tool=0.0, format=0.0, invalid=False)
         # A deep copy: the schemas also drive argument checking, which a caller editing the info must not change.
@@ -203,15 +216,21 @@ class ToolUseEnv(gym.Env):
 
     # -- state for reward design and shaping ------------------------------------------------------------
     def potential(self) -> float:
-        """Share of the reference plan's turns matched so far (in [0, 1]), for potential-based shaping."""
-        return len(self._used) / len(self.task.plan) if self._task is not None else 0.0
+        """Progress through the reference plan, in [0, 1], for potential-based shaping: the mean over its turns of
+        the best ToolRL score reached on each, scaled from [-3, 4] to [0, 1] (0 for a turn no call has touched).
+        The exact plan reaches 1; a call that improves on no plan turn leaves it unchanged."""
+        if self._task is None:
+            return 0.0
+        reached = [(best - _TOOLRL_MIN) / (_TOOLRL_MAX - _TOOLRL_MIN) for best in self._best if best is not None]
+        return sum(reached) / len(self._best)
 
     def state(self) -> dict[str, Any]:
-        """The current state as plain data; the reference plan and answer stay hidden (see `task`)."""
+        """The current state as plain data; the reference plan and answer stay hidden (see `task`).
+        `plan_turns_matched` counts the reference-plan turns that some turn of calls has been credited to."""
         return {
             "question": self._task.question if self._task else None,
             "turns": [{"calls": list(t["calls"]), "results": list(t["results"])} for t in self._turns],
-            "plan_turns_matched": len(self._used),
+            "plan_turns_matched": sum(best is not None for best in self._best),
             "answer": self._answer,
         }
 
@@ -240,15 +259,23 @@ class ToolUseEnv(gym.Env):
         return self._task
 
     # -- internals ------------------------------------------------------------------------------------
-    def _match_plan_turn(self, calls: tuple[Call, ...]) -> tuple[Call, ...]:
-        """The unused reference turn these calls match best (consumed), or () when the plan is used up."""
-        remaining = [i for i in range(len(self.task.plan)) if i not in self._used]
-        if not remaining:
-            return ()
-        exact = [i for i in remaining if list(self.task.plan[i]) == list(calls)]
-        best = exact[0] if exact else max(remaining, key=lambda i: (toolrl_correctness(calls, self.task.plan[i]), -i))
-        self._used.append(best)
-        return self.task.plan[best]
+    def _score_turn(self, calls: tuple[Call, ...], format_ok: bool) -> float:
+        """The ToolRL points a turn of calls earns (see Reward), updating the best score of the plan turn credited."""
+        names = {call.name for call in calls}
+        credited, gain, score = None, 0.0, 0.0
+        for i, turn in enumerate(self.task.plan):
+            if not names & {call.name for call in turn}:
+                continue
+            turn_score = toolrl_reward(calls, turn, format_ok=format_ok)
+            best = self._best[i]
+            turn_gain = turn_score if best is None else max(turn_score - best, 0.0)
+            if credited is None or turn_gain > gain:  # ties go to the earliest plan turn
+                credited, gain, score = i, turn_gain, turn_score
+        if credited is None:  # no tool in common with any plan turn: ToolRL gives -3 + format against each of them
+            return toolrl_reward(calls, self.task.plan[0], format_ok=format_ok)
+        best = self._best[credited]
+        self._best[credited] = score if best is None else max(best, score)
+        return gain
 
     def _invalid(self, feedback: str, contains_call: bool) -> tuple[str, float, bool, bool, dict[str, Any]]:
         self._invalid_count += 1

@@ -10,12 +10,15 @@ scores most. As in ToolRL's reference code, a tie goes to the earliest such call
 not matched (it stays free for a later ground-truth call). Unparseable output scores -3. With no ground-truth
 call, a turn that makes no call scores 0 (nothing to judge); a turn that makes calls has J(names) = 0 and so
 R_correct = -3, as the formula gives.
-Values are "equal" when numbers are equal (3 == 3.0) or strings match ignoring case and outer spaces.
+Values are "equal" when numbers are equal (3 == 3.0) or strings match ignoring case and outer spaces; calculator
+expressions are equal when the calculator gives both the same number ("64.97*2" and "2 * 64.97"), since the policy
+cannot know the reference plan's spacing or order.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from creditgym.envs.arguments import FiniteRewards
+from creditgym.envs.tooluse.calculator import CalculatorError, calculate
 from creditgym.envs.tooluse.tools import Call
 
 UNPARSEABLE = -3.0
@@ -67,6 +71,24 @@ def values_equal(a: Any, b: Any) -> bool:
     return a == b
 
 
+def argument_values_equal(tool: str, key: str, a: Any, b: Any) -> bool:
+    """`values_equal`, except that two calculator expressions are equal when they evaluate to the same number
+    (text equality when either one does not evaluate)."""
+    if tool == "calculator" and key == "expression" and isinstance(a, str) and isinstance(b, str):
+        value_a, value_b = _expression_value(a), _expression_value(b)
+        if value_a is not None and value_b is not None:
+            return value_a == value_b
+    return values_equal(a, b)
+
+
+@functools.lru_cache(maxsize=4096)  # the plan's expressions are compared again on every turn
+def _expression_value(expression: str) -> float | None:
+    try:
+        return calculate(expression)
+    except CalculatorError:
+        return None
+
+
 def _same_calls(predicted: Sequence[Call], ground_truth: Sequence[Call]) -> bool:
     """The same calls in the same order, each value equal as `values_equal` says (not ==, where True == 1)."""
     return len(predicted) == len(ground_truth) and all(
@@ -92,7 +114,7 @@ def toolrl_correctness(predicted: Sequence[Call], ground_truth: Sequence[Call]) 
                 continue
             match = jaccard(list(guess.arguments), list(truth.arguments)) + sum(
                 1 for key, value in truth.arguments.items()
-                if key in guess.arguments and values_equal(guess.arguments[key], value)
+                if key in guess.arguments and argument_values_equal(truth.name, key, guess.arguments[key], value)
             )
             if match > best:  # strictly: ties keep the earliest call, as ToolRL's reference code does
                 best, best_index = match, i
@@ -109,15 +131,18 @@ def toolrl_reward(predicted: Sequence[Call] | None, ground_truth: Sequence[Call]
     return float(format_ok) + toolrl_correctness(predicted, ground_truth)
 
 
-def answer_matches(answer: str, expected: str | float) -> bool:
-    """Numbers: the last number in the answer (commas dropped), within 0.5% or 0.01. Dates: the last ISO date in
-    the answer, equal to the expected one (the answer's final value counts, as for numbers). Text: equal after
-    lower-casing and dropping punctuation and a leading "the"."""
+def answer_matches(answer: str, expected: str | float, *, exact: bool = False) -> bool:
+    """Numbers: the last number in the answer (commas dropped), equal to the expected one when `exact` (counts:
+    days, weeks, items), otherwise within 0.5% or 0.01, whichever is larger (money, conversions, percentages).
+    Dates: the last ISO date in the answer, equal to the expected one (the answer's final value counts, as for
+    numbers). Text: equal after lower-casing and dropping punctuation and a leading "the"."""
     if isinstance(expected, int | float):
         numbers = _NUMBER.findall(answer.replace(",", ""))
         if not numbers:
             return False
         value = float(numbers[-1])
+        if exact:
+            return value == expected
         return abs(value - expected) <= max(NUMBER_ABSOLUTE_TOLERANCE, NUMBER_RELATIVE_TOLERANCE * abs(expected))
     if _ISO_DATE.fullmatch(expected):
         found = _ISO_DATE.findall(answer)

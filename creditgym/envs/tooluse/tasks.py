@@ -3,11 +3,17 @@
 Each family draws its inputs from `rng` and a world, then runs its reference plan through the real tools,
 so the reference answer is exactly what a correct agent would compute. A plan is a list of turns; a turn
 holds the calls that can run together (e.g. two independent inventory look-ups).
+
+Splits hold out tasks. Families that read a world (inventories) hold out by world: the env draws test worlds
+from a range train never uses. The other families (`WORLD_FREE`: arithmetic, conversions, dates) give the same
+question and answer in any world, so a stable hash of the question decides its split instead: about one
+question in `TEST_SHARE` is test-only, and the generator draws again until it gets one of its split.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +25,10 @@ from creditgym.envs.tooluse.tools import Call, run_tool
 from creditgym.envs.tooluse.world import CITIES, COLORS, ITEMS, RATES, World
 
 Plan = tuple[tuple[Call, ...], ...]
+#: One world-free question in TEST_SHARE belongs to the test split.
+TEST_SHARE = 8
+#: Draws per task before giving up; every family needs only a few (the test split about TEST_SHARE on average).
+MAX_DRAWS = 1000
 _OTHER_CURRENCIES = {code: tuple(other for other in RATES if other != code) for code in RATES}
 _CURRENCIES = tuple(RATES)
 
@@ -31,6 +41,8 @@ class Task:
     """A number, an ISO date or a name."""
     plan: Plan
     world: int
+    exact: bool = False
+    """A count (days, weeks, items in stock): the answer must equal it, not be within 0.5% of it."""
 
     @property
     def num_calls(self) -> int:
@@ -42,7 +54,7 @@ class Task:
     def to_dict(self) -> dict[str, Any]:
         return {
             "family": self.family, "question": self.question, "answer": self.answer, "world": self.world,
-            "plan": [[call.to_dict() for call in turn] for turn in self.plan],
+            "plan": [[call.to_dict() for call in turn] for turn in self.plan], "exact": self.exact,
         }
 
 
@@ -236,17 +248,39 @@ FAMILIES: dict[int, tuple[Family, ...]] = {
     3: (cheapest_total_in_currency, shipping, total_stock),
     4: (total_with_tax,),
 }
+#: Families whose answer is a count, checked exactly: an off-by-one day count is the classic error, not rounding.
+COUNTS: frozenset[Family] = frozenset({date_span, whole_weeks, stock, total_stock})
+#: Families that never read the world; their split comes from `question_split`.
+WORLD_FREE: frozenset[Family] = frozenset({percent, units, currency, date_shift, date_span, whole_weeks, shipping})
+SPLITS = ("train", "test")
 
 
-def generate_task(rng: np.random.Generator, world_index: int, *, min_calls: int = 1, max_calls: int = 4) -> Task:
-    """A task whose plan has between min_calls and max_calls calls (the count drawn uniformly)."""
+def question_split(question: str) -> str:
+    """The split a world-free question belongs to: a stable hash (the same in every process and Python version)."""
+    digest = hashlib.blake2b(question.encode(), digest_size=8).digest()
+    return "test" if int.from_bytes(digest, "big") % TEST_SHARE == 0 else "train"
+
+
+def generate_task(
+    rng: np.random.Generator, world_index: int, *, min_calls: int = 1, max_calls: int = 4, split: str = "train"
+) -> Task:
+    """A task whose plan has between min_calls and max_calls calls (the count drawn uniformly); a world-free
+    family draws again until its question belongs to `split` (see the module docstring)."""
     if not 1 <= min_calls <= max_calls <= max(FAMILIES):
         raise ValueError(f"need 1 <= min_calls <= max_calls <= {max(FAMILIES)}, got {min_calls}, {max_calls}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     world = World.get(world_index)
     family = _pick(rng, FAMILIES[_int(rng, min_calls, max_calls + 1)])
-    while True:
+    for _ in range(MAX_DRAWS):
         try:
             question, answer, plan = family(rng, world)
         except _Retry:
             continue
-        return Task(family.__name__, question, answer, plan, world_index)
+        if family in WORLD_FREE and question_split(question) != split:
+            continue
+        return Task(family.__name__, question, answer, plan, world_index, exact=family in COUNTS)
+    raise RuntimeError(
+        f"task family {family.__name__!r} gave no usable {split} task in world {world_index} after {MAX_DRAWS} "
+        "draws; its inputs are too few or too often ambiguous: widen its ranges or use another world"
+    )

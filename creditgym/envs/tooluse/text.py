@@ -15,8 +15,9 @@ from creditgym.envs.tooluse.tools import TOOL_SCHEMAS, Call
 MAX_ACTION_LENGTH = 8000
 MAX_CALLS_PER_TURN = 8
 MAX_ANSWER_LENGTH = 500
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL | re.IGNORECASE)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+# Tags are found once and paired in one pass (`_blocks`): a lazy "<answer>(.*?)</answer>" rescans to the end from
+# every opening tag that has no closing one: quadratic, 0.15 s for the 1,000 "<answer>" that fit the length cap.
+_TAGS = {name: re.compile(f"<(/?){name}>", re.IGNORECASE) for name in ("tool_call", "answer")}
 _THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
@@ -46,11 +47,11 @@ def parse_or_explain(text: object) -> ToolUseAction | str:
     lowered = body.lower()
     if lowered.count("<tool_call>") != lowered.count("</tool_call>"):
         return "every <tool_call> needs a matching </tool_call>"
-    calls_text = _TOOL_CALL.findall(body)
-    answers = _ANSWER.findall(body)
+    calls_text, without_calls = _blocks(body, "tool_call")
+    answers, _ = _blocks(body, "answer")
     if calls_text and answers:
         return "send either tool calls or an answer in one turn, not both"
-    rest = _ANSWER.sub("", _TOOL_CALL.sub("", body)).strip()
+    rest = _blocks(without_calls, "answer")[1].strip()
     if answers:
         answer = answers[-1].strip()
         if not answer:
@@ -71,10 +72,29 @@ def parse_or_explain(text: object) -> ToolUseAction | str:
     return ToolUseAction(calls=tuple(calls), well_formatted=not rest)
 
 
+def _blocks(text: str, name: str) -> tuple[list[str], str]:
+    """The contents of each <name>...</name> block and the text outside them, as the regex
+    "<name>(.*?)</name>" (case-insensitive, across lines) finds and removes them, in one pass: an opening tag
+    pairs with the next closing tag; other tags in between are content, and unpaired tags stay outside."""
+    contents, outside, start, opened = [], [], 0, None
+    for tag in _TAGS[name].finditer(text):
+        closing = bool(tag.group(1))
+        if opened is None and not closing:
+            opened = tag
+        elif opened is not None and closing:
+            contents.append(text[opened.end():tag.start()])
+            outside.append(text[start:opened.start()])
+            start, opened = tag.end(), None
+    outside.append(text[start:])
+    return contents, "".join(outside)
+
+
 def _call(raw: str) -> Call | str:
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
+        if _starts_with_json(raw):  # e.g. two calls in one block, one JSON object a line
+            return "text after the JSON object; write one call per <tool_call> block"
         return 'not valid JSON; write {"name": "calculator", "arguments": {"expression": "2 + 2"}}'
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return 'expected a JSON object with a "name" string and an "arguments" object'
@@ -90,6 +110,15 @@ def _call(raw: str) -> Call | str:
     if not isinstance(arguments, dict):
         return '"arguments" must be a JSON object'
     return Call(data["name"], arguments)
+
+
+def _starts_with_json(raw: str) -> bool:
+    """Whether the text opens with a whole JSON value (so what failed to parse is what follows it)."""
+    try:
+        json.JSONDecoder().raw_decode(raw.strip())
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def excerpt(text: object, limit: int = 40) -> str:
@@ -116,12 +145,16 @@ def instructions(rewards: ToolUseRewards) -> str:
         "Answer the question using the tools below. Each turn, either call one or more tools or give the final "
         "answer.\n"
         "Call a tool as <tool_call>{\"name\": \"calculator\", \"arguments\": {\"expression\": \"2 + 2\"}}</tool_call> "
-        "(several calls in one turn run in order). Answer as <answer>42.5</answer>: a number without units or "
-        "currency, a date as YYYY-MM-DD, or a name. You may think first inside <think>...</think>.\n"
+        "(one call per <tool_call> block; several blocks in one turn run in order). Answer as <answer>42.5</answer>: "
+        "a number without units or currency, a date as YYYY-MM-DD, or a name. You may think first inside "
+        "<think>...</think>.\n"
         "Each tool's result comes back in a <tool_response> block; a tool that cannot answer returns an error.\n"
-        f"Rewards: {rewards.correct:+g} for a correct answer (numbers within 0.5%), {rewards.wrong:+g} for a "
-        f"wrong one; {rewards.invalid_action:+g} for a turn that is not valid tool calls or an answer; each "
-        f"turn of tool calls earns {rewards.tool_weight:g} times its ToolRL score against a reference plan. "
+        f"Rewards: {rewards.correct:+g} for a correct answer, {rewards.wrong:+g} for a wrong one. Counts (days, "
+        "weeks, items in stock) must be exact; other numbers may be off by 0.5% or 0.01, whichever is larger. "
+        f"{rewards.invalid_action:+g} for a turn that is not valid tool calls or an answer. Each turn of tool calls "
+        "gets a ToolRL score (-3 to 4) against the reference-plan step it improves most and earns "
+        f"{rewards.tool_weight:g} times the improvement on that step's best score so far (the full score the first "
+        "time, 0 for a repeat). "
         "The episode ends with your answer.\n"
         f"Tools (OpenAI function schemas):\n{tools}"
     )

@@ -130,7 +130,7 @@ def _type_problem(schema: dict[str, Any], value: Any) -> str | None:
     kind = schema["type"]
     if kind == "string" and not isinstance(value, str):
         return "must be a string"
-    if kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)):
+    if kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value)):
         return "must be a finite number"
     if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int) or abs(value) > 10**12):
         return "must be an integer (at most 10**12 in size)"
@@ -141,6 +141,13 @@ def _type_problem(schema: dict[str, Any], value: Any) -> str | None:
     if "minimum" in schema and not schema["minimum"] <= value <= schema["maximum"]:
         return f"must be between {schema['minimum']} and {schema['maximum']}"
     return None
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # JSON allows integers of up to 4,300 digits, far beyond a float's range
+        return False
 
 
 def run_tool(call: Call, world: World) -> Any:

@@ -243,7 +243,7 @@ def test_turn_rewards_normalised_before_summing_as_igpo(algo: str) -> None:
 
 def test_turn_normalization_defaults_to_igpos_order_with_igpo_and_is_refused_where_it_does_nothing() -> None:
     assert LLMTrainConfig(model="tiny", advantage="turn").turn_normalization == "returns"
-    igpo = LLMTrainConfig(model="tiny", env_id="creditgym/ToolUse-v0", advantage="turn", learned_reward="igpo")
+    igpo = LLMTrainConfig(model="tiny", env_id="creditgym/ToolUse-v1", advantage="turn", learned_reward="igpo")
     assert igpo.turn_normalization == "rewards"
     assert LLMTrainConfig(model="tiny").turn_normalization is None  # advantage episode: nothing to normalise per turn
     with pytest.raises(ValueError, match=r"turn_normalization \(--turn-normalization\) only applies with "

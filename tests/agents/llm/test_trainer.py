@@ -250,7 +250,7 @@ def test_ppo_llm_bootstraps_cut_episodes_from_the_value_of_their_next_prompt(tmp
 def test_a_run_saved_before_turn_normalization_resumes_as_it_trained() -> None:
     from creditgym.agents.llm.config import saved_before_fields
 
-    old = {"algo": "grpo", "advantage": "turn", "learned_reward": "igpo", "env_id": "creditgym/ToolUse-v0",
+    old = {"algo": "grpo", "advantage": "turn", "learned_reward": "igpo", "env_id": "creditgym/ToolUse-v1",
            "model": "tiny"}
     assert LLMTrainConfig(**old).turn_normalization == "rewards"  # the new default with igpo
     assert LLMTrainConfig(**saved_before_fields(old)).turn_normalization == "returns"  # what it trained with
@@ -266,6 +266,6 @@ def test_the_advantage_defaults_to_turn_where_episode_would_be_refused() -> None
     assert LLMTrainConfig(model="tiny").advantage == "episode"
     assert LLMTrainConfig(model="tiny", algo="ppo_llm").advantage == "turn"
     assert LLMTrainConfig(model="tiny", learned_reward="spa").advantage == "turn"
-    igpo = LLMTrainConfig(model="tiny", env_id="creditgym/ToolUse-v0", learned_reward="igpo")
+    igpo = LLMTrainConfig(model="tiny", env_id="creditgym/ToolUse-v1", learned_reward="igpo")
     assert (igpo.advantage, igpo.turn_normalization) == ("turn", "rewards")
     assert LLMTrainConfig(model="tiny", learned_reward="prime").advantage == "episode"  # sets its own advantages

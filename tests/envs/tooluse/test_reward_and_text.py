@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from creditgym.envs.tooluse import text as text_module
 from creditgym.envs.tooluse.reward import answer_matches, jaccard, toolrl_correctness, toolrl_reward
 from creditgym.envs.tooluse.text import ToolUseAction, parse_action, parse_or_explain
 from creditgym.envs.tooluse.tools import Call
@@ -106,8 +110,39 @@ def test_parse_tool_calls_and_answers() -> None:
         ("<tool_call>" + "[" * 5000 + "</tool_call>", "not valid JSON"),
         ("x" * 10_000, "longer than"),
         ('<tool_call>{"name": "a"}</tool_call>' * 9, "at most 8"),
+        # Two calls in one block (one JSON object a line) used to get only "not valid JSON".
+        ('<tool_call>{"name": "a", "arguments": {}}\n{"name": "b", "arguments": {}}</tool_call>',
+         "one call per <tool_call> block"),
     ],
 )
 def test_parse_failures_are_explained(text: str, reason: str) -> None:
     assert reason in parse_or_explain(text)
     assert parse_action(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["<answer>" * 20_000, "</tool_call>" * 12_000 + "<tool_call>" * 12_000],
+    ids=["unclosed answers", "closing tags first"],
+)
+def test_degenerate_tag_spam_parses_in_linear_time(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lazy "<answer>(.*?)</answer>" rescanned to the end from every unclosed tag: 0.15 s for the 1,000 tags that
+    # fit the 8,000-character cap, 6 s for 10,000 and four times that for the 20,000 here. Lifting the cap shows the
+    # growth; linear parsing takes milliseconds, so 5 s only guards against a hang on a loaded machine.
+    monkeypatch.setattr(text_module, "MAX_ACTION_LENGTH", 10**6)
+    start = time.perf_counter()
+    parse_or_explain(text)
+    assert time.perf_counter() - start < 5.0
+
+
+_PIECES = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "<TOOL_CALL>", "</Answer>", "x", "\n", " ", "<"]
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(_PIECES), max_size=12))
+def test_tag_pairing_agrees_with_the_lazy_regex(pieces: list[str]) -> None:
+    # The one-pass pairing must find and remove exactly the blocks the regex did (fine on short text).
+    text = "".join(pieces)
+    for name in ("tool_call", "answer"):
+        regex = re.compile(f"<{name}>(.*?)</{name}>", re.DOTALL | re.IGNORECASE)
+        assert text_module._blocks(text, name) == (regex.findall(text), regex.sub("", text))

@@ -1,10 +1,17 @@
-"""ToolUse reward rules: booleans are not numbers, and a date answer is not judged by its first date."""
+"""ToolUse reward rules: booleans are not numbers, a date answer is not judged by its first date, calculator
+expressions compare by value, and counts are exact."""
 
 from __future__ import annotations
 
 import pytest
 
-from creditgym.envs.tooluse.reward import answer_matches, toolrl_correctness, values_equal
+from creditgym.envs.tooluse.reward import (
+    answer_matches,
+    argument_values_equal,
+    toolrl_correctness,
+    toolrl_reward,
+    values_equal,
+)
 from creditgym.envs.tooluse.tools import Call
 
 
@@ -66,3 +73,35 @@ def test_a_call_that_scores_nothing_stays_free_for_a_later_ground_truth_call() -
     # truth 1 scores 0 against it (no shared key), so truth 2 still matches it fully: J = 1, one value.
     score = 0.5 + 0 + 2
     assert toolrl_correctness(predicted, truth) == pytest.approx(6 * score / 5 - 3)
+
+
+@pytest.mark.parametrize("expression", ["64.97*2", "2 * 64.97", "(64.97 * 2)", "64.97 * 2.0", " 129.94 "])
+def test_calculator_expressions_are_compared_by_value(expression: str) -> None:
+    # The policy cannot know the plan's spacing or order; these scored 2 (half the credit) when compared as text.
+    plan = [Call("calculator", {"expression": "64.97 * 2"})]
+    assert toolrl_reward([Call("calculator", {"expression": expression})], plan) == 4.0
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "equal"),
+    [
+        ("64.97 * 3", "64.97 * 2", False),  # different values
+        ("x + 1", "X + 1", True), ("x + 1", "x+1", False),  # neither evaluates: text, ignoring case and outer spaces
+        ("1 / 0", "1/0", False),  # an error on both sides is no value to compare
+        ("2 + 2", "four", False),
+    ],
+)
+def test_calculator_expressions_that_do_not_evaluate_compare_as_text(a: str, b: str, equal: bool) -> None:
+    assert argument_values_equal("calculator", "expression", a, b) is equal
+
+
+def test_only_calculator_expressions_are_evaluated() -> None:
+    assert argument_values_equal("query_inventory", "store", "1 + 1", "2") is False
+    assert argument_values_equal("calculator", "expression", "1 + 1", "2") is True
+
+
+@pytest.mark.parametrize(("answer", "correct"), [("400", True), ("400.0", True), ("It took 400 days.", True),
+                                                 ("401", False), ("399", False), ("400.4", False)])
+def test_exact_answers_allow_no_tolerance(answer: str, correct: bool) -> None:
+    assert answer_matches(answer, 400, exact=True) is correct
+    assert answer_matches(answer, 400) is True  # 0.5% of 400 is 2

@@ -55,6 +55,9 @@ def _cases() -> list[tuple[str, dict[str, Any], str]]:
         ("query_inventory", {"order_by": "price; DROP TABLE inventory"}, "must be one of"),
         ("convert_units", {**GOOD["convert_units"], "value": math.nan}, "must be a finite number"),
         ("convert_currency", {**GOOD["convert_currency"], "amount": math.inf}, "must be a finite number"),
+        # JSON integers of up to 4,300 digits parse; past a float's range math.isfinite raised OverflowError in step().
+        ("convert_units", {**GOOD["convert_units"], "value": 10**400}, "must be a finite number"),
+        ("convert_currency", {**GOOD["convert_currency"], "amount": -(10**4000)}, "must be a finite number"),
         ("Calculator", {"expression": "1"}, "unknown tool 'Calculator'"),
     ]
     return cases
