@@ -355,7 +355,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     table.add_column("group")
     table.add_column("seeds", justify="right")
     for t in args.thresholds:
-        table.add_column(f"steps to {t:.0%}: mean (per seed)", justify="right")
+        table.add_column(f"steps to {t:.0%}: mean ± SE (per seed)", justify="right")
         if args.baseline is not None:
             table.add_column("baseline / group", justify="right")
     table.add_column(f"success at {result['shared_env_steps']:,.0f} steps", justify="right")
@@ -372,13 +372,16 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         for t in args.thresholds:
             key = f"steps_to_{t * 100:g}"
             per_seed = " / ".join(_count(seed[key]) for seed in group["seeds"].values())
-            cells.append(f"{_count(group[key])} ({per_seed})")
+            spread = "" if group.get(f"{key}_se") is None else f" ± {group[key + '_se']:,.0f}"
+            cells.append(f"{_count(group[key])}{spread} ({per_seed})")
             if args.baseline is not None:
                 ratio = group[f"speedup_{key}"]
                 cells.append("-" if ratio is None else f"{ratio:.2f}x")
         success = group["success_at_shared_steps"]
         rates = [seed["env_steps_per_s"] for seed in group["seeds"].values() if seed["env_steps_per_s"]]
-        cells.append("-" if success is None else f"{success:.1%}")
+        success_se = group.get("success_at_shared_steps_se")
+        spread = "" if success_se is None else f" ± {success_se:.1%}"
+        cells.append("-" if success is None else f"{success:.1%}{spread}")
         cells += ["-" if group[key] is None else f"{group[key]:.1%}" for key in held_out]
         cells.append(f"{sum(rates) / len(rates):,.0f}" if rates else "-")
         table.add_row(*cells)
@@ -485,11 +488,11 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     gzip-compressed, each file as its name ends)."""
     from creditgym.trajectories import (
         TrajectoryFormatError,
-        TrajectoryWriter,
         add_shaping,
         check_output_path,
         load_trajectories,
         offline_potential,
+        replacing_writer,
         summarize,
         with_advantages,
     )
@@ -529,7 +532,7 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     except (FileNotFoundError, TrajectoryFormatError, ValueError) as error:
         console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
-    with TrajectoryWriter(out, overwrite=True) as writer:
+    with replacing_writer(out) as writer:  # a failure leaves an earlier --out as it was
         for episode in episodes:
             writer.write(episode)
     after = summarize(episodes)

@@ -11,6 +11,11 @@ version.
 A path ending in .gz holds gzip-compressed JSONL, for writing, reading, trimming and re-scoring alike. Runs record
 to one (`RUN_TRAJECTORIES`): PPO's Sokoban records shrink 47 times so, from 1.7 KB to 37 bytes a step.
 
+Values are stored as JSON, with two departures from strict JSON (RFC 8259) that Python's `json` reads back:
+NaN and ±infinity (a reward, say) are written as the bare tokens `NaN`, `Infinity` and `-Infinity`, which jq
+and JavaScript's JSON.parse refuse. A numpy array (or tensor) is an object `{"__ndarray__": nested lists, "dtype":
+..., "shape": [...]}`; an array without "shape" (records written before it was stored) reads as it always did.
+
 The LLM trainer's rollouts become records with `llm_episode_records` (`LLMTrainConfig.record_trajectories`
 writes them to the run folder's trajectories.jsonl.gz). PPO records the episodes of its first
 `PPOConfig.record_envs` envs with `VectorRecorder`, which builds records from the batched tensors of a vector env.
@@ -29,6 +34,7 @@ import importlib
 import json
 import math
 import os
+import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -145,7 +151,13 @@ class Episode:
             raise ValueError(f"it has no 'format' field, so it is not a trajectory record (a metrics.jsonl row, say); "
                              f"trajectory files hold {FORMAT!r} records")
         if data.get("format") != FORMAT:
-            raise ValueError(f"format is {data.get('format')!r}; this creditgym reads {FORMAT!r} records")
+            written = data.get("version")
+            written = f", written by creditgym {written}" if isinstance(written, str) else ""
+            fix = ("read it with that creditgym, or upgrade this one (pip install -U creditgym)"
+                   if str(data.get("format")).startswith(FORMAT.split("/")[0] + "/") else
+                   "it is not a creditgym trajectory record")
+            raise ValueError(f"format is {data.get('format')!r}{written}; this creditgym ({creditgym.__version__}) "
+                             f"reads {FORMAT!r} records: {fix}")
         _require(data, "episode", {"env_id": str, "observation": object, "steps": list, "version": str})
         _optional(data, "episode", {"seed": int, "info": dict, "state": dict, "metadata": dict}, nullable={"seed",
                                                                                                         "state"})
@@ -243,12 +255,15 @@ def _encode(value: Any, where: str) -> Any:
         except TypeError:
             raise TypeError(f"cannot store {where} (tensor of {value.dtype}) in a trajectory record") from None
     if isinstance(value, np.ndarray):
+        # The shape, as nested lists lose it: an empty (0, 3) array is [], and an object array's list elements would
+        # read back as more dimensions.
+        shape = list(value.shape)
         if value.dtype.kind == "O":
-            return {_NDARRAY: _encode(value.tolist(), where), "dtype": "object"}
+            return {_NDARRAY: _encode(value.tolist(), where), "dtype": "object", "shape": shape}
         if not _storable_dtype(value.dtype):
             raise TypeError(f"cannot store {where} (numpy array of {value.dtype}) in a trajectory record; convert "
                             "it to a numeric or string array")
-        return {_NDARRAY: value.tolist(), "dtype": str(value.dtype)}
+        return {_NDARRAY: value.tolist(), "dtype": str(value.dtype), "shape": shape}
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
@@ -305,15 +320,46 @@ def _decode(value: Any, where: str) -> Any:
             try:
                 if not isinstance(dtype, str) or not _storable_dtype(np.dtype(dtype)) and dtype != "object":
                     raise TypeError(f"unsupported dtype {str(dtype)[:40]!r}")
-                if dtype == "object":
-                    return np.asarray(_decode(value[_NDARRAY], where), dtype=object)
-                return np.asarray(value[_NDARRAY], dtype=dtype)
+                return _array(_decode(value[_NDARRAY], where) if dtype == "object" else value[_NDARRAY], dtype,
+                              value.get("shape"))
             except (TypeError, ValueError, OverflowError) as error:
                 raise ValueError(f"{where} is not a valid stored numpy array ({error})") from None
         return {key: _decode(item, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, list):
         return [_decode(item, f"{where}[{i}]") for i, item in enumerate(value)]
     return value
+
+
+def _array(data: Any, dtype: str, shape: Any) -> np.ndarray:
+    """A stored array from its nested lists; `shape` is None in records written before shapes were stored, which
+    read as they always did (numpy infers the shape from the nesting)."""
+    if shape is None:
+        return np.asarray(data, dtype=dtype)
+    if not isinstance(shape, list) or not all(_is(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"its shape must be a list of sizes, got {str(shape)[:40]}")
+    shape = tuple(shape)
+    if dtype != "object":
+        array = np.asarray(data, dtype=dtype)
+        if array.shape != shape and array.size == 0 == math.prod(shape):  # nested lists hold no empty dimension
+            array = array.reshape(shape)
+        if array.shape == shape:
+            return array
+    elif _nested_to(data, shape):  # element by element: numpy would make list elements into more dimensions
+        array = np.empty(shape, dtype=object)
+        for index in np.ndindex(shape):
+            item = data
+            for i in index:
+                item = item[i]
+            array[index] = item
+        return array
+    raise ValueError(f"its nested lists do not have its shape {list(shape)}")
+
+
+def _nested_to(data: Any, shape: tuple[int, ...]) -> bool:
+    """Whether `data` is nested lists exactly `shape` deep and wide (elements below may be anything)."""
+    if not shape:
+        return True
+    return isinstance(data, list) and len(data) == shape[0] and all(_nested_to(item, shape[1:]) for item in data)
 
 
 # -- files ------------------------------------------------------------------------------------------------------
@@ -457,7 +503,12 @@ class TrajectoryWriter:
         if self._fd is None:
             raise ValueError(f"the trajectory writer for {self.path} is closed")
         with _without_gc():
-            line = (json.dumps(episode.to_dict(), ensure_ascii=False) + "\n").encode("utf-8")
+            data = episode.to_dict()
+            text = json.dumps(data, ensure_ascii=False) + "\n"
+        try:
+            line = text.encode("utf-8")
+        except UnicodeEncodeError:  # found only now, as checking every string up front would slow every write
+            raise TypeError(_unencodable_text(data, "episode")) from None
         self._write_line(line)
 
     def _write_line(self, line: bytes) -> None:
@@ -507,6 +558,30 @@ class TrajectoryWriter:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _unencodable_text(value: Any, where: str) -> str:
+    """The message for the first string (or key) in encoded record data that UTF-8 cannot encode: a lone surrogate
+    such as "\\ud800", as text decoded with errors="surrogateescape" or cut between a surrogate pair holds."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return (f"cannot store {where}: its text {value[max(0, error.start - 20):error.end + 20]!r} holds "
+                    f"{value[error.start]!r} at index {error.start}, a lone surrogate that UTF-8 cannot encode; clean "
+                    "it first, e.g. text.encode('utf-8', 'replace').decode()")
+        return ""
+    if isinstance(value, dict) and _NDARRAY in value:  # a stored numpy array: name its elements as a list's
+        return _unencodable_text(value[_NDARRAY], where)
+    if isinstance(value, dict):  # keys are strings: `_encode` refused others
+        for key, item in value.items():
+            if message := _unencodable_text(key, f"{where} (a key)") or _unencodable_text(item, f"{where}.{key}"):
+                return message
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if message := _unencodable_text(item, f"{where}[{i}]"):
+                return message
+    return ""
 
 
 def _is_record(line: bytes) -> bool:
@@ -649,15 +724,38 @@ def replacing_writer(path: str | Path) -> Iterator[TrajectoryWriter]:
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"cannot write trajectories to {path}: it is a folder; give a file path "
                                 "in a writable folder")
-    temporary = path.with_name(f"{path.stem}.tmp{path.suffix}")  # keeps the .gz that says how to write it
-    writer = TrajectoryWriter(temporary, overwrite=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = _temporary_beside(path)
+    except OSError as error:
+        raise type(error)(error.errno, f"cannot write trajectories to {path}: {error.strerror}; give a file path "
+                          "in a writable folder") from None
+    writer = None
+    try:
+        writer = TrajectoryWriter(temporary, overwrite=True)
         yield writer
         writer.close()
         os.replace(temporary, path)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         temporary.unlink(missing_ok=True)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file in `path`'s folder for what will replace `path`, with a name no other writer gets (two
+    recordings to one path at once each write their own) and no user file has (it starts with a dot, which
+    `check_output_path` refuses), ending in .gz where `path` does, which says how to write it."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".gz" if is_gzipped(path) else "")
+    os.close(fd)
+    os.chmod(name, 0o644 & ~_umask())  # as a new file gets: mkstemp gives 0600, for its owner alone
+    return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; set back at once
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -774,7 +872,7 @@ def trim_trajectories(path: str | Path, last: float, *, key: str = "iteration") 
     if cut is None and lines.cut is None:
         return 0
     keep = offset if cut is None else cut
-    rewritten = path.with_name(path.stem + ".trim.gz")
+    rewritten = _temporary_beside(path)
     try:
         with path.open("rb") as file, TrajectoryWriter(rewritten, overwrite=True) as writer:
             for raw in _Lines(path, file, gzipped=True):

@@ -29,6 +29,7 @@ from creditgym.trajectories import (
     load_trajectories,
     read_trajectories,
     record_episodes,
+    replacing_writer,
     step_advantages,
     trim_trajectories,
 )
@@ -565,6 +566,50 @@ def test_writer_refuses_bad_paths_and_use_after_close(tmp_path: Path) -> None:
     env = gym.make(SOKOBAN, max_episode_steps=1)
     with pytest.raises(ValueError, match="is closed"):
         writer.write(record_episodes(env, _random(env), 1, seed=0)[0])
+
+
+def _tagged(who: str, i: int) -> Episode:
+    return Episode(env_id="x", seed=i, observation="o", steps=[], metadata={"who": who})
+
+
+@pytest.mark.parametrize("name", ["eval.jsonl", "eval.jsonl.gz"])
+def test_two_recordings_to_one_path_each_write_their_own_temporary_file(tmp_path: Path, name: str) -> None:
+    # Both wrote eval.tmp.jsonl: the first to finish moved the other's half-written file into place, and the second
+    # then failed (FileNotFoundError) after playing its whole evaluation.
+    path = tmp_path / name
+    with replacing_writer(path) as first:
+        first.write(_tagged("first", 0))
+        with replacing_writer(path) as second:
+            second.write(_tagged("second", 0))
+            first.write(_tagged("first", 1))
+            second.write(_tagged("second", 1))
+        assert [e.metadata["who"] for e in load_trajectories(path)] == ["second", "second"]
+        first.write(_tagged("first", 2))
+    assert [(e.metadata["who"], e.seed) for e in load_trajectories(path)] == [("first", 0), ("first", 1),
+                                                                             ("first", 2)]
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left behind
+    assert path.read_bytes().startswith(b"\x1f\x8b") == name.endswith(".gz")
+
+
+def test_replacing_a_recording_leaves_other_files_and_a_failed_one_alone(tmp_path: Path) -> None:
+    mine = tmp_path / "a.tmp.jsonl"  # the name the temporary file had: truncated, then deleted
+    mine.write_text("my notes\n")
+    path = tmp_path / "a.jsonl"
+    with replacing_writer(path) as writer:
+        writer.write(_tagged("kept", 0))
+    assert mine.read_text() == "my notes\n"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644 & ~umask  # as a new file gets (a temporary file's 0600 would not)
+    with pytest.raises(RuntimeError), replacing_writer(path) as writer:
+        writer.write(_tagged("lost", 0))
+        raise RuntimeError
+    assert [e.metadata["who"] for e in load_trajectories(path)] == ["kept"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.tmp.jsonl"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match=r"cannot write trajectories to .*file/t\.jsonl: .*writable folder"):
+        with replacing_writer(tmp_path / "file" / "t.jsonl"):
+            pass
 
 
 def test_recordings_are_reproducible_and_leave_the_global_rngs_alone(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ than the seed and bookkeeping such as the run's folder, device or logging (`BOOK
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import statistics
 import warnings
 from collections.abc import Sequence
@@ -52,12 +54,23 @@ def steps_to(rows: list[dict[str, float]], threshold: float, *, skip_steps: int 
     return None
 
 
+def read_step(rows: list[dict[str, float]], step: float) -> float | None:
+    """The env step of the first logged row at or after `step`, where success at `step` is read (None: the run
+    never got there). Not the last row before it: a run that logs every 8,192 steps would be read up to a whole
+    rollout early, and so against a run that logs often, at fewer env steps."""
+    return next((row["global_step"] for row in rows if row["global_step"] >= step), None)
+
+
 def success_at(rows: list[dict[str, float]], step: float, *, skip_steps: int = 0,
                min_episodes: int = 500) -> float | None:
-    """Training success over the last `min_episodes` episodes finished by env step `step`, leaving out updates
-    before `skip_steps` as `steps_to` does (None: no episode finished in between)."""
+    """Training success over the last `min_episodes` episodes finished by the first logged row at or after env step
+    `step` (`read_step`), leaving out updates before `skip_steps` as `steps_to` does (None: the run never got to
+    `step`, or no episode finished in between)."""
+    end = read_step(rows, step)
+    if end is None:
+        return None
     episodes = successes = 0.0
-    kept = [r for r in rows if skip_steps < r["global_step"] <= step and "charts/success_rate" in r]
+    kept = [r for r in rows if skip_steps < r["global_step"] <= end and "charts/success_rate" in r]
     for row in reversed(kept):
         count = row.get("charts/episodes", 1.0)
         episodes += count
@@ -72,10 +85,13 @@ def warm_up_steps(config: dict[str, Any]) -> int:
     before that); none for LLM runs, whose every iteration finishes all its episodes."""
     if config.get("algo", "ppo") != "ppo" or "num_envs" not in config:
         return 0
-    try:
-        limit = gym.spec(config["env_id"]).max_episode_steps or 0
-    except gym.error.Error:
-        limit = 0
+    # The run's own limit where it set one (env_kwargs, as PPO passes it to the env), else its env's.
+    limit = (config.get("env_kwargs") or {}).get("max_episode_steps")
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        try:
+            limit = gym.spec(config["env_id"]).max_episode_steps or 0
+        except gym.error.Error:
+            limit = 0
     return int(config["num_envs"]) * limit
 
 
@@ -143,8 +159,15 @@ def load_runs(paths: Sequence[str | Path | Run]) -> list[Run]:
 
 def compare_runs(paths: Sequence[str | Path | Run], *, thresholds: Sequence[float] = (0.5, 0.8),
                  baseline: str | None = None, min_episodes: int = 500) -> dict[str, Any]:
-    """Per group: each seed's env steps to every threshold, their mean, success at the shared budget and
-    env-steps/s; with `baseline` (a label, or a unique part of one), the baseline's mean steps over each group's."""
+    """Per group: each seed's env steps to every threshold, their mean and its standard error over seeds (`*_se`),
+    success at the shared budget (read at each run's first logged row at or after it, `shared_steps_read_at`) and
+    env-steps/s; with `baseline` (a label, or a unique part of one), the baseline's mean steps over each group's.
+
+    `seed_noise` compares each group with the baseline (without one, every two groups) on each of those means: a
+    difference is within seed noise where the groups' mean ± 2·SE intervals overlap, and a warning says so. That is
+    a rough screen, not a test: with 2 or 3 seeds the SE itself is uncertain, so even intervals that do not overlap
+    are weak evidence. Groups with a single seed have no SE and are not screened (a warning says that too).
+    """
     if any(not 0 < t <= 1 for t in thresholds):
         raise ValueError(f"thresholds must be success rates in (0, 1], got {list(thresholds)}")
     if min_episodes < 1:
@@ -167,11 +190,16 @@ def compare_runs(paths: Sequence[str | Path | Run], *, thresholds: Sequence[floa
                 **{_key(t): steps_to(run.rows, t, skip_steps=skip, min_episodes=min_episodes) for t in thresholds},
                 "success_at_shared_steps": success_at(run.rows, shared_budget, skip_steps=skip,
                                                       min_episodes=min_episodes),
+                "shared_steps_read_at": read_step(run.rows, shared_budget),
                 "env_steps_per_s": next((row["charts/sps"] for row in reversed(run.rows) if "charts/sps" in row),
                                         None),
                 **held_out_success(run.path),
             }
         result["groups"][label] = {"seeds": seeds, **_means(seeds, thresholds)}
+    read_at = [seed["shared_steps_read_at"] for group in result["groups"].values() for seed in group["seeds"].values()]
+    if max(read_at) > shared_budget:  # runs that log at other steps: say how far apart their readings are
+        warnings.append(f"success at {shared_budget:,.0f} steps is read at each run's first logged row at or after "
+                        f"them, here {min(read_at):,.0f} to {max(read_at):,.0f} env steps (shared_steps_read_at)")
     if baseline is not None:
         base = _find_label(baseline, result["groups"])
         result["baseline"] = base
@@ -182,6 +210,7 @@ def compare_runs(paths: Sequence[str | Path | Run], *, thresholds: Sequence[floa
                 whole = all(seed[key] is not None for group in (summary, result["groups"][base])
                             for seed in group["seeds"].values())
                 summary[f"speedup_{key}"] = round(result["groups"][base][key] / summary[key], 3) if whole else None
+    result["seed_noise"] = _seed_noise(result, [_key(t) for t in thresholds] + list(_RATES))
     return result
 
 
@@ -198,17 +227,80 @@ def _key(threshold: float) -> str:
     return f"steps_to_{threshold * 100:g}"
 
 
+#: Per-seed success rates a group gets the mean and standard error of.
+_RATES = ("success_at_shared_steps", "held_out_greedy", "held_out_sampled")
+
+
 def _means(seeds: dict[str, dict[str, Any]], thresholds: Sequence[float]) -> dict[str, Any]:
+    """Each threshold's mean steps over the seeds that got there, and each rate's mean over every seed, each with
+    its standard error over seeds (`_se`: sample standard deviation / √n; None with fewer than 2 seeds)."""
     out: dict[str, Any] = {}
     for t in thresholds:
         reached = [seed[_key(t)] for seed in seeds.values() if seed[_key(t)] is not None]
         out[_key(t)] = round(statistics.mean(reached)) if reached else None
+        out[f"{_key(t)}_se"] = round(_se(reached)) if len(reached) > 1 else None
         out[f"{_key(t)}_reached"] = f"{len(reached)}/{len(seeds)}"
-    for key in ("success_at_shared_steps", "held_out_greedy", "held_out_sampled"):
+    for key in _RATES:
         values = [seed[key] for seed in seeds.values()]
         # A mean over some seeds only would not be the group's, so a missing one leaves it unset.
-        out[key] = round(statistics.mean(values), 4) if values and None not in values else None
+        whole = bool(values) and None not in values
+        out[key] = round(statistics.mean(values), 4) if whole else None
+        out[f"{key}_se"] = round(_se(values), 4) if whole and len(values) > 1 else None
     return out
+
+
+def _se(values: list[float]) -> float:
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _seed_noise(result: dict[str, Any], keys: list[str]) -> list[dict[str, Any]]:
+    """For each compared pair of groups (each against the baseline, else every two) and each key where both have a
+    mean over all their seeds and a standard error: whether their mean ± 2·SE intervals overlap. Adds a warning for
+    each pair within seed noise, and one for single-seed groups."""
+    groups = result["groups"]
+    base = result.get("baseline")
+    pairs = [(base, label) for label in groups if label != base] if base else list(itertools.combinations(groups, 2))
+    single = [label for label, group in groups.items() if len(group["seeds"]) < 2]
+    if single and len(groups) > 1:
+        one = len(single) == 1
+        result["warnings"].append(f"{', '.join(map(repr, single))} {'has' if one else 'have'} one seed, so no "
+                                  f"standard error: a difference to {'it' if one else 'them'} cannot be told from "
+                                  "seed noise; run more seeds")
+    checks = []
+    for key in keys:
+        for first, second in pairs:
+            a, b = groups[first], groups[second]
+            # Steps need every seed there, as a mean over those that got there would flatter a group.
+            if any(group[f"{key}_se"] is None or any(seed[key] is None for seed in group["seeds"].values())
+                   for group in (a, b)):
+                continue
+            within = abs(a[key] - b[key]) <= 2 * (a[f"{key}_se"] + b[f"{key}_se"])
+            checks.append({"metric": key, "groups": [first, second], "difference": round(b[key] - a[key], 4),
+                           "within_seed_noise": within})
+            if within:
+                show = _show_steps if key.startswith("steps_to_") else _show_rate
+                result["warnings"].append(
+                    f"{_metric_name(key, result['shared_env_steps'])}: the difference between {second!r} and "
+                    f"{first!r} is within seed noise (their mean ± 2·SE intervals overlap: {show(b[key])} ± "
+                    f"{show(2 * b[f'{key}_se'])} and {show(a[key])} ± {show(2 * a[f'{key}_se'])}); more seeds are "
+                    "needed to tell them apart")
+    return checks
+
+
+def _metric_name(key: str, shared_steps: float) -> str:
+    if key.startswith("steps_to_"):
+        return f"steps to {key.removeprefix('steps_to_')}%"
+    if key == "success_at_shared_steps":
+        return f"success at {shared_steps:,.0f} steps"
+    return key.replace("_", " ").replace("held out", "held-out") + " success"
+
+
+def _show_steps(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _show_rate(value: float) -> str:
+    return f"{value:.1%}"
 
 
 def held_out_success(run_dir: Path) -> dict[str, float | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,12 @@ def load_policy(run_dir: str | Path, device: torch.device) -> tuple[PPOConfig, A
 def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 200, levels: str | None = None,
              split: str = "test", greedy: bool = True, seed: int = 0, device: str = "cpu",
              record: str | Path | None = None) -> dict[str, Any]:
-    """Play `episodes` episodes with the run's policy; Sokoban plays distinct held-out levels in order.
+    """Play `episodes` episodes with the run's policy; Sokoban plays distinct held-out levels in order, with the
+    run's time limit (`max_episode_steps` in its env_kwargs, else the env's; the result says which).
+
+    The result's `success_rate_ci95` is the Wilson 95% interval of the success rate over the episodes, which takes
+    them as independent draws: true of distinct levels or seeds, not of levels replayed greedily (a warning says
+    when levels repeat).
 
     `record` names a file that gets the episodes as trajectory records, in episode order, gzip-compressed where the
     name ends in .gz (replaced if it exists; `creditgym rescore` reads it). Sokoban records hold each board's state
@@ -87,8 +93,10 @@ def _evaluate(config: PPOConfig, agent: ActorCritic, env_id: str, episodes: int,
     if gym.spec(env_id).vector_entry_point is not None and env_id.startswith("creditgym/Sokoban"):
         train_grid = gym.spec(config.env_id).kwargs["levels"]
         train_grid = SokobanVectorEnv(1, levels=config.env_kwargs.get("levels", train_grid)).bank.shape
-        # The run's view and reward sizes, so that returns are on its scale.
-        view = {k: v for k, v in config.env_kwargs.items() if k in ("action_mask", "obs_mode", "rewards")}
+        # The run's view and reward sizes, so that returns are on its scale, and its time limit, on which success
+        # depends.
+        view = {k: v for k, v in config.env_kwargs.items()
+                if k in ("action_mask", "obs_mode", "rewards", "max_episode_steps")}
         # A run that trained on its own levels (such as Boxoban's) is evaluated on their held-out split.
         own_levels = config.env_kwargs.get("levels") if env_id == config.env_id else None
         if levels is None and own_levels is not None and split == "test" and not has_held_out_split(own_levels):
@@ -150,11 +158,11 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
                          f"{train_grid[0]}x{train_grid[1]}; evaluate on levels of the training size")
     warn_when_levels_repeat(bank, episodes)
     order = np.arange(episodes) % len(bank)
+    view = {"max_episode_steps": spec.max_episode_steps or 200, **view}
     success, steps, returns = [], [], []
     for start in range(0, episodes, 256):
         chunk = order[start:start + 256]
-        env = SokobanVectorEnv(len(chunk), levels=bank, max_episode_steps=spec.max_episode_steps or 200, device=dev,
-                               **view)
+        env = SokobanVectorEnv(len(chunk), levels=bank, device=dev, **view)
         obs, info = env.reset(options={"level_index": chunk})
         recorder = None
         if writer is not None:
@@ -196,7 +204,8 @@ def _evaluate_sokoban(agent: ActorCritic, env_id: str, episodes: int, levels: st
         "distinct_levels": int(min(episodes, len(bank))),
         "levels": str(source),
         "split": "file" if from_file else split,
-        "success_rate": float(np.mean(success)),
+        "max_episode_steps": view["max_episode_steps"],
+        **_success_rate(success),
         "mean_steps": float(np.mean(steps)),
         "mean_return": float(np.mean(returns)),
         "solved_mean_steps": float(np.mean([s for s, w in zip(steps, success, strict=True) if w])) if any(success)
@@ -217,6 +226,7 @@ def _evaluate_generic(agent: ActorCritic, env_id: str, episodes: int, greedy: bo
                       writer: TrajectoryWriter | None = None) -> dict[str, Any]:
     """Episodes reset with seed + episode, played one at a time (and recorded to `writer` when given)."""
     env = gym.make(env_id, **env_kwargs)
+    limit = env.spec.max_episode_steps if env.spec is not None else None  # the run's, where its env_kwargs set one
 
     def policy(obs: Any, info: dict[str, Any]) -> int:
         return int(_act(agent, torch.as_tensor(np.asarray(obs)[None], device=dev), greedy, generator)[0])
@@ -229,9 +239,26 @@ def _evaluate_generic(agent: ActorCritic, env_id: str, episodes: int, greedy: bo
         for number, episode in enumerate(played):
             episode.metadata["episode"] = number
             writer.write(episode)
-    return {"episodes": episodes, "success_rate": float(np.mean([e.success for e in played])),
+    return {"episodes": episodes, "max_episode_steps": limit, **_success_rate([e.success for e in played]),
             "mean_steps": float(np.mean([len(e.steps) for e in played])),
             "mean_return": float(np.mean([e.total_reward for e in played]))}
+
+
+def _success_rate(success: list[bool]) -> dict[str, Any]:
+    low, high = wilson_interval(sum(success), len(success))
+    return {"success_rate": float(np.mean(success)), "success_rate_ci95": [round(low, 4), round(high, 4)]}
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a success rate, 95% at z = 1.96. Unlike rate ± z·SE it stays within [0, 1]
+    and does not shrink to a point at 0 or `trials` successes, which small evaluations often give."""
+    if not 0 <= successes <= trials or trials < 1:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    rate = successes / trials
+    centre = rate + z * z / (2 * trials)
+    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials))
+    scale = 1 + z * z / trials
+    return max(0.0, (centre - half) / scale), min(1.0, (centre + half) / scale)
 
 
 def write_result(result: dict[str, Any], run_dir: str | Path, variant: str = "") -> Path:

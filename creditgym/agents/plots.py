@@ -31,13 +31,17 @@ def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: str | Pa
     import matplotlib.pyplot as plt
 
     figure, (success_axis, return_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    curves = []  # (axis, label, steps, values)
     for label, rows in runs.items():
         reward_key = "reward/task" if any("reward/task" in row for row in rows) else "charts/episodic_return"
         for axis, key in ((success_axis, "charts/success_rate"), (return_axis, reward_key)):
             points = [(row["global_step"], row[key]) for row in rows if key in row and row["global_step"] > skip_steps]
             if points:
                 steps, values = zip(*points, strict=True)
-                axis.plot(steps, _smooth(list(values)), label=label)
+                curves.append((axis, label, list(steps), list(values)))
+    scale = _smoothing_steps([steps for *_, steps, _ in curves])
+    for axis, label, steps, values in curves:
+        axis.plot(steps, _smooth(steps, values, scale), label=label)
     success_axis.set(xlabel="env steps", ylabel="success rate (training episodes)", ylim=(-0.02, 1.02))
     return_axis.set(xlabel="env steps", ylabel="task reward per episode")
     for axis in (success_axis, return_axis):
@@ -53,7 +57,8 @@ def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: str | Pa
 
 def plot_seed_bands(runs: dict[str, list[list[dict[str, float]]]], path: str | Path, *, title: str = "",
                     skip_steps: int = 0, points: int = 100) -> Path:
-    """Training success against env steps: per label, the mean over seeds as a line and the min-max as a band.
+    """Training success against env steps: per label, the mean over seeds as a line and the min–max over seeds as a
+    shaded band (the legend says so).
 
     `runs` maps a label to the metrics rows of each seed; every seed's smoothed curve is interpolated onto one
     grid of env steps so seeds with different logging steps average correctly.
@@ -63,16 +68,22 @@ def plot_seed_bands(runs: dict[str, list[list[dict[str, float]]]], path: str | P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    logged: dict[str, list[tuple[list[float], list[float]]]] = {}
     for label, seeds in runs.items():
-        curves = []
+        logged[label] = []
         for rows in seeds:
             pairs = [(row["global_step"], row["charts/success_rate"]) for row in rows
                      if "charts/success_rate" in row and row["global_step"] > skip_steps]
             if pairs:
                 steps, values = zip(*pairs, strict=True)
-                curves.append((np.asarray(steps, dtype=float), np.asarray(_smooth(list(values)))))
+                logged[label].append((list(steps), list(values)))
+    scale = _smoothing_steps([steps for curves in logged.values() for steps, _ in curves])
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, seeds in logged.items():
+        curves = [(np.asarray(steps, dtype=float), np.asarray(_smooth(steps, values, scale)))
+                  for steps, values in seeds]
         if not curves:
             continue
         grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), points)
@@ -82,19 +93,36 @@ def plot_seed_bands(runs: dict[str, list[list[dict[str, float]]]], path: str | P
         axis.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.2)
     axis.set(xlabel="env steps", ylabel="success rate (training episodes)", ylim=(-0.02, 1.02), title=title)
     axis.grid(alpha=0.3)
+    handles, labels = axis.get_legend_handles_labels()
+    if any(len(curves) > 1 for curves in logged.values()):  # else a reader may take the band for a confidence interval
+        handles.append(Patch(color="grey", alpha=0.2))
+        labels.append("line: mean over seeds; band: min–max over seeds")
     if any(len(label) > 40 for label in runs):  # long labels (config differences) would hide the curves
-        axis.legend(loc="upper left", bbox_to_anchor=(0, -0.15), fontsize="small")
+        axis.legend(handles, labels, loc="upper left", bbox_to_anchor=(0, -0.15), fontsize="small")
     else:
-        axis.legend()
+        axis.legend(handles, labels)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return Path(path)
 
 
-def _smooth(values: list[float], weight: float = 0.8) -> list[float]:
-    """Exponential moving average, as TensorBoard shows by default."""
-    out, last = [], values[0]
-    for value in values:
-        last = weight * last + (1 - weight) * value
+def _smoothing_steps(curves: list[list[float]]) -> float:
+    """The env steps over which `_smooth` keeps `weight` of the past, one for a whole figure: the median logging
+    interval of the curve that logs most often, so that curve looks as a TensorBoard-smoothed one does."""
+    import numpy as np
+
+    intervals = [float(np.median(np.diff(steps))) for steps in curves if len(steps) > 1]
+    return min((i for i in intervals if i > 0), default=1.0)
+
+
+def _smooth(steps: list[float], values: list[float], scale: float, weight: float = 0.8) -> list[float]:
+    """Exponential moving average in env steps: the past keeps `weight` per `scale` env steps, so a run that logs
+    every 2,000 steps is smoothed as one logging every 500 is (an EMA per logged row, TensorBoard's, smooths a
+    rarely logging run over more env steps and draws it lagging)."""
+    out, last, previous = [], values[0], steps[0]
+    for step, value in zip(steps, values, strict=True):
+        keep = weight ** (max(step - previous, 0) / scale)
+        last = keep * last + (1 - keep) * value
+        previous = step
         out.append(last)
     return out

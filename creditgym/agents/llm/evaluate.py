@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import creditgym
 from creditgym.agents.config_cli import MAX_SEED, check_device, check_env_arguments, saved_run_config
+from creditgym.agents.evaluate import wilson_interval
 from creditgym.agents.ppo import resolve_device
 from creditgym.agents.runs import load_weights, read_checkpoint
 from creditgym.envs.sokoban.bank import warn_when_levels_repeat
@@ -336,6 +337,7 @@ def _summary(played: list[Episode], config: LLMTrainConfig, bank: Any, episodes:
     result: dict[str, Any] = {
         "episodes": episodes,
         "success_rate": float(np.mean(success)),
+        "success_rate_ci95": [round(bound, 4) for bound in wilson_interval(int(sum(success)), len(success))],
         "mean_steps": float(np.mean(steps)),
         "mean_return": float(np.mean([episode.total_reward for episode in played])),
         "invalid_action_rate": float(np.mean([turn.invalid for turn in turns])),

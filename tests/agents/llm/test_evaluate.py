@@ -209,3 +209,5 @@ def test_evaluation_seeds_the_run_trained_on_are_counted_and_warned_about(full_r
         warnings.simplefilter("error")
         fresh = evaluate_llm(full_run.run_dir, **{**PLAY, "seed": first + 100}, **_tiny())
     assert fresh["episodes_with_training_seeds"] == 0
+    low, high = fresh["success_rate_ci95"]  # Wilson's interval, as the PPO evaluation's
+    assert 0 <= low <= fresh["success_rate"] <= high <= 1 and high - low > 0.1  # 6 episodes say little
