@@ -66,6 +66,8 @@ BAD_INPUT = [
     ("benchmarks/ppo_learning.py", ["--env", "creditgym/NoSuchEnv-v0"]),
     ("benchmarks/ppo_learning.py", ["--episodes", "0"]),
     ("benchmarks/ppo_throughput.py", ["--config", '{"no_such_field": 1}']),
+    ("benchmarks/llm_iteration.py", ["--iterations", "0"]),
+    ("benchmarks/llm_iteration.py", ["--tiny", "--config", '{"no_such_field": 1}']),
     ("examples/shaping_invariance.py", ["--gamma", "1"]),
     ("examples/shaping_invariance.py", ["--bank", "3x3-9b"]),
     ("examples/spa_estimator_fit.py", ["--checkpoints", "no/such/checkpoint.pt"]),
@@ -85,6 +87,19 @@ def test_bad_input_is_one_line(script: str, argv: list[str], capsys: pytest.Capt
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error:" in error, error
+
+
+def test_llm_iteration_times_every_part_of_a_ppo_llm_iteration() -> None:
+    """A smoke run on the tiny model: ppo_llm has a scoring pass and always a backward (its value loss)."""
+    for module in _load(ROOT / "benchmarks/llm_iteration.py"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = module.main(["--tiny", "--algo", "ppo_llm", "--episodes", "4", "--max-turns", "2",
+                                  "--max-new-tokens", "4", "--micro-batch", "3", "--iterations", "2"])
+    assert len(result["iterations"]) == 2
+    for figures in result["iterations"]:
+        parts = [figures[name] for name in module.PARTS]
+        assert all(value > 0 for value in parts), figures
+        assert figures["other_s"] >= -0.01 and figures["update_s"] <= figures["iteration_s"]
 
 
 def test_a_figure_left_unmeasured_is_no_missed_target() -> None:

@@ -57,6 +57,7 @@ class LLMPolicy:
         stop.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
         self.stop_ids = {int(token) for token in stop if token is not None}
         self._cache_kwarg = _cache_kwarg(model)
+        self._head_alone = _logits_are_output_layer(model)
         self._closing, self._user_open, self._user_close, self.incremental = self._template_pieces()
 
     @property
@@ -172,47 +173,67 @@ class LLMPolicy:
         `entropy_out`, a ``(B, L)`` tensor, receives the entropy of the (tempered) distribution each action token
         was drawn from, without grad, where the vocabulary-sized logits are at hand anyway.
 
-        Only positions that predict an action token go through the LM head, which keeps the vocabulary-sized
-        logits small for long multi-turn sequences. The first `shared_prefix` tokens, which every row must have
-        alike (`shared_row_prefix` of the whole batch), run once for all rows: the rest of each row attends to
-        their cached keys and values, and gradients flow back through them. Give the same value for every part of
-        a batch, so that a row's logprobs do not depend on which rows it is scored with.
+        Only the positions where a row predicts one of its own action tokens go through the LM head, which keeps the
+        vocabulary-sized logits small for long multi-turn sequences (models that transform the head's logits, as
+        Gemma's soft-capping does, run their own forward instead, with logits at every row's positions). The first
+        `shared_prefix` tokens, which every row must have alike (`shared_row_prefix` of the whole batch), run once
+        for all rows: the rest of each row attends to their cached keys and values, and gradients flow back through
+        them. Give the same value for every part of a batch, so that a row's logprobs do not depend on which rows it
+        is scored with.
         """
         predicts = torch.zeros_like(action_mask, dtype=torch.bool)
         predicts[:, :-1] = action_mask[:, 1:].bool()
-        keep = predicts.any(0).nonzero().squeeze(1)
+        # (row, position) of every position that predicts one of its row's action tokens, in row-major order
+        rows, positions = predicts.nonzero(as_tuple=True)
         shared = shared_prefix  # also for a single row: its logprobs must not depend on the rows beside it
-        if shared and not (shared <= int(keep[0]) and bool((input_ids[:, :shared] == input_ids[:1, :shared]).all())
+        if shared and not (bool((positions >= shared).all())
+                           and bool((input_ids[:, :shared] == input_ids[:1, :shared]).all())
                            and bool(attention_mask[:, :shared].bool().all())):
             raise ValueError(f"shared_prefix={shared_prefix}, but the rows do not all start with those tokens before "
                              "their first action token; pass shared_row_prefix(...) of the batch, or 0")
         prefix = self.shared_prefix_inputs(input_ids, attention_mask, shared)
         with self.autocast():
-            out = self.model(input_ids=input_ids[:, shared:], attention_mask=attention_mask,
-                             logits_to_keep=keep - shared, output_hidden_states=with_hidden, **prefix)
-        logits = out.logits.float() / self.temperature
-        targets = input_ids[:, keep + 1]
-        token_lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            if self._head_alone:
+                # The decoder, then the output layer at each row's own positions: the vocabulary-sized logits (and
+                # the logsumexp and softmax over them) cover the action tokens only, not every row at every other
+                # row's positions as `logits_to_keep` (one set of positions for the whole batch) would.
+                last = self.model.get_decoder()(input_ids=input_ids[:, shared:], attention_mask=attention_mask,
+                                                **prefix).last_hidden_state
+                logits = self.model.get_output_embeddings()(last[rows, positions - shared])
+            else:
+                # The model's own forward, for models that transform the output layer's logits (see
+                # `_logits_are_output_layer`): logits at the union of the rows' positions, each row's own kept.
+                keep = predicts.any(0).nonzero().squeeze(1)
+                out = self.model(input_ids=input_ids[:, shared:], attention_mask=attention_mask,
+                                 logits_to_keep=keep - shared, output_hidden_states=with_hidden, **prefix)
+                logits = out.logits[rows, torch.searchsorted(keep, positions)]
+                last = out.hidden_states[-1] if with_hidden else None
+        logits = logits.float() / self.temperature
+        targets = input_ids[rows, positions + 1]
+        token_lp = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         result = torch.zeros(input_ids.shape, dtype=token_lp.dtype, device=input_ids.device)
-        result[:, keep + 1] = token_lp
+        result[rows, positions + 1] = token_lp
         result = result * action_mask
         if entropy_out is not None:
             with torch.no_grad():
                 entropy = torch.logsumexp(logits, dim=-1) - (logits.softmax(-1) * logits).sum(-1)
                 entropy_out.zero_()
-                entropy_out[:, keep + 1] = entropy.to(entropy_out.dtype)
+                entropy_out[rows, positions + 1] = entropy.to(entropy_out.dtype)
                 entropy_out.mul_(action_mask)
-        if not with_hidden:
+        if not with_hidden or last is None:
             return result, None
-        last = out.hidden_states[-1].float()
+        last = last.float()
         hidden = torch.zeros((*input_ids.shape, last.shape[-1]), dtype=last.dtype, device=last.device)
-        hidden[:, keep + 1] = last[:, keep - shared]
+        hidden[rows, positions + 1] = last[rows, positions - shared]
         return result, hidden * action_mask[..., None]
 
     def prompt_end_hidden(self, prompts: list[list[int]], *, batch_size: int) -> Tensor:
         """The last hidden state ``(B, H)`` at each prompt's final token, which predicts the first token of the reply
         to it: the state a value head reads for the prompt (as `sequence_logprobs(..., with_hidden=True)` reads it
-        for each generated token). Prompts run right-padded, `batch_size` at a time."""
+        for each generated token). Prompts run right-padded, `batch_size` at a time; the tokens all of them open with
+        (the instructions) run once per chunk, as in scoring, and as many for every chunk, so that a prompt's state
+        does not depend on the chunk it runs in."""
+        shared = shared_prefix_length(prompts)  # each prompt keeps its final token, whose state is read
         ends = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
@@ -221,10 +242,11 @@ class LLMPolicy:
             for row, prompt in enumerate(chunk):
                 ids[row, :len(prompt)] = torch.tensor(prompt, device=self.device)
                 attention[row, :len(prompt)] = 1
+            prefix = self.shared_prefix_inputs(ids, attention, shared)
             with self.autocast():  # the decoder alone: no logits are needed
-                hidden = self.model.get_decoder()(input_ids=ids, attention_mask=attention,
-                                                  use_cache=False).last_hidden_state
-            ends.append(hidden[torch.arange(len(chunk), device=self.device), attention.sum(-1) - 1].float())
+                hidden = self.model.get_decoder()(input_ids=ids[:, shared:], attention_mask=attention,
+                                                  **prefix).last_hidden_state
+            ends.append(hidden[torch.arange(len(chunk), device=self.device), attention.sum(-1) - 1 - shared].float())
         return torch.cat(ends)
 
     def shared_prefix_inputs(self, input_ids: Tensor, attention_mask: Tensor, shared: int) -> dict[str, Any]:
@@ -278,6 +300,22 @@ def shared_row_prefix(input_ids: Tensor, attention_mask: Tensor, action_mask: Te
     alike = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
     shared = min(int(alike.long().cumprod(0).sum()), int(predicting[0]))
     return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+# Architectures whose causal LM's logits are its output layer on the decoder's last hidden state and nothing more
+# (SmolLM2 is a llama). Others, such as Gemma-2 (soft-capping), Cohere (logit_scale) or Granite (logits_scaling),
+# score through their own forward: slower, and right whatever they do to their logits.
+_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+# Config fields with which causal LMs transform the output layer's logits, refused even on the types above
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _logits_are_output_layer(model: PreTrainedModel) -> bool:
+    """Whether the model's logits are its output layer applied to its decoder's last hidden state, and nothing more,
+    so that `sequence_logprobs` may apply that layer itself to the positions it needs."""
+    configs = (model.config, model.config.get_text_config())  # a multimodal model keeps them in its text config
+    return (model.config.model_type in _PLAIN_HEAD_TYPES and model.get_output_embeddings() is not None
+            and all(getattr(c, name, None) is None for c in configs for name in _LOGIT_TRANSFORMS))
 
 
 def _cache_kwarg(model: PreTrainedModel) -> str:
