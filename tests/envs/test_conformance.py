@@ -48,6 +48,14 @@ def test_every_env_is_registered_and_described() -> None:
     assert set(DESCRIPTIONS) == EXPECTED_IDS
 
 
+@pytest.mark.parametrize("old", ["creditgym/Shop-v0", "creditgym/Shop-100k-v0", "creditgym/ToolUse-v0",
+                                 "creditgym/ToolUse-Easy-v0", "creditgym/ToolUse-Hard-v0"])
+def test_replaced_versions_point_to_their_successor(old: str) -> None:
+    # Their rewards and splits changed (see the envs' version histories); gymnasium names the version to use
+    with pytest.warns(DeprecationWarning), pytest.raises(gym.error.DeprecatedEnv, match=old.replace("-v0", "-v1")):
+        gym.make(old)
+
+
 @pytest.mark.parametrize(("env_id", "kwargs"), _cases(), ids=lambda v: v if isinstance(v, str) else str(v))
 def test_conformance(env_id: str, kwargs: dict) -> None:
     check_conformance(env_id, **kwargs)
