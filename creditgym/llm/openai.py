@@ -30,6 +30,9 @@ MAX_RETRY_WAIT = 60.0
 # Retry timing only: results never depend on it, so it need not follow any seed (and must not use the global RNG)
 _JITTER = random.Random()
 _MAX_ERROR_BYTES = 64 * 2**10
+#: Names servers give the reply-length limit: vLLM, SGLang and Ollama read max_tokens; OpenAI deprecated it for
+#: max_completion_tokens, and its reasoning models refuse max_tokens.
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 class OpenAIChatModel:
@@ -40,6 +43,8 @@ class OpenAIChatModel:
     connection errors, timeouts, broken answers and the statuses in `RETRY_STATUSES` (honouring `Retry-After`).
     Failures raise `ChatModelError` naming the URL, the status and the server's message; when one conversation of
     a batch fails, the others' pending requests are dropped. `api_key` defaults to `$OPENAI_API_KEY`.
+    `token_limit_field` names the request field that carries `max_new_tokens`: "max_tokens" (vLLM, SGLang, Ollama)
+    or "max_completion_tokens" (OpenAI's current name, required by its reasoning models).
 
         chat = OpenAIChatModel("http://localhost:8000/v1", model="Qwen/Qwen2.5-7B-Instruct")
         chat.generate([[{"role": "user", "content": "Say hi"}]], temperature=0.0, max_new_tokens=16)
@@ -47,8 +52,11 @@ class OpenAIChatModel:
 
     def __init__(self, base_url: str, *, model: str, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 3, backoff: float = 0.5, max_concurrency: int = 8,
-                 max_new_tokens: int = 256, temperature: float = 0.0) -> None:
+                 max_new_tokens: int = 256, temperature: float = 0.0, token_limit_field: str = "max_tokens") -> None:
         base_url = check_base_url(base_url)
+        if token_limit_field not in TOKEN_LIMIT_FIELDS:
+            raise ValueError(f"token_limit_field must be one of {', '.join(TOKEN_LIMIT_FIELDS)}, "
+                             f"got {token_limit_field!r}")
         if not isinstance(timeout, Real) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if not isinstance(backoff, Real) or not 0 <= backoff < math.inf:
@@ -65,6 +73,7 @@ class OpenAIChatModel:
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
         self.max_concurrency = int(max_concurrency)
+        self.token_limit_field = token_limit_field
         self.defaults: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature}
         check_sampling(self.defaults)
 
@@ -73,7 +82,7 @@ class OpenAIChatModel:
         check_batch(batch)
         params = {**self.defaults, **sampling}
         body = {"model": self.model, "temperature": float(params["temperature"]),
-                "max_tokens": int(params["max_new_tokens"])}
+                self.token_limit_field: int(params["max_new_tokens"])}
         if params.get("top_p") is not None:
             body["top_p"] = float(params["top_p"])
         requests = [{**body, "messages": messages} for messages in batch]
@@ -104,9 +113,16 @@ class OpenAIChatModel:
         return replies
 
     def _complete(self, body: dict[str, Any], stop: threading.Event | None = None) -> str:
-        raw = post(self.url, body, api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries,
-                   backoff=self.backoff, stop=stop,
-                   hint="check that the server is running and base_url ends in /v1, or raise timeout/max_retries")
+        try:
+            raw = post(self.url, body, api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries,
+                       backoff=self.backoff, stop=stop,
+                       hint="check that the server is running and base_url ends in /v1, or raise timeout/max_retries")
+        except ChatModelError as error:
+            other = next(field for field in TOKEN_LIMIT_FIELDS if field != self.token_limit_field)
+            if "HTTP 400" in str(error) and other in str(error):
+                raise ChatModelError(f"{error}; this server wants the reply length as {other}: pass "
+                                     f"token_limit_field={other!r}") from None
+            raise
         return self._parse(raw)
 
     def _parse(self, raw: bytes) -> str:

@@ -101,6 +101,23 @@ def test_client_errors_fail_at_once_naming_url_status_and_message(server: _Serve
     assert len(server.requests) == 1  # never retried
 
 
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_the_reply_length_goes_in_the_field_the_server_reads(server: _Server, field: str) -> None:
+    _chat(server, token_limit_field=field).generate(HI, max_new_tokens=9)
+    other = "max_completion_tokens" if field == "max_tokens" else "max_tokens"
+    assert server.requests[0][field] == 9 and other not in server.requests[0]
+
+
+def test_a_server_refusing_max_tokens_says_which_setting_to_change(server: _Server) -> None:
+    # OpenAI's reasoning models answer this way to max_tokens.
+    message = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens'."
+    server.scenario = lambda handler, body: handler.reply(400, {"error": {"message": message}})
+    with pytest.raises(ChatModelError, match=r"HTTP 400: Unsupported .*; .* pass token_limit_field="
+                                             r"'max_completion_tokens'$"):
+        _chat(server).generate(HI)
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize("retry_after", ["-3", "nan", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "0"])
 def test_retryable_statuses_are_retried_whatever_retry_after_says(server: _Server, retry_after: str) -> None:
     server.scenario = lambda handler, body: handler.reply(429, {"error": "slow down"}, {"Retry-After": retry_after})
@@ -347,6 +364,7 @@ def test_bad_base_urls_are_refused_up_front(base_url: object, message: str) -> N
         ({"model": ""}, "model must name the model"),
         ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
         ({"api_key": "sk-abc\ndef"}, "api_key .* one printable token"),
+        ({"token_limit_field": "max_length"}, "token_limit_field must be one of max_tokens, max_completion_tokens"),
     ],
 )
 def test_bad_settings_are_refused_up_front(options: dict, message: str) -> None:
