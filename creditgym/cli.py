@@ -486,16 +486,7 @@ def _rescored_path(source: Path) -> Path:
 def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     """Recompute a recording's rewards (a new shaping channel) and/or advantages offline, into a new JSONL (plain or
     gzip-compressed, each file as its name ends)."""
-    from creditgym.trajectories import (
-        TrajectoryFormatError,
-        add_shaping,
-        check_output_path,
-        load_trajectories,
-        offline_potential,
-        replacing_writer,
-        summarize,
-        with_advantages,
-    )
+    from creditgym.trajectories import TrajectoryFormatError, check_output_path, rescore_file
 
     if args.potential is None and args.estimator is None:
         console.print("nothing to re-score: give --potential NAME, --estimator NAME, or both", style="red")
@@ -520,23 +511,13 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
         console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     try:
-        episodes = load_trajectories(source)
-        before = summarize(episodes)
-        if args.potential is not None:
-            potential = offline_potential(args.potential)
-            episodes = [add_shaping(e, potential, args.gamma, channel=args.channel, replace=args.replace,
-                                    scale=args.scale)
-                        for e in episodes]
-        if args.estimator is not None:
-            episodes = with_advantages(episodes, args.estimator, gamma=args.gamma, lam=args.lam)
+        before, after, count = rescore_file(source, out, potential=args.potential, estimator=args.estimator,
+                                            gamma=args.gamma, lam=args.lam, scale=args.scale, channel=args.channel,
+                                            replace=args.replace)
     except (FileNotFoundError, TrajectoryFormatError, ValueError) as error:
         console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
-    with replacing_writer(out) as writer:  # a failure leaves an earlier --out as it was
-        for episode in episodes:
-            writer.write(episode)
-    after = summarize(episodes)
-    table = Table(title=f"{source} re-scored ({len(episodes)} episodes)")
+    table = Table(title=f"{source} re-scored ({count} episodes)")
     for column in ("mean per episode", "before", "after"):
         table.add_column(column, justify="left" if column.startswith("mean") else "right")
     for name in after:
@@ -552,6 +533,7 @@ def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
     config = DesignerConfig(
         env_id=args.env, iterations=args.iterations, samples=args.samples, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, critic=args.critic, critic_rejects=args.critic_rejects,
+        critic_revisions=args.critic_revisions,
         train_steps=args.train_steps, num_envs=args.num_envs, num_steps=args.num_steps, seeds=tuple(args.seeds),
         fitness_window=args.fitness_window, max_abs_reward=args.max_abs_reward,
         replace_task_reward=args.replace_task_reward, compare_sparse=args.compare_sparse,
@@ -726,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--max-new-tokens", type=int, default=512, help="longest model reply")
     design.add_argument("--critic", action=argparse.BooleanOptionalAction, default=True,
                         help="ask the model to review every program before it is checked (--no-critic skips it)")
+    design.add_argument("--critic-revisions", type=int, default=1, metavar="N",
+                        help="times the model revises a program the critic fails, given the review, before it is "
+                             "checked (0: never; the review still reaches the next iteration) (default: 1)")
     design.add_argument("--critic-rejects", action="store_true", help="disqualify programs the critic fails "
                         "(default: only record its verdict)")
     design.add_argument("--train-steps", type=int, default=20_000, help="env steps of each fitness PPO run")

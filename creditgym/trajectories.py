@@ -23,6 +23,7 @@ writes them to the run folder's trajectories.jsonl.gz). PPO records the episodes
 
 from __future__ import annotations
 
+import array
 import codecs
 import contextlib
 import dataclasses
@@ -30,6 +31,7 @@ import enum
 import errno
 import gc
 import gzip
+import hashlib
 import importlib
 import json
 import math
@@ -37,7 +39,7 @@ import os
 import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -1149,6 +1151,9 @@ def llm_episode_records(episodes: Sequence[RolloutEpisode], env_id: str, *,
 
 
 # -- offline re-scoring -----------------------------------------------------------------------------------------
+_GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+
+
 def add_shaping(episode: Episode, potential: RecordPotential, gamma: float, *, channel: str = "shaping",
                 replace: bool = False, scale: float = 1.0) -> Episode:
     """A copy of `episode` with F = γΦ(s') − Φ(s) in `channel`, Φ evaluated on the recorded observations/states.
@@ -1156,6 +1161,14 @@ def add_shaping(episode: Episode, potential: RecordPotential, gamma: float, *, c
     Φ(s') is 0 on termination and kept on truncation, and `scale` multiplies Φ, exactly as `PotentialShaping`
     does live. A potential that fails or does not return a finite number raises a ValueError naming the step.
     """
+    values = _shaping_values(episode, potential, gamma, channel=channel, replace=replace, scale=scale)
+    return _with_channel(episode, channel, values)
+
+
+def _shaping_values(episode: Episode, potential: RecordPotential, gamma: float, *, channel: str, replace: bool,
+                    scale: float) -> list[float]:
+    """`add_shaping`'s F of each step: kept apart from the copy it makes so that `rescore_file` can keep the
+    values alone between its two reads of a file."""
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     if not (np.isfinite(scale) and scale > 0):
@@ -1177,12 +1190,18 @@ def add_shaping(episode: Episode, potential: RecordPotential, gamma: float, *, c
         return scale * value
 
     last = phi(episode.observation, episode.state, "the reset observation")
-    steps = []
+    values = []
     for t, step in enumerate(episode.steps):
         current = 0.0 if step.terminated else phi(step.observation, step.state, f"steps[{t}]")
-        components = {**step.reward_components, channel: gamma * current - last}
-        steps.append(dataclasses.replace(step, reward_components=components))
+        values.append(gamma * current - last)
         last = current
+    return values
+
+
+def _with_channel(episode: Episode, channel: str, values: Iterable[float]) -> Episode:
+    """A copy of `episode` with one value a step in reward channel `channel`."""
+    steps = [dataclasses.replace(step, reward_components={**step.reward_components, channel: value})
+             for step, value in zip(episode.steps, values, strict=True)]
     return dataclasses.replace(episode, steps=steps)
 
 
@@ -1222,48 +1241,84 @@ def step_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float
     gae uses V ≡ 0 (no critic offline): A_t = Σ_l (γλ)^l r_{t+l}.
     reinforce_pp is the reward-to-go whitened over the batch; reward_to_go is the discounted return from t.
     """
+    _check_estimator(estimator, gamma, lam)
+    if not episodes:
+        return []
+    rewards = _StepRewards(estimator)
+    for episode in episodes:
+        rewards.add(episode)
+    advantages = rewards.advantages(gamma=gamma, lam=lam)
+    return [row.tolist() for row in np.split(advantages, np.cumsum(rewards.lengths)[:-1])]
+
+
+def _check_estimator(estimator: str, gamma: float, lam: float) -> None:
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     if not (0 <= gamma <= 1 and 0 <= lam <= 1):
         raise ValueError(f"gamma and lam must be in [0, 1], got {gamma} and {lam}")
-    if not episodes:
-        return []
-    for i, episode in enumerate(episodes):
+
+
+class _StepRewards:
+    """What `step_advantages` computes from, gathered one episode at a time into flat arrays: each step's total
+    reward and terminated flag, each episode's length and, for group estimators, its group. `rescore_file` keeps
+    these few numbers a step, where holding the episodes (observations, states) would take tens of GB."""
+
+    def __init__(self, estimator: str) -> None:
+        self.estimator = estimator
+        self.lengths = array.array("q")
+        self.rewards = array.array("d")
+        self.terminated = array.array("b")
+        self.groups = array.array("q")
+        self._group_numbers: dict[tuple[Any, ...], int] = {}
+
+    def add(self, episode: Episode) -> None:
+        """Raises a ValueError naming the episode (0-based, in the order added) and step of a non-finite reward."""
+        index = len(self.lengths)
         for t, step in enumerate(episode.steps):
             bad = {name: value for name, value in step.reward_components.items() if not math.isfinite(value)}
             if bad:
-                raise ValueError(f"episode {i} (0-based), step {t}: reward channel(s) {bad} are not finite, and "
+                raise ValueError(f"episode {index} (0-based), step {t}: reward channel(s) {bad} are not finite, and "
                                  "advantages would all be NaN; re-score a recording of finite rewards")
-    lengths = [len(e.steps) for e in episodes]
-    rewards = torch.zeros((len(episodes), max(max(lengths), 1)), dtype=torch.float64)
-    mask = torch.zeros_like(rewards, dtype=torch.bool)
-    terminated = torch.zeros_like(mask)
-    for i, episode in enumerate(episodes):
-        rewards[i, : lengths[i]] = torch.tensor([s.reward for s in episode.steps], dtype=torch.float64)
-        mask[i, : lengths[i]] = True
-        terminated[i, : lengths[i]] = torch.tensor([s.terminated for s in episode.steps], dtype=torch.bool)
-    if estimator in ("grpo", "dr_grpo", "rloo"):
-        groups = [(e.env_id, e.seed, _start_key(e)) if e.seed is not None else (e.env_id, None, i)
-                  for i, e in enumerate(episodes)]
-        if len(episodes) > 1 and len(set(groups)) == len(groups):
-            warnings.warn(f"no two of the {len(episodes)} episodes start alike (env, seed and first state), so each "
-                          f"is a group of its own and every {estimator} advantage is 0; group estimators need "
-                          "groups of one task (an LLM trainer's records), else use gae or reinforce_pp",
-                          stacklevel=2)
-        outcome = credit.reward_to_go(rewards, mask, gamma=gamma)[:, 0]
-        by_name = {"grpo": credit.grpo_advantages, "dr_grpo": credit.dr_grpo_advantages,
-                   "rloo": credit.rloo_advantages}
-        advantages = by_name[estimator](outcome, groups)[:, None].expand_as(rewards)
-    elif estimator == "gae":
-        # Each episode ends at its last recorded step; padding after it is cut off by that end.
-        ends = ~terminated & (mask.cumsum(1) == torch.tensor(lengths)[:, None])
-        zeros = torch.zeros_like(rewards.T)
-        advantages = credit.gae(rewards.T, zeros, zeros, terminated.T, ends.T, gamma=gamma, lam=lam)[0].T
-    elif estimator == "reinforce_pp":
-        advantages = credit.reinforce_pp_advantages(rewards, mask, gamma=gamma)
-    else:
-        advantages = credit.reward_to_go(rewards, mask, gamma=gamma)
-    return [advantages[i, : lengths[i]].tolist() for i in range(len(episodes))]
+        self.lengths.append(len(episode.steps))
+        self.rewards.extend(step.reward for step in episode.steps)
+        self.terminated.extend(step.terminated for step in episode.steps)
+        if self.estimator in _GROUP_ESTIMATORS:
+            # A digest of the start's JSON, which is as large as an observation, since a group is kept per episode.
+            group = ((episode.env_id, episode.seed, hashlib.sha256(_start_key(episode).encode()).digest())
+                     if episode.seed is not None else (episode.env_id, None, index))
+            self.groups.append(self._group_numbers.setdefault(group, len(self._group_numbers)))
+
+    def advantages(self, *, gamma: float, lam: float) -> np.ndarray:
+        """Every step's advantage, episode after episode in the order they were added, as float64."""
+        count = len(self.lengths)
+        if not count:
+            return np.zeros(0)
+        lengths = torch.from_numpy(np.array(self.lengths, dtype=np.int64))
+        mask = torch.arange(max(int(lengths.max()), 1))[None, :] < lengths[:, None]
+        rewards = torch.zeros(mask.shape, dtype=torch.float64)
+        rewards[mask] = torch.from_numpy(np.array(self.rewards, dtype=np.float64))
+        terminated = torch.zeros_like(mask)
+        terminated[mask] = torch.from_numpy(np.array(self.terminated, dtype=np.bool_))
+        if self.estimator in _GROUP_ESTIMATORS:
+            if count > 1 and len(self._group_numbers) == count:
+                warnings.warn(f"no two of the {count} episodes start alike (env, seed and first state), so each "
+                              f"is a group of its own and every {self.estimator} advantage is 0; group estimators "
+                              "need groups of one task (an LLM trainer's records), else use gae or reinforce_pp",
+                              stacklevel=3)
+            outcome = credit.reward_to_go(rewards, mask, gamma=gamma)[:, 0]
+            by_name = {"grpo": credit.grpo_advantages, "dr_grpo": credit.dr_grpo_advantages,
+                       "rloo": credit.rloo_advantages}
+            advantages = by_name[self.estimator](outcome, self.groups.tolist())[:, None].expand_as(rewards)
+        elif self.estimator == "gae":
+            # Each episode ends at its last recorded step; padding after it is cut off by that end.
+            ends = ~terminated & (mask.cumsum(1) == lengths[:, None])
+            zeros = torch.zeros_like(rewards.T)
+            advantages = credit.gae(rewards.T, zeros, zeros, terminated.T, ends.T, gamma=gamma, lam=lam)[0].T
+        elif self.estimator == "reinforce_pp":
+            advantages = credit.reinforce_pp_advantages(rewards, mask, gamma=gamma)
+        else:
+            advantages = credit.reward_to_go(rewards, mask, gamma=gamma)
+        return advantages[mask].numpy()
 
 
 def _start_key(episode: Episode) -> str:
@@ -1276,28 +1331,128 @@ def with_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float
                     ) -> list[Episode]:
     """Copies of `episodes` with `Step.advantage` set by `step_advantages`."""
     values = step_advantages(episodes, estimator, gamma=gamma, lam=lam)
-    return [
-        dataclasses.replace(e, steps=[dataclasses.replace(s, advantage=a) for s, a in zip(e.steps, adv, strict=True)])
-        for e, adv in zip(episodes, values, strict=True)
-    ]
+    return [_with_step_advantages(e, adv) for e, adv in zip(episodes, values, strict=True)]
 
 
-def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
+def _with_step_advantages(episode: Episode, values: Iterable[float]) -> Episode:
+    return dataclasses.replace(episode, steps=[dataclasses.replace(s, advantage=a)
+                                               for s, a in zip(episode.steps, values, strict=True)])
+
+
+def summarize(episodes: Iterable[Episode]) -> dict[str, float]:
     """Means over episodes: length, success, return, each channel's episode sum and the step advantages."""
-    if not episodes:
-        return {"episodes": 0.0}
-    count = len(episodes)
-    out = {
-        "episodes": float(count),
-        "length": sum(len(e.steps) for e in episodes) / count,
-        "success": sum(e.success for e in episodes) / count,
-        "return": sum(e.total_reward for e in episodes) / count,
-    }
+    summary = RecordSummary()
     for episode in episodes:
+        summary.add(episode)
+    return summary.result()
+
+
+class RecordSummary:
+    """`summarize`, one episode at a time, for recordings too large to hold: it keeps running sums, and the step
+    advantages (a number a step) for their mean and std."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._steps = 0
+        self._successes = 0
+        self._return = 0.0
+        self._channels: dict[str, float] = {}
+        self._advantages = array.array("d")
+
+    def add(self, episode: Episode) -> None:
+        self.count += 1
+        self._steps += len(episode.steps)
+        self._successes += episode.success
+        self._return += episode.total_reward
         for name, value in episode.channel_sums().items():
-            out[f"reward/{name}"] = out.get(f"reward/{name}", 0.0) + value / count
-    advantages = [s.advantage for e in episodes for s in e.steps if s.advantage is not None]
-    if advantages:
-        out["advantage/mean"] = float(np.mean(advantages))
-        out["advantage/std"] = float(np.std(advantages))
-    return out
+            self._channels[name] = self._channels.get(name, 0.0) + value
+        self._advantages.extend(step.advantage for step in episode.steps if step.advantage is not None)
+
+    def result(self) -> dict[str, float]:
+        """Means over the episodes added so far; {"episodes": 0.0} before the first."""
+        if not self.count:
+            return {"episodes": 0.0}
+        out = {"episodes": float(self.count), "length": self._steps / self.count,
+               "success": self._successes / self.count, "return": self._return / self.count}
+        out.update({f"reward/{name}": total / self.count for name, total in self._channels.items()})
+        if self._advantages:
+            advantages = np.array(self._advantages, dtype=np.float64)
+            out["advantage/mean"] = float(np.mean(advantages))
+            out["advantage/std"] = float(np.std(advantages))
+        return out
+
+
+def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotential | str | None = None,
+                 estimator: str | None = None, gamma: float = 1.0, lam: float = 1.0, scale: float = 1.0,
+                 channel: str = "shaping", replace: bool = False
+                 ) -> tuple[dict[str, float], dict[str, float], int]:
+    """`add_shaping` with `potential` (an offline potential, or its name for `offline_potential`) and/or
+    `with_advantages` with `estimator`, on every episode of the trajectory file `source`, written to `out`.
+    Returns `summarize` of the episodes before and after, and their number. `out` is replaced only once every
+    episode is written, so an error leaves an earlier file there as it was.
+
+    The file is read one episode at a time: memory grows with a few numbers a step (rewards, advantages), never
+    with observations or states, which for a long PPO run's recording decode to tens of GB. Advantages need every
+    episode's rewards first, so with an estimator the file is read twice, the potential evaluated only in the
+    first read; a file that changed in between (a run still recording to it) raises a ValueError.
+    """
+    if potential is None and estimator is None:
+        raise ValueError("nothing to re-score: give a potential, an estimator, or both")
+    if estimator is not None:
+        _check_estimator(estimator, gamma, lam)
+    if isinstance(potential, str):
+        potential = offline_potential(potential)
+    source, out = Path(source), Path(out)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"the output {out} is the input file; choose another path")
+    before, after = RecordSummary(), RecordSummary()
+    if estimator is None:  # each episode is re-scored on its own
+        with replacing_writer(out) as writer:
+            for episode in read_trajectories(source):
+                before.add(episode)
+                episode = add_shaping(episode, potential, gamma, channel=channel, replace=replace, scale=scale)
+                writer.write(episode)
+                after.add(episode)
+        return before.result(), after.result(), before.count
+
+    rewards = _StepRewards(estimator)
+    shaping = array.array("d")
+    first_read: list[tuple[int, int | None, float]] = []  # what the second read must find again
+    for episode in read_trajectories(source):
+        before.add(episode)
+        first_read.append((len(episode.steps), episode.seed, episode.total_reward))
+        if potential is not None:
+            values = _shaping_values(episode, potential, gamma, channel=channel, replace=replace, scale=scale)
+            shaping.extend(values)
+            episode = _with_channel(episode, channel, values)
+        rewards.add(episode)
+    advantages = rewards.advantages(gamma=gamma, lam=lam)
+    del rewards  # its per-step arrays, no longer needed while the second read runs
+
+    start = 0
+    with warnings.catch_warnings(), replacing_writer(out) as writer:
+        warnings.simplefilter("ignore", TrajectoryWarning)  # the first read has said that the file ends cut short
+        for index, episode in enumerate(read_trajectories(source)):
+            found = (len(episode.steps), episode.seed, episode.total_reward)
+            if index >= len(first_read):
+                raise _changed(source, f"the second read found more than the first read's {len(first_read)} "
+                                       "episodes")
+            if found != first_read[index]:
+                raise _changed(source, f"episode {index} (0-based) has {found[0]} steps, seed {found[1]} and return "
+                                       f"{found[2]} in the second read; {first_read[index][0]} steps, seed "
+                                       f"{first_read[index][1]} and return {first_read[index][2]} in the first")
+            end = start + found[0]
+            if potential is not None:
+                episode = _with_channel(episode, channel, shaping[start:end])
+            episode = _with_step_advantages(episode, advantages[start:end].tolist())
+            writer.write(episode)
+            after.add(episode)
+            start = end
+        if after.count != len(first_read):
+            raise _changed(source, f"the second read found {after.count} episodes, the first {len(first_read)}")
+    return before.result(), after.result(), before.count
+
+
+def _changed(source: Path, what: str) -> ValueError:
+    return ValueError(f"{source} changed while it was re-scored ({what}), as when a run is still recording to it; "
+                      "re-score it once the run has ended, or re-score a copy of it")

@@ -1,0 +1,246 @@
+"""`creditgym rescore` on recordings too large to load: `rescore_file` reads one episode at a time, twice with an
+estimator, and writes what the in-memory path (`with_advantages(add_shaping(...))`) writes."""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import creditgym.trajectories as trajectories
+from creditgym.cli import main
+from creditgym.trajectories import (
+    ESTIMATORS,
+    Episode,
+    Step,
+    TrajectoryWarning,
+    TrajectoryWriter,
+    add_shaping,
+    load_trajectories,
+    read_trajectories,
+    rescore_file,
+    summarize,
+    with_advantages,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _episode(rng: np.random.Generator, group: int, *, side: int = 5, steps: int = 8) -> Episode:
+    """An episode of random boards; the episodes of one `group` share seed and start, as an LLM trainer's do."""
+    start = np.random.default_rng(group).integers(0, 5, (side, side), dtype=np.int8)
+    length = int(rng.integers(1, steps + 1))
+    ends_solved = bool(rng.integers(2))
+    played = []
+    for t in range(length):
+        last = t == length - 1
+        played.append(Step(action=int(rng.integers(4)), observation=rng.integers(0, 5, (side, side), dtype=np.int8),
+                           reward_components={"task": float(rng.normal()), "step": -0.1},
+                           terminated=last and ends_solved, truncated=last and not ends_solved,
+                           info={"success": last and ends_solved}))
+    return Episode(env_id="creditgym/Boards-v0", seed=group, observation=start, steps=played)
+
+
+def _record(path: Path, episodes: int, *, group_size: int = 3, seed: int = 0, **shape: int) -> None:
+    rng = np.random.default_rng(seed)
+    with TrajectoryWriter(path, overwrite=True) as writer:
+        for i in range(episodes):
+            writer.write(_episode(rng, i // group_size, **shape))
+
+
+def _board_potential(observation: Any, state: Any) -> float:
+    return float(np.asarray(observation).sum() % 7) - 3.0
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_rescore_file_writes_what_the_in_memory_path_computes(tmp_path: Path, estimator: str, suffix: str) -> None:
+    source, out = tmp_path / f"t{suffix}", tmp_path / f"out{suffix}"
+    _record(source, 12)
+    episodes = load_trajectories(source)
+    assert len({(e.seed, e.observation.tobytes()) for e in episodes}) == 4  # groups of 3
+    shaped = [add_shaping(e, _board_potential, 0.9, scale=0.5) for e in episodes]
+    expected = with_advantages(shaped, estimator, gamma=0.9, lam=0.7)
+    assert len({a for e in expected for a in (s.advantage for s in e.steps)}) > 2
+
+    before, after, count = rescore_file(source, out, potential=_board_potential, estimator=estimator, gamma=0.9,
+                                        lam=0.7, scale=0.5)
+    assert [e.to_dict() for e in load_trajectories(out)] == [e.to_dict() for e in expected]  # bit for bit
+    assert count == 12 and before == summarize(episodes) and after == summarize(expected)
+    assert after["advantage/std"] > 0 and "reward/shaping" in after and "reward/shaping" not in before
+
+
+def test_rescore_file_without_an_estimator_reads_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source, out = tmp_path / "t.jsonl", tmp_path / "out.jsonl"
+    _record(source, 5)
+    reads = []
+    monkeypatch.setattr(trajectories, "read_trajectories", lambda path: reads.append(path) or read_trajectories(path))
+    rescore_file(source, out, potential=_board_potential, gamma=0.9, channel="offline")
+    assert reads == [source]
+    expected = [add_shaping(e, _board_potential, 0.9, channel="offline") for e in load_trajectories(source)]
+    assert [e.to_dict() for e in load_trajectories(out)] == [e.to_dict() for e in expected]
+
+
+@pytest.mark.parametrize("estimator", [None, "grpo", "gae"])
+def test_rescore_holds_one_decoded_episode_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     estimator: str | None) -> None:
+    # Copies of an episode (shaped, with advantages) share its observations; while the next one is read, the
+    # observations of at most the one before it may still be alive, never those of the whole recording.
+    source = tmp_path / "t.jsonl.gz"
+    _record(source, 20)
+    read, alive_before = [], []
+    from_dict = Episode.from_dict
+
+    def counting_from_dict(cls: type[Episode], data: Any) -> Episode:
+        episode = from_dict(data)
+        alive_before.append(sum(ref() is not None for ref in read))
+        read.append(weakref.ref(episode.observation))
+        return episode
+
+    monkeypatch.setattr(Episode, "from_dict", classmethod(counting_from_dict))
+    args = ["rescore", str(source), "--potential", f"{__name__}:_board_potential", "--out", str(tmp_path / "o.jsonl")]
+    assert main(args + (["--estimator", estimator] if estimator else [])) == 0
+    assert len(read) == 20 * (2 if estimator else 1) and max(alive_before) <= 1
+
+
+def test_rescore_memory_does_not_grow_with_the_observations(tmp_path: Path) -> None:
+    # Text observations of 40 KB: the file decodes to 7.3 MiB of strings, of which one episode's (240 KB) is read at
+    # a time. Loading the file peaked at 8.7 MiB, reading it an episode at a time at 1 MiB.
+    source, out = tmp_path / "text.jsonl", tmp_path / "out.jsonl"
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghij", dtype=np.uint8)
+    decoded = 0
+    with TrajectoryWriter(source, overwrite=True) as writer:
+        for i in range(32):
+            start = letters[np.random.default_rng(i // 4).integers(0, 10, 40_000)].tobytes().decode()
+            texts = [letters[rng.integers(0, 10, 40_000)].tobytes().decode() for _ in range(5)]
+            decoded += len(start) + sum(map(len, texts))
+            writer.write(Episode(env_id="creditgym/Text-v0", seed=i // 4, observation=start, steps=[
+                Step(action="go", observation=text, reward_components={"task": float(rng.normal())},
+                     terminated=False, truncated=False) for text in texts]))
+    tracemalloc.start()
+    try:
+        rescore_file(source, out, potential=lambda text, state: text.count("a") / 4000, estimator="grpo")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len({s.advantage for e in load_trajectories(out) for s in e.steps}) > 2  # groups of 4
+    assert peak < decoded / 4, f"peak {peak / 2**20:.1f} MiB re-scoring {decoded / 2**20:.1f} MiB of text"
+
+
+def _change_before_second_read(monkeypatch: pytest.MonkeyPatch, change) -> None:
+    """Make `change(path)` happen to the file just before it is read a second time, as a run still recording
+    to it would."""
+    reads = []
+
+    def read(path: str | Path):
+        reads.append(path)
+        if len(reads) == 2:
+            change(Path(path))
+        return read_trajectories(path)
+
+    monkeypatch.setattr(trajectories, "read_trajectories", read)
+
+
+def _append_one(path: Path) -> None:
+    with TrajectoryWriter(path) as writer:
+        writer.write(_episode(np.random.default_rng(9), 0))
+
+
+def _rewrite_with(path: Path, change) -> None:
+    episodes = load_trajectories(path)
+    change(episodes)
+    with TrajectoryWriter(path, overwrite=True) as writer:
+        for episode in episodes:
+            writer.write(episode)
+
+
+def _one_step_less(episodes: list[Episode]) -> None:
+    episodes[3].steps.pop()
+
+
+def _other_rewards(episodes: list[Episode]) -> None:
+    episodes[3].steps[0].reward_components["task"] += 1.0
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (_append_one, "found more than the first read's 6 episodes"),
+    (lambda path: _rewrite_with(path, list.pop), "found 5 episodes, the first 6"),
+    (lambda path: _rewrite_with(path, _one_step_less), "episode 3 (0-based) has"),
+    (lambda path: _rewrite_with(path, _other_rewards), "episode 3 (0-based) has"),
+])
+def test_a_file_that_changes_between_the_reads_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str], change, says: str
+                                                          ) -> None:
+    source, out = tmp_path / "t.jsonl", tmp_path / "out.jsonl"
+    _record(source, 6, steps=3)
+    out.write_text("an earlier re-scoring\n")
+    _change_before_second_read(monkeypatch, change)
+    assert main(["rescore", str(source), "--estimator", "rloo", "--out", str(out)]) == 2
+    message = capsys.readouterr().out
+    assert "changed while it was re-scored" in message and says in message, message
+    assert out.read_text() == "an earlier re-scoring\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.jsonl", "t.jsonl"]
+
+
+def test_a_failure_in_the_second_read_leaves_an_earlier_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    source, out = tmp_path / "t.jsonl.gz", tmp_path / "out.jsonl.gz"
+    _record(source, 6)
+    out.write_bytes(b"an earlier re-scoring")
+    written = []
+    write = TrajectoryWriter.write
+
+    def failing_write(self: TrajectoryWriter, episode: Episode) -> None:
+        written.append(episode)
+        if len(written) == 3:
+            raise OSError(28, "No space left on device")
+        write(self, episode)
+
+    monkeypatch.setattr(TrajectoryWriter, "write", failing_write)
+    reads = []
+    monkeypatch.setattr(trajectories, "read_trajectories", lambda path: reads.append(path) or read_trajectories(path))
+    with pytest.raises(OSError, match="No space left"):
+        rescore_file(source, out, potential=_board_potential, estimator="gae")
+    assert reads == [source, source]  # it failed in the second read
+    assert out.read_bytes() == b"an earlier re-scoring" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.jsonl.gz", "t.jsonl.gz"]
+
+
+def test_warnings_are_given_once_although_the_file_is_read_twice(tmp_path: Path) -> None:
+    source = tmp_path / "t.jsonl"
+    _record(source, 4, group_size=1)  # every episode a group of its own
+    with source.open("ab") as file:
+        file.write(b'{"format": "creditgym.traj')  # a record cut short by a crash
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, after, count = rescore_file(source, tmp_path / "out.jsonl", estimator="grpo")
+    assert count == 4 and after["advantage/std"] == 0
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert sum(issubclass(w.category, TrajectoryWarning) and "cut short" in str(w.message) for w in caught) == 1
+    assert sum("no two of the 4 episodes start alike" in m for m in messages) == 1
+
+
+def test_rescore_file_refuses_bad_arguments_before_reading(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.jsonl"
+    for kwargs, says in (({}, "nothing to re-score"), ({"estimator": "ppo"}, "unknown estimator 'ppo'"),
+                         ({"estimator": "gae", "lam": 2.0}, r"gamma and lam must be in \[0, 1\]"),
+                         ({"potential": "shop_progress"}, "cannot be recomputed from a recording")):
+        with pytest.raises(ValueError, match=says):
+            rescore_file(missing, tmp_path / "out.jsonl", **kwargs)
+    with pytest.raises(FileNotFoundError, match="no trajectory file"):
+        rescore_file(missing, tmp_path / "out.jsonl", estimator="gae")
+    source = tmp_path / "t.jsonl"
+    _record(source, 2)
+    with pytest.raises(ValueError, match="is the input file"):
+        rescore_file(source, source, estimator="gae")
