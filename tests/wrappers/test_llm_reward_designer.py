@@ -75,7 +75,8 @@ CANDIDATES = [GOOD, GOOD_BARE, HOSTILE, LOOPS, PROSE, BROKEN, NAN, RAISES_LATER]
 
 
 class ScriptedChat:
-    """Test double: sample k of a design call gets CANDIDATES[k]; the critic fails programs that mention SEEN."""
+    """Test double: sample k of a design call gets CANDIDATES[k]; the critic fails programs that mention SEEN; asked
+    to revise a program (a turn after its design conversation), it returns the program unchanged."""
 
     model = "scripted-hand-written"
 
@@ -87,6 +88,8 @@ class ScriptedChat:
         if batch[0][0]["content"] == CRITIC_PROMPT:
             return ["Looks wrong.\nVERDICT: FAIL" if "SEEN" in m[1]["content"] else "Fine.\nVERDICT: PASS"
                     for m in batch]
+        if len(batch[0]) > 2:
+            return [messages[-2]["content"] for messages in batch]
         return [CANDIDATES[k % len(CANDIDATES)] for k in range(len(batch))]
 
 
@@ -154,7 +157,8 @@ def test_critic_verdict_recorded_and_feedback_reaches_next_prompt(two_iterations
     late = next(c for c in result.candidates if c.sample == 7)
     assert late.stages["critic"]["verdict"] == "fail" and late.stages["critic"]["passed"] is False
     assert next(c for c in result.candidates if c.sample == 0).stages["critic"]["verdict"] == "pass"
-    design_calls = [batch for batch in chat.calls if batch[0][0]["content"] != CRITIC_PROMPT]
+    # not the critic's calls, nor the revision requests (a turn after the design conversation)
+    design_calls = [batch for batch in chat.calls if batch[0][0]["content"] != CRITIC_PROMPT and len(batch[0]) == 2]
     first, second = design_calls[0][0][1]["content"], design_calls[1][0][1]["content"]
     assert "best program so far" not in first
     assert "best program so far" in second and "Per-component statistics" in second

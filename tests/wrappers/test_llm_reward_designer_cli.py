@@ -34,12 +34,13 @@ def design(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
 
 def test_design_reward_flags_reach_the_config_and_sparse_is_saved(design, tmp_path: Path) -> None:
     code, out = design("--no-critic", "--fitness-window", "0.25", "--max-abs-reward", "10", "--compare-sparse",
-                       "--seeds", "3", "--final-seeds", "4")
+                       "--seeds", "3", "--final-seeds", "4", "--critic-revisions", "2")
     assert code == 0, out
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     config = report["config"]
     assert (config["critic"], config["num_steps"], config["fitness_window"], config["max_abs_reward"]) == (
         False, 16, 0.25, 10.0)
+    assert config["critic_revisions"] == 2
     assert config["final_seeds"] == [4] and report["final"] is None  # no program passed, nothing to re-train
     assert report["sparse"]["seeds"] == [3] and 0.0 <= report["sparse"]["fitness"] <= 1.0
     assert "sparse task reward alone, selection seeds" in out
@@ -55,3 +56,8 @@ def test_design_reward_refuses_a_used_folder_without_overwrite(design) -> None:
 def test_design_reward_refuses_repeated_seeds(design) -> None:
     code, out = design("--seeds", "1", "1")
     assert code == 2 and "repeats a seed" in out
+
+
+def test_design_reward_refuses_negative_critic_revisions(design) -> None:
+    code, out = design("--critic-revisions", "-1")
+    assert code == 2 and "critic_revisions must be an integer ≥ 0" in out

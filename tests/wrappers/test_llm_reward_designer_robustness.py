@@ -30,8 +30,10 @@ from tests.wrappers.test_llm_reward_designer import PROSE, config
 
 
 def scored(fitness: float) -> str:
-    """A hand-written program that the stubbed training scores `fitness`."""
-    return f"```python\ndef compute_dense_reward(state, action, next_state):\n    return 0.0, {{}}  # {fitness}\n```"
+    """A hand-written program that the stubbed training scores `fitness`; its reward changes with every move (a
+    constant one would be warned about)."""
+    return ("```python\ndef compute_dense_reward(state, action, next_state):\n"
+            f"    return 0.001 * sum(next_state['player']), {{}}  # {fitness}\n```")
 
 
 def program(body: str) -> str:
