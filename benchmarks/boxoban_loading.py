@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import creditgym
+from creditgym.benchmarking import cpu_model
 from creditgym.envs.sokoban.boxoban import boxoban_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     result: dict[str, object] = {
         "benchmark": "boxoban_loading",
         "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "settings": {**vars(args), "levels": str(args.levels)},

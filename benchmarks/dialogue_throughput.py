@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Sequence
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 import creditgym
-from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
+from creditgym.benchmarking import cpu_model, resets_per_second, steps_per_second, target_report
 from creditgym.envs.dialogue import negotiation_v0
 from creditgym.envs.dialogue.negotiator import ScriptedNegotiator
 from creditgym.envs.dialogue.questioner import RuleBasedQuestioner
@@ -87,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result: dict = {
         "benchmark": "dialogue_throughput",
         "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": vars(args),
         "gather_steps_per_s": round(gather("creditgym/Dialogue-Gather-v0", args.seconds)),

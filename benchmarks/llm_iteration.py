@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ import torch
 import creditgym
 from creditgym.agents.llm.config import LLMTrainConfig
 from creditgym.agents.llm.trainer import LLMTrainer
-from creditgym.benchmarking import add_llm_arguments
+from creditgym.benchmarking import add_llm_arguments, cpu_model
 
 PARTS = ("rollout_s", "score_s", "loss_forward_s", "backward_s", "step_s")
 
@@ -153,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     means = {key: round(sum(it[key] for it in per_iteration) / len(per_iteration), 3) for key in per_iteration[0]}
     result = {
         "benchmark": "llm_iteration", "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(), "settings": vars(args),
+        "machine": cpu_model(), "settings": vars(args),
         "model": "tiny" if args.tiny else args.model, "env": args.env, "algo": args.algo, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "threads": args.threads,
         "clock": args.clock, **means, "iterations": per_iteration,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Sequence
 
@@ -15,7 +14,7 @@ import gymnasium as gym
 import torch
 
 import creditgym
-from creditgym.benchmarking import target_report
+from creditgym.benchmarking import cpu_model, target_report
 from creditgym.wrappers.llm_reward import RewardSandbox
 
 TARGETS = {"transitions_per_s": 20_000}
@@ -76,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result: dict = {
         "benchmark": "llm_reward_sandbox",
         "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": vars(args),
         "state": "Sokoban-6x6-1b-v0 env.unwrapped.state() (board rows, player, boxes, counts)",

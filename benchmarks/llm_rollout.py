@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Sequence
 
@@ -23,7 +22,7 @@ import creditgym
 from creditgym.agents.llm.policy import LLMPolicy
 from creditgym.agents.llm.rollout import RolloutCollector
 from creditgym.agents.llm.trainer import make_text_env
-from creditgym.benchmarking import add_llm_arguments, llm_rollout
+from creditgym.benchmarking import add_llm_arguments, cpu_model, llm_rollout
 
 
 def _loop(policy: LLMPolicy, env_id: str, seeds: Sequence[int], *, max_turns: int, history: int) -> tuple[int, float]:
@@ -99,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         vllm_result["vllm_speedup"] = round(vllm_result["vllm_tokens_per_s"] / loop_rate, 2)
     result = {
         "benchmark": "llm_rollout", "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(), "settings": vars(args),
+        "machine": cpu_model(), "settings": vars(args),
         "model": args.model, "env": args.env, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "threads": args.threads,
         "batched_episodes": len(episodes), "batched_tokens": batched_tokens,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Sequence
 
@@ -24,7 +23,7 @@ from creditgym.agents.llm import policy as policy_module
 from creditgym.agents.llm.batch import TokenBatch, pack_episodes
 from creditgym.agents.llm.policy import LLMPolicy
 from creditgym.agents.llm.rollout import Episode
-from creditgym.benchmarking import add_llm_arguments, llm_rollout
+from creditgym.benchmarking import add_llm_arguments, cpu_model, llm_rollout
 from creditgym.wrappers.llm_progress import turn_end_hidden_states
 
 
@@ -76,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     best = {key: round(min(values), 2) for key, values in seconds.items()}
     result = {
         "benchmark": "llm_scoring", "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(), "settings": vars(args), "device": str(device),
+        "machine": cpu_model(), "settings": vars(args), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "threads": args.threads,
         "rows": batch.input_ids.shape[0], "width": batch.input_ids.shape[1], "shared_prefix": batch.shared_prefix,
         "tokens": int(batch.attention_mask.sum()), **best,

@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import time
 from collections.abc import Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 import creditgym
-from creditgym.benchmarking import steps_per_second
+from creditgym.benchmarking import cpu_model, steps_per_second
 from creditgym.envs import DESCRIPTIONS
 from creditgym.envs.minigrid_scripted import ScriptedMiniGridPolicy
 from creditgym.envs.minigrid_text import ACTION_NAMES
@@ -82,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {
         "benchmark": "minigrid_text_throughput",
         "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": vars(args),
         "envs": per_env,

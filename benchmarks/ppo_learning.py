@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from creditgym.agents.compare import steps_to
 from creditgym.agents.evaluate import evaluate
 from creditgym.agents.plots import plot_seed_bands, read_metrics
 from creditgym.agents.ppo import PPO, PPOConfig
+from creditgym.benchmarking import cpu_model
 
 
 def seed_config(env_id: str, seed: int, steps: int, shaping: str | None, env_kwargs: dict, runs_dir: str,
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  "env_kwargs": args.env_kwargs, "progress": args.progress, "tensorboard": False,
                  "checkpoint_every": 0, **args.config}
     result = {"benchmark": "ppo_learning", "creditgym": creditgym.__version__,
-              "machine": platform.processor() or platform.machine(), "settings": vars(args), "env_id": args.env,
+              "machine": cpu_model(), "settings": vars(args), "env_id": args.env,
               "shaping": args.config.get("shaping", args.shaping),
               "learned_reward": args.config.get("learned_reward"), "env_kwargs": args.env_kwargs,
               "steps_per_seed": args.steps,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ import torch
 
 import creditgym
 from creditgym.agents.ppo import PPO, PPOConfig
+from creditgym.benchmarking import cpu_model
 
 ENV_ID = "creditgym/Sokoban-6x6-1b-v0"
 TARGET_SPS = 50_000
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "env_id": ENV_ID,
         "creditgym": creditgym.__version__,
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "threads": args.threads,
         "settings": vars(args),

@@ -11,7 +11,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 
 import creditgym
 from creditgym.agents.vec import make_vec_env
+from creditgym.benchmarking import cpu_model
 from creditgym.distributed import LocalEnvPool, RayEnvPool, RayVecEnv
 from creditgym.envs.minigrid_text import ACTION_NAMES
 
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "creditgym": creditgym.__version__,
         "ray": ray.__version__,
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": vars(args),
         "cpus": os.cpu_count(),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 import creditgym
-from creditgym.benchmarking import target_report
+from creditgym.benchmarking import cpu_model, target_report
 from creditgym.envs.shop.expert import ShopExpert
 from creditgym.envs.shop.index import ShopCatalog
 
@@ -107,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result: dict = {
         "benchmark": "shop_throughput",
         "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": vars(args),
         "num_products": args.num_products,

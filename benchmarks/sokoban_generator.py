@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import creditgym
+from creditgym.benchmarking import cpu_model
 from creditgym.envs.sokoban.generator import generate_level
 from creditgym.envs.sokoban.make_banks import VARIANTS
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     result: dict[str, object] = {
         "benchmark": "sokoban_generator",
         "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": vars(args),
         "seconds_per_variant": args.seconds,

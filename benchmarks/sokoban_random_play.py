@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ import gymnasium as gym
 import torch
 
 import creditgym
+from creditgym.benchmarking import cpu_model
 from creditgym.envs.sokoban.bank import load_bank
 from creditgym.envs.sokoban.solver import solve
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"unknown variants {unknown}; use e.g. 6x6-1b, 6x6-2b, 8x8-2b, 10x10-3b")
     torch.set_num_threads(1)
     result: dict = {"benchmark": "sokoban_random_play", "creditgym": creditgym.__version__,
-                    "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "machine": cpu_model(), "threads": torch.get_num_threads(),
                     "settings": vars(args), "num_envs": args.num_envs, "steps": args.steps, "seed": args.seed,
                     "variants": {}}
     for variant in args.variants:

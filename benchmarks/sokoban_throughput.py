@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Sequence
 
@@ -17,7 +16,7 @@ import torch
 
 import creditgym
 from creditgym.agents.config_cli import check_device
-from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
+from creditgym.benchmarking import cpu_model, resets_per_second, steps_per_second, target_report
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 
 TARGETS = {
@@ -76,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "benchmark": "sokoban_throughput",
         "creditgym": creditgym.__version__,
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "threads": args.threads,
         "settings": vars(args),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Sequence
 
@@ -15,7 +14,7 @@ import gymnasium as gym
 import torch
 
 import creditgym
-from creditgym.benchmarking import resets_per_second, steps_per_second, target_report
+from creditgym.benchmarking import cpu_model, resets_per_second, steps_per_second, target_report
 from creditgym.envs.tooluse.expert import ToolUseExpert
 
 TARGETS = {"expert_steps_per_s": 10_000}
@@ -62,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result: dict = {
         "benchmark": "tooluse_throughput",
         "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": vars(args),
         "env_id": args.env_id,

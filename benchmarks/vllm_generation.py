@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import torch
 import creditgym
 from creditgym.agents.llm.policy import LLMPolicy
 from creditgym.agents.llm.trainer import make_text_env
+from creditgym.benchmarking import cpu_model
 from creditgym.llm.models import load_policy_model
 from creditgym.llm.vllm import VLLMGenerator
 
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rates = {name: [tokens / seconds for tokens, seconds in side] for name, side in runs.items()}
     result = {
         "benchmark": "vllm_generation", "creditgym": creditgym.__version__,
-        "machine": platform.processor() or platform.machine(), "settings": vars(args),
+        "machine": cpu_model(), "settings": vars(args),
         "model": args.model, "prompts": len(prompts),
         "prompt_tokens_mean": round(statistics.mean(len(p) for p in prompts), 1),
         "max_new_tokens": args.max_new_tokens, "threads": args.threads, "vllm_dtype": args.dtype,

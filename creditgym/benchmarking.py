@@ -4,8 +4,10 @@ the LLM benchmarks' flags and batched rollout."""
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -93,3 +95,15 @@ def llm_rollout(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     start = time.perf_counter()
     episodes = collector.collect([args.seed + g for g in range(groups)], generator=generator)
     return policy, device, episodes, time.perf_counter() - start
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows: benchmark figures, and the
+    exact numbers of a seeded run, hold for the CPU that produced them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -57,7 +57,7 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
         run_dirs = {label: future.result() for label, future in futures.items()}
     wall = time.perf_counter() - start
 
-    table = Table(title=f"PPO on {base.env_id}, {total_steps:,} env steps, seed {seed} ({wall:.0f} s)")
+    table = Table()
     for column in ("reward", "train success (last)", "held-out success: sampled", "greedy", "steps to 50%",
                    "steps to 80%", "env steps/s"):
         table.add_column(column, justify="right")
@@ -81,11 +81,15 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
             "steps_to_50": steps_to(rows, 0.5, skip_steps=warm_up),
             "steps_to_80": steps_to(rows, 0.8, skip_steps=warm_up),
             "sps": rows[-1]["charts/sps"],
+            # PPO trains whole rollouts, so a budget that is no multiple of one trains fewer steps than total_steps
+            "env_steps": int(rows[-1]["global_step"]),
         }
         summary["runs"][label] = record
         table.add_row(label, f"{record['train_success']:.0%}", f"{record['held_out_success']:.0%}",
                       f"{record['held_out_success_greedy']:.0%}", _steps(record["steps_to_50"]),
                       _steps(record["steps_to_80"]), f"{record['sps']:,.0f}")
+    trained = " / ".join(f"{steps:,}" for steps in sorted({record["env_steps"] for record in summary["runs"].values()}))
+    table.title = f"PPO on {base.env_id}, {trained} env steps, seed {seed} ({wall:.0f} s)"
     console.print(table)
     figure = plot_learning_curves(curves, Path(runs_dir) / "sparse_vs_shaped.png", skip_steps=warm_up,
                                   title=f"PPO on {base.env_id}: sparse vs PBRS (seed {seed})")

@@ -24,14 +24,17 @@ at 5e-5: at 5e-4 (the papers' PRM:policy ratio is about 2:1) PRIME's PRM drifted
     python examples/llm_process_rewards.py --out results/llm_process_rewards \\
         --copy-plot docs/img/llm_process_rewards.png
 
-It writes `results.json` (success per iteration per variant and seed, and a final evaluation on 128 fixed seeds)
-and `success.png` to `--out`, and prints a Markdown table.
+It writes `results.json` (success per iteration per variant and seed, and a final evaluation on 128 fixed seeds;
+the library versions, the CPU and a fingerprint of the warmed-up weights, which all variants start from) and
+`success.png` to `--out`, and prints a Markdown table. PRIME's 20-80% accuracy filter and IGPO's turn normalization
+became defaults after the docs' table was recorded; `--no-prime-filter --turn-normalization returns` runs as it did.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import shutil
 import sys
@@ -42,13 +45,17 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import tokenizers
 import torch
+import transformers
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-import creditgym  # noqa: F401
+import creditgym
 from creditgym.agents.llm import LLMPolicy, LLMTrainConfig, LLMTrainer, RolloutCollector
+from creditgym.agents.llm.trainer import training_seeds
+from creditgym.benchmarking import cpu_model
 from creditgym.envs.dialogue.questioner import OPEN_QUESTION
 from creditgym.llm.models import CHATML_TEMPLATE
 
@@ -62,10 +69,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "igpo": {"advantage": "turn", "learned_reward": "igpo"},
     "oprl": {"learned_reward": "oprl"},
 }
-# Seeds of the expert dialogues and of the evaluation tasks. The task space holds only 81 dialogues (27 slot values
-# x 3 openings), so evaluation measures fresh samples of the same tasks, not unseen ones.
-DEMO_SEEDS = 1_000_000
-EVAL_SEEDS = 2_000_000
+# Env seeds of the expert dialogues and of the evaluation tasks, far above the training tasks' (seed * 1_000_003 + k,
+# training_seeds), so no RL seed trains on the very env seeds it is evaluated on or that were its warm-up demos;
+# `main` checks it. The task space holds only 81 dialogues (27 slot values x 3 openings), so evaluation still
+# measures fresh samples of the same tasks, not unseen ones.
+DEMO_SEEDS = 2**40
+DEMO_DIALOGUES = 300
+EVAL_SEEDS = 2**40 + 1_000_000
 MODEL_METRICS = ("progress", "implicit_prm", "info_gain")  # what the learned reward models log
 
 
@@ -117,6 +127,20 @@ def tiny_bpe_model(dialogues: list[list[dict[str, str]]], seed: int) -> tuple[Pr
     return model.eval(), tokenizer
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A fingerprint of the weights: the state_dict's names, dtypes, shapes and bytes, in key order.
+
+    The 300-step warm-up is chaotic: a different summation order, CPU or library build moves its end point (and
+    every variant's start) by far more than rounding, so results.json records which weights the runs started from.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def warm_up(policy: LLMPolicy, dialogues: list[list[dict[str, str]]], *, steps: int, seed: int) -> None:
     """Supervised steps on the expert replies (both turns), 16 replies per step."""
     examples = []
@@ -148,8 +172,29 @@ def evaluate(policy: LLMPolicy, *, episodes: int, seed: int) -> float:
     """Success on the evaluation seeds, sampling as in training (temperature 1) with a fixed generator."""
     collector = RolloutCollector([make_env() for _ in range(episodes)], policy, group_size=1, max_turns=3,
                                  history_turns=None, max_prompt_tokens=1024)
-    played = collector.collect(range(EVAL_SEEDS, EVAL_SEEDS + episodes), generator=torch.Generator().manual_seed(seed))
+    played = collector.collect(eval_seeds(episodes), generator=torch.Generator().manual_seed(seed))
     return float(np.mean([e.success for e in played]))
+
+
+def eval_seeds(episodes: int) -> range:
+    return range(EVAL_SEEDS, EVAL_SEEDS + episodes)
+
+
+def overlapping_seeds(args: argparse.Namespace) -> str | None:
+    """Whether a run's training tasks would share env seeds with the warm-up demos or the evaluation tasks (the two
+    sit in separate ranges above every training task of a seed below about 10**6)."""
+
+    def meet(a: range, b: range) -> bool:
+        return max(a.start, b.start) < min(a.stop, b.stop)
+
+    demos, evaluation = range(DEMO_SEEDS, DEMO_SEEDS + DEMO_DIALOGUES), eval_seeds(args.eval_episodes)
+    for seed in args.seeds:  # the training tasks depend on the seed and the budget, not on the variant
+        trained = training_seeds(variant_config(args.variants[0], seed, args))
+        for what, fixed in (("warm-up demo", demos), ("evaluation", evaluation)):
+            if meet(trained, fixed):
+                return (f"--seeds {seed} trains on env seeds {trained.start}-{trained.stop - 1}, which meet the "
+                        f"{what} seeds {fixed.start}-{fixed.stop - 1}: choose a smaller seed")
+    return None
 
 
 def variant_config(name: str, seed: int, args: argparse.Namespace) -> LLMTrainConfig:
@@ -159,7 +204,18 @@ def variant_config(name: str, seed: int, args: argparse.Namespace) -> LLMTrainCo
         learning_rate=args.lr, micro_batch_size=64, seed=seed, device="cpu", threads=1, progress=False,
         tensorboard=False, checkpoint_every=0, runs_dir=str(Path(args.out) / "runs"), run_name=f"{name}-s{seed}",
         overwrite=True,  # the example owns out/runs; a rerun with the same seed reproduces the same run
-        **learned_reward_settings(name, args), **VARIANTS[name])
+        **learned_reward_settings(name, args), **advantage_settings(name, args), **VARIANTS[name])
+
+
+def advantage_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """--turn-normalization for the variants with per-turn advantages, and PRIME's accuracy filter switched off with
+    --no-prime-filter: the settings whose defaults changed after the docs' table was recorded."""
+    settings: dict[str, Any] = {}
+    if args.turn_normalization is not None and VARIANTS[name].get("advantage") == "turn":
+        settings["turn_normalization"] = args.turn_normalization
+    if name == "prime" and not args.prime_filter:
+        settings.update(min_group_accuracy=0.0, max_group_accuracy=1.0)
+    return settings
 
 
 def learned_reward_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -228,6 +284,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prm-lr", type=float, default=5e-5, help="PRIME/OPRL PRM learning rate")
     parser.add_argument("--coef", type=float, default=1.0, help="learned_reward_coef of every learned reward")
     parser.add_argument("--spa-epochs", type=int, default=1, help="SPA head updates per round (spa_epochs)")
+    parser.add_argument("--turn-normalization", choices=("returns", "rewards"),
+                        help="turn_normalization of the variants with per-turn advantages (sparse, spa, igpo): "
+                             "returns, or rewards (IGPO's order); default: the config's, rewards for igpo, else "
+                             "returns (the docs' table ran igpo with returns)")
+    parser.add_argument("--prime-filter", action=argparse.BooleanOptionalAction, default=True,
+                        help="train PRIME only on groups solved 20-80%% of the time, PRIME's accuracy filter "
+                             "(min/max_group_accuracy; --no-prime-filter trains on every group, as the docs' table)")
     parser.add_argument("--warm-up-steps", type=int, default=300, help="supervised steps before RL")
     parser.add_argument("--eval-episodes", type=int, default=128, help="episodes of the final evaluation")
     parser.add_argument("--out", default="results/llm_process_rewards", help="folder for results.json and success.png")
@@ -237,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.warm_up_steps < 0 or args.eval_episodes < 1:
         parser.error("--warm-up-steps must be 0 or more and --eval-episodes at least 1")
+    if len(set(args.seeds)) < len(args.seeds):  # the same run twice, of which results.json would keep one
+        parser.error(f"--seeds repeats a seed: {args.seeds}")
     if args.copy_plot and not Path(args.copy_plot).parent.is_dir():
         parser.error(f"--copy-plot: no folder {Path(args.copy_plot).parent}; create it or copy the plot elsewhere")
     try:  # every run's settings, refused before the warm-up rather than after the runs before it
@@ -245,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 variant_config(name, seed, args)
     except ValueError as error:
         parser.error(str(error))
+    overlap = overlapping_seeds(args)
+    if overlap is not None:
+        parser.error(overlap)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with bar:
         task = bar.add_task("warm-up", total=len(args.variants) * len(args.seeds) * args.iterations)
         start = time.perf_counter()
-        dialogues = expert_dialogues(300, DEMO_SEEDS)
+        dialogues = expert_dialogues(DEMO_DIALOGUES, DEMO_SEEDS)
         model, tokenizer = tiny_bpe_model(dialogues, seed=0)
         policy = LLMPolicy(model, tokenizer, max_new_tokens=24)
         warm_up(policy, dialogues, steps=args.warm_up_steps, seed=0)
@@ -262,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         results: dict[str, Any] = {
             "command": " ".join(["python", *sys.argv]), "env_id": ENV_ID, "env_kwargs": ENV_KWARGS,
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "copy_plot", "progress")},
+            # what the warm-up's end point depends on beyond the settings (see weights_sha256)
+            "creditgym": creditgym.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+            "warm_up_sha256": weights_sha256(model),
             "warm_up_success": evaluate(policy, episodes=args.eval_episodes, seed=0),
             "warm_up_seconds": time.perf_counter() - start, "variants": {}}
         print(f"after {args.warm_up_steps} warm-up steps: evaluation success {results['warm_up_success']:.0%}")

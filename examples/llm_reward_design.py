@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-import creditgym  # noqa: F401  (registers the envs)
+import creditgym  # registers the envs
 from creditgym.llm.chat import ChatModelError
 from creditgym.wrappers.llm_reward.designer import CRITIC_PROMPT, DesignerConfig, RewardDesigner, strict_json
 
@@ -116,17 +117,27 @@ def design(args: argparse.Namespace) -> int:
     designer = RewardDesigner(chat, config, model_name=args.model or HandWrittenCandidates.model)
     result = designer.run()
     generated = result.stage_counts["generated"]
+    trained = {c.id: c.stages["train"] for c in result.candidates if c.stages.get("train", {}).get("passed")}
+    # Everything a results table quotes, so the printed JSON alone can check it (docs/data keeps one); failed
+    # candidates' fitness is -inf, which JSON writes as null.
     summary: dict[str, object] = {
-        "model": designer.model_name,
+        "env_id": config.env_id, "model": designer.model_name, "creditgym": creditgym.__version__,
+        "torch": torch.__version__, "config": {k: v for k, v in asdict(config).items() if k != "runs_dir"},
         "stage_pass_rates": {stage: f"{n}/{generated}" for stage, n in result.stage_counts.items()},
         "critic_verdicts": [c.stages["critic"]["verdict"] for c in result.candidates if "critic" in c.stages],
         "fitness": {c.id: c.fitness for c in result.candidates},
+        "fitness_per_seed": {cid: train["success_rates"] for cid, train in trained.items()},
         "errors": {c.id: c.errors[0][:200] for c in result.candidates if c.errors},
+        "components": {cid: train["components"] for cid, train in trained.items()},
+        "sparse": None if result.sparse is None else {k: v for k, v in result.sparse.items() if k != "ppo_runs"},
+        # PPO trains whole rollouts of num_envs * num_steps, so a budget that is no multiple of one is rounded down
+        "env_steps": args.train_steps,
+        "env_steps_trained": next((train["env_steps"] for train in trained.values()), None),
         "best": None if result.best is None else result.best.id,
     }
     if result.best is not None and result.sparse is not None and result.sparse["fitness"] is not None:
         sparse = result.sparse["fitness"]
-        summary.update(selected_success=result.best.fitness, sparse_success=sparse, env_steps=args.train_steps,
+        summary.update(selected_success=result.best.fitness, sparse_success=sparse,
                        selected_beats_sparse=result.best.fitness > sparse)
     if result.final is not None:
         best, sparse = result.final["best"]["fitness"], result.final["sparse"]["fitness"]

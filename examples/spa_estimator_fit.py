@@ -284,8 +284,9 @@ def fit(head: str, obs_shape: tuple[int, ...], train: list, test: list, args: ar
     model = ProgressAttribution(estimator, learning_rate=args.lr, replay_episodes=len(train), seed=args.seed)
     model.replay.add(train)
     epochs, start = [], time.perf_counter()
+    batch = min(64, len(train))  # fewer than 64 episodes: one minibatch of them all, not zero minibatches an epoch
     for epoch in range(args.epochs):
-        for minibatch in model.replay.minibatches(len(train) // 64, 64, model.generator):
+        for minibatch in model.replay.minibatches(len(train) // batch, batch, model.generator):
             model.train_step(minibatch)
         key = f"{model.channel}/explained_variance"  # absent where every episode had the same outcome
         held_out, trained = model.fit_report(test).get(key), model.fit_report(train).get(key)
