@@ -136,6 +136,10 @@ def pack_episodes(episodes: list[Episode], pad_id: int, device: torch.device) ->
             if p in ends:
                 turn_ends[e].append(lengths[e])
             lengths[e] += 1
+    for e, episode in enumerate(episodes):
+        if len(turn_ends[e]) != len(episode.turns):  # each turn's reward goes on its own last generated token
+            raise ValueError(f"episode {e} has {len(episode.turns)} turns but {len(turn_ends[e])} of them end on a "
+                             "generated token; every turn needs at least one generated token")
     view_width = max(lengths)
     view_mask = torch.arange(view_width)[None, :] < torch.tensor(lengths)[:, None]
     num_turns = max(len(ends) for ends in turn_ends)

@@ -181,6 +181,24 @@ class LLMPolicy:
         them. Give the same value for every part of a batch, so that a row's logprobs do not depend on which rows it
         is scored with.
         """
+        width = input_ids.shape[1]
+        # A micro-batch of short rows cut from a batch padded to its longest row: the columns after every row's end
+        # change nothing before them (causal attention), so they are not run, and come back as 0. One padding column
+        # stays: without any, transformers drops the attention mask for a plain causal kernel, whose sums round
+        # differently, and a row's logprobs would depend on the rows scored with it.
+        used = min(_attended_width(attention_mask) + 1, width)
+        if used < width:
+            logprobs, hidden = self._sequence_logprobs(
+                input_ids[:, :used], attention_mask[:, :used], action_mask[:, :used], with_hidden, shared_prefix,
+                None if entropy_out is None else entropy_out[:, :used])
+            if entropy_out is not None:
+                entropy_out[:, used:] = 0
+            logprobs = torch.nn.functional.pad(logprobs, (0, width - used))
+            return logprobs, None if hidden is None else torch.nn.functional.pad(hidden, (0, 0, 0, width - used))
+        return self._sequence_logprobs(input_ids, attention_mask, action_mask, with_hidden, shared_prefix, entropy_out)
+
+    def _sequence_logprobs(self, input_ids: Tensor, attention_mask: Tensor, action_mask: Tensor, with_hidden: bool,
+                           shared_prefix: int, entropy_out: Tensor | None) -> tuple[Tensor, Tensor | None]:
         predicts = torch.zeros_like(action_mask, dtype=torch.bool)
         predicts[:, :-1] = action_mask[:, 1:].bool()
         # (row, position) of every position that predicts one of its row's action tokens, in row-major order
@@ -269,6 +287,12 @@ class LLMPolicy:
                 yield
         else:
             yield
+
+
+def _attended_width(attention_mask: Tensor) -> int:
+    """One past the last column any row attends to (at least 1)."""
+    columns = attention_mask.bool().any(0).nonzero()
+    return max(int(columns[-1]) + 1, 1) if len(columns) else 1
 
 
 # Below this many tokens an extra forward pass for the shared part costs more than encoding it in every row saves.

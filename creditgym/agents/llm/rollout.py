@@ -164,6 +164,11 @@ class RolloutCollector:
                 prompts = [p for i, p in zip(live, prompts, strict=True) if i not in too_long]
                 live = [i for i in live if i not in too_long]
             generations = self.policy.generate(prompts, generator=generator, greedy=greedy)
+            if any(not generation.token_ids for generation in generations):
+                # A turn's reward sits on its last generated token: without one, it would land on another turn.
+                raise ValueError(f"{type(self.policy).__name__}.generate returned a reply with no tokens; a turn "
+                                 "needs at least one (a server that sends no token ids must send the text, or its "
+                                 "stop token)")
             still_live = []
             texts = [generation.text for generation in generations]
             steps = (self.pool.step_many(live, texts) if self.pool is not None else

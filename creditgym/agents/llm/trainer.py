@@ -77,6 +77,16 @@ def training_seeds(config: LLMTrainConfig, iteration: int | None = None) -> rang
     return range(first + iteration * config.num_groups, first + (iteration + 1) * config.num_groups)
 
 
+def _by_length(batch: TokenBatch, rows: Tensor, *, first: Tensor | None = None) -> Tensor:
+    """`rows` from the longest to the shortest sequence (the rows marked in `first` before the others), so that
+    consecutive micro-batches hold rows of like length; ties keep their order."""
+    columns = torch.arange(1, batch.attention_mask.shape[1] + 1, device=rows.device)
+    lengths = (batch.attention_mask[rows].bool() * columns).amax(-1)
+    if first is not None:
+        lengths = lengths + first.long() * (batch.attention_mask.shape[1] + 1)
+    return rows[torch.sort(lengths, descending=True, stable=True).indices]
+
+
 def make_text_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """`gym.make` with `obs_mode="text"` for grid envs that offer a text view (unless `env_kwargs` sets one)."""
     kwargs = dict(env_kwargs or {})
@@ -273,7 +283,8 @@ class LLMTrainer:
         with_values = self.value_head is not None and own
         values = torch.zeros_like(batch.rollout_logprobs) if with_values else None
         with torch.no_grad():
-            for rows in torch.arange(batch.input_ids.shape[0], device=self.device).split(self.config.micro_batch_size):
+            for rows in _by_length(batch, torch.arange(batch.input_ids.shape[0], device=self.device)).split(
+                    self.config.micro_batch_size):
                 part = None if entropy is None else torch.zeros_like(batch.rollout_logprobs[rows])
                 lp, hidden = policy.sequence_logprobs(batch.input_ids[rows], batch.attention_mask[rows],
                                                       batch.action_mask[rows], with_hidden=with_values,
@@ -349,7 +360,10 @@ class LLMTrainer:
                                else mask[minibatch].sum().clamp_min(1.0))
                 self.optimizer.zero_grad()
                 marks = {name: len(stats.get(name, ())) for name in _LOSSES}
-                for rows in minibatch.split(cfg.micro_batch_size):
+                # Rows of like length share a micro-batch, which runs only up to its longest row, and rows that
+                # need no grad share theirs; the sum over micro-batches is the same whichever rows go together.
+                active = adv[minibatch].ne(0).any(-1) | other_loss_terms
+                for rows in _by_length(batch, minibatch, first=active).split(cfg.micro_batch_size):
                     # Rows whose every advantage is 0 (a group whose returns were all alike) add exactly 0 to the
                     # gradient when the loss has no other term: their pass runs without grad, for the metrics.
                     idle = not other_loss_terms and not bool(adv[rows].any())

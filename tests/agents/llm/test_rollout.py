@@ -245,3 +245,25 @@ def test_the_value_heads_state_of_a_prompt_is_the_one_that_predicts_its_reply() 
         assert hidden is not None
         torch.testing.assert_close(end, hidden[0, -1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(policy.prompt_end_hidden(prompts, batch_size=8), ends, atol=1e-5, rtol=1e-5)
+
+
+def test_a_reply_without_tokens_is_refused_not_credited_to_another_turn() -> None:
+    # An OpenAI-compatible server that sends neither token ids nor text gives a turn no token to carry its reward:
+    # packed, the next turn's tokens would have taken this turn's reward and the last reward would be lost.
+    from creditgym.agents.llm.policy import Generation
+
+    from .helpers import LetterCountEnv
+
+    model, tokenizer = tiny_test_model(seed=0)
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=3)
+    real = policy.generate
+    policy.generate = lambda prompts, **kwargs: [Generation([], [], "", False) for _ in real(prompts, **kwargs)]
+    collector = RolloutCollector([LetterCountEnv(turns=2)], policy, group_size=1, max_turns=2, history_turns=None,
+                                 max_prompt_tokens=4096)
+    with pytest.raises(ValueError, match="returned a reply with no tokens; a turn needs at least one"):
+        collector.collect([0], generator=torch.Generator().manual_seed(0))
+    policy.generate = real
+    episodes = collector.collect([0], generator=torch.Generator().manual_seed(0))
+    episodes[0].segments[0].turn_ends.pop(0)  # as the packer saw a turn that ended on a prompt token
+    with pytest.raises(ValueError, match="episode 0 has 2 turns but 1 of them end on a generated token"):
+        pack_episodes(episodes, policy.pad_id, torch.device("cpu"))

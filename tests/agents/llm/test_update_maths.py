@@ -426,3 +426,61 @@ def test_micro_batches_without_advantage_run_without_gradients(tmp_path: Path) -
         p.grad = torch.zeros_like(p)
     twin.optimizer.step()  # weight decay only
     assert all(torch.equal(a, b) for a, b in zip(_weights(trainer), _weights(twin), strict=True))
+
+
+def test_idle_rows_share_micro_batches_and_each_runs_only_to_its_longest_row(tmp_path: Path) -> None:
+    # Tied groups (all advantages 0) interleaved with untied ones, rows of very different lengths: the loss pass
+    # puts the rows that need grad together, longest first, so half the micro-batches run without grad (mixed at
+    # random, most would need it), and each runs only as wide as its own rows.
+    episodes = []
+    for group in range(4):
+        tied = group % 2 == 1
+        episodes += [_episode([[40 if group < 2 else 2]], [1.0], group=group),
+                     _episode([[3]], [1.0 if tied else 0.0], group=group)]
+    trainer = make_trainer(tmp_path, micro_batch_size=2, num_minibatches=1)
+    batch = pack_episodes(episodes, trainer.policy.pad_id, trainer.device)
+    widths: list[tuple[bool, int]] = []
+    decoder = trainer.policy.model.get_decoder()
+    handle = decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append((torch.is_grad_enabled(), kwargs["input_ids"].shape[1])),
+        with_kwargs=True)
+    try:
+        trainer.update(batch)
+    finally:
+        handle.remove()
+    assert batch.shared_prefix == 0 and batch.input_ids.shape[1] == 43
+    # active rows (groups 0 and 2) then idle ones (1 and 3), each pair as wide as its longer row plus one column
+    assert widths == [(True, 43), (True, 7), (False, 43), (False, 7)]
+
+
+def test_scoring_is_bit_identical_whatever_padding_follows_the_rows() -> None:
+    # A micro-batch runs only up to one column past its longest row: the logprobs, entropies and hidden states are
+    # those of the same rows padded to any width (a row's numbers must not depend on the rows scored with it).
+    model, tokenizer = tiny_test_model(seed=0)
+    policy = LLMPolicy(model, tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    lengths = [37, 52, 61]
+    width = 90
+    input_ids = torch.full((3, width), policy.pad_id)
+    attention = torch.zeros((3, width), dtype=torch.long)
+    actions = torch.zeros((3, width))
+    for row, length in enumerate(lengths):
+        input_ids[row, :length] = torch.randint(0, 250, (length,), generator=generator)
+        attention[row, :length] = 1
+        actions[row, length - 9:length] = 1
+    seen: list[int] = []
+    handle = model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    results = []
+    with torch.no_grad():
+        for cut in (width, 75, 62):
+            entropy = torch.full((3, cut), 7.0)
+            lp, hidden = policy.sequence_logprobs(input_ids[:, :cut], attention[:, :cut], actions[:, :cut],
+                                                  with_hidden=True, entropy_out=entropy)
+            assert lp.shape == (3, cut) and hidden is not None and hidden.shape[:2] == (3, cut)
+            results.append((lp[:, :62], hidden[:, :62], entropy[:, :62]))
+            assert not entropy[:, 62:].any() and not lp[:, 62:].any() and not hidden[:, 62:].any()
+    handle.remove()
+    assert seen == [62, 62, 62]  # one column past the longest row, whatever the width given
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
