@@ -89,7 +89,9 @@ class ProgressAttribution:
     `update(episodes)` adds the newly finished episodes to the replay buffer (the `replay_episodes` most recent)
     and trains on `epochs` times as many episodes drawn from it, in minibatches of `batch_episodes`.
     `centered_outcome` regresses onto the leave-one-out-centred outcome R_i − mean_{j≠i} R_j of each minibatch
-    instead of R, as SPA's released data script does (code ≠ paper; off by default).
+    instead of R, as SPA's released data script does (code ≠ paper; off by default). `beta` defaults to 0, which
+    turns the grounding term off (SPA's code pays 0.5 per valid action): on a task whose episodes run until solved
+    or cut, a per-step bonus also pays for merely long episodes; set it to use SPA's grounding.
     """
 
     channel = "progress"

@@ -126,7 +126,7 @@ class VectorPotentialShaping(VectorWrapper):
             raise ValueError("VectorPotentialShaping takes creditgym's batched torch envs (same-step autoreset, torch "
                              "tensors, info['final_obs'] holding the rows of the ended episodes); for gymnasium's "
                              "vector envs wrap each env in PotentialShaping instead, e.g. gymnasium.make_vec(id, n, "
-                             "wrappers=[lambda env: PotentialShaping(env, name, gamma)])")
+                             "vectorization_mode='sync', wrappers=[lambda env: PotentialShaping(env, name, gamma)])")
         self.potential: ObsPotential = _batched(potential) if isinstance(potential, str) else potential
         self.gamma = gamma
         self.channel = channel
@@ -160,7 +160,8 @@ class VectorPotentialShaping(VectorWrapper):
 
     def _potential(self, obs: torch.Tensor) -> torch.Tensor:
         """scale · Φ of each observation; NaN or inf raises, as in `PotentialShaping`."""
-        value = self.scale * torch.as_tensor(self.potential(obs)).to(torch.float64)
+        # on the env's device, also where a potential returns NumPy or CPU tensors for envs on a GPU
+        value = self.scale * torch.as_tensor(self.potential(obs)).to(obs.device, torch.float64)
         if not bool(torch.isfinite(value).all()):
             bad = (~torch.isfinite(value)).nonzero().flatten()[:5].tolist()
             raise NonFiniteError(f"shaping potential {getattr(self.potential, '__name__', repr(self.potential))!r} "
@@ -175,7 +176,8 @@ def make_shaped_vec_env(env_id: str, num_envs: int, device: torch.device | str,
     """Like `creditgym.agents.vec.make_vec_env` for creditgym's batched envs, with potential-based shaping by name.
 
     Pass the agent's own discount as `gamma`. Envs without a batched torch env take `PotentialShaping` per env,
-    e.g. `gymnasium.make_vec(env_id, n, wrappers=[lambda env: PotentialShaping(env, name, gamma)])`.
+    e.g. `gymnasium.make_vec(env_id, n, vectorization_mode="sync", wrappers=[lambda env: PotentialShaping(env, name,
+    gamma)])` (gymnasium refuses `wrappers` with an id's own batched entry point, which it picks by default).
     """
     spec = gym.spec(env_id)
     if spec.vector_entry_point is None or spec.namespace != "creditgym":

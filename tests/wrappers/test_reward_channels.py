@@ -92,9 +92,28 @@ def test_a_batched_potential_that_is_not_finite_raises_as_the_single_env_one_doe
 
 def test_batched_shaping_refuses_a_gymnasium_vector_env_with_the_wrapper_that_fits() -> None:
     vec = SyncVectorEnv([lambda: gym.make(ENV)] * 2, autoreset_mode=AutoresetMode.SAME_STEP)
-    with pytest.raises(ValueError, match="wrap each env in PotentialShaping instead"):
+    with pytest.raises(ValueError, match="wrap each env in PotentialShaping instead") as refused:
         VectorPotentialShaping(vec, "box_distance", 0.9)
     vec.close()
+    # The fix the message suggests runs as written (without the sync mode, gymnasium refuses wrappers for an id with
+    # its own batched entry point).
+    suggestion = str(refused.value).split("e.g. ", 1)[1]
+    assert suggestion.startswith("gymnasium.make_vec(id, n, vectorization_mode='sync', wrappers=[")
+    shaped = eval(suggestion, {"gymnasium": gym, "PotentialShaping": PotentialShaping, "id": ENV, "n": 2,  # noqa: S307
+                               "name": "box_distance", "gamma": 0.9})
+    shaped.reset(seed=0)
+    _, _, _, _, info = shaped.step(np.zeros(2, dtype=np.int64))
+    assert "shaping" in info["reward_components"]
+    shaped.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on the CPU every tensor is on the env's device")
+def test_batched_shaping_keeps_a_numpy_potential_on_the_envs_device() -> None:
+    env = VectorPotentialShaping(gym.make_vec(ENV, num_envs=2, vectorization_mode="vector_entry_point", device="cuda"),
+                                 lambda obs: np.ones(obs.shape[0]), 0.9)
+    obs, _ = env.reset(seed=0)
+    _, reward, _, _, info = env.step(torch.zeros(2, dtype=torch.long, device=obs.device))
+    assert env._last_potential.device == obs.device and reward.device == obs.device
 
 
 def test_envs_without_the_declared_hooks_are_refused_with_what_they_lack() -> None:
