@@ -69,13 +69,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "igpo": {"advantage": "turn", "learned_reward": "igpo"},
     "oprl": {"learned_reward": "oprl"},
 }
-# Env seeds of the expert dialogues and of the evaluation tasks, far above the training tasks' (seed * 1_000_003 + k,
-# training_seeds), so no RL seed trains on the very env seeds it is evaluated on or that were its warm-up demos;
-# `main` checks it. The task space holds only 81 dialogues (27 slot values x 3 openings), so evaluation still
-# measures fresh samples of the same tasks, not unseen ones.
-DEMO_SEEDS = 2**40
+# Env seeds of the expert dialogues (supervised warm-up data, which RL tasks may share, as fine-tuning data does) and
+# of the evaluation tasks, far above every training task (seed * 1_000_003 + k, training_seeds), so that no RL seed
+# is evaluated on the very env seeds it trained on; `main` checks it. The task space holds only 81 dialogues (27 slot
+# values x 3 openings), so evaluation still measures fresh samples of the same tasks, not unseen ones.
+DEMO_SEEDS = 1_000_000
 DEMO_DIALOGUES = 300
-EVAL_SEEDS = 2**40 + 1_000_000
+EVAL_SEEDS = 2**40
 MODEL_METRICS = ("progress", "implicit_prm", "info_gain")  # what the learned reward models log
 
 
@@ -181,19 +181,14 @@ def eval_seeds(episodes: int) -> range:
 
 
 def overlapping_seeds(args: argparse.Namespace) -> str | None:
-    """Whether a run's training tasks would share env seeds with the warm-up demos or the evaluation tasks (the two
-    sit in separate ranges above every training task of a seed below about 10**6)."""
-
-    def meet(a: range, b: range) -> bool:
-        return max(a.start, b.start) < min(a.stop, b.stop)
-
-    demos, evaluation = range(DEMO_SEEDS, DEMO_SEEDS + DEMO_DIALOGUES), eval_seeds(args.eval_episodes)
+    """Whether a run's training tasks would share env seeds with the evaluation tasks (which sit above every
+    training task of a seed below about 10**6)."""
+    evaluation = eval_seeds(args.eval_episodes)
     for seed in args.seeds:  # the training tasks depend on the seed and the budget, not on the variant
         trained = training_seeds(variant_config(args.variants[0], seed, args))
-        for what, fixed in (("warm-up demo", demos), ("evaluation", evaluation)):
-            if meet(trained, fixed):
-                return (f"--seeds {seed} trains on env seeds {trained.start}-{trained.stop - 1}, which meet the "
-                        f"{what} seeds {fixed.start}-{fixed.stop - 1}: choose a smaller seed")
+        if max(trained.start, evaluation.start) < min(trained.stop, evaluation.stop):
+            return (f"--seeds {seed} trains on env seeds {trained.start}-{trained.stop - 1}, which meet the "
+                    f"evaluation seeds {evaluation.start}-{evaluation.stop - 1}: choose a smaller seed")
     return None
 
 
@@ -243,8 +238,10 @@ def run_variant(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenize
     seconds = time.perf_counter() - start
     return {"success": [row["charts/success_rate"] for row in rows], "env_steps": int(rows[-1]["global_step"]),
             "final_success": evaluate(trainer.policy, episodes=args.eval_episodes, seed=seed), "seconds": seconds,
-            "reward_channels": {k: [row[k] for row in rows] for k in rows[-1] if k.startswith("reward/")},
-            "reward_model": {k: [row.get(k) for row in rows] for k in rows[-1] if k.split("/")[0] in MODEL_METRICS}}
+            "reward_channels": {k: [row.get(k) for row in rows]  # None where an iteration logged none
+                                for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("reward/")},
+            "reward_model": {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row)
+                             if k.split("/")[0] in MODEL_METRICS}}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -98,18 +98,17 @@ def test_llm_process_rewards_flags_reproduce_the_docs_prime_and_igpo_rows(script
     assert config("oprl", turn_normalization="returns").turn_normalization is None
 
 
-def test_llm_process_rewards_evaluates_and_warms_up_on_env_seeds_no_training_seed_reaches(script: Load) -> None:
+def test_llm_process_rewards_evaluates_on_env_seeds_no_training_seed_reaches(script: Load) -> None:
+    # The warm-up demos are fine-tuning data, which RL tasks may share; the evaluation tasks must not be trained on.
     from creditgym.agents.llm.trainer import training_seeds
 
     module = script("llm_process_rewards")
     evaluation = set(range(module.EVAL_SEEDS, module.EVAL_SEEDS + 128))
-    demos = set(range(module.DEMO_SEEDS, module.DEMO_SEEDS + 300))
-    assert not evaluation & demos
+    assert not evaluation & set(range(module.DEMO_SEEDS, module.DEMO_SEEDS + 300))
     for seed in range(101):  # the default budget: 30 iterations of 8 tasks
         config = module.LLMTrainConfig(algo="grpo", model="tiny", env_id=module.ENV_ID, iterations=30, num_groups=8,
                                        group_size=4, seed=seed)
-        trained = set(training_seeds(config))
-        assert not trained & evaluation and not trained & demos, seed
+        assert not set(training_seeds(config)) & evaluation, seed
 
 
 def test_llm_process_rewards_refuses_a_seed_whose_training_tasks_reach_the_evaluation_seeds(
