@@ -364,19 +364,27 @@ def test_stop_after_update_takes_sigterm_and_sighup_only_while_they_have_their_d
 
     from creditgym.agents.runs import StopAfterUpdate
 
-    with StopAfterUpdate() as stop:
-        assert signal.getsignal(signal.SIGTERM) == stop.request  # else the kill below would end the tests
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested and stop.signum == signal.SIGTERM
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM stops at once
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is \
-        signal.default_int_handler
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # someone else's handler is left alone
+    # Default handlers to start from, whatever the test runner inherited (under nohup, SIGHUP is ignored).
+    inherited = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        with StopAfterUpdate() as stop:
+            assert signal.getsignal(signal.SIGTERM) == stop.request  # else the kill below would end the tests
+            assert signal.getsignal(signal.SIGHUP) == stop.request
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested and stop.signum == signal.SIGTERM
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM stops at once
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is \
+            signal.default_int_handler
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # someone else's handlers are left alone
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         with StopAfterUpdate():
-            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGHUP) is \
+                signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGHUP) is \
+            signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in inherited.items():
+            signal.signal(number, handler)
 
 
 def test_a_run_being_trained_refuses_a_second_trainer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
