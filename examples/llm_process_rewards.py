@@ -238,10 +238,15 @@ def run_variant(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenize
     seconds = time.perf_counter() - start
     return {"success": [row["charts/success_rate"] for row in rows], "env_steps": int(rows[-1]["global_step"]),
             "final_success": evaluate(trainer.policy, episodes=args.eval_episodes, seed=seed), "seconds": seconds,
-            "reward_channels": {k: [row.get(k) for row in rows]  # None where an iteration logged none
-                                for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("reward/")},
-            "reward_model": {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row)
-                             if k.split("/")[0] in MODEL_METRICS}}
+            "reward_channels": series(rows, lambda name: name.startswith("reward/")),
+            "reward_model": series(rows, lambda name: name.split("/")[0] in MODEL_METRICS)}
+
+
+def series(rows: list[dict[str, Any]], wanted: Callable[[str], bool]) -> dict[str, list[Any]]:
+    """Each wanted metric over the iterations, None where an iteration did not log it (PRIME's accuracy filter can
+    leave an iteration no group to score)."""
+    return {name: [row.get(name) for row in rows] for name in dict.fromkeys(k for row in rows for k in row)
+            if wanted(name)}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

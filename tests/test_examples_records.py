@@ -215,3 +215,14 @@ def test_the_demo_title_says_the_steps_trained_not_the_budget(tmp_path: Path) ->
     assert "8,192 env steps, seed 3" in shown  # one rollout of 512 envs x 16 steps
     assert all(record["env_steps"] == 8192 for record in summary["runs"].values())
     assert summary["total_steps"] == 9000
+
+
+def test_llm_process_rewards_keeps_a_metric_some_iterations_did_not_log(script: Load) -> None:
+    # PRIME's accuracy filter can leave an iteration no group to score, so it logs no implicit_prm reward there;
+    # reading the channels off the last row crashed the summary after the run had trained.
+    module = script("llm_process_rewards")
+    rows = [{"reward/task": 0.5, "reward/implicit_prm": 0.1, "implicit_prm/loss": 0.7}, {"reward/task": 0.6}]
+    assert module.series(rows, lambda name: name.startswith("reward/")) == {
+        "reward/task": [0.5, 0.6], "reward/implicit_prm": [0.1, None]}
+    assert module.series(rows, lambda name: name.split("/")[0] in module.MODEL_METRICS) == {
+        "implicit_prm/loss": [0.7, None]}
