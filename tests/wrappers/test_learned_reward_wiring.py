@@ -153,15 +153,9 @@ def test_oprl_hook_uses_the_configured_step_weight(tmp_path: Path) -> None:
 
 
 def test_igpo_hook_adds_gains_only_not_the_outcome_again(tmp_path: Path) -> None:
-    from creditgym.agents.llm import LLMTrainConfig, LLMTrainer
-    from creditgym.llm import tiny_test_model
+    from tests.agents.llm.helpers import igpo_dialogue_trainer
 
-    model, tokenizer = tiny_test_model(seed=0)
-    config = LLMTrainConfig(model="tiny", env_id="creditgym/Dialogue-Gather-v0", learned_reward="igpo",
-                            advantage="turn", iterations=1, num_groups=1, group_size=2, max_turns=2, max_new_tokens=4,
-                            runs_dir=str(tmp_path), run_name="igpo", progress=False, tensorboard=False,
-                            checkpoint_every=0, device="cpu")
-    trainer = LLMTrainer(config, model=model, tokenizer=tokenizer)
+    trainer = igpo_dialogue_trainer(tmp_path)
     episodes, batch = _batch(trainer, seeds=(0,))
     for ep in episodes:  # a non-zero outcome, so paying it a second time shows
         ep.turns[-1].reward_components["task"] = 0.7

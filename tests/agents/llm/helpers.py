@@ -47,3 +47,14 @@ def make_trainer(tmp_path: Any, *, resume: Any = None, **overrides: Any) -> LLMT
     model, tokenizer = tiny_test_model(seed=0)
     return LLMTrainer(LLMTrainConfig(**settings), model=model, tokenizer=tokenizer, make_env=LetterCountEnv,
                        resume=resume)
+
+
+def igpo_dialogue_trainer(tmp_path: Any) -> LLMTrainer:
+    """IGPO on Dialogue-Gather with a tiny model: one iteration of one group of two two-turn episodes (the config
+    asks the env for the ground truth IGPO scores)."""
+    model, tokenizer = tiny_test_model(seed=0)
+    config = LLMTrainConfig(model="tiny", env_id="creditgym/Dialogue-Gather-v0", learned_reward="igpo",
+                            advantage="turn", iterations=1, num_groups=1, group_size=2, max_turns=2, max_new_tokens=4,
+                            runs_dir=str(tmp_path), run_name="igpo", progress=False, tensorboard=False,
+                            checkpoint_every=0, device="cpu")
+    return LLMTrainer(config, model=model, tokenizer=tokenizer)

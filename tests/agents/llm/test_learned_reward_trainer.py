@@ -14,7 +14,7 @@ from creditgym.agents.llm import LLMTrainConfig, LLMTrainer
 from creditgym.agents.llm.batch import advantages
 from creditgym.llm import tiny_test_model
 
-from .helpers import LetterCountEnv
+from .helpers import LetterCountEnv, igpo_dialogue_trainer
 
 
 class CoinEnv(LetterCountEnv):
@@ -63,13 +63,9 @@ def test_a_short_run_trains_the_policy_and_logs_the_channel(tmp_path: Path, name
 
 
 def test_igpo_runs_on_dialogue_with_the_ground_truth_exposed(tmp_path: Path) -> None:
-    model, tokenizer = tiny_test_model(seed=0)
-    config = LLMTrainConfig(model="tiny", env_id="creditgym/Dialogue-Gather-v0", learned_reward="igpo",
-                            advantage="turn", iterations=1, num_groups=1, group_size=2, max_turns=2, max_new_tokens=4,
-                            runs_dir=str(tmp_path), run_name="igpo", progress=False, tensorboard=False,
-                            checkpoint_every=0, device="cpu")
-    assert config.env_kwargs == {"expose_ground_truth": True}
-    metrics = LLMTrainer(config, model=model, tokenizer=tokenizer).learn()
+    trainer = igpo_dialogue_trainer(tmp_path)
+    assert trainer.config.env_kwargs == {"expose_ground_truth": True}
+    metrics = trainer.learn()
     assert "reward/info_gain" in metrics and 0 < metrics["info_gain/p_first"] <= 1
     assert math.isfinite(metrics["losses/policy_loss"])
 
