@@ -1289,36 +1289,69 @@ class _StepRewards:
             self.groups.append(self._group_numbers.setdefault(group, len(self._group_numbers)))
 
     def advantages(self, *, gamma: float, lam: float) -> np.ndarray:
-        """Every step's advantage, episode after episode in the order they were added, as float64."""
+        """Every step's advantage, episode after episode in the order they were added, as float64.
+
+        Episodes are scored in chunks of about `_CHUNK_CELLS` padded steps: one padded episodes × longest-episode
+        tensor for a long PPO recording (600k episodes of up to 120 steps) would take GBs with its temporaries.
+        Every estimator but reinforce_pp's whitening works per episode, so chunks change no bit of those."""
         count = len(self.lengths)
         if not count:
             return np.zeros(0)
-        lengths = torch.from_numpy(np.array(self.lengths, dtype=np.int64))
-        mask = torch.arange(max(int(lengths.max()), 1))[None, :] < lengths[:, None]
-        rewards = torch.zeros(mask.shape, dtype=torch.float64)
-        rewards[mask] = torch.from_numpy(np.array(self.rewards, dtype=np.float64))
-        terminated = torch.zeros_like(mask)
-        terminated[mask] = torch.from_numpy(np.array(self.terminated, dtype=np.bool_))
         if self.estimator in _GROUP_ESTIMATORS:
             if count > 1 and len(self._group_numbers) == count:
                 warnings.warn(f"no two of the {count} episodes start alike (env, seed and first state), so each "
                               f"is a group of its own and every {self.estimator} advantage is 0; group estimators "
                               "need groups of one task (an LLM trainer's records), else use gae or reinforce_pp",
                               stacklevel=3)
-            outcome = credit.reward_to_go(rewards, mask, gamma=gamma)[:, 0]
+            outcome = torch.from_numpy(np.concatenate([
+                credit.reward_to_go(rewards, mask, gamma=gamma)[:, 0].numpy()
+                for rewards, mask, _, _ in self._padded_chunks()]))
             by_name = {"grpo": credit.grpo_advantages, "dr_grpo": credit.dr_grpo_advantages,
                        "rloo": credit.rloo_advantages}
-            advantages = by_name[self.estimator](outcome, self.groups.tolist())[:, None].expand_as(rewards)
-        elif self.estimator == "gae":
-            # Each episode ends at its last recorded step; padding after it is cut off by that end.
-            ends = ~terminated & (mask.cumsum(1) == lengths[:, None])
-            zeros = torch.zeros_like(rewards.T)
-            advantages = credit.gae(rewards.T, zeros, zeros, terminated.T, ends.T, gamma=gamma, lam=lam)[0].T
-        elif self.estimator == "reinforce_pp":
-            advantages = credit.reinforce_pp_advantages(rewards, mask, gamma=gamma)
-        else:
-            advantages = credit.reward_to_go(rewards, mask, gamma=gamma)
-        return advantages[mask].numpy()
+            per_episode = by_name[self.estimator](outcome, self.groups.tolist()).numpy()
+            return np.repeat(per_episode, np.array(self.lengths, dtype=np.int64))
+        parts = []
+        for rewards, mask, terminated, lengths in self._padded_chunks():
+            if self.estimator == "gae":
+                # Each episode ends at its last recorded step; padding after it is cut off by that end.
+                ends = ~terminated & (mask.cumsum(1) == lengths[:, None])
+                zeros = torch.zeros_like(rewards.T)
+                advantages = credit.gae(rewards.T, zeros, zeros, terminated.T, ends.T, gamma=gamma, lam=lam)[0].T
+            else:  # reward_to_go, and reinforce_pp's returns before their whitening over the whole batch
+                advantages = credit.reward_to_go(rewards, mask, gamma=gamma)
+            parts.append(advantages[mask].numpy())
+        flat = np.concatenate(parts)
+        if self.estimator == "reinforce_pp":
+            return credit.masked_whiten(torch.from_numpy(flat)).numpy()
+        return flat
+
+    def _padded_chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(rewards, mask, terminated, lengths) of consecutive episodes, padded to the longest in the chunk."""
+        sizes = self.lengths  # Python ints: the chunking loop below runs once per episode
+        lengths = np.array(sizes, dtype=np.int64)
+        rewards = np.array(self.rewards, dtype=np.float64)
+        terminated = np.array(self.terminated, dtype=np.bool_)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        first = 0
+        while first < len(sizes):
+            last, longest = first, 1
+            while last < len(sizes) and (last - first + 1) * max(longest, sizes[last]) <= _CHUNK_CELLS:
+                longest = max(longest, sizes[last])
+                last += 1
+            if last == first:  # an episode longer than a chunk is a chunk of its own
+                last, longest = first + 1, sizes[first]
+            chunk_lengths = torch.from_numpy(lengths[first:last])
+            mask = torch.arange(longest)[None, :] < chunk_lengths[:, None]
+            padded_rewards = torch.zeros(mask.shape, dtype=torch.float64)
+            padded_rewards[mask] = torch.from_numpy(rewards[offsets[first]:offsets[last]])
+            padded_terminated = torch.zeros_like(mask)
+            padded_terminated[mask] = torch.from_numpy(terminated[offsets[first]:offsets[last]])
+            yield padded_rewards, mask, padded_terminated, chunk_lengths
+            first = last
+
+
+_CHUNK_CELLS = 1 << 20
+"""padded steps scored at once by `_StepRewards.advantages` (8 MB a float64 tensor)"""
 
 
 def _start_key(episode: Episode) -> str:

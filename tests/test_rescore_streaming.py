@@ -137,6 +137,36 @@ def test_rescore_memory_does_not_grow_with_the_observations(tmp_path: Path) -> N
     assert peak < decoded / 4, f"peak {peak / 2**20:.1f} MiB re-scoring {decoded / 2**20:.1f} MiB of text"
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_advantages_are_scored_in_bounded_chunks_with_the_same_result(monkeypatch: pytest.MonkeyPatch,
+                                                                      estimator: str) -> None:
+    # One padded episodes x longest-episode tensor for a 600k-episode PPO recording took GBs; chunks of at most
+    # _CHUNK_CELLS padded steps (an episode longer than that alone) give every advantage as one chunk does.
+    rng = np.random.default_rng(3)
+    episodes = [_episode(rng, i // 3, side=2, steps=12) for i in range(60)]
+    episodes[7] = _episode(rng, 2, side=2, steps=40)  # longer than a chunk
+    while len(episodes[7].steps) <= 30:
+        episodes[7] = _episode(rng, 2, side=2, steps=40)
+    one_chunk = trajectories.step_advantages(episodes, estimator, gamma=0.9, lam=0.8)
+    shapes = []
+    for name in ("reward_to_go", "gae"):
+        original = getattr(trajectories.credit, name)
+
+        def spy(rewards: torch.Tensor, *args: Any, original=original, **kwargs: Any) -> Any:
+            shapes.append(tuple(rewards.shape))
+            return original(rewards, *args, **kwargs)
+
+        monkeypatch.setattr(trajectories.credit, name, spy)
+    monkeypatch.setattr(trajectories, "_CHUNK_CELLS", 30)
+    chunked = trajectories.step_advantages(episodes, estimator, gamma=0.9, lam=0.8)
+    assert len(shapes) > 10
+    assert all(rows * width <= 30 or 1 in (rows, width) for rows, width in shapes), shapes  # gae's are (T, N)
+    if estimator == "reinforce_pp":  # whitened over the whole batch: only the summation order differs
+        np.testing.assert_allclose(np.concatenate(chunked), np.concatenate(one_chunk), rtol=0, atol=1e-12)
+    else:
+        assert chunked == one_chunk
+
+
 def _change_before_second_read(monkeypatch: pytest.MonkeyPatch, change) -> None:
     """Make `change(path)` happen to the file just before it is read a second time, as a run still recording
     to it would."""
