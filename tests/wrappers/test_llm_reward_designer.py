@@ -239,6 +239,19 @@ def test_sokoban_description_matches_state() -> None:
     assert "    page: str" in generic and "Task:" in generic
 
 
+@pytest.mark.parametrize(("env_id", "kwargs", "says", "never"), [
+    (ENV, {}, ["-0.1 per step", "+1 for a box pushed onto a target", "+10 when solved", "after 120 steps"], []),
+    ("creditgym/Sokoban-10x10-3b-v0", {}, ["after 200 steps"], ["120"]),
+    (ENV, {"rewards": "outcome"}, ["-0.1 per step, +10 when solved;"], ["box pushed"]),
+    (ENV, {"rewards": {"solved": 5.0}, "max_episode_steps": 40}, ["+5 when solved", "after 40 steps"], ["+10"]),
+])
+def test_the_sokoban_task_text_states_this_envs_time_limit_and_rewards(env_id: str, kwargs: dict, says: list[str],
+                                                                        never: list[str]) -> None:
+    task = describe_env(env_id, kwargs).split("Task: ", 1)[1]
+    assert all(part in task for part in says), task
+    assert not any(part in task for part in never), task
+
+
 def test_batch_states_equal_single_env_states_including_final() -> None:
     venv = gym.make_vec(ENV, num_envs=4, vectorization_mode="vector_entry_point", max_episode_steps=12)
     states = SokobanBatchStates(venv.unwrapped)

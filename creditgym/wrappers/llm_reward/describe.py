@@ -17,7 +17,7 @@ import numpy as np
 
 from creditgym.envs.sokoban.env import SokobanEnv
 from creditgym.envs.sokoban.level import BOXOBAN_SYMBOLS, Tile
-from creditgym.envs.sokoban.rules import apply_move
+from creditgym.envs.sokoban.rules import SokobanRewards, apply_move
 from creditgym.envs.sokoban.vector import BOX_BIT, PLAYER_BIT, TARGET_BIT, WALL_BIT, SokobanVectorEnv
 
 _MAX_TASK_CHARS = 2_000
@@ -33,11 +33,17 @@ SOKOBAN_FIELDS: dict[str, tuple[str, str]] = {
     "deadlock": ("bool", "a box that is not on a target sits in a corner, so the level can no longer be solved"),
 }
 
-_SOKOBAN_TASK = (
-    "Push every box onto a target. The player moves one cell per action; walking into a box pushes it one cell "
-    "if the cell behind it is free. Boxes cannot be pulled. The task reward is -0.1 per step, +1 for a box pushed "
-    "onto a target, -1 for a box pushed off one, +10 when solved; episodes end when solved or after 120 steps."
-)
+def _sokoban_task(rewards: SokobanRewards, max_steps: int | None) -> str:
+    """The rules and the reward this env pays, from its own settings (variants differ in time limit, and
+    `rewards=` changes or drops the per-box terms)."""
+    terms = [(rewards.step, "per step"), (rewards.box_on_target, "for a box pushed onto a target"),
+             (rewards.box_off_target, "for a box pushed off one"), (rewards.solved, "when solved")]
+    paid = ", ".join(f"{value:+g} {what}" for value, what in terms if value) or "always 0"
+    end = f"when solved or after {max_steps} steps" if max_steps else "when solved"
+    return ("Push every box onto a target. The player moves one cell per action; walking into a box pushes it one "
+            f"cell if the cell behind it is free. Boxes cannot be pulled. The task reward is {paid}; episodes end "
+            f"{end}.")
+
 
 _SOKOBAN_ACTION = "action: int  # 0 up (row - 1), 1 down (row + 1), 2 left (col - 1), 3 right (col + 1)"
 
@@ -48,7 +54,8 @@ def describe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str:
     try:
         base = env.unwrapped
         if isinstance(base, SokobanEnv):
-            return describe_fields("State", "Sokoban", SOKOBAN_FIELDS, _SOKOBAN_ACTION, _SOKOBAN_TASK)
+            task = _sokoban_task(base.rewards, env.spec.max_episode_steps if env.spec else None)
+            return describe_fields("State", "Sokoban", SOKOBAN_FIELDS, _SOKOBAN_ACTION, task)
         if not callable(getattr(base, "state", None)):
             raise ValueError(f"{env_id} has no state() method, so there is nothing to describe for reward design")
         _, info = env.reset(seed=0)
