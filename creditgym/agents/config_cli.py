@@ -30,6 +30,8 @@ import torch
 import yaml
 from gymnasium.envs.registration import load_env_creator
 
+from creditgym.envs import check_env_id
+
 Config = TypeVar("Config")
 #: The largest seed every generator takes: torch seeds are 64-bit, and trainers seed some streams with seed + 1.
 MAX_SEED = 2**63 - 1
@@ -146,8 +148,7 @@ def check_env_arguments(env_id: str, env_kwargs: dict[str, Any], *, batched: boo
     """
     if ":" in env_id:  # "module:Env-v0" registers on import
         return
-    if env_id not in gym.registry:
-        raise ValueError(f"env {env_id!r} is not registered; `creditgym list` shows the ids")
+    check_env_id(env_id)
     spec = gym.spec(env_id)
     entry_point = spec.vector_entry_point if batched and spec.vector_entry_point else spec.entry_point
     creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point

@@ -18,6 +18,7 @@ import creditgym
 from creditgym.agents.config_cli import MAX_SEED, check_device, saved_run_config
 from creditgym.agents.ppo import ActorCritic, PPOConfig, resolve_device, sample_actions
 from creditgym.agents.runs import load_weights, read_checkpoint, write_text_atomically
+from creditgym.envs import check_env_id
 from creditgym.envs.sokoban.bank import has_held_out_split, warn_when_levels_repeat
 from creditgym.envs.sokoban.vector import SokobanVectorEnv
 from creditgym.trajectories import (
@@ -70,8 +71,8 @@ def evaluate(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be between 0 and 2**63 - 1, got {seed}")
     check_device(device)
-    if env_id is not None and env_id not in gym.registry:
-        raise ValueError(f"env {env_id!r} is not registered; `creditgym list` shows the ids")
+    if env_id is not None:
+        check_env_id(env_id)
     dev = resolve_device(device)
     config, agent = load_policy(run_dir, dev)
     env_id = env_id or config.env_id
@@ -239,7 +240,13 @@ def _evaluate_generic(agent: ActorCritic, env_id: str, episodes: int, greedy: bo
         for number, episode in enumerate(played):
             episode.metadata["episode"] = number
             writer.write(episode)
-    return {"episodes": episodes, "max_episode_steps": limit, **_success_rate([e.success for e in played]),
+    if any("success" in episode.steps[-1].info for episode in played if episode.steps):
+        success = _success_rate([e.success for e in played])
+    else:  # 0% would read as a policy that always fails
+        warnings.warn(f"{env_id} reports no info['success'], so the evaluation has no success rate (None); judge the "
+                      "run by mean_return and mean_steps", stacklevel=3)
+        success = {"success_rate": None, "success_rate_ci95": None}
+    return {"episodes": episodes, "max_episode_steps": limit, **success,
             "mean_steps": float(np.mean([len(e.steps) for e in played])),
             "mean_return": float(np.mean([e.total_reward for e in played]))}
 

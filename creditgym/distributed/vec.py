@@ -13,21 +13,13 @@ from ray.actor import ActorHandle
 
 from creditgym.agents.vec import make_vec_env
 from creditgym.distributed.group import WorkerGroup, init_ray, slice_starts, split_evenly, wait_for_replay
+from creditgym.envs import check_env_id
 
 
 def has_batched_env(env_id: str) -> bool:
     """Whether `make_vec_env` builds creditgym's batched torch env for this id (as opposed to a SyncVectorEnv)."""
     spec = gym.spec(env_id)
     return spec.vector_entry_point is not None and spec.namespace == "creditgym"
-
-
-def check_env_id(env_id: str) -> None:
-    import creditgym  # noqa: F401  (registers the ids)
-
-    try:
-        gym.spec(env_id)
-    except gym.error.Error as err:
-        raise ValueError(f"unknown env id {env_id!r} ({err}); `creditgym list` shows the registered ids") from None
 
 
 class VecEnvWorker:

@@ -112,6 +112,17 @@ def registered_ids() -> list[str]:
     return sorted(env_id for env_id in gymnasium.registry if env_id.startswith("creditgym/"))
 
 
+def check_env_id(env_id: str) -> None:
+    """A ValueError unless `env_id` is registered, with gymnasium's hint where it has one (a newer version of a
+    deprecated id, a near miss of the name)."""
+    import gymnasium
+
+    try:
+        gymnasium.spec(env_id)
+    except gymnasium.error.Error as err:
+        raise ValueError(f"env {env_id!r} is not registered; `creditgym list` shows the ids. {err}") from None
+
+
 def obs_modes(env_id: str) -> tuple[str, ...]:
     """The observation modes an env declares in `metadata["obs_modes"]`; () for natively text envs."""
     import gymnasium

@@ -33,6 +33,7 @@ from creditgym.agents.config_cli import MAX_SEED, check_device, check_env_argume
 from creditgym.agents.evaluate import wilson_interval
 from creditgym.agents.ppo import resolve_device
 from creditgym.agents.runs import load_weights, read_checkpoint
+from creditgym.envs import check_env_id
 from creditgym.envs.sokoban.bank import warn_when_levels_repeat
 from creditgym.llm.models import load_policy_model
 from creditgym.trajectories import llm_episode_records, replacing_writer
@@ -223,8 +224,8 @@ def _check_inputs(env_id: str | None, episodes: int, split: str, seed: int, batc
         raise ValueError(f"seed must be a whole number between 0 and 2**63 - 1 - episodes, got {seed!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if env_id is not None and env_id not in gym.registry:
-        raise ValueError(f"env {env_id!r} is not registered; `creditgym list` shows the ids")
+    if env_id is not None:
+        check_env_id(env_id)
 
 
 def _is_sokoban(env_id: str) -> bool:
