@@ -71,16 +71,16 @@ def llm_rollout(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     from creditgym.agents.llm.rollout import RolloutCollector
     from creditgym.agents.llm.trainer import make_text_env
     from creditgym.agents.ppo import resolve_device
+    from creditgym.envs import check_env_id
     from creditgym.llm.models import load_policy_model
 
     if min(args.episodes, args.max_turns, args.max_new_tokens, args.threads) < 1:
         parser.error("--episodes, --max-turns, --max-new-tokens and --threads must be at least 1")
     if args.history < 0 or args.seed < 0:
         parser.error("--history and --seed must be 0 or more")
-    if args.env not in gym.registry:
-        parser.error(f"unknown env id {args.env!r}; `creditgym list` shows the text envs")
     torch.set_num_threads(args.threads)
     try:
+        check_env_id(args.env)
         check_device(args.device)
         device = resolve_device(args.device)
         model, tokenizer = load_policy_model(args.model, device=device)
