@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from creditgym.agents.compare import steps_to
+from creditgym.agents.plots import plot_learning_curves
 from creditgym.demo import run_demo
 
 
@@ -53,3 +54,18 @@ def test_the_progress_bars_end_where_their_runs_stopped(tmp_path: Path) -> None:
     watch_runs({"sparse": done}, {"sparse": config}, 100_000, console)
     shown = console.export_text()
     assert "98,304" in shown and "success 50%" in shown
+
+
+def test_a_plot_of_runs_shorter_than_the_warm_up_says_so_without_warnings(tmp_path: Path) -> None:
+    # `creditgym demo --steps 40000`: every row falls in the skipped warm-up; matplotlib warned "No artists with
+    # labels found to put in legend" and drew two empty axes.
+    import warnings
+
+    from matplotlib.image import imread
+
+    rows = [_row(step, 1.0, 50) for step in (8192, 16384)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plot_learning_curves({"sparse": rows, "shaped": rows}, tmp_path / "curves.png", skip_steps=50_000)
+    empty = plot_learning_curves({}, tmp_path / "empty.png")
+    assert (imread(path) != imread(empty)).any()  # the note is drawn

@@ -46,7 +46,10 @@ def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: str | Pa
     return_axis.set(xlabel="env steps", ylabel="task reward per episode")
     for axis in (success_axis, return_axis):
         axis.grid(alpha=0.3)
-        if len(runs) > 1:
+        if not axis.lines:  # a budget within the warm-up: say why the axes are empty
+            axis.text(0.5, 0.5, f"no rows logged after the first {skip_steps:,} env steps", ha="center",
+                      va="center", transform=axis.transAxes)
+        elif len(runs) > 1:
             axis.legend()
     figure.suptitle(title)
     figure.tight_layout()
