@@ -28,7 +28,7 @@ from creditgym.agents.llm.config import ALGOS as LLM_ALGOS
 from creditgym.agents.llm.config import LLMTrainConfig, saved_before_fields
 from creditgym.agents.ppo import PPOConfig, resolve_device
 from creditgym.agents.runs import outcome_text, read_checkpoint, write_text_atomically
-from creditgym.envs import DESCRIPTIONS, obs_modes, registered_ids
+from creditgym.envs import DESCRIPTIONS, check_env_id, obs_modes, registered_ids
 from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
 from creditgym.llm.chat import ChatModelError
 from creditgym.trajectories import ESTIMATORS, is_gzipped, offline_potential_names
@@ -49,8 +49,10 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_play(args: argparse.Namespace, console: Console) -> int:
     """A person plays any text env, or a grid env through its text view, one typed action per line."""
-    if args.env_id not in gym.registry:
-        console.print(f"[red]unknown env id {args.env_id!r}[/red]; `creditgym list` shows the registered ids")
+    try:
+        check_env_id(args.env_id)
+    except ValueError as err:
+        console.print(str(err), style="red", markup=False)
         return 2
     if args.seed < 0:
         console.print(f"--seed must be 0 or more (gymnasium's rule), got {args.seed}", style="red")
@@ -527,8 +529,16 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
-    """LLM-designed dense rewards (issue 9): generate, critique, validate, dry-run and train reward programs."""
-    from creditgym.wrappers.llm_reward.designer import DesignerConfig, RewardDesigner
+    """LLM-designed dense rewards (issue 9): generate, critique, validate, dry-run and train reward programs; with
+    --human-feedback or --feedback-file, the user's feedback steers the later iterations (Text2Reward)."""
+    from creditgym.wrappers.llm_reward.designer import (
+        DesignerConfig,
+        HumanFeedbackError,
+        IterationSummary,
+        RewardDesigner,
+        checked_feedback,
+        read_feedback_file,
+    )
 
     config = DesignerConfig(
         env_id=args.env, iterations=args.iterations, samples=args.samples, temperature=args.temperature,
@@ -540,6 +550,36 @@ def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
         final_seeds=tuple(args.final_seeds), seed=args.seed, runs_dir=args.runs_dir, run_name=args.run_name,
         overwrite=args.overwrite, ppo_kwargs={"device": args.device}, progress=args.progress,
     )
+    # Checked before the model is loaded: a malformed file or a pipe must not cost a model load, let alone a run.
+    human_feedback: Any = None
+    if args.feedback_file is not None:
+        human_feedback = read_feedback_file(args.feedback_file, args.iterations)
+    elif args.human_feedback:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise ValueError("--human-feedback asks for feedback on the terminal, but stdin is not a terminal (a pipe, "
+                             "a file or /dev/null); write the feedback beforehand into a JSON list of strings, one per "
+                             "iteration, and pass --feedback-file PATH instead")
+        asking = True
+
+        def ask(iteration: int, summary: IterationSummary) -> str | None:
+            nonlocal asking
+            if not asking:  # the user ended the input
+                return None
+            console.print(summary)
+            while True:
+                try:
+                    line = console.input(f"Feedback for iteration {iteration + 2} (Enter: none; Ctrl-D: none for the "
+                                         "rest of the run)> ", markup=False)
+                except EOFError:
+                    asking = False
+                    console.print("\nno more feedback this run", style="dim")
+                    return None
+                try:
+                    return checked_feedback(line, f"after iteration {iteration + 1}")
+                except ValueError as error:  # too long: ask again rather than lose the run
+                    console.print(f"{error}; type it again", style="yellow", markup=False, highlight=False)
+
+        human_feedback = ask
     if args.model.startswith(("http://", "https://")):
         from creditgym.llm import OpenAIChatModel
 
@@ -555,8 +595,12 @@ def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
 
         chat = HFChatModel.from_pretrained(args.model, max_new_tokens=args.max_new_tokens)
         name = args.model
-    designer = RewardDesigner(chat, config, model_name=name)
-    result = designer.run()
+    designer = RewardDesigner(chat, config, model_name=name, human_feedback=human_feedback)
+    try:
+        result = designer.run()
+    except HumanFeedbackError as error:  # the candidates so far are on disk; say so without a traceback
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return 1
     table = Table(title=f"reward design on {args.env} with {name}")
     table.add_column("stage")
     table.add_column("passed", justify="right")
@@ -727,6 +771,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of adding it to the task reward")
     design.add_argument("--compare-sparse", action="store_true", help="also train on the task reward alone, with "
                         "the same budget and seeds; its success rate is printed and saved in report.json")
+    feedback = design.add_mutually_exclusive_group()
+    feedback.add_argument("--human-feedback", action="store_true", help="after each iteration but the last, show the "
+                          "best program so far (fitness, reflection, its PPO run folders) and ask on the terminal for "
+                          "a line of feedback that every later prompt carries (Text2Reward); Enter gives none, Ctrl-D "
+                          "none for the rest of the run; saved in report.json")
+    feedback.add_argument("--feedback-file", metavar="PATH", help="feedback written beforehand instead of asking: a "
+                          "JSON list whose first entry is given after the first iteration, and so on (a string; null "
+                          "or \"\" for none), e.g. [\"penalise pushing boxes into corners\", null]; or a design "
+                          "run's report.json, to replay the feedback it recorded")
     design.add_argument("--seed", type=int, default=0, help="seed of program sampling and dry-run transitions")
     design.add_argument("--device", default="cpu", help="device of the fitness PPO runs: cpu, cuda or auto")
     design.add_argument("--runs-dir", default="runs/design-reward", help="where design runs are written")

@@ -99,6 +99,13 @@ def test_train_on_an_env_without_success_reports_the_return(tmp_path) -> None:
                   "--runs-dir", str(tmp_path), "--no-progress", "--no-tensorboard", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "mean return" in result.stdout and "no episode finished" not in result.stdout
+    # Its evaluation has no success rate rather than 0%, which would read as a policy that always fails.
+    run_dir = next(path for path in tmp_path.iterdir() if path.is_dir())
+    result = _run("eval", str(run_dir), "--episodes", "3", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "reports no info['success']" in result.stderr
+    written = json.loads((run_dir / "eval.json").read_text())
+    assert written["success_rate"] is None and written["success_rate_ci95"] is None and written["mean_return"] > 0
 
 
 def test_make_banks_takes_its_flags(tmp_path) -> None:
@@ -193,3 +200,13 @@ def test_python_dash_m_creditgym_runs_the_cli_and_passes_its_exit_status() -> No
     bad = subprocess.run([sys.executable, "-m", "creditgym", "eval", "/nonexistent/run"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "error" in bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize("command", [["play", "creditgym/Shop-v0"], ["train", "--env", "creditgym/ToolUse-v0"],
+                                     ["train", "--algo", "grpo", "--env", "creditgym/Shop-v0"]])
+def test_a_deprecated_id_names_the_one_to_use(command: list[str]) -> None:
+    # "unknown env id" alone left a user of a v0 id (Shop and ToolUse moved to v1) to find the new one themselves.
+    result = _run(*command)
+    assert result.returncode == 2
+    family = command[-1].split("/")[1].split("-")[0]
+    assert f"Please use `creditgym/{family}-v1` instead" in " ".join((result.stdout + result.stderr).split())

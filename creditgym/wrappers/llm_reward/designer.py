@@ -29,6 +29,14 @@ sample order, and are warned about). The next prompt carries the best program so
 (per-component statistics, Eureka) and a trajectory analysis (why its training episodes failed; statistics,
 standing in for Auto MC-Reward's LLM analyzer), plus the deduplicated errors of the last iteration's failed programs
 and the critic's reviews of the programs it still failed after the revisions.
+Human feedback (Text2Reward): given a `human_feedback` source, the designer shows it an `IterationSummary` after
+every iteration but the last (the best program so far, its fitness, reflection, trajectory analysis and PPO run
+folders with their learning curves, the iteration's stage counts) and takes a sentence or two back. Every later
+prompt carries each piece of feedback given so far, oldest first, in a part of its own headed "Feedback from the
+user": Text2Reward carries it forward, and an instruction such as "penalise pushing boxes into corners" should not
+lapse an iteration later. It comes from the user, so it is an instruction, not fenced as data; an entry is capped at
+`HUMAN_FEEDBACK_MAX_CHARS`. report.json records it under "human_feedback" (entry i: the feedback after iteration i,
+null for none), in the form `read_feedback_file` and `--feedback-file` read back, so a run can be replayed.
 Text a program produced (error messages, component names) is quoted in fences as data, since it may hold
 instructions aimed at the model. Every program is written to `run_dir/candidates/<id>.json` and a per-stage pass
 count and the number of chat calls to `run_dir/report.json` (both atomically), with the config, seed and
@@ -51,7 +59,8 @@ Deviations from the papers, kept for cost or simplicity:
 - An iteration whose candidates all fail still counts (Eureka repeats it); its errors feed the next prompt.
 - The LLM reward is added to the task reward by default (`replace_task_reward` trains on it alone, as Eureka does);
   the env's task reward plays the part of Auto MC-Reward's sparse() reward, so programs write only a dense part.
-- Text2Reward's human-feedback refinement has no entry point: `run()` builds every prompt's feedback itself.
+- Text2Reward's human feedback is one line of text per iteration (or a list written beforehand); the user is
+  shown the summary and the run folders, not videos of the policy, and is never asked after the last iteration.
 - The critic's review reaches the designer as one revision request per round, in a fresh turn after the program
   (not Auto MC-Reward's full dialogue history); a revision is reviewed by the same model that wrote it.
 - Reward hacking is only handled implicitly: selection is on the task's own success, the trajectory analysis warns
@@ -63,12 +72,14 @@ Deviations from the papers, kept for cost or simplicity:
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import json
 import math
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +94,7 @@ from creditgym.agents.config_cli import check_device, check_run_folder
 from creditgym.agents.ppo import PPO, PPOConfig
 from creditgym.agents.runs import write_text_atomically
 from creditgym.agents.vec import NonFiniteError, TorchVecEnv
+from creditgym.envs import check_env_id
 from creditgym.llm.chat import ChatModel, ChatModelError
 from creditgym.wrappers.llm_reward.describe import describe_env
 from creditgym.wrappers.llm_reward.sandbox import RewardSandbox, SandboxLimits
@@ -98,6 +110,9 @@ _MAX_FEEDBACK_ERRORS = 4
 _RUN_RECORDS = ("report.json", "candidates", "ppo")
 _MAX_ERROR_CHARS = 400
 _MAX_REVIEW_CHARS = 800
+#: longest piece of human feedback, in characters: a sentence or two steers the designer, while a pasted log would
+#: crowd the task out of every later prompt (feedback is carried forward)
+HUMAN_FEEDBACK_MAX_CHARS = 1000
 
 SYSTEM_PROMPT = f"""You are a reward engineer. You write dense reward functions for reinforcement learning.
 Write exactly one Python function:
@@ -212,8 +227,7 @@ class DesignerConfig:
             raise ValueError(f"max_abs_reward must be positive, got {self.max_abs_reward}")
         if not 0 < self.fitness_window <= 1:
             raise ValueError(f"fitness_window must be in (0, 1], got {self.fitness_window}")
-        if self.env_id not in gym.registry:
-            raise ValueError(f"unknown env id {self.env_id!r}; `creditgym list` shows the registered ids")
+        check_env_id(self.env_id)
         spec = gym.spec(self.env_id)
         if spec.vector_entry_point is None or spec.namespace != "creditgym":
             raise ValueError(f"{self.env_id} has no creditgym batched env; fitness runs need one (use a Sokoban id)")
@@ -266,6 +280,135 @@ class DesignResult:
     """reasons to distrust the selection (ties, not beating sparse, a constant reward)"""
     chat_calls: int = 0
     """`ChatModel.generate` calls the run made (a design call asks for all K programs at once)"""
+    human_feedback: list[str | None] = field(default_factory=list)
+    """entry i: the user's feedback after iteration i (None: none given, or no `human_feedback` source); one entry
+    per iteration but the last"""
+
+
+# -- human feedback (Text2Reward) -------------------------------------------------------------------------------
+@dataclass
+class IterationSummary:
+    """What the user is shown after an iteration to judge how the best program so far trains (the one the next
+    prompt asks the model to improve). `iteration` counts from 0, as candidate ids do; `text()` and rich (as
+    `console.print(summary)`) render it."""
+
+    iteration: int
+    iterations: int
+    """the run's number of iterations"""
+    stage_counts: dict[str, int]
+    """how many of this iteration's candidates passed each stage"""
+    best_id: str | None
+    """the best program so far, of any iteration (None: no program has passed every stage yet)"""
+    fitness: float | None
+    """its success rate in the last part of training, on the selection seeds"""
+    source: str | None
+    reflection: str
+    """its reward reflection: per-component statistics over its training transitions"""
+    analysis: str
+    """its trajectory analysis: how its training episodes ended"""
+    ppo_runs: list[str]
+    """its fitness PPO run folders, each with learning_curve.png and metrics.jsonl"""
+    run_dir: Path
+    """the design run folder: candidates/<id>.json holds every program with its errors, report.json the counts"""
+
+    def _parts(self) -> list[tuple[str, str]]:
+        """(heading, body) pairs: first the title with the stage counts; the heading "python" marks the program."""
+        counts = ", ".join(f"{stage} {count}" for stage, count in self.stage_counts.items() if stage != "generated")
+        parts = [(f"Iteration {self.iteration + 1} of {self.iterations} finished",
+                  f"{self.stage_counts.get('generated', 0)} programs; passed: {counts}")]
+        if self.best_id is None:
+            parts.append(("No program has passed every stage yet", f"the errors are in {self.run_dir / 'candidates'}"))
+        else:
+            parts += [(f"Best program so far: {self.best_id}, fitness {self.fitness:.3f} (success rate in the last "
+                       "part of training)", ""), ("python", self.source or ""),
+                      ("Reward reflection", self.reflection), ("Trajectory analysis", self.analysis),
+                      ("Its training runs (learning_curve.png, metrics.jsonl)", "\n".join(self.ppo_runs))]
+        parts.append(("Every program and report.json", str(self.run_dir)))
+        return parts
+
+    def text(self) -> str:
+        lines = []
+        for heading, body in self._parts():
+            if heading == "python":
+                lines.append(body)
+            else:
+                lines += [f"{heading}:", body] if body else [heading]
+        return "\n".join(lines)
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.rule import Rule
+        from rich.syntax import Syntax
+        from rich.text import Text
+
+        (title, counts), *rest = self._parts()
+        items: list[Any] = [Rule(title), Text(counts)]
+        for heading, body in rest:  # Text, not markup: reflections and errors hold the program's own strings
+            if heading == "python":
+                items.append(Syntax(body, "python"))
+            else:
+                items += [Text(heading, style="bold"), *([Text(body)] if body else [])]
+        return Group(*items)
+
+
+#: `fn(iteration, summary) -> feedback or None`, called after every iteration but the last; or the feedback written
+#: beforehand, entry i given after iteration i (as report.json records it)
+HumanFeedback = Callable[[int, IterationSummary], str | None] | Sequence[str | None]
+
+
+class HumanFeedbackError(RuntimeError):
+    """The human-feedback source raised, or gave something other than text within `HUMAN_FEEDBACK_MAX_CHARS`; the
+    run stopped after the iteration it was asked about, with report.json and the candidate records kept."""
+
+
+def checked_feedback(text: Any, where: str) -> str | None:
+    """One piece of feedback as the prompt carries it: stripped, None when empty; anything but text within the
+    limit is refused with a ValueError that says where it came from."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"the feedback {where} must be text or None (null), got {type(text).__name__}")
+    text = text.strip()
+    if len(text) > HUMAN_FEEDBACK_MAX_CHARS:
+        raise ValueError(f"the feedback {where} is {len(text):,} characters; the limit is HUMAN_FEEDBACK_MAX_CHARS = "
+                         f"{HUMAN_FEEDBACK_MAX_CHARS:,}: shorten it to a sentence or two")
+    return text or None
+
+
+def check_feedback_entries(entries: Any, iterations: int, *, source: str = "human_feedback") -> list[str | None]:
+    """Feedback written beforehand, checked before any model call: a list whose entry i is given after iteration i
+    (text; None or "" for none). It may be shorter than `iterations - 1` (the rest get none), not longer."""
+    if not isinstance(entries, list | tuple):
+        raise ValueError(f"{source} must be a list of feedback texts, the first given after the first iteration "
+                         f"(null or \"\" for none), e.g. [\"penalise pushing boxes into corners\", null]; got "
+                         f"{type(entries).__name__}")
+    if len(entries) > iterations - 1:
+        raise ValueError(f"{source} holds {len(entries)} entries, but a run of {iterations} iterations takes feedback "
+                         f"after the first {iterations - 1} only (none after the last); remove the extra entries or "
+                         "raise iterations (--iterations)")
+    return [checked_feedback(text, f"entry {i + 1} of {source} (given after iteration {i + 1})")
+            for i, text in enumerate(entries)]
+
+
+def read_feedback_file(path: str | Path, iterations: int) -> list[str | None]:
+    """Feedback written beforehand, from a JSON file: a list whose first entry is given after the first iteration,
+    the second after the second... (a string; null or "" for none), e.g. ["penalise pushing boxes into corners",
+    null, "reward the last box more"];
+    or a design run's report.json, whose recorded "human_feedback" it replays. Refused with a ValueError that
+    says what to change when it is anything else."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read the feedback file {path}: {error}") from error
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the feedback file {path} is not JSON ({error.msg}, line {error.lineno} column "
+                         f"{error.colno}); write a JSON list of strings, the first given after the first iteration, "
+                         "e.g. [\"penalise pushing boxes into corners\", null]") from None
+    if isinstance(entries, dict) and "human_feedback" in entries:  # a design run's report.json
+        entries = entries["human_feedback"]
+    return check_feedback_entries(entries, iterations, source=f"the feedback file {path}")
 
 
 def extract_code(reply: str) -> str | None:
@@ -451,6 +594,18 @@ class _DesignProgress:
             self.best = max(self.best, candidate.fitness)
             self.bar.update(self.task, advance=1, best=f"{self.best:.3f}" if math.isfinite(self.best) else "-")
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The bar taken off the terminal, so that a question to the user is not redrawn over."""
+        if self.bar is None:
+            yield
+            return
+        self.bar.stop()
+        try:
+            yield
+        finally:
+            self.bar.start()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
@@ -462,12 +617,24 @@ class RewardDesigner:
         designer = RewardDesigner(HFChatModel.from_pretrained("smollm2-135m"), DesignerConfig(iterations=1))
         result = designer.run()
         result.best.source if result.best else result.stage_counts
+
+    `human_feedback` steers it (Text2Reward): `fn(iteration, summary) -> str | None`, called after every iteration
+    but the last with an `IterationSummary`, or the feedback written beforehand, entry i given after iteration i (a
+    report's recorded "human_feedback" replays a run). Each piece is at most `HUMAN_FEEDBACK_MAX_CHARS` characters;
+    None or blank gives none. A callback that raises or gives anything else stops the run with a
+    `HumanFeedbackError`, after recording the reason in report.json's warnings.
     """
 
-    def __init__(self, chat: ChatModel, config: DesignerConfig | None = None, *, model_name: str | None = None
-                 ) -> None:
+    def __init__(self, chat: ChatModel, config: DesignerConfig | None = None, *, model_name: str | None = None,
+                 human_feedback: HumanFeedback | None = None) -> None:
         self.chat = chat
         self.config = config or DesignerConfig()
+        if isinstance(human_feedback, str):  # a str is a Sequence: its characters would be the entries
+            raise ValueError("human_feedback must be a callable or a list of feedback texts, one per iteration; for "
+                             "feedback after the first iteration only, pass [text]")
+        if human_feedback is not None and not callable(human_feedback):
+            human_feedback = check_feedback_entries(human_feedback, self.config.iterations)
+        self.human_feedback = human_feedback
         self.model_name = model_name or _model_name(chat)
         self.description = describe_env(self.config.env_id, self.config.env_kwargs)
         cfg = self.config
@@ -488,7 +655,7 @@ class RewardDesigner:
         self._progress = _DesignProgress(enabled=cfg.progress, total=cfg.iterations * cfg.samples)
         try:
             for iteration in range(cfg.iterations):
-                batch, generated = self._generate(iteration, self.prompt(feedback))
+                batch, generated = self._generate(iteration, self.prompt(feedback, result.human_feedback))
                 result.candidates += batch
                 for candidate in batch:
                     if candidate.fitness > (result.best.fitness if result.best else -math.inf):
@@ -497,6 +664,8 @@ class RewardDesigner:
                     feedback = self.feedback(result.best, batch)
                 result.stage_counts = stage_counts(result.candidates)
                 result.chat_calls = self.chat_calls
+                if iteration < cfg.iterations - 1:  # feedback after the last iteration would reach no prompt
+                    self._ask_human(iteration, result)
                 self._write_report(result)
             if cfg.compare_sparse:
                 self._progress.show("sparse baseline on the selection seeds")
@@ -514,12 +683,28 @@ class RewardDesigner:
             self._progress.close()
         return result
 
-    def prompt(self, feedback: str = "") -> list[dict[str, str]]:
-        """The design conversation: system rules, then the env description, then feedback from the last round."""
+    def prompt(self, feedback: str = "", human_feedback: Sequence[str | None] = ()) -> list[dict[str, str]]:
+        """The design conversation: system rules, then the env description, then feedback from the last round, then
+        the user's feedback so far (entry i given after iteration i), oldest first: the user's word comes last."""
         user = f"{self.description}\n\nWrite {ENTRY_POINT} for this task."
         if feedback:
             user += f"\n\n{feedback}"
+        given = [f"After iteration {i + 1}: {text}" for i, text in enumerate(human_feedback) if text]
+        if given:  # the user's own instructions: not fenced as data, unlike the text programs produced
+            user += ("\n\nFeedback from the user, who looked at how the trained agents behave (follow it; where "
+                     "entries disagree, the later one wins):\n" + "\n".join(given))
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+    def summary(self, iteration: int, result: DesignResult) -> IterationSummary:
+        """What the user is shown after `iteration` (see `IterationSummary`)."""
+        best = result.best
+        train = best.stages["train"] if best is not None else {}
+        return IterationSummary(
+            iteration=iteration, iterations=self.config.iterations,
+            stage_counts=stage_counts([c for c in result.candidates if c.iteration == iteration]),
+            best_id=best.id if best else None, fitness=best.fitness if best else None,
+            source=best.source if best else None, reflection=train.get("reflection", ""),
+            analysis=train.get("analysis", ""), ppo_runs=list(train.get("ppo_runs", [])), run_dir=self.run_dir)
 
     def feedback(self, best: Candidate | None, batch: list[Candidate]) -> str:
         """What the next iteration is told: the best program with its reflection and analysis, and recent errors.
@@ -656,6 +841,28 @@ class RewardDesigner:
         return self._retrain(None, self.config.seeds, "sparse")["fitness"]
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _ask_human(self, iteration: int, result: DesignResult) -> None:
+        """Appends the user's feedback after `iteration` to `result.human_feedback` (None without a source). A
+        source that fails stops the run: the reason goes into report.json's warnings, with every candidate so far
+        (each already stored), and a HumanFeedbackError says what happened."""
+        source = self.human_feedback
+        if source is None or not callable(source):  # None, or the checked list written beforehand
+            entries = source or []
+            result.human_feedback.append(entries[iteration] if iteration < len(entries) else None)
+            return
+        try:
+            with self._progress.paused():
+                text = source(iteration, self.summary(iteration, result))
+            result.human_feedback.append(checked_feedback(text, f"after iteration {iteration + 1}"))
+        except Exception as error:  # the user's callback: any failure, but hours of PPO runs must stay on record
+            message = (f"the human_feedback source failed after iteration {iteration + 1} of "
+                       f"{self.config.iterations} ({type(error).__name__}: {error}); the run stopped there, and "
+                       f"{self.run_dir / 'report.json'} and the candidate records keep its {len(result.candidates)} "
+                       "candidates")
+            result.warnings = [*selection_warnings(result), message]
+            self._write_report(result)
+            raise HumanFeedbackError(message) from error
+
     def _retrain(self, program: str | None, seeds: tuple[int, ...], name: str) -> dict[str, Any]:
         """`program` (None: sparse) trained on each of `seeds`: their success rates and mean, or the first error."""
         runs = [self.train(program, seed, name=name) for seed in seeds]
@@ -840,6 +1047,7 @@ class RewardDesigner:
             "stage_counts": stage_counts(candidates),
             "per_iteration": {str(i): stage_counts([c for c in candidates if c.iteration == i])
                               for i in sorted({c.iteration for c in candidates})},
+            "human_feedback": result.human_feedback,
             "best": None if best is None else {"id": best.id, "fitness": best.fitness, "source": best.source},
             "fitness": {c.id: c.fitness for c in candidates},
             "sparse": result.sparse, "final": result.final, "warnings": result.warnings,
