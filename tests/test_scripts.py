@@ -60,6 +60,9 @@ def test_help_documents_every_flag(path: Path) -> None:
 # Each is refused before any work starts; before the checks these ended in a traceback or ran to a wrong end.
 BAD_INPUT = [
     ("benchmarks/dialogue_throughput.py", ["--seconds", "0"]),
+    ("benchmarks/env_soak.py", ["--env", "creditgym/NoSuchEnv-v0"]),
+    ("benchmarks/env_soak.py", ["--env", "--extra"]),
+    ("benchmarks/env_soak.py", ["--env", "creditgym/Sanity-Bandit-v0", "--steps", "0"]),
     ("benchmarks/tooluse_throughput.py", ["--env-id", "creditgym/NoSuchEnv-v0"]),
     ("benchmarks/shop_throughput.py", ["--queries", "0"]),
     ("benchmarks/sokoban_throughput.py", ["--device", "gpu"]),
@@ -108,3 +111,43 @@ def test_a_figure_left_unmeasured_is_no_missed_target() -> None:
     report = target_report({"fast": 5.0, "skipped": None}, {"fast": 4.0, "skipped": 4.0, "absent": 1.0})
     assert report["fast"] == {"target": 4.0, "measured": 5.0, "met": True}
     assert report["skipped"]["met"] is None and report["absent"] == {"target": 1.0, "measured": None, "met": None}
+
+
+class _SoakPlayer:
+    """What env_soak.soak plays: ten-step episodes that keep 1,000 bytes at each of the first `keeping` steps."""
+
+    kind = "test"
+
+    def __init__(self, keeping: float) -> None:
+        self.keeping, self.kept = keeping, []
+        self.steps = self.episodes = self.invalid_actions = 0
+
+    def step(self) -> bool:
+        self.steps += 1
+        if self.steps <= self.keeping:
+            self.kept.append(bytearray(1000))  # the leak under test
+        self.episodes += self.steps % 10 == 0
+        return self.steps % 10 == 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_env_soak_flags_a_leak_names_its_line_and_passes_a_cache_that_fills() -> None:
+    args = argparse.Namespace(steps=3000, seconds=30.0, warmup_steps=200, warmup_seconds=5.0, samples=20, frames=4,
+                              top=3, max_growth_per_1k_steps=2000.0, max_rss_growth_per_1k_steps=float("inf"))
+    for module in _load(ROOT / "benchmarks/env_soak.py"):
+        leaking = module.soak("leaks", lambda: _SoakPlayer(float("inf")), args)
+        steady = module.soak("steady", lambda: _SoakPlayer(0), args)
+        cache = module.soak("cache", lambda: _SoakPlayer(1200), args)  # full 1,000 steps into the measured 3,000
+    assert leaking["steps"] == steady["steps"] == cache["steps"] == 3000
+    assert leaking["leak_suspected"] and leaking["leak_evidence"] == ["heap"]
+    # bytearray(1000) is 1,057 bytes; the list that holds them adds 8 a step, with some slack for its growth
+    assert 1_000_000 < leaking["heap_growth_per_1k_steps_second_half"] < 1_200_000
+    line = next(number for number, text in enumerate(Path(__file__).read_text().splitlines(), start=1)
+                if "# the leak under test" in text)
+    assert leaking["top_growth_sites"][0]["site"] == f"tests/test_scripts.py:{line}"
+    assert not steady["leak_suspected"] and steady["heap_growth_per_1k_steps_second_half"] < 100
+    # the cache grew by about a megabyte, but not in the second half: it is listed, not flagged
+    assert cache["heap_growth_bytes"] > 1_000_000 and cache["top_growth_sites"][0]["site"].endswith(f":{line}")
+    assert not cache["leak_suspected"] and abs(cache["heap_growth_per_1k_steps_second_half"]) < 100

@@ -105,8 +105,9 @@ class World:
         self._db.executemany("INSERT INTO inventory VALUES (?, ?, ?, ?, ?, ?)",
                              [tuple(row.to_dict().values()) for row in rows])
         self._db.execute("PRAGMA query_only = ON")
-        # A world never changes, so a query's answer never does: remember recent ones (most tasks repeat them).
-        self._answers: dict[tuple[Any, ...], list[InventoryRow]] = {}
+        # A world never changes, so a query's answer never does: remember recent ones (most tasks repeat them), as
+        # references to the world's own rows, so that a full memo holds pointers (about 2 MB), not row copies (80 MB).
+        self._answers: dict[tuple[Any, ...], tuple[InventoryRow, ...]] = {}
 
     @classmethod
     def get(cls, index: int) -> World:
@@ -145,17 +146,17 @@ class World:
 
     def _select(
         self, store: str | None, item: str | None, color: str | None, order_by: str, descending: bool, limit: int
-    ) -> list[InventoryRow]:
+    ) -> tuple[InventoryRow, ...]:
         filters = [(name, value) for name, value in (("store", store), ("item", item), ("color", color)) if value]
         where = " AND ".join(f"{name} = ? COLLATE NOCASE" for name, _ in filters) or "1"
         # Columns and direction come from fixed lists above; user values only ever travel as bound parameters.
         direction = "DESC" if descending else "ASC"
         sql = (
-            f"SELECT {', '.join(_COLUMNS)} FROM inventory WHERE {where} "
+            f"SELECT rowid FROM inventory WHERE {where} "
             f"ORDER BY {order_by} {direction}, store, item, color LIMIT ?"
         )
         params = [value for _, value in filters] + [max(1, min(limit, MAX_QUERY_ROWS))]
-        return [InventoryRow(*row) for row in self._db.execute(sql, params)]
+        return tuple(self.rows[rowid - 1] for (rowid,) in self._db.execute(sql, params))  # inserted in order: 1, 2, ...
 
 
 def _nocase(text: str | None) -> str | None:

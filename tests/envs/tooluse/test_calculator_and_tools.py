@@ -8,7 +8,7 @@ import pytest
 
 from creditgym.envs.tooluse.calculator import CalculatorError, calculate
 from creditgym.envs.tooluse.tools import TOOL_SCHEMAS, TOOLS, Call, ToolError, check_arguments, run_tool
-from creditgym.envs.tooluse.world import World
+from creditgym.envs.tooluse.world import ORDER_COLUMNS, World
 
 
 @pytest.fixture(autouse=True)
@@ -133,3 +133,15 @@ def test_inventory_queries_filter_sort_and_resist_injection() -> None:
     assert run_tool(Call("query_inventory", {"store": f"{store}' OR '1'='1"}), world) == []
     assert len(run_tool(Call("query_inventory", {}), world)) == 20  # capped
     assert len(world.query(limit=20, store=store)) == len([r for r in world.rows if r.store == store][:20])
+
+
+def test_remembered_query_answers_point_at_the_worlds_rows_not_copies() -> None:
+    # A memo of 10,000 answers of up to 20 fresh rows each could hold about 80 MB per world, for 256 cached worlds.
+    world = World(3)
+    store = world.stores[1]
+    for order_by in ORDER_COLUMNS:
+        rows = world.query(store=store, order_by=order_by, limit=20)
+        assert rows == sorted((r for r in world.rows if r.store == store),
+                              key=lambda r: (getattr(r, order_by), r.store, r.item, r.color))[:20]
+        assert all(any(row is own for own in world.rows) for row in rows)
+    assert all(isinstance(answer, tuple) for answer in world._answers.values())
