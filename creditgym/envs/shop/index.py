@@ -105,8 +105,8 @@ class ShopCatalog:
             found = self._db().execute("SELECT data FROM products WHERE rowid = ?", (row,)).fetchone()
             if found is None:
                 raise KeyError(f"no product at row {row} in {self.path}")
-            if len(self._products) >= _PRODUCT_CACHE_LIMIT:
-                self._products.clear()
+            if len(self._products) >= _PRODUCT_CACHE_LIMIT:  # the oldest goes: emptying it all made every
+                del self._products[next(iter(self._products))]  # env of the catalog decode afresh at once
             product = self._products[row] = Product.from_json(found[0])
         return product
 

@@ -136,3 +136,15 @@ def test_catalogs_no_env_uses_are_closed(tmp_path, monkeypatch) -> None:
         del env
     gc.collect()
     assert open_files() <= before + 1
+
+
+def test_a_full_product_cache_drops_its_oldest_entry_not_everything(catalog: ShopCatalog, monkeypatch) -> None:
+    # Emptying all 20,000 decoded products at once made every env on the catalog decode afresh together.
+    monkeypatch.setattr(index, "_PRODUCT_CACHE_LIMIT", 3)
+    monkeypatch.setattr(catalog, "_products", {})
+    first = catalog.product(1)
+    for row in (2, 3, 4):
+        catalog.product(row)
+    assert list(catalog._products) == [2, 3, 4]
+    assert catalog.product(3) is catalog._products[3] and catalog.product(1) == first
+    assert list(catalog._products) == [3, 4, 1]
