@@ -31,6 +31,7 @@ from creditgym.agents.runs import outcome_text, read_checkpoint, write_text_atom
 from creditgym.envs import DESCRIPTIONS, check_env_id, obs_modes, registered_ids
 from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
 from creditgym.llm.chat import ChatModelError
+from creditgym.llm.openai import TOKEN_LIMIT_FIELDS
 from creditgym.trajectories import ESTIMATORS, is_gzipped, offline_potential_names
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -588,7 +589,7 @@ def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
         # A CPU vLLM server answers K concurrent 512-token requests in over a minute; the 60 s default would retry
         # (and resubmit) them until the run fails.
         chat = OpenAIChatModel(args.model, model=args.server_model, max_new_tokens=args.max_new_tokens,
-                               timeout=600)
+                               timeout=600, token_limit_field=args.token_limit_field)
         name = args.server_model
     else:
         from creditgym.llm import HFChatModel
@@ -746,6 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local Hugging Face model folder, or "
                         "an OpenAI-compatible server URL ending in /v1")
     design.add_argument("--server-model", help="model name to request from the server, when --model is a URL")
+    design.add_argument("--token-limit-field", choices=TOKEN_LIMIT_FIELDS, default="max_tokens",
+                        help="request field that carries the reply length, when --model is a URL: OpenAI's "
+                             "reasoning models take only max_completion_tokens")
     design.add_argument("--iterations", type=int, default=3, help="design iterations")
     design.add_argument("--samples", type=int, default=4, help="candidate programs per iteration (K)")
     design.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the programs")

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -119,7 +120,7 @@ class OpenAIChatModel:
                        hint="check that the server is running and base_url ends in /v1, or raise timeout/max_retries")
         except ChatModelError as error:
             other = next(field for field in TOKEN_LIMIT_FIELDS if field != self.token_limit_field)
-            if "HTTP 400" in str(error) and other in str(error):
+            if "HTTP 400" in str(error) and _refuses_field(str(error), self.token_limit_field):
                 raise ChatModelError(f"{error}; this server wants the reply length as {other}: pass "
                                      f"token_limit_field={other!r}") from None
             raise
@@ -396,3 +397,11 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler, _NoRedirects)
+
+
+def _refuses_field(message: str, field: str) -> bool:
+    """Whether a server's error says that it does not take `field` at all (OpenAI's reasoning models refuse
+    max_tokens), as opposed to a value too large for it: vLLM's "'max_tokens' or 'max_completion_tokens' is too
+    large" names both fields, and the other field would not help there."""
+    return field in message and "too large" not in message and re.search(
+        r"unsupported|not supported|unrecognized|unknown|not permitted|extra", message, re.IGNORECASE) is not None

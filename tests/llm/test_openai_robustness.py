@@ -118,6 +118,17 @@ def test_a_server_refusing_max_tokens_says_which_setting_to_change(server: _Serv
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_reply_length_too_large_for_the_context_gives_no_field_hint(server: _Server, field: str) -> None:
+    # vLLM names both fields when the prompt plus the reply exceed the context; the other field would not help.
+    message = ("'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum context length is "
+               "4096 tokens and your request has 2778 input tokens (8000 > 4096 - 2778).")
+    server.scenario = lambda handler, body: handler.reply(400, {"error": {"message": message}})
+    with pytest.raises(ChatModelError, match="is too large") as raised:
+        _chat(server, token_limit_field=field).generate(HI)
+    assert "token_limit_field" not in str(raised.value)
+
+
 @pytest.mark.parametrize("retry_after", ["-3", "nan", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "0"])
 def test_retryable_statuses_are_retried_whatever_retry_after_says(server: _Server, retry_after: str) -> None:
     server.scenario = lambda handler, body: handler.reply(429, {"error": "slow down"}, {"Retry-After": retry_after})

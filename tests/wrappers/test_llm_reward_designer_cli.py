@@ -61,3 +61,18 @@ def test_design_reward_refuses_repeated_seeds(design) -> None:
 def test_design_reward_refuses_negative_critic_revisions(design) -> None:
     code, out = design("--critic-revisions", "-1")
     assert code == 2 and "critic_revisions must be an integer ≥ 0" in out
+
+
+def test_design_reward_passes_the_token_limit_field_to_a_server_model(design, monkeypatch) -> None:
+    # OpenAI's reasoning models refuse max_tokens; the CLI had no way to ask for max_completion_tokens.
+    built = {}
+
+    class ServerChat(ProseChat):
+        def __init__(self, url: str, **kwargs: object) -> None:
+            built.update(kwargs, url=url)
+
+    monkeypatch.setattr("creditgym.llm.OpenAIChatModel", ServerChat)
+    code, out = design("--model", "http://localhost:1/v1", "--server-model", "o4-mini",
+                       "--token-limit-field", "max_completion_tokens")
+    assert code == 0, out
+    assert built["token_limit_field"] == "max_completion_tokens" and built["model"] == "o4-mini"
