@@ -159,6 +159,53 @@ def test_a_rejected_programs_review_reaches_the_next_prompt(tmp_path: Path, trai
     assert "It pays for standing still." in second[second.index("The critic failed"):]
 
 
+def test_a_review_that_a_passing_revision_answered_stays_out_of_the_next_prompt(tmp_path: Path,
+                                                                              trained: list) -> None:
+    chat = CriticChat([[FLAWED], [scored(0.3)]], revisions=[REVISED])
+    RewardDesigner(chat, config(tmp_path, iterations=2, samples=1)).run()
+    second = [batch for kind, batch, _ in chat.calls if kind == "design"][1][0][1]["content"]
+    assert "The critic failed" not in second and "It pays for standing still." not in second
+
+
+class NoVerdictChat(CriticChat):
+    """The critic reviews flawed programs without a VERDICT line (a weak model's usual answer)."""
+
+    def generate(self, batch: list[list[dict]], **sampling: Any) -> list[str]:
+        replies = super().generate(batch, **sampling)
+        return [reply.replace("VERDICT: FAIL", "") for reply in replies]
+
+
+def test_only_a_fail_verdict_asks_for_a_revision(tmp_path: Path, trained: list) -> None:
+    chat = NoVerdictChat([[FLAWED]], revisions=[REVISED])
+    result = RewardDesigner(chat, config(tmp_path, samples=1)).run()
+    assert chat.kinds() == ["design", "critic"] and result.candidates[0].stages["critic"]["verdict"] == "unclear"
+    assert result.candidates[0].fitness == 0.2
+
+
+class SilentChat(CriticChat):
+    """Gives no reply at all (an empty list) to the calls of the kinds in `silent`."""
+
+    def __init__(self, designs: list[list[str]], silent: set[str], revisions: list[Any] | None = None) -> None:
+        super().__init__(designs, revisions)
+        self.silent = silent
+
+    def generate(self, batch: list[list[dict]], **sampling: Any) -> list[str]:
+        replies = super().generate(batch, **sampling)
+        return [] if self.kinds()[-1] in self.silent else replies
+
+
+def test_a_model_that_returns_no_reply_fails_a_review_or_a_revision_not_the_run(tmp_path: Path,
+                                                                                trained: list) -> None:
+    chat = SilentChat([[FLAWED, scored(0.1)]], silent={"critic"})
+    result = RewardDesigner(chat, config(tmp_path, samples=2, run_name="no-review")).run()
+    assert [c.stages["critic"]["verdict"] for c in result.candidates] == ["error", "error"]
+    assert [c.fitness for c in result.candidates] == [0.2, 0.1]  # critic_rejects is off: they train
+    chat = SilentChat([[FLAWED, scored(0.1)]], silent={"revision"}, revisions=[REVISED])
+    result = RewardDesigner(chat, config(tmp_path, samples=2, run_name="no-revision")).run()
+    assert result.candidates[0].errors == ["critic: the model gave no revision: the model returned no reply"]
+    assert result.candidates[1].fitness == 0.1
+
+
 CONSTANT = ("```python\ndef compute_dense_reward(state, action, next_state):\n"
             "    return -0.01, {'step': -0.01}  # 0.6\n```")
 

@@ -123,6 +123,27 @@ def test_a_failing_source_stops_the_run_and_keeps_the_report(tmp_path: Path, ans
         "it0-s0", "it0-s1", "it1-s0", "it1-s1"]
 
 
+@pytest.mark.usefixtures("stub_training")
+def test_the_report_is_current_while_the_user_is_asked_and_after_ctrl_c(tmp_path: Path) -> None:
+    # The summary points the user at report.json: it did not exist at the first question, and a Ctrl-C at the
+    # second left out the iteration just finished (and its better program).
+    chat = IterationChat([[scored(0.3)], [scored(0.6)], [scored(0.1)]])
+    seen = []
+
+    def ask(iteration: int, summary: IterationSummary) -> str | None:
+        seen.append(json.loads((summary.run_dir / "report.json").read_text())["stage_counts"]["generated"])
+        if iteration == 1:
+            raise KeyboardInterrupt
+        return CORNERS
+
+    designer = RewardDesigner(chat, config(tmp_path, iterations=3, samples=1, critic=False), human_feedback=ask)
+    with pytest.raises(KeyboardInterrupt):
+        designer.run()
+    assert seen == [1, 2]
+    report = json.loads((designer.run_dir / "report.json").read_text())
+    assert report["best"]["id"] == "it1-s0" and report["human_feedback"] == [CORNERS]
+
+
 @pytest.mark.parametrize(("entries", "expected"), [
     ("penalise corners", "not a single string|a callable or a list"),
     ([CORNERS, None, LAST_BOX], "holds 3 entries, but a run of 3 iterations takes feedback after the first 2"),

@@ -664,9 +664,10 @@ class RewardDesigner:
                     feedback = self.feedback(result.best, batch)
                 result.stage_counts = stage_counts(result.candidates)
                 result.chat_calls = self.chat_calls
+                self._write_report(result)  # before asking: the user may read it, or stop the run at the question
                 if iteration < cfg.iterations - 1:  # feedback after the last iteration would reach no prompt
                     self._ask_human(iteration, result)
-                self._write_report(result)
+                    self._write_report(result)
             if cfg.compare_sparse:
                 self._progress.show("sparse baseline on the selection seeds")
                 result.sparse = self._retrain(None, cfg.seeds, "sparse")
