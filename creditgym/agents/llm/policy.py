@@ -179,13 +179,14 @@ class LLMPolicy:
         `shared_prefix` tokens, which every row must have alike (`shared_row_prefix` of the whole batch), run once
         for all rows: the rest of each row attends to their cached keys and values, and gradients flow back through
         them. Give the same value for every part of a batch, so that a row's logprobs do not depend on which rows it
-        is scored with.
+        is scored with. A row's numbers still move by float rounding (a few 1e-7 in logprobs) with the width of its
+        micro-batch, which its longest row sets: the attention kernel blocks its sums by the width.
         """
         width = input_ids.shape[1]
         # A micro-batch of short rows cut from a batch padded to its longest row: the columns after every row's end
         # change nothing before them (causal attention), so they are not run, and come back as 0. One padding column
         # stays: without any, transformers drops the attention mask for a plain causal kernel, whose sums round
-        # differently, and a row's logprobs would depend on the rows scored with it.
+        # differently again.
         used = min(_attended_width(attention_mask) + 1, width)
         if used < width:
             logprobs, hidden = self._sequence_logprobs(

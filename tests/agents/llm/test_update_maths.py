@@ -453,9 +453,10 @@ def test_idle_rows_share_micro_batches_and_each_runs_only_to_its_longest_row(tmp
     assert widths == [(True, 43), (True, 7), (False, 43), (False, 7)]
 
 
-def test_scoring_is_bit_identical_whatever_padding_follows_the_rows() -> None:
+def test_scoring_runs_to_the_longest_row_and_matches_the_full_width() -> None:
     # A micro-batch runs only up to one column past its longest row: the logprobs, entropies and hidden states are
-    # those of the same rows padded to any width (a row's numbers must not depend on the rows scored with it).
+    # those of the rows padded to the full width, up to float rounding (the attention kernel blocks its sums by the
+    # width), and whatever width the rows come padded to, the same columns run.
     model, tokenizer = tiny_test_model(seed=0)
     policy = LLMPolicy(model, tokenizer)
     generator = torch.Generator().manual_seed(0)
@@ -468,6 +469,9 @@ def test_scoring_is_bit_identical_whatever_padding_follows_the_rows() -> None:
         input_ids[row, :length] = torch.randint(0, 250, (length,), generator=generator)
         attention[row, :length] = 1
         actions[row, length - 9:length] = 1
+    with torch.no_grad():
+        full_entropy = torch.zeros((3, width))
+        full = policy._sequence_logprobs(input_ids, attention, actions, True, 0, full_entropy)
     seen: list[int] = []
     handle = model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
@@ -484,3 +488,7 @@ def test_scoring_is_bit_identical_whatever_padding_follows_the_rows() -> None:
     assert seen == [62, 62, 62]  # one column past the longest row, whatever the width given
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+    expected = (full[0][:, :62], full[1][:, :62], full_entropy[:, :62])
+    for got, want in zip(results[0], expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert results[0][0].abs().sum() > 0 and (results[0][0] != 0).sum() == actions.sum()
