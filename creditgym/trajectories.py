@@ -1211,9 +1211,9 @@ def offline_potential(spec: str) -> RecordPotential:
         module_name, _, attribute = spec.partition(":")
         try:
             function = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"cannot load potential {spec!r} ({error}); give module:function importable from "
-                             "here, e.g. mypkg.potentials:phi") from None
+        except Exception as error:  # also whatever the user's module raises as it is imported (a SyntaxError)
+            raise ValueError(f"cannot load potential {spec!r} ({type(error).__name__}: {error}); give "
+                             "module:function importable from here, e.g. mypkg.potentials:phi") from None
         if not callable(function):
             raise ValueError(f"{spec} is not callable; it must take (observation, state) and return a float")
         return function

@@ -274,3 +274,51 @@ def test_rescore_file_refuses_bad_arguments_before_reading(tmp_path: Path) -> No
     _record(source, 2)
     with pytest.raises(ValueError, match="is the input file"):
         rescore_file(source, source, estimator="gae")
+
+
+def _one_step(env_id: str, seed: int | None, start: Any, reward: float) -> Episode:
+    return Episode(env_id=env_id, seed=seed, observation=start, steps=[
+        Step(action=0, observation=start, reward_components={"task": reward}, terminated=True, truncated=False)])
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
+def test_a_group_needs_the_same_env_seed_and_start(estimator: str) -> None:
+    # Episodes without a seed are groups of their own however alike; so are the same seed and start in two envs.
+    for episodes in ([_one_step("creditgym/A-v0", None, [1], 1.0), _one_step("creditgym/A-v0", None, [1], 0.0)],
+                     [_one_step("creditgym/A-v0", 3, [1], 1.0), _one_step("creditgym/B-v0", 3, [1], 0.0)]):
+        with pytest.warns(UserWarning, match="each is a group of its own"):
+            assert trajectories.step_advantages(episodes, estimator) == [[0.0], [0.0]]
+    grouped = trajectories.step_advantages(
+        [_one_step("creditgym/A-v0", 3, [1], 1.0), _one_step("creditgym/A-v0", 3, [1], 0.0)], estimator)
+    assert grouped[0][0] > 0 > grouped[1][0]
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_episodes_without_steps_get_no_advantages(estimator: str) -> None:
+    empty = Episode(env_id="creditgym/A-v0", seed=1, observation=[0], steps=[])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert trajectories.step_advantages([empty, empty], estimator) == [[], []]
+
+
+def test_the_summary_is_the_mean_over_episodes_of_what_each_holds() -> None:
+    episodes = [
+        Episode(env_id="e", seed=0, observation=0, steps=[
+            Step(action=0, observation=0, reward_components={"task": 1.0, "shaping": 0.5}, terminated=False,
+                 truncated=False, advantage=1.0),
+            Step(action=0, observation=0, reward_components={"task": 2.0, "shaping": 0.25}, terminated=True,
+                 truncated=False, info={"success": True}, advantage=3.0)]),
+        Episode(env_id="e", seed=1, observation=0, steps=[
+            Step(action=0, observation=0, reward_components={"task": -3.0}, terminated=False, truncated=True,
+                 info={"success": False}, advantage=-1.0)]),
+        Episode(env_id="e", seed=2, observation=0, steps=[
+            Step(action=0, observation=0, reward_components={"task": 0.5}, terminated=False, truncated=True,
+                 advantage=0.0)]),
+    ]
+    summary = summarize(episodes)
+    assert summary["episodes"] == 3 and summary["length"] == pytest.approx(4 / 3)
+    assert summary["success"] == pytest.approx(1 / 3)
+    assert summary["return"] == pytest.approx(1.25 / 3) and summary["reward/task"] == pytest.approx(0.5 / 3)
+    assert summary["reward/shaping"] == pytest.approx(0.75 / 3)
+    assert summary["advantage/mean"] == pytest.approx(0.75)
+    assert summary["advantage/std"] == pytest.approx(np.std([1.0, 3.0, -1.0, 0.0]))  # population std, as numpy's

@@ -351,7 +351,8 @@ def boxes_times_two(observation: object, state: dict) -> float:
     return 2.0 * state["boxes_on_target"]
 
 
-def test_rescore_with_a_user_potential(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rescore_with_a_user_potential(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     env = gym.make(SOKOBAN, max_episode_steps=40)
     path, out = tmp_path / "t.jsonl", tmp_path / "out.jsonl"
     episodes = record_episodes(env, _solver_after_detours(env, 0), 2, seed=6, path=path)
@@ -365,6 +366,11 @@ def test_rescore_with_a_user_potential(tmp_path: Path, capsys: pytest.CaptureFix
         assert episode.steps[-1].terminated and min(expected) < 0
     assert main(["rescore", str(path), "--potential", "no_such_module:phi"]) == 2
     assert "module:function importable" in capsys.readouterr().out
+    # A module that fails as it is imported is the user's code too: a clear error, not a traceback.
+    (tmp_path / "broken_potential.py").write_text("def phi(observation, state):\n    return 1 +\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["rescore", str(path), "--potential", "broken_potential:phi"]) == 2
+    assert "SyntaxError" in capsys.readouterr().out
 
 
 # -- hostile files, crashes and unusual values ----------------------------------------------------------------
