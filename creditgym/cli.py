@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import creditgym
+from creditgym.agents.compare import warm_up_steps
 from creditgym.agents.config_cli import add_config_arguments, saved_run_config
 from creditgym.agents.llm.config import ALGOS as LLM_ALGOS
 from creditgym.agents.llm.config import LLMTrainConfig, saved_before_fields
@@ -313,6 +314,11 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
     key, unit = rate
     finished = math.isfinite(metrics.get("charts/success_rate", 0.0))  # NaN: no episode finished in the update
     success_text = (outcome_text(metrics) if finished else None) or "no episode finished yet"
+    warm_up = warm_up_steps(dataclasses.asdict(trainer.config))
+    if finished and "charts/success_rate" in metrics and metrics.get("global_step", 0) <= warm_up:
+        # Only episodes that ended early have finished, and early ends are mostly solves.
+        success_text += (f" of the episodes that ended early (no env has reached its time limit yet: that takes "
+                         f"{warm_up:,} env steps; creditgym eval says how the policy does)")
     console.print(f"run written to {trainer.run_dir}: {success_text}, {metrics.get(key, 0):,.0f} {unit}")
     return 0
 
@@ -350,7 +356,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     import os
 
-    from creditgym.agents.compare import compare_runs, load_runs, plot_comparison
+    from creditgym.agents.compare import COMPARE_OUTPUTS, compare_runs, load_runs, plot_comparison
 
     runs = load_runs(args.run_dirs)
     result = compare_runs(runs, thresholds=args.thresholds, baseline=args.baseline, min_episodes=args.window)
@@ -376,7 +382,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
             key = f"steps_to_{t * 100:g}"
             per_seed = " / ".join(_count(seed[key]) for seed in group["seeds"].values())
             spread = "" if group.get(f"{key}_se") is None else f" ± {group[key + '_se']:,.0f}"
-            cells.append(f"{_count(group[key])}{spread} ({per_seed})")
+            # one seed's own count repeats the group's: shown once
+            cells.append(f"{_count(group[key])}{spread}" + (f" ({per_seed})" if len(group["seeds"]) > 1 else ""))
             if args.baseline is not None:
                 ratio = group[f"speedup_{key}"]
                 cells.append("-" if ratio is None else f"{ratio:.2f}x")
@@ -399,9 +406,10 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out-dir {out_dir} is a file; give a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out_dir / "comparison.json", json.dumps(result, indent=2) + "\n", what="comparison")
-    figure = plot_comparison(runs, out_dir / "comparison.png", title=args.title)
-    console.print(f"written to {out_dir / 'comparison.json'} and {figure}", highlight=False, soft_wrap=True)
+    summary_name, plot_name = COMPARE_OUTPUTS
+    write_text_atomically(out_dir / summary_name, json.dumps(result, indent=2) + "\n", what="comparison")
+    figure = plot_comparison(runs, out_dir / plot_name, title=args.title)
+    console.print(f"written to {out_dir / summary_name} and {figure}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -808,6 +816,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _replace_unencodable_output()
     args = build_parser().parse_args(argv)
     console = Console()
+    plain_warnings = warnings.formatwarning
+    warnings.formatwarning = _warning_line
     try:
         return args.run(args, console)
     # Bad configs, paths (a file where a folder belongs, or the other way round) and env arguments: say what to
@@ -816,6 +826,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # escaped: a message may hold brackets, such as a list of bad values, that rich would take for markup
         console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
+    finally:
+        warnings.formatwarning = plain_warnings
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """A warning as a command's user reads it: the message, not the source line that raised it (creditgym's own
+    warnings say what to change); other libraries' warnings keep their category and origin."""
+    if filename.startswith(str(Path(__file__).parent)) and issubclass(category, UserWarning):
+        return f"warning: {message}\n"
+    return f"warning: {category.__name__}: {message} ({Path(filename).name}:{lineno})\n"
 
 
 if __name__ == "__main__":

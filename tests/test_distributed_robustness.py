@@ -390,8 +390,9 @@ def test_workers_and_their_replacements_wait_for_the_cpus_an_autoscaler_can_add_
     seconds = [int(re.search(r"after (\d+) s", line)[1]) for line in lines]
     assert lines[0].startswith("ValueError after ") and seconds[0] <= 1, lines[0]  # refused at once
     assert lines[0].endswith(": 3 Ray workers x 1 CPU(s) need 3 CPUs and the Ray cluster has 1, and its autoscaler "
-                             "can grow it to 2 at most; use fewer workers (num_workers) or less cpus_per_worker, or "
-                             "raise the autoscaler's limits (max_workers; maxReplicas on KubeRay)"), lines[0]
+                             "can grow it to 2 at most; use fewer workers (--num-workers, num_workers) or, from "
+                             "Python, less cpus_per_worker, or raise the autoscaler's limits (max_workers; "
+                             "maxReplicas on KubeRay)"), lines[0]
     assert lines[1].startswith("TimeoutError after ") and 2 <= seconds[1] < 10, lines[1]
     assert ": 2 Ray workers x 1 CPU(s) did not start within 2 s; the Ray cluster has 1 of the 2 CPUs they need. Wait " \
            "longer (wait_for_cpus; --ray-wait-for-cpus in `creditgym train`)" in lines[1], lines[1]
@@ -403,13 +404,15 @@ def test_workers_and_their_replacements_wait_for_the_cpus_an_autoscaler_can_add_
     assert died.startswith("TimeoutError after ") and 1 <= seconds[3] < 10, died
     assert died.endswith(": Ray worker N died during reset() and its replacement (1 CPU(s)) did not start within 1 s; "
                          "the Ray cluster has 1 of the 2 CPUs the workers need. Wait longer (wait_for_cpus; "
-                         "--ray-wait-for-cpus in `creditgym train`), use fewer workers (num_workers) or less "
-                         "cpus_per_worker, or check that the autoscaler can add nodes (`ray status`)" + closed), died
+                         "--ray-wait-for-cpus in `creditgym train`), use fewer workers (--num-workers, num_workers) "
+                         "or, from Python, less cpus_per_worker, or check that the autoscaler can add nodes "
+                         "(`ray status`)" + closed), died
     assert lost.startswith("RuntimeError after ") and seconds[4] <= 1, lost
     assert lost.endswith(": Ray worker N died during reset() and no replacement can start: 2 Ray workers x 1 CPU(s) "
-                         "need 2 CPUs and the Ray cluster has 1; use fewer workers (num_workers) or less "
-                         "cpus_per_worker, or add nodes to the cluster (if nodes are on their way, pass wait_for_cpus="
-                         "SECONDS to wait for them; --ray-wait-for-cpus in `creditgym train`)" + closed), lost
+                         "need 2 CPUs and the Ray cluster has 1; use fewer workers (--num-workers, num_workers) or, "
+                         "from Python, less cpus_per_worker, or add nodes to the cluster (if nodes are on their way, "
+                         "pass wait_for_cpus=SECONDS to wait for them; --ray-wait-for-cpus in `creditgym train`)"
+                         + closed), lost
 
 
 def test_a_worker_that_keeps_dying_closes_the_pool(local_ray: None, tmp_path: Path) -> None:

@@ -148,8 +148,14 @@ def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return groups
 
 
+#: what `creditgym compare` writes beside the runs by default, which the next `compare runs/exp/*` globs up
+COMPARE_OUTPUTS = ("comparison.json", "comparison.png")
+
+
 def load_runs(paths: Sequence[str | Path | Run]) -> list[Run]:
-    """Each run folder once (loaded ones pass through), in the order given."""
+    """Each run folder once (loaded ones pass through), in the order given; files that an earlier compare wrote
+    beside the runs (`COMPARE_OUTPUTS`) are left out."""
+    paths = [p for p in paths if isinstance(p, Run) or not (Path(p).name in COMPARE_OUTPUTS and Path(p).is_file())]
     if not paths:
         raise ValueError("pass at least one run folder")
     unique = dict.fromkeys(p.path if isinstance(p, Run) else Path(p).resolve() for p in paths)

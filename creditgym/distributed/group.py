@@ -168,7 +168,7 @@ class WorkerGroup:
         needed, total = num_workers * cpus, ray.cluster_resources().get("CPU", 0.0)
         if needed > total:
             need = f"{num_workers} Ray workers x {cpus:g} CPU(s) need {needed:g} CPUs and the Ray cluster has"
-            change = "use fewer workers (num_workers) or less cpus_per_worker"
+            change = "use fewer workers (--num-workers, num_workers) or, from Python, less cpus_per_worker"
             limit = autoscaler_cpu_limit()
             if limit is not None and needed > limit:
                 raise ValueError(f"{need} {total:g}, and its autoscaler can grow it to {limit:g} at most; {change}, "
@@ -199,7 +199,7 @@ class WorkerGroup:
         """Why `subject` did not start within `timeout` seconds, and what to change."""
         needed, total = len(self._args) * self.cpus_per_worker, ray.cluster_resources().get("CPU", 0.0)
         longer = "Wait longer (wait_for_cpus; --ray-wait-for-cpus in `creditgym train`)"
-        fewer = "use fewer workers (num_workers) or less cpus_per_worker"
+        fewer = "use fewer workers (--num-workers, num_workers) or, from Python, less cpus_per_worker"
         if needed > total:
             return (f"{subject} did not start within {timeout:g} s; the Ray cluster has {total:g} of the {needed:g} "
                     f"CPUs {they} need. {longer}, {fewer}, or check that the autoscaler can add nodes (`ray status`)")

@@ -292,3 +292,22 @@ def test_the_table_shows_held_out_success_where_runs_were_evaluated(trained: dic
     printed = capsys.readouterr().out
     assert "held-out, greedy" in printed and "25.0%" in printed and "75.0%" in printed
     assert "held-out, sampled" not in printed
+
+
+def test_a_second_compare_of_the_same_glob_skips_what_the_first_wrote(trained: dict[str, Path], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    # `creditgym compare runs/exp/*` writes comparison.json and .png into runs/exp, and the same glob then matched
+    # them: "comparison.json is not a run folder".
+    folder = tmp_path / "exp"
+    for name in ("sparse-s1", "box_distance-s1"):
+        shutil.copytree(trained[name], folder / name)
+    assert main(["compare", *map(str, sorted(folder.iterdir())), "--window", "20", "--thresholds", "0.999"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "not reached" in printed and "(not reached)" not in printed  # one seed: its count is the group's
+    assert {"comparison.json", "comparison.png"} <= {path.name for path in folder.iterdir()}
+    assert main(["compare", *map(str, sorted(folder.iterdir())), "--window", "20"]) == 0
+    assert "not a run folder" not in capsys.readouterr().out
+    (folder / "notes.txt").write_text("mine")  # any other file is still refused
+    assert main(["compare", *map(str, sorted(folder.iterdir())), "--window", "20"]) == 2
