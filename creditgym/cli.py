@@ -314,7 +314,9 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
     key, unit = rate
     finished = math.isfinite(metrics.get("charts/success_rate", 0.0))  # NaN: no episode finished in the update
     success_text = (outcome_text(metrics) if finished else None) or "no episode finished yet"
-    warm_up = warm_up_steps(dataclasses.asdict(trainer.config))
+    # the fields it reads (asdict would deep-copy env_kwargs, which may hold a whole level bank)
+    fields = ("algo", "num_envs", "env_kwargs", "env_id")
+    warm_up = warm_up_steps({name: getattr(trainer.config, name) for name in fields if hasattr(trainer.config, name)})
     if finished and "charts/success_rate" in metrics and metrics.get("global_step", 0) <= warm_up:
         # Only episodes that ended early have finished, and early ends are mostly solves.
         success_text += (f" of the episodes that ended early (no env has reached its time limit yet: that takes "
