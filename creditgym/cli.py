@@ -542,11 +542,10 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
 def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
     """LLM-designed dense rewards (issue 9): generate, critique, validate, dry-run and train reward programs; with
     --human-feedback or --feedback-file, the user's feedback steers the later iterations (Text2Reward)."""
-    from creditgym.wrappers.llm_reward.designer import (
-        DesignerConfig,
+    from creditgym.wrappers.llm_reward.designer import DesignerConfig, RewardDesigner
+    from creditgym.wrappers.llm_reward.feedback import (
         HumanFeedbackError,
         IterationSummary,
-        RewardDesigner,
         checked_feedback,
         read_feedback_file,
     )

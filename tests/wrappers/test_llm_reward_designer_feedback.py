@@ -16,12 +16,8 @@ from typing import Any
 import pytest
 
 import creditgym  # noqa: F401  (registers the envs)
-from creditgym.wrappers.llm_reward.designer import (
-    HUMAN_FEEDBACK_MAX_CHARS,
-    HumanFeedbackError,
-    IterationSummary,
-    RewardDesigner,
-)
+from creditgym.wrappers.llm_reward.designer import RewardDesigner
+from creditgym.wrappers.llm_reward.feedback import HUMAN_FEEDBACK_MAX_CHARS, HumanFeedbackError, IterationSummary
 from tests.wrappers.test_llm_reward_designer import config
 from tests.wrappers.test_llm_reward_designer_cli import design  # noqa: F401  (see `cli`)
 from tests.wrappers.test_llm_reward_designer_robustness import IterationChat, scored, stub_training  # noqa: F401
