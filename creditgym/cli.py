@@ -342,7 +342,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         result = evaluate_llm(args.run_dir, **common, batch_size=args.batch_size, progress=not args.no_progress,
                               record=args.record)
     else:
-        result = evaluate(args.run_dir, **common, record=args.record)
+        result = evaluate(args.run_dir, **{**common, "seed": 0 if args.seed is None else args.seed}, record=args.record)
     table = Table(title=f"evaluation of {args.run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -681,7 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--split", default="test", choices=["train", "test"], help="shipped bank split")
     evaluation.add_argument("--sample", action="store_true",
                             help="sample actions (LLM runs: tokens at the run's temperature), not the likeliest")
-    evaluation.add_argument("--seed", type=int, default=0, help="seed for sampling and non-Sokoban resets")
+    evaluation.add_argument("--seed", type=int, default=None, help="seed for sampling and non-Sokoban resets (default: "
+                            "0; for an LLM run on an env without a held-out split, the first seed after those the "
+                            "run trained on)")
     evaluation.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     evaluation.add_argument("--batch-size", type=int, default=32, help="LLM runs: episodes played at once")
     evaluation.add_argument("--no-progress", action="store_true", help="LLM runs: no progress bar")

@@ -3,7 +3,8 @@
 The model is rebuilt as the trainer built it (base model, LoRA adapters when the run had them) and the run's
 trained weights are loaded into it; episodes are played in batches with the trainer's `RolloutCollector`, with the
 run's turn limit, history window and prompt budget. Sokoban plays distinct held-out levels in order, as the PPO
-evaluation does; other envs reset with seeds seed, seed + 1, ...
+evaluation does; other envs reset with seeds seed, seed + 1, ..., by default from the first seed after those the run
+trained on, so that an env without a held-out split still plays tasks the run never saw.
 
     from creditgym.agents.llm.evaluate import evaluate_llm
     evaluate_llm("runs/grpo-Sokoban-6x6-1b-v0-s1-...", episodes=200, device="cpu")
@@ -74,15 +75,15 @@ def load_llm_policy(run_dir: str | Path, device: str | torch.device, *, model: P
 
 
 def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: int = 200, levels: str | None = None,
-                 split: str = "test", greedy: bool = True, seed: int = 0, device: str = "cpu",
+                 split: str = "test", greedy: bool = True, seed: int | None = None, device: str = "cpu",
                  model: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None,
                  batch_size: int = 32, progress: bool = False, record: str | Path | None = None) -> dict[str, Any]:
     """Play `episodes` episodes with a run's trained LLM policy; see the module docstring for what is played.
 
     `greedy` decodes the most likely token; otherwise tokens are sampled at the run's temperature from a generator
-    seeded with `seed`. `batch_size` episodes are played at once. `record` names a file that gets the episodes
-    as trajectory records, gzip-compressed where the name ends in .gz (replaced if it exists; `creditgym rescore`
-    reads it). Returns the metrics and where they came from.
+    seeded with `seed`, which also gives the first reset seed (None: `evaluation_seed`). `batch_size` episodes are
+    played at once. `record` names a file that gets the episodes as trajectory records, gzip-compressed where the name
+    ends in .gz (replaced if it exists; `creditgym rescore` reads it). Returns the metrics and where they came from.
     """
     _check_inputs(env_id, episodes, split, seed, batch_size)
     check_device(device)
@@ -91,6 +92,7 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
     env_id = env_id or config.env_id
     # The envs before the model, so that a wrong --levels or env argument fails before a large model loads.
     envs, bank, setting = _make_envs(config, env_id, levels, split, min(batch_size, episodes))
+    seed = evaluation_seed(config, env_id, setting, episodes) if seed is None else seed
     try:
         policy = _build_policy(path, state, config, dev, model, tokenizer, progress=progress)
         result = _play(policy, config, envs, bank, episodes, greedy, seed, progress, record, env_id)
@@ -106,13 +108,14 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
 
 
 def evaluate_policy(policy: LLMPolicy, config: LLMTrainConfig, *, env_id: str | None = None, episodes: int = 200,
-                    levels: str | None = None, split: str = "test", greedy: bool = True, seed: int = 0,
+                    levels: str | None = None, split: str = "test", greedy: bool = True, seed: int | None = None,
                     batch_size: int = 32, progress: bool = False, record: str | Path | None = None
                     ) -> dict[str, Any]:
     """`evaluate_llm`'s metrics for a policy in memory (such as a trainer's live `policy`) under a run's `config`."""
     _check_inputs(env_id, episodes, split, seed, batch_size)
     env_id = env_id or config.env_id
     envs, bank, setting = _make_envs(config, env_id, levels, split, min(batch_size, episodes))
+    seed = evaluation_seed(config, env_id, setting, episodes) if seed is None else seed
     try:
         return {**_play(policy, config, envs, bank, episodes, greedy, seed, progress, record, env_id), **setting,
                 **_overlap_with_training(config, env_id, seed, episodes, setting)}
@@ -215,12 +218,13 @@ def _weights_mismatch(path: Path, config: LLMTrainConfig, saved: set[str], expec
 
 
 # -- playing ------------------------------------------------------------------------------------------------------
-def _check_inputs(env_id: str | None, episodes: int, split: str, seed: int, batch_size: int) -> None:
+def _check_inputs(env_id: str | None, episodes: int, split: str, seed: int | None, batch_size: int) -> None:
     for name, value, least in (("episodes", episodes, 1), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}")
     # Episode i resets with seed + i, and gymnasium's seeds stop at 2**63 - 1.
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - episodes:
+    bad_seed = isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - episodes
+    if seed is not None and bad_seed:
         raise ValueError(f"seed must be a whole number between 0 and 2**63 - 1 - episodes, got {seed!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -268,6 +272,16 @@ def _make_envs(config: LLMTrainConfig, env_id: str, levels: str | None, split: s
     if bank is not None:
         setting["levels"] = str(kwargs.get("levels", gym.spec(env_id).kwargs.get("levels")))
     return envs, bank, setting
+
+
+def evaluation_seed(config: LLMTrainConfig, env_id: str, setting: dict[str, Any], episodes: int) -> int:
+    """The default first seed: on the run's own env without a held-out split, the first after the seeds the run
+    trained on (`training_seeds`), where the training tasks cannot come back; 0 elsewhere (a split's levels are
+    held out whatever the seed, which then only seeds the sampling)."""
+    if "split" in setting or env_id != config.env_id:
+        return 0
+    after = training_seeds(config).stop
+    return after if after <= MAX_SEED - episodes else 0
 
 
 def _overlap_with_training(config: LLMTrainConfig, env_id: str, seed: int, episodes: int,

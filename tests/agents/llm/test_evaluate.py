@@ -15,6 +15,7 @@ import torch
 
 from creditgym.agents.llm import LLMPolicy, LLMTrainConfig, LLMTrainer
 from creditgym.agents.llm.evaluate import evaluate_llm, evaluate_policy, is_llm_checkpoint, load_llm_policy
+from creditgym.agents.llm.trainer import training_seeds
 from creditgym.agents.ppo import PPOConfig
 from creditgym.agents.runs import write_checkpoint
 from creditgym.envs.sokoban.bank import load_bank
@@ -211,3 +212,8 @@ def test_evaluation_seeds_the_run_trained_on_are_counted_and_warned_about(full_r
     assert fresh["episodes_with_training_seeds"] == 0
     low, high = fresh["success_rate_ci95"]  # Wilson's interval, as the PPO evaluation's
     assert 0 <= low <= fresh["success_rate"] <= high <= 1 and high - low > 0.1  # 6 episodes say little
+    # By default the evaluation starts after the training seeds: tasks the run never saw, without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        default = evaluate_llm(full_run.run_dir, **{**PLAY, "seed": None}, **_tiny())
+    assert default["seed"] == training_seeds(full_run.config).stop and default["episodes_with_training_seeds"] == 0
