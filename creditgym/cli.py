@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import shlex
 import signal
 import sys
@@ -36,6 +37,7 @@ from creditgym.llm.openai import TOKEN_LIMIT_FIELDS
 from creditgym.trajectories import ESTIMATORS, is_gzipped, offline_potential_names
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+_PIPED_WIDTH = 160
 QUIT_WORDS = {"quit", "exit", "q", ":q"}
 
 
@@ -356,8 +358,6 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    import os
-
     from creditgym.agents.compare import COMPARE_OUTPUTS, compare_runs, load_runs, plot_comparison
 
     runs = load_runs(args.run_dirs)
@@ -818,7 +818,9 @@ def _replace_unencodable_output() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _replace_unencodable_output()
     args = build_parser().parse_args(argv)
-    console = Console()
+    # Piped or redirected, rich lays tables out in 80 columns and folds numbers across lines; a log reads better wide.
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    console = Console(width=_PIPED_WIDTH if piped else None)
     plain_warnings = warnings.formatwarning
     warnings.formatwarning = _warning_line
     try:

@@ -223,3 +223,13 @@ def test_a_run_shorter_than_the_time_limit_says_its_success_counts_early_ends_on
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "of the episodes that ended early" in out and "that takes 7,680 env steps" in out
+
+
+def test_piped_tables_are_laid_out_wide_enough_not_to_fold_numbers() -> None:
+    # Piped, rich used 80 columns: compare's table split "98,304" into "98,30" and "4" on two lines.
+    result = subprocess.run([sys.executable, "-m", "creditgym.cli", "list"], capture_output=True, text=True,
+                            timeout=120, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) > 100
+    row = next(line for line in result.stdout.splitlines() if "BabyAIText-GoToLocal-v0" in line)
+    assert "text actions" in row  # the description's end, on the id's own line
