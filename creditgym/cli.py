@@ -1,4 +1,4 @@
-"""The `creditgym` command line: list, play, train, eval, bench, make-banks, demo, rescore."""
+"""The `creditgym` command line: list, play, train, eval, bench, make-banks, demo, rescore, render."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from creditgym.envs import DESCRIPTIONS, check_env_id, obs_modes, registered_ids
 from creditgym.envs.sokoban.make_banks import add_arguments as add_make_banks_arguments
 from creditgym.llm.chat import ChatModelError
 from creditgym.llm.openai import TOKEN_LIMIT_FIELDS
+from creditgym.render import SELECTIONS
 from creditgym.trajectories import ESTIMATORS, is_gzipped, offline_potential_names
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -539,6 +540,37 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     console.print(f"written to {out}")
     return 0
 
+def cmd_render(args: argparse.Namespace, console: Console) -> int:
+    """Draw recorded episodes: a GIF of the boards (Sokoban, MiniGrid) and a transcript of every episode."""
+    from creditgym.render import render_file
+    from creditgym.trajectories import TrajectoryFormatError
+
+    try:
+        rendered = render_file(args.trajectories, args.out, episodes=args.episodes, which=args.which, fps=args.fps,
+                               scale=args.scale)
+    except (FileNotFoundError, TrajectoryFormatError, ValueError) as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    if not rendered:
+        kind = {"solved": "solved ", "failed": "unsolved "}.get(args.which, "")
+        console.print(f"{args.trajectories} holds no {kind}episode; nothing was written", highlight=False,
+                      soft_wrap=True)
+        return 1
+    table = Table(title=f"{len(rendered)} episodes of {args.trajectories}")
+    for column in ("episode", "steps", "solved", "written"):
+        table.add_column(column, justify="right" if column in ("episode", "steps") else "left")
+    for item in rendered:
+        written = [item.animation.name] if item.animation is not None else []
+        table.add_row(str(item.index), str(item.steps), "yes" if item.solved else "no",
+                      ", ".join([*written, item.transcript.name]))
+    console.print(table)
+    console.print(f"written to {rendered[0].transcript.parent}", highlight=False, soft_wrap=True)
+    if all(item.animation is None for item in rendered):
+        console.print("these records hold no boards to draw (only Sokoban and MiniGrid states are drawn): "
+                      "transcripts only", highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_design_reward(args: argparse.Namespace, console: Console) -> int:
     """LLM-designed dense rewards (issue 9): generate, critique, validate, dry-run and train reward programs; with
     --human-feedback or --feedback-file, the user's feedback steers the later iterations (Text2Reward)."""
@@ -750,6 +782,22 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--out", metavar="PATH", help="output JSONL, gzip-compressed where the name ends in .gz "
                          "(default: TRAJ.rescored.jsonl next to the input, TRAJ.rescored.jsonl.gz for a .gz input)")
     rescore.set_defaults(run=cmd_rescore)
+    render = commands.add_parser("render", help="draw recorded episodes: GIFs of Sokoban and MiniGrid boards, a "
+                                                "text transcript of every episode")
+    render.add_argument("trajectories", metavar="TRAJ.jsonl", help="a trajectory file: creditgym eval RUN --record "
+                        "FILE, a PPO run's trajectories.jsonl.gz (--record-envs) or an LLM run's "
+                        "(--record-trajectories)")
+    render.add_argument("--out", metavar="DIR", help="folder for episode-NNNNN.gif and .txt (NNNNN: the episode's "
+                        "place in the file; default: TRAJ-render/ next to the file)")
+    render.add_argument("--episodes", type=int, default=8, help="how many episodes to draw, the first ones that "
+                        "--which selects (default: 8)")
+    render.add_argument("--which", choices=SELECTIONS, default="all",
+                        help="all episodes, only solved ones or only unsolved ones (default: all)")
+    render.add_argument("--fps", type=float, default=4.0, help="GIF frames per second; the last frame stays up "
+                        "1.5 s (default: 4)")
+    render.add_argument("--scale", type=int, default=2, help="pixels per sprite pixel: 2 draws a Sokoban cell 32 "
+                        "pixels wide (default: 2)")
+    render.set_defaults(run=cmd_render)
     design = commands.add_parser(
         "design-reward", formatter_class=_ShowDefaults,
         help="LLM-designed dense rewards: generate, critique, validate, dry-run and train reward programs, keep the "

@@ -1,0 +1,186 @@
+"""Drawing recorded episodes (`creditgym render`): one frame per state, a room that stays put under the egocentric
+view, transcripts of text episodes, the solved/failed selection, and malformed records that get a transcript only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+import creditgym  # noqa: F401  (registers the envs)
+from creditgym.agents.ppo import PPO, PPOConfig
+from creditgym.cli import main
+from creditgym.envs.sokoban.level import Level, Tile
+from creditgym.envs.sokoban.render import SPRITE_SIZE, render_rgb
+from creditgym.envs.sokoban.solver import solve
+from creditgym.render import (
+    FINAL_FRAME_MS,
+    RenderWarning,
+    episode_frames,
+    episode_transcript,
+    render_file,
+    write_gif,
+)
+from creditgym.trajectories import Episode, read_trajectories, record_episodes, run_trajectories
+
+SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
+
+
+def _solver_policy(env: gym.Env):
+    """Plays the solver's plan for the level the env was reset to."""
+    plan: list[int] = []
+
+    def policy(obs, info):
+        if not plan:
+            plan.extend(int(move) for move in reversed(solve(env.unwrapped.level)))
+        return plan.pop()
+
+    return policy
+
+
+def _gif_frames(path: Path) -> list[np.ndarray]:
+    with Image.open(path) as image:
+        return [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)]
+
+
+def _board(frame: np.ndarray, scale: int) -> np.ndarray:
+    """The board part of a frame (the caption strip below it dropped), at one pixel per sprite pixel."""
+    cells = frame.shape[0] // (SPRITE_SIZE * scale) * SPRITE_SIZE * scale
+    return frame[:cells:scale, ::scale]
+
+
+def test_sokoban_episode_draws_one_frame_per_state(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN)
+    path = tmp_path / "solved.jsonl"
+    [episode] = record_episodes(env, _solver_policy(env), 1, seed=3, path=path)
+    assert episode.success
+    [rendered] = render_file(path, tmp_path / "out", scale=2)
+    frames = _gif_frames(rendered.animation)
+    assert len(frames) == len(episode.steps) + 1
+    for frame, state in zip(frames, [episode.state, *(s.state for s in episode.steps)], strict=True):
+        tiles = Level.from_rows(state["board"]).tiles
+        assert np.array_equal(_board(frame, 2), render_rgb(tiles))  # the whole room, already walled
+    with Image.open(rendered.animation) as image:
+        image.seek(len(frames) - 1)
+        assert image.info["duration"] == FINAL_FRAME_MS  # the end stays up
+    text = rendered.transcript.read_text()
+    assert text.count("[step ") == len(episode.steps) and "Solved after" in text
+    assert "\n".join(episode.steps[-1].state["board"]) in text
+
+
+def test_egocentric_records_keep_the_room_still(tmp_path: Path) -> None:
+    """A PPO run's records of the egocentric view hold the window around the player; drawn, the walls stay put
+    while the player moves."""
+    config = PPOConfig(env_id=SOKOBAN, env_kwargs={"obs_mode": "egocentric", "action_mask": True}, total_steps=2048,
+                       num_envs=16, num_steps=128, record_envs=2, runs_dir=str(tmp_path), run_name="ego",
+                       progress=False, tensorboard=False, checkpoint_every=0, threads=1)
+    PPO(config).learn()
+    path = run_trajectories(tmp_path / "ego", resumed=True)
+    episodes = [e for e in read_trajectories(path) if len(e.steps) >= 3]
+    assert episodes
+    moved = 0
+    for episode in episodes[:4]:
+        windows = [episode.state["board"], *(s.state["board"] for s in episode.steps)]
+        assert len({tuple(w) for w in windows}) > 1  # the window moved with the player
+        frames = [_board(frame, 1) for frame in episode_frames(episode, scale=1)]
+        walls = render_rgb(np.full((1, 1), Tile.WALL, np.int8))[0, 0]
+        wall_masks = [np.all(frame == walls, axis=-1) for frame in frames]
+        assert all(np.array_equal(mask, wall_masks[0]) for mask in wall_masks)
+        moved += sum(not np.array_equal(a, b) for a, b in zip(frames, frames[1:], strict=False))
+    assert moved > 0
+
+
+def test_minigrid_records_are_drawn_from_their_states(tmp_path: Path) -> None:
+    env = gym.make("creditgym/MiniGridText-DoorKey-5x5-v0", max_episode_steps=6)
+    path = tmp_path / "minigrid.jsonl"
+    [episode] = record_episodes(env, lambda obs, info: "turn left", 1, seed=0, path=path)
+    [rendered] = render_file(path, tmp_path / "out")
+    frames = _gif_frames(rendered.animation)
+    assert len(frames) == len(episode.steps) + 1 == 7
+    assert not np.array_equal(frames[0], frames[1])  # the agent turned
+
+
+def test_text_episodes_get_a_transcript_in_order(tmp_path: Path) -> None:
+    env = gym.make("creditgym/Dialogue-Gather-v0")
+    questions = iter(["What is your budget?", "Which area do you like?", "not a question"] * 10)
+    path = tmp_path / "dialogue.jsonl"
+    [episode] = record_episodes(env, lambda obs, info: next(questions), 1, seed=0, path=path)
+    [rendered] = render_file(path, tmp_path / "out")
+    assert rendered.animation is None
+    text = rendered.transcript.read_text()
+    assert episode.info["instructions"] in text
+    position = text.index("[reset]")
+    for step in episode.steps:  # every reply, then what the user said to it, in order
+        position = text.index(step.action, position)
+        position = text.index(step.observation, position)
+    assert "(invalid)" in text
+
+
+def test_which_selects_solved_or_failed_episodes(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=40)
+    path = tmp_path / "mixed.jsonl"
+    record_episodes(env, lambda obs, info: 0, 2, seed=0, path=path)  # up, up, ...: cut off
+    record_episodes(env, _solver_policy(env), 2, seed=10, path=path)
+    record_episodes(env, lambda obs, info: 0, 1, seed=20, path=path)
+    success = [e.success for e in read_trajectories(path)]
+    assert success == [False, False, True, True, False]
+    assert [r.index for r in render_file(path, tmp_path / "solved", which="solved")] == [2, 3]
+    assert [r.index for r in render_file(path, tmp_path / "failed", which="failed", episodes=2)] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "solved").iterdir()) == [
+        "episode-00002.gif", "episode-00002.txt", "episode-00003.gif", "episode-00003.txt"]
+
+
+@pytest.mark.parametrize("board", [["#####", "#@$x#", "#####"], ["#" * 100] * 100, "not rows"])
+def test_malformed_boards_get_a_transcript_only(tmp_path: Path, board: object) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=2)
+    [episode] = record_episodes(env, lambda obs, info: 0, 1, seed=0)
+    episode.steps[-1].state = {**episode.steps[-1].state, "board": board}
+    with pytest.warns(RenderWarning, match="transcript only"):
+        assert episode_frames(episode) is None
+    assert "[step 2]" in episode_transcript(episode)
+
+
+def test_records_without_states_are_transcribed(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=3)
+    [episode] = record_episodes(env, lambda obs, info: 1, 1, seed=0, record_state=False)
+    assert episode_frames(episode) is None
+    text = episode_transcript(episode)
+    assert "action: Down" in text and "array observation, shape (7, 6, 6)" in text
+
+
+def test_write_gif_refuses_bad_settings(tmp_path: Path) -> None:
+    frame = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="at least one frame"):
+        write_gif([], tmp_path / "a.gif")
+    with pytest.raises(ValueError, match="fps"):
+        write_gif([frame], tmp_path / "a.gif", fps=float("nan"))
+
+
+def test_cli_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = gym.make(SOKOBAN)
+    path = tmp_path / "ev.jsonl.gz"
+    record_episodes(env, _solver_policy(env), 3, seed=0, path=path)
+    assert main(["render", str(path), "--episodes", "2"]) == 0
+    out_dir = tmp_path / "ev-render"
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "episode-00000.gif", "episode-00000.txt", "episode-00001.gif", "episode-00001.txt"]
+    assert str(out_dir) in capsys.readouterr().out.replace("\n", "")
+    assert main(["render", str(path), "--which", "failed"]) == 1
+    assert "no unsolved episode" in capsys.readouterr().out
+    for flags, message in ((["--fps", "0"], "fps"), (["--scale", "0"], "scale"), (["--episodes", "0"], "episodes")):
+        assert main(["render", str(path), *flags]) == 2
+        assert message in capsys.readouterr().out
+    assert main(["render", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no trajectory file" in capsys.readouterr().out
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"format": "nope"}) + "\n")
+    assert main(["render", str(tmp_path / "bad.jsonl")]) == 2
+    assert "not a creditgym trajectory record" in capsys.readouterr().out
+
+
+def test_episode_without_steps(tmp_path: Path) -> None:
+    episode = Episode(env_id=SOKOBAN, seed=0, observation="board", steps=[], state=None)
+    assert "No steps after 0 steps" in episode_transcript(episode)
