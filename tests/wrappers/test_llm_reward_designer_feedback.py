@@ -249,3 +249,34 @@ def test_cli_feedback_flags_exclude_each_other(cli, no_model, tmp_path: Path,
     assert raised.value.code == 2
     assert "not allowed with argument --human-feedback" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_the_user_watches_the_best_programs_policy(tmp_path: Path) -> None:
+    """Text2Reward's user watches rollouts: the summary holds GIFs of the best program's trained policy playing
+    held-out levels, drawn once per program."""
+    from PIL import Image
+
+    from creditgym.wrappers.llm_reward.feedback import WATCHED_EPISODES
+
+    chat = IterationChat([[scored(0.5)], [scored(0.5)], [scored(0.5)]])
+    calls, ask = recording({})
+    RewardDesigner(chat, config(tmp_path, iterations=3, samples=1, critic=False), human_feedback=ask).run()
+    summary = calls[0][1]
+    assert summary.watch_error is None and len(summary.watch) == WATCHED_EPISODES
+    for gif in summary.watch:
+        assert gif.endswith(".gif") and Path(gif).parent == summary.run_dir / "watch" / summary.best_id
+        with Image.open(gif) as image:
+            assert image.n_frames >= 2  # the reset board and at least one move
+    assert f"Watch its policy on {WATCHED_EPISODES} held-out levels" in summary.text()
+    if calls[1][1].best_id == summary.best_id:  # the same best program is not played again
+        assert calls[1][1].watch == summary.watch
+
+
+@pytest.mark.usefixtures("stub_training")
+def test_a_policy_that_cannot_be_played_is_said_so(tmp_path: Path) -> None:
+    calls, ask = recording({})
+    RewardDesigner(IterationChat([[scored(0.3)], [scored(0.2)]]),
+                   config(tmp_path, iterations=2, samples=1, critic=False), human_feedback=ask).run()
+    summary = calls[0][1]
+    assert summary.watch == [] and "FileNotFoundError" in summary.watch_error  # the stub trained no policy
+    assert "Its policy could not be played" in summary.text()

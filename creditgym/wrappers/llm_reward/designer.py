@@ -31,7 +31,8 @@ standing in for Auto MC-Reward's LLM analyzer), plus the deduplicated errors of 
 and the critic's reviews of the programs it still failed after the revisions.
 Human feedback (Text2Reward): given a `human_feedback` source, the designer shows it an `IterationSummary` after
 every iteration but the last (the best program so far, its fitness, reflection, trajectory analysis and PPO run
-folders with their learning curves, the iteration's stage counts) and takes a sentence or two back. Every later
+folders with their learning curves, GIFs of its policy playing held-out levels in `watch/<id>/`, the iteration's
+stage counts) and takes a sentence or two back. Every later
 prompt carries each piece of feedback given so far, oldest first, in a part of its own headed "Feedback from the
 user": Text2Reward carries it forward, and an instruction such as "penalise pushing boxes into corners" should not
 lapse an iteration later. It comes from the user, so it is an instruction, not fenced as data; an entry is capped at
@@ -61,7 +62,9 @@ Deviations from the papers, kept for cost or simplicity:
 - The LLM reward is added to the task reward by default (`replace_task_reward` trains on it alone, as Eureka does);
   the env's task reward plays the part of Auto MC-Reward's sparse() reward, so programs write only a dense part.
 - Text2Reward's human feedback is one line of text per iteration (or a list written beforehand); the user is
-  shown the summary and the run folders, not videos of the policy, and is never asked after the last iteration.
+  shown the summary, the run folders and GIFs of the best program's policy playing a few held-out levels (its last
+  fitness run's final policy, greedy: Text2Reward shows videos of rollouts), and is never asked after the last
+  iteration.
 - The critic's review reaches the designer as one revision request per round, in a fresh turn after the program
   (not Auto MC-Reward's full dialogue history); a revision is reviewed by the same model that wrote it.
 - Reward hacking is only handled implicitly: selection is on the task's own success, the trajectory analysis warns
@@ -104,6 +107,7 @@ from creditgym.wrappers.llm_reward.feedback import (
     IterationSummary,
     check_feedback_entries,
     checked_feedback,
+    watch_policy,
 )
 from creditgym.wrappers.llm_reward.sandbox import RewardSandbox, SandboxLimits
 from creditgym.wrappers.llm_reward.validate import ENTRY_POINT, validate_program
@@ -514,6 +518,7 @@ class RewardDesigner:
         if human_feedback is not None and not callable(human_feedback):
             human_feedback = check_feedback_entries(human_feedback, self.config.iterations)
         self.human_feedback = human_feedback
+        self._watched: dict[str, tuple[list[str], str | None]] = {}  # program id -> what `watch_policy` gave
         self.model_name = model_name or _model_name(chat)
         self.description = describe_env(self.config.env_id, self.config.env_kwargs)
         cfg = self.config
@@ -579,12 +584,18 @@ class RewardDesigner:
         """What the user is shown after `iteration` (see `IterationSummary`)."""
         best = result.best
         train = best.stages["train"] if best is not None else {}
+        watch, watch_error = [], None
+        if best is not None and train.get("ppo_runs"):  # played once per program: the best may stay the best
+            if best.id not in self._watched:
+                self._watched[best.id] = watch_policy(train["ppo_runs"][-1], self.run_dir / "watch" / best.id)
+            watch, watch_error = self._watched[best.id]
         return IterationSummary(
             iteration=iteration, iterations=self.config.iterations,
             stage_counts=stage_counts([c for c in result.candidates if c.iteration == iteration]),
             best_id=best.id if best else None, fitness=best.fitness if best else None,
             source=best.source if best else None, reflection=train.get("reflection", ""),
-            analysis=train.get("analysis", ""), ppo_runs=list(train.get("ppo_runs", [])), run_dir=self.run_dir)
+            analysis=train.get("analysis", ""), ppo_runs=list(train.get("ppo_runs", [])), run_dir=self.run_dir,
+            watch=watch, watch_error=watch_error)
 
     def feedback(self, best: Candidate | None, batch: list[Candidate]) -> str:
         """What the next iteration is told: the best program with its reflection and analysis, and recent errors.

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: held-out levels the best program's policy plays for the user to watch after each iteration
+WATCHED_EPISODES = 4
 
 #: longest piece of human feedback, in characters: a sentence or two steers the designer, while a pasted log would
 #: crowd the task out of every later prompt (feedback is carried forward)
@@ -39,6 +42,10 @@ class IterationSummary:
     """its fitness PPO run folders, each with learning_curve.png and metrics.jsonl"""
     run_dir: Path
     """the design run folder: candidates/<id>.json holds every program with its errors, report.json the counts"""
+    watch: list[str] = field(default_factory=list)
+    """GIFs (and transcripts) of its last fitness run's policy playing held-out levels greedily (`watch_policy`)"""
+    watch_error: str | None = None
+    """why its policy could not be played, where it could not"""
 
     def _parts(self) -> list[tuple[str, str]]:
         """(heading, body) pairs: first the title with the stage counts; the heading "python" marks the program."""
@@ -52,6 +59,10 @@ class IterationSummary:
                        "part of training)", ""), ("python", self.source or ""),
                       ("Reward reflection", self.reflection), ("Trajectory analysis", self.analysis),
                       ("Its training runs (learning_curve.png, metrics.jsonl)", "\n".join(self.ppo_runs))]
+            if self.watch:
+                parts.append((f"Watch its policy on {len(self.watch)} held-out levels (greedy)", "\n".join(self.watch)))
+            elif self.watch_error:
+                parts.append(("Its policy could not be played", self.watch_error))
         parts.append(("Every program and report.json", str(self.run_dir)))
         return parts
 
@@ -138,3 +149,22 @@ def read_feedback_file(path: str | Path, iterations: int) -> list[str | None]:
     if isinstance(entries, dict) and "human_feedback" in entries:  # a design run's report.json
         entries = entries["human_feedback"]
     return check_feedback_entries(entries, iterations, source=f"the feedback file {path}")
+
+
+def watch_policy(ppo_run: str | Path, out_dir: str | Path, *, episodes: int = WATCHED_EPISODES
+                 ) -> tuple[list[str], str | None]:
+    """Plays the final policy of the PPO run `ppo_run` greedily on the first `episodes` held-out levels, records
+    them to `out_dir/episodes.jsonl` and draws each (`creditgym.render`): what Text2Reward's user watches before
+    giving feedback. Returns the GIF paths (a transcript's where nothing can be drawn), or no paths and why."""
+    from creditgym.agents.evaluate import evaluate
+    from creditgym.render import render_file
+
+    out_dir = Path(out_dir)
+    record = out_dir / "episodes.jsonl"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        evaluate(ppo_run, episodes=episodes, record=record)
+        rendered = render_file(record, out_dir, episodes=episodes)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:  # a missing checkpoint, an unreadable run
+        return [], f"{type(error).__name__}: {error}"
+    return [str(item.animation or item.transcript) for item in rendered], None
