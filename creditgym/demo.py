@@ -25,8 +25,15 @@ from creditgym.agents.evaluate import evaluate, write_result
 from creditgym.agents.plots import plot_learning_curves, read_metrics
 from creditgym.agents.ppo import PPO, PPOConfig
 from creditgym.agents.runs import write_text_atomically
+from creditgym.render import Rendered, render_file
 
 VARIANTS = {"sparse": None, "PBRS box distance": "box_distance"}
+
+
+#: the greedy evaluation's episodes, kept in each run folder (`creditgym render` draws more of them)
+EVAL_RECORD = "eval-episodes.jsonl.gz"
+#: held-out episodes drawn as GIFs into each run's watch/ folder
+WATCHED = 4
 
 
 def demo_config(total_steps: int, seed: int, runs_dir: str) -> PPOConfig:
@@ -63,12 +70,14 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
         table.add_column(column, justify="right")
     summary: dict[str, Any] = {"env_id": base.env_id, "total_steps": total_steps, "seed": seed, "runs": {}}
     curves = {}
+    watch: dict[str, list[Rendered]] = {}
     warm_up = base.num_envs * (gym.spec(base.env_id).max_episode_steps or 0)
     for label, run_dir in run_dirs.items():
         rows = read_metrics(run_dir)
         curves[label] = rows
         held_out = evaluate(run_dir, episodes=eval_episodes, greedy=False)
-        greedy = evaluate(run_dir, episodes=eval_episodes)
+        greedy = evaluate(run_dir, episodes=eval_episodes, record=Path(run_dir) / EVAL_RECORD)
+        watch[label] = render_file(Path(run_dir) / EVAL_RECORD, Path(run_dir) / "watch", episodes=WATCHED)
         # The files `creditgym eval RUN` and `creditgym eval RUN --sample` write, so either can redo one.
         write_result(greedy, run_dir)
         write_result(held_out, run_dir, "sampled")
@@ -95,6 +104,10 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
                                   title=f"PPO on {base.env_id}: sparse vs PBRS (seed {seed})")
     write_text_atomically(Path(runs_dir) / "summary.json", json.dumps(summary, indent=2), what="summary")
     console.print(f"Learning curves: {figure}\nRuns and evaluations: {runs_dir}/")
+    for label, rendered in watch.items():
+        solved = sum(item.solved for item in rendered)
+        console.print(f"Watch {label} play {len(rendered)} held-out levels greedily ({solved} solved): "
+                      f"{rendered[0].transcript.parent}/", highlight=False, soft_wrap=True)
     return summary
 
 

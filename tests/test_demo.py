@@ -8,7 +8,8 @@ from pathlib import Path
 
 from creditgym.agents.compare import steps_to
 from creditgym.agents.plots import plot_learning_curves
-from creditgym.demo import run_demo
+from creditgym.demo import EVAL_RECORD, WATCHED, run_demo
+from creditgym.trajectories import read_trajectories
 
 
 def _row(step: int, rate: float, episodes: float) -> dict[str, float]:
@@ -31,6 +32,9 @@ def test_demo_runs_both_variants_and_writes_table_plot_and_summary(tmp_path: Pat
         run = Path(record["run_dir"])
         assert json.loads((run / "eval.json").read_text())["greedy"] is True  # the layout `creditgym eval` writes
         assert json.loads((run / "eval-sampled.json").read_text())["greedy"] is False
+        # the greedy episodes are kept, and the first ones drawn to watch
+        assert len(list(read_trajectories(run / EVAL_RECORD))) == 8
+        assert sorted(p.name for p in (run / "watch").glob("*.gif")) == [f"episode-0000{i}.gif" for i in range(WATCHED)]
     shaped = [json.loads(line) for line in (tmp_path / "box_distance-s3" / "metrics.jsonl").read_text().splitlines()]
     assert any("reward/shaping" in row for row in shaped)
     assert (tmp_path / "sparse_vs_shaped.png").stat().st_size > 1000
