@@ -705,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", formatter_class=_ShowDefaults,
         help="evaluate a trained run, PPO or LLM (Sokoban: held-out levels, solver gap)")
     evaluation.add_argument("run_dir", help="a run folder written by `creditgym train`, or one of its checkpoint "
-                                            "files (such as a checkpoint-<env steps>.pt from --keep-checkpoints)")
+                                            "files (such as a PPO run's checkpoint-<env steps>.pt or an LLM run's "
+                                            "checkpoint-<iteration>.pt, from --keep-checkpoints)")
     evaluation.add_argument("--env", help="env id to evaluate on (default: the run's)")
     evaluation.add_argument("--episodes", type=int, default=200,
                             help="episodes (Sokoban: the split's levels in order, each once up to its size)")

@@ -1237,7 +1237,8 @@ def step_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float
     Episodes sharing their env id, seed and start (the reset's state, or its observation where the env has no
     state) form a group for grpo, dr_grpo and rloo, whose episode outcome is the γ-discounted return, broadcast to
     every step: an LLM trainer's groups, which play one task each. PPO and evaluation recordings play other levels
-    under one seed, so there each episode is a group of its own (a warning says so; advantages are 0).
+    under one seed, so there most episodes are a group of their own (advantage 0) and the few that replay a bank
+    level are compared only with each other (a warning says so when half of the episodes or more are alone).
     gae uses V ≡ 0 (no critic offline): A_t = Σ_l (γλ)^l r_{t+l}.
     reinforce_pp is the reward-to-go whitened over the batch; reward_to_go is the discounted return from t.
     """
@@ -1298,11 +1299,18 @@ class _StepRewards:
         if not count:
             return np.zeros(0)
         if self.estimator in _GROUP_ESTIMATORS:
-            if count > 1 and len(self._group_numbers) == count:
+            groups = np.asarray(self.groups, dtype=np.int64)
+            alone = int((np.bincount(groups)[groups] == 1).sum())
+            if count > 1 and alone == count:
                 warnings.warn(f"no two of the {count} episodes start alike (env, seed and first state), so each "
                               f"is a group of its own and every {self.estimator} advantage is 0; group estimators "
                               "need groups of one task (an LLM trainer's records), else use gae or reinforce_pp",
                               stacklevel=3)
+            elif count > 1 and 2 * alone >= count:  # a PPO recording, whose bank levels recur now and then
+                warnings.warn(f"{alone} of the {count} episodes start unlike any other (env, seed and first state), "
+                              f"so their {self.estimator} advantage is 0 and only the {count - alone} that share a "
+                              "start are compared; group estimators need groups of one task (an LLM trainer's "
+                              "records), else use gae or reinforce_pp", stacklevel=3)
             outcome = torch.from_numpy(np.concatenate([
                 credit.reward_to_go(rewards, mask, gamma=gamma)[:, 0].numpy()
                 for rewards, mask, _, _ in self._padded_chunks()]))

@@ -233,3 +233,15 @@ def test_piped_tables_are_laid_out_wide_enough_not_to_fold_numbers() -> None:
     assert max(len(line) for line in result.stdout.splitlines()) > 100
     row = next(line for line in result.stdout.splitlines() if "BabyAIText-GoToLocal-v0" in line)
     assert "text actions" in row  # the description's end, on the id's own line
+
+
+def test_train_help_gives_llm_algos_their_own_meaning_of_shared_flags() -> None:
+    """PPO and the LLM trainers share flags whose meaning differs (gamma over steps vs turns or tokens; checkpoints
+    every update vs every iteration): the help says both."""
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    helps = {action.dest: action.help for action in train._actions}
+    assert "(default: 0.99). LLM algos: discount over turns" in helps["gamma"]
+    assert "LLM algos: iterations between checkpoints" in helps["checkpoint_every"]
+    assert "checkpoint-<iteration>.pt" in helps["keep_checkpoints"]
+    assert "(default: 0.95)" not in helps["num_envs"] and "LLM algos" not in helps["num_envs"]  # PPO's alone

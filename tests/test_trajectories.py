@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import json
 import os
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -265,6 +266,15 @@ def test_group_estimators_group_only_episodes_that_start_alike() -> None:
     one_each = [dataclasses.replace(e, seed=0) for e in (episodes[0], episodes[3])]
     with pytest.warns(UserWarning, match="no two of the 2 episodes start alike"):
         assert all(a == 0 for row in step_advantages(one_each, "grpo") for a in row)
+    # a PPO recording whose bank levels recur now and then: one pair shares a start, two episodes are alone
+    mostly_alone = [*(dataclasses.replace(e, seed=0) for e in episodes[:2]), dataclasses.replace(episodes[3], seed=0),
+                    dataclasses.replace(episodes[5], seed=7)]
+    with pytest.warns(UserWarning, match="2 of the 4 episodes start unlike any other .* only the 2 that share a start"):
+        advantages = step_advantages(mostly_alone, "grpo")
+    assert all(a == 0 for row in advantages[2:] for a in row)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every episode in a group of three: nothing to warn about
+        step_advantages(episodes, "grpo")
 
 
 def test_advantages_of_non_finite_rewards_are_refused() -> None:

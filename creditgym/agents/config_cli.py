@@ -53,10 +53,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
                          aliases: dict[str, str] | None = None, also: tuple[str, type] | None = None) -> None:
     """One `--field-name` flag per dataclass field (plus `aliases`); unset flags stay out of the namespace. `also`
     (label, another config class) adds that class's default to the help where it shares the flag with another
-    default, e.g. ("LLM algos", LLMTrainConfig) for PPO's flags."""
+    default, and its own description where that differs, e.g. ("LLM algos", LLMTrainConfig) for PPO's flags."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     others = {} if also is None else {field.name: _default(field) for field in dataclasses.fields(also[1])}
+    other_docs = {} if also is None else field_docs(also[1])
     for field in dataclasses.fields(cls):
         if field.name in skip or not field.init:
             continue
@@ -65,11 +66,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
             flags.append(aliases[field.name])
         kind, optional = _base_type(hints[field.name])
         default = _default(field)
-        other = (f"; {also[0]}: {others[field.name]}" if also is not None and field.name in others
-                 and others[field.name] != default else "")
-        # argparse %-formats help text: a literal "%" in a docstring ("80% success") must be escaped.
         doc = docs.get(field.name, field.name)
-        help_text = (doc if "(default:" in doc else f"{doc} (default: {default}{other})").replace("%", "%%")
+        other_doc = other_docs.get(field.name, doc)
+        if also is not None and field.name in others and other_doc != doc:  # the flag means something else there
+            help_text = (_with_default(doc, default) + f". {also[0]}: "
+                         + _with_default(other_doc, others[field.name]))
+        else:
+            other = (f"; {also[0]}: {others[field.name]}" if also is not None and field.name in others
+                     and others[field.name] != default else "")
+            help_text = _with_default(doc, default, other)
+        # argparse %-formats help text: a literal "%" in a docstring ("80% success") must be escaped.
+        help_text = help_text.replace("%", "%%")
         if kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
@@ -80,6 +87,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
             help_text += "; 'none' to unset" if optional else ""
             parser.add_argument(*flags, type=_optional(kind) if optional else kind, default=argparse.SUPPRESS,
                                 metavar=kind.__name__.upper(), help=help_text)
+
+
+def _with_default(doc: str, default: Any, extra: str = "") -> str:
+    return doc if "(default:" in doc else f"{doc} (default: {default}{extra})"
 
 
 def _default(field: dataclasses.Field) -> Any:
