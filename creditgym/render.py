@@ -33,6 +33,8 @@ FINAL_FRAME_MS = 1500
 #: largest board drawn, in cells (a record's states are data from a file: a huge board would make a huge image)
 MAX_BOARD_CELLS = 64 * 64
 MAX_SCALE = 8
+#: most frames in one GIF (a 6x6 Sokoban frame takes about 100 kB while the GIF is made)
+MAX_FRAMES = 500
 _CAPTION_HEIGHT = 14
 _CAPTION_BACKGROUND = (32, 32, 32)
 _CAPTION_TEXT = (235, 235, 235)
@@ -58,8 +60,9 @@ class Rendered:
 # -- frames ------------------------------------------------------------------------------------------------------
 def episode_frames(episode: Episode, *, scale: int = 2) -> list[np.ndarray] | None:
     """``(H, W, 3)`` uint8 images: the reset state, then the state after each step, with a caption strip (step,
-    action, reward; the last one says how the episode ended). None when the record holds no states this module
-    can draw; a `RenderWarning` says why when it holds some that are malformed."""
+    action, reward; the last one says how the episode ended). An episode of more than `MAX_FRAMES - 1` steps shows
+    its first `MAX_FRAMES - 1` states and its last (the caption counts the steps). None when the record holds no
+    states this module can draw; a `RenderWarning` says why when it holds some that are malformed."""
     _check_scale(scale)
     states = [episode.state, *(step.state for step in episode.steps)]
     if not all(isinstance(state, dict) for state in states):
@@ -67,14 +70,15 @@ def episode_frames(episode: Episode, *, scale: int = 2) -> list[np.ndarray] | No
     draw = _state_drawer(states[0])
     if draw is None:
         return None
+    shown = list(range(len(states))) if len(states) <= MAX_FRAMES else [*range(MAX_FRAMES - 1), len(states) - 1]
     try:
-        images = [draw(state) for state in states]
+        images = [draw(states[i]) for i in shown]
     except (ValueError, TypeError, KeyError, IndexError) as error:
         warnings.warn(f"{_label(episode)}: its states cannot be drawn ({error}); it gets a transcript only",
                       RenderWarning, stacklevel=2)
         return None
     images = _same_size(images)
-    captions = [["reset"]] + [_step_caption(episode, t) for t in range(len(episode.steps))]
+    captions = [["reset"] if i == 0 else _step_caption(episode, i - 1) for i in shown]
     return [_with_caption(np.kron(image, np.ones((scale, scale, 1), np.uint8)), caption)
             for image, caption in zip(images, captions, strict=True)]
 

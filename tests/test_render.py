@@ -3,6 +3,7 @@ view, transcripts of text episodes, the solved/failed selection, and malformed r
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -184,3 +185,17 @@ def test_cli_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_episode_without_steps(tmp_path: Path) -> None:
     episode = Episode(env_id=SOKOBAN, seed=0, observation="board", steps=[], state=None)
     assert "No steps after 0 steps" in episode_transcript(episode)
+
+
+def test_long_episodes_show_their_first_frames_and_their_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("creditgym.render.MAX_FRAMES", 5)
+    env = gym.make(SOKOBAN, max_episode_steps=9)
+    moves = itertools.cycle([1, 3, 0, 2])  # down, right, up, left: the player walks about
+    [episode] = record_episodes(env, lambda obs, info: next(moves), 1, seed=0)
+    assert len({tuple(s.state["board"]) for s in episode.steps}) > 2
+    frames = episode_frames(episode, scale=1)
+    assert len(frames) == 5
+    last = Level.from_rows(episode.steps[-1].state["board"]).tiles
+    assert np.array_equal(_board(frames[-1], 1), render_rgb(last))
+    fourth = Level.from_rows(episode.steps[2].state["board"]).tiles  # the reset state, then steps 1-3
+    assert np.array_equal(_board(frames[3], 1), render_rgb(fourth))
