@@ -525,9 +525,10 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
         console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     try:
-        before, after, count = rescore_file(source, out, potential=args.potential, estimator=args.estimator,
-                                            gamma=args.gamma, lam=args.lam, scale=args.scale, channel=args.channel,
-                                            replace=args.replace)
+        with _bytes_progress(not args.no_progress, "rescore") as progress:
+            before, after, count = rescore_file(source, out, potential=args.potential, estimator=args.estimator,
+                                                gamma=args.gamma, lam=args.lam, scale=args.scale,
+                                                channel=args.channel, replace=args.replace, progress=progress)
     except (FileNotFoundError, TrajectoryFormatError, ValueError) as error:
         console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
@@ -539,6 +540,20 @@ def cmd_rescore(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     console.print(f"written to {out}")
     return 0
+
+@contextlib.contextmanager
+def _bytes_progress(enabled: bool, label: str) -> Any:
+    """A rich progress bar on stderr over the bytes of a file read, as `progress(done, total)`; None when disabled."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
 
 def cmd_render(args: argparse.Namespace, console: Console) -> int:
     """Draw recorded episodes: a GIF of the boards (Sokoban, MiniGrid) and a transcript of every episode."""
@@ -782,6 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--replace", action="store_true", help="overwrite the channel if the recording has it")
     rescore.add_argument("--out", metavar="PATH", help="output JSONL, gzip-compressed where the name ends in .gz "
                          "(default: TRAJ.rescored.jsonl next to the input, TRAJ.rescored.jsonl.gz for a .gz input)")
+    rescore.add_argument("--no-progress", action="store_true", help="no progress bar (it follows the bytes read, on "
+                         "stderr)")
     rescore.set_defaults(run=cmd_rescore)
     render = commands.add_parser("render", help="draw recorded episodes: GIFs of Sokoban and MiniGrid boards, a "
                                                 "text transcript of every episode")

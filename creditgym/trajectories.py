@@ -774,12 +774,14 @@ def _without_gc() -> Iterator[None]:
             gc.enable()
 
 
-def read_trajectories(path: str | Path) -> Iterator[Episode]:
+def read_trajectories(path: str | Path, *, progress: Callable[[int, int], None] | None = None) -> Iterator[Episode]:
     """Episodes from a JSONL file (gzip-compressed where the name ends in .gz), in order; a malformed line raises
     `TrajectoryFormatError` naming file and line (of the decompressed text).
 
     A last line cut short (no newline, not valid JSON: a write interrupted by a crash), or a .gz file's last gzip
     member cut short, is skipped with a `TrajectoryWarning`, so every complete episode can still be read.
+    `progress(bytes_read, file_size)` is called after each episode (bytes of the file as stored, compressed or not;
+    read ahead in blocks, so the count runs a little ahead of the episodes).
     """
     path = Path(path)
     if path.is_dir():
@@ -789,6 +791,7 @@ def read_trajectories(path: str | Path) -> Iterator[Episode]:
                                 "(PPO), `--record-trajectories` (LLM algos), `creditgym eval RUN --record FILE` or, "
                                 "in Python, creditgym.trajectories.record_episodes(..., path=...)")
     with path.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
         lines = _Lines(path, file, gzipped=is_gzipped(path))
         for number, raw in enumerate(lines, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -817,6 +820,8 @@ def read_trajectories(path: str | Path) -> Iterator[Episode]:
                 raise TrajectoryFormatError(f"{path}:{number}: {error}") from None
             except RecursionError:  # json's parser nests deeper than Python's recursion that reads the record
                 raise TrajectoryFormatError(f"{path}:{number}: the JSON is nested too deeply") from None
+            if progress is not None:
+                progress(min(file.tell(), size), size)
             yield episode
         if lines.cut is not None:
             warnings.warn(TrajectoryWarning(f"{path}: its last gzip member, from byte {lines.cut}, is cut short, as "
@@ -1425,12 +1430,13 @@ class RecordSummary:
 
 def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotential | str | None = None,
                  estimator: str | None = None, gamma: float = 1.0, lam: float = 1.0, scale: float = 1.0,
-                 channel: str = "shaping", replace: bool = False
+                 channel: str = "shaping", replace: bool = False, progress: Callable[[int, int], None] | None = None
                  ) -> tuple[dict[str, float], dict[str, float], int]:
     """`add_shaping` with `potential` (an offline potential, or its name for `offline_potential`) and/or
     `with_advantages` with `estimator`, on every episode of the trajectory file `source`, written to `out`.
     Returns `summarize` of the episodes before and after, and their number. `out` is replaced only once every
-    episode is written, so an error leaves an earlier file there as it was.
+    episode is written, so an error leaves an earlier file there as it was. `progress(done, total)` follows the bytes
+    read, over both reads where there are two (`total` is then twice the file's size).
 
     The file is read one episode at a time: memory grows with a few numbers a step (rewards, advantages), never
     with observations or states, which for a long PPO run's recording decode to tens of GB. Advantages need every
@@ -1447,9 +1453,16 @@ def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotent
     if out.resolve() == source.resolve():
         raise ValueError(f"the output {out} is the input file; choose another path")
     before, after = RecordSummary(), RecordSummary()
+    reads = 1 if estimator is None else 2
+
+    def read(number: int) -> Iterator[Episode]:
+        """The file's episodes, in read `number` (0 or 1) of `reads`, reporting to `progress`."""
+        report = None if progress is None else lambda done, size: progress(number * size + done, reads * size)
+        return read_trajectories(source, progress=report)
+
     if estimator is None:  # each episode is re-scored on its own
         with replacing_writer(out) as writer:
-            for episode in read_trajectories(source):
+            for episode in read(0):
                 before.add(episode)
                 episode = add_shaping(episode, potential, gamma, channel=channel, replace=replace, scale=scale)
                 writer.write(episode)
@@ -1459,7 +1472,7 @@ def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotent
     rewards = _StepRewards(estimator)
     shaping = array.array("d")
     first_read: list[tuple[int, int | None, float]] = []  # what the second read must find again
-    for episode in read_trajectories(source):
+    for episode in read(0):
         before.add(episode)
         first_read.append((len(episode.steps), episode.seed, episode.total_reward))
         if potential is not None:
@@ -1473,7 +1486,7 @@ def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotent
     start = 0
     with warnings.catch_warnings(), replacing_writer(out) as writer:
         warnings.simplefilter("ignore", TrajectoryWarning)  # the first read has said that the file ends cut short
-        for index, episode in enumerate(read_trajectories(source)):
+        for index, episode in enumerate(read(1)):
             found = (len(episode.steps), episode.seed, episode.total_reward)
             if index >= len(first_read):
                 raise _changed(source, f"the second read found more than the first read's {len(first_read)} "

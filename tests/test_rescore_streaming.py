@@ -83,7 +83,8 @@ def test_rescore_file_without_an_estimator_reads_once(tmp_path: Path, monkeypatc
     source, out = tmp_path / "t.jsonl", tmp_path / "out.jsonl"
     _record(source, 5)
     reads = []
-    monkeypatch.setattr(trajectories, "read_trajectories", lambda path: reads.append(path) or read_trajectories(path))
+    monkeypatch.setattr(trajectories, "read_trajectories",
+                        lambda path, **kwargs: reads.append(path) or read_trajectories(path, **kwargs))
     rescore_file(source, out, potential=_board_potential, gamma=0.9, channel="offline")
     assert reads == [source]
     expected = [add_shaping(e, _board_potential, 0.9, channel="offline") for e in load_trajectories(source)]
@@ -172,11 +173,11 @@ def _change_before_second_read(monkeypatch: pytest.MonkeyPatch, change) -> None:
     to it would."""
     reads = []
 
-    def read(path: str | Path):
+    def read(path: str | Path, **kwargs):
         reads.append(path)
         if len(reads) == 2:
             change(Path(path))
-        return read_trajectories(path)
+        return read_trajectories(path, **kwargs)
 
     monkeypatch.setattr(trajectories, "read_trajectories", read)
 
@@ -238,7 +239,8 @@ def test_a_failure_in_the_second_read_leaves_an_earlier_output(tmp_path: Path, m
 
     monkeypatch.setattr(TrajectoryWriter, "write", failing_write)
     reads = []
-    monkeypatch.setattr(trajectories, "read_trajectories", lambda path: reads.append(path) or read_trajectories(path))
+    monkeypatch.setattr(trajectories, "read_trajectories",
+                        lambda path, **kwargs: reads.append(path) or read_trajectories(path, **kwargs))
     with pytest.raises(OSError, match="No space left"):
         rescore_file(source, out, potential=_board_potential, estimator="gae")
     assert reads == [source, source]  # it failed in the second read
@@ -322,3 +324,19 @@ def test_the_summary_is_the_mean_over_episodes_of_what_each_holds() -> None:
     assert summary["reward/shaping"] == pytest.approx(0.75 / 3)
     assert summary["advantage/mean"] == pytest.approx(0.75)
     assert summary["advantage/std"] == pytest.approx(np.std([1.0, 3.0, -1.0, 0.0]))  # population std, as numpy's
+
+
+@pytest.mark.parametrize(("estimator", "reads"), [(None, 1), ("gae", 2)])
+def test_rescore_progress_follows_the_bytes_read(tmp_path: Path, estimator: str | None, reads: int) -> None:
+    source = tmp_path / "t.jsonl.gz"
+    _record(source, 6)
+    calls: list[tuple[int, int]] = []
+    rescore_file(source, tmp_path / "out.jsonl", potential=_board_potential, estimator=estimator,
+                 progress=lambda done, total: calls.append((done, total)))
+    size = source.stat().st_size
+    assert len(calls) == 6 * reads  # once per episode and read
+    assert {total for _, total in calls} == {reads * size}
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == reads * size
+    if reads == 2:
+        assert done[5] == size  # the first read ends at the file's end, the second starts from there
