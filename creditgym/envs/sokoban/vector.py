@@ -35,6 +35,10 @@ _CODE_OF_TILE = {
     Tile.PLAYER_ON_TARGET: PLAYER_BIT | TARGET_BIT,
 }
 _NUM_CODES = 16
+_NUM_COUNTERS = 5  # per board: player, boxes on target, elapsed steps, boxes, level index
+# The attributes `SokobanVectorEnv._make_views` sets: views into its buffer and counters, not state of their own.
+_VIEWS = frozenset({"_flat", "_packed_flat", "_codes", "_packed", "_player", "_on_target", "_elapsed", "_num_boxes",
+                    "level_index", "_player_column", "_counters"})
 
 
 def _tile_of_code() -> np.ndarray:
@@ -77,6 +81,28 @@ def _outcome_table(rewards: SokobanRewards) -> tuple[np.ndarray, np.ndarray]:
                 task += rewards.box_off_target
             reward[key] = task
     return effects, reward
+
+
+def _move_tables(rewards: SokobanRewards, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Everything a step does to a board, indexed by 1024 * (code at the player) + 64 * (code ahead) + 4 * (code
+    two ahead) + action, so that one lookup replaces the arithmetic of a move.
+
+    Returns int64 [new code at the player, ahead and two ahead; the same three as packed one-hots], int64
+    [player move, change in boxes on target, 1 (the step count)] and the float32 task reward indexed by
+    row * 2 + solved, from the same float64 sums as `_outcome_table`.
+    """
+    effects, reward = _outcome_table(rewards)
+    player, key, action = (axis.reshape(-1) for axis in np.indices((_NUM_CODES, _NUM_CODES**2, len(Action))))
+    ahead, behind = np.divmod(key, _NUM_CODES)
+    # Rows with no player at the player's cell, or a second player ahead, never occur: they change nothing.
+    possible = (player & PLAYER_BIT != 0) & (ahead & PLAYER_BIT == 0) & (behind & PLAYER_BIT == 0)
+    moved, at_player, at_ahead, at_behind, boxes = effects[key].T * possible
+    codes = np.stack([player + at_player, ahead + at_ahead, behind + at_behind], axis=1)
+    deltas = np.array([DELTAS[a][0] * width + DELTAS[a][1] for a in Action])
+    counters = np.stack([moved * deltas[action], boxes, np.ones_like(moved)], axis=1)
+    cells = np.concatenate([codes, _packed_one_hot(_tile_of_code())[codes]], axis=1)
+    with_solve = np.stack([reward, reward + rewards.solved], axis=1)[key].reshape(-1)
+    return cells, counters, with_solve.astype(np.float32)
 
 
 class SokobanVectorEnv(VectorEnv):
@@ -181,36 +207,53 @@ class SokobanVectorEnv(VectorEnv):
         for tile, code in _CODE_OF_TILE.items():
             code_of_tile[tile] = code
         bank_codes = code_of_tile[self.bank.tiles.reshape(len(self.bank), -1)]
-        self._bank_codes = torch.as_tensor(bank_codes, dtype=torch.int64, device=dev)
-        bank_player = self.bank.players[:, 0] * width + self.bank.players[:, 1]
-        self._bank_player = torch.as_tensor(bank_player, dtype=torch.int64, device=dev)
-        self._bank_on_target = torch.tensor(self.bank.boxes_on_target, dtype=torch.int64, device=dev)
-        self._bank_num_boxes = torch.tensor(self.bank.num_boxes, dtype=torch.int64, device=dev)
         self._tile_of_code = torch.as_tensor(codes, dtype=torch.int64, device=dev)
-        effects, reward = _outcome_table(self.rewards)
-        # Transposed so that one index_select yields each effect as a contiguous row.
-        self._effects = torch.as_tensor(effects.T.copy(), device=dev)
-        # Indexed by key * 2 + solved; summed in float64 like SokobanEnv, then rounded once to float32.
-        with_solve = np.stack([reward, reward + self.rewards.solved], axis=1).reshape(-1)
-        self._reward = torch.as_tensor(with_solve, dtype=torch.float32, device=dev)
-        self._deltas = torch.tensor([DELTAS[a][0] * width + DELTAS[a][1] for a in Action], device=dev)
         self._packed_one_hot = torch.as_tensor(_packed_one_hot(codes), device=dev)
+        self._deltas = torch.tensor([DELTAS[a][0] * width + DELTAS[a][1] for a in Action], device=dev)
+        effects, _ = _outcome_table(self.rewards)
+        self._moved = torch.as_tensor(effects[:, 0].copy(), device=dev)  # by (code ahead) * 16 + (code two ahead)
+        # Two tables rather than one, so that each lookup is contiguous for the write that uses it.
+        cell_table, counter_table, reward = _move_tables(self.rewards, width)
+        self._new_cells = torch.as_tensor(cell_table, device=dev)
+        self._counter_steps = torch.as_tensor(counter_table, device=dev)
+        self._reward = torch.as_tensor(reward, device=dev)
+        self._move_weights = torch.tensor([1024, 64, 4, 0, 0, 0], device=dev)
 
         self._generator = torch.Generator(device=dev)
         self._generator.manual_seed(int(np.random.SeedSequence().generate_state(1)[0]))
         # All boards in one flat buffer with a wall margin at each end, so a look two cells ahead never leaves
-        # the buffer; the player is an index into it.
+        # it; the player is an index into it. The buffer's second half holds each cell's packed one-hot
+        # (see `_pack`), kept up to date move by move so that an observation is a copy rather than a lookup.
         self._margin = width + 1
-        self._flat = torch.full((num_envs * self._cells + 2 * self._margin,), WALL_BIT, dtype=torch.int64,
-                                device=dev)
-        self._codes = self._flat[self._margin:self._margin + num_envs * self._cells].view(num_envs, self._cells)
-        self._board_start = self._margin + torch.arange(num_envs, device=dev) * self._cells
-        self._player = self._board_start.clone()
-        self._on_target = torch.zeros(num_envs, dtype=torch.int64, device=dev)
-        self._num_boxes = torch.ones(num_envs, dtype=torch.int64, device=dev)
-        self._elapsed = torch.zeros(num_envs, dtype=torch.int64, device=dev)
-        self.level_index = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        length = num_envs * self._cells + 2 * self._margin
+        self._buffer = torch.cat([torch.full((length,), WALL_BIT, dtype=torch.int64, device=dev),
+                                  self._packed_one_hot[WALL_BIT].repeat(length)])
+        # For each action, the buffer cells a move reads and writes, relative to the player: the player's
+        # cell, the one ahead and the one two ahead, in the codes and in the packed one-hots.
+        self._cell_offsets = torch.stack([torch.zeros_like(self._deltas), self._deltas, 2 * self._deltas], 1)
+        self._cell_offsets = torch.cat([self._cell_offsets, self._cell_offsets + length], 1)
+        # Per-board counters as rows of one tensor, so that a step updates the first three with one add and a
+        # new level sets all five with one copy. Row order: player, on_target, elapsed, num_boxes, level_index.
+        self._state = torch.zeros(_NUM_COUNTERS, num_envs, dtype=torch.int64, device=dev)
+        # Each level's counters (the player relative to its board), then its codes: one lookup loads a board.
+        bank_player = self.bank.players[:, 0] * width + self.bank.players[:, 1] + self._margin
+        counters = np.stack([bank_player, self.bank.boxes_on_target, np.zeros(len(self.bank), np.int64),
+                             self.bank.num_boxes, np.arange(len(self.bank))], axis=1)
+        self._bank_rows = torch.as_tensor(np.concatenate([counters, bank_codes], axis=1), dtype=torch.int64,
+                                          device=dev)
+        self._make_views()
         self._has_reset = False
+
+    def _make_views(self) -> None:
+        """The named views into `_buffer` and `_state` (again after unpickling, which copies each separately)."""
+        length = len(self._buffer) // 2
+        self._flat, self._packed_flat = self._buffer[:length], self._buffer[length:]
+        boards = slice(self._margin, self._margin + self.num_envs * self._cells)
+        self._codes = self._flat[boards].view(self.num_envs, self._cells)
+        self._packed = self._packed_flat[boards].view(self.num_envs, self._cells)
+        self._player, self._on_target, self._elapsed, self._num_boxes, self.level_index = self._state
+        self._player_column = self._player.unsqueeze(1)
+        self._counters = self._state[:3]
 
     def _integer_actions(self, actions: Any) -> torch.Tensor:
         """`actions` that are not an integer tensor (a list, a numpy array, floats) as one, where each is a whole
@@ -247,40 +290,42 @@ class SokobanVectorEnv(VectorEnv):
         if actions.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), a move per board; got {list(actions.shape)}")
         try:
-            delta = self._deltas.index_select(0, actions)
+            cells = self._cell_offsets.index_select(0, actions)
         except IndexError:  # only the CPU checks indices; range-checking on a GPU would cost a sync every step
             raise self._bad_actions(actions.tolist()) from None
-        ahead = self._player + delta
-        behind = ahead + delta
-        key = self._flat.index_select(0, ahead) * _NUM_CODES
-        key += self._flat.index_select(0, behind)
-        effects = self._effects.index_select(1, key)
-        cells = torch.stack((self._player, ahead, behind)).view(-1)
-        self._flat.index_add_(0, cells, effects[1:4].reshape(-1))
-        self._player += effects[0] * delta
-        self._on_target += effects[4]
-        self._elapsed += 1
-        terminated = self._on_target == self._num_boxes
-        truncated = (self._elapsed >= self.max_episode_steps) & ~terminated
-        task = self._reward.index_select(0, key * 2 + terminated)
+        cells += self._player_column
+        move = self._move_index(self._buffer.index_select(0, cells.view(-1)).view(-1, 6), actions)
+        # Writes the six cells' new values. A cell written by two boards is a wall, which keeps its value (the
+        # cell two ahead of a move into the border may be the next board's border). scatter_ rather than put_,
+        # which is slower from 1,024 boards.
+        self._buffer.scatter_(0, cells.view(-1), self._new_cells.index_select(0, move).view(-1))
+        self._counters += self._counter_steps.index_select(0, move).t()
+        terminated = torch.eq(self._on_target, self._num_boxes)
+        done = (self._elapsed >= self.max_episode_steps) | terminated
+        truncated = done ^ terminated
+        task = self._reward.index_select(0, torch.add(terminated, move, alpha=2))
         info: dict[str, Any] = {
-            "reward_components": {"task": task, "format": torch.zeros_like(task)},
+            "reward_components": {"task": task, "format": self._zeros()},
             "success": terminated,
             "boxes_on_target": self._on_target.clone(),
         }
-        done = terminated | truncated
-        done_rows = done.nonzero().squeeze(1)
-        packed = self._pack(self._codes)
+        done_rows = done.nonzero().view(-1)
         next_levels = self._draw_levels()
         if len(done_rows):
-            info["final_obs"] = self._observe(packed[done_rows], self._player[done_rows])
+            player = self._player.index_select(0, done_rows) if self._view_side is not None else None
+            info["final_obs"] = self._observe(self._packed.index_select(0, done_rows), player)
             info["_final_obs"] = done
             self._load_levels(done_rows, next_levels.index_select(0, done_rows))
-            packed[done_rows] = self._pack(self._codes[done_rows])
         info["level_index"] = self.level_index.clone()
         if self.action_mask:
             info["action_mask"] = self._effective_moves()
-        return self._observe(packed, self._player), task, terminated, truncated, info
+        return self._observation(), task, terminated, truncated, info
+
+    def _move_index(self, seen: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The row of `_move_tables` for each board, from the six buffer values a move reads."""
+        if self.device.type == "cpu":  # one call instead of three; CUDA has no integer matrix products
+            return torch.addmv(actions, seen, self._move_weights)
+        return (seen * self._move_weights).sum(1).add_(actions)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -315,7 +360,7 @@ class SokobanVectorEnv(VectorEnv):
         }
         if self.action_mask:
             info["action_mask"] = self._effective_moves()
-        return self._observe(self._pack(self._codes), self._player), info
+        return self._observation(), info
 
     def _rows_to_reset(self, mask: Any) -> torch.Tensor:
         """The boards that `options["reset_mask"]` (None: all) selects, as indices."""
@@ -335,7 +380,7 @@ class SokobanVectorEnv(VectorEnv):
         ahead = (self._player[:, None] + self._deltas).view(-1)
         behind = (self._player[:, None] + 2 * self._deltas).view(-1)
         key = self._flat.index_select(0, ahead) * _NUM_CODES + self._flat.index_select(0, behind)
-        return self._effects[0].index_select(0, key).view(-1, len(Action)).bool()
+        return self._moved.index_select(0, key).view(-1, len(Action)).bool()
 
     def _zeros(self) -> torch.Tensor:
         return torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
@@ -347,24 +392,33 @@ class SokobanVectorEnv(VectorEnv):
         return drawn if self.total_envs == self.num_envs else drawn[self.first_env:self.first_env + self.num_envs]
 
     def _load_levels(self, rows: torch.Tensor, chosen: torch.Tensor) -> None:
-        self.level_index[rows] = chosen
-        self._codes[rows] = self._bank_codes[chosen]
-        self._player[rows] = self._bank_player[chosen] + self._board_start[rows]
-        self._on_target[rows] = self._bank_on_target[chosen]
-        self._num_boxes[rows] = self._bank_num_boxes[chosen]
-        self._elapsed[rows] = 0
+        levels = self._bank_rows.index_select(0, chosen)
+        levels.select(1, 0).add_(rows, alpha=self._cells)  # the player's index in the flat buffer
+        self._state.index_copy_(1, rows, levels[:, :_NUM_COUNTERS].t())
+        codes = levels[:, _NUM_COUNTERS:]
+        self._codes.index_copy_(0, rows, codes)
+        self._packed.index_copy_(0, rows, torch.take(self._packed_one_hot, codes))
 
-    # One int64 per cell whose 8 bytes are that cell's one-hot tiles (7 used): a single gather builds the
-    # whole batch, and the channels-first observation is a zero-copy view with channels-last strides.
+    # One int64 per cell whose 8 bytes are that cell's one-hot tiles (7 used), so the channels-first
+    # observation is a zero-copy view with channels-last strides. Steps and loads keep `_packed` up to date;
+    # this rebuilds it from the codes (after `set_state`).
     def _pack(self, codes: torch.Tensor) -> torch.Tensor:
         return self._packed_one_hot.index_select(0, codes.reshape(-1)).view(len(codes), self._cells)
 
-    def _observe(self, packed: torch.Tensor, player: torch.Tensor) -> torch.Tensor:
+    def _observation(self) -> torch.Tensor:
+        """The observation of every board, in memory of its own (the packed boards change at the next step)."""
+        if self._view_side is None:
+            return self._observe(self._packed.clone(), None)
+        return self._observe(self._packed, self._player)
+
+    def _observe(self, packed: torch.Tensor, player: torch.Tensor | None) -> torch.Tensor:
+        """Observations from packed boards of their own memory (contiguous, as `as_strided` below assumes)."""
         height, width = (self._height, self._width) if self._view_side is None else (self._view_side,) * 2
         if self._view_side is not None:
             packed = self._window(packed, player)
-        cells = packed.view(torch.uint8).view(len(packed), height, width, 8)
-        return cells[..., :NUM_TILES].permute(0, 3, 1, 2)
+        # (N, H, W, 8) bytes seen as (N, NUM_TILES, H, W): the channels-first view of channels-last memory
+        return packed.view(torch.uint8).as_strided((len(packed), NUM_TILES, height, width),
+                                                   (height * width * 8, 1, width * 8, 8))
 
     def _window(self, packed: torch.Tensor, player: torch.Tensor) -> torch.Tensor:
         """The egocentric crop: packed cells around each player, wall beyond the board (as SokobanEnv)."""
@@ -377,12 +431,15 @@ class SokobanVectorEnv(VectorEnv):
         window = packed.gather(1, index.view(len(packed), -1))
         return torch.where(inside.view(len(packed), -1), window, self._packed_one_hot[WALL_BIT])
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the views are rebuilt on unpickling; pickled, each would carry a copy of the whole buffer or state
+        return {name: value for name, value in self.__dict__.items() if name not in _VIEWS}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # pickle (cloudpickle, Ray, multiprocessing) gives each tensor storage of its own: the boards would no
         # longer be a view of the flat buffer the rules update, and the copy's observations drift, then crash
         self.__dict__.update(state)
-        self._codes = self._flat[self._margin:self._margin + self.num_envs * self._cells].view(self.num_envs,
-                                                                                              self._cells)
+        self._make_views()
 
     # -- checkpointing of the level cursor ----------------------------------------------------------------
     def get_state(self) -> dict[str, torch.Tensor]:
@@ -401,5 +458,6 @@ class SokobanVectorEnv(VectorEnv):
         for name in ("codes", "player", "on_target", "num_boxes", "elapsed"):
             getattr(self, f"_{name}").copy_(state[name])
         self.level_index.copy_(state["level_index"])
+        self._packed.copy_(self._pack(self._codes))
         self._generator.set_state(state["generator"])
         self._has_reset = True

@@ -239,3 +239,86 @@ def test_a_pickled_batched_env_plays_on_like_the_original() -> None:
         first, second = vec.step(actions), copy.step(actions.clone())
         for a, b in zip(first[:4], second[:4], strict=True):
             assert torch.equal(a, b)
+
+
+def _reference_run(variant: str, obs_mode: str, seed: int, steps: int, num_envs: int, first_env: int,
+                   total_envs: int) -> tuple[list[list[int]], list[tuple]]:
+    """The actions and every output the batched env must give, built from single `SokobanEnv`s and the documented
+    level stream: one `torch.randint` over the whole batch at reset and at every step, from a generator seeded with
+    the reset seed, whose entry for a board is its next level when its episode ends."""
+    bank = load_bank(variant)
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw() -> list[int]:
+        return torch.randint(len(bank), (total_envs,), generator=generator)[first_env:first_env + num_envs].tolist()
+
+    singles = [SokobanEnv(levels=variant, action_mask=True, obs_mode=obs_mode) for _ in range(num_envs)]
+    driver = _Driver(bank, np.random.default_rng(seed))
+    levels, elapsed = draw(), [0] * num_envs
+    first = [env.reset(options={"level": bank[level]}) for env, level in zip(singles, levels, strict=True)]
+    for i, level in enumerate(levels):
+        driver.start(i, level)
+    records = [(np.stack([obs for obs, _ in first]), {
+        "task": np.zeros(num_envs, np.float32), "success": np.zeros(num_envs, bool),
+        "boxes_on_target": np.array([info["boxes_on_target"] for _, info in first]),
+        "level_index": np.array(levels), "action_mask": np.stack([info["action_mask"] for _, info in first])})]
+    all_actions = []
+    for _ in range(steps):
+        actions = [driver.action(i) for i in range(num_envs)]
+        next_levels = draw()
+        rows = [env.step(action) for env, action in zip(singles, actions, strict=True)]
+        obs, final_obs, infos = [], [], []
+        terminated = np.array([row[2] for row in rows])
+        for i, (single_obs, _, single_term, _, single_info) in enumerate(rows):
+            elapsed[i] += 1
+            if single_term or elapsed[i] >= MAX_STEPS:
+                final_obs.append(single_obs)
+                levels[i], elapsed[i] = next_levels[i], 0
+                single_obs, single_info = singles[i].reset(options={"level": bank[levels[i]]})
+                driver.start(i, levels[i])
+            obs.append(single_obs)
+            infos.append(single_info)
+        done = terminated | (np.array(elapsed) == 0)
+        reward = np.array([row[1] for row in rows], np.float32)
+        info = {"task": reward, "success": terminated, "level_index": np.array(levels),
+                "boxes_on_target": np.array([row[4]["boxes_on_target"] for row in rows]),
+                "action_mask": np.stack([single_info["action_mask"] for single_info in infos])}
+        if final_obs:
+            info.update(final_obs=np.stack(final_obs), _final_obs=done)
+        records.append((np.stack(obs), info, reward, terminated, done & ~terminated))
+        all_actions.append(actions)
+    return all_actions, records
+
+
+@pytest.mark.parametrize(("variant", "obs_mode", "num_envs", "first_env", "total_envs", "action_mask"), [
+    ("6x6-1b", "array", 24, 0, 24, True), ("6x6-1b", "array", 9, 5, 20, False), ("8x8-2b", "array", 12, 0, 12, False),
+    ("6x6-2b", "egocentric", 12, 3, 16, True), ("10x10-3b", "egocentric", 8, 0, 8, False),
+    ("10x10-3b", "array", 8, 0, 8, True)])
+def test_a_seeded_run_gives_every_output_of_the_reference(variant: str, obs_mode: str, num_envs: int, first_env: int,
+                                                          total_envs: int, action_mask: bool) -> None:
+    # Every output of a whole run, kept and compared only at the end: a tensor that a later step changes in place
+    # (an observation sharing the env's buffers, say) fails here even if each step was right when it was returned.
+    actions, expected = _reference_run(variant, obs_mode, 5, 90, num_envs, first_env, total_envs)
+    vec = SokobanVectorEnv(num_envs, levels=variant, max_episode_steps=MAX_STEPS, obs_mode=obs_mode,
+                           action_mask=action_mask, first_env=first_env, total_envs=total_envs)
+    got = [vec.reset(seed=5)] + [vec.step(torch.tensor(row)) for row in actions]
+    ended = solved = 0
+    for (obs, *step, info), (expected_obs, expected_info, *expected_step) in zip(got, expected, strict=True):
+        assert obs.dtype == torch.uint8 and np.array_equal(obs.numpy(), expected_obs)
+        components = info.pop("reward_components")
+        assert torch.equal(components["format"], torch.zeros(num_envs))
+        if step:
+            reward, terminated, truncated = step
+            assert reward is components["task"] and reward.dtype == torch.float32
+            assert terminated.dtype == truncated.dtype == torch.bool
+            for value, expected_value in zip(step, expected_step, strict=True):
+                assert np.array_equal(value.numpy(), expected_value)
+        if not action_mask:
+            del expected_info["action_mask"]
+        assert set(info) | {"task"} == set(expected_info)
+        assert np.array_equal(components["task"].numpy(), expected_info.pop("task"))
+        for key, value in expected_info.items():
+            assert np.array_equal(info[key].numpy(), value), key
+        ended += len(expected_info.get("final_obs", ()))
+        solved += int(expected_info["success"].sum())
+    assert ended > 2 * num_envs and solved > 2
