@@ -33,8 +33,14 @@ FINAL_FRAME_MS = 1500
 #: largest board drawn, in cells (a record's states are data from a file: a huge board would make a huge image)
 MAX_BOARD_CELLS = 64 * 64
 MAX_SCALE = 8
-#: most frames in one GIF (a 6x6 Sokoban frame takes about 100 kB while the GIF is made)
+#: most frames in one GIF (a 6x6 Sokoban frame at scale 2 takes about 100 kB while the GIF is made)
 MAX_FRAMES = 500
+#: most pixels in one frame: a larger board is drawn at a smaller scale (a 64x64 board fits at scale 1)
+MAX_FRAME_PIXELS = 1024 * 1024
+#: most bytes of frames held while a GIF is made: a long episode of large frames shows its first states and its last
+MAX_GIF_BYTES = 128 * 2**20
+#: GIF frame times are stored in hundredths of a second in 16 bits: at most 655.35 s a frame
+MIN_FPS = 1 / 655
 _CAPTION_HEIGHT = 14
 _CAPTION_BACKGROUND = (32, 32, 32)
 _CAPTION_TEXT = (235, 235, 235)
@@ -60,9 +66,13 @@ class Rendered:
 # -- frames ------------------------------------------------------------------------------------------------------
 def episode_frames(episode: Episode, *, scale: int = 2) -> list[np.ndarray] | None:
     """``(H, W, 3)`` uint8 images: the reset state, then the state after each step, with a caption strip (step,
-    action, reward; the last one says how the episode ended). An episode of more than `MAX_FRAMES - 1` steps shows
-    its first `MAX_FRAMES - 1` states and its last (the caption counts the steps). None when the record holds no
-    states this module can draw; a `RenderWarning` says why when it holds some that are malformed."""
+    action, reward; the last one says how the episode ended). None when the record holds no states this module
+    can draw; a `RenderWarning` says why when it holds some that are malformed.
+
+    Memory is bounded whatever the record holds: a frame has at most `MAX_FRAME_PIXELS` (a larger board is drawn at
+    a smaller scale) and the frames together at most `MAX_GIF_BYTES`, and never more than `MAX_FRAMES`; a longer
+    episode shows its first states and its last (the caption counts the steps), with a warning where the bytes, not
+    `MAX_FRAMES`, set the limit."""
     _check_scale(scale)
     states = [episode.state, *(step.state for step in episode.steps)]
     if not all(isinstance(state, dict) for state in states):
@@ -70,17 +80,35 @@ def episode_frames(episode: Episode, *, scale: int = 2) -> list[np.ndarray] | No
     draw = _state_drawer(states[0])
     if draw is None:
         return None
-    shown = list(range(len(states))) if len(states) <= MAX_FRAMES else [*range(MAX_FRAMES - 1), len(states) - 1]
     try:
-        images = [draw(states[i]) for i in shown]
-    except (ValueError, TypeError, KeyError, IndexError) as error:
-        warnings.warn(f"{_label(episode)}: its states cannot be drawn ({error}); it gets a transcript only",
-                      RenderWarning, stacklevel=2)
+        first = draw(states[0])
+        height, width = first.shape[:2]
+        fitting = max(1, math.isqrt(MAX_FRAME_PIXELS // (height * width)))
+        if fitting < scale:
+            warnings.warn(f"{_label(episode)}: its {height}x{width}-pixel boards are drawn at scale {fitting}, not "
+                          f"{scale} (at most {MAX_FRAME_PIXELS:,} pixels a frame)", RenderWarning, stacklevel=2)
+            scale = fitting
+        frame_bytes = (height * scale + _CAPTION_HEIGHT) * width * scale * 3
+        limit = min(MAX_FRAMES, max(2, MAX_GIF_BYTES // frame_bytes))
+        if limit < min(len(states), MAX_FRAMES):
+            warnings.warn(f"{_label(episode)}: {limit} of its {len(states)} states are drawn (at most "
+                          f"{MAX_GIF_BYTES // 2**20} MiB of frames); a smaller scale draws more", RenderWarning,
+                          stacklevel=2)
+        shown = list(range(len(states))) if len(states) <= limit else [*range(limit - 1), len(states) - 1]
+        images = [first, *(draw(states[i]) for i in shown[1:])]
+    except _UNDRAWABLE as error:
+        warnings.warn(f"{_label(episode)}: its states cannot be drawn ({type(error).__name__}: {error}); it gets a "
+                      "transcript only", RenderWarning, stacklevel=2)
         return None
     images = _same_size(images)
     captions = [["reset"] if i == 0 else _step_caption(episode, i - 1) for i in shown]
     return [_with_caption(np.kron(image, np.ones((scale, scale, 1), np.uint8)), caption)
             for image, caption in zip(images, captions, strict=True)]
+
+
+# What malformed state data (a record is a file anyone can write) raises on its way through numpy, minigrid and the
+# level parser; every one means "cannot be drawn", never a crash.
+_UNDRAWABLE = (ValueError, TypeError, KeyError, IndexError, OverflowError, AssertionError)
 
 
 def _state_drawer(state: dict[str, Any]) -> Any:
@@ -92,48 +120,59 @@ def _state_drawer(state: dict[str, Any]) -> Any:
 
 
 def _sokoban_image(state: dict[str, Any]) -> np.ndarray:
-    from creditgym.envs.sokoban.level import Level, Tile
     from creditgym.envs.sokoban.render import render_rgb
 
-    rows = state["board"]
+    return render_rgb(_sokoban_room(state["board"]))
+
+
+def _sokoban_room(rows: Any) -> np.ndarray:
+    """The tiles of the room the player stands in, with one ring of wall, and wall for every cell outside it: the
+    whole board of an array-view record, the room inside an egocentric window (the same room, wherever the player
+    stands in it, even where a level has floor outside its walls)."""
+    from creditgym.envs.sokoban.level import Level, Tile, flood_fill
+
     if not isinstance(rows, list) or not all(isinstance(row, str) for row in rows):
         raise ValueError("state['board'] must be a list of strings")
     _check_board_size(len(rows), max((len(row) for row in rows), default=0))
-    tiles = Level.from_rows(rows).tiles
-    return render_rgb(tiles[_room(tiles != Tile.WALL)])
-
-
-def _room(inside: np.ndarray) -> tuple[slice, slice]:
-    """The room with one ring of wall around it: the whole board of an array-view record, the room inside an
-    egocentric window (the same room, wherever the player stands in it)."""
-    cells = np.argwhere(inside)
-    if not len(cells):
-        return slice(None), slice(None)
+    level = Level.from_rows(rows)
+    room = flood_fill(level.tiles == Tile.WALL, level.player)
+    cells = np.argwhere(room)
     top, left = np.maximum(cells.min(0) - 1, 0)
     bottom, right = cells.max(0) + 2
-    return slice(int(top), int(bottom)), slice(int(left), int(right))
+    tiles = np.where(room, level.tiles, Tile.WALL).astype(np.int8)
+    return tiles[top:bottom, left:right]
 
 
-def _room_rows(rows: list[Any]) -> list[str]:
-    """The board rows of a Sokoban state, cut to the room as the frames are."""
-    rows = [str(row) for row in rows]
-    width = max((len(row) for row in rows), default=0)
-    padded = [row.ljust(width, "#") for row in rows]
-    window_rows, window_columns = _room(np.array([[ch != "#" for ch in row] for row in padded], dtype=bool)
-                                        .reshape(len(padded), width))
-    return [row[window_columns] for row in padded[window_rows]]
+def _room_rows(rows: Any) -> list[str]:
+    """The board rows of a Sokoban state, cut to the room as the frames are (as recorded where they cannot be)."""
+    from creditgym.envs.sokoban.level import BOXOBAN_SYMBOLS, board_rows
+
+    try:
+        return board_rows(_sokoban_room(rows), BOXOBAN_SYMBOLS)
+    except _UNDRAWABLE:
+        return [str(row) for row in rows]
 
 
 def _minigrid_image(state: dict[str, Any]) -> np.ndarray:
     from minigrid.core.grid import Grid
 
-    encoding = np.asarray(state["grid"], dtype=np.uint8)
-    if encoding.ndim != 3 or encoding.shape[2] != 3:
-        raise ValueError(f"state['grid'] must be a width x height x 3 encoding, got shape {encoding.shape}")
+    encoding = np.asarray(state["grid"])
+    if encoding.ndim != 3 or encoding.shape[2] != 3 or min(encoding.shape[:2]) < 3:
+        raise ValueError(f"state['grid'] must be a width x height x 3 encoding of at least 3x3 cells, got shape "
+                         f"{encoding.shape}")
+    if encoding.dtype.kind not in "iu" or encoding.min() < 0 or encoding.max() > 255:
+        raise ValueError("state['grid'] must hold integers from 0 to 255")
     _check_board_size(*encoding.shape[:2])
-    grid, _ = Grid.decode(encoding)
-    position = tuple(int(v) for v in state["agent_pos"])
-    return grid.render(16, agent_pos=position, agent_dir=int(state["agent_dir"]))
+    position, direction = state["agent_pos"], state["agent_dir"]
+    width, height = encoding.shape[:2]
+    inside = (isinstance(position, list | tuple) and len(position) == 2
+              and all(isinstance(v, int) and 0 <= v < size for v, size in zip(position, (width, height), strict=True)))
+    if not inside:
+        raise ValueError(f"state['agent_pos'] must be two cell indices inside the grid, got {position!r}")
+    if not isinstance(direction, int) or not 0 <= direction < 4:
+        raise ValueError(f"state['agent_dir'] must be 0, 1, 2 or 3, got {direction!r}")
+    grid, _ = Grid.decode(encoding.astype(np.uint8))
+    return grid.render(16, agent_pos=tuple(position), agent_dir=direction)
 
 
 def _check_board_size(height: int, width: int) -> None:
@@ -179,8 +218,9 @@ def write_gif(frames: Sequence[np.ndarray], path: str | Path, *, fps: float = 4.
 
 
 def _check_fps(fps: float) -> None:
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps (frames per second) must be a positive number, got {fps}")
+    if not (math.isfinite(fps) and fps >= MIN_FPS):
+        raise ValueError(f"fps (frames per second) must be a number of at least {MIN_FPS:.4f} (a GIF shows a frame for "
+                         f"at most 655 s), got {fps}")
 
 
 def _check_scale(scale: int) -> None:
@@ -208,9 +248,12 @@ def episode_transcript(episode: Episode, *, index: int | None = None, source: st
         rewards = ", ".join(f"{name} {value:+.4g}" for name, value in step.reward_components.items())
         ended = " (terminated)" if step.terminated else " (truncated)" if step.truncated else ""
         invalid = " (invalid)" if step.info.get("invalid_action") else ""
-        lines += ["", f"[step {t + 1}] action: {_action_name(episode, step.action)}{invalid}; reward "
-                      f"{step.reward:+.4g}" + (f" ({rewards})" if rewards and len(step.reward_components) > 1 else "")
-                  + ended, _shown(step.observation, step.state)]
+        action = _action_name(episode, step.action)
+        if "\n" in action:  # an LLM's reply: a block of its own, so that nothing runs into it
+            action = "\n" + "\n".join(f"    {line}" for line in action.strip("\n").split("\n"))
+        lines += ["", f"[step {t + 1}] reward {step.reward:+.4g}"
+                      + (f" ({rewards})" if rewards and len(step.reward_components) > 1 else "") + invalid + ended,
+                  f"action: {action}", _shown(step.observation, step.state)]
     return "\n".join(lines) + "\n"
 
 
@@ -237,7 +280,7 @@ def _shown(observation: Any, state: dict[str, Any] | None) -> str:
 
 def _action_name(episode: Episode, action: Any) -> str:
     if isinstance(action, str):
-        return action if "\n" not in action else "\n" + action
+        return action
     if episode.env_id.startswith("creditgym/Sokoban") and isinstance(action, int | np.integer):
         from creditgym.envs.sokoban.text import ACTION_NAMES
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageSequence
 
 import creditgym  # noqa: F401  (registers the envs)
@@ -20,13 +21,22 @@ from creditgym.envs.sokoban.render import SPRITE_SIZE, render_rgb
 from creditgym.envs.sokoban.solver import solve
 from creditgym.render import (
     FINAL_FRAME_MS,
+    MAX_GIF_BYTES,
     RenderWarning,
+    _step_caption,
     episode_frames,
     episode_transcript,
     render_file,
     write_gif,
 )
-from creditgym.trajectories import Episode, read_trajectories, record_episodes, run_trajectories
+from creditgym.trajectories import (
+    Episode,
+    Step,
+    TrajectoryWriter,
+    read_trajectories,
+    record_episodes,
+    run_trajectories,
+)
 
 SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
 
@@ -199,3 +209,136 @@ def test_long_episodes_show_their_first_frames_and_their_end(monkeypatch: pytest
     assert np.array_equal(_board(frames[-1], 1), render_rgb(last))
     fourth = Level.from_rows(episode.steps[2].state["board"]).tiles  # the reset state, then steps 1-3
     assert np.array_equal(_board(frames[3], 1), render_rgb(fourth))
+
+
+def _window_episode(tmp_path: Path, steps: int = 10) -> Episode:
+    """A record of board 0 of a batched env's egocentric view, on a level with floor outside its walls (XSB levels
+    may have it), taken as PPO and `creditgym eval` record it (`sokoban_states(walled=True)`)."""
+    from creditgym.envs.sokoban.vector import SokobanVectorEnv
+    from creditgym.trajectories import sokoban_states
+
+    rows = ["   #####", "   #@  #", "   # $ #", "   # . #", "   #   #", "   #####", "        ", "        "]
+    (tmp_path / "outside.txt").write_text("; 0\n" + "\n".join(rows) + "\n")
+    env = SokobanVectorEnv(1, levels=str(tmp_path / "outside.txt"), obs_mode="egocentric", max_episode_steps=100)
+    obs, _ = env.reset(seed=0)
+    episode = Episode(env_id=SOKOBAN, seed=0, observation=None, steps=[],
+                      state=sokoban_states(obs, walled=True)[0])
+    for action in [3, 3, 1, 1, 1, 2, 2, 0, 0, 0][:steps]:  # round the room, never touching the box
+        obs, reward, terminated, truncated, _ = env.step(torch.tensor([action]))
+        episode.steps.append(Step(action=action, observation=None, reward_components={"task": float(reward[0])},
+                                  terminated=bool(terminated[0]), truncated=bool(truncated[0]),
+                                  state=sokoban_states(obs, walled=True)[0]))
+    return episode
+
+
+def test_floor_outside_the_walls_does_not_move_the_room(tmp_path: Path) -> None:
+    episode = _window_episode(tmp_path)
+    windows = [episode.state["board"], *(s.state["board"] for s in episode.steps)]
+    assert len({tuple(w) for w in windows}) > 3
+    frames = [_board(frame, 1) for frame in episode_frames(episode, scale=1)]
+    walls = render_rgb(np.full((1, 1), Tile.WALL, np.int8))[0, 0]
+    assert all(np.array_equal(np.all(f == walls, axis=-1), np.all(frames[0] == walls, axis=-1)) for f in frames)
+    assert frames[0].shape[:2] == (6 * SPRITE_SIZE, 5 * SPRITE_SIZE)  # the room with its walls, nothing outside
+    text = episode_transcript(episode)
+    assert "#####\n#@  #\n# $ #\n# . #\n#   #\n#####" in text
+
+
+def test_minigrid_frames_match_the_envs_own_picture(tmp_path: Path) -> None:
+    env = gym.make("creditgym/MiniGridText-DoorKey-5x5-v0", max_episode_steps=8)
+    actions = iter(["turn left", "go forward", "turn right", "go forward", "pick up", "turn left", "toggle", "done"])
+    pictures = []
+
+    def policy(obs, info):
+        return next(actions)
+
+    [episode] = record_episodes(env, policy, 1, seed=2)
+    # replay the same actions to take the env's own picture of every state
+    env.reset(seed=2)
+    minigrid = env.unwrapped.minigrid
+    pictures.append(minigrid.get_full_render(False, 16))
+    for step in episode.steps:
+        env.step(step.action)
+        pictures.append(minigrid.get_full_render(False, 16))
+    frames = episode_frames(episode, scale=1)
+    assert len(frames) == len(pictures)
+    for frame, picture in zip(frames, pictures, strict=True):
+        assert np.array_equal(frame[:picture.shape[0]], picture)
+
+
+def _sokoban_board(size: int) -> list[str]:
+    inner = [" " * (size - 2)] * (size - 2)
+    inner[0] = "@$." + " " * (size - 5)
+    return ["#" * size, *(f"#{row}#" for row in inner), "#" * size]
+
+
+@pytest.mark.parametrize("state", [
+    {"board": _sokoban_board(65)},  # a valid level, over the size drawn
+    {"grid": np.zeros((65, 65, 3), int).tolist(), "agent_pos": [1, 1], "agent_dir": 0},
+    {"grid": [[[300, 0, 0]] * 3] * 3, "agent_pos": [1, 1], "agent_dir": 0},
+    {"grid": [[[-1, 0, 0]] * 3] * 3, "agent_pos": [1, 1], "agent_dir": 0},
+    {"grid": [[[2, 5, 0]]], "agent_pos": [0, 0], "agent_dir": 0},
+    {"grid": [[[2, 5, 0]] * 3] * 3, "agent_pos": [float("inf"), 0], "agent_dir": 0},
+    {"grid": [[[2, 5, 0]] * 3] * 3, "agent_pos": [1, 1], "agent_dir": float("inf")},
+    {"grid": [[[2, 5, 0]] * 3] * 3, "agent_pos": None, "agent_dir": 0},
+    {"grid": [[[2, 5, 0]] * 3] * 3, "agent_pos": [1, 9], "agent_dir": 0},
+])
+def test_hostile_states_get_a_transcript_only(tmp_path: Path, state: dict,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A record is a file anyone can write: whatever its states hold, `creditgym render` writes the transcript and
+    exits cleanly."""
+    env = gym.make("creditgym/MiniGridText-DoorKey-5x5-v0", max_episode_steps=2)
+    [episode] = record_episodes(env, lambda obs, info: "turn left", 1, seed=0)
+    if "board" in state:
+        episode.state = state
+        for step in episode.steps:
+            step.state = state
+    else:
+        episode.steps[-1].state = {**episode.steps[-1].state, **state}
+    path = tmp_path / "hostile.jsonl"
+    with TrajectoryWriter(path) as writer:
+        writer.write(episode)
+    with pytest.warns(RenderWarning, match="transcript only"):
+        assert main(["render", str(path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "hostile-render").iterdir()) == ["episode-00000.txt"]
+
+
+def test_large_frames_are_drawn_smaller_and_fewer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    board = _sokoban_board(64)
+    steps = [Step(action=0, observation=None, reward_components={"task": 0.0}, terminated=False, truncated=t == 59,
+                  state={"board": board}) for t in range(60)]
+    episode = Episode(env_id=SOKOBAN, seed=0, observation=None, steps=steps, state={"board": board})
+    with pytest.warns(RenderWarning) as warned:
+        frames = episode_frames(episode, scale=8)
+    messages = " ".join(str(w.message) for w in warned)
+    assert "drawn at scale 1, not 8" in messages and "of its 61 states are drawn" in messages
+    assert frames[0].shape[1] == 64 * SPRITE_SIZE  # scale 1
+    assert sum(frame.nbytes for frame in frames) <= MAX_GIF_BYTES and len(frames) < 61
+
+
+def test_text_view_transcripts_show_what_the_policy_read(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, obs_mode="text")
+    replies = iter(["<answer>Up</answer>", "I think\nI will go <answer>sideways</answer>\n", "<answer>Down</answer>"])
+    [episode] = record_episodes(env, lambda obs, info: next(replies, "<answer>Left</answer>"), 1, seed=0)
+    text = episode_transcript(episode)
+    for step in episode.steps[:3]:
+        assert step.observation in text  # the text the policy read next, invalid-action feedback included
+    assert "Invalid" in episode.steps[1].observation
+    assert "(invalid)\naction: \n    I think\n    I will go <answer>sideways</answer>\n" in text
+
+
+def test_captions_name_each_steps_own_action() -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=4)
+    moves = iter([0, 3, 1, 2])
+    [episode] = record_episodes(env, lambda obs, info: next(moves), 1, seed=0)
+    assert [_step_caption(episode, t)[:2] for t in range(4)] == [["1/4", "Up"], ["2/4", "Right"], ["3/4", "Down"],
+                                                                  ["4/4", "Left"]]
+    assert _step_caption(episode, 3)[-1] == "failed"
+
+
+def test_fps_a_gif_cannot_store_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=2)
+    path = tmp_path / "ev.jsonl"
+    record_episodes(env, lambda obs, info: 0, 1, seed=0, path=path)
+    assert main(["render", str(path), "--fps", "0.001"]) == 2
+    assert "at least 0.0015" in capsys.readouterr().out
+    assert not (tmp_path / "ev-render").exists()  # refused before anything was written

@@ -340,3 +340,32 @@ def test_rescore_progress_follows_the_bytes_read(tmp_path: Path, estimator: str 
     assert done == sorted(done) and done[-1] == reads * size
     if reads == 2:
         assert done[5] == size  # the first read ends at the file's end, the second starts from there
+
+
+def test_rescore_progress_moves_with_each_episode_of_a_plain_file(tmp_path: Path) -> None:
+    source = tmp_path / "t.jsonl"
+    _record(source, 40)
+    done: list[int] = []
+    rescore_file(source, tmp_path / "out.jsonl", potential=_board_potential, progress=lambda d, total: done.append(d))
+    assert len(done) == 40 and done[0] < source.stat().st_size // 10
+    assert all(a < b for a, b in zip(done, done[1:], strict=False)) and done[-1] == source.stat().st_size
+
+
+@pytest.mark.parametrize(("flags", "shown"), [([], True), (["--no-progress"], False)])
+def test_cli_rescore_passes_a_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str],
+                                           shown: bool) -> None:
+    from creditgym.cli import main
+
+    source = tmp_path / "t.jsonl"
+    _record(source, 3)
+    given = []
+
+    def rescore(*args, progress=None, **kwargs):
+        given.append(progress)
+        if progress is not None:
+            progress(5, 10)
+        return rescore_file(*args, **kwargs)
+
+    monkeypatch.setattr(trajectories, "rescore_file", rescore)
+    assert main(["rescore", str(source), "--estimator", "gae", *flags]) == 0
+    assert callable(given[0]) is shown

@@ -280,3 +280,48 @@ def test_a_policy_that_cannot_be_played_is_said_so(tmp_path: Path) -> None:
     summary = calls[0][1]
     assert summary.watch == [] and "FileNotFoundError" in summary.watch_error  # the stub trained no policy
     assert "Its policy could not be played" in summary.text()
+
+
+@pytest.mark.usefixtures("stub_training")
+def test_each_best_program_is_played_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import creditgym.wrappers.llm_reward.designer as designer_module
+
+    played: list[tuple[str, Path]] = []
+
+    def watch(ppo_run: str, out_dir: Path) -> tuple[list[str], None]:
+        played.append((ppo_run, out_dir))
+        return [str(out_dir / "episode-00000.gif")], None
+
+    monkeypatch.setattr(designer_module, "watch_policy", watch)
+    chat = IterationChat([[scored(0.6)], [scored(0.2)], [scored(0.7)], [scored(0.1)]])
+    calls, ask = recording({})
+    RewardDesigner(chat, config(tmp_path, iterations=4, samples=1, critic=False), human_feedback=ask).run()
+    assert [summary.best_id for _, summary in calls] == ["it0-s0", "it0-s0", "it2-s0"]
+    assert played == [("ppo/it0-s0", tmp_path / "design" / "watch" / "it0-s0"),
+                      ("ppo/it2-s0", tmp_path / "design" / "watch" / "it2-s0")]  # the last fitness run's policy
+    assert calls[1][1].watch == [str(tmp_path / "design" / "watch" / "it0-s0" / "episode-00000.gif")]
+
+
+def test_watching_plays_greedily_on_held_out_levels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import creditgym.agents.evaluate as evaluate_module
+    from creditgym.wrappers.llm_reward.feedback import WATCHED_EPISODES, watch_policy
+
+    asked: list[dict] = []
+
+    def evaluate(run_dir, **kwargs):
+        asked.append(kwargs)
+        raise KeyError("stop here")  # and any error is reported, never raised
+
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    assert watch_policy("ppo/x", tmp_path / "w") == ([], "KeyError: 'stop here'")
+    assert asked == [{"episodes": WATCHED_EPISODES, "record": tmp_path / "w" / "episodes.jsonl"}]  # greedy, test split
+
+
+def test_overwrite_clears_an_earlier_runs_watch_folder(tmp_path: Path) -> None:
+    calls, ask = recording({})
+    first = RewardDesigner(IterationChat([[scored(0.5)], [scored(0.5)]]),
+                           config(tmp_path, iterations=2, samples=1, critic=False), human_feedback=ask).run()
+    assert (first.run_dir / "watch" / "it0-s0").is_dir()
+    RewardDesigner(IterationChat([[scored(0.5)], [scored(0.5)]]),
+                   config(tmp_path, iterations=2, samples=1, critic=False, overwrite=True)).run()
+    assert not (first.run_dir / "watch").exists()  # no source of feedback this time: nothing watched, nothing stale

@@ -119,7 +119,7 @@ _PPO_MANAGED = frozenset({"env_id", "env_kwargs", "total_steps", "num_envs", "nu
                           "runs_dir", "run_name", "progress", "tensorboard", "checkpoint_every"})
 _MAX_FEEDBACK_ERRORS = 4
 #: what a design run writes in its folder: another run's are refused, or cleared with `overwrite`
-_RUN_RECORDS = ("report.json", "candidates", "ppo")
+_RUN_RECORDS = ("report.json", "candidates", "ppo", "watch")
 _MAX_ERROR_CHARS = 400
 _MAX_REVIEW_CHARS = 800
 
