@@ -678,12 +678,19 @@ class PPO:
         rollout_start = self.global_step - rewards.numel()
         freeze = self.config.learned_reward_freeze
         metrics: dict[str, float] = {}
-        if freeze is None or rollout_start < freeze:
-            episodes = self.episode_assembler.add_rollout(obs, actions, valid, terminated, truncated, success)
+        training, paying = freeze is None or rollout_start < freeze, rollout_start >= self.config.learned_reward_start
+        # An implicit PRM's reference is frozen: one pass over the rollout serves its rewards and, kept with the
+        # episodes, every later training step on them (which would otherwise run the reference again).
+        reference = (model.reference_logprobs(obs, actions) if isinstance(model, GridImplicitPRM) and training
+                     else None)
+        if training:
+            episodes = self.episode_assembler.add_rollout(obs, actions, valid, terminated, truncated, success,
+                                                          reference_logprobs=reference)
             metrics = model.update(episodes)
-        if rollout_start < self.config.learned_reward_start:
+        if not paying:
             return {**metrics, f"reward/{model.channel}_per_step": 0.0}, torch.zeros_like(rewards)
-        dense = model.dense_rewards(obs, actions, valid)
+        dense = (model.dense_rewards(obs, actions, valid) if reference is None
+                 else model.dense_rewards(obs, actions, valid, reference_logprobs=reference))
         rewards += dense
         return {**metrics, f"reward/{model.channel}_per_step": dense.mean().item()}, dense
 

@@ -109,19 +109,30 @@ class GridImplicitPRM:
         self.reference.to(device)
         return self
 
-    def log_ratios(self, obs: Tensor, actions: Tensor) -> Tensor:
-        """log π_φ(a|s) − log π_ref(a|s) for a batch of any leading shape (differentiable through π_φ)."""
+    def log_ratios(self, obs: Tensor, actions: Tensor, reference_logprobs: Tensor | None = None) -> Tensor:
+        """log π_φ(a|s) − log π_ref(a|s) for a batch of any leading shape (differentiable through π_φ); pass
+        `reference_logprobs` (`self.reference_logprobs(obs, actions)`, kept from earlier) to skip π_ref's pass."""
         lead = actions.shape
         flat_obs = obs.reshape(actions.numel(), *obs.shape[len(lead):]).float()
         flat_actions = actions.reshape(-1, 1)
         logp = torch.log_softmax(self.network(flat_obs), -1).gather(1, flat_actions).squeeze(1)
-        with torch.no_grad():
-            ref = torch.log_softmax(self.reference(flat_obs), -1).gather(1, flat_actions).squeeze(1)
-        return (logp - ref).reshape(lead)
+        if reference_logprobs is None:
+            reference_logprobs = self.reference_logprobs(flat_obs, flat_actions.squeeze(1))
+        return (logp - reference_logprobs.reshape(-1)).reshape(lead)
 
-    def dense_rewards(self, obs: Tensor, actions: Tensor, valid: Tensor) -> Tensor:
+    def reference_logprobs(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """log π_ref(a|s) for a batch of any leading shape. π_ref never trains, so a step's value never changes:
+        PPO scores each rollout once and keeps the values with its episodes (`StepEpisode.reference_logprobs`)."""
+        lead = actions.shape
         with torch.no_grad():
-            ratio = self.log_ratios(obs, actions)
+            flat_obs = obs.reshape(actions.numel(), *obs.shape[len(lead):]).float()
+            return torch.log_softmax(self.reference(flat_obs), -1).gather(1, actions.reshape(-1, 1)).reshape(lead)
+
+    def dense_rewards(self, obs: Tensor, actions: Tensor, valid: Tensor,
+                      reference_logprobs: Tensor | None = None) -> Tensor:
+        """coef · β log π_φ/π_ref of every step of a rollout's buffers; `reference_logprobs` as in `log_ratios`."""
+        with torch.no_grad():
+            ratio = self.log_ratios(obs, actions, reference_logprobs)
             return self.coef * implicit_prm_token_rewards(ratio, torch.zeros_like(ratio), beta=self.beta)
 
     def step_rewards(self, episodes: list[StepEpisode]) -> list[Tensor]:
@@ -132,8 +143,11 @@ class GridImplicitPRM:
     def loss(self, episodes: list[StepEpisode]) -> Tensor:
         device = next(self.network.parameters()).device
         lengths = [len(e) for e in episodes]
+        # The reference log-probs the episodes kept (all or none: an episode from an older checkpoint has none)
+        kept = [e.reference_logprobs for e in episodes]
+        reference = torch.cat(kept).to(device) if all(r is not None for r in kept) else None
         ratios = self.log_ratios(torch.cat([e.obs for e in episodes]).to(device),
-                                 torch.cat([e.actions for e in episodes]).to(device))
+                                 torch.cat([e.actions for e in episodes]).to(device), reference)
         sums = sum_per_episode(ratios, lengths)
         outcome = torch.tensor([float(e.outcome) for e in episodes], device=device)
         # One group: any success pairs with any failure of the minibatch

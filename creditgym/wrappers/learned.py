@@ -34,6 +34,10 @@ class StepEpisode:
     success: bool
     outcome: float
     """the label the model regresses or classifies: 1.0/0.0 success by default"""
+    reference_logprobs: Tensor | None = None
+    """(L,) log π_ref(a_t | s_t) of an implicit PRM's frozen reference, scored once on the rollout (`EpisodeAssembler`)
+    so that training on the replayed episode skips the reference's forward pass; None where it was not (SPA,
+    episodes from older checkpoints)"""
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -101,29 +105,33 @@ class EpisodeAssembler:
     def __init__(self, num_envs: int, *, keep_truncated: bool = True) -> None:
         self.num_envs = num_envs
         self.keep_truncated = keep_truncated
-        self.pending: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(num_envs)]
+        self.pending: list[list[tuple[Tensor, ...]]] = [[] for _ in range(num_envs)]
 
     def add_rollout(self, obs: Tensor, actions: Tensor, valid: Tensor, terminated: Tensor, truncated: Tensor,
-                    success: Tensor) -> list[StepEpisode]:
-        """Buffers are ``(T, N, ...)``; `success` ``(T, N)`` is read on the step an episode ends."""
+                    success: Tensor, reference_logprobs: Tensor | None = None) -> list[StepEpisode]:
+        """Buffers are ``(T, N, ...)``; `success` ``(T, N)`` is read on the step an episode ends.
+
+        `reference_logprobs` ``(T, N)`` (an implicit PRM's frozen reference, see `StepEpisode`) is cut with the
+        rest; an episode gets it when every one of its steps has it.
+        """
         done = (terminated | truncated).cpu()
+        buffers = (obs, actions, valid) + (() if reference_logprobs is None else (reference_logprobs,))
         finished: list[StepEpisode] = []
         for n in range(self.num_envs):
             start = 0
             for t in done[:, n].nonzero().squeeze(1).tolist():
-                self.pending[n].append((obs[start:t + 1, n], actions[start:t + 1, n], valid[start:t + 1, n]))
+                self.pending[n].append(tuple(b[start:t + 1, n] for b in buffers))
                 chunks, self.pending[n] = self.pending[n], []
                 won = bool(success[t, n])
                 if bool(truncated[t, n]) and not won and not self.keep_truncated:
                     start = t + 1
                     continue
-                finished.append(StepEpisode(obs=torch.cat([c[0] for c in chunks]),
-                                            actions=torch.cat([c[1] for c in chunks]),
-                                            valid=torch.cat([c[2] for c in chunks]), success=won,
-                                            outcome=float(won)))
+                obs_n, actions_n, valid_n, *reference = _joined(chunks)
+                finished.append(StepEpisode(obs=obs_n, actions=actions_n, valid=valid_n, success=won,
+                                            outcome=float(won), reference_logprobs=reference[0] if reference else None))
                 start = t + 1
             if start < obs.shape[0]:  # cloned: the trainer overwrites its rollout buffers
-                self.pending[n].append((obs[start:, n].clone(), actions[start:, n].clone(), valid[start:, n].clone()))
+                self.pending[n].append(tuple(b[start:, n].clone() for b in buffers))
         return finished
 
     def state_dict(self) -> dict[str, Any]:
@@ -131,6 +139,13 @@ class EpisodeAssembler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending = state["pending"]
+
+
+def _joined(chunks: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    """The steps of an episode's chunks (one per rollout it spans) in one copy each; the reference log-probs only
+    where every chunk has them (a chunk from an older checkpoint has none)."""
+    width = min(len(chunk) for chunk in chunks)
+    return tuple(torch.cat([chunk[i] for chunk in chunks]) for i in range(width))
 
 
 def episode_index(lengths: list[int], device: torch.device) -> Tensor:
