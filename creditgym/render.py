@@ -16,6 +16,7 @@ the observation that followed.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -254,7 +255,16 @@ def episode_transcript(episode: Episode, *, index: int | None = None, source: st
         lines += ["", f"[step {t + 1}] reward {step.reward:+.4g}"
                       + (f" ({rewards})" if rewards and len(step.reward_components) > 1 else "") + invalid + ended,
                   f"action: {action}", _shown(step.observation, step.state)]
-    return "\n".join(lines) + "\n"
+    return _printable("\n".join(lines)) + "\n"
+
+
+# Control characters but newline and tab: an LLM's reply or a record may hold terminal escape sequences, which
+# `cat transcript.txt` would otherwise run.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _ending(episode: Episode) -> str:

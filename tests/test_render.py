@@ -342,3 +342,11 @@ def test_fps_a_gif_cannot_store_is_refused(tmp_path: Path, capsys: pytest.Captur
     assert main(["render", str(path), "--fps", "0.001"]) == 2
     assert "at least 0.0015" in capsys.readouterr().out
     assert not (tmp_path / "ev-render").exists()  # refused before anything was written
+
+
+def test_transcripts_do_not_pass_terminal_escapes_on() -> None:
+    env = gym.make("creditgym/Dialogue-Gather-v0", max_episode_steps=1)
+    [episode] = record_episodes(env, lambda obs, info: "What \x1b]0;pwned\x07 is your \x1b[2Jbudget?\r", 1, seed=0)
+    text = episode_transcript(episode)
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert "What \\x1b]0;pwned\\x07 is your \\x1b[2Jbudget?\\x0d" in text
