@@ -325,6 +325,9 @@ def _train_and_report(config_cls: type, trainer_cls: type, args: argparse.Namesp
         success_text += (f" of the episodes that ended early (no env has reached its time limit yet: that takes "
                          f"{warm_up:,} env steps; creditgym eval says how the policy does)")
     console.print(f"run written to {trainer.run_dir}: {success_text}, {metrics.get(key, 0):,.0f} {unit}")
+    run = shlex.quote(str(trainer.run_dir))
+    console.print(f"evaluate it and watch it play: creditgym eval {run} --record {run}/eval-episodes.jsonl.gz, then "
+                  f"creditgym render {run}/eval-episodes.jsonl.gz", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -245,3 +245,19 @@ def test_train_help_gives_llm_algos_their_own_meaning_of_shared_flags() -> None:
     assert "LLM algos: iterations between checkpoints" in helps["checkpoint_every"]
     assert "checkpoint-<iteration>.pt" in helps["keep_checkpoints"]
     assert "(default: 0.95)" not in helps["num_envs"] and "LLM algos" not in helps["num_envs"]  # PPO's alone
+
+
+def test_train_ends_with_commands_that_evaluate_and_draw_the_run(tmp_path) -> None:
+    import shlex
+
+    result = _run("train", "--env", "creditgym/Sokoban-6x6-1b-v0", "--num-envs", "4", "--num-steps", "8",
+                  "--total-steps", "32", "--hidden", "16", "--no-progress", "--no-tensorboard", "--runs-dir",
+                  str(tmp_path), "--run-name", "tiny")
+    assert result.returncode == 0, result.stderr
+    hint = result.stdout.replace("\n", "").split("evaluate it and watch it play: ")[1]
+    for command in hint.split(", then "):
+        words = shlex.split(command)
+        assert words[0] == "creditgym"
+        assert main([*words[1:], *(["--episodes", "4"] if words[1] == "eval" else [])]) == 0
+    drawn = sorted(p.suffix for p in (tmp_path / "tiny" / "eval-episodes-render").iterdir())
+    assert drawn == [".gif"] * 4 + [".txt"] * 4
