@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from creditgym.credit import gather_turn_values, implicit_prm_step_rewards, implicit_prm_token_rewards
 from creditgym.seeding import seeded_torch
 
-from .learned import ReplayBuffer, StepEpisode, refuse_non_finite_step, sum_per_episode
+from .learned import ReplayBuffer, StepEpisode, check_reward_precision, refuse_non_finite_step, sum_per_episode
 
 if TYPE_CHECKING:
     from creditgym.agents.llm.batch import TokenBatch
@@ -86,7 +86,9 @@ class GridImplicitPRM:
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, *, hidden: int = 128, beta: float = 0.05,
                  coef: float = 1.0, loss: str = "ce", score: str = "sum", learning_rate: float = 1e-3,
                  replay_episodes: int = 1024, batch_episodes: int = 64, epochs: int = 1, max_grad_norm: float = 1.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, precision: str = "float32") -> None:
+        check_reward_precision(precision)
+        self.bfloat16 = precision == "bfloat16"  # bfloat16 autocast for both networks, log-probs in float32
         if loss not in PRM_LOSSES:
             raise ValueError(f"implicit PRM loss must be one of {PRM_LOSSES}, got {loss!r}")
         if score not in PRM_SCORES:
@@ -115,7 +117,7 @@ class GridImplicitPRM:
         lead = actions.shape
         flat_obs = obs.reshape(actions.numel(), *obs.shape[len(lead):]).float()
         flat_actions = actions.reshape(-1, 1)
-        logp = torch.log_softmax(self.network(flat_obs), -1).gather(1, flat_actions).squeeze(1)
+        logp = torch.log_softmax(self._logits(self.network, flat_obs), -1).gather(1, flat_actions).squeeze(1)
         if reference_logprobs is None:
             reference_logprobs = self.reference_logprobs(flat_obs, flat_actions.squeeze(1))
         return (logp - reference_logprobs.reshape(-1)).reshape(lead)
@@ -126,7 +128,12 @@ class GridImplicitPRM:
         lead = actions.shape
         with torch.no_grad():
             flat_obs = obs.reshape(actions.numel(), *obs.shape[len(lead):]).float()
-            return torch.log_softmax(self.reference(flat_obs), -1).gather(1, actions.reshape(-1, 1)).reshape(lead)
+            logits = self._logits(self.reference, flat_obs)
+            return torch.log_softmax(logits, -1).gather(1, actions.reshape(-1, 1)).reshape(lead)
+
+    def _logits(self, network: nn.Module, obs: Tensor) -> Tensor:
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+            return network(obs).float()
 
     def dense_rewards(self, obs: Tensor, actions: Tensor, valid: Tensor,
                       reference_logprobs: Tensor | None = None) -> Tensor:

@@ -148,6 +148,14 @@ def _joined(chunks: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
     return tuple(torch.cat([chunk[i] for chunk in chunks]) for i in range(width))
 
 
+REWARD_PRECISIONS = ("float32", "bfloat16")
+
+
+def check_reward_precision(precision: str) -> None:
+    if precision not in REWARD_PRECISIONS:
+        raise ValueError(f"a learned reward model's precision must be float32 or bfloat16, got {precision!r}")
+
+
 def episode_index(lengths: list[int], device: torch.device) -> Tensor:
     """``(sum(lengths),)`` the episode each step belongs to, for `index_add_` sums over steps."""
     return torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))

@@ -147,3 +147,31 @@ def test_ppo_keeps_each_steps_reference_log_prob_with_its_episode(tmp_path) -> N
     for episode in prm.replay.episodes:
         assert torch.allclose(episode.reference_logprobs, prm.reference_logprobs(episode.obs, episode.actions),
                               atol=1e-6)
+
+
+def test_bfloat16_reward_networks_give_float32_outputs_close_to_float32() -> None:
+    """`learned_reward_precision="bfloat16"` runs the networks under autocast: outputs stay float32 and close to the
+    float32 networks' (same weights), gradients reach every weight, and the PRM's reward is still 0 before an
+    update (π_φ and π_ref compute alike)."""
+    from creditgym.wrappers.progress import GridProgressEstimator
+
+    generator = torch.Generator().manual_seed(0)
+    obs = torch.randint(0, 2, (64, 7, 5, 5), generator=generator, dtype=torch.uint8)
+    actions = torch.randint(0, 4, (64,), generator=generator)
+    exact = GridProgressEstimator((7, 5, 5), 4, hidden=64, seed=3)
+    fast = GridProgressEstimator((7, 5, 5), 4, hidden=64, seed=3, precision="bfloat16")
+    for model in (exact, fast):  # a last layer that is not all zeros, as after training
+        torch.nn.init.normal_(model.net[-1].weight, generator=torch.Generator().manual_seed(1))
+    got, expected = fast(obs, actions), exact(obs, actions)
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, rtol=5e-2, atol=5e-2)
+    assert not torch.equal(got, expected)  # it did run in bfloat16
+    got.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fast.parameters())
+
+    prm = GridImplicitPRM((7, 5, 5), 4, hidden=32, seed=0, precision="bfloat16")
+    rewards = prm.dense_rewards(obs, actions, torch.ones_like(actions, dtype=torch.bool))
+    assert rewards.dtype == torch.float32 and torch.equal(rewards, torch.zeros_like(rewards))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        GridImplicitPRM((7, 5, 5), 4, precision="float16")
+    with pytest.raises(ValueError, match="learned_reward_precision must be float32 or bfloat16"):
+        PPOConfig(env_id="creditgym/Sokoban-6x6-1b-v0", learned_reward="spa", learned_reward_precision="half")
