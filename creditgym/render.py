@@ -96,12 +96,15 @@ def episode_frames(episode: Episode, *, scale: int = 2) -> list[np.ndarray] | No
                           f"{MAX_GIF_BYTES // 2**20} MiB of frames); a smaller scale draws more", RenderWarning,
                           stacklevel=2)
         shown = list(range(len(states))) if len(states) <= limit else [*range(limit - 1), len(states) - 1]
-        images = [first, *(draw(states[i]) for i in shown[1:])]
+        images = [first]
+        for i in shown[1:]:
+            images.append(draw(states[i]))
+            if images[-1].shape != first.shape:  # the budget above holds for frames the size of the first
+                raise ValueError(f"its board changes size from {first.shape[:2]} to {images[-1].shape[:2]} pixels")
     except _UNDRAWABLE as error:
         warnings.warn(f"{_label(episode)}: its states cannot be drawn ({type(error).__name__}: {error}); it gets a "
                       "transcript only", RenderWarning, stacklevel=2)
         return None
-    images = _same_size(images)
     captions = [["reset"] if i == 0 else _step_caption(episode, i - 1) for i in shown]
     return [_with_caption(np.kron(image, np.ones((scale, scale, 1), np.uint8)), caption)
             for image, caption in zip(images, captions, strict=True)]
@@ -179,14 +182,6 @@ def _minigrid_image(state: dict[str, Any]) -> np.ndarray:
 def _check_board_size(height: int, width: int) -> None:
     if height * width > MAX_BOARD_CELLS:
         raise ValueError(f"its board is {height}x{width} cells, more than the {MAX_BOARD_CELLS} drawn")
-
-
-def _same_size(images: list[np.ndarray]) -> list[np.ndarray]:
-    """Pads every image to the largest height and width (a GIF's frames share one size)."""
-    height = max(image.shape[0] for image in images)
-    width = max(image.shape[1] for image in images)
-    return [np.pad(image, ((0, height - image.shape[0]), (0, width - image.shape[1]), (0, 0)))
-            if image.shape[:2] != (height, width) else image for image in images]
 
 
 def _with_caption(image: np.ndarray, caption: Sequence[str]) -> np.ndarray:

@@ -350,3 +350,14 @@ def test_transcripts_do_not_pass_terminal_escapes_on() -> None:
     text = episode_transcript(episode)
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text
     assert "What \\x1b]0;pwned\\x07 is your \\x1b[2Jbudget?\\x0d" in text
+
+
+def test_a_board_that_changes_size_gets_a_transcript_only() -> None:
+    """The memory budget is worked out from the first frame: a record whose later boards grow (no env's do) is not
+    drawn."""
+    small, large = _sokoban_board(5), _sokoban_board(64)
+    steps = [Step(action=0, observation=None, reward_components={"task": 0.0}, terminated=False, truncated=True,
+                  state={"board": large})]
+    episode = Episode(env_id=SOKOBAN, seed=0, observation=None, steps=steps, state={"board": small})
+    with pytest.warns(RenderWarning, match="changes size"):
+        assert episode_frames(episode, scale=8) is None
