@@ -332,9 +332,13 @@ def render_file(source: str | Path, out_dir: str | Path | None = None, *, episod
         out.mkdir(parents=True, exist_ok=True)
         name = f"episode-{index:05d}"
         transcript = out / f"{name}.txt"
-        transcript.write_text(episode_transcript(episode, index=index, source=source), encoding="utf-8")
+        # backslashreplace: JSON may hold lone surrogates ("\ud800"), which UTF-8 cannot encode
+        transcript.write_text(episode_transcript(episode, index=index, source=source), encoding="utf-8",
+                              errors="backslashreplace")
         frames = episode_frames(episode, scale=scale)
         animation = write_gif(frames, out / f"{name}.gif", fps=fps) if frames else None
+        if animation is None:  # an earlier render's GIF of this name would show another episode
+            (out / f"{name}.gif").unlink(missing_ok=True)
         rendered.append(Rendered(index, transcript, animation, episode.success, len(episode.steps)))
         if len(rendered) == episodes:
             break

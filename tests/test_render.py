@@ -361,3 +361,24 @@ def test_a_board_that_changes_size_gets_a_transcript_only() -> None:
     episode = Episode(env_id=SOKOBAN, seed=0, observation=None, steps=steps, state={"board": small})
     with pytest.warns(RenderWarning, match="changes size"):
         assert episode_frames(episode, scale=8) is None
+
+
+def test_rendering_again_leaves_no_gif_of_another_episode(tmp_path: Path) -> None:
+    env = gym.make(SOKOBAN, max_episode_steps=3)
+    drawn, undrawn = tmp_path / "ev.jsonl", tmp_path / "ev.jsonl.gz"
+    record_episodes(env, lambda obs, info: 0, 1, seed=0, path=drawn)
+    record_episodes(env, lambda obs, info: 0, 1, seed=5, path=undrawn, record_state=False)
+    render_file(drawn)
+    assert (tmp_path / "ev-render" / "episode-00000.gif").exists()
+    [rendered] = render_file(undrawn)  # the same folder and names
+    assert rendered.animation is None and not (tmp_path / "ev-render" / "episode-00000.gif").exists()
+    assert "seed 5" in rendered.transcript.read_text()
+
+
+def test_text_that_utf8_cannot_encode_is_written_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "odd.jsonl"
+    record = {"format": "creditgym.trajectory/1", "env_id": "creditgym/Dialogue-Gather-v0", "seed": 0,
+              "observation": "hello \ud800", "steps": [], "version": "0.1.0"}
+    path.write_text(json.dumps(record) + "\n")  # json escapes the lone surrogate, as any JSON writer may
+    [rendered] = render_file(path)
+    assert "hello \\ud800" in rendered.transcript.read_text()
