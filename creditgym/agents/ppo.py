@@ -163,9 +163,9 @@ class PPOConfig:
     """env steps after which the learned reward model stops training and is frozen, as in SPA-RL's pipeline (a
     fixed reward cannot be chased); none trains it online for the whole run"""
     learned_reward_precision: str = "float32"
-    """float32 or bfloat16 (autocast) for the learned reward model's network: with bfloat16, SPA ran 1.2x faster on
-    6x6 two-box Sokoban on an AMX CPU and learned as fast per env step over 2 seeds (docs/results.md); its rewards
-    differ slightly, so float32 reproduces the published runs"""
+    """float32 or bfloat16 (autocast) for the learned reward model's network: with bfloat16, SPA and PRIME ran 1.2x
+    faster on 6x6 two-box Sokoban on an AMX CPU and learned as fast per env step over 2 seeds (docs/results.md); the
+    rewards differ slightly, so float32 reproduces the published runs"""
     policy: str = "mlp"
     """network: mlp (any array; fastest on a CPU), cnn (over (C, H, W) grids) or auto (cnn for 3-D observations)"""
     hidden: int = 256
