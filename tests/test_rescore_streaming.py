@@ -28,6 +28,7 @@ from creditgym.trajectories import (
     summarize,
     with_advantages,
 )
+from creditgym.trajectories import rescore as rescoring
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +84,7 @@ def test_rescore_file_without_an_estimator_reads_once(tmp_path: Path, monkeypatc
     source, out = tmp_path / "t.jsonl", tmp_path / "out.jsonl"
     _record(source, 5)
     reads = []
-    monkeypatch.setattr(trajectories, "read_trajectories",
+    monkeypatch.setattr(rescoring, "read_trajectories",
                         lambda path, **kwargs: reads.append(path) or read_trajectories(path, **kwargs))
     rescore_file(source, out, potential=_board_potential, gamma=0.9, channel="offline")
     assert reads == [source]
@@ -151,14 +152,14 @@ def test_advantages_are_scored_in_bounded_chunks_with_the_same_result(monkeypatc
     one_chunk = trajectories.step_advantages(episodes, estimator, gamma=0.9, lam=0.8)
     shapes = []
     for name in ("reward_to_go", "gae"):
-        original = getattr(trajectories.credit, name)
+        original = getattr(rescoring.credit, name)
 
         def spy(rewards: torch.Tensor, *args: Any, original=original, **kwargs: Any) -> Any:
             shapes.append(tuple(rewards.shape))
             return original(rewards, *args, **kwargs)
 
-        monkeypatch.setattr(trajectories.credit, name, spy)
-    monkeypatch.setattr(trajectories, "_CHUNK_CELLS", 30)
+        monkeypatch.setattr(rescoring.credit, name, spy)
+    monkeypatch.setattr(rescoring, "_CHUNK_CELLS", 30)
     chunked = trajectories.step_advantages(episodes, estimator, gamma=0.9, lam=0.8)
     assert len(shapes) > 10
     assert all(rows * width <= 30 or 1 in (rows, width) for rows, width in shapes), shapes  # gae's are (T, N)
@@ -179,7 +180,7 @@ def _change_before_second_read(monkeypatch: pytest.MonkeyPatch, change) -> None:
             change(Path(path))
         return read_trajectories(path, **kwargs)
 
-    monkeypatch.setattr(trajectories, "read_trajectories", read)
+    monkeypatch.setattr(rescoring, "read_trajectories", read)
 
 
 def _append_one(path: Path) -> None:
@@ -239,7 +240,7 @@ def test_a_failure_in_the_second_read_leaves_an_earlier_output(tmp_path: Path, m
 
     monkeypatch.setattr(TrajectoryWriter, "write", failing_write)
     reads = []
-    monkeypatch.setattr(trajectories, "read_trajectories",
+    monkeypatch.setattr(rescoring, "read_trajectories",
                         lambda path, **kwargs: reads.append(path) or read_trajectories(path, **kwargs))
     with pytest.raises(OSError, match="No space left"):
         rescore_file(source, out, potential=_board_potential, estimator="gae")

@@ -34,6 +34,7 @@ from creditgym.trajectories import (
     step_advantages,
     trim_trajectories,
 )
+from creditgym.trajectories import records as trajectory_records
 from creditgym.wrappers.potentials import get_potential
 from creditgym.wrappers.shaping import PotentialShaping
 
@@ -194,7 +195,7 @@ def test_failed_writes_keep_earlier_episodes(tmp_path: Path, monkeypatch: pytest
             real_write(fd, bytes(data[: len(data) // 2]))
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(trajectories.os, "write", write_half_then_fail)
+        monkeypatch.setattr(os, "write", write_half_then_fail)
         with pytest.raises(OSError, match="No space"):
             writer.write(episodes[1])
         monkeypatch.undo()
@@ -450,7 +451,7 @@ def test_odd_but_valid_files_load(tmp_path: Path) -> None:
 
 def test_string_arrays_wider_than_their_text_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A stored dtype such as <U100000000 made 80 bytes of JSON into a 4 GB allocation (MemoryError or swap).
-    monkeypatch.setattr(trajectories, "MAX_TEXT_ARRAY_BYTES", 1 << 20)
+    monkeypatch.setattr(trajectory_records, "MAX_TEXT_ARRAY_BYTES", 1 << 20)
     good = _good_record()
     file = tmp_path / "t.jsonl"
     wide = _edit(good, ("steps", 0, "observation"), {"__ndarray__": ["a"] * 4, "dtype": "<U100000"})
@@ -498,6 +499,7 @@ _KILLED_MID_WRITE = """
 import os, signal, sys
 import gymnasium as gym
 import creditgym, creditgym.trajectories as trajectories
+from creditgym.trajectories import files
 
 env = gym.make("creditgym/Sokoban-6x6-2b-v0", max_episode_steps=3)
 real_write, calls = os.write, []
@@ -509,8 +511,8 @@ def write(fd, data):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_write(fd, data)
 
-trajectories.os.write = write
-trajectories.GZIP_MEMBER_BYTES = 1  # a .gz file gets each episode as a member of its own, written as it ends
+os.write = write
+files.GZIP_MEMBER_BYTES = 1  # a .gz file gets each episode as a member of its own, written as it ends
 trajectories.record_episodes(env, lambda obs, info: env.action_space.sample(), 5, seed=0, path=sys.argv[1])
 """
 

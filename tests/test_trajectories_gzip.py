@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import warnings
 import zlib
 from pathlib import Path
@@ -12,7 +13,6 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-import creditgym.trajectories as trajectories
 from creditgym.cli import main
 from creditgym.trajectories import (
     Episode,
@@ -23,6 +23,7 @@ from creditgym.trajectories import (
     record_episodes,
     trim_trajectories,
 )
+from creditgym.trajectories import files as trajectory_files
 
 SOKOBAN = "creditgym/Sokoban-6x6-2b-v0"
 
@@ -87,7 +88,7 @@ def test_each_writer_block_appends_one_member(tmp_path: Path, episodes: list[Epi
     assert _seeds(path) == [0, 1, 2, 3, 4, 5]
     # A long-lived writer (eval --record) writes a member whenever GZIP_MEMBER_BYTES of JSON wait, and at close.
     longest = max(len(json.dumps(e.to_dict())) for e in episodes) + 1  # two episodes reach it, one does not
-    monkeypatch.setattr(trajectories, "GZIP_MEMBER_BYTES", longest + 1)
+    monkeypatch.setattr(trajectory_files, "GZIP_MEMBER_BYTES", longest + 1)
     with TrajectoryWriter(path, overwrite=True) as writer:
         for episode in episodes[:5]:
             writer.write(episode)
@@ -226,7 +227,7 @@ def test_rescore_reads_and_writes_gz(tmp_path: Path) -> None:
 
 
 def _fail_writes_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = trajectories.os.write
+    real_write = os.write
     calls = []
 
     def write(fd: int, data: bytes) -> int:
@@ -235,7 +236,7 @@ def _fail_writes_once(monkeypatch: pytest.MonkeyPatch) -> None:
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(trajectories.os, "write", write)
+    monkeypatch.setattr(os, "write", write)
 
 
 def test_a_failed_flush_keeps_the_gathered_episodes_for_the_next(tmp_path: Path, episodes: list[Episode],
