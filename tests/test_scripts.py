@@ -69,6 +69,9 @@ BAD_INPUT = [
     ("benchmarks/ppo_learning.py", ["--env", "creditgym/NoSuchEnv-v0"]),
     ("benchmarks/ppo_learning.py", ["--episodes", "0"]),
     ("benchmarks/ppo_throughput.py", ["--config", '{"no_such_field": 1}']),
+    ("benchmarks/trajectory_io.py", ["--env", "creditgym/NoSuchEnv-v0"]),
+    ("benchmarks/trajectory_io.py", ["--env-kwargs", "{obs_mode: text}"]),
+    ("benchmarks/trajectory_io.py", ["--episodes", "0"]),
     ("benchmarks/llm_iteration.py", ["--iterations", "0"]),
     ("benchmarks/llm_iteration.py", ["--tiny", "--config", '{"no_such_field": 1}']),
     ("examples/shaping_invariance.py", ["--gamma", "1"]),
@@ -151,3 +154,13 @@ def test_env_soak_flags_a_leak_names_its_line_and_passes_a_cache_that_fills() ->
     # the cache grew by about a megabyte, but not in the second half: it is listed, not flagged
     assert cache["heap_growth_bytes"] > 1_000_000 and cache["top_growth_sites"][0]["site"].endswith(f":{line}")
     assert not cache["leak_suspected"] and abs(cache["heap_growth_per_1k_steps_second_half"]) < 100
+
+
+def test_trajectory_io_measures_the_format_it_writes() -> None:
+    """A smoke run: both files are written and read back, at a few bytes a step once gzipped."""
+    for module in _load(ROOT / "benchmarks/trajectory_io.py"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = module.main(["--episodes", "3", "--repeats", "1", "--env", "creditgym/Sokoban-6x6-1b-v0"])
+    assert result["format"] == "creditgym.trajectory/2" and result["steps"] > 3
+    assert 0 < result["gzip_bytes_per_step"] < result["plain_bytes_per_step"]
+    assert all(result[f"{name}_{what}_us_per_step"] > 0 for name in ("plain", "gzip") for what in ("write", "read"))

@@ -143,7 +143,7 @@ def test_a_cut_short_member_keeps_every_complete_record_and_appends_after_them(t
         assert _seeds(damaged) == [*[0, 1, 2, 3, 4][:count], 5], cut
         _members(damaged.read_bytes())  # every member whole: no damaged one left before the new
         partial = Path(f"{damaged}.partial")
-        assert not partial.exists() or partial.read_bytes().startswith(b'{"format": "creditgym.trajectory/1"')
+        assert not partial.exists() or partial.read_bytes().startswith(b'{"format": "creditgym.trajectory/2"')
     assert counts >= {0, 1, 2, 3, 4}  # cuts in each member, before and after its records
 
 

@@ -1,5 +1,6 @@
-"""Trajectory records keep what they store: array shapes (empty and object arrays too), records written before
-shapes were stored still read as they did, and what cannot be stored or read says which field or version."""
+"""Trajectory records keep what they store: array shapes (empty and object arrays too), numeric arrays as base64
+bytes (format /2), records written before shapes were stored, and format /1 records, still read as they did, and what
+cannot be stored or read says which field or version."""
 
 from __future__ import annotations
 
@@ -75,10 +76,10 @@ def test_object_arrays_keep_their_shape_element_by_element(tmp_path: Path) -> No
     assert info["none"].shape == (0,) and info["none"].dtype == object
 
 
-def _line(observation, info: dict) -> str:
-    """A record as creditgym wrote it before arrays had a shape."""
-    return json.dumps({"format": FORMAT, "env_id": "x", "seed": 0, "observation": observation, "version": "0.1.0",
-                       "info": {}, "state": None, "metadata": {},
+def _line(observation, info: dict, record_format: str = "creditgym.trajectory/1") -> str:
+    """A record as creditgym wrote it before arrays had a shape (format /1: every array as nested lists)."""
+    return json.dumps({"format": record_format, "env_id": "x", "seed": 0, "observation": observation,
+                       "version": "0.1.0", "info": {}, "state": None, "metadata": {},
                        "steps": [{"action": 0, "observation": observation, "reward_components": {"task": 1.0},
                                   "terminated": True, "truncated": False, "info": info}]})
 
@@ -144,13 +145,77 @@ def test_text_utf8_cannot_encode_names_the_field_and_leaves_the_file_as_it_was(t
 def test_a_record_of_another_format_version_says_which_and_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     record = json.loads(_line("o", {}))
-    path.write_text(json.dumps({**record, "format": "creditgym.trajectory/2", "version": "9.1.0"}) + "\n")
+    path.write_text(json.dumps({**record, "format": "creditgym.trajectory/3", "version": "9.1.0"}) + "\n")
     with pytest.raises(TrajectoryFormatError, match=(
-            rf"t\.jsonl:1: format is 'creditgym\.trajectory/2', written by creditgym 9\.1\.0; this creditgym "
-            rf"\({creditgym.__version__}\) reads 'creditgym\.trajectory/1' records: read it with that creditgym, or "
+            rf"t\.jsonl:1: format is 'creditgym\.trajectory/3', written by creditgym 9\.1\.0; this creditgym "
+            rf"\({creditgym.__version__}\) reads 'creditgym\.trajectory/1' and 'creditgym\.trajectory/2' records: "
+            r"read it with that creditgym, or "
             r"upgrade this one \(pip install -U creditgym\)")):
         load_trajectories(path)
     path.write_text(json.dumps({**record, "format": "other/9"}) + "\n")
     with pytest.raises(TrajectoryFormatError, match=r"format is 'other/9', written by creditgym 0\.1\.0; .*: it is "
                                                     "not a creditgym trajectory record"):
+        load_trajectories(path)
+
+
+def test_numeric_arrays_are_stored_as_little_endian_base64_and_read_back_exactly(tmp_path: Path) -> None:
+    arrays = {"uint16": np.array([1, 256], dtype=np.uint16), "big_endian": np.array([1.5, -2.0], dtype=">f8"),
+              "special": np.array([np.nan, np.inf, -np.inf, -0.0], dtype=np.float32),
+              "mask": np.array([[True, False, True]]), "empty": np.zeros((0, 3), dtype=np.int8),
+              "scalar": np.array(7, dtype=np.int64), "half": np.array([0.5], dtype=np.float16),
+              "tensor": torch.arange(4, dtype=torch.int32).reshape(2, 2)}
+    path = tmp_path / "t.jsonl"
+    with TrajectoryWriter(path) as writer:
+        writer.write(_episode(arrays["uint16"], arrays))
+    stored = json.loads(path.read_text())
+    assert stored["format"] == FORMAT == "creditgym.trajectory/2"
+    # Bytes 01 00 00 01: each element little-endian, in C order, whatever the machine.
+    assert stored["observation"] == {"encoding": "base64", "__ndarray__": "AQAAAQ==", "dtype": "uint16", "shape": [2]}
+    assert stored["steps"][0]["info"]["big_endian"]["dtype"] == "float64"
+    (episode,) = load_trajectories(path)
+    for name, array in arrays.items():
+        expected = array.numpy() if isinstance(array, torch.Tensor) else array
+        back = episode.steps[0].info[name]
+        assert back.dtype == expected.dtype.newbyteorder("=") and back.shape == expected.shape, name
+        np.testing.assert_array_equal(back, expected, err_msg=name)
+        assert back.flags.writeable, name  # as an array read from nested lists is
+    assert np.signbit(episode.steps[0].info["special"][3])  # -0.0 kept
+
+
+def test_format_1_records_with_nested_list_arrays_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    board = {"__ndarray__": [[0, 1], [255, 3]], "dtype": "uint8", "shape": [2, 2]}
+    path.write_text(_line(board, {"mask": {"__ndarray__": [True, False], "dtype": "bool", "shape": [2]}}) + "\n")
+    (episode,) = load_trajectories(path)
+    assert episode.observation.dtype == np.uint8 and episode.observation.tolist() == [[0, 1], [255, 3]]
+    assert episode.steps[0].info["mask"].tolist() == [True, False]
+    # Appending to an old file: new records are format /2, and the file reads as one.
+    with TrajectoryWriter(path) as writer:
+        writer.write(_episode(np.array([[0, 1], [255, 3]], dtype=np.uint8)))
+    old, new = load_trajectories(path)
+    np.testing.assert_array_equal(old.observation, new.observation)
+
+
+@pytest.mark.parametrize(
+    ("stored", "message"),
+    [
+        ({"encoding": "base64", "__ndarray__": "AQ=", "dtype": "uint8", "shape": [1]}, r"padding"),
+        ({"encoding": "base64", "__ndarray__": "AQ!=", "dtype": "uint8", "shape": [1]}, r"Non-base64|base64"),
+        ({"encoding": "base64", "__ndarray__": "AQI=", "dtype": "uint8", "shape": [3]},
+         r"its data holds 2 bytes; shape \[3\] of uint8 takes 3"),
+        ({"encoding": "base64", "__ndarray__": "AAAA", "dtype": "int64", "shape": [10**20]}, r"takes"),
+        ({"encoding": "base64", "__ndarray__": "AgA=", "dtype": "bool", "shape": [2]}, r"bytes other than 0 and 1"),
+        ({"encoding": "base64", "__ndarray__": "AQ==", "dtype": "uint8"}, r"its shape must be a list of sizes"),
+        ({"encoding": "base64", "__ndarray__": [1], "dtype": "uint8", "shape": [1]}, r"must be a string, got list"),
+        ({"encoding": "base64", "__ndarray__": "YQ==", "dtype": "<U1", "shape": [1]}, r"numeric arrays only"),
+        ({"encoding": "base64", "__ndarray__": "YQ==", "dtype": "object", "shape": [1]}, r"numeric arrays only"),
+        ({"encoding": "zstd", "__ndarray__": "AQ==", "dtype": "uint8", "shape": [1]}, r"unknown encoding 'zstd'"),
+    ],
+    ids=lambda value: str(value)[:40],
+)
+def test_damaged_base64_arrays_name_the_field(tmp_path: Path, stored: dict, message: str) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(_line("o", {"board": stored}, FORMAT) + "\n")
+    with pytest.raises(TrajectoryFormatError, match=r"t\.jsonl:1: steps\[0\]\.info\.board is not a valid stored "
+                                                    r"numpy array \(.*" + message):
         load_trajectories(path)

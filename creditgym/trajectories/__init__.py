@@ -9,12 +9,17 @@ version.
     episodes = [add_shaping(e, get_potential("box_distance").offline, gamma=0.99) for e in episodes]
 
 A path ending in .gz holds gzip-compressed JSONL, for writing, reading, trimming and re-scoring alike. Runs record
-to one (`RUN_TRAJECTORIES`): PPO's Sokoban records shrink 47 times so, from 1.7 KB to 37 bytes a step.
+to one (`RUN_TRAJECTORIES`): PPO's Sokoban records shrink 49 times so, from 1.1 KB to 23 bytes a step.
 
 Values are stored as JSON, with two departures from strict JSON (RFC 8259) that Python's `json` reads back:
 NaN and ±infinity (a reward, say) are written as the bare tokens `NaN`, `Infinity` and `-Infinity`, which jq
-and JavaScript's JSON.parse refuse. A numpy array (or tensor) is an object `{"__ndarray__": nested lists, "dtype":
-..., "shape": [...]}`; an array without "shape" (records written before it was stored) reads as it always did.
+and JavaScript's JSON.parse refuse. A numpy array (or tensor) of booleans, integers or floats is an object
+`{"encoding": "base64", "__ndarray__": base64 of its bytes, little-endian in C order, "dtype": "float32",
+"shape": [...]}` (in NumPy: `np.frombuffer(base64.b64decode(data), np.dtype(dtype).newbyteorder("<"))
+.reshape(shape)`); a string or object array is `{"__ndarray__": nested lists, "dtype": ..., "shape": [...]}`.
+Records of format /1 (`READABLE_FORMATS`), which held every array as nested lists, still read, also without
+"shape" (records written before it was stored): files may mix both. Format /2 reads 4x as fast and writes 2-3x
+as fast (docs/benchmarks.md).
 
 The LLM trainer's rollouts become records with `llm_episode_records` (`LLMTrainConfig.record_trajectories`
 writes them to the run folder's trajectories.jsonl.gz). PPO records the episodes of its first
@@ -48,7 +53,15 @@ from .recording import (
     record_episodes,
     sokoban_states,
 )
-from .records import FORMAT, MAX_TEXT_ARRAY_BYTES, Episode, Step, TrajectoryFormatError, TrajectoryWarning
+from .records import (
+    FORMAT,
+    MAX_TEXT_ARRAY_BYTES,
+    READABLE_FORMATS,
+    Episode,
+    Step,
+    TrajectoryFormatError,
+    TrajectoryWarning,
+)
 from .rescore import (
     ESTIMATORS,
     RecordSummary,
@@ -63,10 +76,10 @@ from .rescore import (
 
 __all__ = [
     "ESTIMATORS", "FORMAT", "GZIP_LEVEL", "GZIP_MEMBER_BYTES", "LEGACY_RUN_TRAJECTORIES", "MAX_TEXT_ARRAY_BYTES",
-    "RUN_TRAJECTORIES", "Episode", "Policy", "PolicyOutput", "RecordSummary", "Step", "TrajectoryFormatError",
-    "TrajectoryWarning", "TrajectoryWriter", "VectorRecorder", "add_shaping", "check_output_path", "is_gzipped",
-    "llm_episode_record", "llm_episode_records", "load_trajectories", "offline_potential", "offline_potential_names",
-    "reached_observations", "read_trajectories", "record_episodes", "remove_run_trajectories", "replacing_writer",
-    "rescore_file", "run_trajectories", "sokoban_states", "step_advantages", "summarize", "trim_trajectories",
-    "with_advantages",
+    "READABLE_FORMATS", "RUN_TRAJECTORIES", "Episode", "Policy", "PolicyOutput", "RecordSummary", "Step",
+    "TrajectoryFormatError", "TrajectoryWarning", "TrajectoryWriter", "VectorRecorder", "add_shaping",
+    "check_output_path", "is_gzipped", "llm_episode_record", "llm_episode_records", "load_trajectories",
+    "offline_potential", "offline_potential_names", "reached_observations", "read_trajectories", "record_episodes",
+    "remove_run_trajectories", "replacing_writer", "rescore_file", "run_trajectories", "sokoban_states",
+    "step_advantages", "summarize", "trim_trajectories", "with_advantages",
 ]

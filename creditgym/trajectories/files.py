@@ -24,8 +24,9 @@ from .records import _NDARRAY, Episode, TrajectoryFormatError, TrajectoryWarning
 RUN_TRAJECTORIES = "trajectories.jsonl.gz"
 #: Where runs recorded before their recordings were compressed; resuming such a run continues this file.
 LEGACY_RUN_TRAJECTORIES = "trajectories.jsonl"
-#: zlib level of .gz trajectory files. On PPO's Sokoban records (1.7 KB of JSON a step, which takes 68 µs to encode)
-#: level 6, gzip's default, compresses 47x for 4.6 µs a step; level 1 only 15x for 2.6 µs; level 9 71x for 12.6 µs.
+#: zlib level of .gz trajectory files. On PPO's Sokoban records of format /1 (1.7 KB of JSON a step, which took 68 µs
+#: to encode) level 6, gzip's default, compressed 47x for 4.6 µs a step; level 1 only 15x for 2.6 µs; level 9 71x for
+#: 12.6 µs. Format /2's base64 arrays (1.1 KB a step) compress 49x at level 6.
 GZIP_LEVEL = 6
 #: JSON a `TrajectoryWriter` gathers into one gzip member before writing it. Members compress alone: 1 MiB ones
 #: come within 2% of compressing the whole file at once, one member per PPO episode 13% short. It also bounds what
