@@ -141,7 +141,10 @@ def test_ppo_keeps_each_steps_reference_log_prob_with_its_episode(tmp_path) -> N
                        learned_reward="prime", num_envs=8, num_steps=16, total_steps=8 * 16 * 9, hidden=16,
                        progress=False, tensorboard=False, runs_dir=str(tmp_path), run_name="prm", checkpoint_every=0)
     trainer = PPO(config)
+    references = []  # the frozen reference's passes: one per rollout, none in the PRM's training or its rewards
+    trainer.learned_reward.reference.register_forward_hook(lambda *_: references.append(1))
     trainer.learn()
+    assert len(references) == 9
     prm = trainer.learned_reward
     assert isinstance(prm, GridImplicitPRM) and len(prm.replay) > 0
     for episode in prm.replay.episodes:
@@ -175,3 +178,47 @@ def test_bfloat16_reward_networks_give_float32_outputs_close_to_float32() -> Non
         GridImplicitPRM((7, 5, 5), 4, precision="float16")
     with pytest.raises(ValueError, match="learned_reward_precision must be float32 or bfloat16"):
         PPOConfig(env_id="creditgym/Sokoban-6x6-1b-v0", learned_reward="spa", learned_reward_precision="half")
+
+
+def test_the_config_precision_reaches_every_learned_reward_model() -> None:
+    from creditgym.agents.ppo import make_learned_reward
+
+    for algo in ("spa", "prime", "oprl"):
+        for precision in ("float32", "bfloat16"):
+            config = PPOConfig(env_id="creditgym/Sokoban-6x6-1b-v0", learned_reward=algo,
+                               learned_reward_precision=precision)
+            model = make_learned_reward(config, (7, 5, 5), 4, torch.device("cpu"))
+            assert getattr(model, "estimator", model).bfloat16 == (precision == "bfloat16"), (algo, precision)
+
+
+def test_a_bfloat16_prm_gives_log_ratios_close_to_float32_ones_but_not_equal() -> None:
+    generator = torch.Generator().manual_seed(0)
+    obs = torch.randint(0, 2, (64, 7, 5, 5), generator=generator, dtype=torch.uint8)
+    actions = torch.randint(0, 4, (64,), generator=generator)
+    exact = GridImplicitPRM((7, 5, 5), 4, hidden=64, seed=0)
+    fast = GridImplicitPRM((7, 5, 5), 4, hidden=64, seed=0, precision="bfloat16")
+    for prm in (exact, fast):  # π_φ moved away from π_ref, as after training
+        torch.nn.init.normal_(prm.network[-1].weight, generator=torch.Generator().manual_seed(1))
+    got, expected = fast.log_ratios(obs, actions), exact.log_ratios(obs, actions)
+    assert got.dtype == torch.float32 and not torch.equal(got, expected)  # it did run in bfloat16
+    assert torch.allclose(got, expected, atol=0.1)
+
+
+def test_a_minibatch_mixing_kept_and_missing_reference_log_probs_trains_as_recomputed() -> None:
+    """Episodes replayed from a checkpoint written before the log-probs were kept have none: the loss computes theirs,
+    beside the kept ones of newer episodes, in one minibatch."""
+    generator = torch.Generator().manual_seed(1)
+    prm = GridImplicitPRM((3, 4), 5, hidden=32, seed=0)
+    obs = torch.randint(0, 2, (6, 10, 3, 4), generator=generator, dtype=torch.uint8)
+    actions = torch.randint(0, 5, (6, 10), generator=generator)
+    done = torch.rand(6, 10, generator=generator) < 0.3
+    success = done & (torch.rand(6, 10, generator=generator) < 0.5)
+    episodes = EpisodeAssembler(10).add_rollout(obs, actions, torch.ones_like(done), done, torch.zeros_like(done),
+                                                success, reference_logprobs=prm.reference_logprobs(obs, actions))
+    assert len(episodes) > 2
+    mixed = [copy.copy(episode) for episode in episodes]
+    mixed[0].reference_logprobs = None
+    recomputed = [copy.copy(episode) for episode in episodes]
+    for episode in recomputed:
+        episode.reference_logprobs = None
+    assert torch.equal(prm.loss(mixed), prm.loss(recomputed))

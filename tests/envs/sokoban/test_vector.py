@@ -242,7 +242,7 @@ def test_a_pickled_batched_env_plays_on_like_the_original() -> None:
 
 
 def _reference_run(variant: str, obs_mode: str, seed: int, steps: int, num_envs: int, first_env: int,
-                   total_envs: int) -> tuple[list[list[int]], list[tuple]]:
+                   total_envs: int, rewards: dict[str, float] | None = None) -> tuple[list[list[int]], list[tuple]]:
     """The actions and every output the batched env must give, built from single `SokobanEnv`s and the documented
     level stream: one `torch.randint` over the whole batch at reset and at every step, from a generator seeded with
     the reset seed, whose entry for a board is its next level when its episode ends."""
@@ -252,7 +252,8 @@ def _reference_run(variant: str, obs_mode: str, seed: int, steps: int, num_envs:
     def draw() -> list[int]:
         return torch.randint(len(bank), (total_envs,), generator=generator)[first_env:first_env + num_envs].tolist()
 
-    singles = [SokobanEnv(levels=variant, action_mask=True, obs_mode=obs_mode) for _ in range(num_envs)]
+    singles = [SokobanEnv(levels=variant, action_mask=True, obs_mode=obs_mode, rewards=rewards)
+               for _ in range(num_envs)]
     driver = _Driver(bank, np.random.default_rng(seed))
     levels, elapsed = draw(), [0] * num_envs
     first = [env.reset(options={"level": bank[level]}) for env, level in zip(singles, levels, strict=True)]
@@ -290,17 +291,23 @@ def _reference_run(variant: str, obs_mode: str, seed: int, steps: int, num_envs:
     return all_actions, records
 
 
-@pytest.mark.parametrize(("variant", "obs_mode", "num_envs", "first_env", "total_envs", "action_mask"), [
-    ("6x6-1b", "array", 24, 0, 24, True), ("6x6-1b", "array", 9, 5, 20, False), ("8x8-2b", "array", 12, 0, 12, False),
-    ("6x6-2b", "egocentric", 12, 3, 16, True), ("10x10-3b", "egocentric", 8, 0, 8, False),
-    ("10x10-3b", "array", 8, 0, 8, True)])
+# Rewards unlike the defaults, so that no move's reward in the lookup tables can come from the default table.
+_CUSTOM_REWARDS = {"step": -0.3, "box_on_target": 0.7, "box_off_target": -1.3, "solved": 5.1}
+
+
+@pytest.mark.parametrize(("variant", "obs_mode", "num_envs", "first_env", "total_envs", "action_mask", "rewards"), [
+    ("6x6-1b", "array", 24, 0, 24, True, None), ("6x6-1b", "array", 9, 5, 20, False, None),
+    ("8x8-2b", "array", 12, 0, 12, False, None), ("6x6-2b", "egocentric", 12, 3, 16, True, None),
+    ("10x10-3b", "egocentric", 8, 0, 8, False, None), ("10x10-3b", "array", 8, 0, 8, True, None),
+    ("6x6-2b", "array", 12, 0, 12, True, _CUSTOM_REWARDS)])
 def test_a_seeded_run_gives_every_output_of_the_reference(variant: str, obs_mode: str, num_envs: int, first_env: int,
-                                                          total_envs: int, action_mask: bool) -> None:
+                                                          total_envs: int, action_mask: bool,
+                                                          rewards: dict[str, float] | None) -> None:
     # Every output of a whole run, kept and compared only at the end: a tensor that a later step changes in place
     # (an observation sharing the env's buffers, say) fails here even if each step was right when it was returned.
-    actions, expected = _reference_run(variant, obs_mode, 5, 90, num_envs, first_env, total_envs)
+    actions, expected = _reference_run(variant, obs_mode, 5, 90, num_envs, first_env, total_envs, rewards)
     vec = SokobanVectorEnv(num_envs, levels=variant, max_episode_steps=MAX_STEPS, obs_mode=obs_mode,
-                           action_mask=action_mask, first_env=first_env, total_envs=total_envs)
+                           action_mask=action_mask, first_env=first_env, total_envs=total_envs, rewards=rewards)
     got = [vec.reset(seed=5)] + [vec.step(torch.tensor(row)) for row in actions]
     ended = solved = 0
     for (obs, *step, info), (expected_obs, expected_info, *expected_step) in zip(got, expected, strict=True):
@@ -322,3 +329,21 @@ def test_a_seeded_run_gives_every_output_of_the_reference(variant: str, obs_mode
         ended += len(expected_info.get("final_obs", ()))
         solved += int(expected_info["success"].sum())
     assert ended > 2 * num_envs and solved > 2
+
+
+def test_the_move_index_off_the_cpu_matches_the_cpu_one() -> None:
+    # CUDA has no integer matrix products, so there the row index is a sum of products: no GPU runs the tests, so the
+    # other device's formula runs here on CPU tensors, on every move of a seeded run.
+    vec = SokobanVectorEnv(64, levels="8x8-2b")
+    vec.reset(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        actions = torch.randint(4, (64,), generator=generator)
+        cells = vec._cell_offsets.index_select(0, actions) + vec._player_column
+        seen = vec._buffer.index_select(0, cells.view(-1)).view(-1, 6)
+        on_cpu = vec._move_index(seen, actions)
+        vec.device = torch.device("meta")  # any device but the CPU takes the other branch
+        elsewhere = vec._move_index(seen, actions)
+        vec.device = torch.device("cpu")
+        assert torch.equal(on_cpu, elsewhere)
+        vec.step(actions)
