@@ -136,6 +136,36 @@ def test_offline_forms_agree_with_live_forms_on_recorded_states() -> None:
         get_potential("box_distance").offline(None, None)
 
 
+def test_offline_forms_parse_each_distinct_recorded_board_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-scoring meets the same boards again and again: each is parsed and checked as a Level once, and the values
+    stay those of a fresh parse; a damaged board is refused every time it comes."""
+    env = gym.make("creditgym/Sokoban-6x6-2b-v0")
+    env.reset(seed=3)
+    states = [env.unwrapped.state()]
+    for action in [0, 1, 0, 1, 2, 3, 2, 3]:  # up, down, up, down, left, right, ...: boards recur
+        env.step(action)
+        states.append(env.unwrapped.state())
+    distinct = {tuple(state["board"]) for state in states}
+    assert len(distinct) < len(states)
+    names = ("box_distance", "boxes_on_target", "solver_distance")
+    fresh = {name: [float(get_potential(name).batched(one_hot(Level.from_rows(state["board"]).tiles))[0])
+                    if name != "solver_distance" else SolverDistance()(Level.from_rows(state["board"]).tiles)
+                    for state in states] for name in names}
+    potentials_module._parsed_board.cache_clear()
+    potentials_module._recorded_value.cache_clear()
+    parsed = []
+    from_rows = Level.from_rows.__func__
+    monkeypatch.setattr(Level, "from_rows", classmethod(lambda cls, rows: parsed.append(rows) or from_rows(cls, rows)))
+    for name in names:
+        for _ in range(2):
+            assert [get_potential(name).offline(None, state) for state in states] == fresh[name], name
+    assert sorted(parsed) == sorted(distinct)  # once each
+    damaged = {**states[0], "board": ["#####", "#@@.#", "#####"]}
+    for _ in range(2):
+        with pytest.raises(ValueError, match="exactly one player"):
+            get_potential("box_distance").offline(None, damaged)
+
+
 def _minigrid_state(rows: list[str], agent: tuple[int, int]) -> dict:
     """A MiniGrid `state()` from rows of '#' wall, '.' floor, 'D' door, 'G' goal; cells are indexed [x, y]."""
     from minigrid.core.constants import OBJECT_TO_IDX
