@@ -154,8 +154,8 @@ def test_ppo_keeps_each_steps_reference_log_prob_with_its_episode(tmp_path) -> N
 
 def test_bfloat16_reward_networks_give_float32_outputs_close_to_float32() -> None:
     """`learned_reward_precision="bfloat16"` runs the networks under autocast: outputs stay float32 and close to the
-    float32 networks' (same weights), gradients reach every weight, and the PRM's reward is still 0 before an
-    update (π_φ and π_ref compute alike)."""
+    float32 networks' (same weights), gradients reach every weight, the PRM's reward is still 0 before an update
+    (π_φ and π_ref compute alike) and its log-ratios after one are close to float32's."""
     from creditgym.wrappers.progress import GridProgressEstimator
 
     generator = torch.Generator().manual_seed(0)
@@ -174,6 +174,12 @@ def test_bfloat16_reward_networks_give_float32_outputs_close_to_float32() -> Non
     prm = GridImplicitPRM((7, 5, 5), 4, hidden=32, seed=0, precision="bfloat16")
     rewards = prm.dense_rewards(obs, actions, torch.ones_like(actions, dtype=torch.bool))
     assert rewards.dtype == torch.float32 and torch.equal(rewards, torch.zeros_like(rewards))
+    exact_prm = GridImplicitPRM((7, 5, 5), 4, hidden=32, seed=0)
+    for model in (exact_prm, prm):  # π_φ moved away from π_ref, as after training
+        torch.nn.init.normal_(model.network[-1].weight, generator=torch.Generator().manual_seed(1))
+    got, expected = prm.log_ratios(obs, actions), exact_prm.log_ratios(obs, actions)
+    assert got.dtype == torch.float32 and not torch.equal(got, expected)  # the PRM ran in bfloat16 too
+    assert torch.allclose(got, expected, atol=0.1)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         GridImplicitPRM((7, 5, 5), 4, precision="float16")
     with pytest.raises(ValueError, match="learned_reward_precision must be float32 or bfloat16"):
@@ -190,18 +196,6 @@ def test_the_config_precision_reaches_every_learned_reward_model() -> None:
             model = make_learned_reward(config, (7, 5, 5), 4, torch.device("cpu"))
             assert getattr(model, "estimator", model).bfloat16 == (precision == "bfloat16"), (algo, precision)
 
-
-def test_a_bfloat16_prm_gives_log_ratios_close_to_float32_ones_but_not_equal() -> None:
-    generator = torch.Generator().manual_seed(0)
-    obs = torch.randint(0, 2, (64, 7, 5, 5), generator=generator, dtype=torch.uint8)
-    actions = torch.randint(0, 4, (64,), generator=generator)
-    exact = GridImplicitPRM((7, 5, 5), 4, hidden=64, seed=0)
-    fast = GridImplicitPRM((7, 5, 5), 4, hidden=64, seed=0, precision="bfloat16")
-    for prm in (exact, fast):  # π_φ moved away from π_ref, as after training
-        torch.nn.init.normal_(prm.network[-1].weight, generator=torch.Generator().manual_seed(1))
-    got, expected = fast.log_ratios(obs, actions), exact.log_ratios(obs, actions)
-    assert got.dtype == torch.float32 and not torch.equal(got, expected)  # it did run in bfloat16
-    assert torch.allclose(got, expected, atol=0.1)
 
 
 def test_a_minibatch_mixing_kept_and_missing_reference_log_probs_trains_as_recomputed() -> None:
