@@ -114,6 +114,22 @@ def test_readme_python_runs_and_shows_what_it_says() -> None:
                 namespace[name].close()  # type: ignore[union-attr]
 
 
+def test_the_reward_methods_guide_runs_as_written() -> None:
+    """docs/rewards.md shows the reward methods from Python, for users' own trainers; its blocks assert what they
+    claim, and run in order in one namespace, as a reader pastes them."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "rewards.md").read_text(), re.S | re.M)
+    assert len(blocks) >= 5
+    namespace: dict[str, object] = {}
+    try:
+        for block in blocks:
+            exec(compile(block, "docs/rewards.md", "exec"), namespace)  # noqa: S102 - our own docs
+        assert namespace["checkpoint"]["spa"]["replay"]  # type: ignore[index]  # SPA learned from finished episodes
+    finally:
+        for name in ("env", "vec"):
+            if isinstance(namespace.get(name), (gym.Env, gym.vector.VectorEnv)):
+                namespace[name].close()  # type: ignore[union-attr]
+
+
 TRAIN = [(doc, words) for doc, program, words in COMMANDS if program == "creditgym train" and "--resume" not in words]
 
 
