@@ -76,6 +76,9 @@ def test_object_arrays_keep_their_shape_element_by_element(tmp_path: Path) -> No
     assert info["none"].shape == (0,) and info["none"].dtype == object
 
 
+_BAD_SHAPE = r"its shape must be a list of at most 64 sizes below 2\*\*63"
+
+
 def _line(observation, info: dict, record_format: str = "creditgym.trajectory/1") -> str:
     """A record as creditgym wrote it before arrays had a shape (format /1: every array as nested lists)."""
     return json.dumps({"format": record_format, "env_id": "x", "seed": 0, "observation": observation,
@@ -105,9 +108,9 @@ def test_records_written_before_shapes_were_stored_read_as_before(tmp_path: Path
     [
         ({"__ndarray__": [1, 2], "dtype": "int64", "shape": [3]}, r"its nested lists do not have its shape \[3\]"),
         ({"__ndarray__": [[1, 2, 3], [4, 5, 6]], "dtype": "int64", "shape": [3, 2]}, r"do not have its shape"),
-        ({"__ndarray__": [1], "dtype": "int64", "shape": "1"}, r"its shape must be a list of sizes"),
-        ({"__ndarray__": [1], "dtype": "int64", "shape": [-1]}, r"its shape must be a list of sizes"),
-        ({"__ndarray__": [1], "dtype": "int64", "shape": [True]}, r"its shape must be a list of sizes"),
+        ({"__ndarray__": [1], "dtype": "int64", "shape": "1"}, _BAD_SHAPE),
+        ({"__ndarray__": [1], "dtype": "int64", "shape": [-1]}, _BAD_SHAPE),
+        ({"__ndarray__": [1], "dtype": "int64", "shape": [True]}, _BAD_SHAPE),
         ({"__ndarray__": [[1], [2]], "dtype": "object", "shape": [3]}, r"do not have its shape \[3\]"),
         ({"__ndarray__": [1, 2], "dtype": "object", "shape": [2, 1]}, r"do not have its shape \[2, 1\]"),
         ({"__ndarray__": [], "dtype": "object", "shape": [0, 10**20]}, r""),  # numpy's own message
@@ -163,7 +166,10 @@ def test_numeric_arrays_are_stored_as_little_endian_base64_and_read_back_exactly
               "special": np.array([np.nan, np.inf, -np.inf, -0.0], dtype=np.float32),
               "mask": np.array([[True, False, True]]), "empty": np.zeros((0, 3), dtype=np.int8),
               "scalar": np.array(7, dtype=np.int64), "half": np.array([0.5], dtype=np.float16),
-              "tensor": torch.arange(4, dtype=torch.int32).reshape(2, 2)}
+              "tensor": torch.arange(4, dtype=torch.int32).reshape(2, 2),
+              # not C-contiguous: the bytes must be written in C order, not the memory's
+              "transposed": np.arange(6).reshape(2, 3).T, "strided": np.arange(24).reshape(4, 6)[::2, ::-3],
+              "fortran": np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))}
     path = tmp_path / "t.jsonl"
     with TrajectoryWriter(path) as writer:
         writer.write(_episode(arrays["uint16"], arrays))
@@ -178,7 +184,8 @@ def test_numeric_arrays_are_stored_as_little_endian_base64_and_read_back_exactly
         back = episode.steps[0].info[name]
         assert back.dtype == expected.dtype.newbyteorder("=") and back.shape == expected.shape, name
         np.testing.assert_array_equal(back, expected, err_msg=name)
-        assert back.flags.writeable, name  # as an array read from nested lists is
+        assert back.flags.writeable and back.flags.owndata, name  # as an array read from nested lists is
+        assert back.dtype.isnative, name
     assert np.signbit(episode.steps[0].info["special"][3])  # -0.0 kept
 
 
@@ -200,16 +207,22 @@ def test_format_1_records_with_nested_list_arrays_still_read(tmp_path: Path) -> 
     ("stored", "message"),
     [
         ({"encoding": "base64", "__ndarray__": "AQ=", "dtype": "uint8", "shape": [1]}, r"padding"),
-        ({"encoding": "base64", "__ndarray__": "AQ!=", "dtype": "uint8", "shape": [1]}, r"Non-base64|base64"),
+        ({"encoding": "base64", "__ndarray__": "AQ!=", "dtype": "uint8", "shape": [1]}, r"Only base64 data"),
+        ({"encoding": "base64", "__ndarray__": "AAAA AAAA", "dtype": "uint8", "shape": [6]}, r"Only base64 data"),
+        ({"encoding": "base64", "__ndarray__": "AAAA\nAAAA", "dtype": "uint8", "shape": [6]}, r"Only base64 data"),
         ({"encoding": "base64", "__ndarray__": "AQI=", "dtype": "uint8", "shape": [3]},
          r"its data holds 2 bytes; shape \[3\] of uint8 takes 3"),
-        ({"encoding": "base64", "__ndarray__": "AAAA", "dtype": "int64", "shape": [10**20]}, r"takes"),
+        ({"encoding": "base64", "__ndarray__": "AAAA", "dtype": "int64", "shape": [2**62]}, r"takes"),
+        ({"encoding": "base64", "__ndarray__": "", "dtype": "int64", "shape": [0, 2**63]}, r"below 2\*\*63"),
+        ({"encoding": "base64", "__ndarray__": "", "dtype": "int64", "shape": [10**4000] * 65}, r"at most 64 sizes"),
         ({"encoding": "base64", "__ndarray__": "AgA=", "dtype": "bool", "shape": [2]}, r"bytes other than 0 and 1"),
-        ({"encoding": "base64", "__ndarray__": "AQ==", "dtype": "uint8"}, r"its shape must be a list of sizes"),
+        ({"encoding": "base64", "__ndarray__": "AQ==", "dtype": "uint8"}, _BAD_SHAPE),
         ({"encoding": "base64", "__ndarray__": [1], "dtype": "uint8", "shape": [1]}, r"must be a string, got list"),
         ({"encoding": "base64", "__ndarray__": "YQ==", "dtype": "<U1", "shape": [1]}, r"numeric arrays only"),
         ({"encoding": "base64", "__ndarray__": "YQ==", "dtype": "object", "shape": [1]}, r"numeric arrays only"),
         ({"encoding": "zstd", "__ndarray__": "AQ==", "dtype": "uint8", "shape": [1]}, r"unknown encoding 'zstd'"),
+        ({"encoding": "", "__ndarray__": [1], "dtype": "uint8", "shape": [1]}, r"unknown encoding ''"),
+        ({"encoding": None, "__ndarray__": [1], "dtype": "uint8", "shape": [1]}, r"unknown encoding 'None'"),
     ],
     ids=lambda value: str(value)[:40],
 )
@@ -218,4 +231,17 @@ def test_damaged_base64_arrays_name_the_field(tmp_path: Path, stored: dict, mess
     path.write_text(_line("o", {"board": stored}, FORMAT) + "\n")
     with pytest.raises(TrajectoryFormatError, match=r"t\.jsonl:1: steps\[0\]\.info\.board is not a valid stored "
                                                     r"numpy array \(.*" + message):
+        load_trajectories(path)
+
+
+def test_a_big_endian_dtype_in_a_record_reads_as_native_and_a_huge_number_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    stored = {"encoding": "base64", "__ndarray__": "AQAAAQ==", "dtype": ">u2", "shape": [2]}  # bytes are little-endian
+    path.write_text(_line("o", {"board": stored}, FORMAT) + "\n")
+    (episode,) = load_trajectories(path)
+    board = episode.steps[0].info["board"]
+    assert board.dtype == np.uint16 and board.dtype.isnative and board.tolist() == [1, 256]
+    record = json.loads(_line("o", {}, FORMAT))
+    path.write_text(json.dumps(record).replace('"seed": 0', '"seed": ' + "1" * 5000) + "\n")
+    with pytest.raises(TrajectoryFormatError, match=r"t\.jsonl:1: not a readable record \(Exceeds the limit"):
         load_trajectories(path)

@@ -481,6 +481,8 @@ def read_trajectories(path: str | Path, *, progress: Callable[[int, int], None] 
                     return
                 raise TrajectoryFormatError(f"{path}:{number}: not valid JSON ({error.msg} at column "
                                             f"{error.colno}){_gzip_hint(path, raw)}") from None
+            except ValueError as error:  # a number past Python's limit on integer digits (4,300 by default)
+                raise TrajectoryFormatError(f"{path}:{number}: not a readable record ({error})") from None
             except RecursionError:
                 raise TrajectoryFormatError(f"{path}:{number}: the JSON is nested too deeply") from None
             try:

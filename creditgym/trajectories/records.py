@@ -308,14 +308,20 @@ def _from_base64(encoding: Any, data: Any, dtype: np.dtype, shape: Any) -> np.nd
         raise ValueError(f"its data holds {len(raw)} bytes; shape {list(shape)} of {dtype} takes {needed}")
     if dtype.kind == "b" and raw.translate(None, b"\x00\x01"):
         raise ValueError("its bool data holds bytes other than 0 and 1")
-    # A bytearray, so that the array is writable as one read from nested lists is.
-    array = np.frombuffer(bytearray(raw), dtype=dtype.newbyteorder("<"))
-    return array.astype(dtype, copy=False).reshape(shape)
+    # The copy astype makes is native-endian, owns its memory and is writable, as an array read from nested lists is.
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+# No array has more dimensions than numpy's limit, or a size past int64: bounds that also keep a hostile shape (many
+# sizes of thousands of digits) from costing minutes in the product that checks it against the data.
+_MAX_DIMENSIONS = 64
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(_is(n, int) and n >= 0 for n in shape):
-        raise ValueError(f"its shape must be a list of sizes, got {str(shape)[:40]}")
+    if (not isinstance(shape, list) or len(shape) > _MAX_DIMENSIONS
+            or not all(_is(n, int) and 0 <= n < 2**63 for n in shape)):
+        raise ValueError(f"its shape must be a list of at most {_MAX_DIMENSIONS} sizes below 2**63, got "
+                         f"{str(shape)[:40]}")
     return tuple(shape)
 
 
