@@ -21,6 +21,10 @@ Records of format /1 (`READABLE_FORMATS`), which held every array as nested list
 "shape" (records written before it was stored): files may mix both. Format /2 reads 4x as fast and writes 2-3x
 as fast (docs/benchmarks.md).
 
+The modules: `records` (the format), `files` (writing, reading, trimming), `recording` (building records from envs
+and trainers), `rescore` (offline re-scoring). Their settings, such as `files.GZIP_LEVEL`, are read where they are
+defined: set them on the module, not on this package, which only re-exports them.
+
 The LLM trainer's rollouts become records with `llm_episode_records` (`LLMTrainConfig.record_trajectories`
 writes them to the run folder's trajectories.jsonl.gz). PPO records the episodes of its first
 `PPOConfig.record_envs` envs with `VectorRecorder`, which builds records from the batched tensors of a vector env.
