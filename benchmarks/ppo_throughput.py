@@ -44,6 +44,7 @@ def sb3_sps(steps: int, num_envs: int, threads: int, env_kwargs: dict) -> float:
     try:
         from stable_baselines3 import PPO as SB3PPO
         from stable_baselines3.common.env_util import make_vec_env
+        from stable_baselines3.common.logger import configure
     except ImportError:
         raise SystemExit("the SB3 baseline needs stable-baselines3: pip install 'creditgym[bench]', or pass "
                          "--skip-sb3 to measure creditgym only") from None
@@ -52,6 +53,8 @@ def sb3_sps(steps: int, num_envs: int, threads: int, env_kwargs: dict) -> float:
     envs = make_vec_env(lambda: gym.make(ENV_ID, **env_kwargs), n_envs=num_envs, seed=0)
     # SB3's own defaults (n_steps 2048, batch 64, 10 epochs), as its users run it.
     model = SB3PPO("MlpPolicy", envs, seed=0, device="cpu", verbose=0)
+    with tempfile.TemporaryDirectory() as folder:  # SB3's default logger leaves an empty /tmp/SB3-<time> per run
+        model.set_logger(configure(folder, []))
     model.learn(total_timesteps=num_envs * 2048)  # warm-up: one rollout and update
     start = time.perf_counter()
     model.learn(total_timesteps=steps, reset_num_timesteps=False)

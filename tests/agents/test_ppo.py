@@ -517,10 +517,13 @@ def test_resume_and_eval_refuse_what_they_cannot_do(tmp_path: Path, capsys: pyte
     assert json.loads((run / "eval.json").read_text())["greedy"] is True
 
 
-def test_stable_baselines3_trains_on_a_creditgym_env() -> None:
+def test_stable_baselines3_trains_on_a_creditgym_env(tmp_path: Path) -> None:
     sb3 = pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.logger import configure
+
     env = gym.make("creditgym/Sokoban-6x6-1b-v0")
     model = sb3.PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.set_logger(configure(str(tmp_path), []))  # SB3's default logger leaves an empty /tmp/SB3-<time> per run
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(total_timesteps=2048)
     assert model.num_timesteps >= 2048
