@@ -261,15 +261,17 @@ class VLLMServer:
     """creditgym's vLLM server (`vllm_server.py`) as a child process on 127.0.0.1 and a free port.
 
     Blocks until the server answers (at most `timeout` seconds) and raises with the end of its log if it dies or
-    takes longer. `close()` (also run at exit) stops it; the server also stops by itself when this process dies.
+    takes longer. `close()` (also run at exit) stops it and removes its temporary folder (`temp_folder`, its TMPDIR,
+    which also holds the log unless `log_path` is given); the server also stops by itself when this process dies.
     """
 
     def __init__(self, model_dir: str | Path, *, python: str | Path, dtype: str = "float32", kv_cache_gb: float = 2.0,
                  threads: int = 1, max_model_len: int = 4096, timeout: float = 600.0,
                  log_path: str | Path | None = None) -> None:
-        if log_path is None:
-            log_path = Path(tempfile.mkdtemp(prefix="creditgym-vllm-")) / "server.log"
-        self.log_path = Path(log_path)
+        # vLLM leaves files in the temp dir (its torch.distributed file store, vllm_dist_<id>, one per start): they go
+        # to a folder of the server's own, removed when it stops.
+        self.temp_folder = Path(tempfile.mkdtemp(prefix="creditgym-vllm-server-"))
+        self.log_path = Path(log_path) if log_path is not None else self.temp_folder / "server.log"
         port_file = self.log_path.with_suffix(".port")
         port_file.unlink(missing_ok=True)
         command = [str(python), str(SERVER_SCRIPT), "--model", str(model_dir), "--port", "0", "--port-file",
@@ -277,18 +279,19 @@ class VLLMServer:
                    "--max-model-len", str(max_model_len), "--exit-with-parent"]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, "TMPDIR": str(self.temp_folder)},
                                             start_new_session=True)  # a terminal Ctrl-C is the trainer's to handle
         # also when this object is collected, or at exit
-        self._stop = weakref.finalize(self, _stop_process, self.process)
+        self._stop = weakref.finalize(self, _stop_process, self.process, self.temp_folder)
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.process.poll() is not None:
                 raise RuntimeError(f"the vLLM server exited with code {self.process.returncode} while starting:\n"
                                    f"{self.log_tail()}\n(command: {' '.join(command)})")
             if time.monotonic() > deadline:
+                tail = self.log_tail()  # before close() removes a log in the temporary folder
                 self.close()
-                raise TimeoutError(f"the vLLM server did not start within {timeout:g} s; its log ends with:\n"
-                                   f"{self.log_tail()}")
+                raise TimeoutError(f"the vLLM server did not start within {timeout:g} s; its log ends with:\n{tail}")
             time.sleep(0.2)
         self.url = f"http://127.0.0.1:{int(port_file.read_text())}/v1"
 
@@ -302,7 +305,7 @@ class VLLMServer:
         self._stop()
 
 
-def _stop_process(process: subprocess.Popen) -> None:
+def _stop_process(process: subprocess.Popen, temp_folder: Path) -> None:
     if process.poll() is None:
         process.terminate()
         try:
@@ -310,6 +313,7 @@ def _stop_process(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    shutil.rmtree(temp_folder, ignore_errors=True)
 
 
 def find_vllm_python(python: str | Path | None = None) -> Path:

@@ -140,6 +140,28 @@ def test_trainer_pushes_weights_after_each_update(server: tuple[LLMPolicy, VLLMG
 
 
 @needs_vllm
+def test_the_server_keeps_its_temporary_files_in_a_folder_of_its_own(server: tuple[LLMPolicy, VLLMGenerator]) -> None:
+    # vLLM writes its torch.distributed file store (vllm_dist_<id>) to the temp dir at every start and leaves it
+    # there: 44 of them had gathered in /tmp. The server's TMPDIR is a folder that close() removes.
+    _, vllm = server
+    assert vllm.server is not None
+    assert list(vllm.server.temp_folder.glob("vllm_dist_*")), "vLLM did not use the server's own TMPDIR"
+
+
+def test_stopping_a_server_process_removes_its_temporary_folder(tmp_path: Path) -> None:
+    import subprocess
+
+    from creditgym.llm.vllm import _stop_process
+
+    folder = tmp_path / "server-tmp"
+    folder.mkdir()
+    (folder / "vllm_dist_0").write_bytes(b"store")
+    process = subprocess.Popen(["sleep", "60"])
+    _stop_process(process, folder)
+    assert process.poll() is not None and not folder.exists()
+
+
+@needs_vllm
 def test_only_a_managed_server_not_yet_started_says_it_will_start(server: tuple[LLMPolicy, VLLMGenerator]) -> None:
     # the trainer starts such a server before its first iteration, under a status line, instead of inside it
     policy, vllm = server
