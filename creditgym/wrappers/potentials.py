@@ -215,13 +215,24 @@ def _recorded(state: Mapping[str, Any] | None, key: str) -> Mapping[str, Any]:
 
 
 # Re-scoring a recording meets the same boards again and again (6,888 distinct boards in 48,692 steps of a PPO
-# recording): parsing and checking one as a `Level` took 270 µs, twice what a potential then spends on it.
-_RECORDED_BOARDS_CACHED = 1 << 15
+# recording): parsing and checking one as a `Level` took 270 µs, twice what a potential then spends on it. Boards up
+# to 32x32 cells are cached (the egocentric window of a 10x10 level, walled, is 21x21): at most about 40 MB.
+_RECORDED_BOARDS_CACHED = 1 << 14
+_MAX_CACHED_CELLS = 32 * 32
+
+
+def _rows(state: Mapping[str, Any] | None) -> tuple[str, ...]:
+    return tuple(_recorded(state, "board")["board"])
+
+
+def _cached(rows: tuple[str, ...]) -> bool:
+    return sum(len(row) if isinstance(row, str) else _MAX_CACHED_CELLS for row in rows) <= _MAX_CACHED_CELLS
 
 
 def _board(state: Mapping[str, Any] | None) -> np.ndarray:
     """The recorded board's tiles (read-only), parsed and checked as a `Level` once per distinct board."""
-    return _parsed_board(tuple(_recorded(state, "board")["board"]))
+    rows = _rows(state)
+    return _parsed_board(rows) if _cached(rows) else Level.from_rows(rows).tiles
 
 
 @functools.lru_cache(maxsize=_RECORDED_BOARDS_CACHED)
@@ -230,15 +241,20 @@ def _parsed_board(rows: tuple[str, ...]) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=_RECORDED_BOARDS_CACHED)
-def _recorded_value(batched: ObsPotential, rows: tuple[str, ...]) -> float:
+def _cached_value(batched: ObsPotential, rows: tuple[str, ...]) -> float:
     return float(batched(one_hot(_parsed_board(rows)))[0])
+
+
+def _recorded_value(batched: ObsPotential, state: Mapping[str, Any] | None) -> float:
+    rows = _rows(state)
+    return _cached_value(batched, rows) if _cached(rows) else float(batched(one_hot(Level.from_rows(rows).tiles))[0])
 
 
 def _sokoban(name: str, description: str, batched: ObsPotential) -> NamedPotential:
     return NamedPotential(
         name, description, "SokobanEnv",
         live=lambda env: env.unwrapped.potential(name),
-        offline=lambda observation, state: _recorded_value(batched, tuple(_recorded(state, "board")["board"])),
+        offline=lambda observation, state: _recorded_value(batched, state),
         batched=batched,
     )
 

@@ -152,7 +152,7 @@ def test_offline_forms_parse_each_distinct_recorded_board_once(monkeypatch: pyte
                     if name != "solver_distance" else SolverDistance()(Level.from_rows(state["board"]).tiles)
                     for state in states] for name in names}
     potentials_module._parsed_board.cache_clear()
-    potentials_module._recorded_value.cache_clear()
+    potentials_module._cached_value.cache_clear()
     parsed = []
     from_rows = Level.from_rows.__func__
     monkeypatch.setattr(Level, "from_rows", classmethod(lambda cls, rows: parsed.append(rows) or from_rows(cls, rows)))
@@ -160,6 +160,11 @@ def test_offline_forms_parse_each_distinct_recorded_board_once(monkeypatch: pyte
         for _ in range(2):
             assert [get_potential(name).offline(None, state) for state in states] == fresh[name], name
     assert sorted(parsed) == sorted(distinct)  # once each
+    parsed.clear()  # a board past 32x32 cells is parsed every time, so the cache stays small
+    wide = {**states[0], "board": ["#" * 400, "#@$." + "_" * 395 + "#", "#" * 400]}
+    for _ in range(2):
+        assert get_potential("box_distance").offline(None, wide) == -1.0
+    assert len(parsed) == 2
     damaged = {**states[0], "board": ["#####", "#@@.#", "#####"]}
     for _ in range(2):
         with pytest.raises(ValueError, match="exactly one player"):
