@@ -17,7 +17,7 @@ from creditgym.agents.config_cli import config_from_args
 from creditgym.cli import build_parser
 from tests.test_scripts import ROOT, SCRIPTS, script_parser
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Arguments after these belong to another program (`creditgym bench --args ...` passes them to the benchmark).
 PASS_THROUGH = {"--args"}
 # scaling.md discusses these flags of vLLM's own OpenAI server, which is not ours to check.
