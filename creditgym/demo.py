@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import creditgym
 from creditgym.agents.compare import steps_to
 from creditgym.agents.evaluate import evaluate, write_result
 from creditgym.agents.plots import plot_learning_curves, read_metrics
@@ -68,7 +70,9 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
     for column in ("reward", "train success (last)", "held-out success: sampled", "greedy", "steps to 50%",
                    "steps to 80%", "env steps/s"):
         table.add_column(column, justify="right")
-    summary: dict[str, Any] = {"env_id": base.env_id, "total_steps": total_steps, "seed": seed, "runs": {}}
+    # The versions each run's config.json records (PPO's run record): the runs are spawned from this Python.
+    summary: dict[str, Any] = {"env_id": base.env_id, "total_steps": total_steps, "seed": seed,
+                               "creditgym": creditgym.__version__, "torch": torch.__version__, "runs": {}}
     curves = {}
     watch: dict[str, list[Rendered]] = {}
     warm_up = base.num_envs * (gym.spec(base.env_id).max_episode_steps or 0)
@@ -82,8 +86,12 @@ def run_demo(*, total_steps: int = 3_000_000, seed: int = 1, runs_dir: str = "ru
         write_result(greedy, run_dir)
         write_result(held_out, run_dir, "sampled")
         last = [row["charts/success_rate"] for row in rows if "charts/success_rate" in row][-5:]
+        # `precision: auto` resolves per machine: what each run trained with is in its own run record.
+        run_record = json.loads((Path(run_dir) / "config.json").read_text())
         record = {
             "run_dir": run_dir,
+            "device": run_record["device"],
+            "precision": run_record["precision"],
             "train_success": sum(last) / max(1, len(last)),
             "held_out_success": held_out["success_rate"],
             "held_out_success_greedy": greedy["success_rate"],

@@ -20,6 +20,7 @@ from typing import Any
 
 import gymnasium as gym
 
+import creditgym
 from creditgym.agents.plots import plot_seed_bands, read_metrics
 
 #: Config fields that do not change what a run learns, so they never split runs into groups.
@@ -182,8 +183,9 @@ def compare_runs(paths: Sequence[str | Path | Run], *, thresholds: Sequence[floa
     groups = group_runs(runs)
     shared_budget = min(run.last_step for run in runs)
     warnings = _warnings(runs, groups)
-    result: dict[str, Any] = {"runs": len(runs), "shared_env_steps": shared_budget, "thresholds": list(thresholds),
-                              "window_episodes": min_episodes, "groups": {}, "warnings": warnings}
+    result: dict[str, Any] = {"creditgym": creditgym.__version__, "runs": len(runs), "shared_env_steps": shared_budget,
+                              "thresholds": list(thresholds), "window_episodes": min_episodes, "groups": {},
+                              "warnings": warnings}
     for label, members in groups.items():
         seeds = {}
         names = [run.path.name for run in members]

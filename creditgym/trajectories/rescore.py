@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import creditgym
 from creditgym import credit
 from creditgym.wrappers.potentials import RecordPotential, get_potential, potential_names
 
@@ -26,17 +27,56 @@ from .records import Episode, TrajectoryWarning
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "gae", "reinforce_pp", "reward_to_go")
 _GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+#: The metadata key of a re-scored episode that lists how it was re-scored, oldest first.
+RESCORED = "rescored"
 
 
-def add_shaping(episode: Episode, potential: RecordPotential, gamma: float, *, channel: str = "shaping",
+def add_shaping(episode: Episode, potential: RecordPotential | str, gamma: float, *, channel: str = "shaping",
                 replace: bool = False, scale: float = 1.0) -> Episode:
     """A copy of `episode` with F = γΦ(s') − Φ(s) in `channel`, Φ evaluated on the recorded observations/states.
 
-    Φ(s') is 0 on termination and kept on truncation, and `scale` multiplies Φ, exactly as `PotentialShaping`
-    does live. A potential that fails or does not return a finite number raises a ValueError naming the step.
+    `potential` is an offline potential or its name for `offline_potential`. Φ(s') is 0 on termination and kept on
+    truncation, and `scale` multiplies Φ, exactly as `PotentialShaping` does live. A potential that fails or does
+    not return a finite number raises a ValueError naming the step. The copy's `metadata["rescored"]` (a list) gains
+    an entry of these settings and the creditgym version: `potential` (its name, or a function's module:qualname),
+    `gamma`, `scale`, `channel`, `replace`.
     """
+    record = _shaping_record(potential, gamma, channel=channel, replace=replace, scale=scale)
+    if isinstance(potential, str):
+        potential = offline_potential(potential)
     values = _shaping_values(episode, potential, gamma, channel=channel, replace=replace, scale=scale)
-    return _with_channel(episode, channel, values)
+    return _with_rescoring(_with_channel(episode, channel, values), record)
+
+
+def _shaping_record(potential: RecordPotential | str, gamma: float, *, channel: str, replace: bool, scale: float
+                   ) -> dict[str, Any]:
+    """What `add_shaping` adds to an episode's `metadata["rescored"]`: its settings and the creditgym version. The
+    potential is its name where one was given, else the function's `module:qualname` (a lambda's says only where it
+    was written: pass a name or a module-level function to keep a record that can be re-run)."""
+    return {"potential": potential if isinstance(potential, str) else _function_name(potential), "gamma": gamma,
+            "scale": scale, "channel": channel, "replace": replace, "creditgym": creditgym.__version__}
+
+
+def _advantages_record(estimator: str, gamma: float, lam: float) -> dict[str, Any]:
+    """What `with_advantages` adds to an episode's `metadata["rescored"]`: its settings (λ for gae only, the one
+    estimator that reads it) and the creditgym version."""
+    return {"estimator": estimator, "gamma": gamma, **({"lam": lam} if estimator == "gae" else {}),
+            "creditgym": creditgym.__version__}
+
+
+def _function_name(function: Any) -> str:
+    """`module:qualname` of a function, or of a callable object's class (never its repr, which holds an address
+    that differs between runs)."""
+    named = function if hasattr(function, "__qualname__") else type(function)
+    return f"{getattr(named, '__module__', None) or '?'}:{named.__qualname__}"
+
+
+def _with_rescoring(episode: Episode, record: dict[str, Any]) -> Episode:
+    """A copy of `episode` whose `metadata["rescored"]` ends with `record`: re-scoring a re-scored recording keeps
+    the earlier entries (a value there that is no list, someone else's, is kept as the first)."""
+    earlier = episode.metadata.get(RESCORED)
+    history = list(earlier) if isinstance(earlier, list) else ([] if earlier is None else [earlier])
+    return dataclasses.replace(episode, metadata={**episode.metadata, RESCORED: [*history, dict(record)]})
 
 
 def _shaping_values(episode: Episode, potential: RecordPotential, gamma: float, *, channel: str, replace: bool,
@@ -244,9 +284,11 @@ def _start_key(episode: Episode) -> str:
 
 def with_advantages(episodes: Sequence[Episode], estimator: str, *, gamma: float = 1.0, lam: float = 1.0
                     ) -> list[Episode]:
-    """Copies of `episodes` with `Step.advantage` set by `step_advantages`."""
+    """Copies of `episodes` with `Step.advantage` set by `step_advantages`; each one's `metadata["rescored"]` (a list)
+    gains an entry of these settings and the creditgym version: `estimator`, `gamma`, and `lam` for gae."""
     values = step_advantages(episodes, estimator, gamma=gamma, lam=lam)
-    return [_with_step_advantages(e, adv) for e, adv in zip(episodes, values, strict=True)]
+    record = _advantages_record(estimator, gamma, lam)
+    return [_with_rescoring(_with_step_advantages(e, adv), record) for e, adv in zip(episodes, values, strict=True)]
 
 
 def _with_step_advantages(episode: Episode, values: Iterable[float]) -> Episode:
@@ -305,7 +347,8 @@ def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotent
     `with_advantages` with `estimator`, on every episode of the trajectory file `source`, written to `out`.
     Returns `summarize` of the episodes before and after, and their number. `out` is replaced only once every
     episode is written, so an error leaves an earlier file there as it was. `progress(done, total)` follows the bytes
-    read, over both reads where there are two (`total` is then twice the file's size).
+    read, over both reads where there are two (`total` is then twice the file's size). Each written episode's
+    `metadata["rescored"]` gains the entries that `add_shaping` and `with_advantages` add, in that order.
 
     The file is read one episode at a time: memory grows with a few numbers a step (rewards, advantages), never
     with observations or states, which for a long PPO run's recording decode to tens of GB. Advantages need every
@@ -316,6 +359,10 @@ def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotent
         raise ValueError("nothing to re-score: give a potential, an estimator, or both")
     if estimator is not None:
         _check_estimator(estimator, gamma, lam)
+    # What each written episode's metadata["rescored"] gains, the same entries as add_shaping then with_advantages.
+    records = ([] if potential is None else
+               [_shaping_record(potential, gamma, channel=channel, replace=replace, scale=scale)])
+    records += [] if estimator is None else [_advantages_record(estimator, gamma, lam)]
     if isinstance(potential, str):
         potential = offline_potential(potential)
     source, out = Path(source), Path(out)
@@ -333,7 +380,8 @@ def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotent
         with replacing_writer(out) as writer:
             for episode in read(0):
                 before.add(episode)
-                episode = add_shaping(episode, potential, gamma, channel=channel, replace=replace, scale=scale)
+                values = _shaping_values(episode, potential, gamma, channel=channel, replace=replace, scale=scale)
+                episode = _with_rescoring(_with_channel(episode, channel, values), records[0])
                 writer.write(episode)
                 after.add(episode)
         return before.result(), after.result(), before.count
@@ -368,6 +416,8 @@ def rescore_file(source: str | Path, out: str | Path, *, potential: RecordPotent
             if potential is not None:
                 episode = _with_channel(episode, channel, shaping[start:end])
             episode = _with_step_advantages(episode, advantages[start:end].tolist())
+            for record in records:
+                episode = _with_rescoring(episode, record)
             writer.write(episode)
             after.add(episode)
             start = end
