@@ -1,7 +1,9 @@
 """Env pools for the LLM trainers: many single envs stepped with one action each, locally or in Ray actors.
 
 Both pools index envs like a list (`pool[i].reset(seed=...)`, `pool[i].step(text)`) and also take whole
-batches (`reset_many`, `step_many`), which a Ray pool sends as one call per worker, run in parallel.
+batches (`reset_many`, `step_many`), which a Ray pool sends as one call per worker, run in parallel. With
+`with_state=True` each result comes with the env's `unwrapped.state()` after the call, read where the env is: what a
+recording LLM collector keeps (a Sokoban board, say), which a Ray pool's envs cannot be asked for afterwards.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ import gymnasium as gym
 from ray.actor import ActorHandle
 
 from creditgym.distributed.group import WorkerGroup, init_ray, slice_starts, split_evenly, wait_for_replay
+from creditgym.envs import env_state
 
 ResetResult = tuple[Any, dict[str, Any]]
 StepResult = tuple[Any, float, bool, bool, dict[str, Any]]
+EnvState = dict[str, Any] | None
+
+
+def with_state_after(call: Callable[[], Any], env: gym.Env) -> tuple[Any, EnvState]:
+    """`call()`'s result, and the env's state after it."""
+    return call(), env_state(env)
 
 
 class LocalEnvPool:
@@ -34,11 +43,14 @@ class LocalEnvPool:
     def __iter__(self) -> Iterator[gym.Env]:
         return iter(self.envs)
 
-    def reset_many(self, indices: Sequence[int], seeds: Sequence[int | None]) -> list[ResetResult]:
-        return [self.envs[i].reset(seed=seed) for i, seed in zip(indices, seeds, strict=True)]
+    def reset_many(self, indices: Sequence[int], seeds: Sequence[int | None], *,
+                   with_state: bool = False) -> list[Any]:
+        results = [self.envs[i].reset(seed=seed) for i, seed in zip(indices, seeds, strict=True)]
+        return [(r, env_state(self.envs[i])) for i, r in zip(indices, results, strict=True)] if with_state else results
 
-    def step_many(self, indices: Sequence[int], actions: Sequence[Any]) -> list[StepResult]:
-        return [self.envs[i].step(action) for i, action in zip(indices, actions, strict=True)]
+    def step_many(self, indices: Sequence[int], actions: Sequence[Any], *, with_state: bool = False) -> list[Any]:
+        results = [self.envs[i].step(action) for i, action in zip(indices, actions, strict=True)]
+        return [(r, env_state(self.envs[i])) for i, r in zip(indices, results, strict=True)] if with_state else results
 
     def close(self) -> None:
         for env in self.envs:
@@ -61,13 +73,17 @@ class EnvPoolWorker:
             self.envs = [self.make_env() for _ in range(self.num_envs)]
         return self.envs[0].spec
 
-    def reset(self, requests: Sequence[tuple[int, int | None]]) -> list[ResetResult]:
-        return run_each([functools.partial(self.envs[i].reset, seed=seed) for i, seed in requests],
-                        [self.first_env + i for i, _ in requests])
+    def reset(self, requests: Sequence[tuple[int, int | None]], with_state: bool = False) -> list[Any]:
+        return self._run([(i, functools.partial(self.envs[i].reset, seed=seed)) for i, seed in requests], with_state)
 
-    def step(self, requests: Sequence[tuple[int, Any]]) -> list[StepResult]:
-        return run_each([functools.partial(self.envs[i].step, action) for i, action in requests],
-                        [self.first_env + i for i, _ in requests])
+    def step(self, requests: Sequence[tuple[int, Any]], with_state: bool = False) -> list[Any]:
+        return self._run([(i, functools.partial(self.envs[i].step, action)) for i, action in requests], with_state)
+
+    def _run(self, calls: Sequence[tuple[int, Callable[[], Any]]], with_state: bool) -> list[Any]:
+        """Each env's call (with its state after it, `with_state`), as `run_each` runs them."""
+        if with_state:
+            calls = [(i, functools.partial(with_state_after, call, self.envs[i])) for i, call in calls]
+        return run_each([call for _, call in calls], [self.first_env + i for i, _ in calls])
 
 
 def run_each(calls: Sequence[Callable[[], Any]], envs: Sequence[int]) -> list[Any]:
@@ -131,22 +147,25 @@ class RayEnvPool:
         """Workers replaced after dying, since construction."""
         return self.workers.restarts
 
-    def reset_many(self, indices: Sequence[int], seeds: Sequence[int | None]) -> list[ResetResult]:
-        """`envs[i].reset(seed=seed)` for each pair, one call per worker, in parallel; results in `indices` order."""
-        results = self._call("reset", indices, seeds)
+    def reset_many(self, indices: Sequence[int], seeds: Sequence[int | None], *,
+                   with_state: bool = False) -> list[Any]:
+        """`envs[i].reset(seed=seed)` for each pair, one call per worker, in parallel; results in `indices` order,
+        each as `(result, env.unwrapped.state())` with `with_state` (the state None where the env declares none)."""
+        results = self._call("reset", indices, seeds, with_state)
         for i in indices:
             # A reset that went through starts afresh: nothing before it needs replaying.
             self._calls[i] = self._calls[i][-1:]
         return results
 
-    def step_many(self, indices: Sequence[int], actions: Sequence[Any]) -> list[StepResult]:
-        """`envs[i].step(action)` for each pair, one call per worker, in parallel; results in `indices` order."""
-        return self._call("step", indices, actions)
+    def step_many(self, indices: Sequence[int], actions: Sequence[Any], *, with_state: bool = False) -> list[Any]:
+        """`envs[i].step(action)` for each pair, one call per worker, in parallel; results in `indices` order, each
+        as `(result, env.unwrapped.state())` with `with_state`."""
+        return self._call("step", indices, actions, with_state)
 
     def close(self) -> None:
         self.workers.close()
 
-    def _call(self, method: str, indices: Sequence[int], args: Sequence[Any]) -> list[Any]:
+    def _call(self, method: str, indices: Sequence[int], args: Sequence[Any], with_state: bool = False) -> list[Any]:
         indices = list(indices)
         if len(set(indices)) != len(indices) or not all(0 <= i < len(self) for i in indices):
             raise ValueError(f"{method}_many takes distinct env indices in [0, {len(self)}); got {indices}")
@@ -155,7 +174,9 @@ class RayEnvPool:
             worker = self._worker_of[i]
             requests[worker].append((i - self._starts[worker], arg))
         try:
-            results = self.workers.call(method, [(r,) if r else None for r in requests])
+            # The state rides along only when asked for: a board or world copied and sent back on every call
+            # would slow the pool for nothing. Replays (`_restore`) never ask for it.
+            results = self.workers.call(method, [(r, with_state) if r else None for r in requests])
         finally:
             # Recorded even when an env raised: WorkerGroup.call raises only after every worker has run the call,
             # and each env of a worker's batch runs its own (run_each).

@@ -131,3 +131,10 @@ def obs_modes(env_id: str) -> tuple[str, ...]:
     entry_point = gymnasium.spec(env_id).entry_point
     env_class = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
     return tuple(getattr(env_class, "metadata", {}).get("obs_modes", ()))
+
+
+def env_state(env: object) -> dict | None:
+    """`env.unwrapped.state()` where the env declares it (what recordings keep, e.g. a Sokoban board); None
+    otherwise."""
+    state = getattr(getattr(env, "unwrapped", None), "state", None)
+    return state() if callable(state) else None

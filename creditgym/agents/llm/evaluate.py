@@ -33,7 +33,7 @@ import creditgym
 from creditgym.agents.config_cli import MAX_SEED, check_device, check_env_arguments, saved_run_config
 from creditgym.agents.evaluate import wilson_interval
 from creditgym.agents.ppo import resolve_device
-from creditgym.agents.runs import load_weights, read_checkpoint
+from creditgym.agents.runs import load_weights, read_checkpoint, reseeded
 from creditgym.envs import check_env_id
 from creditgym.envs.sokoban.bank import warn_when_levels_repeat
 from creditgym.llm.models import load_policy_model
@@ -80,10 +80,12 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
                  batch_size: int = 32, progress: bool = False, record: str | Path | None = None) -> dict[str, Any]:
     """Play `episodes` episodes with a run's trained LLM policy; see the module docstring for what is played.
 
-    `greedy` decodes the most likely token; otherwise tokens are sampled at the run's temperature from a generator
-    seeded with `seed`, which also gives the first reset seed (None: `evaluation_seed`). `batch_size` episodes are
-    played at once. `record` names a file that gets the episodes as trajectory records, gzip-compressed where the name
-    ends in .gz (replaced if it exists; `creditgym rescore` reads it). Returns the metrics and where they came from.
+    `greedy` decodes the most likely token; otherwise tokens are sampled at the run's temperature, each episode from
+    its own generator, seeded from `seed` and the episode's number (`episode_generator`), so that episode k plays
+    alike whatever `batch_size` and `episodes`. `seed` also gives the first reset seed (None: `evaluation_seed`).
+    `batch_size` episodes are played at once. `record` names a file that gets the episodes as trajectory records,
+    gzip-compressed where the name ends in .gz (replaced if it exists; `creditgym rescore` reads it). Returns the
+    metrics and where they came from.
     """
     _check_inputs(env_id, episodes, split, seed, batch_size)
     check_device(device)
@@ -101,7 +103,8 @@ def evaluate_llm(run_dir: str | Path, *, env_id: str | None = None, episodes: in
             env.close()
     result.update(setting)
     result.update(_overlap_with_training(config, env_id, seed, episodes, setting))
-    result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy, "seed": seed, "device": str(dev),
+    result.update({"run_dir": str(run_dir), "env_id": env_id, "greedy": greedy, "seed": seed,
+                   "batch_size": batch_size, "device": str(dev),
                    "creditgym": creditgym.__version__, "algo": config.algo, "model": config.model,
                    "iteration": state.get("iteration"), "max_turns": config.max_turns})
     return result
@@ -306,8 +309,6 @@ def _play(policy: LLMPolicy, config: LLMTrainConfig, envs: list[gym.Env], bank: 
           seed: int, progress: bool, record: str | Path | None, env_id: str) -> dict[str, Any]:
     if bank is not None:
         warn_when_levels_repeat(bank, episodes)
-    generator = torch.Generator(device=policy.device)
-    generator.manual_seed(seed)
     # Opened first, so an unwritable path fails before any episode is played.
     with replacing_writer(record) if record is not None else contextlib.nullcontext() as writer:
         bar = _Progress(progress, "eval", total=episodes, start=0)
@@ -323,8 +324,11 @@ def _play(policy: LLMPolicy, config: LLMTrainConfig, envs: list[gym.Env], bank: 
                 options: Sequence[dict[str, Any]] | None = None
                 if bank is not None:  # the bank in order, wrapping only when asked for more episodes than it holds
                     options = [{"level": bank[number % len(bank)]} for number in numbers]
-                batch = collector.collect([seed + number for number in numbers], generator=generator, greedy=greedy,
-                                          options=options)
+                # Each episode samples from its own generator: with one for the batch, an episode's tokens would
+                # depend on its place in it, and so on --batch-size. Greedy decoding draws nothing.
+                generators = None if greedy else [episode_generator(policy.device, seed, n) for n in numbers]
+                batch = collector.collect([seed + number for number in numbers], generator=generators,
+                                          greedy=greedy, options=options)
                 played += batch
                 if writer is not None:
                     for number, record_ in zip(numbers, llm_episode_records(batch, env_id), strict=True):
@@ -339,6 +343,12 @@ def _play(policy: LLMPolicy, config: LLMTrainConfig, envs: list[gym.Env], bank: 
     if record is not None:
         result["recorded"] = str(record)
     return result
+
+
+def episode_generator(device: torch.device, seed: int, episode: int) -> torch.Generator:
+    """The generator that samples evaluation episode `episode` (0, 1, ...) of an evaluation with `seed`, on `device`:
+    seeded from both through numpy's SeedSequence (`reseeded`), so that no two episodes share a stream."""
+    return reseeded(device, seed, episode, "eval-sampling")
 
 
 def _summary(played: list[Episode], config: LLMTrainConfig, bank: Any, episodes: int) -> dict[str, Any]:

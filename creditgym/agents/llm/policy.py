@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,9 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 # Stand-ins rendered through the chat template to find the text around a turn; no real message contains them.
 _ASSISTANT_MARK = "\u27e6creditgym-assistant\u27e7"
 _USER_MARK = "\u27e6creditgym-user\u27e7"
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""what `generate` samples from: one generator for every row, or one per prompt (None: torch's global one)"""
 
 
 @dataclass
@@ -101,12 +104,18 @@ class LLMPolicy:
 
     # -- sampling -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], *, generator: torch.Generator | None = None,
+    def generate(self, prompts: list[list[int]], *, generator: Generators = None,
                  greedy: bool = False) -> list[Generation]:
         """One reply per prompt from a single batched decode: left padding, a KV cache, and rows that finish
-        leave the batch (their cache rows are dropped) so the rest decode faster."""
+        leave the batch (their cache rows are dropped) so the rest decode faster.
+
+        `generator` is one generator that samples every row (each token, all rows in one draw), or one generator
+        per prompt, each sampling its own row only: a prompt's reply then does not depend on the prompts beside it
+        or on its place in the batch (an evaluation's episodes sample alike whatever its batch size).
+        """
         if not prompts:
             return []
+        row_generators = _row_generators(generator, len(prompts))
         device = self.device
         cache = DynamicCache(config=self.model.config)
         # Prompts that open alike (the same instructions) encode that part once, for every row: the cache holds
@@ -136,6 +145,10 @@ class LLMPolicy:
             log_probs = torch.log_softmax(logits.float() / self.temperature, dim=-1)
             if greedy:
                 chosen = log_probs.argmax(-1)
+            elif row_generators is not None:
+                probs = log_probs.exp()
+                chosen = torch.cat([torch.multinomial(probs[j], 1, generator=row_generators[row])
+                                    for j, row in enumerate(live)])
             else:
                 chosen = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
             chosen_lp = log_probs.gather(1, chosen[:, None]).squeeze(1)
@@ -288,6 +301,16 @@ class LLMPolicy:
                 yield
         else:
             yield
+
+
+def _row_generators(generator: Generators, rows: int) -> Sequence[torch.Generator] | None:
+    """The per-prompt generators, when `generator` is a sequence of them (one per prompt); None for one generator."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    generators = list(generator)
+    if len(generators) != rows:
+        raise ValueError(f"generator: pass one torch.Generator, or one per prompt ({rows}), not {len(generators)}")
+    return generators
 
 
 def _attended_width(attention_mask: Tensor) -> int:

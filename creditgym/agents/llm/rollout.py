@@ -20,9 +20,9 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from creditgym.envs import obs_modes
+from creditgym.envs import env_state, obs_modes
 
-from .policy import LLMPolicy
+from .policy import Generators, LLMPolicy
 
 
 @dataclass
@@ -122,22 +122,32 @@ class RolloutCollector:
             for env in self.envs:
                 env.close()
 
-    def collect(self, seeds: Sequence[int], *, generator: torch.Generator | None = None, greedy: bool = False,
+    def collect(self, seeds: Sequence[int], *, generator: Generators = None, greedy: bool = False,
                 options: Sequence[Mapping[str, Any] | None] | None = None) -> list[Episode]:
         """One episode per env; group g (envs g*K .. g*K+K-1) resets with `seeds[g]`, and with `options[g]` where
-        given (e.g. `{"level": level}` for Sokoban, so an evaluation plays chosen levels)."""
+        given (e.g. `{"level": level}` for Sokoban, so an evaluation plays chosen levels).
+
+        `generator` samples every episode's replies (one draw per token for the whole batch, as training does), or
+        is a sequence of one generator per env, each sampling its own episode only: an episode then plays the same
+        whichever episodes are collected with it (as an evaluation's are)."""
         if len(seeds) * self.group_size != len(self.envs):
             raise ValueError(f"need {len(self.envs) // self.group_size} seeds (one per group), got {len(seeds)}")
         if options is not None and len(options) != len(seeds):
             raise ValueError(f"need one reset options entry per group ({len(seeds)}), got {len(options)}")
+        per_episode = None if generator is None or isinstance(generator, torch.Generator) else list(generator)
+        if per_episode is not None and len(per_episode) != len(self.envs):
+            raise ValueError(f"generator: pass one torch.Generator, or one per env ({len(self.envs)}), not "
+                             f"{len(per_episode)}")
         episodes, observations, stopped = [], [], []
         env_seeds = [int(seeds[i // self.group_size]) for i in range(len(self.envs))]
+        everyone = range(len(self.envs))
         if self.pool is not None and options is None:
-            resets = self.pool.reset_many(range(len(self.envs)), env_seeds)
+            resets, reset_states = self._pooled(self.pool.reset_many, everyone, env_seeds)
         else:  # without options the call is as before, for envs (and pools) whose reset takes a seed only
             resets = [env.reset(seed=seed) if options is None
                       else env.reset(seed=seed, options=options[i // self.group_size])
                       for i, (env, seed) in enumerate(zip(self.envs, env_seeds, strict=True))]
+            reset_states = self._local_states(everyone)
         for i, (env, (obs, info)) in enumerate(zip(self.envs, resets, strict=True)):
             seed = env_seeds[i]
             if not isinstance(obs, str):
@@ -149,7 +159,7 @@ class RolloutCollector:
             episodes.append(Episode(group=i // self.group_size, seed=seed, instructions=info.get("instructions", ""),
                                     ground_truth=info.get("ground_truth")))
             if self.record:
-                episodes[-1].reset_info, episodes[-1].reset_state = info, _env_state(env)
+                episodes[-1].reset_info, episodes[-1].reset_state = info, reset_states[i]
             observations.append(obs)
             stopped.append(False)
         live = list(range(len(self.envs)))
@@ -163,7 +173,9 @@ class RolloutCollector:
             if too_long:
                 prompts = [p for i, p in zip(live, prompts, strict=True) if i not in too_long]
                 live = [i for i in live if i not in too_long]
-            generations = self.policy.generate(prompts, generator=generator, greedy=greedy)
+            generations = self.policy.generate(
+                prompts, greedy=greedy,
+                generator=generator if per_episode is None else [per_episode[i] for i in live])
             if any(not generation.token_ids for generation in generations):
                 # A turn's reward sits on its last generated token: without one, it would land on another turn.
                 raise ValueError(f"{type(self.policy).__name__}.generate returned a reply with no tokens; a turn "
@@ -171,9 +183,12 @@ class RolloutCollector:
                                  "stop token)")
             still_live = []
             texts = [generation.text for generation in generations]
-            steps = (self.pool.step_many(live, texts) if self.pool is not None else
-                     [self.envs[i].step(text) for i, text in zip(live, texts, strict=True)])
-            for i, generation, step in zip(live, generations, steps, strict=True):
+            if self.pool is not None:
+                steps, states = self._pooled(self.pool.step_many, live, texts)
+            else:
+                steps = [self.envs[i].step(text) for i, text in zip(live, texts, strict=True)]
+                states = self._local_states(live)
+            for i, generation, step, state in zip(live, generations, steps, states, strict=True):
                 episode = episodes[i]
                 segment = episode.segments[-1]
                 segment.extend(generation.token_ids, action=True, logprobs=generation.logprobs)
@@ -182,8 +197,8 @@ class RolloutCollector:
                 turn = Turn(observations[i], generation.text, float(reward),
                             {k: float(v) for k, v in info.get("reward_components", {}).items()},
                             bool(info.get("invalid_action", False)), len(generation.token_ids))
-                if self.record:  # state() may copy the whole board or world: only when asked for
-                    turn.info, turn.state = info, _env_state(self.envs[i])
+                if self.record:
+                    turn.info, turn.state = info, state
                 episode.turns.append(turn)
                 observations[i], stopped[i] = obs, generation.stopped
                 if terminated or truncated:
@@ -202,6 +217,18 @@ class RolloutCollector:
                 extends, tokens = self._prompt_tokens(episode, observation, len(episode.turns), stopped[i])
                 episode.next_prompt = episode.segments[-1].token_ids + tokens if extends else tokens
         return episodes
+
+    def _pooled(self, call: Any, indices: Sequence[int], args: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        """A pool's `reset_many`/`step_many` results and, for a recording collector, each env's state after its
+        call, read where the env is (in its Ray worker) and sent back with the result; Nones otherwise."""
+        if not self.record:
+            return call(indices, args), [None] * len(indices)
+        results_and_states = call(indices, args, with_state=True)
+        return [result for result, _ in results_and_states], [state for _, state in results_and_states]
+
+    def _local_states(self, indices: Sequence[int]) -> list[dict[str, Any] | None]:
+        # state() may copy the whole board or world: only when recording
+        return [env_state(self.envs[i]) for i in indices] if self.record else [None] * len(indices)
 
     def _prompt(self, episode: Episode, observation: str, turn: int, stopped: bool) -> list[int]:
         """The prompt for this turn, appended to the episode's token sequence or as a new segment."""
@@ -223,9 +250,3 @@ class RolloutCollector:
             messages += [{"role": "user", "content": past.observation}, {"role": "assistant", "content": past.action}]
         messages.append({"role": "user", "content": observation})
         return False, self.policy.chat_prompt(messages)
-
-
-def _env_state(env: Any) -> dict[str, Any] | None:
-    """`env.unwrapped.state()` where the env declares it; None otherwise (also for Ray's remote envs)."""
-    state = getattr(getattr(env, "unwrapped", None), "state", None)
-    return state() if callable(state) else None

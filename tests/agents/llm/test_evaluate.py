@@ -32,7 +32,8 @@ if LETTERS not in gym.registry:
     gym.register(LETTERS, entry_point=LetterCountEnv)
 SOKOBAN = "creditgym/Sokoban-6x6-1b-v0"
 PLAY = {"episodes": 6, "batch_size": 4, "greedy": False, "seed": 3}  # two batches, the second smaller
-METADATA = ("run_dir", "env_id", "greedy", "seed", "device", "creditgym", "algo", "model", "iteration", "max_turns")
+METADATA = ("run_dir", "env_id", "greedy", "seed", "batch_size", "device", "creditgym", "algo", "model", "iteration",
+            "max_turns")
 
 
 def _tiny() -> dict[str, Any]:
