@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 # Stand-ins rendered through the chat template to find the text around a turn; no real message contains them.
 _ASSISTANT_MARK = "\u27e6creditgym-assistant\u27e7"
@@ -24,6 +25,39 @@ _USER_MARK = "\u27e6creditgym-user\u27e7"
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """what `generate` samples from: one generator for every row, or one per prompt (None: torch's global one)"""
+
+
+@dataclass
+class _Held:
+    """What a `ConversationCache` keeps of one conversation: the tokens whose keys and values it holds (a prompt and
+    its reply but the reply's last token, never fed to the model) and those keys and values, per layer
+    `(keys, values)` of shape [heads, len(tokens), head dim]."""
+
+    tokens: list[int]
+    layers: list[tuple[Tensor, Tensor]]
+
+
+class ConversationCache:
+    """The keys and values of each conversation's tokens, kept from one `LLMPolicy.generate` call to the next: a
+    conversation whose next prompt extends them (a multi-turn episode's next turn, whose prompt is this turn's with
+    the reply and the next observation appended) encodes only its new tokens instead of the whole prompt.
+
+    Keep one for a rollout and drop it afterwards: it holds every conversation's keys and values (SmolLM2-135M:
+    46 KB a token in float32).
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[Hashable, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def _take(self, key: Hashable, prompt: Sequence[int]) -> _Held | None:
+        """What is held for `key`, if `prompt` extends its tokens by at least one token (the next logits need one)."""
+        held = self._held.get(key)
+        if held is None or len(prompt) <= len(held.tokens) or list(prompt[:len(held.tokens)]) != held.tokens:
+            return None
+        return held
 
 
 @dataclass
@@ -60,6 +94,8 @@ class LLMPolicy:
         stop.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
         self.stop_ids = {int(token) for token in stop if token is not None}
         self._cache_kwarg = _cache_kwarg(model)
+        # Keys and values can be carried to another batch only where every layer keeps all of them (no sliding window)
+        self._can_carry_cache = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
         self._head_alone = _logits_are_output_layer(model)
         self._closing, self._user_open, self._user_close, self.incremental = self._template_pieces()
 
@@ -104,20 +140,94 @@ class LLMPolicy:
 
     # -- sampling -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], *, generator: Generators = None,
-                 greedy: bool = False) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], *, generator: Generators = None, greedy: bool = False,
+                 conversations: ConversationCache | None = None,
+                 keys: Sequence[Hashable] | None = None) -> list[Generation]:
         """One reply per prompt from a single batched decode: left padding, a KV cache, and rows that finish
         leave the batch (their cache rows are dropped) so the rest decode faster.
 
         `generator` is one generator that samples every row (each token, all rows in one draw), or one generator
         per prompt, each sampling its own row only: a prompt's reply then does not depend on the prompts beside it
         or on its place in the batch (an evaluation's episodes sample alike whatever its batch size).
+
+        With `conversations`, each prompt's keys and values are kept there under its entry of `keys` (one per
+        prompt), and a prompt that extends what is kept for its key encodes only its new tokens. Replies are those
+        of a fresh encoding up to float rounding.
         """
         if not prompts:
             return []
+        if conversations is not None and (keys is None or len(keys) != len(prompts)):
+            raise ValueError(f"generate with conversations needs one key per prompt ({len(prompts)}), got "
+                             f"{None if keys is None else len(keys)}")
         row_generators = _row_generators(generator, len(prompts))
         device = self.device
-        cache = DynamicCache(config=self.model.config)
+        held = ([conversations._take(key, prompt) for key, prompt in zip(keys, prompts, strict=True)]
+                if conversations is not None and keys is not None and self._can_carry_cache else [])
+        if held and all(held):
+            cache, logits, attention, next_position = self._extend(prompts, held)  # type: ignore[arg-type]
+            for key in keys:  # type: ignore[union-attr]  # held again once this call's replies are in the cache
+                conversations._held.pop(key, None)  # type: ignore[union-attr]
+        else:
+            cache = DynamicCache(config=self.model.config)
+            # Identical prompts (a group's episodes on their first turn) are encoded once: their rows share that
+            # cache and first logits, then sample on their own.
+            distinct: dict[tuple[int, ...], int] = {}
+            source = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompts]
+            logits, attention, next_position = self._prefill([list(prompt) for prompt in distinct], cache)
+            if len(distinct) < len(prompts):
+                index = torch.tensor(source, device=device)
+                cache.batch_select_indices(index)
+                logits, attention, next_position = logits[index], attention[index], next_position[index]
+
+        def keep(rows: Sequence[int]) -> None:
+            """Hold what the cache has of these rows (indices into `live`) in `conversations`."""
+            if conversations is None or keys is None or not self._can_carry_cache:
+                return
+            for j in rows:
+                columns = attention[j].bool()
+                fed = [*prompts[live[j]], *tokens[live[j]][:-1]]
+                conversations._held[keys[live[j]]] = _Held(
+                    fed, [(layer.keys[j][:, columns], layer.values[j][:, columns]) for layer in cache.layers])
+
+        tokens: list[list[int]] = [[] for _ in prompts]
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        live = list(range(len(prompts)))
+        for _ in range(self.max_new_tokens):
+            log_probs = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+            if greedy:
+                chosen = log_probs.argmax(-1)
+            elif row_generators is not None:
+                probs = log_probs.exp()
+                chosen = torch.cat([torch.multinomial(probs[j], 1, generator=row_generators[row])
+                                    for j, row in enumerate(live)])
+            else:
+                chosen = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
+            chosen_lp = log_probs.gather(1, chosen[:, None]).squeeze(1)
+            going = []
+            for j, (token, lp) in enumerate(zip(chosen.tolist(), chosen_lp.tolist(), strict=True)):
+                tokens[live[j]].append(token)
+                logprobs[live[j]].append(lp)
+                if token not in self.stop_ids:
+                    going.append(j)
+            if not going or len(tokens[live[going[0]]]) >= self.max_new_tokens:
+                keep(range(len(live)))
+                break
+            if len(going) < len(live):
+                keep(sorted(set(range(len(live))) - set(going)))
+                index = torch.tensor(going, device=device)
+                cache.batch_select_indices(index)
+                chosen, attention, next_position = chosen[index], attention[index], next_position[index]
+                live = [live[j] for j in going]
+            attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
+            logits = self._next_logits(chosen[:, None], attention, next_position[:, None], cache)
+            next_position = next_position + 1
+        return [Generation(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=True),
+                           bool(ids) and ids[-1] in self.stop_ids) for ids, lps in zip(tokens, logprobs, strict=True)]
+
+    def _prefill(self, prompts: list[list[int]], cache: DynamicCache) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode `prompts` into `cache`, left-padded: each row's next-token logits, attention mask and next
+        position."""
+        device = self.device
         # Prompts that open alike (the same instructions) encode that part once, for every row: the cache holds
         # [shared prefix][left padding][own tokens] per row, at the positions a plain left-padded batch gives them.
         shared = shared_prefix_length(prompts)
@@ -137,39 +247,41 @@ class LLMPolicy:
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)[:, shared:]
         logits = self._next_logits(input_ids, attention, positions, cache)
-        next_position = positions[:, -1] + 1
-        tokens: list[list[int]] = [[] for _ in prompts]
-        logprobs: list[list[float]] = [[] for _ in prompts]
-        live = list(range(len(prompts)))
-        for _ in range(self.max_new_tokens):
-            log_probs = torch.log_softmax(logits.float() / self.temperature, dim=-1)
-            if greedy:
-                chosen = log_probs.argmax(-1)
-            elif row_generators is not None:
-                probs = log_probs.exp()
-                chosen = torch.cat([torch.multinomial(probs[j], 1, generator=row_generators[row])
-                                    for j, row in enumerate(live)])
-            else:
-                chosen = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
-            chosen_lp = log_probs.gather(1, chosen[:, None]).squeeze(1)
-            keep = []
-            for j, (token, lp) in enumerate(zip(chosen.tolist(), chosen_lp.tolist(), strict=True)):
-                tokens[live[j]].append(token)
-                logprobs[live[j]].append(lp)
-                if token not in self.stop_ids:
-                    keep.append(j)
-            if not keep or len(tokens[live[keep[0]]]) >= self.max_new_tokens:
-                break
-            if len(keep) < len(live):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                chosen, attention, next_position = chosen[index], attention[index], next_position[index]
-                live = [live[j] for j in keep]
-            attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
-            logits = self._next_logits(chosen[:, None], attention, next_position[:, None], cache)
-            next_position = next_position + 1
-        return [Generation(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=True),
-                           bool(ids) and ids[-1] in self.stop_ids) for ids, lps in zip(tokens, logprobs, strict=True)]
+        return logits, attention, positions[:, -1] + 1
+
+    def _extend(self, prompts: list[list[int]], held: list[_Held]) -> tuple[DynamicCache, Tensor, Tensor, Tensor]:
+        """A cache of what `held` holds for each prompt, and the prompts' new tokens encoded into it: the cache,
+        each row's next-token logits, attention mask and next position.
+
+        Each row's held keys and values are right-aligned after left padding, their rotary positions already
+        applied, and its new tokens are right-aligned after that (padding between the two is masked), at the positions
+        that follow the held tokens: the positions a fresh encoding gives them."""
+        device = self.device
+        length = max(len(entry.tokens) for entry in held)
+        new = [prompt[len(entry.tokens):] for prompt, entry in zip(prompts, held, strict=True)]
+        width = max(len(tokens) for tokens in new)
+        layers = []
+        for index in range(len(held[0].layers)):
+            first = held[0].layers[index][0]
+            keys = first.new_zeros((len(prompts), first.shape[0], length, first.shape[2]))
+            values = torch.zeros_like(keys)
+            for row, entry in enumerate(held):
+                row_keys, row_values = entry.layers[index]
+                keys[row, :, length - row_keys.shape[1]:] = row_keys
+                values[row, :, length - row_values.shape[1]:] = row_values
+            layers.append((keys, values))
+        cache = DynamicCache(layers, config=self.model.config)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), length + width), dtype=torch.long)
+        positions = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, (entry, tokens) in enumerate(zip(held, new, strict=True)):
+            attention[row, length - len(entry.tokens):length] = 1
+            attention[row, length + width - len(tokens):] = 1
+            input_ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+            positions[row, width - len(tokens):] = torch.arange(len(entry.tokens), len(entry.tokens) + len(tokens))
+        input_ids, attention, positions = input_ids.to(device), attention.to(device), positions.to(device)
+        logits = self._next_logits(input_ids, attention, positions, cache)
+        return cache, logits, attention, positions[:, -1] + 1
 
     def _next_logits(self, input_ids: Tensor, attention: Tensor, positions: Tensor, cache: DynamicCache) -> Tensor:
         with self.autocast():

@@ -22,7 +22,7 @@ import torch
 
 from creditgym.envs import env_state, obs_modes
 
-from .policy import Generators, LLMPolicy
+from .policy import ConversationCache, Generators, LLMPolicy
 
 
 @dataclass
@@ -163,6 +163,9 @@ class RolloutCollector:
             observations.append(obs)
             stopped.append(False)
         live = list(range(len(self.envs)))
+        # A turn whose prompt extends the episode's last one (the reply and the next observation appended) encodes
+        # only those new tokens: the policy keeps each episode's keys and values from turn to turn.
+        conversations = ConversationCache() if isinstance(self.policy, LLMPolicy) else None
         for turn in range(self.max_turns):
             prompts = [self._prompt(episodes[i], observations[i], turn, stopped[i]) for i in live]
             too_long = [i for i, prompt in zip(live, prompts, strict=True) if len(prompt) > self.max_prompt_tokens]
@@ -173,9 +176,10 @@ class RolloutCollector:
             if too_long:
                 prompts = [p for i, p in zip(live, prompts, strict=True) if i not in too_long]
                 live = [i for i in live if i not in too_long]
+            carried = {} if conversations is None else {"conversations": conversations, "keys": live}
             generations = self.policy.generate(
-                prompts, greedy=greedy,
-                generator=generator if per_episode is None else [per_episode[i] for i in live])
+                prompts, greedy=greedy, generator=generator if per_episode is None else [per_episode[i] for i in live],
+                **carried)
             if any(not generation.token_ids for generation in generations):
                 # A turn's reward sits on its last generated token: without one, it would land on another turn.
                 raise ValueError(f"{type(self.policy).__name__}.generate returned a reply with no tokens; a turn "

@@ -140,6 +140,58 @@ def test_a_shared_prompt_prefix_is_encoded_once_and_changes_nothing(monkeypatch:
             assert torch.allclose(torch.tensor(shared.logprobs), torch.tensor(plain.logprobs), atol=1e-5, rtol=0)
 
 
+def test_identical_prompts_are_encoded_once_and_sample_as_if_alone() -> None:
+    """A group's episodes start from one prompt: it is encoded once, and each row still samples on its own."""
+    model, tokenizer = tiny_test_model(seed=1)
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=6)
+    first, second = (policy.chat_prompt([{"role": "user", "content": text}]) for text in ("cat", "a longer one"))
+    prompts = [first, second, first, first, second]
+    encoded_rows: list[int] = []  # rows of every pass over more than one new token (prompt encoding)
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda _module, _args, kwargs: encoded_rows.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    try:
+        together = policy.generate(prompts, generator=[torch.Generator().manual_seed(row) for row in range(5)])
+    finally:
+        hook.remove()
+    assert encoded_rows == [2]  # the two distinct prompts, not five rows
+    for row, prompt in enumerate(prompts):
+        alone = policy.generate([prompt], generator=[torch.Generator().manual_seed(row)])[0]
+        assert together[row].token_ids == alone.token_ids
+        assert torch.allclose(torch.tensor(together[row].logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
+    assert len({tuple(together[row].token_ids) for row in (0, 2, 3)}) > 1  # one prompt, replies sampled apart
+
+
+@pytest.mark.parametrize("history_turns", [None, 1])
+def test_later_turns_encode_only_their_new_tokens_and_play_as_a_fresh_encoding(history_turns: int | None) -> None:
+    """Each episode's keys and values are carried from turn to turn while its prompt extends the last one."""
+    runs = {}
+    for carried in (True, False):
+        model, tokenizer = tiny_test_model(seed=2)
+        policy = LLMPolicy(model, tokenizer, max_new_tokens=5)
+        policy._can_carry_cache = carried
+        encoded: list[int] = []  # tokens of every pass over more than one new token (prompt encoding)
+        model.get_decoder().register_forward_pre_hook(
+            lambda _module, _args, kwargs, encoded=encoded: encoded.append(kwargs["input_ids"].numel())
+            if kwargs["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+        envs = [gym.make("creditgym/Sanity-WordBandit-v0", num_rounds=4) for _ in range(6)]
+        collector = RolloutCollector(envs, policy, group_size=3, max_turns=4, history_turns=history_turns,
+                                     max_prompt_tokens=4096)
+        episodes = collector.collect([5, 6], generator=[torch.Generator().manual_seed(row) for row in range(6)])
+        runs[carried] = episodes, sum(encoded)
+    (carried_episodes, carried_tokens), (fresh_episodes, fresh_tokens) = runs[True], runs[False]
+    assert max(len(episode.turns) for episode in fresh_episodes) >= 3
+    for carried, fresh in zip(carried_episodes, fresh_episodes, strict=True):
+        assert [turn.action for turn in carried.turns] == [turn.action for turn in fresh.turns]
+        assert [s.token_ids for s in carried.segments] == [s.token_ids for s in fresh.segments]
+        for got, want in zip(carried.segments, fresh.segments, strict=True):
+            assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(want.logprobs), atol=1e-5, rtol=0)
+    if history_turns is None:  # every turn extends the last: later turns encode far less
+        assert carried_tokens < fresh_tokens / 2
+    else:  # turn 3 onwards starts a new segment (history cut): encoded afresh, carrying or not
+        assert fresh_tokens > carried_tokens > fresh_tokens / 2
+
+
 @pytest.mark.parametrize("with_hidden", [False, True])
 def test_scoring_rows_with_a_shared_prefix_gives_the_same_logprobs_and_gradients(with_hidden: bool) -> None:
     policy, episodes = _collect(None, max_new_tokens=6)
