@@ -52,6 +52,10 @@ class ConversationCache:
     def __len__(self) -> int:
         return len(self._held)
 
+    def discard(self, key: Hashable) -> None:
+        """Forget what is held for `key` (a conversation that has ended), if anything."""
+        self._held.pop(key, None)
+
     def _take(self, key: Hashable, prompt: Sequence[int]) -> _Held | None:
         """What is held for `key`, if `prompt` extends its tokens by at least one token (the next logits need one)."""
         held = self._held.get(key)
@@ -166,7 +170,7 @@ class LLMPolicy:
         if held and all(held):
             cache, logits, attention, next_position = self._extend(prompts, held)  # type: ignore[arg-type]
             for key in keys:  # type: ignore[union-attr]  # held again once this call's replies are in the cache
-                conversations._held.pop(key, None)  # type: ignore[union-attr]
+                conversations.discard(key)  # type: ignore[union-attr]
         else:
             cache = DynamicCache(config=self.model.config)
             # Identical prompts (a group's episodes on their first turn) are encoded once: their rows share that

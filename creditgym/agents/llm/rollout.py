@@ -173,6 +173,8 @@ class RolloutCollector:
                 if i in too_long:
                     episodes[i].truncated = True
                     episodes[i].next_prompt = list(prompt) if self.keep_next_prompts else None
+                    if conversations is not None:
+                        conversations.discard(i)
             if too_long:
                 prompts = [p for i, p in zip(live, prompts, strict=True) if i not in too_long]
                 live = [i for i in live if i not in too_long]
@@ -208,6 +210,8 @@ class RolloutCollector:
                 if terminated or truncated:
                     episode.terminated, episode.truncated = bool(terminated), bool(truncated and not terminated)
                     episode.success = bool(info.get("success", False))
+                    if conversations is not None:
+                        conversations.discard(i)
                 else:
                     still_live.append(i)
             live = still_live

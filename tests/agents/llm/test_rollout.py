@@ -192,6 +192,23 @@ def test_later_turns_encode_only_their_new_tokens_and_play_as_a_fresh_encoding(h
         assert fresh_tokens > carried_tokens > fresh_tokens / 2
 
 
+def test_a_conversation_cache_holds_each_key_until_discarded_and_needs_one_key_per_prompt() -> None:
+    model, tokenizer = tiny_test_model(seed=1)
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=3)
+    prompts = [policy.chat_prompt([{"role": "user", "content": text}]) for text in ("cat", "dog")]
+    conversations = policy_module.ConversationCache()
+    replies = policy.generate(prompts, greedy=True, conversations=conversations, keys=["a", "b"])
+    assert len(conversations) == 2
+    held = conversations._take("a", [*prompts[0], *replies[0].token_ids, 7])
+    assert held is not None and held.tokens == [*prompts[0], *replies[0].token_ids[:-1]]
+    assert held.layers[0][0].shape[1] == len(held.tokens)  # one cached column per held token, padding dropped
+    assert conversations._take("a", prompts[1]) is None  # a prompt that does not extend it
+    conversations.discard("a")
+    assert len(conversations) == 1 and conversations._take("a", [*prompts[0], *replies[0].token_ids]) is None
+    with pytest.raises(ValueError, match="one key per prompt"):
+        policy.generate(prompts, conversations=conversations, keys=["a"])
+
+
 @pytest.mark.parametrize("with_hidden", [False, True])
 def test_scoring_rows_with_a_shared_prefix_gives_the_same_logprobs_and_gradients(with_hidden: bool) -> None:
     policy, episodes = _collect(None, max_new_tokens=6)
