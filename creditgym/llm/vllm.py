@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from creditgym.agents.llm.policy import Generation, LLMPolicy
+from creditgym.agents.llm.policy import Generation, Generators, LLMPolicy, per_prompt_generators
 
 from .chat import ChatModelError
 from .openai import check_api_key, check_base_url, post
@@ -88,13 +88,17 @@ class CompletionsGenerator:
                 raise ChatModelError(f"{self.base_url}/models lists no model; set generation_model") from None
         return self._model
 
-    def generate(self, prompts: list[list[int]], *, generator: torch.Generator | None = None,
+    def generate(self, prompts: list[list[int]], *, generator: Generators = None,
                  greedy: bool = False) -> list[Generation]:
-        """One reply per prompt, like `LLMPolicy.generate`; seeds for the requests come from `generator`."""
+        """One reply per prompt, like `LLMPolicy.generate`; seeds for the requests come from `generator` (one for the
+        batch, or one per prompt: each prompt's seed from its own)."""
         if not prompts:
             return []
+        own = per_prompt_generators(generator, len(prompts))
         seeds: list[int | None] = [None] * len(prompts)
-        if generator is not None and not greedy:
+        if not greedy and own is not None:
+            seeds = [int(torch.randint(0, _SEED_RANGE, (1,), generator=g, device=g.device)) for g in own]
+        elif not greedy and isinstance(generator, torch.Generator):
             seeds = torch.randint(0, _SEED_RANGE, (len(prompts),), generator=generator,
                                   device=generator.device).tolist()
         body = {"model": self.model, "max_tokens": self.policy.max_new_tokens,
@@ -186,7 +190,7 @@ class VLLMGenerator(CompletionsGenerator):
         self._synced = False
         self._remove_folder = weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
 
-    def generate(self, prompts: list[list[int]], *, generator: torch.Generator | None = None,
+    def generate(self, prompts: list[list[int]], *, generator: Generators = None,
                  greedy: bool = False) -> list[Generation]:
         if not self._synced:
             self._start_or_push()

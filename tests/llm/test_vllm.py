@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -245,6 +246,32 @@ def test_a_server_without_token_ids_is_retokenised_with_seeds_from_the_generator
     eos = tokenizer.eos_token_id
     assert replies[0].token_ids == tokenizer("up", add_special_tokens=False)["input_ids"] + [eos]
     assert replies[0].stopped and replies[0].text == "up"
+
+
+def test_per_prompt_generators_seed_each_request_from_its_own_generator() -> None:
+    model, tokenizer = tiny_test_model(seed=0)
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=4)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _TextOnly)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = CompletionsGenerator(policy, f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m")
+    _TextOnly.seeds.clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the re-tokenising warning, tested above
+            client.generate([[1, 2], [3]], generator=[torch.Generator().manual_seed(10),
+                                                      torch.Generator().manual_seed(11)])
+            together = sorted(_TextOnly.seeds)
+            alone = []
+            for seed, prompt in ((11, [3]), (10, [1, 2])):  # each alone, in the other order
+                _TextOnly.seeds.clear()
+                client.generate([prompt], generator=[torch.Generator().manual_seed(seed)])
+                alone += _TextOnly.seeds
+            with pytest.raises(ValueError, match="one per prompt"):
+                client.generate([[1, 2], [3]], generator=[torch.Generator()])
+    finally:
+        httpd.shutdown()
+        client.close()
+    assert together == sorted(alone) and together[0] != together[1]
 
 
 def test_the_server_refuses_completion_fields_it_does_not_implement() -> None:

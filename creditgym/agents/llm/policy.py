@@ -163,7 +163,7 @@ class LLMPolicy:
         if conversations is not None and (keys is None or len(keys) != len(prompts)):
             raise ValueError(f"generate with conversations needs one key per prompt ({len(prompts)}), got "
                              f"{None if keys is None else len(keys)}")
-        row_generators = _row_generators(generator, len(prompts))
+        row_generators = per_prompt_generators(generator, len(prompts))
         device = self.device
         held = ([conversations._take(key, prompt) for key, prompt in zip(keys, prompts, strict=True)]
                 if conversations is not None and keys is not None and self._can_carry_cache else [])
@@ -419,8 +419,9 @@ class LLMPolicy:
             yield
 
 
-def _row_generators(generator: Generators, rows: int) -> Sequence[torch.Generator] | None:
-    """The per-prompt generators, when `generator` is a sequence of them (one per prompt); None for one generator."""
+def per_prompt_generators(generator: Generators, rows: int) -> Sequence[torch.Generator] | None:
+    """The per-prompt generators, when `generator` is a sequence of them (one per prompt); None for one generator.
+    Generation back ends share it, so that each takes either."""
     if generator is None or isinstance(generator, torch.Generator):
         return None
     generators = list(generator)
