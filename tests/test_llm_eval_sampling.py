@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from creditgym.agents.llm import LLMPolicy, LLMTrainConfig, LLMTrainer
-from creditgym.agents.llm.evaluate import evaluate_llm
+from creditgym.agents.llm.evaluate import episode_generator, evaluate_llm
 from creditgym.distributed import LocalEnvPool
 from creditgym.llm import tiny_test_model
 from creditgym.trajectories import RUN_TRAJECTORIES, load_trajectories
@@ -29,7 +29,13 @@ if LETTERS not in gym.registry:
 
 
 def _policy() -> LLMPolicy:
-    return LLMPolicy(*tiny_test_model(seed=0), max_new_tokens=6)
+    """A tiny policy whose replies end at varied lengths: its stop token's logit is raised, so rows leave the batch
+    early and the rows after them move up."""
+    policy = LLMPolicy(*tiny_test_model(seed=0), max_new_tokens=6)
+    stop = torch.tensor([policy.tokenizer.eos_token_id])
+    policy.model.get_output_embeddings().register_forward_hook(
+        lambda _module, _args, logits: logits.index_add(-1, stop, torch.full((*logits.shape[:-1], 1), 4.0)))
+    return policy
 
 
 def _same_replies(expected: list[Any], actual: list[Any]) -> None:
@@ -53,6 +59,7 @@ def test_a_prompt_sampled_with_its_own_generator_gets_the_same_reply_in_any_batc
     _same_replies(together, alone)
     _same_replies(together[::-1], own([3, 2, 1, 0]))  # a row's place in the batch changes nothing
     assert len({tuple(g.token_ids) for g in together}) > 1  # the rows did sample apart
+    assert len({len(g.token_ids) for g in together}) > 1  # and some stopped before others
     # A one-prompt batch samples alike from the generator or from a list holding it.
     _same_replies([policy.generate(prompts[:1], generator=torch.Generator().manual_seed(100))[0]], alone[:1])
     with pytest.raises(ValueError, match="one per prompt"):
@@ -143,3 +150,12 @@ def test_an_llm_run_on_ray_workers_records_what_a_local_run_records(local_ray: N
     assert len(local) == 4 and all(episode["state"] and all(step["state"] for step in episode["steps"])
                                    for episode in local)  # the boards, at reset and after every step
     assert remote == local
+
+
+def test_each_evaluation_episode_samples_from_a_stream_of_its_seed_and_number() -> None:
+    def draws(seed: int, episode: int) -> list[int]:
+        generator = episode_generator(torch.device("cpu"), seed, episode)
+        return torch.randint(0, 2**31, (4,), generator=generator).tolist()
+
+    assert draws(3, 0) == draws(3, 0)
+    assert len({tuple(draws(seed, episode)) for seed in (3, 4) for episode in (0, 1)}) == 4

@@ -169,7 +169,9 @@ class LLMPolicy:
                 if conversations is not None and keys is not None and self._can_carry_cache else [])
         if held and all(held):
             cache, logits, attention, next_position = self._extend(prompts, held)  # type: ignore[arg-type]
-            for key in keys:  # type: ignore[union-attr]  # held again once this call's replies are in the cache
+            # Held again once this call's replies are in the cache: until then the batched cache is the one copy.
+            held = []
+            for key in keys:  # type: ignore[union-attr]
                 conversations.discard(key)  # type: ignore[union-attr]
         else:
             cache = DynamicCache(config=self.model.config)

@@ -9,6 +9,7 @@ import torch
 from creditgym.agents.llm import LLMPolicy, RolloutCollector, pack_episodes
 from creditgym.agents.llm import policy as policy_module
 from creditgym.llm import tiny_test_model
+from tests.agents.llm.helpers import LetterCountEnv
 
 
 def _collect(history_turns: int | None, *, max_new_tokens: int = 5, seed: int = 0) -> tuple[LLMPolicy, list]:
@@ -170,6 +171,7 @@ def test_later_turns_encode_only_their_new_tokens_and_play_as_a_fresh_encoding(h
         model, tokenizer = tiny_test_model(seed=2)
         policy = LLMPolicy(model, tokenizer, max_new_tokens=5)
         policy._can_carry_cache = carried
+        _stop_early(policy)
         encoded: list[int] = []  # tokens of every pass over more than one new token (prompt encoding)
         model.get_decoder().register_forward_pre_hook(
             lambda _module, _args, kwargs, encoded=encoded: encoded.append(kwargs["input_ids"].numel())
@@ -181,6 +183,8 @@ def test_later_turns_encode_only_their_new_tokens_and_play_as_a_fresh_encoding(h
         runs[carried] = episodes, sum(encoded)
     (carried_episodes, carried_tokens), (fresh_episodes, fresh_tokens) = runs[True], runs[False]
     assert max(len(episode.turns) for episode in fresh_episodes) >= 3
+    replies = [len(turn.action) for episode in fresh_episodes for turn in episode.turns]
+    assert len(set(replies)) > 1  # some replies stopped early: their rows left the batch and were held
     for carried, fresh in zip(carried_episodes, fresh_episodes, strict=True):
         assert [turn.action for turn in carried.turns] == [turn.action for turn in fresh.turns]
         assert [s.token_ids for s in carried.segments] == [s.token_ids for s in fresh.segments]
@@ -190,6 +194,51 @@ def test_later_turns_encode_only_their_new_tokens_and_play_as_a_fresh_encoding(h
         assert carried_tokens < fresh_tokens / 2
     else:  # turn 3 onwards starts a new segment (history cut): encoded afresh, carrying or not
         assert fresh_tokens > carried_tokens > fresh_tokens / 2
+
+
+def _stop_early(policy: LLMPolicy) -> None:
+    """Raise the stop token's logit, so that the tiny model's replies end at varied lengths."""
+    stop = torch.tensor([policy.tokenizer.eos_token_id])
+    policy.model.get_output_embeddings().register_forward_hook(
+        lambda _module, _args, logits: logits.index_add(-1, stop, torch.full((*logits.shape[:-1], 1), 4.0)))
+
+
+def test_an_episode_samples_alike_with_or_without_others_that_end_before_it() -> None:
+    """Per-episode generators follow their episodes as others leave the batch (an evaluation's guarantee)."""
+    model, tokenizer = tiny_test_model(seed=3)
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=5)
+    _stop_early(policy)
+    rounds = (1, 3, 2, 3)
+
+    def play(indices: list[int]) -> list:
+        envs = [LetterCountEnv(turns=rounds[i]) for i in indices]
+        collector = RolloutCollector(envs, policy, group_size=1, max_turns=3, history_turns=None,
+                                     max_prompt_tokens=4096)
+        return collector.collect([20 + i for i in indices],
+                                 generator=[torch.Generator().manual_seed(i) for i in indices])
+
+    together = play([0, 1, 2, 3])
+    assert [len(episode.turns) for episode in together] == list(rounds)
+    for i in range(4):
+        alone = play([i])[0]
+        assert [s.token_ids for s in alone.segments] == [s.token_ids for s in together[i].segments]
+
+
+def test_a_sliding_window_model_encodes_every_turn_afresh() -> None:
+    """Its cache keeps only a window of keys and values, which cannot be carried to another batch."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tokenizer = tiny_test_model(seed=0)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    policy = LLMPolicy(MistralForCausalLM(config).eval(), tokenizer, max_new_tokens=4)
+    assert not policy._can_carry_cache
+    envs = [gym.make("creditgym/Sanity-WordBandit-v0", num_rounds=3) for _ in range(2)]
+    collector = RolloutCollector(envs, policy, group_size=2, max_turns=3, history_turns=None, max_prompt_tokens=4096)
+    episodes = collector.collect([1], generator=torch.Generator().manual_seed(0))
+    assert [len(episode.turns) for episode in episodes] == [3, 3]
 
 
 def test_a_conversation_cache_holds_each_key_until_discarded_and_needs_one_key_per_prompt() -> None:
