@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import threading
-import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -227,28 +226,9 @@ class _TextOnly(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def test_a_server_without_token_ids_is_retokenised_with_seeds_from_the_generator() -> None:
-    model, tokenizer = tiny_test_model(seed=0)
-    policy = LLMPolicy(model, tokenizer, max_new_tokens=4)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _TextOnly)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    client = CompletionsGenerator(policy, f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m")
-    try:
-        with pytest.warns(UserWarning, match="re-tokenising"):
-            replies = client.generate([[1, 2], [3]], generator=torch.Generator().manual_seed(3))
-        first = sorted(_TextOnly.seeds)
-        _TextOnly.seeds.clear()
-        client.generate([[1, 2], [3]], generator=torch.Generator().manual_seed(3))
-        assert sorted(_TextOnly.seeds) == first and first[0] != first[1]
-    finally:
-        httpd.shutdown()
-        client.close()
-    eos = tokenizer.eos_token_id
-    assert replies[0].token_ids == tokenizer("up", add_special_tokens=False)["input_ids"] + [eos]
-    assert replies[0].stopped and replies[0].text == "up"
-
-
-def test_per_prompt_generators_seed_each_request_from_its_own_generator() -> None:
+@pytest.fixture
+def text_only_client() -> Iterator[CompletionsGenerator]:
+    """A tiny policy's completions client of a `_TextOnly` server, which has recorded no seed yet."""
     model, tokenizer = tiny_test_model(seed=0)
     policy = LLMPolicy(model, tokenizer, max_new_tokens=4)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _TextOnly)
@@ -256,21 +236,39 @@ def test_per_prompt_generators_seed_each_request_from_its_own_generator() -> Non
     client = CompletionsGenerator(policy, f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m")
     _TextOnly.seeds.clear()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the re-tokenising warning, tested above
-            client.generate([[1, 2], [3]], generator=[torch.Generator().manual_seed(10),
-                                                      torch.Generator().manual_seed(11)])
-            together = sorted(_TextOnly.seeds)
-            alone = []
-            for seed, prompt in ((11, [3]), (10, [1, 2])):  # each alone, in the other order
-                _TextOnly.seeds.clear()
-                client.generate([prompt], generator=[torch.Generator().manual_seed(seed)])
-                alone += _TextOnly.seeds
-            with pytest.raises(ValueError, match="one per prompt"):
-                client.generate([[1, 2], [3]], generator=[torch.Generator()])
+        yield client
     finally:
         httpd.shutdown()
         client.close()
+
+
+def test_a_server_without_token_ids_is_retokenised_with_seeds_from_the_generator(
+        text_only_client: CompletionsGenerator) -> None:
+    client = text_only_client
+    with pytest.warns(UserWarning, match="re-tokenising"):
+        replies = client.generate([[1, 2], [3]], generator=torch.Generator().manual_seed(3))
+    first = sorted(_TextOnly.seeds)
+    _TextOnly.seeds.clear()
+    client.generate([[1, 2], [3]], generator=torch.Generator().manual_seed(3))
+    assert sorted(_TextOnly.seeds) == first and first[0] != first[1]
+    tokenizer = client.policy.tokenizer
+    assert replies[0].token_ids == tokenizer("up", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert replies[0].stopped and replies[0].text == "up"
+
+
+@pytest.mark.filterwarnings("ignore:.*re-tokenising")  # tested above
+def test_per_prompt_generators_seed_each_request_from_its_own_generator(
+        text_only_client: CompletionsGenerator) -> None:
+    client = text_only_client
+    client.generate([[1, 2], [3]], generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)])
+    together = sorted(_TextOnly.seeds)
+    alone = []
+    for seed, prompt in ((11, [3]), (10, [1, 2])):  # each alone, in the other order
+        _TextOnly.seeds.clear()
+        client.generate([prompt], generator=[torch.Generator().manual_seed(seed)])
+        alone += _TextOnly.seeds
+    with pytest.raises(ValueError, match="one per prompt"):
+        client.generate([[1, 2], [3]], generator=[torch.Generator()])
     assert together == sorted(alone) and together[0] != together[1]
 
 
